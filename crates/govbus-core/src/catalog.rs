@@ -1,0 +1,429 @@
+//! Datasets and subscriptions as files (`deploy/datasets/*.toml`,
+//! `deploy/subscriptions/*.toml`, schemas in `schemas/`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A problem with a deploy file. Always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for its kind (the message carries the line).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// What is wrong, with the line and column when known.
+        message: String,
+    },
+    /// The file is well formed but says something wrong.
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The line, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `<owner>.<name>`, e.g. `bca.residents`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DatasetId {
+    /// The owning agency, e.g. `bca`.
+    pub owner: String,
+    /// The dataset's name, e.g. `residents`.
+    pub name: String,
+}
+
+impl DatasetId {
+    /// `owner.name`.
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for DatasetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.owner, self.name)
+    }
+}
+
+impl std::str::FromStr for DatasetId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = |p: &str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        match s.split_once('.') {
+            Some((o, n)) if valid(o) && valid(n) => Ok(Self::new(o, n)),
+            _ => Err(format!(
+                "dataset `{s}` is not of the form <owner>.<name> (lowercase letters, digits, _)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for DatasetId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<DatasetId> for String {
+    fn from(d: DatasetId) -> Self {
+        d.to_string()
+    }
+}
+
+/// A dataset as declared in `deploy/datasets/<owner>.<name>.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetFile {
+    /// Owning agency.
+    pub owner: String,
+    /// Dataset name.
+    pub name: String,
+    /// Major version: part of the topic name; a breaking change means a new major.
+    pub major: u32,
+    /// The Avro entity schema, relative to `schemas/`.
+    pub schema: String,
+    /// The key field (top level).
+    pub key: String,
+    /// Fields that decide routing (dotted paths).
+    #[serde(default)]
+    pub routing: Vec<String>,
+    /// Retention of the central topic (-1 = forever).
+    #[serde(default = "forever")]
+    pub retention_ms: i64,
+    /// Field tags: dotted path → tags (`PII`, `SENSITIVE`).
+    #[serde(default)]
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+fn forever() -> i64 {
+    -1
+}
+
+/// A dataset with its entity schema loaded.
+#[derive(Debug, Clone)]
+pub struct DatasetSpec {
+    /// `owner.name`.
+    pub id: DatasetId,
+    /// What the file says.
+    pub file: DatasetFile,
+    /// The entity schema (Avro JSON text).
+    pub entity_schema: String,
+}
+
+/// A subscription as declared in `deploy/subscriptions/*.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionFile {
+    /// The subscribing agency, e.g. `p52`.
+    pub subscriber: String,
+    /// The dataset, `owner.name`.
+    pub dataset: DatasetId,
+    /// A CEL expression over the entity's fields; true = the entity belongs to the view.
+    pub filter: String,
+    /// Fields (dotted paths) removed from the view: they never leave the router.
+    #[serde(default)]
+    pub drop: Vec<String>,
+    /// Why the subscriber is entitled to this data.
+    #[serde(default)]
+    pub legal_basis: String,
+}
+
+/// A subscription with where it came from (for error messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// What the file says.
+    pub file: SubscriptionFile,
+    /// The file's name, as given to the loader.
+    pub origin: String,
+    /// The line of the `filter` key, when known.
+    pub filter_line: Option<usize>,
+}
+
+impl SubscriptionSpec {
+    /// `<subscriber>/<dataset>`: the subscription's name in logs and metrics.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.file.subscriber, self.file.dataset)
+    }
+
+    /// A validation error naming this subscription's file (and the filter's line).
+    pub fn invalid(&self, message: impl Into<String>) -> CatalogError {
+        CatalogError::Invalid {
+            file: self.origin.clone(),
+            line: self.filter_line,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every dataset and subscription the deployment declares.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Datasets by id.
+    pub datasets: BTreeMap<DatasetId, DatasetSpec>,
+    /// Subscriptions, in file-name order.
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+const BUILTIN_DATASETS: &[(&str, &str)] = &[
+    (
+        "deploy/datasets/bca.residents.toml",
+        include_str!("../../../deploy/datasets/bca.residents.toml"),
+    ),
+    (
+        "deploy/datasets/moha.admin_units.toml",
+        include_str!("../../../deploy/datasets/moha.admin_units.toml"),
+    ),
+];
+
+const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
+    (
+        "bca/residents.v1.avsc",
+        include_str!("../../../schemas/bca/residents.v1.avsc"),
+    ),
+    (
+        "moha/admin_units.v1.avsc",
+        include_str!("../../../schemas/moha/admin_units.v1.avsc"),
+    ),
+];
+
+const BUILTIN_SUBSCRIPTIONS: &[(&str, &str)] = &[
+    (
+        "deploy/subscriptions/p52.bca.residents.toml",
+        include_str!("../../../deploy/subscriptions/p52.bca.residents.toml"),
+    ),
+    (
+        "deploy/subscriptions/p94.bca.residents.toml",
+        include_str!("../../../deploy/subscriptions/p94.bca.residents.toml"),
+    ),
+];
+
+impl Catalog {
+    /// The datasets and subscriptions shipped in this repository, compiled in
+    /// (the embedded defaults of `govbus up`).
+    pub fn builtin() -> Self {
+        let mut c = Catalog::default();
+        for (file, text) in BUILTIN_DATASETS {
+            let spec = parse_dataset(file, text, |path| {
+                BUILTIN_SCHEMAS
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, s)| s.to_string())
+                    .ok_or_else(|| std::io::Error::other("not built in"))
+            })
+            .expect("built-in dataset files are valid (tested)");
+            c.datasets.insert(spec.id.clone(), spec);
+        }
+        for (file, text) in BUILTIN_SUBSCRIPTIONS {
+            let s = parse_subscription(file, text).expect("built-in subscriptions are valid");
+            c.subscriptions.push(s);
+        }
+        c
+    }
+
+    /// Loads `<deploy>/datasets/*.toml` (schemas relative to `schemas`) and
+    /// `<deploy>/subscriptions/*.toml`.
+    pub fn load(deploy: &Path, schemas: &Path) -> Result<Self, CatalogError> {
+        let mut c = Catalog::default();
+        for path in toml_files(&deploy.join("datasets"))? {
+            let text = read(&path)?;
+            let spec = parse_dataset(&path.display().to_string(), &text, |rel| {
+                std::fs::read_to_string(schemas.join(rel))
+            })?;
+            c.datasets.insert(spec.id.clone(), spec);
+        }
+        c.subscriptions = load_subscriptions(&deploy.join("subscriptions"))?;
+        Ok(c)
+    }
+
+    /// The dataset `id`, if declared.
+    pub fn dataset(&self, id: &DatasetId) -> Option<&DatasetSpec> {
+        self.datasets.get(id)
+    }
+
+    /// Checks that every subscription names a declared dataset.
+    pub fn check_subscriptions(&self) -> Result<(), CatalogError> {
+        for s in &self.subscriptions {
+            if !self.datasets.contains_key(&s.file.dataset) {
+                let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
+                return Err(CatalogError::Invalid {
+                    file: s.origin.clone(),
+                    line: line_of(&read_or_empty(&s.origin), "dataset"),
+                    message: format!(
+                        "unknown dataset `{}` (declared: {})",
+                        s.file.dataset,
+                        known.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads every `*.toml` subscription file in `dir`, in name order.
+pub fn load_subscriptions(dir: &Path) -> Result<Vec<SubscriptionSpec>, CatalogError> {
+    let mut out = Vec::new();
+    for path in toml_files(dir)? {
+        let text = read(&path)?;
+        out.push(parse_subscription(&path.display().to_string(), &text)?);
+    }
+    Ok(out)
+}
+
+fn read_or_empty(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| CatalogError::Io {
+        file: dir.display().to_string(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn read(path: &Path) -> Result<String, CatalogError> {
+    std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+        file: path.display().to_string(),
+        source,
+    })
+}
+
+/// The 1-based line on which `key = ...` stands, if any.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|l| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })
+    .map(|i| i + 1)
+}
+
+fn parse_dataset(
+    file: &str,
+    text: &str,
+    load_schema: impl Fn(&str) -> std::io::Result<String>,
+) -> Result<DatasetSpec, CatalogError> {
+    let parsed: DatasetFile = toml::from_str(text).map_err(|e| CatalogError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    let id = DatasetId::new(&parsed.owner, &parsed.name);
+    if let Err(message) = id.to_string().parse::<DatasetId>() {
+        return Err(CatalogError::Invalid {
+            file: file.to_string(),
+            line: line_of(text, "name"),
+            message,
+        });
+    }
+    let entity_schema = load_schema(&parsed.schema).map_err(|e| CatalogError::Invalid {
+        file: file.to_string(),
+        line: line_of(text, "schema"),
+        message: format!("cannot load schema `{}`: {e}", parsed.schema),
+    })?;
+    Ok(DatasetSpec {
+        id,
+        file: parsed,
+        entity_schema,
+    })
+}
+
+/// Parses one subscription file's text; `file` names it in errors.
+pub fn parse_subscription(file: &str, text: &str) -> Result<SubscriptionSpec, CatalogError> {
+    let parsed: SubscriptionFile = toml::from_str(text).map_err(|e| CatalogError::Parse {
+        file: file.to_string(),
+        message: e.to_string(),
+    })?;
+    if parsed.subscriber.is_empty()
+        || !parsed
+            .subscriber
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(CatalogError::Invalid {
+            file: file.to_string(),
+            line: line_of(text, "subscriber"),
+            message: format!(
+                "subscriber `{}` must be lowercase letters, digits or _",
+                parsed.subscriber
+            ),
+        });
+    }
+    Ok(SubscriptionSpec {
+        filter_line: line_of(text, "filter"),
+        file: parsed,
+        origin: file.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_catalog_loads_and_matches_the_files() {
+        let c = Catalog::builtin();
+        assert!(c.dataset(&"bca.residents".parse().unwrap()).is_some());
+        assert!(c.dataset(&"moha.admin_units".parse().unwrap()).is_some());
+        c.check_subscriptions().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let disk = Catalog::load(&root.join("deploy"), &root.join("schemas")).unwrap();
+        assert_eq!(disk.datasets.len(), c.datasets.len());
+        assert_eq!(disk.subscriptions.len(), c.subscriptions.len());
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = "subscriber = \"p52\"\ndataset = \"bca.residents\"\nfiltr = \"true\"\n";
+        let e = parse_subscription("x.toml", text).unwrap_err().to_string();
+        assert!(e.contains("x.toml"), "{e}");
+        assert!(e.contains("filtr"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_dataset_is_refused() {
+        let mut c = Catalog::builtin();
+        let text = "subscriber = \"p52\"\ndataset = \"bca.nope\"\nfilter = \"true\"\n";
+        c.subscriptions
+            .push(parse_subscription("y.toml", text).unwrap());
+        let e = c.check_subscriptions().unwrap_err().to_string();
+        assert!(e.contains("y.toml") && e.contains("bca.nope"), "{e}");
+    }
+
+    #[test]
+    fn dataset_ids_are_checked() {
+        assert!("bca.residents".parse::<DatasetId>().is_ok());
+        assert!("bca".parse::<DatasetId>().is_err());
+        assert!("BCA.x".parse::<DatasetId>().is_err());
+    }
+}

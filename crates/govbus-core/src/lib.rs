@@ -1,0 +1,20 @@
+//! Shared vocabulary of govbus: agencies, datasets, subscriptions (as files),
+//! topic names and Kafka client settings.
+//!
+//! Nothing here talks to the network; every other crate builds on these types.
+
+pub mod catalog;
+pub mod kafka;
+pub mod topics;
+
+pub use catalog::{Catalog, CatalogError, DatasetId, DatasetSpec, SubscriptionSpec};
+pub use kafka::KafkaConfig;
+pub use topics::Topics;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,73 @@
+//! Topic names. Every name goes through [`Topics`] so that a test (or a
+//! shared cluster) can put all of govbus under a prefix.
+
+use crate::catalog::DatasetId;
+
+/// Builds topic names, optionally under a prefix (e.g. `t1234.`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Topic names under `prefix` (empty for the production names).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix in force.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `gov.<owner>.<dataset>.v<major>`: the owner's change events.
+    pub fn central(&self, ds: &DatasetId, major: u32) -> String {
+        format!("{}gov.{}.{}.v{}", self.prefix, ds.owner, ds.name, major)
+    }
+
+    /// `sub.<subscriber>.<owner>.<dataset>.v<major>`: a subscriber's view.
+    pub fn view(&self, subscriber: &str, ds: &DatasetId, major: u32) -> String {
+        format!(
+            "{}sub.{}.{}.{}.v{}",
+            self.prefix, subscriber, ds.owner, ds.name, major
+        )
+    }
+
+    /// `dlq.<stage>.<agency>`: rejected input of one stage.
+    pub fn dlq(&self, stage: &str, agency: &str) -> String {
+        format!("{}dlq.{}.{}", self.prefix, stage, agency)
+    }
+
+    /// `_schemas`: the registry's storage.
+    pub fn schemas(&self) -> String {
+        format!("{}_schemas", self.prefix)
+    }
+
+    /// `_govbus.subscriptions`: the live subscription set.
+    pub fn subscriptions(&self) -> String {
+        format!("{}_govbus.subscriptions", self.prefix)
+    }
+}
+
+/// The registry subject of a topic's values (TopicNameStrategy).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design() {
+        let t = Topics::default();
+        let ds = DatasetId::new("bca", "residents");
+        assert_eq!(t.central(&ds, 1), "gov.bca.residents.v1");
+        assert_eq!(t.view("p52", &ds, 1), "sub.p52.bca.residents.v1");
+        assert_eq!(t.dlq("ingest", "bca"), "dlq.ingest.bca");
+        assert_eq!(Topics::new("x.").schemas(), "x._schemas");
+        assert_eq!(value_subject("gov.bca.residents.v1"), "gov.bca.residents.v1-value");
+    }
+}

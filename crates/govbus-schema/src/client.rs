@@ -1,0 +1,253 @@
+//! A client for the Confluent Schema Registry REST API (govbus's own
+//! registry, Confluent's, or any compatible one), and schema caches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use serde::Deserialize;
+use serde_json::json;
+
+/// A registry call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered with an error (Confluent `error_code`).
+    #[error("registry answered {status} (error_code {error_code}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Confluent error code, e.g. 40401.
+        error_code: u32,
+        /// The registry's message.
+        message: String,
+    },
+    /// The registry could not be reached.
+    #[error("registry unreachable at {url}: {reason}")]
+    Transport {
+        /// What was called.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The answer or the schema could not be read.
+    #[error("unreadable registry answer: {0}")]
+    Decode(String),
+}
+
+impl RegistryError {
+    /// True when retrying later may help (the registry is down or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } => true,
+            RegistryError::Api { status, .. } => *status >= 500,
+            RegistryError::Decode(_) => false,
+        }
+    }
+}
+
+/// Looks up writer schemas by id.
+pub trait SchemaResolver: Send + Sync + std::fmt::Debug {
+    /// The schema registered as `id`.
+    fn resolve(&self, id: u32) -> Result<Arc<Schema>, RegistryError>;
+}
+
+/// One version of a subject.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct SubjectVersion {
+    /// The subject.
+    pub subject: String,
+    /// Its version number.
+    pub version: u32,
+    /// The global schema id.
+    pub id: u32,
+    /// The schema text.
+    pub schema: String,
+}
+
+/// A blocking registry client.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+const CT: &str = "application/vnd.schemaregistry.v1+json";
+
+impl RegistryClient {
+    /// A client for the registry at `base` (`http://host:port`).
+    pub fn new(base: impl Into<String>) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build();
+        Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    /// The registry's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, RegistryError> {
+        let url = format!("{}{}", self.base, path);
+        let req = self.agent.request(method, &url).set("Accept", CT);
+        let res = match body {
+            Some(b) => req.set("Content-Type", CT).send_string(&b.to_string()),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| RegistryError::Decode(e.to_string())),
+            Err(ureq::Error::Status(status, r)) => {
+                let body: serde_json::Value = r.into_json().unwrap_or_default();
+                Err(RegistryError::Api {
+                    status,
+                    error_code: body["error_code"].as_u64().unwrap_or(status as u64 * 100) as u32,
+                    message: body["message"].as_str().unwrap_or("").to_string(),
+                })
+            }
+            Err(e) => Err(RegistryError::Transport {
+                url,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Registers `schema` under `subject` (idempotent: the same schema gets the same id).
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let v = self.call(
+            "POST",
+            &format!("/subjects/{}/versions", path_escape(subject)),
+            Some(json!({ "schema": schema })),
+        )?;
+        v["id"]
+            .as_u64()
+            .map(|id| id as u32)
+            .ok_or_else(|| RegistryError::Decode(format!("no id in {v}")))
+    }
+
+    /// The schema text registered as `id`.
+    pub fn schema_text(&self, id: u32) -> Result<String, RegistryError> {
+        let v = self.call("GET", &format!("/schemas/ids/{id}"), None)?;
+        v["schema"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Decode(format!("no schema in {v}")))
+    }
+
+    /// The latest version of `subject`.
+    pub fn latest(&self, subject: &str) -> Result<SubjectVersion, RegistryError> {
+        let v = self.call(
+            "GET",
+            &format!("/subjects/{}/versions/latest", path_escape(subject)),
+            None,
+        )?;
+        serde_json::from_value(v).map_err(|e| RegistryError::Decode(e.to_string()))
+    }
+
+    /// Whether `schema` could be registered under `subject` (against its latest version).
+    pub fn is_compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
+        let v = self.call(
+            "POST",
+            &format!(
+                "/compatibility/subjects/{}/versions/latest",
+                path_escape(subject)
+            ),
+            Some(json!({ "schema": schema })),
+        )?;
+        Ok(v["is_compatible"].as_bool().unwrap_or(false))
+    }
+
+    /// All subjects.
+    pub fn subjects(&self) -> Result<Vec<String>, RegistryError> {
+        let v = self.call("GET", "/subjects", None)?;
+        serde_json::from_value(v).map_err(|e| RegistryError::Decode(e.to_string()))
+    }
+}
+
+fn path_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Schemas by id, fetched once from a registry and kept.
+#[derive(Debug)]
+pub struct SchemaCache {
+    client: RegistryClient,
+    by_id: RwLock<HashMap<u32, Arc<Schema>>>,
+}
+
+impl SchemaCache {
+    /// A cache in front of `client`.
+    pub fn new(client: RegistryClient) -> Self {
+        Self {
+            client,
+            by_id: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The client behind the cache.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+}
+
+impl SchemaResolver for SchemaCache {
+    fn resolve(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        if let Some(s) = self.by_id.read().ok().and_then(|m| m.get(&id).cloned()) {
+            return Ok(s);
+        }
+        let text = self.client.schema_text(id)?;
+        let schema = Arc::new(
+            Schema::parse_str(&text)
+                .map_err(|e| RegistryError::Decode(format!("schema {id}: {e}")))?,
+        );
+        if let Ok(mut m) = self.by_id.write() {
+            m.insert(id, schema.clone());
+        }
+        Ok(schema)
+    }
+}
+
+/// A fixed set of schemas (for tests and tools that know their schemas).
+#[derive(Debug, Default)]
+pub struct FixedResolver(HashMap<u32, Arc<Schema>>);
+
+impl FixedResolver {
+    /// Resolves exactly these ids.
+    pub fn new(schemas: impl IntoIterator<Item = (u32, Schema)>) -> Self {
+        Self(
+            schemas
+                .into_iter()
+                .map(|(id, s)| (id, Arc::new(s)))
+                .collect(),
+        )
+    }
+}
+
+impl SchemaResolver for FixedResolver {
+    fn resolve(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        self.0.get(&id).cloned().ok_or(RegistryError::Api {
+            status: 404,
+            error_code: 40403,
+            message: format!("Schema {id} not found"),
+        })
+    }
+}

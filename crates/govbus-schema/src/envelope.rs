@@ -1,0 +1,335 @@
+//! The change envelope every dataset's events share (Debezium-style):
+//! `event_id`, `op`, `before`, `after`, `source {agency, system, seq}`, `ts_ms`.
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use serde_json::{json, Value as Json};
+
+use crate::{wire, SchemaError};
+
+/// What happened to the entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// The entity appeared.
+    Create,
+    /// The entity changed.
+    Update,
+    /// The entity went away (`after` is null).
+    Delete,
+    /// The entity's current state, re-sent (backfill); applied like an upsert.
+    Snapshot,
+}
+
+impl Op {
+    /// The Avro enum symbols, in order.
+    pub const SYMBOLS: [&'static str; 4] = ["CREATE", "UPDATE", "DELETE", "SNAPSHOT"];
+
+    fn index(self) -> u32 {
+        match self {
+            Op::Create => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Snapshot => 3,
+        }
+    }
+
+    fn from_symbol(s: &str) -> Option<Self> {
+        Some(match s {
+            "CREATE" => Op::Create,
+            "UPDATE" => Op::Update,
+            "DELETE" => Op::Delete,
+            "SNAPSHOT" => Op::Snapshot,
+            _ => return None,
+        })
+    }
+
+    /// The symbol, e.g. `CREATE`.
+    pub fn as_str(self) -> &'static str {
+        Self::SYMBOLS[self.index() as usize]
+    }
+}
+
+/// Where a change comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Publishing agency (`bca`).
+    pub agency: String,
+    /// The source system inside the agency.
+    pub system: String,
+    /// Per-entity sequence: strictly increasing for one entity.
+    pub seq: i64,
+}
+
+/// One change of one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Unique id of the change (UUID text).
+    pub event_id: String,
+    /// What happened.
+    pub op: Op,
+    /// The entity before the change (null for a create).
+    pub before: Option<Value>,
+    /// The entity after the change (null for a delete).
+    pub after: Option<Value>,
+    /// Where it comes from, with the entity's sequence.
+    pub source: Source,
+    /// When the source changed, ms since the epoch.
+    pub ts_ms: i64,
+}
+
+/// A record that is not a valid change envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Bytes not in the Confluent wire format.
+    #[error("not in the wire format: {0}")]
+    Wire(#[from] wire::WireError),
+    /// The writer schema could not be found.
+    #[error("schema id {id}: {reason}")]
+    UnknownSchema {
+        /// The id in the header.
+        id: u32,
+        /// Why it could not be fetched.
+        reason: String,
+    },
+    /// The Avro body does not decode with its writer schema.
+    #[error("Avro does not decode with schema {id}: {reason}")]
+    Decode {
+        /// The writer schema id.
+        id: u32,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// It decodes, but is not a change envelope.
+    #[error("not a change envelope: {0}")]
+    Shape(String),
+    /// Encoding failed (a value that does not fit the schema).
+    #[error("cannot encode: {0}")]
+    Encode(String),
+}
+
+/// The envelope schema (Avro JSON) around an entity schema (Avro JSON).
+pub fn envelope_schema(entity_schema: &str) -> Result<String, SchemaError> {
+    let entity: Json =
+        serde_json::from_str(entity_schema).map_err(|e| SchemaError(e.to_string()))?;
+    let name = entity
+        .get("name")
+        .and_then(Json::as_str)
+        .ok_or_else(|| SchemaError("entity schema must be a named record".into()))?;
+    let full = match entity.get("namespace").and_then(Json::as_str) {
+        Some(ns) if !name.contains('.') => format!("{ns}.{name}"),
+        _ => name.to_string(),
+    };
+    let ns = full.rsplit_once('.').map(|(ns, _)| ns.to_string()).unwrap_or_default();
+    let env = json!({
+        "type": "record",
+        "name": "ChangeEvent",
+        "namespace": ns,
+        "doc": "A change of one entity (govbus change envelope).",
+        "fields": [
+            {"name": "event_id", "type": "string"},
+            {"name": "op", "type": {"type": "enum", "name": "Op", "namespace": "govbus",
+                                     "symbols": Op::SYMBOLS}},
+            {"name": "before", "type": ["null", entity], "default": null},
+            {"name": "after", "type": ["null", full], "default": null},
+            {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "govbus",
+                "fields": [
+                    {"name": "agency", "type": "string"},
+                    {"name": "system", "type": "string"},
+                    {"name": "seq", "type": "long"}
+                ]}},
+            {"name": "ts_ms", "type": "long"}
+        ]
+    });
+    Ok(env.to_string())
+}
+
+impl Change {
+    /// The envelope as an Avro value.
+    pub fn to_value(&self) -> Value {
+        let opt = |v: &Option<Value>| match v {
+            None => Value::Union(0, Box::new(Value::Null)),
+            Some(v) => Value::Union(1, Box::new(v.clone())),
+        };
+        Value::Record(vec![
+            ("event_id".into(), Value::String(self.event_id.clone())),
+            (
+                "op".into(),
+                Value::Enum(self.op.index(), self.op.as_str().into()),
+            ),
+            ("before".into(), opt(&self.before)),
+            ("after".into(), opt(&self.after)),
+            (
+                "source".into(),
+                Value::Record(vec![
+                    ("agency".into(), Value::String(self.source.agency.clone())),
+                    ("system".into(), Value::String(self.source.system.clone())),
+                    ("seq".into(), Value::Long(self.source.seq)),
+                ]),
+            ),
+            ("ts_ms".into(), Value::Long(self.ts_ms)),
+        ])
+    }
+
+    /// Reads an envelope from a decoded Avro value.
+    pub fn from_value(v: Value) -> Result<Self, EnvelopeError> {
+        let Value::Record(fields) = v else {
+            return Err(EnvelopeError::Shape("top level is not a record".into()));
+        };
+        let mut event_id = None;
+        let mut op = None;
+        let mut before = None;
+        let mut after = None;
+        let mut source = None;
+        let mut ts_ms = None;
+        for (name, value) in fields {
+            match (name.as_str(), value) {
+                ("event_id", Value::String(s)) => event_id = Some(s),
+                ("op", Value::Enum(_, s)) => op = Op::from_symbol(&s),
+                ("before", v) => before = Some(unwrap_optional(v)),
+                ("after", v) => after = Some(unwrap_optional(v)),
+                ("source", Value::Record(sf)) => {
+                    let mut agency = None;
+                    let mut system = None;
+                    let mut seq = None;
+                    for (n, v) in sf {
+                        match (n.as_str(), v) {
+                            ("agency", Value::String(s)) => agency = Some(s),
+                            ("system", Value::String(s)) => system = Some(s),
+                            ("seq", Value::Long(l)) => seq = Some(l),
+                            _ => {}
+                        }
+                    }
+                    source = match (agency, system, seq) {
+                        (Some(agency), Some(system), Some(seq)) => Some(Source {
+                            agency,
+                            system,
+                            seq,
+                        }),
+                        _ => None,
+                    };
+                }
+                ("ts_ms", Value::Long(l)) => ts_ms = Some(l),
+                _ => {}
+            }
+        }
+        let missing = |f: &str| EnvelopeError::Shape(format!("field `{f}` missing or mistyped"));
+        Ok(Change {
+            event_id: event_id.ok_or_else(|| missing("event_id"))?,
+            op: op.ok_or_else(|| missing("op"))?,
+            before: before.ok_or_else(|| missing("before"))?,
+            after: after.ok_or_else(|| missing("after"))?,
+            source: source.ok_or_else(|| missing("source"))?,
+            ts_ms: ts_ms.ok_or_else(|| missing("ts_ms"))?,
+        })
+    }
+}
+
+fn unwrap_optional(v: Value) -> Option<Value> {
+    match v {
+        Value::Union(_, b) => match *b {
+            Value::Null => None,
+            other => Some(other),
+        },
+        Value::Null => None,
+        other => Some(other),
+    }
+}
+
+/// Encodes changes with one registered envelope schema.
+#[derive(Debug, Clone)]
+pub struct EnvelopeCodec {
+    /// The envelope schema.
+    pub schema: Schema,
+    /// Its registry id.
+    pub id: u32,
+}
+
+impl EnvelopeCodec {
+    /// A codec for `schema` registered as `id`.
+    pub fn new(schema: Schema, id: u32) -> Self {
+        Self { schema, id }
+    }
+
+    /// The change in the wire format.
+    pub fn encode(&self, change: &Change) -> Result<Vec<u8>, EnvelopeError> {
+        let body = apache_avro::to_avro_datum(&self.schema, change.to_value()).map_err(|e| {
+            EnvelopeError::Encode(format!(
+                "event {} does not match schema {}: {e}",
+                change.event_id, self.id
+            ))
+        })?;
+        let mut out = Vec::with_capacity(5 + body.len());
+        wire::header_into(self.id, &mut out);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+}
+
+/// Decodes a wire-format payload into a change, fetching the writer schema
+/// through `resolver`.
+pub fn decode(
+    payload: &[u8],
+    resolver: &dyn crate::SchemaResolver,
+) -> Result<(u32, Change), EnvelopeError> {
+    let (id, mut body) = wire::decode(payload)?;
+    let schema = resolver
+        .resolve(id)
+        .map_err(|e| EnvelopeError::UnknownSchema {
+            id,
+            reason: e.to_string(),
+        })?;
+    let value = apache_avro::from_avro_datum(&schema, &mut body, None).map_err(|e| {
+        EnvelopeError::Decode {
+            id,
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((id, Change::from_value(value)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::FixedResolver;
+
+    #[test]
+    fn envelope_round_trips_through_the_wire_format() {
+        let entity = include_str!("../../../schemas/bca/residents.v1.avsc");
+        let schema = Schema::parse_str(&envelope_schema(entity).unwrap()).unwrap();
+        let ent = Schema::parse_str(entity).unwrap();
+        let after = crate::json::to_avro(
+            &ent,
+            &json!({"citizen_id": "052090000001", "full_name": "A", "date_of_birth": 1,
+                    "sex": "FEMALE", "ethnicity": "Kinh",
+                    "permanent_address": {"province_code": "52", "commune_code": "1"},
+                    "updated_at": 5}),
+        )
+        .unwrap();
+        let change = Change {
+            event_id: "e1".into(),
+            op: Op::Create,
+            before: None,
+            after: Some(after),
+            source: Source {
+                agency: "bca".into(),
+                system: "t".into(),
+                seq: 1,
+            },
+            ts_ms: 7,
+        };
+        let codec = EnvelopeCodec::new(schema.clone(), 9);
+        let bytes = codec.encode(&change).unwrap();
+        let resolver = FixedResolver::new([(9, schema)]);
+        let (id, back) = decode(&bytes, &resolver).unwrap();
+        assert_eq!(id, 9);
+        assert_eq!(back, change);
+        assert!(matches!(
+            decode(&bytes, &FixedResolver::new([])),
+            Err(EnvelopeError::UnknownSchema { id: 9, .. })
+        ));
+        assert!(matches!(
+            decode(&bytes[..8], &resolver),
+            Err(EnvelopeError::Decode { .. })
+        ));
+    }
+}

@@ -1,1 +1,74 @@
-//! govbus-registry
+//! govbus's schema registry: the Confluent Schema Registry REST API for Avro,
+//! stateless, with the compacted `_schemas` Kafka topic as its only storage
+//! (Confluent's record layout, so a cluster can move between the two).
+
+pub mod error;
+pub mod http;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use govbus_core::KafkaConfig;
+use serde::{Deserialize, Serialize};
+
+pub use error::ApiError;
+pub use store::{KafkaStore, StoreError};
+
+/// Registry settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The cluster holding the log.
+    pub kafka: KafkaConfig,
+    /// The log topic (Confluent's `kafkastore.topic`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Replication factor of the log topic when it is created.
+    #[serde(default = "one")]
+    pub replication: i32,
+    /// Where to listen, e.g. `127.0.0.1:8081`.
+    pub listen: SocketAddr,
+}
+
+fn default_topic() -> String {
+    "_schemas".into()
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A running registry.
+#[derive(Debug)]
+pub struct RunningRegistry {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    /// The server task.
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Opens the store, binds, and serves in a background task.
+pub async fn start(cfg: &RegistryConfig) -> Result<RunningRegistry, StartError> {
+    let store = Arc::new(KafkaStore::open(&cfg.kafka, &cfg.topic, cfg.replication).await?);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(cfg.listen, e))?;
+    tracing::info!(%addr, topic = cfg.topic, "schema registry listening");
+    let app = http::router(store);
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(RunningRegistry { addr, task })
+}
+
+/// The registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The port could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}

@@ -1,0 +1,178 @@
+//! A demo ministry: realistic resident changes across provinces, with moves
+//! and deletes, and the state they lead to (so tests can compare).
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value as Json};
+
+use crate::publisher::ChangeRequest;
+
+const FAMILY: &[&str] = &[
+    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi", "Đỗ",
+    "Hồ", "Ngô", "Dương", "Lý",
+];
+const MIDDLE: &[&str] = &["Văn", "Thị", "Hữu", "Đức", "Minh", "Ngọc", "Thanh", "Quang"];
+const GIVEN: &[&str] = &[
+    "An", "Bình", "Châu", "Dũng", "Giang", "Hà", "Hải", "Hiếu", "Hương", "Khoa", "Lan", "Linh",
+    "Long", "Mai", "Nam", "Phong", "Phúc", "Quân", "Sơn", "Trang", "Trung", "Tuấn", "Vy", "Yến",
+];
+/// Ethnic groups used by the demo (none of these words occurs in a demo name).
+pub const ETHNICITIES: &[&str] = &[
+    "Kinh", "Tày", "Thái", "Mường", "Khmer", "Hoa", "Nùng", "Chăm", "Ê Đê", "Ba Na",
+];
+const STREETS: &[&str] = &[
+    "Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưng", "Quang Trung", "Lý Thường Kiệt",
+];
+
+/// The five demo provinces: (province code, communes).
+pub const PROVINCES: &[(&str, &[&str])] = &[
+    ("52", &["21550", "21553", "21556", "21559"]),
+    ("94", &["31507", "31510", "31513"]),
+    ("01", &["00001", "00004", "00006"]),
+    ("79", &["26734", "26737", "26740"]),
+    ("48", &["20194", "20197"]),
+];
+
+/// The demo ministry's world: who lives where now.
+#[derive(Debug)]
+pub struct DemoWorld {
+    rng: StdRng,
+    live: BTreeMap<String, Json>,
+    keys: Vec<String>,
+    serial: u64,
+}
+
+impl DemoWorld {
+    /// A world driven by `seed` (the same seed gives the same changes).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            live: BTreeMap::new(),
+            keys: Vec::new(),
+            serial: 0,
+        }
+    }
+
+    /// Every resident alive now, by citizen id.
+    pub fn live(&self) -> &BTreeMap<String, Json> {
+        &self.live
+    }
+
+    /// Residents whose permanent address is in `province` now.
+    pub fn in_province(&self, province: &str) -> BTreeMap<String, Json> {
+        self.live
+            .iter()
+            .filter(|(_, r)| r["permanent_address"]["province_code"] == province)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn address(&mut self) -> Json {
+        let (p, communes) = PROVINCES[self.rng.gen_range(0..PROVINCES.len())];
+        let c = communes[self.rng.gen_range(0..communes.len())];
+        let street = if self.rng.gen_bool(0.7) {
+            json!(format!(
+                "{} {}",
+                self.rng.gen_range(1..400),
+                STREETS[self.rng.gen_range(0..STREETS.len())]
+            ))
+        } else {
+            Json::Null
+        };
+        json!({"province_code": p, "commune_code": c, "street": street})
+    }
+
+    fn name(&mut self) -> String {
+        format!(
+            "{} {} {}",
+            FAMILY[self.rng.gen_range(0..FAMILY.len())],
+            MIDDLE[self.rng.gen_range(0..MIDDLE.len())],
+            GIVEN[self.rng.gen_range(0..GIVEN.len())]
+        )
+    }
+
+    fn new_resident(&mut self) -> Json {
+        self.serial += 1;
+        let year = self.rng.gen_range(1930..2020);
+        let female = self.rng.gen_bool(0.5);
+        let century = match (year >= 2000, female) {
+            (false, false) => 0,
+            (false, true) => 1,
+            (true, false) => 2,
+            (true, true) => 3,
+        };
+        let birth_province = PROVINCES[self.rng.gen_range(0..PROVINCES.len())].0;
+        let id = format!(
+            "0{birth_province}{century}{:02}{:06}",
+            year % 100,
+            self.serial % 1_000_000
+        );
+        json!({
+            "citizen_id": id,
+            "full_name": self.name(),
+            "date_of_birth": format!("{year}-{:02}-{:02}", self.rng.gen_range(1..13), self.rng.gen_range(1..29)),
+            "sex": if female { "FEMALE" } else { "MALE" },
+            "ethnicity": ETHNICITIES[self.rng.gen_range(0..ETHNICITIES.len())],
+            "permanent_address": self.address(),
+            "updated_at": govbus_core::now_ms(),
+        })
+    }
+
+    /// The next change, applied to the world.
+    pub fn next_change(&mut self) -> ChangeRequest {
+        let roll: f64 = self.rng.gen();
+        if self.keys.len() < 20 || roll < 0.40 {
+            let r = self.new_resident();
+            let key = r["citizen_id"].as_str().unwrap_or_default().to_string();
+            self.keys.push(key.clone());
+            self.live.insert(key, r.clone());
+            return ChangeRequest::Upsert(r);
+        }
+        let i = self.rng.gen_range(0..self.keys.len());
+        let key = self.keys[i].clone();
+        if roll < 0.90 {
+            let mut r = self.live[&key].clone();
+            if roll < 0.65 {
+                r["full_name"] = json!(self.name()); // an update in place
+                if let Some(s) = r["permanent_address"].get_mut("street") {
+                    *s = json!(format!("{} Lê Lợi", self.rng.gen_range(1..400)));
+                }
+            } else {
+                r["permanent_address"] = self.address(); // a move (maybe across provinces)
+            }
+            r["updated_at"] = json!(govbus_core::now_ms());
+            self.live.insert(key, r.clone());
+            ChangeRequest::Upsert(r)
+        } else {
+            self.keys.swap_remove(i);
+            self.live.remove(&key);
+            ChangeRequest::Delete { key }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_has_moves_deletes_and_no_ethnicity_in_names() {
+        let mut w = DemoWorld::new(7);
+        let mut deletes = 0;
+        for _ in 0..1000 {
+            if let ChangeRequest::Delete { .. } = w.next_change() {
+                deletes += 1;
+            }
+        }
+        assert!(deletes > 20);
+        for (_, r) in w.live() {
+            let name = r["full_name"].as_str().unwrap();
+            assert!(ETHNICITIES.iter().all(|e| !name.contains(e)), "{name}");
+            assert_eq!(r["citizen_id"].as_str().unwrap().len(), 12);
+        }
+        let total: usize = PROVINCES.iter().map(|(p, _)| w.in_province(p).len()).sum();
+        assert_eq!(total, w.live().len());
+    }
+}

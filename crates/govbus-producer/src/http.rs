@@ -1,0 +1,186 @@
+//! HTTP ingest: `POST /v1/datasets/{dataset}/changes` with a JSON change.
+//!
+//! ```json
+//! {"op": "upsert", "data": { ...the entity... }}
+//! {"op": "delete", "key": "052090000001"}
+//! ```
+//! 202 once the change is durable; 400 for JSON that does not parse; 422
+//! naming every bad field; 404 for an unknown dataset or entity; 503 when the
+//! store is down. Nothing is stored unless the answer is 202.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use govbus_schema::FieldError;
+use serde_json::{json, Value};
+
+use crate::publisher::{ChangeRequest, Publisher, SubmitError};
+
+/// The ingest routes.
+pub fn router(publisher: Arc<Publisher>) -> Router {
+    Router::new()
+        .route("/v1/datasets/{dataset}/changes", post(ingest))
+        .route("/v1/datasets", get(datasets))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(publisher)
+}
+
+async fn datasets(State(p): State<Arc<Publisher>>) -> Response {
+    Json(json!({ "datasets": p.datasets() })).into_response()
+}
+
+fn reject(status: StatusCode, dataset: &str, reason: &'static str, error: String, errors: Vec<FieldError>) -> Response {
+    metrics::counter!("govbus_ingest_rejected_total", "dataset" => dataset.to_string(), "reason" => reason)
+        .increment(1);
+    tracing::info!(dataset, reason, %error, "change rejected");
+    (status, Json(json!({"error": error, "errors": errors}))).into_response()
+}
+
+/// Reads the request body into a change, naming every problem.
+pub fn parse_request(body: &[u8]) -> Result<ChangeRequest, (StatusCode, String, Vec<FieldError>)> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON: {e}"),
+            vec![],
+        )
+    })?;
+    let field = |f: &str, p: &str| FieldError {
+        field: f.into(),
+        problem: p.into(),
+    };
+    let unprocessable = |errors: Vec<FieldError>| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the change is not valid".to_string(),
+            errors,
+        )
+    };
+    let Some(obj) = v.as_object() else {
+        return Err(unprocessable(vec![field("$", "expected an object")]));
+    };
+    let mut errors: Vec<FieldError> = obj
+        .keys()
+        .filter(|k| !["op", "data", "key"].contains(&k.as_str()))
+        .map(|k| field(k, "is not a field of a change (op, data, key)"))
+        .collect();
+    let req = match obj.get("op").and_then(Value::as_str) {
+        Some("upsert") => match obj.get("data") {
+            Some(d) => Some(ChangeRequest::Upsert(d.clone())),
+            None => {
+                errors.push(field("data", "is required for an upsert"));
+                None
+            }
+        },
+        Some("delete") => match obj.get("key").and_then(Value::as_str) {
+            Some(k) if !k.is_empty() => Some(ChangeRequest::Delete { key: k.to_string() }),
+            _ => {
+                errors.push(field("key", "a non-empty string is required for a delete"));
+                None
+            }
+        },
+        _ => {
+            errors.push(field("op", "must be \"upsert\" or \"delete\""));
+            None
+        }
+    };
+    match req {
+        Some(r) if errors.is_empty() => Ok(r),
+        _ => Err(unprocessable(errors)),
+    }
+}
+
+async fn ingest(
+    State(p): State<Arc<Publisher>>,
+    Path(dataset): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req = match parse_request(&body) {
+        Ok(r) => r,
+        Err((status, error, errors)) => {
+            let reason = if status == StatusCode::BAD_REQUEST { "malformed" } else { "invalid" };
+            return reject(status, &dataset, reason, error, errors);
+        }
+    };
+    let p2 = p.clone();
+    let ds = dataset.clone();
+    let res = tokio::task::spawn_blocking(move || p2.submit(&ds, req)).await;
+    match res {
+        Ok(Ok(acc)) => {
+            metrics::counter!("govbus_ingest_accepted_total", "dataset" => dataset).increment(1);
+            (StatusCode::ACCEPTED, Json(json!(acc))).into_response()
+        }
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            match e {
+                SubmitError::Invalid(errors) => reject(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &dataset,
+                    "schema",
+                    "the change does not match the dataset's schema".into(),
+                    errors,
+                ),
+                SubmitError::UnknownDataset(_) => {
+                    reject(StatusCode::NOT_FOUND, "unknown", "unknown_dataset", msg, vec![])
+                }
+                SubmitError::UnknownEntity { .. } => {
+                    reject(StatusCode::NOT_FOUND, &dataset, "unknown_entity", msg, vec![])
+                }
+                SubmitError::Store(_) => {
+                    tracing::error!(error = %msg, "store unavailable");
+                    reject(StatusCode::SERVICE_UNAVAILABLE, &dataset, "store", msg, vec![])
+                }
+                SubmitError::Encode(_) => {
+                    tracing::error!(error = %msg, "cannot encode");
+                    reject(StatusCode::INTERNAL_SERVER_ERROR, &dataset, "encode", msg, vec![])
+                }
+            }
+        }
+        Err(e) => reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &dataset,
+            "internal",
+            format!("ingest task failed: {e}"),
+            vec![],
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_400_and_says_where() {
+        let (s, msg, _) = parse_request(b"{\"op\": ").unwrap_err();
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn every_envelope_problem_is_named() {
+        let (s, _, errs) = parse_request(br#"{"op":"merge","extra":1}"#).unwrap_err();
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["extra", "op"]);
+        let (_, _, errs) = parse_request(br#"{"op":"delete"}"#).unwrap_err();
+        assert_eq!(errs[0].field, "key");
+    }
+
+    #[test]
+    fn good_requests_parse() {
+        assert_eq!(
+            parse_request(br#"{"op":"delete","key":"1"}"#).unwrap(),
+            ChangeRequest::Delete { key: "1".into() }
+        );
+        assert!(matches!(
+            parse_request(br#"{"op":"upsert","data":{}}"#).unwrap(),
+            ChangeRequest::Upsert(_)
+        ));
+    }
+}

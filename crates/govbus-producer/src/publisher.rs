@@ -1,0 +1,274 @@
+//! The Rust API of a ministry: submit a change; it is acknowledged once it is
+//! durable in the producer's own store, with its sequence and `before`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use govbus_core::{topics::value_subject, Catalog, DatasetId, Topics};
+use govbus_schema::envelope::envelope_schema;
+use govbus_schema::json::{to_avro, to_json};
+use govbus_schema::{AvroValue, Change, EnvelopeCodec, FieldError, Op, RegistryClient, Source};
+use serde_json::Value as Json;
+
+use crate::store::{Built, OutboxStore, StoreError};
+
+/// A change as a source system states it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeRequest {
+    /// The entity's complete new state (create or update).
+    Upsert(Json),
+    /// The entity is gone.
+    Delete {
+        /// Its key.
+        key: String,
+    },
+}
+
+/// A change the store holds durably.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Accepted {
+    /// The change's id.
+    pub event_id: String,
+    /// The entity's sequence number given to this change.
+    pub seq: i64,
+    /// CREATE, UPDATE or DELETE.
+    pub op: &'static str,
+    /// The entity key.
+    pub key: String,
+}
+
+/// Why a change was refused (nothing was stored).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The dataset is not declared, or not owned by this agency.
+    #[error("dataset `{0}` is not published by this producer")]
+    UnknownDataset(String),
+    /// The change does not match the dataset's schema.
+    #[error("the change does not match the schema: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldError>),
+    /// Delete of an entity this producer never published (or already deleted).
+    #[error("{dataset} has no entity with key `{key}`")]
+    UnknownEntity {
+        /// Dataset.
+        dataset: String,
+        /// Key.
+        key: String,
+    },
+    /// The store failed: retry later.
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+    /// The change could not be encoded (a bug or a corrupt stored state).
+    #[error("cannot encode the change: {0}")]
+    Encode(String),
+}
+
+/// Setting the publisher up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A schema is invalid.
+    #[error("{dataset}: {reason}")]
+    Schema {
+        /// Dataset.
+        dataset: DatasetId,
+        /// Why.
+        reason: String,
+    },
+    /// The registry refused or could not be reached.
+    #[error("registering {subject}: {source}")]
+    Registry {
+        /// Subject.
+        subject: String,
+        /// Why.
+        source: govbus_schema::RegistryError,
+    },
+}
+
+#[derive(Debug)]
+struct Writer {
+    topic: String,
+    key_field: String,
+    entity: Schema,
+    codec: EnvelopeCodec,
+}
+
+/// Wakes the relay when a change is stored.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    pending: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    /// Signals new work.
+    pub fn notify(&self) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits for new work, at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        let guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut g, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |p| !*p)
+            .unwrap_or_else(|p| p.into_inner());
+        *g = false;
+    }
+}
+
+/// Submits changes of the datasets one agency owns.
+#[derive(Debug)]
+pub struct Publisher {
+    agency: String,
+    system: String,
+    writers: HashMap<String, Writer>,
+    store: Arc<dyn OutboxStore>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl Publisher {
+    /// Registers the envelope schema of every dataset `agency` owns and
+    /// returns a publisher writing to `store`.
+    pub fn new(
+        catalog: &Catalog,
+        agency: &str,
+        system: &str,
+        topics: &Topics,
+        registry: &RegistryClient,
+        store: Arc<dyn OutboxStore>,
+    ) -> Result<Self, SetupError> {
+        let mut writers = HashMap::new();
+        for ds in catalog.datasets.values().filter(|d| d.id.owner == agency) {
+            let bad = |reason: String| SetupError::Schema {
+                dataset: ds.id.clone(),
+                reason,
+            };
+            let entity = Schema::parse_str(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
+            let env_text = envelope_schema(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
+            let env = Schema::parse_str(&env_text).map_err(|e| bad(e.to_string()))?;
+            let topic = topics.central(&ds.id, ds.file.major);
+            let subject = value_subject(&topic);
+            let id = registry
+                .register(&subject, &env_text)
+                .map_err(|source| SetupError::Registry { subject, source })?;
+            writers.insert(
+                ds.id.to_string(),
+                Writer {
+                    topic,
+                    key_field: ds.file.key.clone(),
+                    entity,
+                    codec: EnvelopeCodec::new(env, id),
+                },
+            );
+        }
+        Ok(Self {
+            agency: agency.to_string(),
+            system: system.to_string(),
+            writers,
+            store,
+            wakeup: Arc::new(Wakeup::default()),
+        })
+    }
+
+    /// The store behind this publisher (the relay reads it).
+    pub fn store(&self) -> Arc<dyn OutboxStore> {
+        self.store.clone()
+    }
+
+    /// Signalled whenever a change is stored.
+    pub fn wakeup(&self) -> Arc<Wakeup> {
+        self.wakeup.clone()
+    }
+
+    /// The datasets this publisher accepts.
+    pub fn datasets(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.writers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Validates, sequences and stores one change. Blocking (database I/O).
+    pub fn submit(&self, dataset: &str, req: ChangeRequest) -> Result<Accepted, SubmitError> {
+        let w = self
+            .writers
+            .get(dataset)
+            .ok_or_else(|| SubmitError::UnknownDataset(dataset.to_string()))?;
+        let (key, after) = match &req {
+            ChangeRequest::Upsert(json) => {
+                let v = to_avro(&w.entity, json).map_err(SubmitError::Invalid)?;
+                let key = key_of(&v, &w.key_field).ok_or_else(|| {
+                    SubmitError::Invalid(vec![FieldError {
+                        field: w.key_field.clone(),
+                        problem: "the key must be a non-empty string or number".into(),
+                    }])
+                })?;
+                (key, Some(v))
+            }
+            ChangeRequest::Delete { key } => (key.clone(), None),
+        };
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let mut op = Op::Create;
+        let mut build = |seq: i64, prev: Option<&Json>| -> Result<Built, SubmitError> {
+            let before = match prev {
+                Some(p) => Some(to_avro(&w.entity, p).map_err(|e| {
+                    SubmitError::Encode(format!("stored state of {key} no longer fits: {e:?}"))
+                })?),
+                None => None,
+            };
+            op = match (&before, &after) {
+                (None, None) => {
+                    return Err(SubmitError::UnknownEntity {
+                        dataset: dataset.to_string(),
+                        key: key.clone(),
+                    })
+                }
+                (None, Some(_)) => Op::Create,
+                (Some(_), Some(_)) => Op::Update,
+                (Some(_), None) => Op::Delete,
+            };
+            let change = Change {
+                event_id: event_id.clone(),
+                op,
+                before,
+                after: after.clone(),
+                source: Source {
+                    agency: self.agency.clone(),
+                    system: self.system.clone(),
+                    seq,
+                },
+                ts_ms: govbus_core::now_ms(),
+            };
+            let value = w
+                .codec
+                .encode(&change)
+                .map_err(|e| SubmitError::Encode(e.to_string()))?;
+            Ok(Built {
+                topic: w.topic.clone(),
+                value,
+                state: after.as_ref().map(to_json),
+            })
+        };
+        let seq = self.store.accept(dataset, &key, &mut build)?;
+        self.wakeup.notify();
+        Ok(Accepted {
+            event_id,
+            seq,
+            op: op.as_str(),
+            key,
+        })
+    }
+}
+
+fn key_of(v: &AvroValue, field: &str) -> Option<String> {
+    let AvroValue::Record(fields) = v else {
+        return None;
+    };
+    match fields.iter().find(|(n, _)| n == field).map(|(_, v)| v)? {
+        AvroValue::String(s) if !s.is_empty() => Some(s.clone()),
+        AvroValue::Int(i) => Some(i.to_string()),
+        AvroValue::Long(i) => Some(i.to_string()),
+        _ => None,
+    }
+}

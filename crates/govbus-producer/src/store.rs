@@ -1,0 +1,312 @@
+//! The producer's own durable store: entity state (for `before` and the
+//! per-entity sequence) and the outbox of encoded changes not yet
+//! acknowledged by the broker. SQLite by default, PostgreSQL when configured.
+
+use std::sync::Mutex;
+
+use serde_json::Value as Json;
+
+use crate::SubmitError;
+
+/// A failure of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// A stored state is not JSON (the store was edited by hand?).
+    #[error("stored state of {key} is not JSON: {reason}")]
+    Corrupt {
+        /// The entity.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the caller builds from the entity's previous state and new sequence.
+#[derive(Debug)]
+pub struct Built {
+    /// Where the change goes.
+    pub topic: String,
+    /// The encoded change (wire format).
+    pub value: Vec<u8>,
+    /// The entity's state after the change (None after a delete).
+    pub state: Option<Json>,
+}
+
+/// A change waiting to be published.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Position in the outbox (commit order).
+    pub id: i64,
+    /// Dataset, for metrics.
+    pub dataset: String,
+    /// Destination topic.
+    pub topic: String,
+    /// Entity key.
+    pub key: String,
+    /// Encoded change.
+    pub value: Vec<u8>,
+}
+
+/// The builder's verdict: a change to store, or a refusal passed back.
+pub type BuildResult = Result<Built, SubmitError>;
+
+/// A durable store of entity states and pending changes.
+pub trait OutboxStore: Send + Sync + std::fmt::Debug {
+    /// In one transaction: read the entity's state and sequence, call `build`
+    /// with (next sequence, previous state), store its output. Returns the
+    /// sequence given to the change.
+    fn accept(
+        &self,
+        dataset: &str,
+        key: &str,
+        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
+    ) -> Result<i64, SubmitError>;
+
+    /// Up to `limit` pending changes, oldest first.
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Forgets changes the broker has acknowledged.
+    fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// How many changes wait.
+    fn backlog(&self) -> Result<i64, StoreError>;
+}
+
+/// SQLite store (the embedded default).
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path` (`:memory:` for a throwaway one).
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS govbus_entities (
+                 dataset TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT,
+                 PRIMARY KEY (dataset, key));
+             CREATE TABLE IF NOT EXISTS govbus_outbox (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, topic TEXT NOT NULL,
+                 key TEXT NOT NULL, value BLOB NOT NULL);",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+fn parse_state(key: &str, s: Option<String>) -> Result<Option<Json>, StoreError> {
+    s.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+impl OutboxStore for SqliteStore {
+    fn accept(
+        &self,
+        dataset: &str,
+        key: &str,
+        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
+    ) -> Result<i64, SubmitError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let prev: Option<(i64, Option<String>)> = {
+            let mut st = tx
+                .prepare_cached("SELECT seq, state FROM govbus_entities WHERE dataset = ?1 AND key = ?2")
+                .map_err(StoreError::from)?;
+            let mut rows = st.query((dataset, key)).map_err(StoreError::from)?;
+            match rows.next().map_err(StoreError::from)? {
+                Some(r) => Some((
+                    r.get(0).map_err(StoreError::from)?,
+                    r.get(1).map_err(StoreError::from)?,
+                )),
+                None => None,
+            }
+        };
+        let seq = prev.as_ref().map_or(1, |(s, _)| s + 1);
+        let state = parse_state(key, prev.and_then(|(_, s)| s))?;
+        let built = build(seq, state.as_ref())?;
+        tx.prepare_cached(
+            "INSERT INTO govbus_outbox (dataset, topic, key, value) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut st| st.execute((dataset, &built.topic, key, &built.value)))
+        .map_err(StoreError::from)?;
+        tx.prepare_cached(
+            "INSERT INTO govbus_entities (dataset, key, seq, state) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+        )
+        .and_then(|mut st| {
+            st.execute((dataset, key, seq, built.state.as_ref().map(|s| s.to_string())))
+        })
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = conn.prepare_cached(
+            "SELECT id, dataset, topic, key, value FROM govbus_outbox ORDER BY id LIMIT ?1",
+        )?;
+        let rows = st.query_map([limit as i64], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                dataset: r.get(1)?,
+                topic: r.get(2)?,
+                key: r.get(3)?,
+                value: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
+            for id in ids {
+                st.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn backlog(&self) -> Result<i64, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(conn.query_row("SELECT count(*) FROM govbus_outbox", [], |r| r.get(0))?)
+    }
+}
+
+/// PostgreSQL store (tables in the given schema).
+pub struct PostgresStore {
+    client: Mutex<postgres::Client>,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("schema", &self.schema).finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` and creates the tables in `schema` if missing.
+    pub fn open(url: &str, schema: &str) -> Result<Self, StoreError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let s = quote_ident(schema);
+        client.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.govbus_entities (
+                 dataset TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, state TEXT,
+                 PRIMARY KEY (dataset, key));
+             CREATE TABLE IF NOT EXISTS {s}.govbus_outbox (
+                 id BIGSERIAL PRIMARY KEY, dataset TEXT NOT NULL, topic TEXT NOT NULL,
+                 key TEXT NOT NULL, value BYTEA NOT NULL);"
+        ))?;
+        Ok(Self {
+            client: Mutex::new(client),
+            schema: s,
+        })
+    }
+}
+
+/// `"name"` with inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl OutboxStore for PostgresStore {
+    fn accept(
+        &self,
+        dataset: &str,
+        key: &str,
+        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
+    ) -> Result<i64, SubmitError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = client.transaction().map_err(StoreError::from)?;
+        // FOR UPDATE serialises concurrent changes of one entity.
+        let row = tx
+            .query_opt(
+                &format!("SELECT seq, state FROM {s}.govbus_entities WHERE dataset = $1 AND key = $2 FOR UPDATE"),
+                &[&dataset, &key],
+            )
+            .map_err(StoreError::from)?;
+        let (seq, state) = match row {
+            Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, Option<String>>(1)),
+            None => (1, None),
+        };
+        let state = parse_state(key, state)?;
+        let built = build(seq, state.as_ref())?;
+        tx.execute(
+            &format!("INSERT INTO {s}.govbus_outbox (dataset, topic, key, value) VALUES ($1, $2, $3, $4)"),
+            &[&dataset, &built.topic, &key, &built.value],
+        )
+        .map_err(StoreError::from)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.govbus_entities (dataset, key, seq, state) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state"
+            ),
+            &[&dataset, &key, &seq, &built.state.as_ref().map(|s| s.to_string())],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(seq)
+    }
+
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = client.query(
+            &format!("SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox ORDER BY id LIMIT $1"),
+            &[&(limit as i64)],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                dataset: r.get(1),
+                topic: r.get(2),
+                key: r.get(3),
+                value: r.get(4),
+            })
+            .collect())
+    }
+
+    fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        client.execute(
+            &format!("DELETE FROM {s}.govbus_outbox WHERE id = ANY($1)"),
+            &[&ids],
+        )?;
+        Ok(())
+    }
+
+    fn backlog(&self) -> Result<i64, StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(client
+            .query_one(&format!("SELECT count(*) FROM {s}.govbus_outbox"), &[])?
+            .get(0))
+    }
+}

@@ -70,3 +70,84 @@ impl KafkaConfig {
         c
     }
 }
+
+/// A topic to create if missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// Topic configs (`cleanup.policy`, `retention.ms`, ...).
+    pub configs: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    /// A compacted topic (central topics, views, control topics).
+    pub fn compacted(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication: 1,
+            configs: vec![("cleanup.policy".into(), "compact".into())],
+        }
+    }
+
+    /// A retained (delete-policy) topic, e.g. a DLQ.
+    pub fn retained(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication: 1,
+            configs: vec![("cleanup.policy".into(), "delete".into())],
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet (blocking).
+pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
+    let topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|s| {
+            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            for (k, v) in &s.configs {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let res = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
+    for r in res {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, e)) => return Err(KafkaSetupError::CreateTopic { topic, reason: e.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// Setting up Kafka resources failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// The client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The broker refused a topic.
+    #[error("cannot create topic {topic}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's answer.
+        reason: String,
+    },
+}

@@ -1,0 +1,289 @@
+//! Subscription filters: CEL expressions over the entity's fields, checked
+//! against the dataset's schema when they are loaded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use apache_avro::Schema;
+use cel_interpreter::objects::{Key, Map};
+use cel_interpreter::{Context, Program, Value as Cel};
+use cel_parser::ast::{Expr, IdedExpr};
+use govbus_schema::names::Names;
+use govbus_schema::project::record_of;
+use govbus_schema::AvroValue;
+
+/// A compiled filter.
+#[derive(Debug)]
+pub struct Filter {
+    source: String,
+    program: Program,
+}
+
+/// The filter could not be evaluated on an entity.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// CEL raised an error.
+    #[error("filter `{filter}` failed: {reason}")]
+    Eval {
+        /// The expression.
+        filter: String,
+        /// CEL's message.
+        reason: String,
+    },
+    /// The filter gave something other than a boolean.
+    #[error("filter `{filter}` gave {got}, not a boolean")]
+    NotBool {
+        /// The expression.
+        filter: String,
+        /// What it gave.
+        got: String,
+    },
+}
+
+impl Filter {
+    /// Parses `source` and checks that every field it reads exists in `entity`.
+    pub fn compile(source: &str, entity: &Schema) -> Result<Self, String> {
+        // cel-parser 0.10 panics on some malformed input (an ANTLR visitor
+        // hitting `unreachable!`); a subscription file is input, so turn that
+        // into an error instead of taking the router down.
+        let parsed = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source))
+            .map_err(|_| format!("CEL syntax error in `{source}`: the expression is incomplete or malformed"))?;
+        let ast = parsed.map_err(|errs| {
+            let parts: Vec<String> = errs
+                .errors
+                .iter()
+                .map(|e| format!("column {}: {}", e.pos.1 + 1, e.msg))
+                .collect();
+            format!("CEL syntax error in `{source}`: {}", parts.join("; "))
+        })?;
+        let names = Names::of(entity);
+        let mut paths = Vec::new();
+        collect_paths(&ast, &mut HashSet::new(), &mut paths);
+        for path in paths {
+            check_path(entity, &names, &path)?;
+        }
+        let program = std::panic::catch_unwind(|| Program::compile(source))
+            .map_err(|_| format!("CEL syntax error in `{source}`"))?
+            .map_err(|e| format!("CEL syntax error in `{source}`: {e}"))?;
+        Ok(Self {
+            source: source.to_string(),
+            program,
+        })
+    }
+
+    /// The expression.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether `entity` matches, with `base` holding CEL's functions.
+    pub fn matches(&self, base: &Context<'_>, entity: &Vars) -> Result<bool, FilterError> {
+        let mut ctx = base.new_inner_scope();
+        for (k, v) in entity.0.iter() {
+            ctx.add_variable_from_value(k.clone(), v.clone());
+        }
+        match self.program.execute(&ctx) {
+            Ok(Cel::Bool(b)) => Ok(b),
+            Ok(other) => Err(FilterError::NotBool {
+                filter: self.source.clone(),
+                got: format!("{other:?}"),
+            }),
+            Err(e) => Err(FilterError::Eval {
+                filter: self.source.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// An entity's top-level fields as CEL values (built once per event, shared
+/// by every subscription's filter).
+#[derive(Debug, Clone, Default)]
+pub struct Vars(Arc<Vec<(String, Cel)>>);
+
+impl Vars {
+    /// The fields of an entity record.
+    pub fn of(entity: &AvroValue) -> Self {
+        match entity {
+            AvroValue::Record(fields) => Vars(Arc::new(
+                fields.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect(),
+            )),
+            AvroValue::Union(_, inner) => Self::of(inner),
+            _ => Vars::default(),
+        }
+    }
+}
+
+/// An Avro value as a CEL value: records are maps, enums their symbol, dates
+/// `YYYY-MM-DD` strings, timestamps CEL timestamps.
+pub fn to_cel(v: &AvroValue) -> Cel {
+    match v {
+        AvroValue::Null => Cel::Null,
+        AvroValue::Boolean(b) => Cel::Bool(*b),
+        AvroValue::Int(i) => Cel::Int(*i as i64),
+        AvroValue::Long(i) => Cel::Int(*i),
+        AvroValue::Float(f) => Cel::Float(*f as f64),
+        AvroValue::Double(f) => Cel::Float(*f),
+        AvroValue::String(s) | AvroValue::Enum(_, s) => Cel::String(Arc::new(s.clone())),
+        AvroValue::Bytes(b) | AvroValue::Fixed(_, b) => Cel::Bytes(Arc::new(b.clone())),
+        AvroValue::Union(_, b) => to_cel(b),
+        AvroValue::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        AvroValue::Map(m) => map(m.iter().map(|(k, v)| (k.clone(), to_cel(v)))),
+        AvroValue::Record(fields) => map(fields.iter().map(|(k, v)| (k.clone(), to_cel(v)))),
+        AvroValue::Date(d) => Cel::String(Arc::new(govbus_schema::json::date_string(*d))),
+        AvroValue::TimestampMillis(ms) => chrono::DateTime::from_timestamp_millis(*ms)
+            .map(|t| Cel::Timestamp(t.fixed_offset()))
+            .unwrap_or(Cel::Null),
+        AvroValue::Uuid(u) => Cel::String(Arc::new(u.to_string())),
+        other => Cel::String(Arc::new(format!("{other:?}"))),
+    }
+}
+
+fn map(entries: impl Iterator<Item = (String, Cel)>) -> Cel {
+    let m: HashMap<Key, Cel> = entries.map(|(k, v)| (Key::from(k), v)).collect();
+    Cel::Map(Map { map: Arc::new(m) })
+}
+
+/// Field paths read by the expression (`a.b.c` chains rooted at an identifier
+/// that is not a comprehension variable).
+fn collect_paths(e: &IdedExpr, locals: &mut HashSet<String>, out: &mut Vec<Vec<String>>) {
+    match &e.expr {
+        Expr::Ident(name) => {
+            if !locals.contains(name) {
+                out.push(vec![name.clone()]);
+            }
+        }
+        Expr::Select(sel) => {
+            let mut chain = vec![sel.field.clone()];
+            let mut cur = &sel.operand;
+            loop {
+                match &cur.expr {
+                    Expr::Select(inner) => {
+                        chain.push(inner.field.clone());
+                        cur = &inner.operand;
+                    }
+                    Expr::Ident(root) => {
+                        if !locals.contains(root) {
+                            chain.push(root.clone());
+                            chain.reverse();
+                            out.push(chain);
+                        }
+                        return;
+                    }
+                    _ => {
+                        collect_paths(cur, locals, out);
+                        return;
+                    }
+                }
+            }
+        }
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                collect_paths(t, locals, out);
+            }
+            for a in &c.args {
+                collect_paths(a, locals, out);
+            }
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| collect_paths(x, locals, out)),
+        Expr::Map(m) => {
+            for entry in &m.entries {
+                if let cel_parser::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                    collect_paths(&me.key, locals, out);
+                    collect_paths(&me.value, locals, out);
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let cel_parser::ast::EntryExpr::StructField(f) = &entry.expr {
+                    collect_paths(&f.value, locals, out);
+                }
+            }
+        }
+        Expr::Comprehension(c) => {
+            collect_paths(&c.iter_range, locals, out);
+            let mut inner = locals.clone();
+            inner.insert(c.iter_var.clone());
+            if let Some(v2) = &c.iter_var2 {
+                inner.insert(v2.clone());
+            }
+            inner.insert(c.accu_var.clone());
+            for x in [&c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                collect_paths(x, &mut inner, out);
+            }
+        }
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn check_path(entity: &Schema, names: &Names, path: &[String]) -> Result<(), String> {
+    let mut cur = names.resolve(entity);
+    for (i, part) in path.iter().enumerate() {
+        let Some(rec) = record_of(cur, names) else {
+            // Not a record (a map, a string...): CEL decides at run time.
+            return Ok(());
+        };
+        match rec.lookup.get(part) {
+            Some(&idx) => cur = names.resolve(&rec.fields[idx].schema),
+            None => {
+                let known: Vec<&str> = rec.fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(format!(
+                    "unknown field `{}` ({} has: {})",
+                    path[..=i].join("."),
+                    rec.name.name,
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn residents() -> Schema {
+        Schema::parse_str(include_str!("../../../schemas/bca/residents.v1.avsc")).unwrap()
+    }
+
+    #[test]
+    fn unknown_fields_and_syntax_errors_are_refused() {
+        let s = residents();
+        let e = Filter::compile(r#"permanent_address.provnce_code == "52""#, &s).unwrap_err();
+        assert!(e.contains("permanent_address.provnce_code"), "{e}");
+        let e = Filter::compile(r#"address.province_code == "52""#, &s).unwrap_err();
+        assert!(e.contains("unknown field `address`"), "{e}");
+        let e = Filter::compile(r#"permanent_address.province_code == "#, &s).unwrap_err();
+        assert!(e.contains("syntax"), "{e}");
+        Filter::compile(
+            r#"permanent_address.province_code in ["52", "94"] && [1,2].exists(x, x > 1)"#,
+            &s,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn filters_evaluate_on_entities() {
+        let s = residents();
+        let f = Filter::compile(r#"permanent_address.province_code == "52""#, &s).unwrap();
+        let base = Context::default();
+        let entity = AvroValue::Record(vec![(
+            "permanent_address".into(),
+            AvroValue::Record(vec![("province_code".into(), AvroValue::String("52".into()))]),
+        )]);
+        assert!(f.matches(&base, &Vars::of(&entity)).unwrap());
+        let other = AvroValue::Record(vec![(
+            "permanent_address".into(),
+            AvroValue::Record(vec![("province_code".into(), AvroValue::String("94".into()))]),
+        )]);
+        assert!(!f.matches(&base, &Vars::of(&other)).unwrap());
+        let g = Filter::compile("full_name", &s).unwrap();
+        let e = AvroValue::Record(vec![("full_name".into(), AvroValue::String("x".into()))]);
+        assert!(matches!(
+            g.matches(&base, &Vars::of(&e)),
+            Err(FilterError::NotBool { .. })
+        ));
+    }
+}

@@ -1,0 +1,121 @@
+//! Subscriptions compiled into views: filter, projection, output topic and
+//! the view's own schema.
+
+use apache_avro::Schema;
+use govbus_core::catalog::line_of;
+use govbus_core::topics::value_subject;
+use govbus_core::{Catalog, CatalogError, DatasetId, SubscriptionSpec, Topics};
+use govbus_schema::envelope::envelope_schema;
+use govbus_schema::project::{project_schema, Projection};
+use govbus_schema::{EnvelopeCodec, RegistryClient, RegistryError};
+
+use crate::filter::Filter;
+
+/// One subscription, ready to route.
+#[derive(Debug)]
+pub struct View {
+    /// `subscriber/dataset`.
+    pub name: String,
+    /// The subscribing agency.
+    pub subscriber: String,
+    /// The dataset.
+    pub dataset: DatasetId,
+    /// Which entities belong.
+    pub filter: Filter,
+    /// Which fields are removed.
+    pub projection: Projection,
+    /// Where the view is written.
+    pub topic: String,
+    /// The view's envelope schema (Avro JSON).
+    pub schema: String,
+    /// Set once the schema is registered.
+    pub codec: Option<EnvelopeCodec>,
+}
+
+/// Compiles every subscription of `catalog`; the first problem stops it,
+/// naming the file, the line when known, and what is wrong.
+pub fn compile(catalog: &Catalog, topics: &Topics) -> Result<Vec<View>, CatalogError> {
+    catalog.check_subscriptions()?;
+    catalog
+        .subscriptions
+        .iter()
+        .map(|s| compile_one(catalog, topics, s))
+        .collect()
+}
+
+fn compile_one(
+    catalog: &Catalog,
+    topics: &Topics,
+    s: &SubscriptionSpec,
+) -> Result<View, CatalogError> {
+    let ds = catalog
+        .dataset(&s.file.dataset)
+        .ok_or_else(|| s.invalid(format!("unknown dataset `{}`", s.file.dataset)))?;
+    let entity = Schema::parse_str(&ds.entity_schema)
+        .map_err(|e| s.invalid(format!("dataset schema: {e}")))?;
+    let filter = Filter::compile(&s.file.filter, &entity).map_err(|m| s.invalid(m))?;
+    let projected = project_schema(&ds.entity_schema, &s.file.drop, &ds.file.key).map_err(|e| {
+        CatalogError::Invalid {
+            file: s.origin.clone(),
+            line: std::fs::read_to_string(&s.origin)
+                .ok()
+                .and_then(|t| line_of(&t, "drop")),
+            message: format!("drop: {}", e.0),
+        }
+    })?;
+    let schema = envelope_schema(&projected).map_err(|e| s.invalid(e.0))?;
+    Schema::parse_str(&schema).map_err(|e| s.invalid(format!("view schema: {e}")))?;
+    Ok(View {
+        name: s.name(),
+        subscriber: s.file.subscriber.clone(),
+        dataset: ds.id.clone(),
+        filter,
+        projection: Projection::new(&s.file.drop),
+        topic: topics.view(&s.file.subscriber, &ds.id, ds.file.major),
+        schema,
+        codec: None,
+    })
+}
+
+/// Registers each view's schema under `<view topic>-value`.
+pub fn register(views: &mut [View], registry: &RegistryClient) -> Result<(), RegistryError> {
+    for v in views {
+        let id = registry.register(&value_subject(&v.topic), &v.schema)?;
+        let schema = Schema::parse_str(&v.schema)
+            .map_err(|e| RegistryError::Decode(e.to_string()))?;
+        v.codec = Some(EnvelopeCodec::new(schema, id));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use govbus_core::catalog::parse_subscription;
+
+    #[test]
+    fn shipped_subscriptions_compile() {
+        let views = compile(&Catalog::builtin(), &Topics::default()).unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].topic, "sub.p52.bca.residents.v1");
+        assert!(!views[0].schema.contains("ethnicity"));
+    }
+
+    #[test]
+    fn bad_files_name_file_line_and_problem() {
+        let cases = [
+            ("subscriber = \"p1\"\ndataset = \"bca.residents\"\nfilter = 'permanent_address.province == \"1\"'\n", "3", "unknown field `permanent_address.province`"),
+            ("subscriber = \"p1\"\ndataset = \"bca.residents\"\n\nfilter = 'permanent_address.province_code == '\n", "4", "syntax"),
+            ("subscriber = \"p1\"\ndataset = \"bca.nope\"\nfilter = 'true'\n", "bad.toml", "unknown dataset"),
+            ("subscriber = \"p1\"\ndataset = \"bca.residents\"\nfilter = 'true'\ndrop = [\"nope\"]\n", "bad.toml", "`nope` is not a field"),
+        ];
+        for (text, line, problem) in cases {
+            let mut c = Catalog::builtin();
+            c.subscriptions = vec![parse_subscription("bad.toml", text).unwrap()];
+            let e = compile(&c, &Topics::default()).unwrap_err().to_string();
+            assert!(e.starts_with("bad.toml"), "{e}");
+            assert!(e.contains(line), "{e}");
+            assert!(e.contains(problem), "{e}");
+        }
+    }
+}

@@ -1,1 +1,11 @@
-//! govbus-consumer
+//! The province side of govbus: apply a subscriber's views to its own
+//! database (PostgreSQL, or SQLite by default), exactly once and in order per
+//! entity: offsets live in the same database transaction as the rows, and a
+//! change whose entity sequence is not newer than the stored one is skipped.
+
+pub mod consumer;
+pub mod sink;
+pub mod table;
+
+pub use consumer::{run, ConsumerConfig, ConsumerError};
+pub use sink::{PostgresSink, Sink, SinkError, SqliteSink};

@@ -1,0 +1,278 @@
+//! The province agent: read its views read_committed, decode with the writer
+//! schema, apply to the sink with the offsets in the same transaction.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use govbus_core::kafka::{ensure_topics, KafkaSetupError, TopicSpec};
+use govbus_core::{Catalog, KafkaConfig, Topics};
+use govbus_schema::envelope::decode;
+use govbus_schema::{EnvelopeError, Op, RegistryClient, SchemaCache, SchemaResolver};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::sink::{self, Row, SinkError};
+use crate::table::{table_def, value_at, TableDef};
+
+/// Consumer settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The cluster.
+    pub kafka: KafkaConfig,
+    /// Schema registry URL.
+    pub registry: String,
+    /// The subscribing agency (`p52`).
+    pub subscriber: String,
+    /// Prefix of every topic name (empty in production).
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// `sqlite://<path>` or `postgres://...`.
+    pub sink: String,
+    /// PostgreSQL schema for the tables.
+    #[serde(default = "public")]
+    pub pg_schema: String,
+    /// Most changes per database transaction.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Partitions of view topics, if the consumer has to create them.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+}
+
+fn public() -> String {
+    "public".into()
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_partitions() -> i32 {
+    4
+}
+
+/// Why the consumer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Topics could not be created.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// The sink could not be opened.
+    #[error("sink: {0}")]
+    Sink(#[from] SinkError),
+    /// The subscriber has no subscription in the catalog.
+    #[error("subscriber {0} has no subscription")]
+    NoSubscription(String),
+    /// A record of a view topic cannot be read: the consumer stops rather
+    /// than skip it.
+    #[error("cannot read {topic}[{partition}]@{offset}: {reason}")]
+    Poison {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Input {
+    dataset: String,
+    table: String,
+    key: String,
+}
+
+/// Runs the consumer until `stop`.
+pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Result<(), ConsumerError> {
+    let topics = Topics::new(&cfg.topic_prefix);
+    let mut inputs: HashMap<String, Input> = HashMap::new();
+    for s in catalog.subscriptions.iter().filter(|s| s.file.subscriber == cfg.subscriber) {
+        let Some(ds) = catalog.dataset(&s.file.dataset) else {
+            continue;
+        };
+        inputs.insert(
+            topics.view(&cfg.subscriber, &ds.id, ds.file.major),
+            Input {
+                dataset: ds.id.to_string(),
+                table: format!("{}_{}", ds.id.owner, ds.id.name),
+                key: ds.file.key.clone(),
+            },
+        );
+    }
+    if inputs.is_empty() {
+        return Err(ConsumerError::NoSubscription(cfg.subscriber.clone()));
+    }
+    let specs: Vec<TopicSpec> = inputs
+        .keys()
+        .map(|t| TopicSpec::compacted(t.clone(), cfg.partitions))
+        .collect();
+    ensure_topics(&cfg.kafka, &specs)?;
+    let mut sink = sink::open(&cfg.sink, &cfg.pg_schema)?;
+    let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
+    let consumer: BaseConsumer = cfg
+        .kafka
+        .consumer(&format!("govbus-consumer-{}", cfg.subscriber))
+        .set("fetch.wait.max.ms", "100")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in inputs.keys() {
+        let stored = sink.offsets(topic)?;
+        for p in partitions(&consumer, topic)? {
+            let off = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            tpl.add_partition_offset(topic, p, off)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    tracing::info!(subscriber = cfg.subscriber, sink = %redact(&cfg.sink), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
+
+    let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
+    let mut last_lag = Instant::now();
+    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch);
+    while !stop.load(Ordering::Relaxed) {
+        batch.clear();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while batch.len() < cfg.batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match consumer.poll(left) {
+                Some(Ok(m)) => batch.push(m.detach()),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None => break,
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        if last_lag.elapsed() > Duration::from_secs(2) {
+            report_lag(&consumer, cfg, &inputs);
+            last_lag = Instant::now();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for m in &batch {
+            next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            let Some(input) = inputs.get(m.topic()) else { continue };
+            let poison = |reason: String| ConsumerError::Poison {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                reason,
+            };
+            let (id, change) = decode(m.payload().unwrap_or_default(), &resolver as &dyn SchemaResolver)
+                .map_err(|e: EnvelopeError| poison(e.to_string()))?;
+            let table = match tables.get(&id) {
+                Some(t) => t.clone(),
+                None => {
+                    let schema = resolver.resolve(id).map_err(|e| poison(e.to_string()))?;
+                    let t = Arc::new(
+                        table_def(&input.table, &input.key, &schema)
+                            .ok_or_else(|| poison(format!("schema {id} has no entity keyed by {}", input.key)))?,
+                    );
+                    sink.ensure_table(&t)?;
+                    tables.insert(id, t.clone());
+                    t
+                }
+            };
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let values = match (change.op, &change.after) {
+                (Op::Delete, _) | (_, None) => None,
+                (_, Some(after)) => Some(table.columns.iter().map(|c| value_at(after, &c.path)).collect()),
+            };
+            rows.push(Row {
+                table,
+                key,
+                seq: change.source.seq,
+                source_ts: change.ts_ms,
+                values,
+            });
+        }
+        let offsets: Vec<(String, i32, i64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        // Never skip: retry the same batch until it lands or we are stopped.
+        let mut attempt = 0u32;
+        loop {
+            match sink.apply(&rows, &offsets) {
+                Ok(done) => {
+                    let sub = cfg.subscriber.clone();
+                    metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "upsert").increment(done.upserts);
+                    metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "delete").increment(done.deletes);
+                    metrics::counter!("govbus_consumer_stale_total", "subscriber" => sub.clone()).increment(done.stale);
+                    if let Some(last) = rows.last() {
+                        let age = (govbus_core::now_ms() - last.source_ts).max(0) as f64 / 1000.0;
+                        metrics::gauge!("govbus_consumer_freshness_seconds", "subscriber" => sub).set(age);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::error!(error = %e, attempt, "cannot apply batch; retrying (nothing is skipped)");
+                    metrics::counter!("govbus_consumer_apply_errors_total", "subscriber" => cfg.subscriber.clone()).increment(1);
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(e.into());
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * attempt.min(25) as u64));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConsumerError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
+            if t.error().is_none() && !t.partitions().is_empty() {
+                return Ok(t.partitions().iter().map(|p| p.id()).collect());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(ConsumerError::Kafka(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn report_lag(consumer: &BaseConsumer, cfg: &ConsumerConfig, inputs: &HashMap<String, Input>) {
+    let Ok(assigned) = consumer.position() else { return };
+    let mut lag: HashMap<&str, i64> = HashMap::new();
+    for e in assigned.elements() {
+        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)) else {
+            continue;
+        };
+        let pos = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        if let Some(i) = inputs.get(e.topic()) {
+            *lag.entry(i.dataset.as_str()).or_default() += (high - pos).max(0);
+        }
+    }
+    for (ds, l) in lag {
+        metrics::gauge!("govbus_consumer_lag_events", "subscriber" => cfg.subscriber.clone(), "dataset" => ds.to_string()).set(l as f64);
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_user, host)) if scheme_user.contains("://") => {
+            let scheme = scheme_user.split("://").next().unwrap_or("");
+            format!("{scheme}://***@{host}")
+        }
+        _ => url.to_string(),
+    }
+}

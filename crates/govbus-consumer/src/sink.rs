@@ -1,0 +1,462 @@
+//! Sinks: apply a batch of view changes and the consumed offsets in one
+//! database transaction, skipping any change whose entity sequence is not
+//! newer than the one already applied.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::table::{ColType, SqlValue, TableDef};
+
+/// A sink failure. The consumer stops (or retries); it never skips.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// SQLite failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One change to apply.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The table.
+    pub table: Arc<TableDef>,
+    /// The entity key.
+    pub key: String,
+    /// The entity's sequence.
+    pub seq: i64,
+    /// When the source changed (ms).
+    pub source_ts: i64,
+    /// Column values (in `table.columns` order), or None for a delete.
+    pub values: Option<Vec<SqlValue>>,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows upserted.
+    pub upserts: u64,
+    /// Rows deleted.
+    pub deletes: u64,
+    /// Changes skipped as not newer than what the table holds.
+    pub stale: u64,
+}
+
+/// A database that holds a province's copy.
+pub trait Sink: Send {
+    /// Creates the table (and govbus's bookkeeping tables) or adds missing columns.
+    fn ensure_table(&mut self, t: &TableDef) -> Result<(), SinkError>;
+    /// The next offset to read per partition of `topic`, as stored.
+    fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError>;
+    /// Applies `rows` and stores `offsets` (topic, partition, next offset) atomically.
+    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError>;
+}
+
+fn q(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// PostgreSQL sink: tables in one schema.
+pub struct PostgresSink {
+    client: postgres::Client,
+    schema: String,
+    upserts: HashMap<String, postgres::Statement>,
+}
+
+impl std::fmt::Debug for PostgresSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSink").field("schema", &self.schema).finish()
+    }
+}
+
+impl PostgresSink {
+    /// Connects and creates the bookkeeping tables in `schema`.
+    pub fn open(url: &str, schema: &str) -> Result<Self, SinkError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let s = q(schema);
+        client.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}._govbus_seen (
+                 tbl TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (tbl, key));
+             CREATE TABLE IF NOT EXISTS {s}._govbus_offsets (
+                 topic TEXT NOT NULL, partition INT NOT NULL, next_offset BIGINT NOT NULL,
+                 PRIMARY KEY (topic, partition));"
+        ))?;
+        Ok(Self {
+            client,
+            schema: s,
+            upserts: HashMap::new(),
+        })
+    }
+
+    fn pg_type(t: ColType) -> &'static str {
+        match t {
+            ColType::Text => "TEXT",
+            ColType::Int => "BIGINT",
+            ColType::Float => "DOUBLE PRECISION",
+            ColType::Bool => "BOOLEAN",
+            ColType::Date => "DATE",
+            ColType::Timestamp => "TIMESTAMPTZ",
+        }
+    }
+
+    fn placeholder(t: ColType, n: usize) -> String {
+        match t {
+            ColType::Text => format!("${n}::text"),
+            ColType::Int => format!("${n}::int8"),
+            ColType::Float => format!("${n}::float8"),
+            ColType::Bool => format!("${n}::bool"),
+            ColType::Date => format!("${n}::text::date"),
+            ColType::Timestamp => format!("to_timestamp(${n}::int8 / 1000.0)"),
+        }
+    }
+
+    fn param(v: &SqlValue, t: ColType) -> Box<dyn postgres::types::ToSql + Sync> {
+        match (t, v) {
+            (ColType::Int | ColType::Timestamp, SqlValue::Int(i) | SqlValue::Timestamp(i)) => Box::new(Some(*i)),
+            (ColType::Int | ColType::Timestamp, _) => Box::new(None::<i64>),
+            (ColType::Float, SqlValue::Float(f)) => Box::new(Some(*f)),
+            (ColType::Float, _) => Box::new(None::<f64>),
+            (ColType::Bool, SqlValue::Bool(b)) => Box::new(Some(*b)),
+            (ColType::Bool, _) => Box::new(None::<bool>),
+            (_, SqlValue::Null) => Box::new(None::<String>),
+            (_, SqlValue::Text(s) | SqlValue::Date(s)) => Box::new(Some(s.clone())),
+            (_, other) => Box::new(Some(format!("{other:?}"))),
+        }
+    }
+}
+
+impl Sink for PostgresSink {
+    fn ensure_table(&mut self, t: &TableDef) -> Result<(), SinkError> {
+        let s = &self.schema;
+        let name = q(&t.name);
+        let key = &t.columns[0];
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {s}.{name} ({} {} PRIMARY KEY, _govbus_seq BIGINT NOT NULL, _govbus_source_ts BIGINT NOT NULL);",
+            q(&key.name),
+            Self::pg_type(key.ty)
+        );
+        for c in &t.columns[1..] {
+            sql.push_str(&format!(
+                "ALTER TABLE {s}.{name} ADD COLUMN IF NOT EXISTS {} {};",
+                q(&c.name),
+                Self::pg_type(c.ty)
+            ));
+        }
+        self.client.batch_execute(&sql)?;
+        self.upserts.remove(&t.name);
+        Ok(())
+    }
+
+    fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let rows = self.client.query(
+            &format!("SELECT partition, next_offset FROM {}._govbus_offsets WHERE topic = $1", self.schema),
+            &[&topic],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError> {
+        let s = self.schema.clone();
+        for r in rows {
+            if !self.upserts.contains_key(&r.table.name) {
+                let t = &r.table;
+                let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+                let ph: Vec<String> = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Self::placeholder(c.ty, i + 1))
+                    .collect();
+                let n = t.columns.len();
+                let set: Vec<String> = cols[1..]
+                    .iter()
+                    .chain(["_govbus_seq".to_string(), "_govbus_source_ts".to_string()].iter())
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {s}.{} ({}, _govbus_seq, _govbus_source_ts) VALUES ({}, ${}, ${}) ON CONFLICT ({}) DO UPDATE SET {}",
+                    q(&t.name),
+                    cols.join(", "),
+                    ph.join(", "),
+                    n + 1,
+                    n + 2,
+                    cols[0],
+                    set.join(", ")
+                );
+                let st = self.client.prepare(&sql)?;
+                self.upserts.insert(t.name.clone(), st);
+            }
+        }
+        let mut tx = self.client.transaction()?;
+        let seen = tx.prepare(&format!("SELECT seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = $2"))?;
+        let mark = tx.prepare(&format!(
+            "INSERT INTO {s}._govbus_seen (tbl, key, seq) VALUES ($1, $2, $3)
+             ON CONFLICT (tbl, key) DO UPDATE SET seq = EXCLUDED.seq"
+        ))?;
+        let mut done = Applied::default();
+        let mut deletes: HashMap<String, postgres::Statement> = HashMap::new();
+        for r in rows {
+            let prev: Option<i64> = tx.query_opt(&seen, &[&r.table.name, &r.key])?.map(|row| row.get(0));
+            if prev.is_some_and(|p| p >= r.seq) {
+                done.stale += 1;
+                continue;
+            }
+            match &r.values {
+                Some(values) => {
+                    let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> = values
+                        .iter()
+                        .zip(&r.table.columns)
+                        .map(|(v, c)| Self::param(v, c.ty))
+                        .collect();
+                    params.push(Box::new(r.seq));
+                    params.push(Box::new(r.source_ts));
+                    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                        params.iter().map(|b| b.as_ref()).collect();
+                    tx.execute(&self.upserts[&r.table.name], &refs)?;
+                    done.upserts += 1;
+                }
+                None => {
+                    let st = match deletes.get(&r.table.name) {
+                        Some(st) => st.clone(),
+                        None => {
+                            let st = tx.prepare(&format!(
+                                "DELETE FROM {s}.{} WHERE {}::text = $1",
+                                q(&r.table.name),
+                                q(&r.table.columns[0].name)
+                            ))?;
+                            deletes.insert(r.table.name.clone(), st.clone());
+                            st
+                        }
+                    };
+                    tx.execute(&st, &[&r.key])?;
+                    done.deletes += 1;
+                }
+            }
+            tx.execute(&mark, &[&r.table.name, &r.key, &r.seq])?;
+        }
+        for (topic, partition, next) in offsets {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
+                     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset"
+                ),
+                &[topic, partition, next],
+            )?;
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+}
+
+/// SQLite sink (the embedded default).
+#[derive(Debug)]
+pub struct SqliteSink {
+    conn: rusqlite::Connection,
+}
+
+impl SqliteSink {
+    /// Opens (creating) the database file.
+    pub fn open(path: &str) -> Result<Self, SinkError> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS _govbus_seen (
+                 tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key));
+             CREATE TABLE IF NOT EXISTS _govbus_offsets (
+                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+                 PRIMARY KEY (topic, partition));",
+        )?;
+        Ok(Self { conn })
+    }
+
+    fn sqlite_type(t: ColType) -> &'static str {
+        match t {
+            ColType::Int | ColType::Bool => "INTEGER",
+            ColType::Float => "REAL",
+            _ => "TEXT",
+        }
+    }
+
+    fn param(v: &SqlValue) -> rusqlite::types::Value {
+        use rusqlite::types::Value as V;
+        match v {
+            SqlValue::Null => V::Null,
+            SqlValue::Text(s) | SqlValue::Date(s) => V::Text(s.clone()),
+            SqlValue::Int(i) => V::Integer(*i),
+            SqlValue::Float(f) => V::Real(*f),
+            SqlValue::Bool(b) => V::Integer(*b as i64),
+            SqlValue::Timestamp(ms) => match chrono::DateTime::from_timestamp_millis(*ms) {
+                Some(t) => V::Text(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                None => V::Integer(*ms),
+            },
+        }
+    }
+}
+
+impl Sink for SqliteSink {
+    fn ensure_table(&mut self, t: &TableDef) -> Result<(), SinkError> {
+        let name = q(&t.name);
+        let key = &t.columns[0];
+        self.conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} ({} {} PRIMARY KEY, _govbus_seq INTEGER NOT NULL, _govbus_source_ts INTEGER NOT NULL);",
+            q(&key.name),
+            Self::sqlite_type(key.ty)
+        ))?;
+        let existing: Vec<String> = {
+            let mut st = self.conn.prepare(&format!("PRAGMA table_info({name})"))?;
+            let rows = st.query_map([], |r| r.get::<_, String>(1))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for c in &t.columns[1..] {
+            if !existing.contains(&c.name) {
+                self.conn.execute_batch(&format!(
+                    "ALTER TABLE {name} ADD COLUMN {} {};",
+                    q(&c.name),
+                    Self::sqlite_type(c.ty)
+                ))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT partition, next_offset FROM _govbus_offsets WHERE topic = ?1")?;
+        let rows = st.query_map([topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError> {
+        let tx = self.conn.transaction()?;
+        let mut done = Applied::default();
+        for r in rows {
+            let prev: Option<i64> = tx
+                .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?
+                .query_row((&r.table.name, &r.key), |row| row.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?;
+            if prev.is_some_and(|p| p >= r.seq) {
+                done.stale += 1;
+                continue;
+            }
+            let t = &r.table;
+            match &r.values {
+                Some(values) => {
+                    let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+                    let ph: Vec<String> = (1..=cols.len() + 2).map(|i| format!("?{i}")).collect();
+                    let set: Vec<String> = cols[1..]
+                        .iter()
+                        .chain(["_govbus_seq".to_string(), "_govbus_source_ts".to_string()].iter())
+                        .map(|c| format!("{c} = excluded.{c}"))
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO {} ({}, _govbus_seq, _govbus_source_ts) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}",
+                        q(&t.name),
+                        cols.join(", "),
+                        ph.join(", "),
+                        cols[0],
+                        set.join(", ")
+                    );
+                    let mut params: Vec<rusqlite::types::Value> = values.iter().map(Self::param).collect();
+                    params.push(rusqlite::types::Value::Integer(r.seq));
+                    params.push(rusqlite::types::Value::Integer(r.source_ts));
+                    tx.prepare_cached(&sql)?
+                        .execute(rusqlite::params_from_iter(params))?;
+                    done.upserts += 1;
+                }
+                None => {
+                    tx.prepare_cached(&format!(
+                        "DELETE FROM {} WHERE {} = ?1",
+                        q(&t.name),
+                        q(&t.columns[0].name)
+                    ))?
+                    .execute([&r.key])?;
+                    done.deletes += 1;
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO _govbus_seen (tbl, key, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq",
+            )?
+            .execute((&t.name, &r.key, r.seq))?;
+        }
+        for (topic, partition, next) in offsets {
+            tx.prepare_cached(
+                "INSERT INTO _govbus_offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            )?
+            .execute((topic, partition, next))?;
+        }
+        tx.commit()?;
+        Ok(done)
+    }
+}
+
+/// Opens the sink named by `url`: `postgres://...` (tables in `pg_schema`),
+/// or `sqlite://<path>` / a bare path.
+pub fn open(url: &str, pg_schema: &str) -> Result<Box<dyn Sink>, SinkError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(PostgresSink::open(url, pg_schema)?))
+    } else {
+        Ok(Box::new(SqliteSink::open(
+            url.strip_prefix("sqlite://").unwrap_or(url),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Column;
+
+    fn table() -> Arc<TableDef> {
+        Arc::new(TableDef {
+            name: "t".into(),
+            key: "id".into(),
+            columns: vec![
+                Column { name: "id".into(), path: vec!["id".into()], ty: ColType::Text },
+                Column { name: "n".into(), path: vec!["n".into()], ty: ColType::Int },
+            ],
+        })
+    }
+
+    fn row(t: &Arc<TableDef>, key: &str, seq: i64, n: Option<i64>) -> Row {
+        Row {
+            table: t.clone(),
+            key: key.into(),
+            seq,
+            source_ts: 0,
+            values: n.map(|n| vec![SqlValue::Text(key.into()), SqlValue::Int(n)]),
+        }
+    }
+
+    #[test]
+    fn sqlite_applies_in_sequence_and_skips_stale() {
+        let mut s = SqliteSink::open(":memory:").unwrap();
+        let t = table();
+        s.ensure_table(&t).unwrap();
+        let a = s
+            .apply(
+                &[row(&t, "a", 1, Some(1)), row(&t, "a", 3, Some(3)), row(&t, "a", 2, Some(2))],
+                &[("x".into(), 0, 3)],
+            )
+            .unwrap();
+        assert_eq!(a, Applied { upserts: 2, deletes: 0, stale: 1 });
+        let n: i64 = s.conn.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3);
+        // A delete, then a stale upsert: the row stays gone.
+        s.apply(&[row(&t, "a", 4, None), row(&t, "a", 3, Some(9))], &[]).unwrap();
+        let c: i64 = s.conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(c, 0);
+        assert_eq!(s.offsets("x").unwrap()[&0], 3);
+    }
+}

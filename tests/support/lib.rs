@@ -1,1 +1,218 @@
-//! e2e support
+//! Support for govbus's end-to-end tests: a real Kafka-protocol broker (nisshi
+//! started per test binary, or the cluster named by `GOVBUS_KAFKA_BOOTSTRAP`),
+//! a real PostgreSQL (`GOVBUS_TEST_POSTGRES`, default the local `test`
+//! database), unique names, and polling with a deadline instead of sleeps.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use govbus_core::KafkaConfig;
+use rand::Rng;
+
+/// A unique lowercase name: `<prefix><12 random chars>`.
+pub fn unique(prefix: &str) -> String {
+    let mut rng = rand::thread_rng();
+    let tail: String = (0..12)
+        .map(|_| (b'a' + rng.gen_range(0..26)) as char)
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// PostgreSQL URL for tests.
+pub fn pg_url() -> String {
+    std::env::var("GOVBUS_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A broker for one test binary; killed on drop.
+#[derive(Debug)]
+pub struct Broker {
+    /// `host:port`.
+    pub bootstrap: String,
+    child: Option<Child>,
+    /// Where nisshi's output goes.
+    pub log: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The nisshi binary: `GOVBUS_NISSHI`, else the cache `.ci/run` and `govbus up` install into.
+pub fn nisshi_path() -> PathBuf {
+    if let Ok(p) = std::env::var("GOVBUS_NISSHI") {
+        return p.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/govbus/nisshi-0.6.0/bin/nisshi")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Broker {
+    /// The cluster named by `GOVBUS_KAFKA_BOOTSTRAP`, or a fresh nisshi with memory storage.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Ok(b) = std::env::var("GOVBUS_KAFKA_BOOTSTRAP") {
+            return Self {
+                bootstrap: b,
+                child: None,
+                log: None,
+                _dir: dir,
+            };
+        }
+        Self::nisshi(dir, "memory://nisshi/".into())
+    }
+
+    fn nisshi(dir: tempfile::TempDir, storage: String) -> Self {
+        let bin = nisshi_path();
+        assert!(
+            bin.exists(),
+            "nisshi not found at {} — run .ci/run (it installs nisshi 0.6.0), set GOVBUS_NISSHI, or set GOVBUS_KAFKA_BOOTSTRAP",
+            bin.display()
+        );
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = dir.path().join("nisshi.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(&bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .current_dir(dir.path())
+            .stdout(Stdio::from(out.try_clone().expect("log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start nisshi");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        wait_until(Duration::from_secs(30), "nisshi to listen", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        });
+        Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            child: Some(child),
+            log: Some(log),
+            _dir: dir,
+        }
+    }
+
+    /// Kafka settings for this broker.
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig::new(&self.bootstrap)
+    }
+}
+
+/// A background thread with a stop flag; stopped and joined on drop.
+#[derive(Debug)]
+pub struct Worker {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    name: String,
+}
+
+impl Worker {
+    /// Runs `f(stop)` on a thread named `name`.
+    pub fn spawn(name: &str, f: impl FnOnce(Arc<AtomicBool>) + Send + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(s))
+            .expect("spawn worker");
+        Self {
+            stop,
+            handle: Some(handle),
+            name: name.into(),
+        }
+    }
+
+    /// Whether the thread ended on its own (an error in it).
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A tokio runtime for the HTTP parts (registry, ingest).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Starts govbus's registry on `topic`; returns its URL and task.
+pub fn start_registry(
+    rt: &tokio::runtime::Runtime,
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let cfg = govbus_registry::RegistryConfig {
+        kafka: kafka.clone(),
+        topic: topic.to_string(),
+        replication: 1,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+    };
+    let running = rt
+        .block_on(govbus_registry::start(&cfg))
+        .expect("registry starts");
+    (format!("http://{}", running.addr), running.task)
+}
+
+/// Logs to the test output (once per binary), at `GOVBUS_TEST_LOG` or warn.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GOVBUS_TEST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

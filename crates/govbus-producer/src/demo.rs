@@ -42,6 +42,7 @@ pub struct DemoWorld {
     live: BTreeMap<String, Json>,
     keys: Vec<String>,
     serial: u64,
+    last_before: Option<Json>,
 }
 
 impl DemoWorld {
@@ -52,6 +53,7 @@ impl DemoWorld {
             live: BTreeMap::new(),
             keys: Vec::new(),
             serial: 0,
+            last_before: None,
         }
     }
 
@@ -120,6 +122,12 @@ impl DemoWorld {
         })
     }
 
+    /// The next change and the entity's state before it.
+    pub fn next(&mut self) -> (ChangeRequest, Option<Json>) {
+        let req = self.next_change();
+        (req, self.last_before.take())
+    }
+
     /// The next change, applied to the world.
     pub fn next_change(&mut self) -> ChangeRequest {
         let roll: f64 = self.rng.gen();
@@ -128,12 +136,14 @@ impl DemoWorld {
             let key = r["citizen_id"].as_str().unwrap_or_default().to_string();
             self.keys.push(key.clone());
             self.live.insert(key, r.clone());
+            self.last_before = None;
             return ChangeRequest::Upsert(r);
         }
         let i = self.rng.gen_range(0..self.keys.len());
         let key = self.keys[i].clone();
         if roll < 0.90 {
             let mut r = self.live[&key].clone();
+            self.last_before = Some(r.clone());
             if roll < 0.65 {
                 r["full_name"] = json!(self.name()); // an update in place
                 if let Some(s) = r["permanent_address"].get_mut("street") {
@@ -147,7 +157,7 @@ impl DemoWorld {
             ChangeRequest::Upsert(r)
         } else {
             self.keys.swap_remove(i);
-            self.live.remove(&key);
+            self.last_before = self.live.remove(&key);
             ChangeRequest::Delete { key }
         }
     }

@@ -30,6 +30,11 @@ pub fn router(publisher: Arc<Publisher>) -> Router {
         .with_state(publisher)
 }
 
+/// Serves the ingest API on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, publisher: Arc<Publisher>) -> std::io::Result<()> {
+    axum::serve(listener, router(publisher)).await
+}
+
 async fn datasets(State(p): State<Arc<Publisher>>) -> Response {
     Json(json!({ "datasets": p.datasets() })).into_response()
 }

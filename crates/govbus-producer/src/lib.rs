@@ -35,3 +35,17 @@ pub fn open_store(url: &str, pg_schema: &str) -> Result<Arc<dyn OutboxStore>, St
         Ok(Arc::new(SqliteStore::open(path)?))
     }
 }
+
+/// Creates the publisher's central topics if missing (compacted, `partitions`).
+pub fn ensure_topics(
+    kafka: &govbus_core::KafkaConfig,
+    publisher: &Publisher,
+    partitions: i32,
+) -> Result<(), govbus_core::kafka::KafkaSetupError> {
+    let specs: Vec<govbus_core::kafka::TopicSpec> = publisher
+        .topics()
+        .into_iter()
+        .map(|t| govbus_core::kafka::TopicSpec::compacted(t, partitions))
+        .collect();
+    govbus_core::kafka::ensure_topics(kafka, &specs)
+}

@@ -182,6 +182,13 @@ impl Publisher {
         self.wakeup.clone()
     }
 
+    /// The central topics this publisher writes.
+    pub fn topics(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.writers.values().map(|w| w.topic.clone()).collect();
+        v.sort();
+        v
+    }
+
     /// The datasets this publisher accepts.
     pub fn datasets(&self) -> Vec<String> {
         let mut v: Vec<String> = self.writers.keys().cloned().collect();

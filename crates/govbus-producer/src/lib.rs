@@ -49,3 +49,97 @@ pub fn ensure_topics(
         .collect();
     govbus_core::kafka::ensure_topics(kafka, &specs)
 }
+
+/// The ministry agent's settings (`[producer]` in an agency's config file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProducerConfig {
+    /// The cluster.
+    pub kafka: govbus_core::KafkaConfig,
+    /// Schema registry URL.
+    pub registry: String,
+    /// The publishing agency (`bca`): it publishes the datasets it owns.
+    pub agency: String,
+    /// Name of the source system, written in every change's `source.system`.
+    #[serde(default = "default_system")]
+    pub system: String,
+    /// Where the HTTP ingest listens.
+    pub listen: std::net::SocketAddr,
+    /// The durable store: `sqlite://<path>` or `postgres://...`.
+    pub store: String,
+    /// PostgreSQL schema of the store's tables.
+    #[serde(default = "default_pg_schema")]
+    pub pg_schema: String,
+    /// Prefix of every topic name (empty in production).
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// Partitions of the central topics, if the producer creates them.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+}
+
+fn default_system() -> String {
+    "govbus".into()
+}
+fn default_pg_schema() -> String {
+    "govbus".into()
+}
+fn default_partitions() -> i32 {
+    4
+}
+
+/// The ministry agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Schemas and registry.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// Kafka.
+    #[error(transparent)]
+    Kafka(#[from] govbus_core::kafka::KafkaSetupError),
+    /// Kafka client creation.
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// The HTTP listener.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+}
+
+/// Runs the ministry agent (HTTP ingest + relay) until `shutdown` resolves.
+pub async fn run_agent(
+    cfg: ProducerConfig,
+    catalog: govbus_core::Catalog,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let c = cfg.clone();
+    let publisher = tokio::task::spawn_blocking(move || -> Result<Arc<Publisher>, AgentError> {
+        let store = open_store(&c.store, &c.pg_schema)?;
+        let topics = govbus_core::Topics::new(&c.topic_prefix);
+        let registry = govbus_schema::RegistryClient::new(&c.registry);
+        let p = Publisher::new(&catalog, &c.agency, &c.system, &topics, &registry, store)?;
+        ensure_topics(&c.kafka, &p, c.partitions)?;
+        Ok(Arc::new(p))
+    })
+    .await
+    .map_err(|e| AgentError::Listen(cfg.listen, std::io::Error::other(e)))??;
+    let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let relay_thread = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || relay.run(s))
+        .map_err(|e| AgentError::Listen(cfg.listen, e))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| AgentError::Listen(cfg.listen, e))?;
+    tracing::info!(listen = %cfg.listen, agency = cfg.agency, datasets = ?publisher.datasets(), "ingest listening");
+    let served = axum::serve(listener, http::router(publisher))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = relay_thread.join();
+    served.map_err(|e| AgentError::Listen(cfg.listen, e))
+}

@@ -1,22 +1,42 @@
 //! The relay: publishes stored changes in order, idempotently (acks=all),
 //! and forgets them only after the broker acknowledged them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use govbus_core::KafkaConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 
 use crate::publisher::Wakeup;
-use crate::store::OutboxStore;
+use crate::store::{OutboxStore, StoreError};
+
+/// Delivery reports, by outbox id.
+struct Reports(Mutex<Sender<(i64, Result<(), String>)>>);
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<i64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<i64>) {
+        let r = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        if let Ok(tx) = self.0.lock() {
+            let _ = tx.send((*id, r));
+        }
+    }
+}
 
 /// Moves the outbox to Kafka.
 pub struct Relay {
     store: Arc<dyn OutboxStore>,
-    producer: FutureProducer,
+    producer: ThreadedProducer<Reports>,
+    reports: Receiver<(i64, Result<(), String>)>,
     wakeup: Arc<Wakeup>,
     batch: usize,
 }
@@ -34,70 +54,95 @@ impl Relay {
         store: Arc<dyn OutboxStore>,
         wakeup: Arc<Wakeup>,
     ) -> Result<Self, KafkaError> {
+        let (tx, reports) = channel();
         let producer = kafka
             .producer()
             // Same partition for a key as Java clients (murmur2), so every
             // producer of a dataset agrees.
             .set("partitioner", "murmur2_random")
-            .create()?;
+            .create_with_context(Reports(Mutex::new(tx)))?;
         Ok(Self {
             store,
             producer,
+            reports,
             wakeup,
-            batch: 2000,
+            batch: 5000,
         })
     }
 
     /// Publishes one batch; returns how many changes were acknowledged.
-    pub fn step(&self) -> Result<usize, crate::store::StoreError> {
+    /// Gives up waiting (leaving the rest in the outbox) once `stop` is set.
+    pub fn step(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
         let rows = self.store.pending(self.batch)?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut futures = Vec::with_capacity(rows.len());
+        let mut outcome: HashMap<i64, Result<(), String>> = HashMap::with_capacity(rows.len());
+        let mut expected = 0usize;
         for row in &rows {
-            let mut record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.value);
+            let mut record = BaseRecord::with_opaque_to(&row.topic, Box::new(row.id))
+                .key(&row.key)
+                .payload(&row.value);
             loop {
-                match self.producer.send_result(record) {
-                    Ok(f) => {
-                        futures.push(Some(f));
+                match self.producer.send(record) {
+                    Ok(()) => {
+                        expected += 1;
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                         // Back-pressure: let the queue drain.
                         record = r;
-                        self.producer.poll(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                     Err((e, _)) => {
-                        tracing::warn!(error = %e, topic = row.topic, "cannot enqueue change");
-                        futures.push(None);
+                        outcome.insert(row.id, Err(e.to_string()));
                         break;
                     }
                 }
             }
         }
-        // Acknowledged prefix: stop at the first failure so that order holds.
-        let mut acked = Vec::with_capacity(rows.len());
-        let mut failed_at = None;
-        for (row, f) in rows.iter().zip(futures) {
-            match f.map(futures_executor::block_on) {
-                Some(Ok(Ok(_))) if failed_at.is_none() => acked.push(row.id),
-                Some(Ok(Ok(_))) => {}
-                Some(Ok(Err((e, _)))) => {
-                    failed_at.get_or_insert(row.id);
-                    tracing::warn!(error = %e, topic = row.topic, key = row.key, "broker refused change; will retry");
+        let mut stop_deadline: Option<Instant> = None;
+        let mut received = 0usize;
+        while received < expected {
+            match self.reports.recv_timeout(Duration::from_millis(100)) {
+                Ok((id, r)) => {
+                    if outcome.insert(id, r).is_none() {
+                        received += 1;
+                    }
                 }
-                Some(Err(_)) | None => {
-                    failed_at.get_or_insert(row.id);
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if stop.load(Ordering::Relaxed) {
+                let d = *stop_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
+                if Instant::now() > d {
+                    tracing::warn!(waiting = expected - received, "stopping with unacknowledged changes; they stay in the outbox");
+                    break;
                 }
             }
         }
-        self.store.mark_sent(&acked)?;
-        for row in rows.iter().take(acked.len()) {
-            metrics::counter!("govbus_relay_published_total", "dataset" => row.dataset.clone())
-                .increment(1);
+        // The acknowledged prefix, in outbox order: a failure stops it so
+        // that a retry never puts an older change after a newer one.
+        let mut acked = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match outcome.get(&row.id) {
+                Some(Ok(())) => acked.push(row.id),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, topic = row.topic, key = row.key, "broker refused change; will retry");
+                    break;
+                }
+                None => break,
+            }
         }
-        if failed_at.is_some() {
+        self.store.mark_sent(&acked)?;
+        let mut per_dataset: HashMap<&str, u64> = HashMap::new();
+        for row in rows.iter().take(acked.len()) {
+            *per_dataset.entry(row.dataset.as_str()).or_default() += 1;
+        }
+        for (ds, n) in per_dataset {
+            metrics::counter!("govbus_relay_published_total", "dataset" => ds.to_string()).increment(n);
+        }
+        if acked.len() < rows.len() && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(acked.len())
@@ -106,7 +151,7 @@ impl Relay {
     /// Runs until `stop`, waking on new changes.
     pub fn run(self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
-            match self.step() {
+            match self.step(&stop) {
                 Ok(0) => self.wakeup.wait(Duration::from_millis(50)),
                 Ok(_) => {}
                 Err(e) => {
@@ -115,7 +160,6 @@ impl Relay {
                 }
             }
         }
-        let _ = self.producer.flush(Duration::from_secs(5));
+        let _ = self.producer.flush(Duration::from_secs(2));
     }
 }
-

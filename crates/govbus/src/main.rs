@@ -1,1 +1,135 @@
-fn main() {}
+//! `govbus`: one binary for every part of the bus.
+
+mod agents;
+mod config;
+mod demo;
+mod nisshi;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// govbus — an event-streaming data-sharing bus between ministries and provinces.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the whole bus locally: broker, registry, router, a demo ministry and two provinces.
+    Up {
+        /// Working directory (cleared at start): databases, configs, logs.
+        #[arg(long, default_value = ".govbus")]
+        dir: PathBuf,
+        /// Demo changes per second (0 = as fast as ingest takes them).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
+    /// Serve the Confluent-compatible schema registry (`[registry]`).
+    Registry {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run the router (`[router]`).
+    Route {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a ministry's ingest endpoint and relay (`[producer]`).
+    Produce {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run a province's consumer (`[consumer]`).
+    Consume {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Post demo resident changes to an ingest endpoint.
+    Demo {
+        /// Base URL of the ingest endpoint.
+        #[arg(long)]
+        ingest: String,
+        /// Changes per second (0 = as fast as possible).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Stop after this many changes (0 = never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Seed of the demo world.
+        #[arg(long, default_value_t = 52)]
+        seed: u64,
+    },
+    /// Run a command, and kill it when this process stops or its parent dies.
+    #[command(hide = true)]
+    Guard {
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Subscription files.
+    Subscriptions {
+        #[command(subcommand)]
+        command: SubCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SubCmd {
+    /// Validate every dataset and subscription file, as the router would at start-up.
+    Check {
+        /// The deploy directory.
+        #[arg(default_value = "deploy")]
+        deploy: PathBuf,
+        /// The schemas directory.
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("govbus: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Cmd::Up { dir, rate } => up::run(dir, rate).await,
+            Cmd::Registry { config } => agents::registry(config.as_deref()).await,
+            Cmd::Route { config } => agents::route(config.as_deref()).await,
+            Cmd::Produce { config } => agents::produce(config.as_deref()).await,
+            Cmd::Consume { config } => agents::consume(config.as_deref()).await,
+            Cmd::Demo { ingest, rate, count, seed } => demo::run(ingest, rate, count, seed).await,
+            Cmd::Guard { cmd } => nisshi::guard(cmd).await,
+            Cmd::Subscriptions { command: SubCmd::Check { deploy, schemas } } => {
+                agents::check_subscriptions(&deploy, &schemas)
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("govbus: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

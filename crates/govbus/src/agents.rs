@@ -1,0 +1,115 @@
+//! The long-running agents: thin wrappers that load configuration and call
+//! the libraries.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::GovbusConfig;
+
+/// Serves `/metrics` if configured.
+pub(crate) fn metrics(cfg: &GovbusConfig) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("serving metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics on /metrics");
+    }
+    Ok(())
+}
+
+/// A flag set on Ctrl-C / SIGTERM (or when the parent `govbus up` dies).
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        s.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// Resolves on Ctrl-C, SIGTERM, or the death of a `govbus up` parent.
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let parent_gone = async {
+        if std::env::var_os("GOVBUS_EXIT_WITH_PARENT").is_none() {
+            return std::future::pending::<()>().await;
+        }
+        let parent = std::os::unix::process::parent_id();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if std::os::unix::process::parent_id() != parent {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        _ = parent_gone => {}
+    }
+}
+
+/// `govbus registry`.
+pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    metrics(&cfg)?;
+    let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
+    let running = govbus_registry::start(r).await?;
+    println!("registry listening on http://{}", running.addr);
+    tokio::select! {
+        res = running.task => { res??; }
+        _ = shutdown_signal() => {}
+    }
+    Ok(())
+}
+
+/// `govbus route`.
+pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    metrics(&cfg)?;
+    let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
+    let catalog = cfg.catalog()?;
+    let stop = stop_flag();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let router = govbus_router::Router::new(r, &catalog)?;
+        router.run(stop)?;
+        Ok(())
+    })
+    .await?
+}
+
+/// `govbus produce`.
+pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    metrics(&cfg)?;
+    let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
+    let catalog = cfg.catalog()?;
+    govbus_producer::run_agent(p, catalog, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `govbus consume`.
+pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    metrics(&cfg)?;
+    let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
+    let catalog = cfg.catalog()?;
+    let stop = stop_flag();
+    tokio::task::spawn_blocking(move || govbus_consumer::run(&c, &catalog, stop)).await??;
+    Ok(())
+}
+
+/// `govbus subscriptions check DIR`: validates every file, as the router would.
+pub(crate) fn check_subscriptions(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
+    let catalog = govbus_core::Catalog::load(deploy, schemas)?;
+    let views = govbus_router::views::compile(&catalog, &govbus_core::Topics::default())?;
+    for v in views {
+        println!("ok  {:<24} → {:<32} filter: {}", v.name, v.topic, v.filter.source());
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! `govbus demo`: a demo ministry posting resident changes to an ingest endpoint.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use govbus_producer::demo::DemoWorld;
+use govbus_producer::ChangeRequest;
+use serde_json::json;
+
+/// Posts changes at `rate` per second (0 = as fast as possible), `count` in all (0 = forever).
+pub(crate) async fn run(ingest: String, rate: u32, count: u64, seed: u64) -> anyhow::Result<()> {
+    let url = format!("{}/v1/datasets/bca.residents/changes", ingest.trim_end_matches('/'));
+    let stop = crate::agents::stop_flag();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+        let mut world = DemoWorld::new(seed);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && (count == 0 || sent < count) {
+            let body = match world.next_change() {
+                ChangeRequest::Upsert(r) => json!({"op": "upsert", "data": r}),
+                ChangeRequest::Delete { key } => json!({"op": "delete", "key": key}),
+            };
+            let mut tries = 0;
+            loop {
+                match agent.post(&url).send_string(&body.to_string()) {
+                    Ok(_) => break,
+                    Err(ureq::Error::Status(s, r)) if s < 500 => {
+                        bail!("ingest refused a demo change ({s}): {}", r.into_string().unwrap_or_default())
+                    }
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, "ingest unavailable; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => return Err(e).context("posting to the ingest endpoint"),
+                }
+            }
+            sent += 1;
+            if rate > 0 {
+                let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?
+}

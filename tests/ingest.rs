@@ -40,13 +40,22 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path().join("s.db").to_str().unwrap(), "").unwrap();
     let publisher = Arc::new(
-        Publisher::new(&Catalog::builtin(), "bca", "t", &topics, &RegistryClient::new(&registry), store.clone())
-            .unwrap(),
+        Publisher::new(
+            &Catalog::builtin(),
+            "bca",
+            "t",
+            &topics,
+            &RegistryClient::new(&registry),
+            store.clone(),
+        )
+        .unwrap(),
     );
     govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
     let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let base = format!("http://{}/v1/datasets", listener.local_addr().unwrap());
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
     let url = format!("{base}/bca.residents/changes");
@@ -54,46 +63,87 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
     // Malformed JSON: 400 saying where.
     let (status, body) = post(&url, r#"{"op": "upsert", "data": {"citizen_id": "0520"#);
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("malformed JSON"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("malformed JSON"),
+        "{body}"
+    );
 
     // Schema violations: 422 naming every bad field.
     let mut bad = resident("052088000001");
     bad["sex"] = json!("F");
     bad["date_of_birth"] = json!("29/02/1988");
-    bad["permanent_address"].as_object_mut().unwrap().remove("commune_code");
+    bad["permanent_address"]
+        .as_object_mut()
+        .unwrap()
+        .remove("commune_code");
     bad["nickname"] = json!("Lan");
     let (status, body) = post(&url, &json!({"op": "upsert", "data": bad}).to_string());
     assert_eq!(status, 422, "{body}");
-    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    for f in ["sex", "date_of_birth", "permanent_address.commune_code", "nickname"] {
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "sex",
+        "date_of_birth",
+        "permanent_address.commune_code",
+        "nickname",
+    ] {
         assert!(fields.contains(&f), "{f} not named in {body}");
     }
 
     // Unknown op, unknown dataset, delete of an unknown entity.
     let (status, body) = post(&url, r#"{"op": "replace", "data": {}}"#);
-    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("op")), "{body}");
-    let (status, _) = post(&format!("{base}/bca.nothing/changes"), r#"{"op":"delete","key":"1"}"#);
+    assert_eq!(
+        (status, body["errors"][0]["field"].as_str()),
+        (422, Some("op")),
+        "{body}"
+    );
+    let (status, _) = post(
+        &format!("{base}/bca.nothing/changes"),
+        r#"{"op":"delete","key":"1"}"#,
+    );
     assert_eq!(status, 404);
     let (status, body) = post(&url, r#"{"op":"delete","key":"099000000000"}"#);
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("099000000000"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("099000000000"),
+        "{body}"
+    );
 
     // One good change: it is the only record that ever reaches the topic.
-    let (status, body) = post(&url, &json!({"op": "upsert", "data": resident("052088000002")}).to_string());
+    let (status, body) = post(
+        &url,
+        &json!({"op": "upsert", "data": resident("052088000002")}).to_string(),
+    );
     assert_eq!(status, 202, "{body}");
-    assert_eq!((body["seq"].as_i64(), body["op"].as_str()), (Some(1), Some("CREATE")));
+    assert_eq!(
+        (body["seq"].as_i64(), body["op"].as_str()),
+        (Some(1), Some("CREATE"))
+    );
 
     let topic = format!("{}gov.bca.residents.v1", topics.prefix());
     let c: BaseConsumer = kafka.consumer(&unique("g")).create().unwrap();
     let mut tpl = TopicPartitionList::new();
-    let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
     for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning).unwrap();
+        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
-    let first = wait_until(Duration::from_secs(30), "the good change on the topic", || {
-        c.poll(Duration::from_millis(100)).and_then(Result::ok).map(|m| m.detach())
-    });
+    let first = wait_until(
+        Duration::from_secs(30),
+        "the good change on the topic",
+        || {
+            c.poll(Duration::from_millis(100))
+                .and_then(Result::ok)
+                .map(|m| m.detach())
+        },
+    );
     let resolver = SchemaCache::new(RegistryClient::new(&registry));
     let (_, change) = envelope::decode(first.payload().unwrap(), &resolver).unwrap();
     assert_eq!(first.key(), Some(&b"052088000002"[..]));
@@ -101,7 +151,11 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
     let total: i64 = md.topics()[0]
         .partitions()
         .iter()
-        .map(|p| c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5)).unwrap().1)
+        .map(|p| {
+            c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
+                .unwrap()
+                .1
+        })
         .sum();
     assert_eq!(total, 1, "only the accepted change was produced");
     assert_eq!(store.backlog().unwrap(), 0);

@@ -20,14 +20,23 @@ use serde_json::{json, Value as Json};
 const CHANGES: usize = 1000;
 
 fn province(r: &Json) -> &str {
-    r["permanent_address"]["province_code"].as_str().unwrap_or_default()
+    r["permanent_address"]["province_code"]
+        .as_str()
+        .unwrap_or_default()
 }
 
 /// How many events the view of `p` receives for one change (0 or 1).
 fn routed(p: &str, req: &ChangeRequest, before: &Option<Json>) -> usize {
     let b = before.as_ref().map(|r| province(r) == p);
     let (op, a) = match req {
-        ChangeRequest::Upsert(r) => (if before.is_some() { Op::Update } else { Op::Create }, Some(province(r) == p)),
+        ChangeRequest::Upsert(r) => (
+            if before.is_some() {
+                Op::Update
+            } else {
+                Op::Create
+            },
+            Some(province(r) == p),
+        ),
         ChangeRequest::Delete { .. } => (Op::Delete, None),
     };
     usize::from(decide(op, b, a) != Decision::Nothing)
@@ -88,7 +97,9 @@ fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> 
             let ms = chrono::DateTime::parse_from_rfc3339(&ts)
                 .map(|t| t.timestamp_millis().to_string())
                 .unwrap_or(ts);
-            let mut v: Vec<String> = (1..7).map(|i| r.get::<_, String>(i)).collect::<Result<_, _>>()?;
+            let mut v: Vec<String> = (1..7)
+                .map(|i| r.get::<_, String>(i))
+                .collect::<Result<_, _>>()?;
             v.push(ms);
             Ok((r.get::<_, String>(0)?, v))
         })
@@ -99,19 +110,26 @@ fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> 
 /// Reads `n` records of `topic` (read_committed, from the beginning).
 fn read_n(kafka: &KafkaConfig, topic: &str, n: usize) -> Vec<Vec<u8>> {
     let c: BaseConsumer = kafka.consumer(&unique("reader-")).create().unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    wait_until(Duration::from_secs(60), &format!("{n} records on {topic}"), || {
-        while let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(m.payload().unwrap_or_default().to_vec());
-        }
-        (out.len() >= n).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{n} records on {topic}"),
+        || {
+            while let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                out.push(m.payload().unwrap_or_default().to_vec());
+            }
+            (out.len() >= n).then_some(())
+        },
+    );
     out
 }
 
@@ -130,13 +148,26 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     // The ministry: durable store, relay, HTTP ingest.
     let store = open_store(dir.path().join("bca.db").to_str().unwrap(), "").unwrap();
     let publisher = Arc::new(
-        Publisher::new(&catalog, "bca", "e2e", &topics, &RegistryClient::new(&registry), store).unwrap(),
+        Publisher::new(
+            &catalog,
+            "bca",
+            "e2e",
+            &topics,
+            &RegistryClient::new(&registry),
+            store,
+        )
+        .unwrap(),
     );
     govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
     let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
     let relay = Worker::spawn("relay", move |stop| relay.run(stop));
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let ingest = format!("http://{}/v1/datasets/bca.residents/changes", listener.local_addr().unwrap());
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let ingest = format!(
+        "http://{}/v1/datasets/bca.residents/changes",
+        listener.local_addr().unwrap()
+    );
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
     // The router.
@@ -169,7 +200,9 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
             partitions: 4,
         };
         let catalog = catalog.clone();
-        Worker::spawn(subscriber, move |stop| govbus_consumer::run(&cfg, &catalog, stop).unwrap())
+        Worker::spawn(subscriber, move |stop| {
+            govbus_consumer::run(&cfg, &catalog, stop).unwrap()
+        })
     };
     let p52 = consumer("p52", pg_url());
     let p94_db = dir.path().join("p94.db");
@@ -181,7 +214,7 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     let (mut to52, mut to94, mut moves, mut deletes) = (0, 0, 0, 0);
     let agent = ureq::AgentBuilder::new().build();
     for _ in 0..CHANGES {
-        let (req, before) = world.next();
+        let (req, before) = world.next_with_before();
         to52 += routed("52", &req, &before);
         to94 += routed("94", &req, &before);
         let body = match &req {
@@ -199,7 +232,10 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
         let res = agent.post(&ingest).send_string(&body.to_string()).unwrap();
         assert_eq!(res.status(), 202);
     }
-    assert!(moves > 30 && deletes > 30, "the run must exercise moves ({moves}) and deletes ({deletes})");
+    assert!(
+        moves > 30 && deletes > 30,
+        "the run must exercise moves ({moves}) and deletes ({deletes})"
+    );
 
     let alive = || {
         for w in workers {
@@ -211,14 +247,22 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     assert!(want52.len() > 50 && want94.len() > 50);
 
     let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
-    wait_until(Duration::from_secs(120), "p52's table to equal its view", || {
-        alive();
-        (pg_rows(&mut pg, &pg_schema).as_ref() == Some(&want52)).then_some(())
-    });
-    wait_until(Duration::from_secs(120), "p94's table to equal its view", || {
-        alive();
-        (sqlite_rows(&p94_db).as_ref() == Some(&want94)).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "p52's table to equal its view",
+        || {
+            alive();
+            (pg_rows(&mut pg, &pg_schema).as_ref() == Some(&want52)).then_some(())
+        },
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "p94's table to equal its view",
+        || {
+            alive();
+            (sqlite_rows(&p94_db).as_ref() == Some(&want94)).then_some(())
+        },
+    );
 
     // p52 drops ethnicity: no column for it; p94 keeps it.
     let cols: Vec<String> = pg
@@ -236,10 +280,14 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     // The raw bytes of p52's topic never hold an ethnicity value; p94's do.
     let raw52 = read_n(&kafka, &format!("{prefix}sub.p52.bca.residents.v1"), to52).concat();
     let raw94 = read_n(&kafka, &format!("{prefix}sub.p94.bca.residents.v1"), to94).concat();
-    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
     for e in ETHNICITIES {
         assert!(!contains(&raw52, e), "ethnicity `{e}` found in p52's topic");
     }
-    assert!(ETHNICITIES.iter().any(|e| contains(&raw94, e)), "the check must be able to fail");
+    assert!(
+        ETHNICITIES.iter().any(|e| contains(&raw94, e)),
+        "the check must be able to fail"
+    );
     assert!(raw52.len() > 10_000, "p52 got {} bytes", raw52.len());
 }

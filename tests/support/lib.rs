@@ -74,6 +74,44 @@ pub fn nisshi_path() -> PathBuf {
     PathBuf::from(home).join(".cache/govbus/nisshi-0.6.0/bin/nisshi")
 }
 
+/// The nisshi binary, installed with cargo into the cache on first use
+/// (once per test binary; about 15 minutes on 2 cores, cargo's progress on
+/// the terminal).
+pub fn ensure_nisshi() -> PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = nisshi_path();
+    if bin.exists() {
+        return bin;
+    }
+    let root = bin
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("nisshi path has a root")
+        .to_path_buf();
+    eprintln!(
+        "installing nisshi 0.6.0 into {} (first run only)",
+        root.display()
+    );
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "nisshi@0.6.0",
+            "--locked",
+            "--features",
+            "dynostore,postgres,libsql",
+            "--root",
+        ])
+        .arg(&root)
+        .status()
+        .expect("run cargo install");
+    assert!(
+        status.success() && bin.exists(),
+        "installing nisshi failed ({status}); set GOVBUS_NISSHI or GOVBUS_KAFKA_BOOTSTRAP instead"
+    );
+    bin
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -98,12 +136,7 @@ impl Broker {
     }
 
     fn nisshi(dir: tempfile::TempDir, storage: String) -> Self {
-        let bin = nisshi_path();
-        assert!(
-            bin.exists(),
-            "nisshi not found at {} — run .ci/run (it installs nisshi 0.6.0), set GOVBUS_NISSHI, or set GOVBUS_KAFKA_BOOTSTRAP",
-            bin.display()
-        );
+        let bin = ensure_nisshi();
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let log = dir.path().join("nisshi.log");

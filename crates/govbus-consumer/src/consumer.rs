@@ -93,10 +93,18 @@ struct Input {
 }
 
 /// Runs the consumer until `stop`.
-pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Result<(), ConsumerError> {
+pub fn run(
+    cfg: &ConsumerConfig,
+    catalog: &Catalog,
+    stop: Arc<AtomicBool>,
+) -> Result<(), ConsumerError> {
     let topics = Topics::new(&cfg.topic_prefix);
     let mut inputs: HashMap<String, Input> = HashMap::new();
-    for s in catalog.subscriptions.iter().filter(|s| s.file.subscriber == cfg.subscriber) {
+    for s in catalog
+        .subscriptions
+        .iter()
+        .filter(|s| s.file.subscriber == cfg.subscriber)
+    {
         let Some(ds) = catalog.dataset(&s.file.dataset) else {
             continue;
         };
@@ -128,7 +136,9 @@ pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Re
     for topic in inputs.keys() {
         let stored = sink.offsets(topic)?;
         for p in partitions(&consumer, topic)? {
-            let off = stored.get(&p).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            let off = stored
+                .get(&p)
+                .map_or(Offset::Beginning, |o| Offset::Offset(*o));
             tpl.add_partition_offset(topic, p, off)?;
         }
     }
@@ -163,23 +173,27 @@ pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Re
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in &batch {
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
-            let Some(input) = inputs.get(m.topic()) else { continue };
+            let Some(input) = inputs.get(m.topic()) else {
+                continue;
+            };
             let poison = |reason: String| ConsumerError::Poison {
                 topic: m.topic().to_string(),
                 partition: m.partition(),
                 offset: m.offset(),
                 reason,
             };
-            let (id, change) = decode(m.payload().unwrap_or_default(), &resolver as &dyn SchemaResolver)
-                .map_err(|e: EnvelopeError| poison(e.to_string()))?;
+            let (id, change) = decode(
+                m.payload().unwrap_or_default(),
+                &resolver as &dyn SchemaResolver,
+            )
+            .map_err(|e: EnvelopeError| poison(e.to_string()))?;
             let table = match tables.get(&id) {
                 Some(t) => t.clone(),
                 None => {
                     let schema = resolver.resolve(id).map_err(|e| poison(e.to_string()))?;
-                    let t = Arc::new(
-                        table_def(&input.table, &input.key, &schema)
-                            .ok_or_else(|| poison(format!("schema {id} has no entity keyed by {}", input.key)))?,
-                    );
+                    let t = Arc::new(table_def(&input.table, &input.key, &schema).ok_or_else(
+                        || poison(format!("schema {id} has no entity keyed by {}", input.key)),
+                    )?);
                     sink.ensure_table(&t)?;
                     tables.insert(id, t.clone());
                     t
@@ -188,7 +202,13 @@ pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Re
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
             let values = match (change.op, &change.after) {
                 (Op::Delete, _) | (_, None) => None,
-                (_, Some(after)) => Some(table.columns.iter().map(|c| value_at(after, &c.path)).collect()),
+                (_, Some(after)) => Some(
+                    table
+                        .columns
+                        .iter()
+                        .map(|c| value_at(after, &c.path))
+                        .collect(),
+                ),
             };
             rows.push(Row {
                 table,
@@ -198,7 +218,8 @@ pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Re
                 values,
             });
         }
-        let offsets: Vec<(String, i32, i64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        let offsets: Vec<(String, i32, i64)> =
+            next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
         // Never skip: retry the same batch until it lands or we are stopped.
         let mut attempt = 0u32;
         loop {
@@ -207,10 +228,12 @@ pub fn run(cfg: &ConsumerConfig, catalog: &Catalog, stop: Arc<AtomicBool>) -> Re
                     let sub = cfg.subscriber.clone();
                     metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "upsert").increment(done.upserts);
                     metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "delete").increment(done.deletes);
-                    metrics::counter!("govbus_consumer_stale_total", "subscriber" => sub.clone()).increment(done.stale);
+                    metrics::counter!("govbus_consumer_stale_total", "subscriber" => sub.clone())
+                        .increment(done.stale);
                     if let Some(last) = rows.last() {
                         let age = (govbus_core::now_ms() - last.source_ts).max(0) as f64 / 1000.0;
-                        metrics::gauge!("govbus_consumer_freshness_seconds", "subscriber" => sub).set(age);
+                        metrics::gauge!("govbus_consumer_freshness_seconds", "subscriber" => sub)
+                            .set(age);
                     }
                     break;
                 }
@@ -248,10 +271,14 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Consumer
 }
 
 fn report_lag(consumer: &BaseConsumer, cfg: &ConsumerConfig, inputs: &HashMap<String, Input>) {
-    let Ok(assigned) = consumer.position() else { return };
+    let Ok(assigned) = consumer.position() else {
+        return;
+    };
     let mut lag: HashMap<&str, i64> = HashMap::new();
     for e in assigned.elements() {
-        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1)) else {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
+        else {
             continue;
         };
         let pos = match e.offset() {

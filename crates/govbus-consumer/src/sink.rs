@@ -51,7 +51,8 @@ pub trait Sink: Send {
     /// The next offset to read per partition of `topic`, as stored.
     fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError>;
     /// Applies `rows` and stores `offsets` (topic, partition, next offset) atomically.
-    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError>;
+    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)])
+        -> Result<Applied, SinkError>;
 }
 
 fn q(name: &str) -> String {
@@ -67,7 +68,9 @@ pub struct PostgresSink {
 
 impl std::fmt::Debug for PostgresSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresSink").field("schema", &self.schema).finish()
+        f.debug_struct("PostgresSink")
+            .field("schema", &self.schema)
+            .finish()
     }
 }
 
@@ -115,7 +118,9 @@ impl PostgresSink {
 
     fn param(v: &SqlValue, t: ColType) -> Box<dyn postgres::types::ToSql + Sync> {
         match (t, v) {
-            (ColType::Int | ColType::Timestamp, SqlValue::Int(i) | SqlValue::Timestamp(i)) => Box::new(Some(*i)),
+            (ColType::Int | ColType::Timestamp, SqlValue::Int(i) | SqlValue::Timestamp(i)) => {
+                Box::new(Some(*i))
+            }
             (ColType::Int | ColType::Timestamp, _) => Box::new(None::<i64>),
             (ColType::Float, SqlValue::Float(f)) => Box::new(Some(*f)),
             (ColType::Float, _) => Box::new(None::<f64>),
@@ -152,13 +157,20 @@ impl Sink for PostgresSink {
 
     fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         let rows = self.client.query(
-            &format!("SELECT partition, next_offset FROM {}._govbus_offsets WHERE topic = $1", self.schema),
+            &format!(
+                "SELECT partition, next_offset FROM {}._govbus_offsets WHERE topic = $1",
+                self.schema
+            ),
             &[&topic],
         )?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError> {
+    fn apply(
+        &mut self,
+        rows: &[Row],
+        offsets: &[(String, i32, i64)],
+    ) -> Result<Applied, SinkError> {
         let s = self.schema.clone();
         for r in rows {
             if !self.upserts.contains_key(&r.table.name) {
@@ -191,7 +203,9 @@ impl Sink for PostgresSink {
             }
         }
         let mut tx = self.client.transaction()?;
-        let seen = tx.prepare(&format!("SELECT seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = $2"))?;
+        let seen = tx.prepare(&format!(
+            "SELECT seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = $2"
+        ))?;
         let mark = tx.prepare(&format!(
             "INSERT INTO {s}._govbus_seen (tbl, key, seq) VALUES ($1, $2, $3)
              ON CONFLICT (tbl, key) DO UPDATE SET seq = EXCLUDED.seq"
@@ -199,7 +213,9 @@ impl Sink for PostgresSink {
         let mut done = Applied::default();
         let mut deletes: HashMap<String, postgres::Statement> = HashMap::new();
         for r in rows {
-            let prev: Option<i64> = tx.query_opt(&seen, &[&r.table.name, &r.key])?.map(|row| row.get(0));
+            let prev: Option<i64> = tx
+                .query_opt(&seen, &[&r.table.name, &r.key])?
+                .map(|row| row.get(0));
             if prev.is_some_and(|p| p >= r.seq) {
                 done.stale += 1;
                 continue;
@@ -332,7 +348,11 @@ impl Sink for SqliteSink {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)]) -> Result<Applied, SinkError> {
+    fn apply(
+        &mut self,
+        rows: &[Row],
+        offsets: &[(String, i32, i64)],
+    ) -> Result<Applied, SinkError> {
         let tx = self.conn.transaction()?;
         let mut done = Applied::default();
         for r in rows {
@@ -366,7 +386,8 @@ impl Sink for SqliteSink {
                         cols[0],
                         set.join(", ")
                     );
-                    let mut params: Vec<rusqlite::types::Value> = values.iter().map(Self::param).collect();
+                    let mut params: Vec<rusqlite::types::Value> =
+                        values.iter().map(Self::param).collect();
                     params.push(rusqlite::types::Value::Integer(r.seq));
                     params.push(rusqlite::types::Value::Integer(r.source_ts));
                     tx.prepare_cached(&sql)?
@@ -423,8 +444,16 @@ mod tests {
             name: "t".into(),
             key: "id".into(),
             columns: vec![
-                Column { name: "id".into(), path: vec!["id".into()], ty: ColType::Text },
-                Column { name: "n".into(), path: vec!["n".into()], ty: ColType::Int },
+                Column {
+                    name: "id".into(),
+                    path: vec!["id".into()],
+                    ty: ColType::Text,
+                },
+                Column {
+                    name: "n".into(),
+                    path: vec!["n".into()],
+                    ty: ColType::Int,
+                },
             ],
         })
     }
@@ -446,16 +475,34 @@ mod tests {
         s.ensure_table(&t).unwrap();
         let a = s
             .apply(
-                &[row(&t, "a", 1, Some(1)), row(&t, "a", 3, Some(3)), row(&t, "a", 2, Some(2))],
+                &[
+                    row(&t, "a", 1, Some(1)),
+                    row(&t, "a", 3, Some(3)),
+                    row(&t, "a", 2, Some(2)),
+                ],
                 &[("x".into(), 0, 3)],
             )
             .unwrap();
-        assert_eq!(a, Applied { upserts: 2, deletes: 0, stale: 1 });
-        let n: i64 = s.conn.query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0)).unwrap();
+        assert_eq!(
+            a,
+            Applied {
+                upserts: 2,
+                deletes: 0,
+                stale: 1
+            }
+        );
+        let n: i64 = s
+            .conn
+            .query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 3);
         // A delete, then a stale upsert: the row stays gone.
-        s.apply(&[row(&t, "a", 4, None), row(&t, "a", 3, Some(9))], &[]).unwrap();
-        let c: i64 = s.conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        s.apply(&[row(&t, "a", 4, None), row(&t, "a", 3, Some(9))], &[])
+            .unwrap();
+        let c: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(c, 0);
         assert_eq!(s.offsets("x").unwrap()[&0], 3);
     }

@@ -176,8 +176,8 @@ mod tests {
             "citizen_id",
         )
         .unwrap();
-        let env = Schema::parse_str(&govbus_schema::envelope::envelope_schema(&entity).unwrap())
-            .unwrap();
+        let env =
+            Schema::parse_str(&govbus_schema::envelope::envelope_schema(&entity).unwrap()).unwrap();
         let t = table_def("bca_residents", "citizen_id", &env).unwrap();
         let names: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(

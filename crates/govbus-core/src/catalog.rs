@@ -320,12 +320,13 @@ fn read(path: &Path) -> Result<String, CatalogError> {
 
 /// The 1-based line on which `key = ...` stands, if any.
 pub fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        l.trim_start()
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn parse_dataset(

@@ -118,7 +118,11 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
     let topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
-            let mut t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            let mut t = NewTopic::new(
+                &s.name,
+                s.partitions,
+                TopicReplication::Fixed(s.replication),
+            );
             for (k, v) in &s.configs {
                 t = t.set(k, v);
             }
@@ -130,7 +134,12 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
     for r in res {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, e)) => return Err(KafkaSetupError::CreateTopic { topic, reason: e.to_string() }),
+            Err((topic, e)) => {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic,
+                    reason: e.to_string(),
+                })
+            }
         }
     }
     Ok(())

@@ -68,6 +68,9 @@ mod tests {
         assert_eq!(t.view("p52", &ds, 1), "sub.p52.bca.residents.v1");
         assert_eq!(t.dlq("ingest", "bca"), "dlq.ingest.bca");
         assert_eq!(Topics::new("x.").schemas(), "x._schemas");
-        assert_eq!(value_subject("gov.bca.residents.v1"), "gov.bca.residents.v1-value");
+        assert_eq!(
+            value_subject("gov.bca.residents.v1"),
+            "gov.bca.residents.v1-value"
+        );
     }
 }

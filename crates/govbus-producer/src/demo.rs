@@ -23,7 +23,12 @@ pub const ETHNICITIES: &[&str] = &[
     "Kinh", "Tày", "Thái", "Mường", "Khmer", "Hoa", "Nùng", "Chăm", "Ê Đê", "Ba Na",
 ];
 const STREETS: &[&str] = &[
-    "Trần Hưng Đạo", "Lê Lợi", "Nguyễn Huệ", "Hai Bà Trưng", "Quang Trung", "Lý Thường Kiệt",
+    "Trần Hưng Đạo",
+    "Lê Lợi",
+    "Nguyễn Huệ",
+    "Hai Bà Trưng",
+    "Quang Trung",
+    "Lý Thường Kiệt",
 ];
 
 /// The five demo provinces: (province code, communes).
@@ -123,7 +128,7 @@ impl DemoWorld {
     }
 
     /// The next change and the entity's state before it.
-    pub fn next(&mut self) -> (ChangeRequest, Option<Json>) {
+    pub fn next_with_before(&mut self) -> (ChangeRequest, Option<Json>) {
         let req = self.next_change();
         (req, self.last_before.take())
     }
@@ -177,7 +182,7 @@ mod tests {
             }
         }
         assert!(deletes > 20);
-        for (_, r) in w.live() {
+        for r in w.live().values() {
             let name = r["full_name"].as_str().unwrap();
             assert!(ETHNICITIES.iter().all(|e| !name.contains(e)), "{name}");
             assert_eq!(r["citizen_id"].as_str().unwrap().len(), 12);

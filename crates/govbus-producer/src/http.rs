@@ -31,7 +31,10 @@ pub fn router(publisher: Arc<Publisher>) -> Router {
 }
 
 /// Serves the ingest API on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, publisher: Arc<Publisher>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    publisher: Arc<Publisher>,
+) -> std::io::Result<()> {
     axum::serve(listener, router(publisher)).await
 }
 
@@ -39,7 +42,13 @@ async fn datasets(State(p): State<Arc<Publisher>>) -> Response {
     Json(json!({ "datasets": p.datasets() })).into_response()
 }
 
-fn reject(status: StatusCode, dataset: &str, reason: &'static str, error: String, errors: Vec<FieldError>) -> Response {
+fn reject(
+    status: StatusCode,
+    dataset: &str,
+    reason: &'static str,
+    error: String,
+    errors: Vec<FieldError>,
+) -> Response {
     metrics::counter!("govbus_ingest_rejected_total", "dataset" => dataset.to_string(), "reason" => reason)
         .increment(1);
     tracing::info!(dataset, reason, %error, "change rejected");
@@ -108,7 +117,11 @@ async fn ingest(
     let req = match parse_request(&body) {
         Ok(r) => r,
         Err((status, error, errors)) => {
-            let reason = if status == StatusCode::BAD_REQUEST { "malformed" } else { "invalid" };
+            let reason = if status == StatusCode::BAD_REQUEST {
+                "malformed"
+            } else {
+                "invalid"
+            };
             return reject(status, &dataset, reason, error, errors);
         }
     };
@@ -130,19 +143,39 @@ async fn ingest(
                     "the change does not match the dataset's schema".into(),
                     errors,
                 ),
-                SubmitError::UnknownDataset(_) => {
-                    reject(StatusCode::NOT_FOUND, "unknown", "unknown_dataset", msg, vec![])
-                }
-                SubmitError::UnknownEntity { .. } => {
-                    reject(StatusCode::NOT_FOUND, &dataset, "unknown_entity", msg, vec![])
-                }
+                SubmitError::UnknownDataset(_) => reject(
+                    StatusCode::NOT_FOUND,
+                    "unknown",
+                    "unknown_dataset",
+                    msg,
+                    vec![],
+                ),
+                SubmitError::UnknownEntity { .. } => reject(
+                    StatusCode::NOT_FOUND,
+                    &dataset,
+                    "unknown_entity",
+                    msg,
+                    vec![],
+                ),
                 SubmitError::Store(_) => {
                     tracing::error!(error = %msg, "store unavailable");
-                    reject(StatusCode::SERVICE_UNAVAILABLE, &dataset, "store", msg, vec![])
+                    reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &dataset,
+                        "store",
+                        msg,
+                        vec![],
+                    )
                 }
                 SubmitError::Encode(_) => {
                     tracing::error!(error = %msg, "cannot encode");
-                    reject(StatusCode::INTERNAL_SERVER_ERROR, &dataset, "encode", msg, vec![])
+                    reject(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &dataset,
+                        "encode",
+                        msg,
+                        vec![],
+                    )
                 }
             }
         }

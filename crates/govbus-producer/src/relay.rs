@@ -114,9 +114,13 @@ impl Relay {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             if stop.load(Ordering::Relaxed) {
-                let d = *stop_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
+                let d =
+                    *stop_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
                 if Instant::now() > d {
-                    tracing::warn!(waiting = expected - received, "stopping with unacknowledged changes; they stay in the outbox");
+                    tracing::warn!(
+                        waiting = expected - received,
+                        "stopping with unacknowledged changes; they stay in the outbox"
+                    );
                     break;
                 }
             }
@@ -140,7 +144,8 @@ impl Relay {
             *per_dataset.entry(row.dataset.as_str()).or_default() += 1;
         }
         for (ds, n) in per_dataset {
-            metrics::counter!("govbus_relay_published_total", "dataset" => ds.to_string()).increment(n);
+            metrics::counter!("govbus_relay_published_total", "dataset" => ds.to_string())
+                .increment(n);
         }
         if acked.len() < rows.len() && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));

@@ -128,7 +128,9 @@ impl OutboxStore for SqliteStore {
             .map_err(StoreError::from)?;
         let prev: Option<(i64, Option<String>)> = {
             let mut st = tx
-                .prepare_cached("SELECT seq, state FROM govbus_entities WHERE dataset = ?1 AND key = ?2")
+                .prepare_cached(
+                    "SELECT seq, state FROM govbus_entities WHERE dataset = ?1 AND key = ?2",
+                )
                 .map_err(StoreError::from)?;
             let mut rows = st.query((dataset, key)).map_err(StoreError::from)?;
             match rows.next().map_err(StoreError::from)? {
@@ -152,7 +154,12 @@ impl OutboxStore for SqliteStore {
              ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state",
         )
         .and_then(|mut st| {
-            st.execute((dataset, key, seq, built.state.as_ref().map(|s| s.to_string())))
+            st.execute((
+                dataset,
+                key,
+                seq,
+                built.state.as_ref().map(|s| s.to_string()),
+            ))
         })
         .map_err(StoreError::from)?;
         tx.commit().map_err(StoreError::from)?;
@@ -203,7 +210,9 @@ pub struct PostgresStore {
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore").field("schema", &self.schema).finish()
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish()
     }
 }
 
@@ -277,7 +286,9 @@ impl OutboxStore for PostgresStore {
         let s = &self.schema;
         let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
         let rows = client.query(
-            &format!("SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox ORDER BY id LIMIT $1"),
+            &format!(
+                "SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox ORDER BY id LIMIT $1"
+            ),
             &[&(limit as i64)],
         )?;
         Ok(rows

@@ -47,7 +47,10 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
             post(compat_all),
         )
         .route("/config", get(get_global).put(put_global))
-        .route("/config/{subject}", get(get_subject_config).put(put_subject_config))
+        .route(
+            "/config/{subject}",
+            get(get_subject_config).put(put_subject_config),
+        )
         .with_state(store)
 }
 
@@ -108,7 +111,10 @@ async fn version_schema(
     Path((subject, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let v = version_json(&s, &subject, &version)?;
-    Ok(ok(serde_json::from_str(v["schema"].as_str().unwrap_or("null")).unwrap_or(Json::Null)))
+    Ok(ok(serde_json::from_str(
+        v["schema"].as_str().unwrap_or("null"),
+    )
+    .unwrap_or(Json::Null)))
 }
 
 async fn register(
@@ -140,7 +146,9 @@ async fn lookup(
     let b = schema_body(&body)?;
     let (v, id) = s.read(|st| st.lookup(&subject, &b.schema))?;
     let text = s.read(|st| st.schema(id).map(|x| x.text.clone()).unwrap_or_default());
-    Ok(ok(json!({"subject": subject, "version": v, "id": id, "schema": text})))
+    Ok(ok(
+        json!({"subject": subject, "version": v, "id": id, "schema": text}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -224,7 +232,9 @@ async fn get_subject_config(
 ) -> Result<Response, ApiError> {
     match s.read(|st| st.subject_level(&subject)) {
         Some(l) => Ok(ok(json!({ "compatibilityLevel": l }))),
-        None if q.default_to_global => Ok(ok(json!({"compatibilityLevel": s.read(|st| st.global_level())}))),
+        None if q.default_to_global => Ok(ok(
+            json!({"compatibilityLevel": s.read(|st| st.global_level())}),
+        )),
         None => Err(ApiError::SubjectNotFound(subject)),
     }
 }

@@ -55,7 +55,9 @@ pub async fn start(cfg: &RegistryConfig) -> Result<RunningRegistry, StartError> 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Bind(cfg.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(cfg.listen, e))?;
     tracing::info!(%addr, topic = cfg.topic, "schema registry listening");
     let app = http::router(store);
     let task = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -54,7 +54,11 @@ struct SchemaValue {
     version: u32,
     id: u32,
     schema: String,
-    #[serde(rename = "schemaType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "schemaType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     schema_type: Option<String>,
     #[serde(default)]
     deleted: bool,
@@ -246,7 +250,10 @@ impl State {
                     .or_default()
                     .insert(version, VersionEntry { id, deleted });
             }
-            LogRecord::Config { subject: None, level } => self.global = level,
+            LogRecord::Config {
+                subject: None,
+                level,
+            } => self.global = level,
             LogRecord::Config {
                 subject: Some(s),
                 level,
@@ -461,7 +468,10 @@ mod tests {
             42201
         );
         assert_eq!(
-            s.plan_register("x", r#"{"type":"nosuch"}"#).unwrap_err().codes().1,
+            s.plan_register("x", r#"{"type":"nosuch"}"#)
+                .unwrap_err()
+                .codes()
+                .1,
             42201
         );
         let mut s = State::default();

@@ -49,7 +49,9 @@ pub struct KafkaStore {
 
 impl std::fmt::Debug for KafkaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaStore").field("topic", &self.topic).finish()
+        f.debug_struct("KafkaStore")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -185,7 +187,10 @@ impl KafkaStore {
 }
 
 fn uuid_like() -> String {
-    format!("{:x}", std::process::id() as u64 ^ govbus_core::now_ms() as u64)
+    format!(
+        "{:x}",
+        std::process::id() as u64 ^ govbus_core::now_ms() as u64
+    )
 }
 
 fn follow(
@@ -200,10 +205,7 @@ fn follow(
             None => {}
             Some(Ok(m)) => {
                 match LogRecord::decode(m.key().unwrap_or_default(), m.payload()) {
-                    Ok(Some(rec)) => state
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .apply(rec),
+                    Ok(Some(rec)) => state.write().unwrap_or_else(|p| p.into_inner()).apply(rec),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(
                         topic,

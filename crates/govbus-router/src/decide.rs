@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn enter_when_after_matches_and_before_did_not() {
         assert_eq!(decide(Op::Create, None, Some(true)), Decision::Create);
-        assert_eq!(decide(Op::Update, Some(false), Some(true)), Decision::Create);
+        assert_eq!(
+            decide(Op::Update, Some(false), Some(true)),
+            Decision::Create
+        );
     }
 
     #[test]
@@ -72,7 +75,10 @@ mod tests {
 
     #[test]
     fn leave_when_before_matched_and_after_does_not() {
-        assert_eq!(decide(Op::Update, Some(true), Some(false)), Decision::Delete);
+        assert_eq!(
+            decide(Op::Update, Some(true), Some(false)),
+            Decision::Delete
+        );
     }
 
     #[test]
@@ -83,7 +89,10 @@ mod tests {
     #[test]
     fn no_match_is_nothing() {
         assert_eq!(decide(Op::Create, None, Some(false)), Decision::Nothing);
-        assert_eq!(decide(Op::Update, Some(false), Some(false)), Decision::Nothing);
+        assert_eq!(
+            decide(Op::Update, Some(false), Some(false)),
+            Decision::Nothing
+        );
         assert_eq!(decide(Op::Delete, Some(false), None), Decision::Nothing);
         assert_eq!(decide(Op::Delete, None, None), Decision::Nothing);
     }
@@ -91,7 +100,10 @@ mod tests {
     #[test]
     fn snapshots_pass_as_snapshots_or_leave() {
         assert_eq!(decide(Op::Snapshot, None, Some(true)), Decision::Snapshot);
-        assert_eq!(decide(Op::Snapshot, Some(true), Some(false)), Decision::Delete);
+        assert_eq!(
+            decide(Op::Snapshot, Some(true), Some(false)),
+            Decision::Delete
+        );
         assert_eq!(decide(Op::Snapshot, None, Some(false)), Decision::Nothing);
     }
 }

@@ -47,7 +47,9 @@ impl Filter {
         // hitting `unreachable!`); a subscription file is input, so turn that
         // into an error instead of taking the router down.
         let parsed = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source))
-            .map_err(|_| format!("CEL syntax error in `{source}`: the expression is incomplete or malformed"))?;
+            .map_err(|_| {
+                format!("CEL syntax error in `{source}`: the expression is incomplete or malformed")
+            })?;
         let ast = parsed.map_err(|errs| {
             let parts: Vec<String> = errs
                 .errors
@@ -185,7 +187,10 @@ fn collect_paths(e: &IdedExpr, locals: &mut HashSet<String>, out: &mut Vec<Vec<S
                 collect_paths(a, locals, out);
             }
         }
-        Expr::List(l) => l.elements.iter().for_each(|x| collect_paths(x, locals, out)),
+        Expr::List(l) => l
+            .elements
+            .iter()
+            .for_each(|x| collect_paths(x, locals, out)),
         Expr::Map(m) => {
             for entry in &m.entries {
                 if let cel_parser::ast::EntryExpr::MapEntry(me) = &entry.expr {
@@ -271,12 +276,18 @@ mod tests {
         let base = Context::default();
         let entity = AvroValue::Record(vec![(
             "permanent_address".into(),
-            AvroValue::Record(vec![("province_code".into(), AvroValue::String("52".into()))]),
+            AvroValue::Record(vec![(
+                "province_code".into(),
+                AvroValue::String("52".into()),
+            )]),
         )]);
         assert!(f.matches(&base, &Vars::of(&entity)).unwrap());
         let other = AvroValue::Record(vec![(
             "permanent_address".into(),
-            AvroValue::Record(vec![("province_code".into(), AvroValue::String("94".into()))]),
+            AvroValue::Record(vec![(
+                "province_code".into(),
+                AvroValue::String("94".into()),
+            )]),
         )]);
         assert!(!f.matches(&base, &Vars::of(&other)).unwrap());
         let g = Filter::compile("full_name", &s).unwrap();

@@ -88,7 +88,8 @@ pub fn route_change(
             metrics::counter!("govbus_router_filtered_total", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).increment(1);
             continue;
         };
-        let project = |x: &Option<govbus_schema::AvroValue>| x.clone().map(|e| v.projection.apply(e));
+        let project =
+            |x: &Option<govbus_schema::AvroValue>| x.clone().map(|e| v.projection.apply(e));
         let routed = Change {
             event_id: change.event_id.clone(),
             op,

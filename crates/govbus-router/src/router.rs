@@ -99,7 +99,9 @@ impl Router {
         let mut dlq = HashMap::new();
         let mut specs = Vec::new();
         for (i, v) in views.iter().enumerate() {
-            let ds = catalog.dataset(&v.dataset).expect("compiled views name declared datasets");
+            let ds = catalog
+                .dataset(&v.dataset)
+                .expect("compiled views name declared datasets");
             let input = topics.central(&ds.id, ds.file.major);
             inputs
                 .entry(input.clone())
@@ -116,7 +118,12 @@ impl Router {
         specs.dedup_by(|a, b| a.name == b.name);
         ensure_topics(&cfg.kafka, &specs)?;
         for v in &views {
-            tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), "subscription active");
+            tracing::info!(
+                view = v.name,
+                topic = v.topic,
+                filter = v.filter.source(),
+                "subscription active"
+            );
         }
         Ok(Self {
             resolver: SchemaCache::new(registry),
@@ -187,19 +194,27 @@ impl Router {
                 continue;
             }
             producer.begin_transaction()?;
-            let res = self.route_batch(&batch, &producer, &base).and_then(|offsets| {
-                let meta = consumer
-                    .group_metadata()
-                    .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-                producer.send_offsets_to_transaction(&offsets, &meta, Duration::from_secs(30))?;
-                producer.commit_transaction(Duration::from_secs(30))
-            });
+            let res = self
+                .route_batch(&batch, &producer, &base)
+                .and_then(|offsets| {
+                    let meta = consumer
+                        .group_metadata()
+                        .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+                    producer.send_offsets_to_transaction(
+                        &offsets,
+                        &meta,
+                        Duration::from_secs(30),
+                    )?;
+                    producer.commit_transaction(Duration::from_secs(30))
+                });
             match res {
                 Ok(()) => {
-                    metrics::counter!("govbus_router_transactions_total", "result" => "committed").increment(1);
+                    metrics::counter!("govbus_router_transactions_total", "result" => "committed")
+                        .increment(1);
                 }
                 Err(e) => {
-                    metrics::counter!("govbus_router_transactions_total", "result" => "aborted").increment(1);
+                    metrics::counter!("govbus_router_transactions_total", "result" => "aborted")
+                        .increment(1);
                     let _ = producer.abort_transaction(Duration::from_secs(30));
                     return Err(e.into());
                 }
@@ -220,7 +235,8 @@ impl Router {
             let Some((dataset, idx)) = self.inputs.get(m.topic()) else {
                 continue;
             };
-            metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone()).increment(1);
+            metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone())
+                .increment(1);
             let payload = m.payload().unwrap_or_default();
             let key = m.key().unwrap_or_default();
             match route(payload, &self.resolver, base, &self.views, idx) {
@@ -228,7 +244,10 @@ impl Router {
                     for o in outs {
                         let v = &self.views[o.view];
                         metrics::counter!("govbus_router_routed_total", "subscriber" => v.subscriber.clone(), "dataset" => dataset.clone(), "decision" => o.decision).increment(1);
-                        send(producer, BaseRecord::to(&v.topic).key(key).payload(&o.value))?;
+                        send(
+                            producer,
+                            BaseRecord::to(&v.topic).key(key).payload(&o.value),
+                        )?;
                     }
                 }
                 Err(e) => {
@@ -240,14 +259,32 @@ impl Router {
                     let offset = m.offset().to_string();
                     let error = e.to_string();
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: "govbus.reason", value: Some(reason) })
-                        .insert(Header { key: "govbus.error", value: Some(&error) })
-                        .insert(Header { key: "govbus.source.topic", value: Some(m.topic()) })
-                        .insert(Header { key: "govbus.source.partition", value: Some(&partition) })
-                        .insert(Header { key: "govbus.source.offset", value: Some(&offset) });
+                        .insert(Header {
+                            key: "govbus.reason",
+                            value: Some(reason),
+                        })
+                        .insert(Header {
+                            key: "govbus.error",
+                            value: Some(&error),
+                        })
+                        .insert(Header {
+                            key: "govbus.source.topic",
+                            value: Some(m.topic()),
+                        })
+                        .insert(Header {
+                            key: "govbus.source.partition",
+                            value: Some(&partition),
+                        })
+                        .insert(Header {
+                            key: "govbus.source.offset",
+                            value: Some(&offset),
+                        });
                     send(
                         producer,
-                        BaseRecord::to(dlq).key(key).payload(payload).headers(headers),
+                        BaseRecord::to(dlq)
+                            .key(key)
+                            .payload(payload)
+                            .headers(headers),
                     )?;
                 }
             }

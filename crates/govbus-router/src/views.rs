@@ -81,8 +81,8 @@ fn compile_one(
 pub fn register(views: &mut [View], registry: &RegistryClient) -> Result<(), RegistryError> {
     for v in views {
         let id = registry.register(&value_subject(&v.topic), &v.schema)?;
-        let schema = Schema::parse_str(&v.schema)
-            .map_err(|e| RegistryError::Decode(e.to_string()))?;
+        let schema =
+            Schema::parse_str(&v.schema).map_err(|e| RegistryError::Decode(e.to_string()))?;
         v.codec = Some(EnvelopeCodec::new(schema, id));
     }
     Ok(())

@@ -119,7 +119,10 @@ pub fn envelope_schema(entity_schema: &str) -> Result<String, SchemaError> {
         Some(ns) if !name.contains('.') => format!("{ns}.{name}"),
         _ => name.to_string(),
     };
-    let ns = full.rsplit_once('.').map(|(ns, _)| ns.to_string()).unwrap_or_default();
+    let ns = full
+        .rsplit_once('.')
+        .map(|(ns, _)| ns.to_string())
+        .unwrap_or_default();
     let env = json!({
         "type": "record",
         "name": "ChangeEvent",

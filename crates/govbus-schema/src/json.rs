@@ -121,22 +121,28 @@ fn convert(
         },
         (Schema::Enum(e), Json::String(s)) => match e.symbols.iter().position(|x| x == s) {
             Some(i) => Some(Value::Enum(i as u32, s.clone())),
-            None => fail(format!(
-                "`{s}` is not one of {}",
-                e.symbols.join(", ")
-            )),
+            None => fail(format!("`{s}` is not one of {}", e.symbols.join(", "))),
         },
         (Schema::Array(a), Json::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                out.push(convert(&a.items, names, item, &format!("{path}[{i}]"), errors)?);
+                out.push(convert(
+                    &a.items,
+                    names,
+                    item,
+                    &format!("{path}[{i}]"),
+                    errors,
+                )?);
             }
             Some(Value::Array(out))
         }
         (Schema::Map(m), Json::Object(obj)) => {
             let mut out = std::collections::HashMap::new();
             for (k, v) in obj {
-                out.insert(k.clone(), convert(&m.types, names, v, &join(path, k), errors)?);
+                out.insert(
+                    k.clone(),
+                    convert(&m.types, names, v, &join(path, k), errors)?,
+                );
             }
             Some(Value::Map(out))
         }
@@ -292,7 +298,10 @@ mod tests {
         let mut j = good();
         j["sex"] = json!("M");
         j["date_of_birth"] = json!("01/05/1990");
-        j["permanent_address"].as_object_mut().unwrap().remove("province_code");
+        j["permanent_address"]
+            .as_object_mut()
+            .unwrap()
+            .remove("province_code");
         j["nickname"] = json!("x");
         j["full_name"] = json!(12);
         let errs = to_avro(&residents(), &j).unwrap_err();

@@ -40,11 +40,15 @@ pub fn project_schema(entity: &str, drop: &[String], key: &str) -> Result<String
     let mut json: Json = serde_json::from_str(entity).map_err(|e| SchemaError(e.to_string()))?;
     for path in drop {
         if path == key {
-            return Err(SchemaError(format!("`{path}` is the key and cannot be dropped")));
+            return Err(SchemaError(format!(
+                "`{path}` is the key and cannot be dropped"
+            )));
         }
         let parts: Vec<&str> = path.split('.').collect();
         if !remove(&mut json, &parts) {
-            return Err(SchemaError(format!("`{path}` is not a field of the schema")));
+            return Err(SchemaError(format!(
+                "`{path}` is not a field of the schema"
+            )));
         }
     }
     Ok(json.to_string())
@@ -129,7 +133,10 @@ mod tests {
 
     #[test]
     fn dropping_fields_removes_them_from_schema_and_value() {
-        let drop = vec!["ethnicity".to_string(), "permanent_address.street".to_string()];
+        let drop = vec![
+            "ethnicity".to_string(),
+            "permanent_address.street".to_string(),
+        ];
         let projected = project_schema(RES, &drop, "citizen_id").unwrap();
         let s = Schema::parse_str(&projected).unwrap();
         let names = Names::of(&s);

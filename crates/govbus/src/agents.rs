@@ -54,6 +54,29 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Runs a blocking agent; once `stop` is set it gets a grace period, then
+/// the process exits anyway (an agent blocked on a dead broker must not
+/// keep `govbus up` or an operator waiting; uncommitted work is redone).
+pub(crate) async fn run_until_stopped<F>(stop: Arc<AtomicBool>, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> anyhow::Result<()> + Send + 'static,
+{
+    let task = tokio::task::spawn_blocking(f);
+    let grace = async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        res = task => res?,
+        _ = grace => {
+            tracing::warn!("did not stop within 5 s of the request; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
 /// `govbus registry`.
 pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file)?;
@@ -75,12 +98,13 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
     let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let s = stop.clone();
+    run_until_stopped(stop, move || {
         let router = govbus_router::Router::new(r, &catalog)?;
-        router.run(stop)?;
+        router.run(s)?;
         Ok(())
     })
-    .await?
+    .await
 }
 
 /// `govbus produce`.
@@ -100,8 +124,8 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
-    tokio::task::spawn_blocking(move || govbus_consumer::run(&c, &catalog, stop)).await??;
-    Ok(())
+    let s = stop.clone();
+    run_until_stopped(stop, move || Ok(govbus_consumer::run(&c, &catalog, s)?)).await
 }
 
 /// `govbus subscriptions check DIR`: validates every file, as the router would.
@@ -109,7 +133,12 @@ pub(crate) fn check_subscriptions(deploy: &Path, schemas: &Path) -> anyhow::Resu
     let catalog = govbus_core::Catalog::load(deploy, schemas)?;
     let views = govbus_router::views::compile(&catalog, &govbus_core::Topics::default())?;
     for v in views {
-        println!("ok  {:<24} → {:<32} filter: {}", v.name, v.topic, v.filter.source());
+        println!(
+            "ok  {:<24} → {:<32} filter: {}",
+            v.name,
+            v.topic,
+            v.filter.source()
+        );
     }
     Ok(())
 }

@@ -77,7 +77,11 @@ impl GovbusConfig {
     }
 
     /// A section, or an error naming it.
-    pub(crate) fn section<'a, T>(v: &'a Option<T>, name: &str, file: Option<&Path>) -> anyhow::Result<&'a T> {
+    pub(crate) fn section<'a, T>(
+        v: &'a Option<T>,
+        name: &str,
+        file: Option<&Path>,
+    ) -> anyhow::Result<&'a T> {
         v.as_ref().with_context(|| {
             format!(
                 "no [{name}] section in {}",
@@ -98,9 +102,13 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let c = GovbusConfig::load(Some(&p)).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            let c =
+                GovbusConfig::load(Some(&p)).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
             assert!(
-                c.registry.is_some() || c.router.is_some() || c.producer.is_some() || c.consumer.is_some(),
+                c.registry.is_some()
+                    || c.router.is_some()
+                    || c.producer.is_some()
+                    || c.consumer.is_some(),
                 "{} configures nothing",
                 p.display()
             );

@@ -9,10 +9,16 @@ use serde_json::json;
 
 /// Posts changes at `rate` per second (0 = as fast as possible), `count` in all (0 = forever).
 pub(crate) async fn run(ingest: String, rate: u32, count: u64, seed: u64) -> anyhow::Result<()> {
-    let url = format!("{}/v1/datasets/bca.residents/changes", ingest.trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/datasets/bca.residents/changes",
+        ingest.trim_end_matches('/')
+    );
     let stop = crate::agents::stop_flag();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let s = stop.clone();
+    crate::agents::run_until_stopped(s, move || -> anyhow::Result<()> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build();
         let mut world = DemoWorld::new(seed);
         let start = Instant::now();
         let mut sent = 0u64;
@@ -26,9 +32,12 @@ pub(crate) async fn run(ingest: String, rate: u32, count: u64, seed: u64) -> any
                 match agent.post(&url).send_string(&body.to_string()) {
                     Ok(_) => break,
                     Err(ureq::Error::Status(s, r)) if s < 500 => {
-                        bail!("ingest refused a demo change ({s}): {}", r.into_string().unwrap_or_default())
+                        bail!(
+                            "ingest refused a demo change ({s}): {}",
+                            r.into_string().unwrap_or_default()
+                        )
                     }
-                    Err(e) if tries < 50 => {
+                    Err(e) if tries < 50 && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
                         tries += 1;
                         tracing::warn!(error = %e, "ingest unavailable; retrying");
                         std::thread::sleep(Duration::from_millis(200));
@@ -46,5 +55,5 @@ pub(crate) async fn run(ingest: String, rate: u32, count: u64, seed: u64) -> any
         }
         Ok(())
     })
-    .await?
+    .await
 }

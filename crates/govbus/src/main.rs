@@ -117,11 +117,16 @@ fn main() -> std::process::ExitCode {
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,
             Cmd::Consume { config } => agents::consume(config.as_deref()).await,
-            Cmd::Demo { ingest, rate, count, seed } => demo::run(ingest, rate, count, seed).await,
+            Cmd::Demo {
+                ingest,
+                rate,
+                count,
+                seed,
+            } => demo::run(ingest, rate, count, seed).await,
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
-            Cmd::Subscriptions { command: SubCmd::Check { deploy, schemas } } => {
-                agents::check_subscriptions(&deploy, &schemas)
-            }
+            Cmd::Subscriptions {
+                command: SubCmd::Check { deploy, schemas },
+            } => agents::check_subscriptions(&deploy, &schemas),
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

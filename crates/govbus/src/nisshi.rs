@@ -36,7 +36,13 @@ pub(crate) fn ensure() -> anyhow::Result<PathBuf> {
     );
     let root = cache_root().join(format!("nisshi-{VERSION}"));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["install", &format!("nisshi@{VERSION}"), "--locked", "--features", FEATURES])
+        .args([
+            "install",
+            &format!("nisshi@{VERSION}"),
+            "--locked",
+            "--features",
+            FEATURES,
+        ])
         .arg("--root")
         .arg(&root)
         .arg("--target-dir")

@@ -40,7 +40,10 @@ impl Stack {
         let f = std::fs::File::create(&log)?;
         let child = cmd
             .env("GOVBUS_EXIT_WITH_PARENT", "1")
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))
@@ -113,7 +116,10 @@ impl Drop for Stack {
 }
 
 fn http_ok(url: &str) -> bool {
-    ureq::get(url).timeout(Duration::from_secs(1)).call().is_ok()
+    ureq::get(url)
+        .timeout(Duration::from_secs(1))
+        .call()
+        .is_ok()
 }
 
 /// Sums of the samples of `metric` by the value of `label` (or "" for all).
@@ -127,7 +133,9 @@ fn scrape(port: u16, metric: &str, label: &str) -> BTreeMap<String, f64> {
     };
     let body = r.into_string().unwrap_or_default();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let name = series.split('{').next().unwrap_or("");
         if name != metric {
             continue;
@@ -137,7 +145,11 @@ fn scrape(port: u16, metric: &str, label: &str) -> BTreeMap<String, f64> {
         } else {
             let pat = format!("{label}=\"");
             match series.find(&pat) {
-                Some(i) => series[i + pat.len()..].split('"').next().unwrap_or("").to_string(),
+                Some(i) => series[i + pat.len()..]
+                    .split('"')
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
                 None => continue,
             }
         };
@@ -168,8 +180,13 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     let broker_port = free_port()?;
     let registry_port = free_port()?;
     let ingest_port = free_port()?;
-    let [m_router, m_producer, m_p52, m_p94, m_registry] =
-        [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+    let [m_router, m_producer, m_p52, m_p94, m_registry] = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
     let bootstrap = format!("127.0.0.1:{broker_port}");
     let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
@@ -185,11 +202,22 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
 
     println!("govbus up: working directory {}", dir.display());
     let log = dir.join("logs/broker.log");
-    let child = nisshi::start_guarded(&exe, broker_port, "memory://nisshi/", &dir, std::fs::File::create(&log)?)?;
+    let child = nisshi::start_guarded(
+        &exe,
+        broker_port,
+        "memory://nisshi/",
+        &dir,
+        std::fs::File::create(&log)?,
+    )?;
     stack.push("broker", child, log);
     let addr: SocketAddr = bootstrap.parse()?;
-    stack.wait_ready("broker", || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())?;
-    println!("  broker    nisshi {} on {bootstrap} (memory storage)", nisshi::VERSION);
+    stack.wait_ready("broker", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })?;
+    println!(
+        "  broker    nisshi {} on {bootstrap} (memory storage)",
+        nisshi::VERSION
+    );
 
     let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\n");
     let section = |name: &str, body: String, metrics: u16| {
@@ -200,7 +228,11 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     };
     let cfg = write_config(
         &dir.join("registry.toml"),
-        &section("registry", format!("listen = \"127.0.0.1:{registry_port}\"\n"), m_registry),
+        &section(
+            "registry",
+            format!("listen = \"127.0.0.1:{registry_port}\"\n"),
+            m_registry,
+        ),
     )?;
     let mut cmd = Command::new(&exe);
     cmd.arg("registry").arg("--config").arg(&cfg);
@@ -249,7 +281,10 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("consume").arg("--config").arg(&cfg);
         stack.spawn(if name == "p52" { "p52" } else { "p94" }, cmd, &dir)?;
-        println!("  province  {p} → {}", dir.join(format!("{p}.db")).display());
+        println!(
+            "  province  {p} → {}",
+            dir.join(format!("{p}.db")).display()
+        );
     }
 
     let mut cmd = Command::new(&exe);
@@ -257,7 +292,10 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     stack.spawn("demo", cmd, &dir)?;
     println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
     println!("  metrics   router :{m_router}  producer :{m_producer}  p52 :{m_p52}  p94 :{m_p94}  registry :{m_registry}");
-    println!("  Ctrl-C stops everything. Logs: {}", dir.join("logs").display());
+    println!(
+        "  Ctrl-C stops everything. Logs: {}",
+        dir.join("logs").display()
+    );
 
     let start = Instant::now();
     let mut last_published = 0u64;

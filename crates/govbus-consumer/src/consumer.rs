@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use govbus_core::kafka::{ensure_topics, KafkaSetupError, TopicSpec};
 use govbus_core::{Catalog, KafkaConfig, Topics};
 use govbus_schema::envelope::decode;
-use govbus_schema::{EnvelopeError, Op, RegistryClient, SchemaCache, SchemaResolver};
+use govbus_schema::{Op, RegistryClient, SchemaCache, SchemaResolver};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
@@ -182,11 +182,19 @@ pub fn run(
                 offset: m.offset(),
                 reason,
             };
-            let (id, change) = decode(
-                m.payload().unwrap_or_default(),
-                &resolver as &dyn SchemaResolver,
-            )
-            .map_err(|e: EnvelopeError| poison(e.to_string()))?;
+            let (id, change) = loop {
+                match decode(
+                    m.payload().unwrap_or_default(),
+                    &resolver as &dyn SchemaResolver,
+                ) {
+                    Ok(x) => break x,
+                    Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                        tracing::warn!(error = %e, "schema registry unavailable; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(poison(e.to_string())),
+                }
+            };
             let table = match tables.get(&id) {
                 Some(t) => t.clone(),
                 None => {

@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::route::route;
+use crate::route::{route, RouteError};
 use crate::views::{self, View};
 
 /// Router settings.
@@ -74,6 +74,9 @@ pub enum RouterError {
     /// Topics could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// A writer schema could not be fetched; the batch is retried.
+    #[error("schema registry unavailable: {0}")]
+    RegistryUnavailable(String),
 }
 
 /// The router: compiled views plus their input topics.
@@ -205,7 +208,8 @@ impl Router {
                         &meta,
                         Duration::from_secs(30),
                     )?;
-                    producer.commit_transaction(Duration::from_secs(30))
+                    producer.commit_transaction(Duration::from_secs(30))?;
+                    Ok(())
                 });
             match res {
                 Ok(()) => {
@@ -216,7 +220,7 @@ impl Router {
                     metrics::counter!("govbus_router_transactions_total", "result" => "aborted")
                         .increment(1);
                     let _ = producer.abort_transaction(Duration::from_secs(30));
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -228,7 +232,7 @@ impl Router {
         batch: &[rdkafka::message::OwnedMessage],
         producer: &ThreadedProducer<DefaultProducerContext>,
         base: &Context<'_>,
-    ) -> Result<TopicPartitionList, KafkaError> {
+    ) -> Result<TopicPartitionList, RouterError> {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in batch {
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
@@ -249,6 +253,12 @@ impl Router {
                             BaseRecord::to(&v.topic).key(key).payload(&o.value),
                         )?;
                     }
+                }
+                Err(RouteError::Envelope(e)) if e.is_transient() => {
+                    // The registry is unreachable: abort and retry the batch
+                    // later rather than dead-letter good records.
+                    tracing::warn!(error = %e, "schema registry unavailable; retrying the batch");
+                    return Err(RouterError::RegistryUnavailable(e.to_string()));
                 }
                 Err(e) => {
                     let reason = e.reason();

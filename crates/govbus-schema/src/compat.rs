@@ -90,7 +90,9 @@ mod tests {
         let v2 = rec(
             r#"{"name":"a","type":"string"},{"name":"b","type":["null","string"],"default":null}"#,
         );
-        assert!(Compatibility::Backward.check(&v2, std::slice::from_ref(&v1)).is_empty());
+        assert!(Compatibility::Backward
+            .check(&v2, std::slice::from_ref(&v1))
+            .is_empty());
         assert!(Compatibility::Full.check(&v2, &[v1]).is_empty());
     }
 

@@ -90,6 +90,8 @@ pub enum EnvelopeError {
         id: u32,
         /// Why it could not be fetched.
         reason: String,
+        /// The registry is unreachable or failing: retry, do not dead-letter.
+        transient: bool,
     },
     /// The Avro body does not decode with its writer schema.
     #[error("Avro does not decode with schema {id}: {reason}")]
@@ -238,6 +240,19 @@ fn unwrap_optional(v: Value) -> Option<Value> {
     }
 }
 
+impl EnvelopeError {
+    /// True when the same record may decode later (the registry was down).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            EnvelopeError::UnknownSchema {
+                transient: true,
+                ..
+            }
+        )
+    }
+}
+
 /// Encodes changes with one registered envelope schema.
 #[derive(Debug, Clone)]
 pub struct EnvelopeCodec {
@@ -280,6 +295,7 @@ pub fn decode(
         .map_err(|e| EnvelopeError::UnknownSchema {
             id,
             reason: e.to_string(),
+            transient: e.is_transient(),
         })?;
     let value = apache_avro::from_avro_datum(&schema, &mut body, None).map_err(|e| {
         EnvelopeError::Decode {

@@ -1,0 +1,191 @@
+//! The producer's durable store and the province sinks, one scenario run
+//! against each backend (SQLite and a real PostgreSQL).
+
+use std::sync::Arc;
+
+use govbus_consumer::sink::{Row, Sink};
+use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
+use govbus_consumer::{PostgresSink, SqliteSink};
+use govbus_e2e::{pg_url, unique};
+use govbus_producer::store::Built;
+use govbus_producer::{OutboxStore, PostgresStore, SqliteStore, SubmitError};
+use serde_json::{json, Value};
+
+fn store_scenario(store: &dyn OutboxStore) {
+    let seen_before = std::cell::RefCell::new(Vec::<Option<Value>>::new());
+    let accept = |key: &str, state: Option<Value>| {
+        store.accept("bca.residents", key, &mut |seq, prev| {
+            seen_before.borrow_mut().push(prev.cloned());
+            Ok(Built {
+                topic: "t".into(),
+                value: format!("{key}#{seq}").into_bytes(),
+                state: state.clone(),
+            })
+        })
+    };
+    assert_eq!(accept("a", Some(json!({"v": 1}))).unwrap(), 1);
+    assert_eq!(accept("a", Some(json!({"v": 2}))).unwrap(), 2);
+    assert_eq!(accept("b", Some(json!({"v": 9}))).unwrap(), 1);
+    assert_eq!(accept("a", None).unwrap(), 3);
+    // After a delete the sequence goes on: a re-created entity never reuses one.
+    assert_eq!(accept("a", Some(json!({"v": 4}))).unwrap(), 4);
+    assert_eq!(
+        *seen_before.borrow(),
+        vec![
+            None,
+            Some(json!({"v": 1})),
+            None,
+            Some(json!({"v": 2})),
+            None
+        ]
+    );
+    // A refusal inside the transaction stores nothing and uses no sequence.
+    let refused = store.accept("bca.residents", "a", &mut |_, _| {
+        Err(SubmitError::UnknownEntity {
+            dataset: "d".into(),
+            key: "a".into(),
+        })
+    });
+    assert!(refused.is_err());
+    assert_eq!(accept("a", Some(json!({"v": 5}))).unwrap(), 5);
+
+    let pending = store.pending(100).unwrap();
+    let values: Vec<String> = pending
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["a#1", "a#2", "b#1", "a#3", "a#4", "a#5"],
+        "outbox keeps commit order"
+    );
+    store.mark_sent(&[pending[0].id, pending[1].id]).unwrap();
+    assert_eq!(store.backlog().unwrap(), 4);
+    assert_eq!(store.pending(1).unwrap()[0].id, pending[2].id);
+}
+
+#[test]
+fn producer_store_sequences_and_before_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    store_scenario(&SqliteStore::open(dir.path().join("s.db").to_str().unwrap()).unwrap());
+}
+
+#[test]
+fn producer_store_sequences_and_before_on_postgres() {
+    store_scenario(&PostgresStore::open(&pg_url(), &unique("store_")).unwrap());
+}
+
+fn table() -> Arc<TableDef> {
+    let col = |n: &str, ty| Column {
+        name: n.into(),
+        path: vec![n.into()],
+        ty,
+    };
+    Arc::new(TableDef {
+        name: "bca_residents".into(),
+        key: "citizen_id".into(),
+        columns: vec![
+            col("citizen_id", ColType::Text),
+            col("full_name", ColType::Text),
+            col("date_of_birth", ColType::Date),
+            col("updated_at", ColType::Timestamp),
+        ],
+    })
+}
+
+fn row(t: &Arc<TableDef>, key: &str, seq: i64, name: Option<&str>) -> Row {
+    Row {
+        table: t.clone(),
+        key: key.into(),
+        seq,
+        source_ts: 1,
+        values: name.map(|n| {
+            vec![
+                SqlValue::Text(key.into()),
+                SqlValue::Text(n.into()),
+                SqlValue::Date("1990-01-31".into()),
+                SqlValue::Timestamp(1_764_230_400_123),
+            ]
+        }),
+    }
+}
+
+fn sink_scenario(sink: &mut dyn Sink) {
+    let t = table();
+    sink.ensure_table(&t).unwrap();
+    sink.ensure_table(&t).unwrap(); // idempotent
+    let topic = unique("sub.");
+    let done = sink
+        .apply(
+            &[
+                row(&t, "1", 1, Some("A")),
+                row(&t, "2", 1, Some("B")),
+                row(&t, "1", 2, Some("A2")),
+            ],
+            &[(topic.clone(), 0, 3)],
+        )
+        .unwrap();
+    assert_eq!((done.upserts, done.stale), (3, 0));
+    // A replay of the same batch changes nothing.
+    let again = sink
+        .apply(
+            &[row(&t, "1", 1, Some("A")), row(&t, "1", 2, Some("A2"))],
+            &[(topic.clone(), 0, 3)],
+        )
+        .unwrap();
+    assert_eq!((again.upserts, again.stale), (0, 2));
+    // Delete, then a stale upsert: the row stays deleted.
+    let d = sink
+        .apply(
+            &[row(&t, "2", 2, None), row(&t, "2", 1, Some("B"))],
+            &[(topic.clone(), 1, 7)],
+        )
+        .unwrap();
+    assert_eq!((d.deletes, d.stale), (1, 1));
+    let offsets = sink.offsets(&topic).unwrap();
+    assert_eq!((offsets[&0], offsets[&1]), (3, 7));
+}
+
+#[test]
+fn sink_applies_in_sequence_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    sink_scenario(&mut SqliteSink::open(path.to_str().unwrap()).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (name, dob, ts): (String, String, String) = conn
+        .query_row(
+            "SELECT full_name, date_of_birth, updated_at FROM bca_residents",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (name.as_str(), dob.as_str(), ts.as_str()),
+        ("A2", "1990-01-31", "2025-11-27T08:00:00.123Z")
+    );
+}
+
+#[test]
+fn sink_applies_in_sequence_on_postgres() {
+    let schema = unique("sink_");
+    sink_scenario(&mut PostgresSink::open(&pg_url(), &schema).unwrap());
+    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    let r = c
+        .query_one(
+            &format!("SELECT full_name, date_of_birth::text, (extract(epoch from updated_at)*1000)::bigint FROM \"{schema}\".bca_residents"),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2)
+        ),
+        (
+            "A2".to_string(),
+            "1990-01-31".to_string(),
+            1_764_230_400_123
+        )
+    );
+}

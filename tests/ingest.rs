@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use govbus_core::{Catalog, Topics};
-use govbus_e2e::{init_logs, runtime, start_registry, unique, wait_until, Broker, Worker};
+use govbus_e2e::{
+    init_logs, read_all, runtime, start_registry, unique, wait_until, Broker, Worker,
+};
 use govbus_producer::{open_store, Publisher, Relay};
 use govbus_schema::{envelope, RegistryClient, SchemaCache};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::{json, Value};
 
 fn post(url: &str, body: &str) -> (u16, Value) {
@@ -124,39 +125,58 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
         (Some(1), Some("CREATE"))
     );
 
-    let topic = format!("{}gov.bca.residents.v1", topics.prefix());
-    let c: BaseConsumer = kafka.consumer(&unique("g")).create().unwrap();
-    let mut tpl = TopicPartitionList::new();
-    let md = c
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let first = wait_until(
-        Duration::from_secs(30),
-        "the good change on the topic",
-        || {
-            c.poll(Duration::from_millis(100))
-                .and_then(Result::ok)
-                .map(|m| m.detach())
-        },
-    );
-    let resolver = SchemaCache::new(RegistryClient::new(&registry));
-    let (_, change) = envelope::decode(first.payload().unwrap(), &resolver).unwrap();
-    assert_eq!(first.key(), Some(&b"052088000002"[..]));
-    assert_eq!(change.source.seq, 1);
-    let total: i64 = md.topics()[0]
-        .partitions()
+    // A batch is validated whole: one bad change refuses all of them.
+    let batch_url = format!("{url}/batch");
+    let mut bad = resident("052088000003");
+    bad["sex"] = json!("X");
+    let batch = json!({"changes": [
+        {"op": "upsert", "data": resident("052088000004")},
+        {"op": "upsert", "data": bad},
+    ]});
+    let (status, body) = post(&batch_url, &batch.to_string());
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "changes[1].data.sex", "{body}");
+    // A good batch is stored in order, in one transaction: same key twice → seq 1, 2.
+    let mut later = resident("052088000005");
+    later["full_name"] = json!("Trần Thị Lan Anh");
+    let batch = json!({"changes": [
+        {"op": "upsert", "data": resident("052088000005")},
+        {"op": "upsert", "data": later},
+    ]});
+    let (status, body) = post(&batch_url, &batch.to_string());
+    assert_eq!(status, 202, "{body}");
+    let seqs: Vec<i64> = body["accepted"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|p| {
-            c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
-                .unwrap()
-                .1
-        })
-        .sum();
-    assert_eq!(total, 1, "only the accepted change was produced");
-    assert_eq!(store.backlog().unwrap(), 0);
+        .map(|a| a["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    // Everything on the central topic: exactly the three accepted changes, in order per key.
+    let topic = format!("{}gov.bca.residents.v1", topics.prefix());
+    let resolver = SchemaCache::new(RegistryClient::new(&registry));
+    let mut seen = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the relay to empty the outbox",
+        || (store.backlog().ok()? == 0).then_some(()),
+    );
+    for m in read_all(&kafka, &topic) {
+        let (_, change) = envelope::decode(m.payload().unwrap(), &resolver).unwrap();
+        seen.push((
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            change.source.seq,
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("052088000002".to_string(), 1),
+            ("052088000005".to_string(), 1),
+            ("052088000005".to_string(), 2)
+        ],
+        "only the accepted changes were produced"
+    );
 }

@@ -249,3 +249,64 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// Every record now in `topic` (read_committed), in partition order.
+///
+/// nisshi's ListOffsets(latest) undercounts when the last produce request
+/// carried several records (see docs/ARCHITECTURE.md), so this does not use
+/// watermarks: it writes a fence record to every partition and reads each
+/// partition up to its fence. The fences are not returned.
+pub fn read_all(kafka: &KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let fence = unique("__fence__");
+    let consumer: BaseConsumer = kafka
+        .consumer(&unique("reader-"))
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    assert!(!partitions.is_empty(), "{topic} has no partitions");
+    let producer: BaseProducer = kafka.producer().create().expect("producer");
+    for p in &partitions {
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(*p)
+                    .key(&fence)
+                    .payload(""),
+            )
+            .map_err(|(e, _)| e)
+            .expect("fence");
+    }
+    producer
+        .flush(Duration::from_secs(10))
+        .expect("fences written");
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut open: std::collections::HashSet<i32> = partitions.into_iter().collect();
+    let mut out = Vec::new();
+    wait_until(
+        Duration::from_secs(60),
+        &format!("every partition of {topic} read to its fence"),
+        || {
+            while let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if m.key() == Some(fence.as_bytes()) {
+                    open.remove(&m.partition());
+                } else {
+                    out.push(m.detach());
+                }
+            }
+            open.is_empty().then_some(())
+        },
+    );
+    out
+}

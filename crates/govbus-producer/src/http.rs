@@ -4,6 +4,9 @@
 //! {"op": "upsert", "data": { ...the entity... }}
 //! {"op": "delete", "key": "052090000001"}
 //! ```
+//! `POST /v1/datasets/{dataset}/changes/batch` takes `{"changes": [...]}`:
+//! every change is validated, then all are stored in one transaction or none.
+//!
 //! 202 once the change is durable; 400 for JSON that does not parse; 422
 //! naming every bad field; 404 for an unknown dataset or entity; 503 when the
 //! store is down. Nothing is stored unless the answer is 202.
@@ -25,6 +28,7 @@ use crate::publisher::{ChangeRequest, Publisher, SubmitError};
 pub fn router(publisher: Arc<Publisher>) -> Router {
     Router::new()
         .route("/v1/datasets/{dataset}/changes", post(ingest))
+        .route("/v1/datasets/{dataset}/changes/batch", post(ingest_batch))
         .route("/v1/datasets", get(datasets))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(publisher)
@@ -55,28 +59,42 @@ fn reject(
     (status, Json(json!({"error": error, "errors": errors}))).into_response()
 }
 
-/// Reads the request body into a change, naming every problem.
-pub fn parse_request(body: &[u8]) -> Result<ChangeRequest, (StatusCode, String, Vec<FieldError>)> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
+type Problem = (StatusCode, String, Vec<FieldError>);
+
+fn parse_json(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
             format!("malformed JSON: {e}"),
             vec![],
         )
-    })?;
+    })
+}
+
+fn unprocessable(errors: Vec<FieldError>) -> Problem {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "the change is not valid".to_string(),
+        errors,
+    )
+}
+
+/// Reads one change object; field paths start with `prefix`.
+fn parse_change(v: &Value, prefix: &str) -> Result<ChangeRequest, Vec<FieldError>> {
     let field = |f: &str, p: &str| FieldError {
-        field: f.into(),
+        field: format!("{prefix}{f}"),
         problem: p.into(),
     };
-    let unprocessable = |errors: Vec<FieldError>| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the change is not valid".to_string(),
-            errors,
-        )
-    };
     let Some(obj) = v.as_object() else {
-        return Err(unprocessable(vec![field("$", "expected an object")]));
+        let here = if prefix.is_empty() {
+            "$".to_string()
+        } else {
+            prefix.trim_end_matches('.').to_string()
+        };
+        return Err(vec![FieldError {
+            field: here,
+            problem: "expected an object".into(),
+        }]);
     };
     let mut errors: Vec<FieldError> = obj
         .keys()
@@ -105,7 +123,36 @@ pub fn parse_request(body: &[u8]) -> Result<ChangeRequest, (StatusCode, String, 
     };
     match req {
         Some(r) if errors.is_empty() => Ok(r),
-        _ => Err(unprocessable(errors)),
+        _ => Err(errors),
+    }
+}
+
+/// Reads the request body into a change, naming every problem.
+pub fn parse_request(body: &[u8]) -> Result<ChangeRequest, Problem> {
+    parse_change(&parse_json(body)?, "").map_err(unprocessable)
+}
+
+/// Reads a batch body `{"changes": [...]}`, naming every problem.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<ChangeRequest>, Problem> {
+    let v = parse_json(body)?;
+    let Some(items) = v.get("changes").and_then(Value::as_array) else {
+        return Err(unprocessable(vec![FieldError {
+            field: "changes".into(),
+            problem: "an array of changes is required".into(),
+        }]));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match parse_change(item, &format!("changes[{i}].")) {
+            Ok(r) => out.push(r),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(unprocessable(errors))
     }
 }
 
@@ -114,24 +161,53 @@ async fn ingest(
     Path(dataset): Path<String>,
     body: Bytes,
 ) -> Response {
-    let req = match parse_request(&body) {
-        Ok(r) => r,
-        Err((status, error, errors)) => {
-            let reason = if status == StatusCode::BAD_REQUEST {
-                "malformed"
-            } else {
-                "invalid"
-            };
-            return reject(status, &dataset, reason, error, errors);
-        }
+    match parse_request(&body) {
+        Ok(req) => store(p, dataset, vec![req], false).await,
+        Err(problem) => refuse(&dataset, problem),
+    }
+}
+
+async fn ingest_batch(
+    State(p): State<Arc<Publisher>>,
+    Path(dataset): Path<String>,
+    body: Bytes,
+) -> Response {
+    match parse_batch(&body) {
+        Ok(reqs) => store(p, dataset, reqs, true).await,
+        Err(problem) => refuse(&dataset, problem),
+    }
+}
+
+fn refuse(dataset: &str, (status, error, errors): Problem) -> Response {
+    let reason = if status == StatusCode::BAD_REQUEST {
+        "malformed"
+    } else {
+        "invalid"
     };
-    let p2 = p.clone();
+    reject(status, dataset, reason, error, errors)
+}
+
+async fn store(
+    p: Arc<Publisher>,
+    dataset: String,
+    reqs: Vec<ChangeRequest>,
+    batch: bool,
+) -> Response {
     let ds = dataset.clone();
-    let res = tokio::task::spawn_blocking(move || p2.submit(&ds, req)).await;
+    let n = reqs.len() as u64;
+    let res = tokio::task::spawn_blocking(move || {
+        if batch {
+            p.submit_batch(&ds, reqs).map(|v| json!({ "accepted": v }))
+        } else {
+            p.submit(&ds, reqs.into_iter().next().expect("one change"))
+                .map(|a| json!(a))
+        }
+    })
+    .await;
     match res {
-        Ok(Ok(acc)) => {
-            metrics::counter!("govbus_ingest_accepted_total", "dataset" => dataset).increment(1);
-            (StatusCode::ACCEPTED, Json(json!(acc))).into_response()
+        Ok(Ok(body)) => {
+            metrics::counter!("govbus_ingest_accepted_total", "dataset" => dataset).increment(n);
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Ok(Err(e)) => {
             let msg = e.to_string();
@@ -206,6 +282,9 @@ mod tests {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["extra", "op"]);
+        let (_, _, errs) =
+            parse_batch(br#"{"changes":[{"op":"delete","key":"1"},{"op":"x"}]}"#).unwrap_err();
+        assert_eq!(errs[0].field, "changes[1].op");
         let (_, _, errs) = parse_request(br#"{"op":"delete"}"#).unwrap_err();
         assert_eq!(errs[0].field, "key");
     }

@@ -198,33 +198,86 @@ impl Publisher {
 
     /// Validates, sequences and stores one change. Blocking (database I/O).
     pub fn submit(&self, dataset: &str, req: ChangeRequest) -> Result<Accepted, SubmitError> {
+        let mut v = self.submit_all(dataset, vec![req], false)?;
+        Ok(v.remove(0))
+    }
+
+    /// Validates every change, then stores all of them in one transaction (or
+    /// none). Field paths in errors start with `changes[i].`.
+    pub fn submit_batch(
+        &self,
+        dataset: &str,
+        reqs: Vec<ChangeRequest>,
+    ) -> Result<Vec<Accepted>, SubmitError> {
+        self.submit_all(dataset, reqs, true)
+    }
+
+    fn submit_all(
+        &self,
+        dataset: &str,
+        reqs: Vec<ChangeRequest>,
+        indexed: bool,
+    ) -> Result<Vec<Accepted>, SubmitError> {
         let w = self
             .writers
             .get(dataset)
             .ok_or_else(|| SubmitError::UnknownDataset(dataset.to_string()))?;
-        let (key, after) = match &req {
-            ChangeRequest::Upsert(json) => {
-                let v = to_avro(&w.entity, json).map_err(SubmitError::Invalid)?;
-                let key = key_of(&v, &w.key_field).ok_or_else(|| {
-                    SubmitError::Invalid(vec![FieldError {
-                        field: w.key_field.clone(),
-                        problem: "the key must be a non-empty string or number".into(),
-                    }])
-                })?;
-                (key, Some(v))
+        let mut keys = Vec::with_capacity(reqs.len());
+        let mut afters = Vec::with_capacity(reqs.len());
+        let mut errors = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            let prefix = |f: &str| {
+                if indexed {
+                    format!("changes[{i}].{f}")
+                } else {
+                    f.to_string()
+                }
+            };
+            match req {
+                ChangeRequest::Upsert(json) => match to_avro(&w.entity, json) {
+                    Ok(v) => match key_of(&v, &w.key_field) {
+                        Some(k) => {
+                            keys.push(k);
+                            afters.push(Some(v));
+                        }
+                        None => errors.push(FieldError {
+                            field: prefix(&w.key_field),
+                            problem: "the key must be a non-empty string or number".into(),
+                        }),
+                    },
+                    Err(errs) => errors.extend(errs.into_iter().map(|e| FieldError {
+                        field: if indexed {
+                            format!("changes[{i}].data.{}", e.field)
+                        } else {
+                            e.field
+                        },
+                        problem: e.problem,
+                    })),
+                },
+                ChangeRequest::Delete { key } => {
+                    keys.push(key.clone());
+                    afters.push(None);
+                }
             }
-            ChangeRequest::Delete { key } => (key.clone(), None),
-        };
-        let event_id = uuid::Uuid::new_v4().to_string();
-        let mut op = Op::Create;
-        let mut build = |seq: i64, prev: Option<&Json>| -> Result<Built, SubmitError> {
+        }
+        if !errors.is_empty() {
+            return Err(SubmitError::Invalid(errors));
+        }
+        let event_ids: Vec<String> = (0..keys.len())
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let mut ops = vec![Op::Create; keys.len()];
+        let now = govbus_core::now_ms();
+        let mut build = |i: usize, seq: i64, prev: Option<&Json>| -> Result<Built, SubmitError> {
+            let key = &keys[i];
+            let after = &afters[i];
             let before = match prev {
                 Some(p) => Some(to_avro(&w.entity, p).map_err(|e| {
                     SubmitError::Encode(format!("stored state of {key} no longer fits: {e:?}"))
                 })?),
                 None => None,
             };
-            op = match (&before, &after) {
+            ops[i] = match (&before, after) {
                 (None, None) => {
                     return Err(SubmitError::UnknownEntity {
                         dataset: dataset.to_string(),
@@ -236,8 +289,8 @@ impl Publisher {
                 (Some(_), None) => Op::Delete,
             };
             let change = Change {
-                event_id: event_id.clone(),
-                op,
+                event_id: event_ids[i].clone(),
+                op: ops[i],
                 before,
                 after: after.clone(),
                 source: Source {
@@ -245,7 +298,7 @@ impl Publisher {
                     system: self.system.clone(),
                     seq,
                 },
-                ts_ms: govbus_core::now_ms(),
+                ts_ms: now,
             };
             let value = w
                 .codec
@@ -257,14 +310,18 @@ impl Publisher {
                 state: after.as_ref().map(to_json),
             })
         };
-        let seq = self.store.accept(dataset, &key, &mut build)?;
+        let seqs = self.store.accept_many(dataset, &keys, &mut build)?;
         self.wakeup.notify();
-        Ok(Accepted {
-            event_id,
-            seq,
-            op: op.as_str(),
-            key,
-        })
+        Ok(seqs
+            .into_iter()
+            .enumerate()
+            .map(|(i, seq)| Accepted {
+                event_id: event_ids[i].clone(),
+                seq,
+                op: ops[i].as_str(),
+                key: keys[i].clone(),
+            })
+            .collect())
     }
 }
 

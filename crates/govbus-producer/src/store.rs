@@ -66,7 +66,22 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
         dataset: &str,
         key: &str,
         build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
-    ) -> Result<i64, SubmitError>;
+    ) -> Result<i64, SubmitError> {
+        let keys = [key.to_string()];
+        let seqs = self.accept_many(dataset, &keys, &mut |_, seq, prev| build(seq, prev))?;
+        Ok(seqs[0])
+    }
+
+    /// Like [`OutboxStore::accept`] for several changes of one dataset, in
+    /// order, in one transaction: all are stored or none. `build` gets the
+    /// change's index. A key may appear more than once; each change sees the
+    /// state the previous one left.
+    fn accept_many(
+        &self,
+        dataset: &str,
+        keys: &[String],
+        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+    ) -> Result<Vec<i64>, SubmitError>;
 
     /// Up to `limit` pending changes, oldest first.
     fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
@@ -116,54 +131,50 @@ fn parse_state(key: &str, s: Option<String>) -> Result<Option<Json>, StoreError>
 }
 
 impl OutboxStore for SqliteStore {
-    fn accept(
+    fn accept_many(
         &self,
         dataset: &str,
-        key: &str,
-        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
-    ) -> Result<i64, SubmitError> {
+        keys: &[String],
+        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+    ) -> Result<Vec<i64>, SubmitError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
-        let prev: Option<(i64, Option<String>)> = {
-            let mut st = tx
+        let mut seqs = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let prev: Option<(i64, Option<String>)> = tx
                 .prepare_cached(
                     "SELECT seq, state FROM govbus_entities WHERE dataset = ?1 AND key = ?2",
                 )
+                .and_then(|mut st| {
+                    let mut rows = st.query((dataset, key))?;
+                    match rows.next()? {
+                        Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
+                        None => Ok(None),
+                    }
+                })
                 .map_err(StoreError::from)?;
-            let mut rows = st.query((dataset, key)).map_err(StoreError::from)?;
-            match rows.next().map_err(StoreError::from)? {
-                Some(r) => Some((
-                    r.get(0).map_err(StoreError::from)?,
-                    r.get(1).map_err(StoreError::from)?,
-                )),
-                None => None,
-            }
-        };
-        let seq = prev.as_ref().map_or(1, |(s, _)| s + 1);
-        let state = parse_state(key, prev.and_then(|(_, s)| s))?;
-        let built = build(seq, state.as_ref())?;
-        tx.prepare_cached(
-            "INSERT INTO govbus_outbox (dataset, topic, key, value) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .and_then(|mut st| st.execute((dataset, &built.topic, key, &built.value)))
-        .map_err(StoreError::from)?;
-        tx.prepare_cached(
-            "INSERT INTO govbus_entities (dataset, key, seq, state) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state",
-        )
-        .and_then(|mut st| {
-            st.execute((
-                dataset,
-                key,
-                seq,
-                built.state.as_ref().map(|s| s.to_string()),
-            ))
-        })
-        .map_err(StoreError::from)?;
+            let seq = prev.as_ref().map_or(1, |(s, _)| s + 1);
+            let state = parse_state(key, prev.and_then(|(_, s)| s))?;
+            let built = build(i, seq, state.as_ref())?;
+            tx.prepare_cached(
+                "INSERT INTO govbus_outbox (dataset, topic, key, value) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| st.execute((dataset, &built.topic, key, &built.value)))
+            .map_err(StoreError::from)?;
+            tx.prepare_cached(
+                "INSERT INTO govbus_entities (dataset, key, seq, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+            )
+            .and_then(|mut st| {
+                st.execute((dataset, key, seq, built.state.as_ref().map(|s| s.to_string())))
+            })
+            .map_err(StoreError::from)?;
+            seqs.push(seq);
+        }
         tx.commit().map_err(StoreError::from)?;
-        Ok(seq)
+        Ok(seqs)
     }
 
     fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
@@ -243,43 +254,59 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 impl OutboxStore for PostgresStore {
-    fn accept(
+    fn accept_many(
         &self,
         dataset: &str,
-        key: &str,
-        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
-    ) -> Result<i64, SubmitError> {
+        keys: &[String],
+        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+    ) -> Result<Vec<i64>, SubmitError> {
         let s = &self.schema;
         let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
         let mut tx = client.transaction().map_err(StoreError::from)?;
-        // FOR UPDATE serialises concurrent changes of one entity.
-        let row = tx
-            .query_opt(
-                &format!("SELECT seq, state FROM {s}.govbus_entities WHERE dataset = $1 AND key = $2 FOR UPDATE"),
-                &[&dataset, &key],
-            )
+        let select = tx
+            .prepare(&format!(
+                "SELECT seq, state FROM {s}.govbus_entities WHERE dataset = $1 AND key = $2 FOR UPDATE"
+            ))
             .map_err(StoreError::from)?;
-        let (seq, state) = match row {
-            Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, Option<String>>(1)),
-            None => (1, None),
-        };
-        let state = parse_state(key, state)?;
-        let built = build(seq, state.as_ref())?;
-        tx.execute(
-            &format!("INSERT INTO {s}.govbus_outbox (dataset, topic, key, value) VALUES ($1, $2, $3, $4)"),
-            &[&dataset, &built.topic, &key, &built.value],
-        )
-        .map_err(StoreError::from)?;
-        tx.execute(
-            &format!(
+        let insert = tx
+            .prepare(&format!(
+                "INSERT INTO {s}.govbus_outbox (dataset, topic, key, value) VALUES ($1, $2, $3, $4)"
+            ))
+            .map_err(StoreError::from)?;
+        let upsert = tx
+            .prepare(&format!(
                 "INSERT INTO {s}.govbus_entities (dataset, key, seq, state) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state"
-            ),
-            &[&dataset, &key, &seq, &built.state.as_ref().map(|s| s.to_string())],
-        )
-        .map_err(StoreError::from)?;
+            ))
+            .map_err(StoreError::from)?;
+        let mut seqs = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            // FOR UPDATE serialises concurrent changes of one entity.
+            let row = tx
+                .query_opt(&select, &[&dataset, key])
+                .map_err(StoreError::from)?;
+            let (seq, state) = match row {
+                Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, Option<String>>(1)),
+                None => (1, None),
+            };
+            let state = parse_state(key, state)?;
+            let built = build(i, seq, state.as_ref())?;
+            tx.execute(&insert, &[&dataset, &built.topic, key, &built.value])
+                .map_err(StoreError::from)?;
+            tx.execute(
+                &upsert,
+                &[
+                    &dataset,
+                    key,
+                    &seq,
+                    &built.state.as_ref().map(|s| s.to_string()),
+                ],
+            )
+            .map_err(StoreError::from)?;
+            seqs.push(seq);
+        }
         tx.commit().map_err(StoreError::from)?;
-        Ok(seq)
+        Ok(seqs)
     }
 
     fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {

@@ -1,6 +1,7 @@
 //! The producer's durable store and the province sinks, one scenario run
 //! against each backend (SQLite and a real PostgreSQL).
 
+use std::io::Write;
 use std::sync::Arc;
 
 use govbus_consumer::sink::{Row, Sink};
@@ -107,6 +108,24 @@ fn row(t: &Arc<TableDef>, key: &str, seq: i64, name: Option<&str>) -> Row {
                 SqlValue::Timestamp(1_764_230_400_123),
             ]
         }),
+        event_id: format!("e-{key}-{seq}"),
+        op: if name.is_some() {
+            govbus_schema::Op::Update
+        } else {
+            govbus_schema::Op::Delete
+        },
+        after: name.map(|n| {
+            govbus_schema::AvroValue::Record(vec![
+                (
+                    "citizen_id".into(),
+                    govbus_schema::AvroValue::String(key.into()),
+                ),
+                (
+                    "full_name".into(),
+                    govbus_schema::AvroValue::String(n.into()),
+                ),
+            ])
+        }),
     }
 }
 
@@ -144,6 +163,56 @@ fn sink_scenario(sink: &mut dyn Sink) {
     assert_eq!((d.deletes, d.stale), (1, 1));
     let offsets = sink.offsets(&topic).unwrap();
     assert_eq!((offsets[&0], offsets[&1]), (3, 7));
+}
+
+#[test]
+fn sink_applies_in_sequence_to_json_lines_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.jsonl");
+    let state = dir.path().join("p.state.db");
+    let open = || {
+        govbus_consumer::sink_json::JsonLinesSink::open(
+            path.to_str().unwrap(),
+            state.to_str().unwrap(),
+        )
+        .unwrap()
+    };
+    sink_scenario(&mut open());
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ops: Vec<(&str, i64, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["key"].as_str().unwrap(),
+                l["seq"].as_i64().unwrap(),
+                l["op"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("1", 1, "UPDATE"),
+            ("2", 1, "UPDATE"),
+            ("1", 2, "UPDATE"),
+            ("2", 2, "DELETE")
+        ]
+    );
+    assert_eq!(lines[2]["data"]["full_name"], "A2");
+    // A crash between writing and committing leaves a tail: it is cut on open.
+    let committed = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"partial\":")
+        .unwrap();
+    drop(open());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), committed);
 }
 
 #[test]

@@ -32,8 +32,20 @@ pub struct ConsumerConfig {
     /// Prefix of every topic name (empty in production).
     #[serde(default)]
     pub topic_prefix: String,
-    /// `sqlite://<path>` or `postgres://...`.
+    /// `sqlite://<path>`, `postgres://...`, `jsonl://<path>` or an `http(s)://` webhook.
     pub sink: String,
+    /// JSON-lines and webhook sinks: the SQLite file keeping offsets and sequences.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Webhook: HMAC-SHA256 key; the body's signature is sent as `X-Govbus-Signature: sha256=<hex>`.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Webhook: one POST per change instead of one per batch.
+    #[serde(default)]
+    pub webhook_per_change: bool,
+    /// Webhook: request timeout (ms); a timeout is retried like any failure.
+    #[serde(default = "default_webhook_timeout")]
+    pub webhook_timeout_ms: u64,
     /// PostgreSQL schema for the tables.
     #[serde(default = "public")]
     pub pg_schema: String,
@@ -45,6 +57,9 @@ pub struct ConsumerConfig {
     pub partitions: i32,
 }
 
+fn default_webhook_timeout() -> u64 {
+    10_000
+}
 fn public() -> String {
     "public".into()
 }
@@ -125,7 +140,16 @@ pub fn run(
         .map(|t| TopicSpec::compacted(t.clone(), cfg.partitions))
         .collect();
     ensure_topics(&cfg.kafka, &specs)?;
-    let mut sink = sink::open(&cfg.sink, &cfg.pg_schema)?;
+    let mut sink = sink::open(
+        &cfg.sink,
+        &sink::SinkOptions {
+            pg_schema: cfg.pg_schema.clone(),
+            state: cfg.state.clone(),
+            webhook_secret: cfg.webhook_secret.clone(),
+            webhook_per_change: cfg.webhook_per_change,
+            webhook_timeout: Duration::from_millis(cfg.webhook_timeout_ms),
+        },
+    )?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
     let consumer: BaseConsumer = cfg
         .kafka
@@ -208,22 +232,22 @@ pub fn run(
                 }
             };
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let values = match (change.op, &change.after) {
-                (Op::Delete, _) | (_, None) => None,
-                (_, Some(after)) => Some(
-                    table
-                        .columns
-                        .iter()
-                        .map(|c| value_at(after, &c.path))
-                        .collect(),
-                ),
+            let after = match change.op {
+                Op::Delete => None,
+                _ => change.after,
             };
+            let values = after
+                .as_ref()
+                .map(|a| table.columns.iter().map(|c| value_at(a, &c.path)).collect());
             rows.push(Row {
                 table,
                 key,
                 seq: change.source.seq,
                 source_ts: change.ts_ms,
                 values,
+                event_id: change.event_id,
+                op: change.op,
+                after,
             });
         }
         let offsets: Vec<(String, i32, i64)> =
@@ -252,7 +276,10 @@ pub fn run(
                     if stop.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }
-                    std::thread::sleep(Duration::from_millis(200 * attempt.min(25) as u64));
+                    // Exponential back-off: 100 ms, 200 ms, … capped at 30 s.
+                    let wait = Duration::from_millis(100u64 << attempt.min(9))
+                        .min(Duration::from_secs(30));
+                    std::thread::sleep(wait);
                 }
             }
         }

@@ -5,6 +5,7 @@
 
 pub mod consumer;
 pub mod sink;
+pub mod sink_json;
 pub mod table;
 
 pub use consumer::{run, ConsumerConfig, ConsumerError};

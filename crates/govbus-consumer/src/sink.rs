@@ -16,6 +16,22 @@ pub enum SinkError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The webhook did not accept the delivery.
+    #[error("webhook {url}: {reason}")]
+    Webhook {
+        /// The endpoint.
+        url: String,
+        /// Status or transport error.
+        reason: String,
+    },
 }
 
 /// One change to apply.
@@ -31,6 +47,12 @@ pub struct Row {
     pub source_ts: i64,
     /// Column values (in `table.columns` order), or None for a delete.
     pub values: Option<Vec<SqlValue>>,
+    /// The change's id (idempotency key for webhook receivers).
+    pub event_id: String,
+    /// The view's op.
+    pub op: govbus_schema::Op,
+    /// The entity after the change, as the view holds it (None for a delete).
+    pub after: Option<govbus_schema::AvroValue>,
 }
 
 /// What one batch did.
@@ -422,11 +444,40 @@ impl Sink for SqliteSink {
     }
 }
 
-/// Opens the sink named by `url`: `postgres://...` (tables in `pg_schema`),
-/// or `sqlite://<path>` / a bare path.
-pub fn open(url: &str, pg_schema: &str) -> Result<Box<dyn Sink>, SinkError> {
+/// How the consumer reaches its sink.
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// PostgreSQL schema for the tables.
+    pub pg_schema: String,
+    /// Where JSON-lines and webhook sinks keep offsets and sequences (SQLite).
+    pub state: Option<String>,
+    /// HMAC-SHA256 key for the webhook signature header.
+    pub webhook_secret: Option<String>,
+    /// One POST per batch (default) or per change.
+    pub webhook_per_change: bool,
+    /// Webhook request timeout.
+    pub webhook_timeout: std::time::Duration,
+}
+
+/// Opens the sink named by `url`: `postgres://...` (tables in
+/// `opts.pg_schema`), `sqlite://<path>` or a bare path, `jsonl://<path>`, or an
+/// `http(s)://` webhook.
+pub fn open(url: &str, opts: &SinkOptions) -> Result<Box<dyn Sink>, SinkError> {
+    use crate::sink_json::{JsonLinesSink, WebhookSink};
+    let state = |default: &str| opts.state.clone().unwrap_or_else(|| default.to_string());
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(PostgresSink::open(url, pg_schema)?))
+        Ok(Box::new(PostgresSink::open(url, &opts.pg_schema)?))
+    } else if let Some(path) = url.strip_prefix("jsonl://") {
+        Ok(Box::new(JsonLinesSink::open(
+            path,
+            &state(&format!("{path}.state.db")),
+        )?))
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(Box::new(WebhookSink::open(
+            url,
+            &state("webhook.state.db"),
+            opts,
+        )?))
     } else {
         Ok(Box::new(SqliteSink::open(
             url.strip_prefix("sqlite://").unwrap_or(url),
@@ -465,6 +516,13 @@ mod tests {
             seq,
             source_ts: 0,
             values: n.map(|n| vec![SqlValue::Text(key.into()), SqlValue::Int(n)]),
+            event_id: format!("{key}-{seq}"),
+            op: if n.is_some() {
+                govbus_schema::Op::Update
+            } else {
+                govbus_schema::Op::Delete
+            },
+            after: None,
         }
     }
 

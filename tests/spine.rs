@@ -173,6 +173,10 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
             pg_schema: pg_schema.clone(),
             batch: 500,
             partitions: 4,
+            state: None,
+            webhook_secret: None,
+            webhook_per_change: false,
+            webhook_timeout_ms: 10_000,
         };
         let catalog = catalog.clone();
         Worker::spawn(subscriber, move |stop| {

@@ -13,8 +13,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod deadletter;
 pub mod demo;
 pub mod http;
+pub mod outbox;
 pub mod publisher;
 pub mod relay;
 pub mod store;

@@ -182,6 +182,11 @@ impl Publisher {
         self.wakeup.clone()
     }
 
+    /// The entity schema of a dataset this publisher accepts.
+    pub fn entity_schema(&self, dataset: &str) -> Option<&Schema> {
+        self.writers.get(dataset).map(|w| &w.entity)
+    }
+
     /// The central topics this publisher writes.
     pub fn topics(&self) -> Vec<String> {
         let mut v: Vec<String> = self.writers.values().map(|w| w.topic.clone()).collect();
@@ -198,7 +203,7 @@ impl Publisher {
 
     /// Validates, sequences and stores one change. Blocking (database I/O).
     pub fn submit(&self, dataset: &str, req: ChangeRequest) -> Result<Accepted, SubmitError> {
-        let mut v = self.submit_all(dataset, vec![req], false)?;
+        let mut v = self.submit_all(dataset, vec![req], false, None)?;
         Ok(v.remove(0))
     }
 
@@ -209,7 +214,41 @@ impl Publisher {
         dataset: &str,
         reqs: Vec<ChangeRequest>,
     ) -> Result<Vec<Accepted>, SubmitError> {
-        self.submit_all(dataset, reqs, true)
+        self.submit_all(dataset, reqs, true, None)
+    }
+
+    /// Like [`Publisher::submit_batch`], recording `source`'s `position` in
+    /// the same transaction (see [`Publisher::checkpoint`]).
+    pub fn submit_from(
+        &self,
+        dataset: &str,
+        reqs: Vec<ChangeRequest>,
+        source: &str,
+        position: i64,
+    ) -> Result<Vec<Accepted>, SubmitError> {
+        self.submit_all(dataset, reqs, true, Some((source, position)))
+    }
+
+    /// Records `source`'s position without a change (its input was rejected).
+    pub fn record_checkpoint(&self, source: &str, position: i64) -> Result<(), SubmitError> {
+        self.store
+            .accept_many(
+                "",
+                &[],
+                &mut |_, _, _| Err(SubmitError::Encode("no change".into())),
+                Some((source, position)),
+            )
+            .map(|_| ())
+    }
+
+    /// Forgets recorded positions (their input is gone for good).
+    pub fn forget_checkpoints(&self, sources: &[String]) -> Result<(), SubmitError> {
+        Ok(self.store.forget_checkpoints(sources)?)
+    }
+
+    /// The last position recorded for `source` by [`Publisher::submit_from`].
+    pub fn checkpoint(&self, source: &str) -> Result<Option<i64>, SubmitError> {
+        Ok(self.store.checkpoint(source)?)
     }
 
     fn submit_all(
@@ -217,6 +256,7 @@ impl Publisher {
         dataset: &str,
         reqs: Vec<ChangeRequest>,
         indexed: bool,
+        checkpoint: Option<(&str, i64)>,
     ) -> Result<Vec<Accepted>, SubmitError> {
         let w = self
             .writers
@@ -310,7 +350,9 @@ impl Publisher {
                 state: after.as_ref().map(to_json),
             })
         };
-        let seqs = self.store.accept_many(dataset, &keys, &mut build)?;
+        let seqs = self
+            .store
+            .accept_many(dataset, &keys, &mut build, checkpoint)?;
         self.wakeup.notify();
         Ok(seqs
             .into_iter()

@@ -68,19 +68,28 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
         build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
     ) -> Result<i64, SubmitError> {
         let keys = [key.to_string()];
-        let seqs = self.accept_many(dataset, &keys, &mut |_, seq, prev| build(seq, prev))?;
+        let seqs = self.accept_many(dataset, &keys, &mut |_, seq, prev| build(seq, prev), None)?;
         Ok(seqs[0])
     }
+
+    /// The position recorded for a source (an outbox id, a file line), if any.
+    fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Removes recorded positions.
+    fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError>;
 
     /// Like [`OutboxStore::accept`] for several changes of one dataset, in
     /// order, in one transaction: all are stored or none. `build` gets the
     /// change's index. A key may appear more than once; each change sees the
-    /// state the previous one left.
+    /// state the previous one left. With `checkpoint = (source, position)`
+    /// the source's position is recorded in the same transaction, so a
+    /// source that resumes from it never submits a change twice.
     fn accept_many(
         &self,
         dataset: &str,
         keys: &[String],
         build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+        checkpoint: Option<(&str, i64)>,
     ) -> Result<Vec<i64>, SubmitError>;
 
     /// Up to `limit` pending changes, oldest first.
@@ -112,7 +121,8 @@ impl SqliteStore {
                  PRIMARY KEY (dataset, key));
              CREATE TABLE IF NOT EXISTS govbus_outbox (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, topic TEXT NOT NULL,
-                 key TEXT NOT NULL, value BLOB NOT NULL);",
+                 key TEXT NOT NULL, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS govbus_sources (name TEXT PRIMARY KEY, position INTEGER NOT NULL);",
         )?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -136,6 +146,7 @@ impl OutboxStore for SqliteStore {
         dataset: &str,
         keys: &[String],
         build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+        checkpoint: Option<(&str, i64)>,
     ) -> Result<Vec<i64>, SubmitError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
@@ -173,8 +184,39 @@ impl OutboxStore for SqliteStore {
             .map_err(StoreError::from)?;
             seqs.push(seq);
         }
+        if let Some((source, position)) = checkpoint {
+            tx.prepare_cached(
+                "INSERT INTO govbus_sources (name, position) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )
+            .and_then(|mut st| st.execute((source, position)))
+            .map_err(StoreError::from)?;
+        }
         tx.commit().map_err(StoreError::from)?;
         Ok(seqs)
+    }
+
+    fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = conn.prepare_cached("SELECT position FROM govbus_sources WHERE name = ?1")?;
+        let mut rows = st.query([source])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    }
+
+    fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM govbus_sources WHERE name = ?1")?;
+            for s in sources {
+                st.execute([s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
@@ -239,7 +281,8 @@ impl PostgresStore {
                  PRIMARY KEY (dataset, key));
              CREATE TABLE IF NOT EXISTS {s}.govbus_outbox (
                  id BIGSERIAL PRIMARY KEY, dataset TEXT NOT NULL, topic TEXT NOT NULL,
-                 key TEXT NOT NULL, value BYTEA NOT NULL);"
+                 key TEXT NOT NULL, value BYTEA NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.govbus_sources (name TEXT PRIMARY KEY, position BIGINT NOT NULL);"
         ))?;
         Ok(Self {
             client: Mutex::new(client),
@@ -259,6 +302,7 @@ impl OutboxStore for PostgresStore {
         dataset: &str,
         keys: &[String],
         build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
+        checkpoint: Option<(&str, i64)>,
     ) -> Result<Vec<i64>, SubmitError> {
         let s = &self.schema;
         let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
@@ -305,8 +349,39 @@ impl OutboxStore for PostgresStore {
             .map_err(StoreError::from)?;
             seqs.push(seq);
         }
+        if let Some((source, position)) = checkpoint {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.govbus_sources (name, position) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+                ),
+                &[&source, &position],
+            )
+            .map_err(StoreError::from)?;
+        }
         tx.commit().map_err(StoreError::from)?;
         Ok(seqs)
+    }
+
+    fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(client
+            .query_opt(
+                &format!("SELECT position FROM {s}.govbus_sources WHERE name = $1"),
+                &[&source],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        client.execute(
+            &format!("DELETE FROM {s}.govbus_sources WHERE name = ANY($1)"),
+            &[&sources],
+        )?;
+        Ok(())
     }
 
     fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {

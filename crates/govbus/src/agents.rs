@@ -117,6 +117,39 @@ pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `govbus publish --outbox`: the publisher's store and relay, fed by the
+/// agency's PostgreSQL outbox instead of HTTP.
+pub(crate) async fn publish_outbox(
+    file: Option<&Path>,
+    outbox: String,
+    outbox_schema: String,
+) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    metrics(&cfg)?;
+    let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
+    let catalog = cfg.catalog()?;
+    let stop = stop_flag();
+    let s = stop.clone();
+    run_until_stopped(stop, move || {
+        let store = govbus_producer::open_store(&p.store, &p.pg_schema)?;
+        let topics = govbus_core::Topics::new(&p.topic_prefix);
+        let registry = govbus_schema::RegistryClient::new(&p.registry);
+        let publisher = govbus_producer::Publisher::new(&catalog, &p.agency, &p.system, &topics, &registry, store)?;
+        govbus_producer::ensure_topics(&p.kafka, &publisher, p.partitions)?;
+        let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?;
+        let rs = s.clone();
+        let relay = std::thread::spawn(move || relay.run(rs));
+        let dead = govbus_producer::deadletter::DeadLetters::new(&p.kafka, &topics.dlq("ingest", &p.agency))?;
+        let mut o = govbus_producer::outbox::PgOutbox::connect(&outbox, &outbox_schema)?;
+        tracing::info!(agency = p.agency, schema = outbox_schema, "relaying the outbox");
+        let res = o.run(&publisher, &dead, &s);
+        s.store(true, Ordering::Relaxed);
+        let _ = relay.join();
+        Ok(res?)
+    })
+    .await
+}
+
 /// `govbus consume`.
 pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file)?;

@@ -47,6 +47,18 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Publish from an agency's own sources (`[producer]`): relay its PostgreSQL outbox.
+    Publish {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// PostgreSQL URL of the agency database holding the outbox (deploy/sql/outbox.sql).
+        #[arg(long)]
+        outbox: String,
+        /// Schema of the outbox table.
+        #[arg(long, default_value = "govbus")]
+        outbox_schema: String,
+    },
     /// Run a province's consumer (`[consumer]`).
     Consume {
         /// Configuration file.
@@ -117,6 +129,9 @@ fn main() -> std::process::ExitCode {
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,
             Cmd::Consume { config } => agents::consume(config.as_deref()).await,
+            Cmd::Publish { config, outbox, outbox_schema } => {
+                agents::publish_outbox(config.as_deref(), outbox, outbox_schema).await
+            }
             Cmd::Demo {
                 ingest,
                 rate,

@@ -1,0 +1,69 @@
+//! Rejected input of a producer's sources, on `dlq.ingest.<agency>`.
+
+use std::time::Duration;
+
+use govbus_core::KafkaConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// Writes rejected records with their reason; each write is flushed.
+pub struct DeadLetters {
+    producer: BaseProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl DeadLetters {
+    /// A writer to `topic` (created if missing).
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, KafkaError> {
+        let _ = govbus_core::kafka::ensure_topics(
+            kafka,
+            &[govbus_core::kafka::TopicSpec::retained(topic, 1)],
+        );
+        Ok(Self {
+            producer: kafka.producer().create()?,
+            topic: topic.to_string(),
+        })
+    }
+
+    /// Writes one rejected record and waits for the broker's ack.
+    pub fn send(
+        &self,
+        key: &str,
+        original: &[u8],
+        reason: &str,
+        error: &str,
+        source: &str,
+    ) -> Result<(), KafkaError> {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "govbus.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "govbus.error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "govbus.source",
+                value: Some(source),
+            });
+        self.producer
+            .send(
+                BaseRecord::to(&self.topic)
+                    .key(key)
+                    .payload(original)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)?;
+        self.producer.flush(Duration::from_secs(30))
+    }
+}

@@ -1,0 +1,230 @@
+//! Relays a transactional outbox in the agency's own PostgreSQL
+//! (`deploy/sql/outbox.sql`) through the publisher.
+//!
+//! Exactly once: the outbox id of each row is recorded in the publisher's
+//! store in the same transaction as the change, and the row is deleted
+//! afterwards; a row whose id is recorded was already taken (a crash came
+//! between the two) and is only deleted. Ids are recorded one by one, not as
+//! a high-water mark: with concurrent writers a lower id can commit after a
+//! higher one. A row that cannot become a change
+//! (broken JSON, fails the schema, deletes an unknown entity) goes to the DLQ
+//! with the reason, then is deleted: nothing is lost, nothing blocks the rest.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use govbus_schema::names::Names;
+use govbus_schema::project::record_of;
+use serde_json::{Map, Value as Json};
+
+use crate::deadletter::DeadLetters;
+use crate::publisher::{ChangeRequest, Publisher, SubmitError};
+use crate::store::StoreError;
+
+/// The outbox relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The source database.
+    #[error("outbox database: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The publisher's store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The dead-letter topic.
+    #[error("dead-letter: {0}")]
+    DeadLetter(#[from] rdkafka::error::KafkaError),
+    /// Anything else the publisher refused for a reason that is not the row's fault.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// An agency database with `govbus.outbox`.
+pub struct PgOutbox {
+    client: postgres::Client,
+    source: String,
+    table: String,
+}
+
+impl std::fmt::Debug for PgOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOutbox")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Turns a flat row (`parent_child` columns) into the entity's shape.
+pub fn unflatten(schema: &Schema, row: &Map<String, Json>) -> Json {
+    let names = Names::of(schema);
+    match record_of(schema, &names) {
+        Some(r) => nest(r, &names, row, ""),
+        None => Json::Object(row.clone()),
+    }
+}
+
+fn nest(
+    rec: &apache_avro::schema::RecordSchema,
+    names: &Names,
+    row: &Map<String, Json>,
+    prefix: &str,
+) -> Json {
+    let mut out = Map::new();
+    for f in &rec.fields {
+        let col = format!("{prefix}{}", f.name);
+        match record_of(names.resolve(&f.schema), names) {
+            Some(inner) => {
+                out.insert(f.name.clone(), nest(inner, names, row, &format!("{col}_")));
+            }
+            None => {
+                if let Some(v) = row.get(&col) {
+                    out.insert(f.name.clone(), v.clone());
+                }
+            }
+        }
+    }
+    Json::Object(out)
+}
+
+impl PgOutbox {
+    /// Connects to the agency database holding `<schema>.outbox` (`govbus`
+    /// as `deploy/sql/outbox.sql` creates it).
+    pub fn connect(url: &str, schema: &str) -> Result<Self, OutboxError> {
+        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let table = format!("{}.outbox", crate::store::quote_ident(schema));
+        let source = format!("outbox:{}/{schema}", redact(url));
+        Ok(Self {
+            client,
+            source,
+            table,
+        })
+    }
+
+    /// Relays up to `limit` rows; returns how many rows were taken.
+    pub fn step(
+        &mut self,
+        publisher: &Publisher,
+        dead: &DeadLetters,
+        limit: i64,
+    ) -> Result<usize, OutboxError> {
+        let rows = self.client.query(
+            &format!(
+                "SELECT id, dataset, op, key, after::text FROM {} ORDER BY id LIMIT $1",
+                self.table
+            ),
+            &[&limit],
+        )?;
+        let mut taken = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: i64 = r.get(0);
+            taken.push(id);
+            let mark = format!("{}#{id}", self.source);
+            if publisher.checkpoint(&mark)?.is_some() {
+                continue; // stored before a crash; only its deletion was lost
+            }
+            let dataset: String = r.get(1);
+            let op: String = r.get(2);
+            let key: String = r.get(3);
+            let after: Option<String> = r.get(4);
+            let req = match (op.as_str(), after) {
+                ("DELETE", _) => Ok(ChangeRequest::Delete { key: key.clone() }),
+                (_, Some(text)) => match serde_json::from_str::<Json>(&text) {
+                    Ok(Json::Object(row)) => match publisher.entity_schema(&dataset) {
+                        Some(s) => Ok(ChangeRequest::Upsert(unflatten(s, &row))),
+                        None => Err((
+                            "unknown_dataset",
+                            format!("dataset `{dataset}` is not published by this agency"),
+                        )),
+                    },
+                    Ok(other) => Err((
+                        "malformed",
+                        format!("after image is not an object: {other}"),
+                    )),
+                    Err(e) => Err(("malformed", format!("after image is not JSON: {e}"))),
+                },
+                (_, None) => Err(("malformed", format!("{op} without an after image"))),
+            };
+            let res: Result<(), (&'static str, String)> = match req {
+                Err(reject) => Err(reject),
+                Ok(req) => match publisher.submit_from(&dataset, vec![req], &mark, id) {
+                    Ok(_) => Ok(()),
+                    Err(SubmitError::Invalid(errs)) => Err((
+                        "schema",
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )),
+                    Err(e @ SubmitError::UnknownEntity { .. }) => {
+                        Err(("unknown_entity", e.to_string()))
+                    }
+                    Err(e @ SubmitError::UnknownDataset(_)) => {
+                        Err(("unknown_dataset", e.to_string()))
+                    }
+                    // The store is down (or a bug): stop; the row is retried later.
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            match res {
+                Ok(()) => {}
+                Err((reason, error)) => {
+                    let original: Option<String> = self
+                        .client
+                        .query_one(
+                            &format!(
+                                "SELECT row_to_json(o)::text FROM {} o WHERE id = $1",
+                                self.table
+                            ),
+                            &[&id],
+                        )?
+                        .get(0);
+                    tracing::warn!(id, dataset, reason, %error, "outbox row sent to the DLQ");
+                    metrics::counter!("govbus_outbox_rejected_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
+                    dead.send(
+                        &key,
+                        original.unwrap_or_default().as_bytes(),
+                        reason,
+                        &error,
+                        &format!("{}#{id}", self.source),
+                    )?;
+                    // Recorded so that a crash before the delete does not send it twice.
+                    publisher.record_checkpoint(&mark, id)?;
+                }
+            }
+        }
+        if !taken.is_empty() {
+            self.client.execute(
+                &format!("DELETE FROM {} WHERE id = ANY($1)", self.table),
+                &[&taken],
+            )?;
+            let marks: Vec<String> = taken
+                .iter()
+                .map(|id| format!("{}#{id}", self.source))
+                .collect();
+            publisher.forget_checkpoints(&marks)?;
+        }
+        Ok(taken.len())
+    }
+
+    /// Relays until `stop`.
+    pub fn run(
+        &mut self,
+        publisher: &Publisher,
+        dead: &DeadLetters,
+        stop: &AtomicBool,
+    ) -> Result<(), OutboxError> {
+        while !stop.load(Ordering::Relaxed) {
+            if self.step(publisher, dead, 500)? == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => host.to_string(),
+        None => url.to_string(),
+    }
+}

@@ -1,0 +1,188 @@
+//! A legacy table changed by plain SQL reaches the province: the trigger of
+//! deploy/sql/outbox.sql captures each change, the outbox relay publishes it,
+//! and a row that cannot become a change goes to the DLQ with its reason.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use govbus_consumer::ConsumerConfig;
+use govbus_core::{Catalog, Topics};
+use govbus_e2e::{
+    init_logs, pg_url, read_all, runtime, start_registry, unique, wait_until, Broker, Worker,
+};
+use govbus_producer::deadletter::DeadLetters;
+use govbus_producer::outbox::PgOutbox;
+use govbus_producer::{open_store, Publisher, Relay};
+use govbus_router::{Router, RouterConfig};
+use govbus_schema::RegistryClient;
+use rdkafka::message::Headers;
+use rdkafka::Message;
+
+#[test]
+fn plain_sql_on_a_legacy_table_reaches_the_province() {
+    init_logs();
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let prefix = format!("{}.", unique("t"));
+    let topics = Topics::new(&prefix);
+    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
+    let catalog = Arc::new(Catalog::builtin());
+    let dir = tempfile::tempdir().unwrap();
+
+    // The agency's own database: a legacy table, the outbox, the trigger.
+    let src = unique("legacy_");
+    let mut db = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    let sql = include_str!("../deploy/sql/outbox.sql").replace("govbus.", &format!("{src}."));
+    db.batch_execute(&format!(
+        "CREATE SCHEMA {src};
+         CREATE TABLE {src}.residents (
+             citizen_id TEXT PRIMARY KEY, full_name TEXT NOT NULL, date_of_birth DATE NOT NULL,
+             sex TEXT NOT NULL, ethnicity TEXT NOT NULL,
+             permanent_address_province_code TEXT NOT NULL, permanent_address_commune_code TEXT NOT NULL,
+             permanent_address_street TEXT, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+             internal_note TEXT);
+         {sql}
+         CREATE TRIGGER residents_govbus AFTER INSERT OR UPDATE OR DELETE ON {src}.residents
+             FOR EACH ROW EXECUTE FUNCTION {src}.capture('bca.residents', 'citizen_id');"
+    ))
+    .unwrap();
+
+    // The ministry agent: store, relay, outbox relay.
+    let store = open_store(dir.path().join("bca.db").to_str().unwrap(), "").unwrap();
+    let publisher = Arc::new(
+        Publisher::new(
+            &catalog,
+            "bca",
+            "legacy",
+            &topics,
+            &RegistryClient::new(&registry),
+            store,
+        )
+        .unwrap(),
+    );
+    govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
+    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let dlq = topics.dlq("ingest", "bca");
+    let dead = DeadLetters::new(&kafka, &dlq).unwrap();
+    let (p, s) = (publisher.clone(), src.clone());
+    let outbox = Worker::spawn("outbox", move |stop| {
+        let mut o = PgOutbox::connect(&pg_url(), &s).unwrap();
+        o.run(&p, &dead, &stop).unwrap();
+    });
+
+    let router = Router::new(
+        RouterConfig {
+            kafka: kafka.clone(),
+            registry: registry.clone(),
+            group: unique("router-"),
+            instance: "0".into(),
+            topic_prefix: prefix.clone(),
+            batch: 500,
+            partitions: 4,
+        },
+        &catalog,
+    )
+    .unwrap();
+    let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+    let p52_schema = unique("p52_");
+    let cfg = ConsumerConfig {
+        kafka: kafka.clone(),
+        registry: registry.clone(),
+        subscriber: "p52".into(),
+        topic_prefix: prefix.clone(),
+        sink: pg_url(),
+        pg_schema: p52_schema.clone(),
+        batch: 500,
+        partitions: 4,
+        state: None,
+        webhook_secret: None,
+        webhook_per_change: false,
+        webhook_timeout_ms: 10_000,
+    };
+    let c = catalog.clone();
+    let _p52 = Worker::spawn("p52", move |stop| {
+        govbus_consumer::run(&cfg, &c, stop).unwrap()
+    });
+
+    // Plain SQL, as the legacy application does it.
+    db.batch_execute(&format!(
+        "INSERT INTO {src}.residents (citizen_id, full_name, date_of_birth, sex, ethnicity,
+             permanent_address_province_code, permanent_address_commune_code, permanent_address_street, internal_note)
+         VALUES ('052090000001', 'Lê Văn Bình', '1990-01-02', 'MALE', 'Kinh', '52', '21550', '1 Lê Lợi', 'x'),
+                ('052090000002', 'Phạm Thị Hà', '1991-03-04', 'FEMALE', 'Kinh', '52', '21553', NULL, 'y'),
+                ('094090000003', 'Thạch Sơn', '1985-07-08', 'MALE', 'Khmer', '94', '31507', NULL, 'z');
+         UPDATE {src}.residents SET full_name = 'Lê Văn Bình An' WHERE citizen_id = '052090000001';
+         UPDATE {src}.residents SET permanent_address_province_code = '52', permanent_address_commune_code = '21556'
+             WHERE citizen_id = '094090000003';
+         DELETE FROM {src}.residents WHERE citizen_id = '052090000002';
+         BEGIN;
+         UPDATE {src}.residents SET internal_note = 'only an internal column' WHERE citizen_id = '052090000001';
+         COMMIT;
+         -- A row the relay cannot turn into a change: it must reach the DLQ, not vanish.
+         INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '1', '{{\"citizen_id\": 1}}');"
+    ))
+    .unwrap();
+
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    let want: BTreeMap<String, (String, String)> = [
+        (
+            "052090000001".to_string(),
+            ("Lê Văn Bình An".to_string(), "21550".to_string()),
+        ),
+        (
+            "094090000003".to_string(),
+            ("Thạch Sơn".to_string(), "21556".to_string()),
+        ),
+    ]
+    .into();
+    wait_until(
+        Duration::from_secs(90),
+        "p52 to hold the legacy table's residents of 52",
+        || {
+            assert!(!outbox.finished(), "the outbox relay stopped");
+            let rows = pg
+            .query(
+                &format!("SELECT citizen_id, full_name, permanent_address_commune_code FROM \"{p52_schema}\".bca_residents"),
+                &[],
+            )
+            .ok()?;
+            let got: BTreeMap<String, (String, String)> = rows
+                .iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect();
+            (got == want).then_some(())
+        },
+    );
+
+    // The outbox is emptied, and the broken row is in the DLQ with its reason.
+    wait_until(Duration::from_secs(30), "the outbox to be emptied", || {
+        let n: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {src}.outbox"), &[])
+            .ok()?
+            .get(0);
+        (n == 0).then_some(())
+    });
+    let dead = read_all(&kafka, &dlq);
+    assert_eq!(dead.len(), 1, "exactly the broken row is dead-lettered");
+    let headers = dead[0].headers().unwrap();
+    let reason = headers
+        .iter()
+        .find(|h| h.key == "govbus.reason")
+        .and_then(|h| h.value)
+        .unwrap();
+    assert_eq!(reason, b"schema");
+    let error = headers
+        .iter()
+        .find(|h| h.key == "govbus.error")
+        .and_then(|h| h.value)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(error).contains("citizen_id"),
+        "{}",
+        String::from_utf8_lossy(error)
+    );
+    assert!(String::from_utf8_lossy(dead[0].payload().unwrap()).contains("\"citizen_id\": 1"));
+}

@@ -80,7 +80,7 @@ fn unprocessable(errors: Vec<FieldError>) -> Problem {
 }
 
 /// Reads one change object; field paths start with `prefix`.
-fn parse_change(v: &Value, prefix: &str) -> Result<ChangeRequest, Vec<FieldError>> {
+pub fn parse_change(v: &Value, prefix: &str) -> Result<ChangeRequest, Vec<FieldError>> {
     let field = |f: &str, p: &str| FieldError {
         field: format!("{prefix}{f}"),
         problem: p.into(),

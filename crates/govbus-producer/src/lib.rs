@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backfill;
 pub mod deadletter;
 pub mod demo;
 pub mod http;

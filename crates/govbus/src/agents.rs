@@ -134,18 +134,96 @@ pub(crate) async fn publish_outbox(
         let store = govbus_producer::open_store(&p.store, &p.pg_schema)?;
         let topics = govbus_core::Topics::new(&p.topic_prefix);
         let registry = govbus_schema::RegistryClient::new(&p.registry);
-        let publisher = govbus_producer::Publisher::new(&catalog, &p.agency, &p.system, &topics, &registry, store)?;
+        let publisher = govbus_producer::Publisher::new(
+            &catalog, &p.agency, &p.system, &topics, &registry, store,
+        )?;
         govbus_producer::ensure_topics(&p.kafka, &publisher, p.partitions)?;
         let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?;
         let rs = s.clone();
         let relay = std::thread::spawn(move || relay.run(rs));
-        let dead = govbus_producer::deadletter::DeadLetters::new(&p.kafka, &topics.dlq("ingest", &p.agency))?;
+        let dead = govbus_producer::deadletter::DeadLetters::new(
+            &p.kafka,
+            &topics.dlq("ingest", &p.agency),
+        )?;
         let mut o = govbus_producer::outbox::PgOutbox::connect(&outbox, &outbox_schema)?;
-        tracing::info!(agency = p.agency, schema = outbox_schema, "relaying the outbox");
+        tracing::info!(
+            agency = p.agency,
+            schema = outbox_schema,
+            "relaying the outbox"
+        );
         let res = o.run(&publisher, &dead, &s);
         s.store(true, Ordering::Relaxed);
         let _ = relay.join();
         Ok(res?)
+    })
+    .await
+}
+
+/// `govbus publish --file`: backfill a file with a progress bar, then wait
+/// until the relay has published everything.
+pub(crate) async fn publish_file(
+    file: Option<&Path>,
+    path: std::path::PathBuf,
+    dataset: String,
+) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
+    let catalog = cfg.catalog()?;
+    let stop = stop_flag();
+    let s = stop.clone();
+    run_until_stopped(stop, move || {
+        let store = govbus_producer::open_store(&p.store, &p.pg_schema)?;
+        let topics = govbus_core::Topics::new(&p.topic_prefix);
+        let registry = govbus_schema::RegistryClient::new(&p.registry);
+        let publisher = govbus_producer::Publisher::new(
+            &catalog, &p.agency, &p.system, &topics, &registry, store,
+        )?;
+        govbus_producer::ensure_topics(&p.kafka, &publisher, p.partitions)?;
+        let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?;
+        let relay_stop = Arc::new(AtomicBool::new(false));
+        let rs = relay_stop.clone();
+        let relay = std::thread::spawn(move || relay.run(rs));
+        let bar = indicatif::ProgressBar::new(std::fs::metadata(&path)?.len());
+        bar.set_style(indicatif::ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {msg} [{elapsed_precise}, ETA {eta}]",
+        )?);
+        let started = std::time::Instant::now();
+        let result = govbus_producer::backfill::run(&publisher, &dataset, &path, 1000, |pr| {
+            bar.set_position(pr.bytes);
+            let rate = pr.lines as f64 / started.elapsed().as_secs_f64().max(0.001);
+            bar.set_message(format!(
+                "rows {} stored {} rejected {} ({rate:.0} rows/s)",
+                pr.lines, pr.stored, pr.rejected
+            ));
+            !s.load(Ordering::Relaxed)
+        });
+        bar.finish();
+        let outcome = result?;
+        if outcome.resumed_after > 0 {
+            println!("resumed after line {}", outcome.resumed_after);
+        }
+        println!(
+            "{} rows read, {} stored, {} rejected{}",
+            outcome.lines,
+            outcome.stored,
+            outcome.rejected,
+            if outcome.rejected > 0 {
+                format!(
+                    " (see {})",
+                    govbus_producer::backfill::reject_path(&path).display()
+                )
+            } else {
+                String::new()
+            }
+        );
+        // Hand over to the relay: wait until every stored change is published.
+        while publisher.store().backlog()? > 0 && !s.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        relay_stop.store(true, Ordering::Relaxed);
+        let _ = relay.join();
+        println!("published");
+        Ok(())
     })
     .await
 }

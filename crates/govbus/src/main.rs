@@ -47,14 +47,22 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Publish from an agency's own sources (`[producer]`): relay its PostgreSQL outbox.
+    /// Publish from an agency's own sources (`[producer]`): relay its
+    /// PostgreSQL outbox, or backfill a JSON-lines / CSV file.
+    #[command(group(clap::ArgGroup::new("from").required(true).args(["outbox", "file"])))]
     Publish {
         /// Configuration file.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// PostgreSQL URL of the agency database holding the outbox (deploy/sql/outbox.sql).
         #[arg(long)]
-        outbox: String,
+        outbox: Option<String>,
+        /// A `.jsonl` or `.csv` file to backfill (resumable; bad lines go to `<file>.rejects.jsonl`).
+        #[arg(long, requires = "dataset")]
+        file: Option<PathBuf>,
+        /// The dataset the file holds (`bca.residents`).
+        #[arg(long)]
+        dataset: Option<String>,
         /// Schema of the outbox table.
         #[arg(long, default_value = "govbus")]
         outbox_schema: String,
@@ -129,9 +137,21 @@ fn main() -> std::process::ExitCode {
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,
             Cmd::Consume { config } => agents::consume(config.as_deref()).await,
-            Cmd::Publish { config, outbox, outbox_schema } => {
-                agents::publish_outbox(config.as_deref(), outbox, outbox_schema).await
-            }
+            Cmd::Publish {
+                config,
+                outbox,
+                outbox_schema,
+                file,
+                dataset,
+            } => match (outbox, file) {
+                (Some(outbox), _) => {
+                    agents::publish_outbox(config.as_deref(), outbox, outbox_schema).await
+                }
+                (None, Some(file)) => {
+                    agents::publish_file(config.as_deref(), file, dataset.unwrap_or_default()).await
+                }
+                (None, None) => Err(anyhow::anyhow!("give --outbox or --file")),
+            },
             Cmd::Demo {
                 ingest,
                 rate,

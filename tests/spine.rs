@@ -179,13 +179,15 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
             webhook_timeout_ms: 10_000,
         };
         let catalog = catalog.clone();
-        Worker::spawn(subscriber, move |stop| {
-            govbus_consumer::run(&cfg, &catalog, stop).unwrap()
-        })
+        let c = cfg.clone();
+        let w = Worker::spawn(subscriber, move |stop| {
+            govbus_consumer::run(&c, &catalog, stop).unwrap()
+        });
+        (w, cfg)
     };
-    let p52 = consumer("p52", pg_url());
+    let (p52, p52_cfg) = consumer("p52", pg_url());
     let p94_db = dir.path().join("p94.db");
-    let p94 = consumer("p94", p94_db.to_str().unwrap().to_string());
+    let (p94, _) = consumer("p94", p94_db.to_str().unwrap().to_string());
     let workers = [&relay, &router, &p52, &p94];
 
     // 1,000 changes over 5 provinces, with moves and deletes.
@@ -242,6 +244,13 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
             (sqlite_rows(&p94_db).as_ref() == Some(&want94)).then_some(())
         },
     );
+
+    // `govbus status` reads the same from the sink and the cluster.
+    let st = govbus_consumer::status(&p52_cfg, &catalog).unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].subscription, "p52/bca.residents");
+    assert_eq!(st[0].rows, Some(want52.len() as i64));
+    assert!(st[0].last_change_ms.is_some());
 
     // p52 drops ethnicity: no column for it; p94 keeps it.
     let cols: Vec<String> = pg

@@ -338,3 +338,71 @@ fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+/// One subscription's state, as `govbus status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// `subscriber/dataset`.
+    pub subscription: String,
+    /// The view topic.
+    pub topic: String,
+    /// Rows held by the sink (None: the sink holds no rows, or no table yet).
+    pub rows: Option<i64>,
+    /// Source time (ms) of the newest change applied.
+    pub last_change_ms: Option<i64>,
+    /// Records in the view not yet applied (from the cluster's watermarks).
+    pub lag: Option<i64>,
+}
+
+/// Reads the state of each of the subscriber's views from its sink and the cluster.
+pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, ConsumerError> {
+    let topics = Topics::new(&cfg.topic_prefix);
+    let mut sink = sink::open(
+        &cfg.sink,
+        &sink::SinkOptions {
+            pg_schema: cfg.pg_schema.clone(),
+            state: cfg.state.clone(),
+            ..Default::default()
+        },
+    )?;
+    let consumer: BaseConsumer = cfg.kafka.consumer("govbus-status").create()?;
+    let mut out = Vec::new();
+    for s in catalog
+        .subscriptions
+        .iter()
+        .filter(|s| s.file.subscriber == cfg.subscriber)
+    {
+        let Some(ds) = catalog.dataset(&s.file.dataset) else {
+            continue;
+        };
+        let topic = topics.view(&cfg.subscriber, &ds.id, ds.file.major);
+        let table = format!("{}_{}", ds.id.owner, ds.id.name);
+        let (rows, last) = match sink.table_status(&table)? {
+            Some((n, ts)) => (Some(n), ts),
+            None => (None, None),
+        };
+        let stored = sink.offsets(&topic)?;
+        let lag = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|md| {
+                let t = md.topics().iter().find(|t| t.name() == topic)?;
+                let mut lag = 0;
+                for p in t.partitions() {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
+                        .ok()?;
+                    lag += (high - stored.get(&p.id()).copied().unwrap_or(low)).max(0);
+                }
+                Some(lag)
+            });
+        out.push(Status {
+            subscription: s.name(),
+            topic,
+            rows,
+            last_change_ms: last,
+            lag,
+        });
+    }
+    Ok(out)
+}

@@ -8,5 +8,5 @@ pub mod sink;
 pub mod sink_json;
 pub mod table;
 
-pub use consumer::{run, ConsumerConfig, ConsumerError};
+pub use consumer::{run, status, ConsumerConfig, ConsumerError, Status};
 pub use sink::{PostgresSink, Sink, SinkError, SqliteSink};

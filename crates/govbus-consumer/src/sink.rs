@@ -75,6 +75,13 @@ pub trait Sink: Send {
     /// Applies `rows` and stores `offsets` (topic, partition, next offset) atomically.
     fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)])
         -> Result<Applied, SinkError>;
+
+    /// Rows held in `table` and the source time (ms) of the newest change
+    /// applied, when the sink can tell (None: no such table yet, or a sink
+    /// that holds no rows, like a webhook).
+    fn table_status(&mut self, _table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
+        Ok(None)
+    }
 }
 
 fn q(name: &str) -> String {
@@ -156,6 +163,28 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
+    fn table_status(&mut self, table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
+        let exists: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+                &[&self.schema.trim_matches('"'), &table],
+            )?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let r = self.client.query_one(
+            &format!(
+                "SELECT count(*), max(_govbus_source_ts) FROM {}.{}",
+                self.schema,
+                q(table)
+            ),
+            &[],
+        )?;
+        Ok(Some((r.get(0), r.get(1))))
+    }
+
     fn ensure_table(&mut self, t: &TableDef) -> Result<(), SinkError> {
         let s = &self.schema;
         let name = q(&t.name);
@@ -337,6 +366,22 @@ impl SqliteSink {
 }
 
 impl Sink for SqliteSink {
+    fn table_status(&mut self, table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
+        let exists: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.conn.query_row(
+            &format!("SELECT count(*), max(_govbus_source_ts) FROM {}", q(table)),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?))
+    }
+
     fn ensure_table(&mut self, t: &TableDef) -> Result<(), SinkError> {
         let name = q(&t.name);
         let key = &t.columns[0];

@@ -228,6 +228,47 @@ pub(crate) async fn publish_file(
     .await
 }
 
+/// `govbus status`: one line per subscription of each consumer config.
+pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        println!(
+            "{:<24} {:>10}  {:<24} {:>10} {:>8}",
+            "SUBSCRIPTION", "ROWS", "LAST CHANGE APPLIED", "AGE", "LAG"
+        );
+        for f in files {
+            let cfg = GovbusConfig::load(Some(&f))?;
+            let c = GovbusConfig::section(&cfg.consumer, "consumer", Some(&f))?;
+            let catalog = cfg.catalog()?;
+            for s in govbus_consumer::status(c, &catalog)? {
+                let (when, age) = match s
+                    .last_change_ms
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                {
+                    Some(t) => {
+                        let secs =
+                            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
+                        (
+                            t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                            format!("{secs:.1} s"),
+                        )
+                    }
+                    None => ("-".into(), "-".into()),
+                };
+                println!(
+                    "{:<24} {:>10}  {:<24} {:>10} {:>8}",
+                    s.subscription,
+                    s.rows.map_or("-".into(), |n| n.to_string()),
+                    when,
+                    age,
+                    s.lag.map_or("-".into(), |n| n.to_string()),
+                );
+            }
+        }
+        Ok(())
+    })
+    .await?
+}
+
 /// `govbus consume`.
 pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file)?;

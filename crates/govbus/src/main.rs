@@ -73,6 +73,12 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Print each subscription's state: rows held, last change applied, its age, lag.
+    Status {
+        /// Consumer configuration files (`[consumer]`), one per province agent.
+        #[arg(long, short, required = true)]
+        config: Vec<PathBuf>,
+    },
     /// Post demo resident changes to an ingest endpoint.
     Demo {
         /// Base URL of the ingest endpoint.
@@ -158,6 +164,7 @@ fn main() -> std::process::ExitCode {
                 count,
                 seed,
             } => demo::run(ingest, rate, count, seed).await,
+            Cmd::Status { config } => agents::status(config).await,
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Subscriptions {
                 command: SubCmd::Check { deploy, schemas },

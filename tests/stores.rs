@@ -235,6 +235,13 @@ fn sink_applies_in_sequence_on_sqlite() {
 }
 
 #[test]
+fn sink_applies_in_sequence_on_postgres_row_by_row() {
+    let mut sink = PostgresSink::open(&pg_url(), &unique("sink_")).unwrap();
+    sink.set_row_by_row(true);
+    sink_scenario(&mut sink);
+}
+
+#[test]
 fn sink_applies_in_sequence_on_postgres() {
     let schema = unique("sink_");
     sink_scenario(&mut PostgresSink::open(&pg_url(), &schema).unwrap());
@@ -257,4 +264,85 @@ fn sink_applies_in_sequence_on_postgres() {
             1_764_230_400_123
         )
     );
+}
+
+#[test]
+fn postgres_sink_survives_the_database_going_away_and_coming_back() {
+    let target = pg_url();
+    let proxy = govbus_e2e::TcpProxy::start("127.0.0.1:5432".parse().unwrap());
+    let via = target.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(
+        via, target,
+        "GOVBUS_TEST_POSTGRES must name 127.0.0.1:5432 for this test"
+    );
+    let schema = unique("gone_");
+    let mut sink = PostgresSink::open(&via, &schema).unwrap();
+    let t = table();
+    sink.ensure_table(&t).unwrap();
+    let topic = unique("sub.");
+    sink.apply(&[row(&t, "1", 1, Some("A"))], &[(topic.clone(), 0, 1)])
+        .unwrap();
+
+    proxy.cut();
+    let e = sink
+        .apply(&[row(&t, "1", 2, Some("B"))], &[(topic.clone(), 0, 2)])
+        .unwrap_err();
+    assert!(e.to_string().contains("postgres"), "{e}");
+    // While it is gone, every attempt fails the same way; nothing is half-applied.
+    assert!(sink
+        .apply(&[row(&t, "1", 2, Some("B"))], &[(topic.clone(), 0, 2)])
+        .is_err());
+
+    proxy.restore();
+    let done = sink
+        .apply(&[row(&t, "1", 2, Some("B"))], &[(topic.clone(), 0, 2)])
+        .unwrap();
+    assert_eq!(done.upserts, 1);
+    assert_eq!(sink.offsets(&topic).unwrap()[&0], 2);
+    let mut c = postgres::Client::connect(&target, postgres::NoTls).unwrap();
+    let name: String = c
+        .query_one(
+            &format!("SELECT full_name FROM \"{schema}\".bca_residents"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "B");
+}
+
+#[test]
+fn a_new_optional_field_adds_a_column() {
+    for backend in ["sqlite", "postgres"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink: Box<dyn Sink> = match backend {
+            "sqlite" => {
+                Box::new(SqliteSink::open(dir.path().join("p.db").to_str().unwrap()).unwrap())
+            }
+            _ => Box::new(PostgresSink::open(&pg_url(), &unique("grow_")).unwrap()),
+        };
+        let t1 = table();
+        sink.ensure_table(&t1).unwrap();
+        sink.apply(&[row(&t1, "1", 1, Some("A"))], &[]).unwrap();
+        let mut t2 = (*t1).clone();
+        t2.columns.push(Column {
+            name: "phone".into(),
+            path: vec!["phone".into()],
+            ty: ColType::Text,
+        });
+        let t2 = Arc::new(t2);
+        sink.ensure_table(&t2).unwrap();
+        let mut r = row(&t2, "2", 1, Some("B"));
+        r.values
+            .as_mut()
+            .unwrap()
+            .push(SqlValue::Text("0901234567".into()));
+        let old = row(&t1, "3", 1, Some("C")); // a v1 change after the upgrade still applies
+        let done = sink.apply(&[r, old], &[]).unwrap();
+        assert_eq!(done.upserts, 2, "{backend}");
+        assert_eq!(
+            sink.table_status("bca_residents").unwrap().unwrap().0,
+            3,
+            "{backend}"
+        );
+    }
 }

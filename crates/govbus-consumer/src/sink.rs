@@ -91,8 +91,11 @@ fn q(name: &str) -> String {
 /// PostgreSQL sink: tables in one schema.
 pub struct PostgresSink {
     client: postgres::Client,
+    url: String,
     schema: String,
     upserts: HashMap<String, postgres::Statement>,
+    batched: HashMap<(String, usize), postgres::Statement>,
+    row_by_row: bool,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -118,9 +121,184 @@ impl PostgresSink {
         ))?;
         Ok(Self {
             client,
+            url: url.to_string(),
             schema: s,
             upserts: HashMap::new(),
+            batched: HashMap::new(),
+            row_by_row: false,
         })
+    }
+
+    /// Applies change by change (three statements per change) instead of a
+    /// few set-based statements per batch. Slower; kept to measure against.
+    pub fn set_row_by_row(&mut self, on: bool) {
+        self.row_by_row = on;
+    }
+
+    /// A lost connection (the server restarted, the network broke) is opened
+    /// again before the next attempt; the failed transaction was rolled back.
+    fn reconnect_if_closed(&mut self) -> Result<(), SinkError> {
+        if self.client.is_closed() {
+            tracing::warn!(
+                schema = self.schema,
+                "PostgreSQL connection lost; reconnecting"
+            );
+            self.client = postgres::Client::connect(&self.url, postgres::NoTls)?;
+            self.upserts.clear();
+            self.batched.clear();
+        }
+        Ok(())
+    }
+
+    fn upsert_sql(s: &str, t: &TableDef, rows: usize) -> String {
+        let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+        let per = t.columns.len() + 2;
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let mut ph: Vec<String> = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Self::placeholder(c.ty, r * per + i + 1))
+                    .collect();
+                ph.push(format!("${}::int8", r * per + per - 1));
+                ph.push(format!("${}::int8", r * per + per));
+                format!("({})", ph.join(", "))
+            })
+            .collect();
+        let set: Vec<String> = cols[1..]
+            .iter()
+            .chain(["_govbus_seq".to_string(), "_govbus_source_ts".to_string()].iter())
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO {s}.{} ({}, _govbus_seq, _govbus_source_ts) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+            q(&t.name),
+            cols.join(", "),
+            values.join(", "),
+            cols[0],
+            set.join(", ")
+        )
+    }
+
+    /// A few set-based statements per run of changes that share a table
+    /// shape (a batch can mix schema versions): the last change of each key
+    /// wins, changes not newer than the stored sequence are skipped.
+    fn apply_batched(
+        &mut self,
+        rows: &[Row],
+        offsets: &[(String, i32, i64)],
+    ) -> Result<Applied, SinkError> {
+        let s = self.schema.clone();
+        let mut done = Applied::default();
+        let mut runs: Vec<(Arc<TableDef>, Vec<&Row>)> = Vec::new();
+        for r in rows {
+            match runs.last_mut() {
+                Some((t, v)) if Arc::ptr_eq(t, &r.table) || **t == *r.table => v.push(r),
+                _ => runs.push((r.table.clone(), vec![r])),
+            }
+        }
+        let batched = &mut self.batched;
+        let mut tx = self.client.transaction()?;
+        for (t, trs) in &runs {
+            let keys: Vec<&str> = trs.iter().map(|r| r.key.as_str()).collect();
+            let known: HashMap<String, i64> = tx
+                .query(
+                    &format!(
+                        "SELECT key, seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = ANY($2)"
+                    ),
+                    &[&t.name, &keys],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let mut seq: HashMap<&str, i64> = HashMap::new();
+            let mut last: HashMap<&str, &Row> = HashMap::new();
+            let mut order: Vec<&str> = Vec::new();
+            for r in trs {
+                let prev = seq
+                    .get(r.key.as_str())
+                    .copied()
+                    .or_else(|| known.get(&r.key).copied());
+                if prev.is_some_and(|p| p >= r.seq) {
+                    done.stale += 1;
+                    continue;
+                }
+                seq.insert(r.key.as_str(), r.seq);
+                if last.insert(r.key.as_str(), r).is_none() {
+                    order.push(r.key.as_str());
+                }
+                if r.values.is_some() {
+                    done.upserts += 1;
+                } else {
+                    done.deletes += 1;
+                }
+            }
+            let finals: Vec<&Row> = order.iter().map(|k| last[k]).collect();
+            let dels: Vec<&str> = finals
+                .iter()
+                .filter(|r| r.values.is_none())
+                .map(|r| r.key.as_str())
+                .collect();
+            if !dels.is_empty() {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {s}.{} WHERE {}::text = ANY($1)",
+                        q(&t.name),
+                        q(&t.columns[0].name)
+                    ),
+                    &[&dels],
+                )?;
+            }
+            let per = t.columns.len() + 2;
+            let chunk = (60_000 / per).max(1);
+            let ups: Vec<&&Row> = finals.iter().filter(|r| r.values.is_some()).collect();
+            for c in ups.chunks(chunk) {
+                let k = (format!("{}/{}", t.name, t.columns.len()), c.len());
+                if !batched.contains_key(&k) {
+                    let st = tx.prepare(&Self::upsert_sql(&s, t, c.len()))?;
+                    batched.insert(k.clone(), st);
+                }
+                let mut params: Vec<Box<dyn postgres::types::ToSql + Sync>> =
+                    Vec::with_capacity(c.len() * per);
+                for r in c {
+                    for (v, col) in r.values.iter().flatten().zip(&t.columns) {
+                        params.push(Self::param(v, col.ty));
+                    }
+                    params.push(Box::new(r.seq));
+                    params.push(Box::new(r.source_ts));
+                }
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    params.iter().map(|b| b.as_ref()).collect();
+                tx.execute(&batched[&k], &refs)?;
+            }
+            let keys: Vec<&str> = finals.iter().map(|r| r.key.as_str()).collect();
+            let seqs: Vec<i64> = finals.iter().map(|r| r.seq).collect();
+            if !keys.is_empty() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {s}._govbus_seen (tbl, key, seq) SELECT $1, k, q FROM unnest($2::text[], $3::int8[]) AS u(k, q)
+                         ON CONFLICT (tbl, key) DO UPDATE SET seq = EXCLUDED.seq"
+                    ),
+                    &[&t.name, &keys, &seqs],
+                )?;
+            }
+        }
+        let topics: Vec<&str> = offsets.iter().map(|o| o.0.as_str()).collect();
+        let parts: Vec<i32> = offsets.iter().map(|o| o.1).collect();
+        let nexts: Vec<i64> = offsets.iter().map(|o| o.2).collect();
+        if !topics.is_empty() {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_offsets (topic, partition, next_offset)
+                     SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[])
+                     ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset"
+                ),
+                &[&topics, &parts, &nexts],
+            )?;
+        }
+        tx.commit()?;
+        Ok(done)
     }
 
     fn pg_type(t: ColType) -> &'static str {
@@ -222,6 +400,10 @@ impl Sink for PostgresSink {
         rows: &[Row],
         offsets: &[(String, i32, i64)],
     ) -> Result<Applied, SinkError> {
+        self.reconnect_if_closed()?;
+        if !self.row_by_row {
+            return self.apply_batched(rows, offsets);
+        }
         let s = self.schema.clone();
         for r in rows {
             if !self.upserts.contains_key(&r.table.name) {

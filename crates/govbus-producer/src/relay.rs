@@ -1,7 +1,7 @@
 //! The relay: publishes stored changes in order, idempotently (acks=all),
 //! and forgets them only after the broker acknowledged them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ impl Relay {
             producer,
             reports,
             wakeup,
-            batch: 5000,
+            batch: 10_000,
         })
     }
 
@@ -153,17 +153,137 @@ impl Relay {
         Ok(acked.len())
     }
 
-    /// Runs until `stop`, waking on new changes.
+    /// Runs until `stop`, waking on new changes. Pipelined: up to `window`
+    /// changes are in flight while the next ones are read and sent; the
+    /// outbox is trimmed as the acknowledged prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
-        while !stop.load(Ordering::Relaxed) {
-            match self.step(&stop) {
-                Ok(0) => self.wakeup.wait(Duration::from_millis(50)),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "relay cannot read its store; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
+        let window = self.batch * 4;
+        let mut in_flight: VecDeque<(i64, String)> = VecDeque::with_capacity(window);
+        let mut outcome: HashMap<i64, Result<(), String>> = HashMap::new();
+        let mut after = 0i64;
+        let mut since_reset = Instant::now();
+        let mut stop_at: Option<Instant> = None;
+        // Acknowledged ids not yet removed from the store: trimmed in large
+        // transactions (each is an fsync), not per delivery report.
+        let mut acked: Vec<i64> = Vec::new();
+        let mut per_dataset: HashMap<String, u64> = HashMap::new();
+        let mut last_trim = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
+                if in_flight.is_empty() || Instant::now() > d {
+                    break;
                 }
             }
+            // 1. Read and send more, unless stopping or rewinding to pick up
+            //    changes that committed out of id order (PostgreSQL stores).
+            let mut sent = 0;
+            let rewinding = since_reset.elapsed() > Duration::from_secs(1);
+            if stop_at.is_none() && !rewinding && in_flight.len() < window {
+                match self.store.pending_after(after, self.batch) {
+                    Ok(rows) => {
+                        for row in rows {
+                            let mut record =
+                                BaseRecord::with_opaque_to(&row.topic, Box::new(row.id))
+                                    .key(&row.key)
+                                    .payload(&row.value);
+                            loop {
+                                match self.producer.send(record) {
+                                    Ok(()) => break,
+                                    Err((
+                                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                        r,
+                                    )) => {
+                                        record = r;
+                                        std::thread::sleep(Duration::from_millis(1));
+                                    }
+                                    Err((e, _)) => {
+                                        outcome.insert(row.id, Err(e.to_string()));
+                                        break;
+                                    }
+                                }
+                            }
+                            after = row.id;
+                            in_flight.push_back((row.id, row.dataset));
+                            sent += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "relay cannot read its store; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            }
+            // 2. Collect delivery reports.
+            let wait = if sent == 0 && !in_flight.is_empty() {
+                Duration::from_millis(5)
+            } else {
+                Duration::ZERO
+            };
+            if let Ok((id, r)) = self.reports.recv_timeout(wait) {
+                outcome.insert(id, r);
+            }
+            while let Ok((id, r)) = self.reports.try_recv() {
+                outcome.insert(id, r);
+            }
+            // 3. Forget the acknowledged prefix.
+            let mut failed = false;
+            while let Some((id, _)) = in_flight.front() {
+                match outcome.remove(id) {
+                    Some(Ok(())) => {
+                        let (id, ds) = in_flight.pop_front().expect("front exists");
+                        acked.push(id);
+                        *per_dataset.entry(ds).or_default() += 1;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, id, "broker refused change; will retry from it");
+                        failed = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let trim = acked.len() >= window
+                || (!acked.is_empty()
+                    && (in_flight.is_empty()
+                        || failed
+                        || last_trim.elapsed() > Duration::from_millis(100)));
+            if trim {
+                match self.store.mark_sent(&acked) {
+                    Ok(()) => {
+                        for (ds, n) in per_dataset.drain() {
+                            metrics::counter!("govbus_relay_published_total", "dataset" => ds)
+                                .increment(n);
+                        }
+                        acked.clear();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "relay cannot trim its store; retrying");
+                    }
+                }
+                last_trim = Instant::now();
+            }
+            if failed {
+                // Rewind: everything from the failed change on is sent again.
+                in_flight.clear();
+                outcome.clear();
+                after = 0;
+                since_reset = Instant::now();
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            if in_flight.is_empty() && acked.is_empty() {
+                outcome.clear(); // reports of sends abandoned by a rewind
+                after = 0;
+                since_reset = Instant::now();
+                if sent == 0 && stop_at.is_none() {
+                    self.wakeup.wait(Duration::from_millis(50));
+                }
+            }
+        }
+        if !acked.is_empty() {
+            let _ = self.store.mark_sent(&acked);
         }
         let _ = self.producer.flush(Duration::from_secs(2));
     }

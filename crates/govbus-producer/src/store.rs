@@ -93,7 +93,12 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<i64>, SubmitError>;
 
     /// Up to `limit` pending changes, oldest first.
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.pending_after(0, limit)
+    }
+
+    /// Up to `limit` pending changes with an id above `after`, oldest first.
+    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
 
     /// Forgets changes the broker has acknowledged.
     fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
@@ -106,6 +111,12 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<rusqlite::Connection>,
+    /// The relay's own connection: reads the outbox and trims it with
+    /// `synchronous=NORMAL` (a trim lost to a power cut only means a change
+    /// is published again, which consumers skip by sequence); acceptance
+    /// keeps `synchronous=FULL` on `conn`.
+    /// (None for `:memory:`, where a second connection would be another database.)
+    relay: Option<Mutex<rusqlite::Connection>>,
 }
 
 impl SqliteStore {
@@ -124,9 +135,25 @@ impl SqliteStore {
                  key TEXT NOT NULL, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS govbus_sources (name TEXT PRIMARY KEY, position INTEGER NOT NULL);",
         )?;
+        let relay = if path == ":memory:" {
+            None
+        } else {
+            let relay = rusqlite::Connection::open(path)?;
+            relay.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")?;
+            Some(Mutex::new(relay))
+        };
         Ok(Self {
             conn: Mutex::new(conn),
+            relay,
         })
+    }
+
+    fn relay_conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.relay
+            .as_ref()
+            .unwrap_or(&self.conn)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -219,12 +246,12 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let conn = self.relay_conn();
         let mut st = conn.prepare_cached(
-            "SELECT id, dataset, topic, key, value FROM govbus_outbox ORDER BY id LIMIT ?1",
+            "SELECT id, dataset, topic, key, value FROM govbus_outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = st.query_map([limit as i64], |r| {
+        let rows = st.query_map([after, limit as i64], |r| {
             Ok(OutboxRow {
                 id: r.get(0)?,
                 dataset: r.get(1)?,
@@ -237,12 +264,24 @@ impl OutboxStore for SqliteStore {
     }
 
     fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.relay_conn();
         let tx = conn.transaction()?;
         {
-            let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
-            for id in ids {
-                st.execute([id])?;
+            // SQLite has one writer at a time, so outbox ids commit in order:
+            // a contiguous run of ids (the relay's acknowledged prefix) is
+            // removed by range; anything else id by id.
+            let contiguous = ids.windows(2).all(|w| w[1] == w[0] + 1);
+            match (ids.first(), ids.last()) {
+                (Some(first), Some(last)) if contiguous => {
+                    tx.prepare_cached("DELETE FROM govbus_outbox WHERE id BETWEEN ?1 AND ?2")?
+                        .execute([first, last])?;
+                }
+                _ => {
+                    let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
+                    for id in ids {
+                        st.execute([id])?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -384,14 +423,14 @@ impl OutboxStore for PostgresStore {
         Ok(())
     }
 
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let s = &self.schema;
         let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
         let rows = client.query(
             &format!(
-                "SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox ORDER BY id LIMIT $1"
+                "SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox WHERE id > $1 ORDER BY id LIMIT $2"
             ),
-            &[&(limit as i64)],
+            &[&after, &(limit as i64)],
         )?;
         Ok(rows
             .into_iter()

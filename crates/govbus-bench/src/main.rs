@@ -1,0 +1,360 @@
+//! `govbus-bench`: the agents' speed, each measured in the same run as the
+//! baseline it is compared with, on a real broker (nisshi, or
+//! `GOVBUS_KAFKA_BOOTSTRAP`) and PostgreSQL. Figures go to docs/BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo run --release -p govbus-bench -- relay --changes 200000
+//! cargo run --release -p govbus-bench -- sink --rows 100000
+//! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
+//! ```
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use govbus_consumer::sink::{Row, Sink};
+use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
+use govbus_consumer::PostgresSink;
+use govbus_core::{Catalog, Topics};
+use govbus_e2e::{pg_url, runtime, start_registry, unique, Broker};
+use govbus_producer::demo::DemoWorld;
+use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
+use govbus_schema::{Op, RegistryClient};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Relay (outbox → Kafka) against a raw rdkafka produce of the same bytes.
+    Relay {
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+    },
+    /// PostgreSQL sink: batched set-based apply against row-by-row.
+    Sink {
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// HTTP ingest under wrk (keep-alive): the single and the batch endpoint.
+    Ingest {
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Relay { changes } => relay(changes),
+        Cmd::Sink { rows, batch } => sink(rows, batch),
+        Cmd::Ingest {
+            seconds,
+            connections,
+        } => ingest(seconds, connections),
+    }
+}
+
+struct Count(std::sync::atomic::AtomicUsize);
+impl ClientContext for Count {}
+impl ProducerContext for Count {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if r.is_ok() {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn relay(n: usize) -> anyhow::Result<()> {
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let topics = Topics::new(format!("{}.", unique("bench")));
+    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
+    let dir = tempfile::tempdir()?;
+    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
+    let publisher = Publisher::new(
+        &Catalog::builtin(),
+        "bca",
+        "bench",
+        &topics,
+        &RegistryClient::new(&registry),
+        store,
+    )?;
+    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
+    // Fill the outbox (not measured).
+    let mut world = DemoWorld::new(1);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let reqs: Vec<ChangeRequest> = (0..k).map(|_| world.next_change()).collect();
+        publisher.submit_batch("bca.residents", reqs)?;
+        left -= k;
+    }
+    let rows = publisher.store().pending(n)?;
+    let bytes: usize = rows.iter().map(|r| r.value.len()).sum();
+    println!(
+        "relay: {n} changes, {} bytes each on average, broker {}",
+        bytes / n.max(1),
+        kafka.bootstrap
+    );
+
+    // Raw: the same keys and values, same settings, a ThreadedProducer, no store.
+    let raw_topic = format!("{}raw", topics.prefix());
+    govbus_core::kafka::ensure_topics(
+        &kafka,
+        &[govbus_core::kafka::TopicSpec::compacted(&raw_topic, 4)],
+    )?;
+    let raw: ThreadedProducer<Count> = kafka
+        .producer()
+        .set("partitioner", "murmur2_random")
+        .create_with_context(Count(Default::default()))?;
+    let t = Instant::now();
+    for r in &rows {
+        let mut rec = BaseRecord::to(&raw_topic).key(&r.key).payload(&r.value);
+        loop {
+            match raw.send(rec) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    raw.flush(Duration::from_secs(120))?;
+    let raw_s = t.elapsed().as_secs_f64();
+    let delivered = raw.context().0.load(std::sync::atomic::Ordering::Relaxed);
+    if delivered != n {
+        bail!("raw produce delivered {delivered} of {n}");
+    }
+    drop(rows);
+
+    // The relay as an agent runs it: read the outbox, produce, trim it as
+    // acknowledgements come back; timed until the outbox is empty.
+    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let t = Instant::now();
+    let handle = std::thread::spawn(move || relay.run(s));
+    while !publisher.store().pending(1)?.is_empty() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let relay_s = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = handle.join();
+    let (raw_rate, relay_rate) = (n as f64 / raw_s, n as f64 / relay_s);
+    println!("  raw rdkafka produce : {raw_rate:>10.0} msg/s ({raw_s:.2} s)");
+    println!("  govbus relay        : {relay_rate:>10.0} msg/s ({relay_s:.2} s)");
+    println!(
+        "  relay / raw         : {:>10.0} %",
+        100.0 * relay_rate / raw_rate
+    );
+    Ok(())
+}
+
+fn table() -> Arc<TableDef> {
+    let col = |n: &str, ty| Column {
+        name: n.into(),
+        path: vec![n.into()],
+        ty,
+    };
+    Arc::new(TableDef {
+        name: "bca_residents".into(),
+        key: "citizen_id".into(),
+        columns: vec![
+            col("citizen_id", ColType::Text),
+            col("full_name", ColType::Text),
+            col("date_of_birth", ColType::Date),
+            col("sex", ColType::Text),
+            col("permanent_address_province_code", ColType::Text),
+            col("permanent_address_commune_code", ColType::Text),
+            col("permanent_address_street", ColType::Text),
+            col("updated_at", ColType::Timestamp),
+        ],
+    })
+}
+
+/// `n` changes over n/2 residents: creates, then updates.
+fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            let id = format!("0520900{:05}", i % (n / 2).max(1));
+            let seq = (i / (n / 2).max(1)) as i64 + 1;
+            Row {
+                table: t.clone(),
+                key: id.clone(),
+                seq,
+                source_ts: 1_764_230_400_000 + i as i64,
+                values: Some(vec![
+                    SqlValue::Text(id),
+                    SqlValue::Text(format!("Nguyễn Văn {i}")),
+                    SqlValue::Date("1990-05-01".into()),
+                    SqlValue::Text("MALE".into()),
+                    SqlValue::Text("52".into()),
+                    SqlValue::Text("21550".into()),
+                    SqlValue::Text(format!("{} Lê Lợi", i % 400)),
+                    SqlValue::Timestamp(1_764_230_400_000 + i as i64),
+                ]),
+                event_id: format!("e{i}"),
+                op: if seq == 1 { Op::Create } else { Op::Update },
+                after: None,
+            }
+        })
+        .collect()
+}
+
+fn sink(n: usize, batch: usize) -> anyhow::Result<()> {
+    let t = table();
+    let data = rows(&t, n);
+    println!("PostgreSQL sink: {n} changes ({} residents, then an update of each), batches of {batch}, {}", n / 2, pg_url());
+    let mut results = Vec::new();
+    for row_by_row in [false, true] {
+        let schema = unique("bench_");
+        let mut sink = PostgresSink::open(&pg_url(), &schema)?;
+        sink.set_row_by_row(row_by_row);
+        sink.ensure_table(&t)?;
+        let start = Instant::now();
+        for (i, chunk) in data.chunks(batch).enumerate() {
+            sink.apply(chunk, &[("bench".into(), 0, ((i + 1) * batch) as i64)])?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
+        let held: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM \"{schema}\".bca_residents"),
+                &[],
+            )?
+            .get(0);
+        if held as usize != n / 2 {
+            bail!("expected {} rows, found {held}", n / 2);
+        }
+        c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?;
+        results.push((row_by_row, n as f64 / secs, secs));
+    }
+    for (rbr, rate, secs) in &results {
+        let name = if *rbr {
+            "row by row"
+        } else {
+            "batched (one transaction per batch)"
+        };
+        println!("  {name:<36}: {rate:>9.0} rows/s ({secs:.2} s)");
+    }
+    println!(
+        "  batched / row by row                : {:>9.1} x",
+        results[0].1 / results[1].1
+    );
+    Ok(())
+}
+
+fn ingest(seconds: u32, connections: u32) -> anyhow::Result<()> {
+    let wrk = std::process::Command::new("wrk").arg("--version").output();
+    if wrk.is_err() {
+        bail!("wrk is not installed (Debian: apt-get install wrk)");
+    }
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let topics = Topics::new(format!("{}.", unique("bench")));
+    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
+    let dir = tempfile::tempdir()?;
+    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
+    let publisher = Arc::new(Publisher::new(
+        &Catalog::builtin(),
+        "bca",
+        "bench",
+        &topics,
+        &RegistryClient::new(&registry),
+        store,
+    )?);
+    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
+    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let relay = std::thread::spawn(move || relay.run(s));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let base = format!(
+        "http://{}/v1/datasets/bca.residents/changes",
+        listener.local_addr()?
+    );
+    rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
+
+    let resident = r#"{"citizen_id": ID, "full_name": "Nguyễn Văn An", "date_of_birth": "1990-05-01", "sex": "MALE", "ethnicity": "Kinh", "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null}, "updated_at": 1764230400000}"#;
+    let single = format!(
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n  local id = string.format('\"052%09d\"', counter)\n  local body = '{{\"op\": \"upsert\", \"data\": ' .. string.gsub('{}', 'ID', id) .. '}}'\n  return wrk.format('POST', nil, {{['Content-Type'] = 'application/json'}}, body)\nend\n",
+        resident.replace('\'', "\\'")
+    );
+    let batch = format!(
+        "counter = 0\nrequest = function()\n  local items = {{}}\n  for i = 1, 100 do\n    counter = counter + 1\n    local id = string.format('\"094%09d\"', counter)\n    items[i] = '{{\"op\": \"upsert\", \"data\": ' .. string.gsub('{}', 'ID', id) .. '}}'\n  end\n  local body = '{{\"changes\": [' .. table.concat(items, ',') .. ']}}'\n  return wrk.format('POST', nil, {{['Content-Type'] = 'application/json'}}, body)\nend\n",
+        resident.replace('\'', "\\'")
+    );
+    println!("HTTP ingest: wrk -t2 -c{connections} -d{seconds}s --latency, keep-alive, SQLite store (synchronous=FULL), relay running");
+    for (name, script, url, per) in [
+        ("single", single, base.clone(), 1),
+        ("batch of 100", batch, format!("{base}/batch"), 100),
+    ] {
+        let path = dir.path().join(format!("{}.lua", name.replace(' ', "_")));
+        std::fs::write(&path, script)?;
+        let out = std::process::Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+                "-s",
+            ])
+            .arg(&path)
+            .arg(&url)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec"))
+            .unwrap_or("Requests/sec: ?")
+            .to_string();
+        let p50 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("50%"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let p99 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("99%"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let non2xx = text
+            .lines()
+            .find(|l| l.contains("Non-2xx"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let reqs: f64 = rps
+            .split(':')
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        println!(
+            "  {name:<13}: {rps} ({:.0} changes/s) | latency {p50} {p99} {non2xx}",
+            reqs * per as f64
+        );
+        if !non2xx.is_empty() {
+            println!("{text}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = relay.join();
+    Ok(())
+}

@@ -153,11 +153,11 @@ impl Relay {
         Ok(acked.len())
     }
 
-    /// Runs until `stop`, waking on new changes. Pipelined: up to `window`
+    /// Runs until `stop`, waking on new changes. Pipelined: up to ten batches
     /// changes are in flight while the next ones are read and sent; the
     /// outbox is trimmed as the acknowledged prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
-        let window = self.batch * 4;
+        let window = self.batch * 10;
         let mut in_flight: VecDeque<(i64, String)> = VecDeque::with_capacity(window);
         let mut outcome: HashMap<i64, Result<(), String>> = HashMap::new();
         let mut after = 0i64;
@@ -178,7 +178,8 @@ impl Relay {
             // 1. Read and send more, unless stopping or rewinding to pick up
             //    changes that committed out of id order (PostgreSQL stores).
             let mut sent = 0;
-            let rewinding = since_reset.elapsed() > Duration::from_secs(1);
+            let rewinding =
+                !self.store.commits_in_id_order() && since_reset.elapsed() > Duration::from_secs(1);
             if stop_at.is_none() && !rewinding && in_flight.len() < window {
                 match self.store.pending_after(after, self.batch) {
                     Ok(rows) => {
@@ -278,7 +279,14 @@ impl Relay {
                 after = 0;
                 since_reset = Instant::now();
                 if sent == 0 && stop_at.is_none() {
-                    self.wakeup.wait(Duration::from_millis(50));
+                    // Idle: remove rows already marked as sent, a chunk at a time.
+                    match self.store.housekeep(10_000) {
+                        Ok(0) => self.wakeup.wait(Duration::from_millis(50)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot remove sent changes from the outbox")
+                        }
+                    }
                 }
             }
         }

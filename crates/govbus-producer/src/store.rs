@@ -105,6 +105,19 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 
     /// How many changes wait.
     fn backlog(&self) -> Result<i64, StoreError>;
+
+    /// Whether outbox ids always commit in increasing order (one writer at a
+    /// time); otherwise the relay must now and then re-read from the lowest
+    /// pending id to find a change that committed late.
+    fn commits_in_id_order(&self) -> bool {
+        false
+    }
+
+    /// Removes up to `limit` rows already marked as sent (stores that mark
+    /// rather than delete on the hot path); returns how many it removed.
+    fn housekeep(&self, _limit: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 }
 
 /// SQLite store (the embedded default).
@@ -133,7 +146,9 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS govbus_outbox (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, topic TEXT NOT NULL,
                  key TEXT NOT NULL, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS govbus_sources (name TEXT PRIMARY KEY, position INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS govbus_sources (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS govbus_relay (one INTEGER PRIMARY KEY CHECK (one = 1), position INTEGER NOT NULL);
+             INSERT OR IGNORE INTO govbus_relay (one, position) VALUES (1, 0);",
         )?;
         let relay = if path == ":memory:" {
             None
@@ -249,7 +264,8 @@ impl OutboxStore for SqliteStore {
     fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         let conn = self.relay_conn();
         let mut st = conn.prepare_cached(
-            "SELECT id, dataset, topic, key, value FROM govbus_outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT id, dataset, topic, key, value FROM govbus_outbox
+             WHERE id > max(?1, (SELECT position FROM govbus_relay)) ORDER BY id LIMIT ?2",
         )?;
         let rows = st.query_map([after, limit as i64], |r| {
             Ok(OutboxRow {
@@ -264,33 +280,54 @@ impl OutboxStore for SqliteStore {
     }
 
     fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(());
+        };
         let mut conn = self.relay_conn();
         let tx = conn.transaction()?;
-        {
-            // SQLite has one writer at a time, so outbox ids commit in order:
-            // a contiguous run of ids (the relay's acknowledged prefix) is
-            // removed by range; anything else id by id.
-            let contiguous = ids.windows(2).all(|w| w[1] == w[0] + 1);
-            match (ids.first(), ids.last()) {
-                (Some(first), Some(last)) if contiguous => {
-                    tx.prepare_cached("DELETE FROM govbus_outbox WHERE id BETWEEN ?1 AND ?2")?
-                        .execute([first, last])?;
-                }
-                _ => {
-                    let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
-                    for id in ids {
-                        st.execute([id])?;
-                    }
-                }
+        // The usual case: `ids` are all the pending rows up to `last` (the
+        // relay's acknowledged prefix). SQLite commits outbox ids in order
+        // (one writer at a time), so moving the sent mark is exact and costs
+        // one row; the rows are removed later by `housekeep`.
+        let position: i64 = tx.query_row("SELECT position FROM govbus_relay", [], |r| r.get(0))?;
+        let pending_to_last: i64 = tx.query_row(
+            "SELECT count(*) FROM govbus_outbox WHERE id > ?1 AND id <= ?2",
+            [position, *last],
+            |r| r.get(0),
+        )?;
+        if *first > position && pending_to_last == ids.len() as i64 {
+            tx.prepare_cached("UPDATE govbus_relay SET position = ?1")?
+                .execute([last])?;
+        } else {
+            let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
+            for id in ids {
+                st.execute([id])?;
             }
         }
         tx.commit()?;
         Ok(())
     }
 
+    fn commits_in_id_order(&self) -> bool {
+        true
+    }
+
+    fn housekeep(&self, limit: usize) -> Result<usize, StoreError> {
+        let conn = self.relay_conn();
+        Ok(conn.execute(
+            "DELETE FROM govbus_outbox WHERE id IN (
+                 SELECT id FROM govbus_outbox WHERE id <= (SELECT position FROM govbus_relay) ORDER BY id LIMIT ?1)",
+            [limit as i64],
+        )?)
+    }
+
     fn backlog(&self) -> Result<i64, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(conn.query_row("SELECT count(*) FROM govbus_outbox", [], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT count(*) FROM govbus_outbox WHERE id > (SELECT position FROM govbus_relay)",
+            [],
+            |r| r.get(0),
+        )?)
     }
 }
 

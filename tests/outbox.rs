@@ -122,7 +122,9 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
          UPDATE {src}.residents SET internal_note = 'only an internal column' WHERE citizen_id = '052090000001';
          COMMIT;
          -- A row the relay cannot turn into a change: it must reach the DLQ, not vanish.
-         INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '1', '{{\"citizen_id\": 1}}');"
+         INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '1', '{{\"citizen_id\": 1}}');
+         -- An after image that is JSON but not a row (a hand-edited outbox).
+         INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'UPDATE', '2', '\"broken\"');"
     ))
     .unwrap();
 
@@ -166,7 +168,27 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
         (n == 0).then_some(())
     });
     let dead = read_all(&kafka, &dlq);
-    assert_eq!(dead.len(), 1, "exactly the broken row is dead-lettered");
+    assert_eq!(
+        dead.len(),
+        2,
+        "exactly the two broken rows are dead-lettered"
+    );
+    let reason_of = |m: &rdkafka::message::OwnedMessage| {
+        let h = m.headers().unwrap();
+        let v = h
+            .iter()
+            .find(|h| h.key == "govbus.reason")
+            .and_then(|h| h.value)
+            .unwrap();
+        String::from_utf8_lossy(v).into_owned()
+    };
+    let mut reasons: Vec<String> = dead.iter().map(reason_of).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["malformed", "schema"]);
+    let dead: Vec<_> = dead
+        .into_iter()
+        .filter(|m| reason_of(m) == "schema")
+        .collect();
     let headers = dead[0].headers().unwrap();
     let reason = headers
         .iter()

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_consumer::ConsumerConfig;
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{
-    init_logs, pg_url, read_all, runtime, start_registry, unique, wait_until, Broker, Worker,
+    consumer_config, init_logs, pg_url, read_all, router_config, runtime, start_registry, unique,
+    wait_until, Broker, Worker,
 };
 use govbus_producer::deadletter::DeadLetters;
 use govbus_producer::outbox::PgOutbox;
 use govbus_producer::{open_store, Publisher, Relay};
-use govbus_router::{Router, RouterConfig};
+use govbus_router::Router;
 use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
 use rdkafka::Message;
@@ -73,35 +73,10 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
         o.run(&p, &dead, &stop).unwrap();
     });
 
-    let router = Router::new(
-        RouterConfig {
-            kafka: kafka.clone(),
-            registry: registry.clone(),
-            group: unique("router-"),
-            instance: "0".into(),
-            topic_prefix: prefix.clone(),
-            batch: 500,
-            partitions: 4,
-        },
-        &catalog,
-    )
-    .unwrap();
+    let router = Router::new(router_config(&kafka, &registry, &prefix), &catalog).unwrap();
     let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
     let p52_schema = unique("p52_");
-    let cfg = ConsumerConfig {
-        kafka: kafka.clone(),
-        registry: registry.clone(),
-        subscriber: "p52".into(),
-        topic_prefix: prefix.clone(),
-        sink: pg_url(),
-        pg_schema: p52_schema.clone(),
-        batch: 500,
-        partitions: 4,
-        state: None,
-        webhook_secret: None,
-        webhook_per_change: false,
-        webhook_timeout_ms: 10_000,
-    };
+    let cfg = consumer_config(&kafka, &registry, &prefix, "p52", &pg_url(), &p52_schema);
     let c = catalog.clone();
     let _p52 = Worker::spawn("p52", move |stop| {
         govbus_consumer::run(&cfg, &c, stop).unwrap()

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_consumer::ConsumerConfig;
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{
-    init_logs, pg_url, read_all, runtime, start_registry, unique, wait_until, Broker, Worker,
+    consumer_config, init_logs, pg_url, read_all, router_config, runtime, start_registry, unique,
+    wait_until, Broker, Worker,
 };
 use govbus_producer::demo::{DemoWorld, ETHNICITIES};
 use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
-use govbus_router::{decide, Decision, Router, RouterConfig};
+use govbus_router::{decide, Decision, Router};
 use govbus_schema::{Op, RegistryClient};
 use rdkafka::Message;
 use serde_json::{json, Value as Json};
@@ -146,38 +146,13 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
     // The router.
-    let router = Router::new(
-        RouterConfig {
-            kafka: kafka.clone(),
-            registry: registry.clone(),
-            group: unique("router-"),
-            instance: "0".into(),
-            topic_prefix: prefix.clone(),
-            batch: 500,
-            partitions: 4,
-        },
-        &catalog,
-    )
-    .unwrap();
+    let router = Router::new(router_config(&kafka, &registry, &prefix), &catalog).unwrap();
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
 
     // Two provinces: p52 into PostgreSQL, p94 into SQLite.
     let pg_schema = unique("p52_");
     let consumer = |subscriber: &str, sink: String| {
-        let cfg = ConsumerConfig {
-            kafka: kafka.clone(),
-            registry: registry.clone(),
-            subscriber: subscriber.into(),
-            topic_prefix: prefix.clone(),
-            sink,
-            pg_schema: pg_schema.clone(),
-            batch: 500,
-            partitions: 4,
-            state: None,
-            webhook_secret: None,
-            webhook_per_change: false,
-            webhook_timeout_ms: 10_000,
-        };
+        let cfg = consumer_config(&kafka, &registry, &prefix, subscriber, &sink, &pg_schema);
         let catalog = catalog.clone();
         let c = cfg.clone();
         let w = Worker::spawn(subscriber, move |stop| {

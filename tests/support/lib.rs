@@ -378,3 +378,45 @@ impl TcpProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 }
+
+/// A router for tests: its own group, topics under `prefix`.
+pub fn router_config(
+    kafka: &KafkaConfig,
+    registry: &str,
+    prefix: &str,
+) -> govbus_router::RouterConfig {
+    govbus_router::RouterConfig {
+        kafka: kafka.clone(),
+        registry: registry.to_string(),
+        group: unique("router-"),
+        instance: "0".into(),
+        topic_prefix: prefix.to_string(),
+        batch: 500,
+        partitions: 4,
+    }
+}
+
+/// A province consumer for tests, topics under `prefix`.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    registry: &str,
+    prefix: &str,
+    subscriber: &str,
+    sink: &str,
+    pg_schema: &str,
+) -> govbus_consumer::ConsumerConfig {
+    govbus_consumer::ConsumerConfig {
+        kafka: kafka.clone(),
+        registry: registry.to_string(),
+        subscriber: subscriber.to_string(),
+        topic_prefix: prefix.to_string(),
+        sink: sink.to_string(),
+        pg_schema: pg_schema.to_string(),
+        batch: 500,
+        partitions: 4,
+        state: None,
+        webhook_secret: None,
+        webhook_per_change: false,
+        webhook_timeout_ms: 10_000,
+    }
+}

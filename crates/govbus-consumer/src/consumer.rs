@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use govbus_core::kafka::{ensure_topics, KafkaSetupError, TopicSpec};
+use govbus_core::kafka::{ensure_topics, poll_batch, KafkaSetupError, TopicSpec};
 use govbus_core::{Catalog, KafkaConfig, Topics};
 use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache, SchemaResolver};
@@ -173,19 +173,7 @@ pub fn run(
     let mut last_lag = Instant::now();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
-        batch.clear();
-        let deadline = Instant::now() + Duration::from_millis(100);
-        while batch.len() < cfg.batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match consumer.poll(left) {
-                Some(Ok(m)) => batch.push(m.detach()),
-                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                None => break,
-            }
-            if left.is_zero() {
-                break;
-            }
-        }
+        poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));
         if last_lag.elapsed() > Duration::from_secs(2) {
             report_lag(&consumer, cfg, &inputs);
             last_lag = Instant::now();

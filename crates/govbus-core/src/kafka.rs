@@ -160,3 +160,27 @@ pub enum KafkaSetupError {
         reason: String,
     },
 }
+
+/// Fills `batch` (cleared first) with up to `max` records, waiting at most
+/// `linger` in all; consumer errors are logged and skipped (librdkafka
+/// retries them itself).
+pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    batch: &mut Vec<rdkafka::message::OwnedMessage>,
+    max: usize,
+    linger: std::time::Duration,
+) {
+    batch.clear();
+    let deadline = std::time::Instant::now() + linger;
+    while batch.len() < max {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.poll(left) {
+            Some(Ok(m)) => batch.push(m.detach()),
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => break,
+        }
+        if left.is_zero() {
+            break;
+        }
+    }
+}

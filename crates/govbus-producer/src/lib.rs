@@ -111,6 +111,20 @@ pub enum AgentError {
     Listen(std::net::SocketAddr, std::io::Error),
 }
 
+/// The publisher an agent configuration describes: its store opened, its
+/// envelope schemas registered, its central topics created. Blocking.
+pub fn open_publisher(
+    cfg: &ProducerConfig,
+    catalog: &govbus_core::Catalog,
+) -> Result<Publisher, AgentError> {
+    let store = open_store(&cfg.store, &cfg.pg_schema)?;
+    let topics = govbus_core::Topics::new(&cfg.topic_prefix);
+    let registry = govbus_schema::RegistryClient::new(&cfg.registry);
+    let p = Publisher::new(catalog, &cfg.agency, &cfg.system, &topics, &registry, store)?;
+    ensure_topics(&cfg.kafka, &p, cfg.partitions)?;
+    Ok(p)
+}
+
 /// Runs the ministry agent (HTTP ingest + relay) until `shutdown` resolves.
 pub async fn run_agent(
     cfg: ProducerConfig,
@@ -118,16 +132,9 @@ pub async fn run_agent(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let c = cfg.clone();
-    let publisher = tokio::task::spawn_blocking(move || -> Result<Arc<Publisher>, AgentError> {
-        let store = open_store(&c.store, &c.pg_schema)?;
-        let topics = govbus_core::Topics::new(&c.topic_prefix);
-        let registry = govbus_schema::RegistryClient::new(&c.registry);
-        let p = Publisher::new(&catalog, &c.agency, &c.system, &topics, &registry, store)?;
-        ensure_topics(&c.kafka, &p, c.partitions)?;
-        Ok(Arc::new(p))
-    })
-    .await
-    .map_err(|e| AgentError::Listen(cfg.listen, std::io::Error::other(e)))??;
+    let publisher = tokio::task::spawn_blocking(move || open_publisher(&c, &catalog).map(Arc::new))
+        .await
+        .map_err(|e| AgentError::Listen(cfg.listen, std::io::Error::other(e)))??;
     let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cel_interpreter::Context;
-use govbus_core::kafka::{ensure_topics, KafkaSetupError, TopicSpec};
+use govbus_core::kafka::{ensure_topics, poll_batch, KafkaSetupError, TopicSpec};
 use govbus_core::{Catalog, CatalogError, KafkaConfig, Topics};
 use govbus_schema::{RegistryClient, RegistryError, SchemaCache};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -180,19 +180,12 @@ impl Router {
         tracing::info!(transactional_id = tid, ?topics, "router session started");
         let mut batch = Vec::with_capacity(self.cfg.batch);
         while !stop.load(Ordering::Relaxed) {
-            batch.clear();
-            let deadline = Instant::now() + Duration::from_millis(100);
-            while batch.len() < self.cfg.batch {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match consumer.poll(left) {
-                    Some(Ok(m)) => batch.push(m.detach()),
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-                    None => break,
-                }
-                if left.is_zero() {
-                    break;
-                }
-            }
+            poll_batch(
+                &consumer,
+                &mut batch,
+                self.cfg.batch,
+                Duration::from_millis(100),
+            );
             if batch.is_empty() {
                 continue;
             }

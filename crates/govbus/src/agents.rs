@@ -131,13 +131,8 @@ pub(crate) async fn publish_outbox(
     let stop = stop_flag();
     let s = stop.clone();
     run_until_stopped(stop, move || {
-        let store = govbus_producer::open_store(&p.store, &p.pg_schema)?;
+        let publisher = govbus_producer::open_publisher(&p, &catalog)?;
         let topics = govbus_core::Topics::new(&p.topic_prefix);
-        let registry = govbus_schema::RegistryClient::new(&p.registry);
-        let publisher = govbus_producer::Publisher::new(
-            &catalog, &p.agency, &p.system, &topics, &registry, store,
-        )?;
-        govbus_producer::ensure_topics(&p.kafka, &publisher, p.partitions)?;
         let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?;
         let rs = s.clone();
         let relay = std::thread::spawn(move || relay.run(rs));
@@ -172,13 +167,7 @@ pub(crate) async fn publish_file(
     let stop = stop_flag();
     let s = stop.clone();
     run_until_stopped(stop, move || {
-        let store = govbus_producer::open_store(&p.store, &p.pg_schema)?;
-        let topics = govbus_core::Topics::new(&p.topic_prefix);
-        let registry = govbus_schema::RegistryClient::new(&p.registry);
-        let publisher = govbus_producer::Publisher::new(
-            &catalog, &p.agency, &p.system, &topics, &registry, store,
-        )?;
-        govbus_producer::ensure_topics(&p.kafka, &publisher, p.partitions)?;
+        let publisher = govbus_producer::open_publisher(&p, &catalog)?;
         let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?;
         let relay_stop = Arc::new(AtomicBool::new(false));
         let rs = relay_stop.clone();

@@ -147,9 +147,36 @@ pub struct SubscriptionFile {
     /// Fields (dotted paths) removed from the view: they never leave the router.
     #[serde(default)]
     pub drop: Vec<String>,
-    /// Why the subscriber is entitled to this data.
+    /// Why the subscriber is entitled to this data (free text).
     #[serde(default)]
     pub legal_basis: String,
+    /// The legal act or decision the basis rests on (number, article).
+    #[serde(default)]
+    pub legal_reference: String,
+    /// Who asked for the subscription (person, office).
+    #[serde(default)]
+    pub requested_by: String,
+    /// Last day of delivery (`YYYY-MM-DD`, inclusive); none = no end.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+impl SubscriptionFile {
+    /// The first instant after the subscription ends (ms since the epoch), if it ends.
+    pub fn expires_ms(&self) -> Result<Option<i64>, String> {
+        let Some(d) = &self.expires else {
+            return Ok(None);
+        };
+        let date = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map_err(|_| format!("expires `{d}` is not a date (YYYY-MM-DD)"))?;
+        let next = date
+            .succ_opt()
+            .ok_or_else(|| format!("expires `{d}` is out of range"))?;
+        Ok(Some(
+            next.and_hms_opt(0, 0, 0)
+                .map_or(i64::MAX, |t| t.and_utc().timestamp_millis()),
+        ))
+    }
 }
 
 /// A subscription with where it came from (for error messages).
@@ -379,6 +406,13 @@ pub fn parse_subscription(file: &str, text: &str) -> Result<SubscriptionSpec, Ca
             ),
         });
     }
+    if let Err(message) = parsed.expires_ms() {
+        return Err(CatalogError::Invalid {
+            file: file.to_string(),
+            line: line_of(text, "expires"),
+            message,
+        });
+    }
     Ok(SubscriptionSpec {
         filter_line: line_of(text, "filter"),
         file: parsed,
@@ -419,6 +453,19 @@ mod tests {
             .push(parse_subscription("y.toml", text).unwrap());
         let e = c.check_subscriptions().unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("bca.nope"), "{e}");
+    }
+
+    #[test]
+    fn expiry_is_a_date_checked_at_load() {
+        let ok = "subscriber = \"p1\"\ndataset = \"bca.residents\"\nfilter = \"true\"\nexpires = \"2026-12-31\"\n";
+        let s = parse_subscription("a.toml", ok).unwrap();
+        assert_eq!(s.file.expires_ms().unwrap(), Some(1_798_761_600_000)); // 2027-01-01T00:00Z
+        let bad = ok.replace("2026-12-31", "31/12/2026");
+        let e = parse_subscription("b.toml", &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("b.toml:4:") && e.contains("not a date"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -59,21 +59,26 @@ pub fn route(
     views: &[usize],
 ) -> Result<Vec<Output>, RouteError> {
     let (_, change) = decode(payload, resolver)?;
-    route_change(&change, base, all, views)
+    route_change(&change, base, all, views, govbus_core::now_ms())
 }
 
-/// Routes a decoded change.
+/// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
 pub fn route_change(
     change: &Change,
     base: &Context<'_>,
     all: &[View],
     views: &[usize],
+    now_ms: i64,
 ) -> Result<Vec<Output>, RouteError> {
     let before = change.before.as_ref().map(Vars::of);
     let after = change.after.as_ref().map(Vars::of);
     let mut out = Vec::new();
     for &i in views {
         let v = &all[i];
+        if v.expired(now_ms) {
+            metrics::counter!("govbus_router_expired_total", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).increment(1);
+            continue;
+        }
         let eval = |vars: &Option<Vars>| -> Result<Option<bool>, RouteError> {
             vars.as_ref()
                 .map(|x| v.filter.matches(base, x))
@@ -117,4 +122,73 @@ pub fn route_change(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use govbus_core::catalog::parse_subscription;
+    use govbus_core::{Catalog, Topics};
+    use govbus_schema::{Op, Source};
+
+    fn views_with(extra: &str) -> Vec<View> {
+        let mut c = Catalog::builtin();
+        let text = format!(
+            "subscriber = \"p52\"\ndataset = \"bca.residents\"\nfilter = 'permanent_address.province_code == \"52\"'\ndrop = [\"ethnicity\"]\n{extra}"
+        );
+        c.subscriptions = vec![parse_subscription("s.toml", &text).unwrap()];
+        let mut v = crate::views::compile(&c, &Topics::default()).unwrap();
+        let schema = apache_avro::Schema::parse_str(&v[0].schema).unwrap();
+        v[0].codec = Some(govbus_schema::EnvelopeCodec::new(schema, 1));
+        v
+    }
+
+    fn create_in_52() -> Change {
+        let entity =
+            apache_avro::Schema::parse_str(include_str!("../../../schemas/bca/residents.v1.avsc"))
+                .unwrap();
+        let after = govbus_schema::json::to_avro(
+            &entity,
+            &serde_json::json!({"citizen_id": "052090000001", "full_name": "A", "date_of_birth": "1990-01-01",
+                "sex": "MALE", "ethnicity": "Kinh",
+                "permanent_address": {"province_code": "52", "commune_code": "1"}, "updated_at": 1}),
+        )
+        .unwrap();
+        Change {
+            event_id: "e".into(),
+            op: Op::Create,
+            before: None,
+            after: Some(after),
+            source: Source {
+                agency: "bca".into(),
+                system: "t".into(),
+                seq: 1,
+            },
+            ts_ms: 1,
+        }
+    }
+
+    #[test]
+    fn an_expired_subscription_receives_nothing() {
+        let base = Context::default();
+        let change = create_in_52();
+        let live = views_with("expires = \"2026-12-31\"\n");
+        let before_end = 1_798_761_599_999; // 2026-12-31T23:59:59.999Z
+        assert_eq!(
+            route_change(&change, &base, &live, &[0], before_end)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(route_change(&change, &base, &live, &[0], before_end + 1)
+            .unwrap()
+            .is_empty());
+        let forever = views_with("");
+        assert_eq!(
+            route_change(&change, &base, &forever, &[0], i64::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

@@ -121,12 +121,8 @@ impl Router {
         specs.dedup_by(|a, b| a.name == b.name);
         ensure_topics(&cfg.kafka, &specs)?;
         for v in &views {
-            tracing::info!(
-                view = v.name,
-                topic = v.topic,
-                filter = v.filter.source(),
-                "subscription active"
-            );
+            tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), expires_ms = ?v.expires_ms, "subscription active");
+            metrics::gauge!("govbus_subscription_active", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).set(1.0);
         }
         Ok(Self {
             resolver: SchemaCache::new(registry),

@@ -30,6 +30,29 @@ pub struct View {
     pub schema: String,
     /// Set once the schema is registered.
     pub codec: Option<EnvelopeCodec>,
+    /// Delivery stops at this instant (ms since the epoch), if set.
+    pub expires_ms: Option<i64>,
+    /// Whether the expiry has been logged (once per view).
+    pub expiry_reported: std::sync::atomic::AtomicBool,
+}
+
+impl View {
+    /// Whether the subscription has ended at `now_ms`; says so once in the log.
+    pub fn expired(&self, now_ms: i64) -> bool {
+        let ended = self.expires_ms.is_some_and(|e| now_ms >= e);
+        if ended
+            && !self
+                .expiry_reported
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                view = self.name,
+                "subscription expired: no longer delivering"
+            );
+            metrics::gauge!("govbus_subscription_active", "subscriber" => self.subscriber.clone(), "dataset" => self.dataset.to_string()).set(0.0);
+        }
+        ended
+    }
 }
 
 /// Compiles every subscription of `catalog`; the first problem stops it,
@@ -74,6 +97,8 @@ fn compile_one(
         topic: topics.view(&s.file.subscriber, &ds.id, ds.file.major),
         schema,
         codec: None,
+        expires_ms: s.file.expires_ms().map_err(|m| s.invalid(m))?,
+        expiry_reported: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

@@ -6,30 +6,28 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_core::{Catalog, Topics};
 use govbus_e2e::{
-    consumer_config, init_logs, pg_url, read_all, router_config, runtime, start_registry, unique,
-    wait_until, Broker, Worker,
+    consumer_config, pg_url, read_all, router_config, unique, wait_until, Bus, Worker,
 };
 use govbus_producer::deadletter::DeadLetters;
 use govbus_producer::outbox::PgOutbox;
-use govbus_producer::{open_store, Publisher, Relay};
+use govbus_producer::Relay;
 use govbus_router::Router;
-use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
 use rdkafka::Message;
 
 #[test]
 fn plain_sql_on_a_legacy_table_reaches_the_province() {
-    init_logs();
-    let broker = Broker::start();
-    let kafka = broker.kafka();
-    let rt = runtime();
-    let prefix = format!("{}.", unique("t"));
-    let topics = Topics::new(&prefix);
-    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
-    let catalog = Arc::new(Catalog::builtin());
-    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start();
+    let (_rt, kafka, prefix, topics, registry, catalog, _dir) = (
+        &bus.rt,
+        &bus.kafka,
+        &bus.prefix,
+        &bus.topics,
+        &bus.registry,
+        &bus.catalog,
+        &bus.dir,
+    );
 
     // The agency's own database: a legacy table, the outbox, the trigger.
     let src = unique("legacy_");
@@ -50,33 +48,21 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
     .unwrap();
 
     // The ministry agent: store, relay, outbox relay.
-    let store = open_store(dir.path().join("bca.db").to_str().unwrap(), "").unwrap();
-    let publisher = Arc::new(
-        Publisher::new(
-            &catalog,
-            "bca",
-            "legacy",
-            &topics,
-            &RegistryClient::new(&registry),
-            store,
-        )
-        .unwrap(),
-    );
-    govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
-    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let publisher = Arc::new(bus.publisher("legacy"));
+    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
     let dlq = topics.dlq("ingest", "bca");
-    let dead = DeadLetters::new(&kafka, &dlq).unwrap();
+    let dead = DeadLetters::new(kafka, &dlq).unwrap();
     let (p, s) = (publisher.clone(), src.clone());
     let outbox = Worker::spawn("outbox", move |stop| {
         let mut o = PgOutbox::connect(&pg_url(), &s).unwrap();
         o.run(&p, &dead, &stop).unwrap();
     });
 
-    let router = Router::new(router_config(&kafka, &registry, &prefix), &catalog).unwrap();
+    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
     let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
     let p52_schema = unique("p52_");
-    let cfg = consumer_config(&kafka, &registry, &prefix, "p52", &pg_url(), &p52_schema);
+    let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &p52_schema);
     let c = catalog.clone();
     let _p52 = Worker::spawn("p52", move |stop| {
         govbus_consumer::run(&cfg, &c, stop).unwrap()
@@ -142,7 +128,7 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
             .get(0);
         (n == 0).then_some(())
     });
-    let dead = read_all(&kafka, &dlq);
+    let dead = read_all(kafka, &dlq);
     assert_eq!(
         dead.len(),
         2,

@@ -3,14 +3,10 @@
 //! the reason and where it came from; routing goes on; nothing panics.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_core::{Catalog, Topics};
-use govbus_e2e::{
-    init_logs, read_all, router_config, runtime, start_registry, unique, wait_until, Broker, Worker,
-};
-use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
+use govbus_e2e::{read_all, router_config, wait_until, Bus, Worker};
+use govbus_producer::{ChangeRequest, Relay};
 use govbus_router::Router;
 use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
@@ -20,27 +16,18 @@ use serde_json::json;
 
 #[test]
 fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
-    init_logs();
-    let broker = Broker::start();
-    let kafka = broker.kafka();
-    let rt = runtime();
-    let prefix = format!("{}.", unique("t"));
-    let topics = Topics::new(&prefix);
-    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
-    let catalog = Arc::new(Catalog::builtin());
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path().join("bca.db").to_str().unwrap(), "").unwrap();
-    let publisher = Publisher::new(
-        &catalog,
-        "bca",
-        "t",
-        &topics,
-        &RegistryClient::new(&registry),
-        store,
-    )
-    .unwrap();
-    govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
-    let router = Router::new(router_config(&kafka, &registry, &prefix), &catalog).unwrap();
+    let bus = Bus::start();
+    let (_rt, kafka, prefix, _topics, registry, catalog, _dir) = (
+        &bus.rt,
+        &bus.kafka,
+        &bus.prefix,
+        &bus.topics,
+        &bus.registry,
+        &bus.catalog,
+        &bus.dir,
+    );
+    let publisher = bus.publisher("t");
+    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
 
     // Poison, written straight to the central topic by a client that is not govbus.
@@ -50,7 +37,7 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
         ("not_wire_format", b"{\"citizen_id\": \"052\"}".to_vec()),
         ("unknown_schema", vec![0, 0x7f, 0xff, 0xff, 0xff, 2, 4]),
         ("avro_decode", {
-            let id = RegistryClient::new(&registry)
+            let id = RegistryClient::new(registry.as_str())
                 .latest(&format!("{central}-value"))
                 .unwrap()
                 .id;
@@ -82,7 +69,7 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
             })),
         )
         .unwrap();
-    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
     let view = format!("{prefix}sub.p52.bca.residents.v1");
     wait_until(
@@ -90,12 +77,12 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
         "the good change in p52's view",
         || {
             assert!(!router.finished(), "the router stopped");
-            (read_all(&kafka, &view).len() == 1).then_some(())
+            (read_all(kafka, &view).len() == 1).then_some(())
         },
     );
 
     let dlq = format!("{prefix}dlq.route.bca.residents");
-    let dead = read_all(&kafka, &dlq);
+    let dead = read_all(kafka, &dlq);
     assert_eq!(dead.len(), 3, "each poison record is dead-lettered once");
     let mut by_key = BTreeMap::new();
     for m in &dead {

@@ -6,15 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_core::{Catalog, Topics};
 use govbus_e2e::{
-    consumer_config, init_logs, pg_url, read_all, router_config, runtime, start_registry, unique,
-    wait_until, Broker, Worker,
+    consumer_config, pg_url, read_all, router_config, unique, wait_until, Bus, Worker,
 };
 use govbus_producer::demo::{DemoWorld, ETHNICITIES};
-use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
+use govbus_producer::{ChangeRequest, Relay};
 use govbus_router::{decide, Decision, Router};
-use govbus_schema::{Op, RegistryClient};
+use govbus_schema::Op;
 use rdkafka::Message;
 use serde_json::{json, Value as Json};
 
@@ -110,31 +108,20 @@ fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> 
 
 #[test]
 fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
-    init_logs();
-    let broker = Broker::start();
-    let kafka = broker.kafka();
-    let rt = runtime();
-    let prefix = format!("{}.", unique("t"));
-    let topics = Topics::new(&prefix);
-    let (registry, _registry_task) = start_registry(&rt, &kafka, &topics.schemas());
-    let catalog = Arc::new(Catalog::builtin());
-    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::start();
+    let (rt, kafka, prefix, _topics, registry, catalog, dir) = (
+        &bus.rt,
+        &bus.kafka,
+        &bus.prefix,
+        &bus.topics,
+        &bus.registry,
+        &bus.catalog,
+        &bus.dir,
+    );
 
     // The ministry: durable store, relay, HTTP ingest.
-    let store = open_store(dir.path().join("bca.db").to_str().unwrap(), "").unwrap();
-    let publisher = Arc::new(
-        Publisher::new(
-            &catalog,
-            "bca",
-            "e2e",
-            &topics,
-            &RegistryClient::new(&registry),
-            store,
-        )
-        .unwrap(),
-    );
-    govbus_producer::ensure_topics(&kafka, &publisher, 4).unwrap();
-    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let publisher = Arc::new(bus.publisher("e2e"));
+    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
     let relay = Worker::spawn("relay", move |stop| relay.run(stop));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -146,13 +133,13 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
     // The router.
-    let router = Router::new(router_config(&kafka, &registry, &prefix), &catalog).unwrap();
+    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
 
     // Two provinces: p52 into PostgreSQL, p94 into SQLite.
     let pg_schema = unique("p52_");
     let consumer = |subscriber: &str, sink: String| {
-        let cfg = consumer_config(&kafka, &registry, &prefix, subscriber, &sink, &pg_schema);
+        let cfg = consumer_config(kafka, registry, prefix, subscriber, &sink, &pg_schema);
         let catalog = catalog.clone();
         let c = cfg.clone();
         let w = Worker::spawn(subscriber, move |stop| {
@@ -221,7 +208,7 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     );
 
     // `govbus status` reads the same from the sink and the cluster.
-    let st = govbus_consumer::status(&p52_cfg, &catalog).unwrap();
+    let st = govbus_consumer::status(&p52_cfg, catalog).unwrap();
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].subscription, "p52/bca.residents");
     assert_eq!(st[0].rows, Some(want52.len() as i64));
@@ -242,8 +229,8 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
 
     // The raw bytes of p52's topic never hold an ethnicity value; p94's do.
     // Exactly one record per routed change (read_committed): nothing twice, nothing missing.
-    let view52 = read_all(&kafka, &format!("{prefix}sub.p52.bca.residents.v1"));
-    let view94 = read_all(&kafka, &format!("{prefix}sub.p94.bca.residents.v1"));
+    let view52 = read_all(kafka, &format!("{prefix}sub.p52.bca.residents.v1"));
+    let view94 = read_all(kafka, &format!("{prefix}sub.p94.bca.residents.v1"));
     assert_eq!((view52.len(), view94.len()), (to52, to94));
     let raw = |v: &[rdkafka::message::OwnedMessage]| -> Vec<u8> {
         v.iter()

@@ -422,3 +422,71 @@ pub fn consumer_config(
         webhook_timeout_ms: 10_000,
     }
 }
+
+/// Everything most end-to-end tests start with: a broker, a runtime, the
+/// registry on its own `_schemas`, a unique topic prefix, the built-in
+/// catalog and a scratch directory. Destructure it to keep the parts alive.
+#[derive(Debug)]
+pub struct Bus {
+    /// Runs the registry (dropped first).
+    pub rt: tokio::runtime::Runtime,
+    /// The registry's server task.
+    pub registry_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Kafka settings for the broker.
+    pub kafka: KafkaConfig,
+    /// This test's topic prefix (`t<random>.`).
+    pub prefix: String,
+    /// Topic names under the prefix.
+    pub topics: govbus_core::Topics,
+    /// The registry's URL.
+    pub registry: String,
+    /// The built-in datasets and subscriptions.
+    pub catalog: Arc<govbus_core::Catalog>,
+    /// A scratch directory.
+    pub dir: tempfile::TempDir,
+    /// The broker (dropped last).
+    pub broker: Broker,
+}
+
+impl Bus {
+    /// Starts the broker and the registry.
+    pub fn start() -> Self {
+        init_logs();
+        let broker = Broker::start();
+        let kafka = broker.kafka();
+        let rt = runtime();
+        let prefix = format!("{}.", unique("t"));
+        let topics = govbus_core::Topics::new(&prefix);
+        let (registry, registry_task) = start_registry(&rt, &kafka, &topics.schemas());
+        Self {
+            rt,
+            registry_task,
+            kafka,
+            prefix,
+            topics,
+            registry,
+            catalog: Arc::new(govbus_core::Catalog::builtin()),
+            dir: tempfile::tempdir().expect("tempdir"),
+            broker,
+        }
+    }
+
+    /// The bca publisher with a SQLite store in the scratch directory, its
+    /// central topics created.
+    pub fn publisher(&self, system: &str) -> govbus_producer::Publisher {
+        let path = self.dir.path().join(format!("bca-{system}.db"));
+        let store =
+            govbus_producer::open_store(path.to_str().expect("utf-8 path"), "").expect("store");
+        let p = govbus_producer::Publisher::new(
+            &self.catalog,
+            "bca",
+            system,
+            &self.topics,
+            &govbus_schema::RegistryClient::new(&self.registry),
+            store,
+        )
+        .expect("publisher");
+        govbus_producer::ensure_topics(&self.kafka, &p, 4).expect("topics");
+        p
+    }
+}

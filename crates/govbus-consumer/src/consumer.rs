@@ -294,26 +294,10 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Consumer
 }
 
 fn report_lag(consumer: &BaseConsumer, cfg: &ConsumerConfig, inputs: &HashMap<String, Input>) {
-    let Ok(assigned) = consumer.position() else {
-        return;
-    };
-    let mut lag: HashMap<&str, i64> = HashMap::new();
-    for e in assigned.elements() {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(1))
-        else {
-            continue;
-        };
-        let pos = match e.offset() {
-            Offset::Offset(o) => o,
-            _ => low,
-        };
-        if let Some(i) = inputs.get(e.topic()) {
-            *lag.entry(i.dataset.as_str()).or_default() += (high - pos).max(0);
+    for (topic, lag) in govbus_core::kafka::lag_by_topic(consumer) {
+        if let Some(i) = inputs.get(&topic) {
+            metrics::gauge!("govbus_consumer_lag_events", "subscriber" => cfg.subscriber.clone(), "dataset" => i.dataset.clone()).set(lag as f64);
         }
-    }
-    for (ds, l) in lag {
-        metrics::gauge!("govbus_consumer_lag_events", "subscriber" => cfg.subscriber.clone(), "dataset" => ds.to_string()).set(l as f64);
     }
 }
 

@@ -184,3 +184,29 @@ pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
         }
     }
 }
+
+/// Records not yet consumed, per topic, over the consumer's assigned
+/// partitions (high watermark − position; a partition with no position yet
+/// counts from its low watermark).
+pub fn lag_by_topic<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+) -> std::collections::HashMap<String, i64> {
+    use rdkafka::consumer::Consumer;
+    let mut lag = std::collections::HashMap::new();
+    let Ok(assigned) = consumer.position() else {
+        return lag;
+    };
+    for e in assigned.elements() {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(e.topic(), e.partition(), std::time::Duration::from_secs(1))
+        else {
+            continue;
+        };
+        let pos = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => low,
+        };
+        *lag.entry(e.topic().to_string()).or_insert(0) += (high - pos).max(0);
+    }
+    lag
+}

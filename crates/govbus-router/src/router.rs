@@ -175,7 +175,17 @@ impl Router {
         let base = Context::default();
         tracing::info!(transactional_id = tid, ?topics, "router session started");
         let mut batch = Vec::with_capacity(self.cfg.batch);
+        let mut last_lag = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if last_lag.elapsed() > Duration::from_secs(2) {
+                for (topic, lag) in govbus_core::kafka::lag_by_topic(&consumer) {
+                    if let Some((dataset, _)) = self.inputs.get(&topic) {
+                        metrics::gauge!("govbus_router_lag_events", "dataset" => dataset.clone())
+                            .set(lag as f64);
+                    }
+                }
+                last_lag = std::time::Instant::now();
+            }
             poll_batch(
                 &consumer,
                 &mut batch,

@@ -19,14 +19,12 @@ use rdkafka::Message;
 #[test]
 fn plain_sql_on_a_legacy_table_reaches_the_province() {
     let bus = Bus::start();
-    let (_rt, kafka, prefix, topics, registry, catalog, _dir) = (
-        &bus.rt,
+    let (kafka, prefix, topics, registry, catalog) = (
         &bus.kafka,
         &bus.prefix,
         &bus.topics,
         &bus.registry,
         &bus.catalog,
-        &bus.dir,
     );
 
     // The agency's own database: a legacy table, the outbox, the trigger.

@@ -17,15 +17,7 @@ use serde_json::json;
 #[test]
 fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
     let bus = Bus::start();
-    let (_rt, kafka, prefix, _topics, registry, catalog, _dir) = (
-        &bus.rt,
-        &bus.kafka,
-        &bus.prefix,
-        &bus.topics,
-        &bus.registry,
-        &bus.catalog,
-        &bus.dir,
-    );
+    let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
     let publisher = bus.publisher("t");
     let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());

@@ -109,11 +109,10 @@ fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> 
 #[test]
 fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     let bus = Bus::start();
-    let (rt, kafka, prefix, _topics, registry, catalog, dir) = (
+    let (rt, kafka, prefix, registry, catalog, dir) = (
         &bus.rt,
         &bus.kafka,
         &bus.prefix,
-        &bus.topics,
         &bus.registry,
         &bus.catalog,
         &bus.dir,

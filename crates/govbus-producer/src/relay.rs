@@ -1,10 +1,15 @@
 //! The relay: publishes stored changes in order, idempotently (acks=all),
 //! and forgets them only after the broker acknowledged them.
+//!
+//! Delivery reports land in a ring of atomic slots, one per change in
+//! flight (the slot index is the message's opaque), so the hot path has no
+//! allocation, channel or map per change: the relay thread reads the
+//! outbox, sends, and advances over the acknowledged prefix of the ring.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use govbus_core::KafkaConfig;
@@ -14,21 +19,79 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::publisher::Wakeup;
-use crate::store::{OutboxStore, StoreError};
+use crate::store::{OutboxRow, OutboxStore, StoreError};
 
-/// Delivery reports, by outbox id.
-struct Reports(Mutex<Sender<(i64, Result<(), String>)>>);
+const PENDING: u8 = 0;
+const DELIVERED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Changes in flight at most (a power of two: slots are `seq & (RING - 1)`).
+const RING: usize = 1 << 17;
+
+/// Delivery reports, by ring slot.
+struct Reports {
+    slots: Box<[AtomicU8]>,
+    /// Sent and not yet reported.
+    outstanding: AtomicUsize,
+    /// The latest refusal, for the log.
+    error: Mutex<Option<String>>,
+    /// The relay thread, woken by each report.
+    relay: OnceLock<Thread>,
+}
 
 impl ClientContext for Reports {}
 
 impl ProducerContext for Reports {
-    type DeliveryOpaque = Box<i64>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, id: Box<i64>) {
-        let r = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
-        if let Ok(tx) = self.0.lock() {
-            let _ = tx.send((*id, r));
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let state = match result {
+            Ok(_) => DELIVERED,
+            Err((e, _)) => {
+                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                FAILED
+            }
+        };
+        self.slots[slot].store(state, Ordering::Release);
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if let Some(t) = self.relay.get() {
+            t.unpark();
         }
+    }
+}
+
+/// Changes sent and not yet forgotten, oldest first.
+struct InFlight {
+    /// Sequence number of the oldest (its slot is `head & (RING - 1)`).
+    head: usize,
+    /// Outbox id and dataset (an index into `datasets`) of each.
+    rows: VecDeque<(i64, u16)>,
+    datasets: Vec<String>,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        Self {
+            head: 0,
+            rows: VecDeque::with_capacity(RING),
+            datasets: Vec::new(),
+        }
+    }
+
+    fn next_slot(&self) -> usize {
+        (self.head + self.rows.len()) & (RING - 1)
+    }
+
+    fn push(&mut self, row: &OutboxRow) {
+        let ds = match self.datasets.iter().position(|d| *d == row.dataset) {
+            Some(i) => i,
+            None => {
+                self.datasets.push(row.dataset.clone());
+                self.datasets.len() - 1
+            }
+        };
+        self.rows
+            .push_back((row.id, u16::try_from(ds).unwrap_or(u16::MAX)));
     }
 }
 
@@ -36,7 +99,6 @@ impl ProducerContext for Reports {
 pub struct Relay {
     store: Arc<dyn OutboxStore>,
     producer: ThreadedProducer<Reports>,
-    reports: Receiver<(i64, Result<(), String>)>,
     wakeup: Arc<Wakeup>,
     batch: usize,
 }
@@ -47,6 +109,14 @@ impl std::fmt::Debug for Relay {
     }
 }
 
+/// What became of the prefix of the changes in flight.
+enum Advance {
+    /// Every acknowledged change at the front was moved out.
+    Acked,
+    /// The oldest change in flight was refused.
+    Failed,
+}
+
 impl Relay {
     /// A relay from `store` to the cluster.
     pub fn new(
@@ -54,124 +124,173 @@ impl Relay {
         store: Arc<dyn OutboxStore>,
         wakeup: Arc<Wakeup>,
     ) -> Result<Self, KafkaError> {
-        let (tx, reports) = channel();
+        let reports = Reports {
+            slots: (0..RING).map(|_| AtomicU8::new(PENDING)).collect(),
+            outstanding: AtomicUsize::new(0),
+            error: Mutex::new(None),
+            relay: OnceLock::new(),
+        };
         let producer = kafka
             .producer()
             // Same partition for a key as Java clients (murmur2), so every
             // producer of a dataset agrees.
             .set("partitioner", "murmur2_random")
-            .create_with_context(Reports(Mutex::new(tx)))?;
+            .create_with_context(reports)?;
         Ok(Self {
             store,
             producer,
-            reports,
             wakeup,
             batch: 10_000,
         })
     }
 
-    /// Publishes one batch; returns how many changes were acknowledged.
-    /// Gives up waiting (leaving the rest in the outbox) once `stop` is set.
+    fn reports(&self) -> &Reports {
+        self.producer.context()
+    }
+
+    /// Sends `row` as the next change in flight (waiting while librdkafka's
+    /// queue is full). A change the client refuses outright is reported as
+    /// failed in its slot.
+    fn send(&self, row: &OutboxRow, flight: &mut InFlight) {
+        let slot = flight.next_slot();
+        let reports = self.reports();
+        reports.slots[slot].store(PENDING, Ordering::Relaxed);
+        reports.outstanding.fetch_add(1, Ordering::AcqRel);
+        let mut record = BaseRecord::with_opaque_to(&row.topic, slot)
+            .key(&row.key)
+            .payload(&row.value);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    *reports.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    reports.slots[slot].store(FAILED, Ordering::Release);
+                    reports.outstanding.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        }
+        flight.push(row);
+    }
+
+    /// Moves the acknowledged prefix of `flight` into `acked` (ids) and
+    /// `counts` (per dataset index).
+    fn advance(&self, flight: &mut InFlight, acked: &mut Vec<i64>, counts: &mut [u64]) -> Advance {
+        let slots = &self.reports().slots;
+        while let Some(&(id, ds)) = flight.rows.front() {
+            match slots[flight.head & (RING - 1)].load(Ordering::Acquire) {
+                DELIVERED => {
+                    flight.rows.pop_front();
+                    flight.head = flight.head.wrapping_add(1);
+                    acked.push(id);
+                    if let Some(c) = counts.get_mut(usize::from(ds)) {
+                        *c += 1;
+                    }
+                }
+                FAILED => {
+                    let error = self
+                        .reports()
+                        .error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
+                    tracing::warn!(
+                        error = error.as_deref().unwrap_or("refused"),
+                        id,
+                        "broker refused change; will retry from it"
+                    );
+                    return Advance::Failed;
+                }
+                _ => break,
+            }
+        }
+        Advance::Acked
+    }
+
+    /// Forgets every change in flight after waiting (at most `limit`) for
+    /// their reports, so that no late report lands in a reused slot.
+    fn drain(&self, flight: &mut InFlight, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.reports().outstanding.load(Ordering::Acquire) > 0 && Instant::now() < until {
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        flight.head = 0;
+        flight.rows.clear();
+    }
+
+    fn record(flight: &InFlight, counts: &mut [u64]) {
+        for (ds, n) in flight.datasets.iter().zip(counts.iter_mut()) {
+            if *n > 0 {
+                metrics::counter!("govbus_relay_published_total", "dataset" => ds.clone())
+                    .increment(*n);
+                *n = 0;
+            }
+        }
+    }
+
+    /// Publishes one batch and waits for it; returns how many changes were
+    /// acknowledged. Gives up waiting (leaving the rest in the outbox) once
+    /// `stop` is set.
     pub fn step(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
-        let rows = self.store.pending(self.batch)?;
+        let _ = self.reports().relay.set(std::thread::current());
+        let rows = self.store.pending(self.batch.min(RING))?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut outcome: HashMap<i64, Result<(), String>> = HashMap::with_capacity(rows.len());
-        let mut expected = 0usize;
+        let mut flight = InFlight::new();
         for row in &rows {
-            let mut record = BaseRecord::with_opaque_to(&row.topic, Box::new(row.id))
-                .key(&row.key)
-                .payload(&row.value);
-            loop {
-                match self.producer.send(record) {
-                    Ok(()) => {
-                        expected += 1;
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        // Back-pressure: let the queue drain.
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err((e, _)) => {
-                        outcome.insert(row.id, Err(e.to_string()));
-                        break;
-                    }
-                }
-            }
+            self.send(row, &mut flight);
         }
         let mut stop_deadline: Option<Instant> = None;
-        let mut received = 0usize;
-        while received < expected {
-            match self.reports.recv_timeout(Duration::from_millis(100)) {
-                Ok((id, r)) => {
-                    if outcome.insert(id, r).is_none() {
-                        received += 1;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+        while self.reports().outstanding.load(Ordering::Acquire) > 0 {
+            std::thread::park_timeout(Duration::from_millis(100));
             if stop.load(Ordering::Relaxed) {
                 let d =
                     *stop_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
                 if Instant::now() > d {
-                    tracing::warn!(
-                        waiting = expected - received,
-                        "stopping with unacknowledged changes; they stay in the outbox"
-                    );
+                    tracing::warn!("stopping with unacknowledged changes; they stay in the outbox");
                     break;
                 }
             }
         }
-        // The acknowledged prefix, in outbox order: a failure stops it so
-        // that a retry never puts an older change after a newer one.
         let mut acked = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match outcome.get(&row.id) {
-                Some(Ok(())) => acked.push(row.id),
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, topic = row.topic, key = row.key, "broker refused change; will retry");
-                    break;
-                }
-                None => break,
-            }
-        }
+        let mut counts = vec![0u64; flight.datasets.len()];
+        let failed = matches!(
+            self.advance(&mut flight, &mut acked, &mut counts),
+            Advance::Failed
+        );
         self.store.mark_sent(&acked)?;
-        let mut per_dataset: HashMap<&str, u64> = HashMap::new();
-        for row in rows.iter().take(acked.len()) {
-            *per_dataset.entry(row.dataset.as_str()).or_default() += 1;
-        }
-        for (ds, n) in per_dataset {
-            metrics::counter!("govbus_relay_published_total", "dataset" => ds.to_string())
-                .increment(n);
-        }
-        if acked.len() < rows.len() && !stop.load(Ordering::Relaxed) {
+        Self::record(&flight, &mut counts);
+        self.drain(&mut flight, Duration::from_secs(3));
+        if (failed || acked.len() < rows.len()) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(acked.len())
     }
 
-    /// Runs until `stop`, waking on new changes. Pipelined: up to ten batches
+    /// Runs until `stop`, waking on new changes. Pipelined: up to `RING`
     /// changes are in flight while the next ones are read and sent; the
     /// outbox is trimmed as the acknowledged prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
-        let window = self.batch * 10;
-        let mut in_flight: VecDeque<(i64, String)> = VecDeque::with_capacity(window);
-        let mut outcome: HashMap<i64, Result<(), String>> = HashMap::new();
+        let _ = self.reports().relay.set(std::thread::current());
+        let window = RING - self.batch;
+        let mut flight = InFlight::new();
         let mut after = 0i64;
         let mut since_reset = Instant::now();
         let mut stop_at: Option<Instant> = None;
         // Acknowledged ids not yet removed from the store: trimmed in large
         // transactions (each is an fsync), not per delivery report.
         let mut acked: Vec<i64> = Vec::new();
-        let mut per_dataset: HashMap<String, u64> = HashMap::new();
+        let mut counts: Vec<u64> = Vec::new();
         let mut last_trim = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) {
                 let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
-                if in_flight.is_empty() || Instant::now() > d {
+                if flight.rows.is_empty() || Instant::now() > d {
                     break;
                 }
             }
@@ -180,34 +299,14 @@ impl Relay {
             let mut sent = 0;
             let rewinding =
                 !self.store.commits_in_id_order() && since_reset.elapsed() > Duration::from_secs(1);
-            if stop_at.is_none() && !rewinding && in_flight.len() < window {
+            if stop_at.is_none() && !rewinding && flight.rows.len() < window {
                 match self.store.pending_after(after, self.batch) {
                     Ok(rows) => {
-                        for row in rows {
-                            let mut record =
-                                BaseRecord::with_opaque_to(&row.topic, Box::new(row.id))
-                                    .key(&row.key)
-                                    .payload(&row.value);
-                            loop {
-                                match self.producer.send(record) {
-                                    Ok(()) => break,
-                                    Err((
-                                        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                                        r,
-                                    )) => {
-                                        record = r;
-                                        std::thread::sleep(Duration::from_millis(1));
-                                    }
-                                    Err((e, _)) => {
-                                        outcome.insert(row.id, Err(e.to_string()));
-                                        break;
-                                    }
-                                }
-                            }
+                        for row in &rows {
+                            self.send(row, &mut flight);
                             after = row.id;
-                            in_flight.push_back((row.id, row.dataset));
-                            sent += 1;
                         }
+                        sent = rows.len();
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "relay cannot read its store; retrying");
@@ -216,47 +315,25 @@ impl Relay {
                     }
                 }
             }
-            // 2. Collect delivery reports.
-            let wait = if sent == 0 && !in_flight.is_empty() {
-                Duration::from_millis(5)
-            } else {
-                Duration::ZERO
-            };
-            if let Ok((id, r)) = self.reports.recv_timeout(wait) {
-                outcome.insert(id, r);
-            }
-            while let Ok((id, r)) = self.reports.try_recv() {
-                outcome.insert(id, r);
+            counts.resize(flight.datasets.len(), 0);
+            // 2. Wait for reports when there is nothing else to do.
+            if sent == 0 && !flight.rows.is_empty() {
+                std::thread::park_timeout(Duration::from_millis(5));
             }
             // 3. Forget the acknowledged prefix.
-            let mut failed = false;
-            while let Some((id, _)) = in_flight.front() {
-                match outcome.remove(id) {
-                    Some(Ok(())) => {
-                        let (id, ds) = in_flight.pop_front().expect("front exists");
-                        acked.push(id);
-                        *per_dataset.entry(ds).or_default() += 1;
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, id, "broker refused change; will retry from it");
-                        failed = true;
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let failed = matches!(
+                self.advance(&mut flight, &mut acked, &mut counts),
+                Advance::Failed
+            );
             let trim = acked.len() >= window
                 || (!acked.is_empty()
-                    && (in_flight.is_empty()
+                    && (flight.rows.is_empty()
                         || failed
                         || last_trim.elapsed() > Duration::from_millis(100)));
             if trim {
                 match self.store.mark_sent(&acked) {
                     Ok(()) => {
-                        for (ds, n) in per_dataset.drain() {
-                            metrics::counter!("govbus_relay_published_total", "dataset" => ds)
-                                .increment(n);
-                        }
+                        Self::record(&flight, &mut counts);
                         acked.clear();
                     }
                     Err(e) => {
@@ -267,15 +344,14 @@ impl Relay {
             }
             if failed {
                 // Rewind: everything from the failed change on is sent again.
-                in_flight.clear();
-                outcome.clear();
+                self.drain(&mut flight, Duration::from_secs(30));
                 after = 0;
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
-            if in_flight.is_empty() && acked.is_empty() {
-                outcome.clear(); // reports of sends abandoned by a rewind
+            if flight.rows.is_empty() && acked.is_empty() {
+                flight.head = 0;
                 after = 0;
                 since_reset = Instant::now();
                 if sent == 0 && stop_at.is_none() {

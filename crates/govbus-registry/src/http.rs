@@ -1,9 +1,9 @@
-//! The Confluent Schema Registry REST API.
+//! The Confluent Schema Registry REST API (Avro).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -12,11 +12,14 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use crate::error::ApiError;
-use crate::state::{parse_schema, LogRecord, Plan};
+use crate::state::{check_subject, LogRecord, Mode, Outcome, Plan, Reference, Registration};
 use crate::store::KafkaStore;
 
 /// Confluent's content type.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Largest request body read (a schema over 1 MiB inside it gets 42209).
+const MAX_BODY: usize = 64 << 20;
 
 type Shared = State<Arc<KafkaStore>>;
 
@@ -30,13 +33,23 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
         .route("/schemas/ids/{id}", get(schema_by_id))
+        .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
+        .route("/schemas/ids/{id}/versions", get(id_versions))
+        .route("/schemas/ids/{id}/subjects", get(id_subjects))
         .route("/subjects", get(subjects))
-        .route("/subjects/{subject}", post(lookup))
+        .route("/subjects/{subject}", post(lookup).delete(delete_subject))
         .route("/subjects/{subject}/versions", get(versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(version))
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(version).delete(delete_version),
+        )
         .route(
             "/subjects/{subject}/versions/{version}/schema",
             get(version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
         )
         .route(
             "/compatibility/subjects/{subject}/versions/{version}",
@@ -46,11 +59,24 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
             "/compatibility/subjects/{subject}/versions",
             post(compat_all),
         )
-        .route("/config", get(get_global).put(put_global))
+        .route(
+            "/config",
+            get(get_global).put(put_global).delete(delete_global),
+        )
         .route(
             "/config/{subject}",
-            get(get_subject_config).put(put_subject_config),
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
         )
+        .route("/mode", get(get_global_mode).put(put_global_mode))
+        .route(
+            "/mode/{subject}",
+            get(get_subject_mode)
+                .put(put_subject_mode)
+                .delete(delete_subject_mode),
+        )
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(store)
 }
 
@@ -60,61 +86,198 @@ struct SchemaBody {
     schema: String,
     #[serde(default)]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<Reference>,
+    #[serde(default)]
+    id: Option<u32>,
+    #[serde(default)]
+    version: Option<u32>,
+    // Accepted and ignored (data contracts travel with the schema in
+    // Confluent's newer API; govbus keeps them in deploy/ for now).
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<Json>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    rule_set: Option<Json>,
 }
 
-fn schema_body(body: &[u8]) -> Result<SchemaBody, ApiError> {
+fn schema_body(body: &[u8]) -> Result<Registration, ApiError> {
     let b: SchemaBody =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match b.schema_type.as_deref() {
-        None | Some("AVRO") => Ok(b),
+        None | Some("AVRO") => Ok(Registration {
+            schema: b.schema,
+            references: b.references,
+            id: b.id,
+            version: b.version,
+        }),
         Some(other) => Err(ApiError::InvalidSchema(format!(
             "schema type {other} is not supported (only AVRO)"
         ))),
     }
 }
 
-async fn schema_by_id(State(s): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let n: u32 = id
-        .parse()
-        .map_err(|_| ApiError::SchemaNotFound(id.clone()))?;
-    s.read(|st| st.schema(n).map(|x| x.text.clone()))
-        .map(|schema| ok(json!({ "schema": schema })))
-        .ok_or(ApiError::SchemaNotFound(id))
+/// Query flags Confluent's API takes.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Flags {
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    permanent: bool,
+    #[serde(default)]
+    verbose: bool,
+    /// govbus always stores schemas normalized; accepted for clients that ask.
+    #[serde(default)]
+    #[allow(dead_code)]
+    normalize: bool,
+    #[serde(default)]
+    subject_prefix: Option<String>,
+    #[serde(default)]
+    default_to_global: bool,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    subject: Option<String>,
 }
 
-async fn subjects(State(s): Shared) -> Response {
-    ok(json!(s.read(|st| st.subjects())))
+fn parse_id(id: &str) -> Result<u32, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::SchemaNotFound(id.to_string()))
 }
 
-async fn versions(State(s): Shared, Path(subject): Path<String>) -> Result<Response, ApiError> {
-    let v = s.read(|st| st.versions(&subject))?;
+fn stored(s: &KafkaStore, id: &str) -> Result<(String, Vec<Reference>), ApiError> {
+    let n = parse_id(id)?;
+    s.read(|st| st.schema(n).map(|x| (x.text.clone(), x.references.clone())))
+        .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
+}
+
+async fn schema_by_id(
+    State(s): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    let (text, refs) = stored(&s, &id)?;
+    if let Some(subject) = q.subject {
+        let n = parse_id(&id)?;
+        if !s.read(|st| st.id_versions(n, true).iter().any(|(x, _)| *x == subject)) {
+            return Err(ApiError::SchemaNotFound(id));
+        }
+    }
+    let mut body = json!({ "schema": text });
+    if !refs.is_empty() {
+        body["references"] = json!(refs);
+    }
+    Ok(ok(body))
+}
+
+async fn raw_schema_by_id(State(s): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let (text, _) = stored(&s, &id)?;
+    Ok(ok(serde_json::from_str(&text).unwrap_or(Json::Null)))
+}
+
+async fn id_versions(
+    State(s): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    stored(&s, &id)?;
+    let n = parse_id(&id)?;
+    let v = s.read(|st| st.id_versions(n, q.deleted));
+    Ok(ok(json!(v
+        .iter()
+        .map(|(subject, version)| json!({"subject": subject, "version": version}))
+        .collect::<Vec<_>>())))
+}
+
+async fn id_subjects(
+    State(s): Shared,
+    Path(id): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    stored(&s, &id)?;
+    let n = parse_id(&id)?;
+    let mut v: Vec<String> = s
+        .read(|st| st.id_versions(n, q.deleted))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    v.dedup();
+    Ok(ok(json!(v)))
+}
+
+async fn subjects(State(s): Shared, Query(q): Query<Flags>) -> Response {
+    let prefix = q.subject_prefix.unwrap_or_default();
+    ok(json!(s.read(|st| st.subjects(q.deleted, &prefix))))
+}
+
+async fn versions(
+    State(s): Shared,
+    Path(subject): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    let v = s.read(|st| st.versions_with(&subject, q.deleted))?;
     Ok(ok(json!(v.iter().map(|(v, _)| *v).collect::<Vec<_>>())))
 }
 
-fn version_json(s: &KafkaStore, subject: &str, version: &str) -> Result<Json, ApiError> {
+fn version_json(
+    s: &KafkaStore,
+    subject: &str,
+    version: &str,
+    deleted: bool,
+) -> Result<Json, ApiError> {
     s.read(|st| {
-        let (v, id) = st.version(subject, version)?;
-        let text = st.schema(id).map(|x| x.text.clone()).unwrap_or_default();
-        Ok(json!({"subject": subject, "version": v, "id": id, "schema": text}))
+        let (v, id) = st.version_with(subject, version, deleted)?;
+        let (text, refs) = st
+            .schema(id)
+            .map(|x| (x.text.clone(), x.references.clone()))
+            .unwrap_or_default();
+        let mut body = json!({"subject": subject, "version": v, "id": id, "schema": text});
+        if !refs.is_empty() {
+            body["references"] = json!(refs);
+        }
+        Ok(body)
     })
 }
 
 async fn version(
     State(s): Shared,
     Path((subject, version)): Path<(String, String)>,
+    Query(q): Query<Flags>,
 ) -> Result<Response, ApiError> {
-    Ok(ok(version_json(&s, &subject, &version)?))
+    Ok(ok(version_json(&s, &subject, &version, q.deleted)?))
 }
 
 async fn version_schema(
     State(s): Shared,
     Path((subject, version)): Path<(String, String)>,
+    Query(q): Query<Flags>,
 ) -> Result<Response, ApiError> {
-    let v = version_json(&s, &subject, &version)?;
+    let v = version_json(&s, &subject, &version, q.deleted)?;
     Ok(ok(serde_json::from_str(
         v["schema"].as_str().unwrap_or("null"),
     )
     .unwrap_or(Json::Null)))
+}
+
+async fn referenced_by(
+    State(s): Shared,
+    Path((subject, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let ids = s.read(|st| {
+        let (v, _) = st.version_with(&subject, &version, true)?;
+        Ok::<_, ApiError>(st.referenced_by(&subject, v))
+    })?;
+    Ok(ok(json!(ids)))
+}
+
+/// Appends `recs` (in order) and waits until this instance applied them.
+async fn commit_all(s: &KafkaStore, recs: &[LogRecord]) -> Result<(), ApiError> {
+    for r in recs {
+        s.commit(r).await?;
+    }
+    Ok(())
 }
 
 async fn register(
@@ -122,39 +285,90 @@ async fn register(
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = schema_body(&body)?;
+    let reg = schema_body(&body)?;
     let _guard = s.lock().await;
-    match s.read(|st| st.plan_register(&subject, &b.schema))? {
-        Plan::Existing(id) => Ok(ok(json!({ "id": id }))),
-        Plan::Write(rec) => {
-            let LogRecord::Schema { id, version, .. } = &rec else {
-                return Err(ApiError::Store("planned a non-schema record".into()));
-            };
-            let (id, version) = (*id, *version);
-            s.commit(&rec).await?;
-            tracing::info!(subject, id, version, "registered schema");
-            Ok(ok(json!({ "id": id })))
+    // Another instance may claim the same id or version at the same time;
+    // the log's order decides, and the loser plans again.
+    for _ in 0..10 {
+        match s.read(|st| st.plan_register(&subject, &reg))? {
+            Plan::Existing(id) => return Ok(ok(json!({ "id": id }))),
+            Plan::Write(rec) => {
+                let LogRecord::Schema { id, version, .. } = &rec else {
+                    return Err(ApiError::Store("planned a non-schema record".into()));
+                };
+                let (id, version) = (*id, *version);
+                s.commit(&rec).await?;
+                match s.read(|st| st.outcome(&rec)) {
+                    Outcome::Applied => {
+                        tracing::info!(subject, id, version, "registered schema");
+                        return Ok(ok(json!({ "id": id })));
+                    }
+                    Outcome::Lost { repair } => {
+                        tracing::warn!(
+                            subject,
+                            id,
+                            version,
+                            "another registry instance claimed this id or version first; retrying"
+                        );
+                        metrics::counter!("govbus_registry_write_conflicts_total").increment(1);
+                        if let Some(r) = repair {
+                            s.commit(&r).await?;
+                        }
+                    }
+                }
+            }
         }
     }
+    Err(ApiError::Store(
+        "gave up after 10 conflicting concurrent registrations".into(),
+    ))
 }
 
 async fn lookup(
     State(s): Shared,
     Path(subject): Path<String>,
+    Query(q): Query<Flags>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = schema_body(&body)?;
-    let (v, id) = s.read(|st| st.lookup(&subject, &b.schema))?;
-    let text = s.read(|st| st.schema(id).map(|x| x.text.clone()).unwrap_or_default());
-    Ok(ok(
-        json!({"subject": subject, "version": v, "id": id, "schema": text}),
-    ))
+    let reg = schema_body(&body)?;
+    let (v, id) = s.read(|st| st.lookup(&subject, &reg.schema, &reg.references, q.deleted))?;
+    let mut body = version_json(&s, &subject, &v.to_string(), true)?;
+    body["id"] = json!(id);
+    Ok(ok(body))
 }
 
-#[derive(Deserialize)]
-struct Verbose {
-    #[serde(default)]
-    verbose: bool,
+async fn delete_subject(
+    State(s): Shared,
+    Path(subject): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    let _guard = s.lock().await;
+    let (recs, versions) = s.read(|st| st.plan_delete_subject(&subject, q.permanent))?;
+    commit_all(&s, &recs).await?;
+    tracing::info!(
+        subject,
+        permanent = q.permanent,
+        ?versions,
+        "deleted subject"
+    );
+    Ok(ok(json!(versions)))
+}
+
+async fn delete_version(
+    State(s): Shared,
+    Path((subject, version)): Path<(String, String)>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    let _guard = s.lock().await;
+    let (rec, v) = s.read(|st| st.plan_delete_version(&subject, &version, q.permanent))?;
+    s.commit(&rec).await?;
+    tracing::info!(
+        subject,
+        version = v,
+        permanent = q.permanent,
+        "deleted version"
+    );
+    Ok(ok(json!(v)))
 }
 
 fn compat_answer(reasons: Vec<String>, verbose: bool) -> Response {
@@ -168,24 +382,28 @@ fn compat_answer(reasons: Vec<String>, verbose: bool) -> Response {
 async fn compat_version(
     State(s): Shared,
     Path((subject, version)): Path<(String, String)>,
-    Query(q): Query<Verbose>,
+    Query(q): Query<Flags>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = schema_body(&body)?;
-    let (_, parsed) = parse_schema(&b.schema)?;
-    let reasons = s.read(|st| st.compatibility(&subject, Some(&version), &parsed))?;
+    let reg = schema_body(&body)?;
+    let reasons = s.read(|st| {
+        let parsed = st.parse_request(&reg.schema, &reg.references)?;
+        st.compatibility(&subject, Some(&version), &parsed)
+    })?;
     Ok(compat_answer(reasons, q.verbose))
 }
 
 async fn compat_all(
     State(s): Shared,
     Path(subject): Path<String>,
-    Query(q): Query<Verbose>,
+    Query(q): Query<Flags>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b = schema_body(&body)?;
-    let (_, parsed) = parse_schema(&b.schema)?;
-    let reasons = s.read(|st| st.compatibility(&subject, None, &parsed))?;
+    let reg = schema_body(&body)?;
+    let reasons = s.read(|st| {
+        let parsed = st.parse_request(&reg.schema, &reg.references)?;
+        st.compatibility(&subject, None, &parsed)
+    })?;
     Ok(compat_answer(reasons, q.verbose))
 }
 
@@ -218,24 +436,28 @@ async fn put_global(State(s): Shared, body: Bytes) -> Result<Response, ApiError>
     Ok(ok(json!({ "compatibility": l })))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DefaultToGlobal {
-    #[serde(default)]
-    default_to_global: bool,
+async fn delete_global(State(s): Shared) -> Result<Response, ApiError> {
+    let _guard = s.lock().await;
+    let before = s.read(|st| st.global_level());
+    s.commit(&LogRecord::Config {
+        subject: None,
+        level: None,
+    })
+    .await?;
+    Ok(ok(json!({ "compatibilityLevel": before })))
 }
 
 async fn get_subject_config(
     State(s): Shared,
     Path(subject): Path<String>,
-    Query(q): Query<DefaultToGlobal>,
+    Query(q): Query<Flags>,
 ) -> Result<Response, ApiError> {
     match s.read(|st| st.subject_level(&subject)) {
         Some(l) => Ok(ok(json!({ "compatibilityLevel": l }))),
         None if q.default_to_global => Ok(ok(
             json!({"compatibilityLevel": s.read(|st| st.global_level())}),
         )),
-        None => Err(ApiError::SubjectNotFound(subject)),
+        None => Err(ApiError::SubjectConfigNotFound(subject)),
     }
 }
 
@@ -244,6 +466,7 @@ async fn put_subject_config(
     Path(subject): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    check_subject(&subject)?;
     let l = level(&body)?;
     let _guard = s.lock().await;
     s.commit(&LogRecord::Config {
@@ -252,4 +475,106 @@ async fn put_subject_config(
     })
     .await?;
     Ok(ok(json!({ "compatibility": l })))
+}
+
+async fn delete_subject_config(
+    State(s): Shared,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
+    let _guard = s.lock().await;
+    let before = s
+        .read(|st| st.subject_level(&subject))
+        .ok_or_else(|| ApiError::SubjectConfigNotFound(subject.clone()))?;
+    s.commit(&LogRecord::Config {
+        subject: Some(subject),
+        level: None,
+    })
+    .await?;
+    Ok(ok(json!({ "compatibilityLevel": before })))
+}
+
+#[derive(Deserialize)]
+struct ModeBody {
+    mode: String,
+}
+
+fn mode(body: &[u8]) -> Result<Mode, ApiError> {
+    let b: ModeBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    b.mode.parse().map_err(|_| ApiError::InvalidMode(b.mode))
+}
+
+async fn get_global_mode(State(s): Shared) -> Response {
+    ok(json!({"mode": s.read(|st| st.global_mode())}))
+}
+
+async fn put_global_mode(
+    State(s): Shared,
+    Query(q): Query<Flags>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    put_mode(&s, None, q.force, &body).await
+}
+
+async fn put_mode(
+    s: &KafkaStore,
+    subject: Option<String>,
+    force: bool,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let m = mode(body)?;
+    let _guard = s.lock().await;
+    let has_data = s.read(|st| match &subject {
+        None => !st.is_empty(),
+        Some(x) => st.versions_with(x, true).is_ok(),
+    });
+    if m == Mode::Import && has_data && !force {
+        return Err(ApiError::NotPermitted(
+            "Cannot import since found existing subjects".into(),
+        ));
+    }
+    s.commit(&LogRecord::Mode {
+        subject,
+        mode: Some(m),
+    })
+    .await?;
+    Ok(ok(json!({ "mode": m })))
+}
+
+async fn get_subject_mode(
+    State(s): Shared,
+    Path(subject): Path<String>,
+    Query(q): Query<Flags>,
+) -> Result<Response, ApiError> {
+    match s.read(|st| st.subject_mode(&subject)) {
+        Some(m) => Ok(ok(json!({ "mode": m }))),
+        None if q.default_to_global => Ok(ok(json!({"mode": s.read(|st| st.global_mode())}))),
+        None => Err(ApiError::SubjectModeNotFound(subject)),
+    }
+}
+
+async fn put_subject_mode(
+    State(s): Shared,
+    Path(subject): Path<String>,
+    Query(q): Query<Flags>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_subject(&subject)?;
+    put_mode(&s, Some(subject), q.force, &body).await
+}
+
+async fn delete_subject_mode(
+    State(s): Shared,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
+    let _guard = s.lock().await;
+    let before = s
+        .read(|st| st.subject_mode(&subject))
+        .ok_or_else(|| ApiError::SubjectModeNotFound(subject.clone()))?;
+    s.commit(&LogRecord::Mode {
+        subject: Some(subject),
+        mode: None,
+    })
+    .await?;
+    Ok(ok(json!({ "mode": before })))
 }

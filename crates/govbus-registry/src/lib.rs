@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod http;
+pub mod log;
 pub mod state;
 pub mod store;
 

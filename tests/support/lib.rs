@@ -490,3 +490,63 @@ impl Bus {
         p
     }
 }
+
+/// Python with Confluent's client (`confluent-kafka[avro,schemaregistry]`):
+/// `GOVBUS_PYTHON`, or a virtualenv in ~/.cache/govbus/pyvenv, created and
+/// filled from PyPI on first use (as .ci/run does).
+pub fn ensure_python_client() -> PathBuf {
+    if let Ok(p) = std::env::var("GOVBUS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = PathBuf::from(home).join(".cache/govbus/pyvenv");
+    let python = venv.join("bin/python");
+    let ready = |p: &PathBuf| {
+        std::process::Command::new(p)
+            .args([
+                "-c",
+                "import confluent_kafka.schema_registry.avro, fastavro",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return python;
+    }
+    // One test binary at a time installs (a lock file next to the venv).
+    let _ = std::fs::create_dir_all(venv.parent().expect("parent"));
+    let lock = venv.with_extension("lock");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => break,
+            Err(_) if ready(&python) => return python,
+            Err(_) if Instant::now() > deadline => panic!("{} held for 10 minutes", lock.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    eprintln!(
+        "installing confluent-kafka[avro,schemaregistry] into {}",
+        venv.display()
+    );
+    let ok = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "confluent-kafka[avro,schemaregistry]"])
+            .status()
+            .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&lock);
+    assert!(
+        ok && ready(&python),
+        "cannot install Confluent's Python client into {}",
+        venv.display()
+    );
+    python
+}

@@ -126,7 +126,7 @@ fn parse_with(text: &str, referenced: &[String]) -> Result<(String, Schema), Api
         .map_err(|e| ApiError::InvalidSchema(format!("not JSON: {e}")))?;
     check_fields(&json)?;
     let parsed = if referenced.is_empty() {
-        Schema::parse_str(text).map_err(|e| ApiError::InvalidSchema(e.to_string()))?
+        govbus_schema::parse(text).map_err(|e| ApiError::InvalidSchema(e.0))?
     } else {
         // Parse inside a wrapper record so that any schema (a union of
         // referenced types, say) can use the referenced names.
@@ -137,8 +137,7 @@ fn parse_with(text: &str, referenced: &[String]) -> Result<(String, Schema), Api
         .to_string();
         let mut all: Vec<&str> = referenced.iter().map(String::as_str).collect();
         all.push(&wrapper);
-        let mut list =
-            Schema::parse_list(&all).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
+        let mut list = govbus_schema::parse_list(&all).map_err(|e| ApiError::InvalidSchema(e.0))?;
         match list.pop() {
             Some(Schema::Record(mut r)) if r.fields.len() == 1 => r.fields.remove(0).schema,
             _ => return Err(ApiError::InvalidSchema("cannot resolve references".into())),

@@ -216,8 +216,7 @@ impl SchemaResolver for SchemaCache {
         }
         let text = self.client.schema_text(id)?;
         let schema = Arc::new(
-            Schema::parse_str(&text)
-                .map_err(|e| RegistryError::Decode(format!("schema {id}: {e}")))?,
+            crate::parse(&text).map_err(|e| RegistryError::Decode(format!("schema {id}: {e}")))?,
         );
         if let Ok(mut m) = self.by_id.write() {
             m.insert(id, schema.clone());

@@ -47,11 +47,10 @@ pub fn parse_list(texts: &[&str]) -> Result<Vec<Schema>, SchemaError> {
         } else {
             Schema::parse_list(texts)
         }
+        .map_err(|e| SchemaError(e.to_string()))
     };
-    match std::panic::catch_unwind(run) {
-        Ok(r) => r.map_err(|e| SchemaError(e.to_string())),
-        Err(_) => Err(SchemaError("the Avro parser failed on this schema".into())),
-    }
+    std::panic::catch_unwind(run)
+        .unwrap_or_else(|_| Err(SchemaError("the Avro parser failed on this schema".into())))
 }
 
 /// Names and namespaces must follow Avro's rules (`[A-Za-z_][A-Za-z0-9_]*`,

@@ -232,6 +232,7 @@ pub fn start_registry(
         topic: topic.to_string(),
         replication: 1,
         listen: "127.0.0.1:0".parse().expect("addr"),
+        topic_prefix: String::new(),
     };
     let running = rt
         .block_on(govbus_registry::start(&cfg))

@@ -297,6 +297,12 @@ async fn register(
                     return Err(ApiError::Store("planned a non-schema record".into()));
                 };
                 let (id, version) = (*id, *version);
+                if let Some(g) = s.guard() {
+                    let reasons = s.read(|st| st.guard_reasons(&subject, &reg, g.as_ref()))?;
+                    if !reasons.is_empty() {
+                        return Err(ApiError::Incompatible { subject, reasons });
+                    }
+                }
                 s.commit(&rec).await?;
                 match s.read(|st| st.outcome(&rec)) {
                     Outcome::Applied => {

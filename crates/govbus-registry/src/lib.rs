@@ -31,6 +31,23 @@ pub struct RegistryConfig {
     pub replication: i32,
     /// Where to listen, e.g. `127.0.0.1:8081`.
     pub listen: SocketAddr,
+    /// Prefix of the bus's topic names (to know which subject is which
+    /// dataset's, for the subscription guard).
+    #[serde(default)]
+    pub topic_prefix: String,
+}
+
+/// A check beyond compatibility: reasons to refuse `new` as the next
+/// version of `subject` after `latest` (govbus's: it would break an active
+/// subscription). Empty = fine.
+pub trait Guard: Send + Sync {
+    /// The reasons, each naming what breaks.
+    fn check(
+        &self,
+        subject: &str,
+        latest: &apache_avro::Schema,
+        new: &apache_avro::Schema,
+    ) -> Vec<String>;
 }
 
 fn default_topic() -> String {
@@ -52,7 +69,18 @@ pub struct RunningRegistry {
 
 /// Opens the store, binds, and serves in a background task.
 pub async fn start(cfg: &RegistryConfig) -> Result<RunningRegistry, StartError> {
+    start_with(cfg, None).await
+}
+
+/// [`start`], with a guard every new version must also pass.
+pub async fn start_with(
+    cfg: &RegistryConfig,
+    guard: Option<Arc<dyn Guard>>,
+) -> Result<RunningRegistry, StartError> {
     let store = Arc::new(KafkaStore::open(&cfg.kafka, &cfg.topic, cfg.replication).await?);
+    if let Some(g) = guard {
+        store.set_guard(g);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| StartError::Bind(cfg.listen, e))?;

@@ -617,6 +617,21 @@ impl State {
         }))
     }
 
+    /// What `guard` says of `reg` as the next version of `subject` (nothing
+    /// for a subject's first version).
+    pub fn guard_reasons(
+        &self,
+        subject: &str,
+        reg: &Registration,
+        guard: &dyn crate::Guard,
+    ) -> Result<Vec<String>, ApiError> {
+        let Ok((_, latest)) = self.version(subject, "latest") else {
+            return Ok(vec![]);
+        };
+        let new = self.parse_request(&reg.schema, &reg.references)?;
+        Ok(guard.check(subject, &self.schemas[&latest].parsed, &new))
+    }
+
     /// Whether a record this instance wrote is in force, once applied.
     pub fn outcome(&self, written: &LogRecord) -> Outcome {
         let LogRecord::Schema {

@@ -45,6 +45,7 @@ pub struct KafkaStore {
     applied: watch::Receiver<i64>,
     write_lock: tokio::sync::Mutex<()>,
     stop: Arc<AtomicBool>,
+    guard: std::sync::OnceLock<Arc<dyn crate::Guard>>,
 }
 
 impl std::fmt::Debug for KafkaStore {
@@ -129,6 +130,7 @@ impl KafkaStore {
             applied,
             write_lock: tokio::sync::Mutex::new(()),
             stop,
+            guard: std::sync::OnceLock::new(),
         };
         // Learn where the log ends by writing a NOOP, then read up to it.
         let end = store
@@ -140,6 +142,16 @@ impl KafkaStore {
             .await
             .map_err(|_| StoreError::CatchUp(topic.to_string()))?;
         Ok(store)
+    }
+
+    /// Installs the check every new version must also pass (once).
+    pub fn set_guard(&self, guard: Arc<dyn crate::Guard>) {
+        let _ = self.guard.set(guard);
+    }
+
+    /// The installed guard.
+    pub fn guard(&self) -> Option<&Arc<dyn crate::Guard>> {
+        self.guard.get()
     }
 
     /// Reads the state.

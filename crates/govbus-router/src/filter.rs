@@ -73,6 +73,19 @@ impl Filter {
         })
     }
 
+    /// The field paths `source` reads (empty when it does not parse).
+    pub fn paths(source: &str) -> Vec<Vec<String>> {
+        let Ok(Ok(ast)) = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source))
+        else {
+            return vec![];
+        };
+        let mut paths = Vec::new();
+        collect_paths(&ast, &mut HashSet::new(), &mut paths);
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     /// The expression.
     pub fn source(&self) -> &str {
         &self.source

@@ -6,6 +6,7 @@
 
 pub mod decide;
 pub mod filter;
+pub mod guard;
 pub mod route;
 pub mod router;
 pub mod views;

@@ -155,6 +155,17 @@ impl RegistryClient {
         serde_json::from_value(v).map_err(|e| RegistryError::Decode(e.to_string()))
     }
 
+    /// The compatibility level in force for `subject` (its own, or the global one).
+    pub fn level(&self, subject: &str) -> Result<crate::Compatibility, RegistryError> {
+        let v = self.call(
+            "GET",
+            &format!("/config/{}?defaultToGlobal=true", path_escape(subject)),
+            None,
+        )?;
+        serde_json::from_value(v["compatibilityLevel"].clone())
+            .map_err(|e| RegistryError::Decode(e.to_string()))
+    }
+
     /// Whether `schema` could be registered under `subject` (against its latest version).
     pub fn is_compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
         let v = self.call(

@@ -125,6 +125,7 @@ fn record(w: &RecordSchema, r: &RecordSchema, at: &str) -> Result<(), String> {
             w.name.name
         ));
     }
+    let mut problems = Vec::new();
     for rf in &r.fields {
         let path = if at.is_empty() {
             rf.name.clone()
@@ -135,16 +136,22 @@ fn record(w: &RecordSchema, r: &RecordSchema, at: &str) -> Result<(), String> {
             wf.name == rf.name || rf.aliases.as_ref().is_some_and(|a| a.contains(&wf.name))
         });
         match wf {
-            Some(wf) => can_read(&wf.schema, &rf.schema, &path)?,
-            None if rf.default.is_some() => {}
-            None => {
-                return Err(format!(
-                "field {path}: the reader has it without a default and the writer does not have it"
-            ))
+            Some(wf) => {
+                if let Err(e) = can_read(&wf.schema, &rf.schema, &path) {
+                    problems.push(e);
+                }
             }
+            None if rf.default.is_some() => {}
+            None => problems.push(format!(
+                "field {path}: the reader has it without a default and the writer does not have it"
+            )),
         }
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 fn kind(s: &Schema) -> String {

@@ -82,7 +82,12 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file)?;
     metrics(&cfg)?;
     let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
-    let running = govbus_registry::start(r).await?;
+    // New versions of a dataset's schema must not break its subscriptions.
+    let guard = govbus_router::guard::SubscriptionGuard::new(
+        std::sync::Arc::new(cfg.catalog()?),
+        govbus_core::Topics::new(&r.topic_prefix),
+    );
+    let running = govbus_registry::start_with(r, Some(std::sync::Arc::new(guard))).await?;
     println!("registry listening on http://{}", running.addr);
     tokio::select! {
         res = running.task => { res??; }

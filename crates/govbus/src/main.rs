@@ -4,6 +4,7 @@ mod agents;
 mod config;
 mod demo;
 mod nisshi;
+mod schema_check;
 mod up;
 
 use std::path::PathBuf;
@@ -106,6 +107,35 @@ enum Cmd {
         #[command(subcommand)]
         command: SubCmd,
     },
+    /// Dataset schemas.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemaCmd {
+    /// Compare every dataset schema with the registry (or a git revision);
+    /// fail, explaining which change breaks which rule or subscription.
+    #[command(group(clap::ArgGroup::new("against").required(true).args(["registry", "git"])))]
+    Check {
+        /// The registry's URL.
+        #[arg(long)]
+        registry: Option<String>,
+        /// A git revision holding the previous schemas (e.g. `origin/main`).
+        #[arg(long)]
+        git: Option<String>,
+        /// The deploy directory (datasets and subscriptions).
+        #[arg(long, default_value = "deploy")]
+        deploy: PathBuf,
+        /// The schemas directory.
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        /// Prefix of the bus's topic names.
+        #[arg(long, default_value = "")]
+        topic_prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +199,26 @@ fn main() -> std::process::ExitCode {
             Cmd::Subscriptions {
                 command: SubCmd::Check { deploy, schemas },
             } => agents::check_subscriptions(&deploy, &schemas),
+            Cmd::Schema {
+                command:
+                    SchemaCmd::Check {
+                        registry,
+                        git,
+                        deploy,
+                        schemas,
+                        topic_prefix,
+                    },
+            } => {
+                let against = match (registry, git) {
+                    (Some(url), _) => schema_check::Against::Registry(url),
+                    (None, Some(rev)) => schema_check::Against::Git(rev),
+                    (None, None) => anyhow::bail!("give --registry or --git"),
+                };
+                tokio::task::spawn_blocking(move || {
+                    schema_check::run(&deploy, &schemas, &topic_prefix, &against)
+                })
+                .await?
+            }
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -477,3 +477,67 @@ fn a_registration_is_served_by_the_other_instance_within_a_second() {
     }
     println!("slowest propagation: {slowest:?}");
 }
+
+/// A registry running with govbus's subscription guard refuses a new
+/// version of a dataset's schema that breaks a subscription, naming it and
+/// the field, and accepts one that adds an optional field.
+#[test]
+fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
+    init_logs();
+    let broker = Broker::start();
+    let rt = runtime();
+    let prefix = format!("{}.", unique("t"));
+    let topics = govbus_core::Topics::new(&prefix);
+    let catalog = std::sync::Arc::new(govbus_core::Catalog::builtin());
+    let cfg = govbus_registry::RegistryConfig {
+        kafka: broker.kafka(),
+        topic: topics.schemas(),
+        replication: 1,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        topic_prefix: prefix.clone(),
+    };
+    let guard = govbus_router::guard::SubscriptionGuard::new(catalog.clone(), topics.clone());
+    let running = rt
+        .block_on(govbus_registry::start_with(
+            &cfg,
+            Some(std::sync::Arc::new(guard)),
+        ))
+        .unwrap();
+    let url = format!("http://{}", running.addr);
+    let ds: govbus_core::DatasetId = "bca.residents".parse().unwrap();
+    let subject = govbus_core::topics::value_subject(&topics.central(&ds, 1));
+    let entity = catalog.dataset(&ds).unwrap().entity_schema.clone();
+    let envelope = |entity: &serde_json::Value| {
+        govbus_schema::envelope::envelope_schema(&entity.to_string()).unwrap()
+    };
+    let v1: serde_json::Value = serde_json::from_str(&entity).unwrap();
+    let versions = format!("{url}/subjects/{subject}/versions");
+    assert_eq!(
+        call("POST", &versions, Some(&schema_body(&envelope(&v1)))).0,
+        200
+    );
+
+    // Renaming the province code (with a default, so Avro alone would allow
+    // it) breaks p52's and p94's filters.
+    let mut renamed = v1.clone();
+    renamed["fields"][5]["type"]["fields"][0] =
+        serde_json::json!({"name": "province", "type": "string", "default": ""});
+    let (s, b) = call("POST", &versions, Some(&schema_body(&envelope(&renamed))));
+    assert_eq!((s, b["error_code"].as_u64()), (409, Some(409)), "{b}");
+    let msg = b["message"].as_str().unwrap();
+    for needle in [
+        "p52/bca.residents",
+        "p94/bca.residents",
+        "permanent_address.province_code",
+    ] {
+        assert!(msg.contains(needle), "{needle} not in {msg}");
+    }
+    // An optional field is fine.
+    let mut v2 = v1.clone();
+    v2["fields"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "phone", "type": ["null", "string"], "default": null}));
+    let (s, b) = call("POST", &versions, Some(&schema_body(&envelope(&v2))));
+    assert_eq!(s, 200, "{b}");
+}

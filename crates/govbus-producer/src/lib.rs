@@ -24,7 +24,7 @@ pub mod store;
 
 pub use publisher::{Accepted, ChangeRequest, Publisher, SetupError, SubmitError};
 pub use relay::Relay;
-pub use store::{OutboxStore, PostgresStore, SqliteStore, StoreError};
+pub use store::{OutboxStore, PendingBatch, PostgresStore, SqliteStore, StoreError};
 
 use std::sync::Arc;
 

@@ -7,7 +7,8 @@
 //! outbox, sends, and advances over the acknowledged prefix of the ring.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use crate::publisher::Wakeup;
-use crate::store::{OutboxRow, OutboxStore, StoreError};
+use crate::store::{OutboxStore, PendingBatch, StoreError};
 
 const PENDING: u8 = 0;
 const DELIVERED: u8 = 1;
@@ -82,16 +83,16 @@ impl InFlight {
         (self.head + self.rows.len()) & (RING - 1)
     }
 
-    fn push(&mut self, row: &OutboxRow) {
-        let ds = match self.datasets.iter().position(|d| *d == row.dataset) {
+    /// The index of `dataset` in `datasets` (added when new).
+    fn dataset(&mut self, dataset: &str) -> u16 {
+        let i = match self.datasets.iter().position(|d| d == dataset) {
             Some(i) => i,
             None => {
-                self.datasets.push(row.dataset.clone());
+                self.datasets.push(dataset.to_string());
                 self.datasets.len() - 1
             }
         };
-        self.rows
-            .push_back((row.id, u16::try_from(ds).unwrap_or(u16::MAX)));
+        u16::try_from(i).unwrap_or(u16::MAX)
     }
 }
 
@@ -148,17 +149,17 @@ impl Relay {
         self.producer.context()
     }
 
-    /// Sends `row` as the next change in flight (waiting while librdkafka's
+    /// Sends one change as the next in flight (waiting while librdkafka's
     /// queue is full). A change the client refuses outright is reported as
     /// failed in its slot.
-    fn send(&self, row: &OutboxRow, flight: &mut InFlight) {
+    fn send(&self, id: i64, ds: u16, topic: &str, key: &[u8], value: &[u8], flight: &mut InFlight) {
         let slot = flight.next_slot();
         let reports = self.reports();
         reports.slots[slot].store(PENDING, Ordering::Relaxed);
         reports.outstanding.fetch_add(1, Ordering::AcqRel);
-        let mut record = BaseRecord::with_opaque_to(&row.topic, slot)
-            .key(&row.key)
-            .payload(&row.value);
+        let mut record = BaseRecord::with_opaque_to(topic, slot)
+            .key(key)
+            .payload(value);
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -174,7 +175,16 @@ impl Relay {
                 }
             }
         }
-        flight.push(row);
+        flight.rows.push_back((id, ds));
+    }
+
+    /// Sends every change of `batch`.
+    fn send_batch(&self, batch: &PendingBatch, flight: &mut InFlight) {
+        let ds: Vec<u16> = batch.names.iter().map(|(d, _)| flight.dataset(d)).collect();
+        for (id, name, topic, key, value) in batch.iter() {
+            let d = ds.get(usize::from(name)).copied().unwrap_or(u16::MAX);
+            self.send(id, d, topic, key, value, flight);
+        }
     }
 
     /// Moves the acknowledged prefix of `flight` into `acked` (ids) and
@@ -237,14 +247,16 @@ impl Relay {
     /// `stop` is set.
     pub fn step(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
         let _ = self.reports().relay.set(std::thread::current());
-        let rows = self.store.pending(self.batch.min(RING))?;
-        if rows.is_empty() {
+        let mut rows = PendingBatch::default();
+        if self
+            .store
+            .pending_into(0, self.batch.min(RING), &mut rows)?
+            == 0
+        {
             return Ok(0);
         }
         let mut flight = InFlight::new();
-        for row in &rows {
-            self.send(row, &mut flight);
-        }
+        self.send_batch(&rows, &mut flight);
         let mut stop_deadline: Option<Instant> = None;
         while self.reports().outstanding.load(Ordering::Acquire) > 0 {
             std::thread::park_timeout(Duration::from_millis(100));
@@ -257,7 +269,7 @@ impl Relay {
                 }
             }
         }
-        let mut acked = Vec::with_capacity(rows.len());
+        let mut acked = Vec::with_capacity(rows.rows.len());
         let mut counts = vec![0u64; flight.datasets.len()];
         let failed = matches!(
             self.advance(&mut flight, &mut acked, &mut counts),
@@ -266,20 +278,42 @@ impl Relay {
         self.store.mark_sent(&acked)?;
         Self::record(&flight, &mut counts);
         self.drain(&mut flight, Duration::from_secs(3));
-        if (failed || acked.len() < rows.len()) && !stop.load(Ordering::Relaxed) {
+        if (failed || acked.len() < rows.rows.len()) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(acked.len())
     }
 
-    /// Runs until `stop`, waking on new changes. Pipelined: up to `RING`
-    /// changes are in flight while the next ones are read and sent; the
-    /// outbox is trimmed as the acknowledged prefix grows.
+    /// Runs until `stop`, waking on new changes. Pipelined: a reader thread
+    /// reads the next batches from the store while this thread sends (up to
+    /// `RING` changes in flight) and trims the store as the acknowledged
+    /// prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
         let _ = self.reports().relay.set(std::thread::current());
         let window = RING - self.batch;
+        // Bumped to make the reader start again from the lowest pending id
+        // (after a refused change, or to pick up changes that committed out
+        // of id order); batches read before carry the old value and are dropped.
+        let epoch = Arc::new(AtomicU64::new(0));
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        let (tx, batches) = sync_channel(2);
+        // Emptied batches go back to the reader, so buffers are reused.
+        let (give_back, spare) = sync_channel::<PendingBatch>(4);
+        let reader = {
+            let (store, wakeup, epoch, stop, batch) = (
+                self.store.clone(),
+                self.wakeup.clone(),
+                epoch.clone(),
+                reader_stop.clone(),
+                self.batch,
+            );
+            std::thread::Builder::new()
+                .name("relay-reader".into())
+                .spawn(move || {
+                    read_ahead(store.as_ref(), &wakeup, &epoch, &stop, batch, &tx, &spare)
+                })
+        };
         let mut flight = InFlight::new();
-        let mut after = 0i64;
         let mut since_reset = Instant::now();
         let mut stop_at: Option<Instant> = None;
         // Acknowledged ids not yet removed from the store: trimmed in large
@@ -294,24 +328,34 @@ impl Relay {
                     break;
                 }
             }
-            // 1. Read and send more, unless stopping or rewinding to pick up
-            //    changes that committed out of id order (PostgreSQL stores).
+            // 1. Send the next batch read, unless stopping, the window is
+            //    full, or waiting for the flight to land before a rewind.
             let mut sent = 0;
             let rewinding =
                 !self.store.commits_in_id_order() && since_reset.elapsed() > Duration::from_secs(1);
+            let idle = flight.rows.is_empty() && acked.is_empty();
             if stop_at.is_none() && !rewinding && flight.rows.len() < window {
-                match self.store.pending_after(after, self.batch) {
-                    Ok(rows) => {
-                        for row in &rows {
-                            self.send(row, &mut flight);
-                            after = row.id;
-                        }
-                        sent = rows.len();
+                let wait = if idle {
+                    Duration::from_millis(50)
+                } else {
+                    Duration::ZERO
+                };
+                match batches.recv_timeout(wait) {
+                    Ok((e, Ok(rows))) if e == epoch.load(Ordering::Acquire) => {
+                        self.send_batch(&rows, &mut flight);
+                        sent = rows.rows.len();
+                        let _ = give_back.try_send(rows);
                     }
-                    Err(e) => {
+                    Ok((_, Ok(rows))) => {
+                        let _ = give_back.try_send(rows); // read before a rewind
+                    }
+                    Ok((_, Err(e))) => {
                         tracing::error!(error = %e, "relay cannot read its store; retrying");
-                        std::thread::sleep(Duration::from_secs(1));
-                        continue;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        tracing::error!("the relay's reader stopped");
+                        break;
                     }
                 }
             }
@@ -345,23 +389,21 @@ impl Relay {
             if failed {
                 // Rewind: everything from the failed change on is sent again.
                 self.drain(&mut flight, Duration::from_secs(30));
-                after = 0;
+                epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
             if flight.rows.is_empty() && acked.is_empty() {
                 flight.head = 0;
-                after = 0;
-                since_reset = Instant::now();
+                if rewinding {
+                    epoch.fetch_add(1, Ordering::AcqRel);
+                    since_reset = Instant::now();
+                }
                 if sent == 0 && stop_at.is_none() {
                     // Idle: remove rows already marked as sent, a chunk at a time.
-                    match self.store.housekeep(10_000) {
-                        Ok(0) => self.wakeup.wait(Duration::from_millis(50)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot remove sent changes from the outbox")
-                        }
+                    if let Err(e) = self.store.housekeep(10_000) {
+                        tracing::warn!(error = %e, "cannot remove sent changes from the outbox");
                     }
                 }
             }
@@ -369,6 +411,51 @@ impl Relay {
         if !acked.is_empty() {
             let _ = self.store.mark_sent(&acked);
         }
+        reader_stop.store(true, Ordering::Relaxed);
+        drop(batches);
+        if let Ok(r) = reader {
+            let _ = r.join();
+        }
         let _ = self.producer.flush(Duration::from_secs(2));
+    }
+}
+
+type Batch = (u64, Result<PendingBatch, StoreError>);
+
+/// The relay's reader: reads the outbox ahead of the sender, a batch at a
+/// time, starting again from the lowest pending id whenever `epoch` moves.
+fn read_ahead(
+    store: &dyn OutboxStore,
+    wakeup: &Wakeup,
+    epoch: &AtomicU64,
+    stop: &AtomicBool,
+    batch: usize,
+    tx: &SyncSender<Batch>,
+    spare: &Receiver<PendingBatch>,
+) {
+    let mut after = 0i64;
+    let mut mine = epoch.load(Ordering::Acquire);
+    while !stop.load(Ordering::Relaxed) {
+        let e = epoch.load(Ordering::Acquire);
+        if e != mine {
+            mine = e;
+            after = 0;
+        }
+        let mut rows = spare.try_recv().unwrap_or_default();
+        match store.pending_into(after, batch, &mut rows) {
+            Ok(0) => wakeup.wait(Duration::from_millis(50)),
+            Ok(_) => {
+                after = rows.last_id().unwrap_or(after);
+                if tx.send((mine, Ok(rows))).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send((mine, Err(e))).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
     }
 }

@@ -53,6 +53,73 @@ pub struct OutboxRow {
     pub value: Vec<u8>,
 }
 
+/// Pending changes packed into a few buffers (the relay's hot path: no
+/// allocation per change).
+#[derive(Debug, Default)]
+pub struct PendingBatch {
+    /// (dataset, topic) pairs, indexed by `rows`.
+    pub names: Vec<(String, String)>,
+    /// Per change: outbox id, index into `names`, end of its key in `buf`,
+    /// end of its value in `buf` (each starts where the previous ended).
+    pub rows: Vec<(i64, u16, usize, usize)>,
+    /// Keys and values, back to back.
+    pub buf: Vec<u8>,
+}
+
+impl PendingBatch {
+    /// Empties the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.buf.clear();
+    }
+
+    /// Appends one change.
+    pub fn push(&mut self, id: i64, dataset: &str, topic: &str, key: &[u8], value: &[u8]) {
+        let name = match self
+            .names
+            .iter()
+            .position(|(d, t)| d == dataset && t == topic)
+        {
+            Some(i) => i,
+            None => {
+                self.names.push((dataset.to_string(), topic.to_string()));
+                self.names.len() - 1
+            }
+        };
+        self.buf.extend_from_slice(key);
+        let key_end = self.buf.len();
+        self.buf.extend_from_slice(value);
+        self.rows.push((
+            id,
+            u16::try_from(name).unwrap_or(u16::MAX),
+            key_end,
+            self.buf.len(),
+        ));
+    }
+
+    /// The changes: id, dataset, topic, key, value.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, u16, &str, &[u8], &[u8])> + '_ {
+        let mut start = 0;
+        self.rows
+            .iter()
+            .map(move |&(id, name, key_end, value_end)| {
+                let key = &self.buf[start..key_end];
+                let value = &self.buf[key_end..value_end];
+                start = value_end;
+                let topic = self
+                    .names
+                    .get(usize::from(name))
+                    .map_or("", |(_, t)| t.as_str());
+                (id, name, topic, key, value)
+            })
+    }
+
+    /// The last id, if any.
+    pub fn last_id(&self) -> Option<i64> {
+        self.rows.last().map(|r| r.0)
+    }
+}
+
 /// The builder's verdict: a change to store, or a refusal passed back.
 pub type BuildResult = Result<Built, SubmitError>;
 
@@ -99,6 +166,21 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 
     /// Up to `limit` pending changes with an id above `after`, oldest first.
     fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// [`Self::pending_after`] into `batch` (cleared first); how many.
+    fn pending_into(
+        &self,
+        after: i64,
+        limit: usize,
+        batch: &mut PendingBatch,
+    ) -> Result<usize, StoreError> {
+        batch.clear();
+        let rows = self.pending_after(after, limit)?;
+        for r in &rows {
+            batch.push(r.id, &r.dataset, &r.topic, r.key.as_bytes(), &r.value);
+        }
+        Ok(rows.len())
+    }
 
     /// Forgets changes the broker has acknowledged.
     fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError>;
@@ -277,6 +359,37 @@ impl OutboxStore for SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn pending_into(
+        &self,
+        after: i64,
+        limit: usize,
+        batch: &mut PendingBatch,
+    ) -> Result<usize, StoreError> {
+        batch.clear();
+        let conn = self.relay_conn();
+        let mut st = conn.prepare_cached(
+            "SELECT id, dataset, topic, key, value FROM govbus_outbox
+             WHERE id > max(?1, (SELECT position FROM govbus_relay)) ORDER BY id LIMIT ?2",
+        )?;
+        let mut rows = st.query([after, limit as i64])?;
+        let mut n = 0;
+        while let Some(r) = rows.next()? {
+            let text = |i| {
+                r.get_ref(i)
+                    .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+            };
+            batch.push(
+                r.get(0)?,
+                text(1)?,
+                text(2)?,
+                text(3)?.as_bytes(),
+                r.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?,
+            );
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {

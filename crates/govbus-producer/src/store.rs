@@ -344,21 +344,22 @@ impl OutboxStore for SqliteStore {
     }
 
     fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        let conn = self.relay_conn();
-        let mut st = conn.prepare_cached(
-            "SELECT id, dataset, topic, key, value FROM govbus_outbox
-             WHERE id > max(?1, (SELECT position FROM govbus_relay)) ORDER BY id LIMIT ?2",
-        )?;
-        let rows = st.query_map([after, limit as i64], |r| {
-            Ok(OutboxRow {
-                id: r.get(0)?,
-                dataset: r.get(1)?,
-                topic: r.get(2)?,
-                key: r.get(3)?,
-                value: r.get(4)?,
+        let mut batch = PendingBatch::default();
+        self.pending_into(after, limit, &mut batch)?;
+        Ok(batch
+            .iter()
+            .map(|(id, name, topic, key, value)| OutboxRow {
+                id,
+                dataset: batch
+                    .names
+                    .get(usize::from(name))
+                    .map(|(d, _)| d.clone())
+                    .unwrap_or_default(),
+                topic: topic.to_string(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                value: value.to_vec(),
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect())
     }
 
     fn pending_into(

@@ -95,6 +95,29 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
         assert!(fields.contains(&f), "{f} not named in {body}");
     }
 
+    // The contract's data-quality rules: 422 naming every failed rule and its field.
+    let mut bad = resident("05208800000");
+    bad["date_of_birth"] = json!("2999-01-01");
+    bad["full_name"] = json!("   ");
+    bad["permanent_address"]["commune_code"] = json!("2155");
+    let (status, body) = post(&url, &json!({"op": "upsert", "data": bad}).to_string());
+    assert_eq!(status, 422, "{body}");
+    let errors = body["errors"].as_array().unwrap();
+    for (field, rule) in [
+        ("citizen_id", "citizen_id_is_12_digits"),
+        ("date_of_birth", "date_of_birth_in_range"),
+        ("full_name", "full_name_not_blank"),
+        ("permanent_address.commune_code", "codes_are_well_formed"),
+    ] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["field"] == field
+                    && e["problem"].as_str().is_some_and(|p| p.contains(rule))),
+            "{rule} on {field} not named in {body}"
+        );
+    }
+
     // Unknown op, unknown dataset, delete of an unknown entity.
     let (status, body) = post(&url, r#"{"op": "replace", "data": {}}"#);
     assert_eq!(

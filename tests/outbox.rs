@@ -80,6 +80,10 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
          BEGIN;
          UPDATE {src}.residents SET internal_note = 'only an internal column' WHERE citizen_id = '052090000001';
          COMMIT;
+         -- A row the contract refuses (born in the future): DLQ, reason `contract`.
+         INSERT INTO {src}.residents (citizen_id, full_name, date_of_birth, sex, ethnicity,
+             permanent_address_province_code, permanent_address_commune_code, permanent_address_street, internal_note)
+         VALUES ('052090000009', 'Đỗ Văn Tương Lai', '2999-01-01', 'MALE', 'Kinh', '52', '21550', NULL, 'w');
          -- A row the relay cannot turn into a change: it must reach the DLQ, not vanish.
          INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '1', '{{\"citizen_id\": 1}}');
          -- An after image that is JSON but not a row (a hand-edited outbox).
@@ -129,8 +133,8 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
     let dead = read_all(kafka, &dlq);
     assert_eq!(
         dead.len(),
-        2,
-        "exactly the two broken rows are dead-lettered"
+        3,
+        "exactly the three refused rows are dead-lettered"
     );
     let reason_of = |m: &rdkafka::message::OwnedMessage| {
         let h = m.headers().unwrap();
@@ -143,7 +147,20 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
     };
     let mut reasons: Vec<String> = dead.iter().map(reason_of).collect();
     reasons.sort();
-    assert_eq!(reasons, ["malformed", "schema"]);
+    assert_eq!(reasons, ["contract", "malformed", "schema"]);
+    let refused = dead.iter().find(|m| reason_of(m) == "contract").unwrap();
+    let rule = refused
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "govbus.rule")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(rule.as_deref(), Some("date_of_birth_in_range"));
+    assert!(
+        String::from_utf8_lossy(refused.payload().unwrap()).contains("052090000009"),
+        "the DLQ record carries the original row"
+    );
     let dead: Vec<_> = dead
         .into_iter()
         .filter(|m| reason_of(m) == "schema")

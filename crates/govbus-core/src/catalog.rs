@@ -117,6 +117,38 @@ pub struct DatasetFile {
     /// Field tags: dotted path → tags (`PII`, `SENSITIVE`).
     #[serde(default)]
     pub tags: BTreeMap<String, Vec<String>>,
+    /// Data-quality rules the producer enforces before it accepts a change.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// A data-quality rule of a dataset's contract.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Short name, reported with every reject (`citizen_id_is_12_digits`).
+    pub name: String,
+    /// A CEL expression over the entity's fields that must be true; `today`
+    /// is the current date (`YYYY-MM-DD`).
+    pub expr: String,
+    /// The field the rule is about (reported as the failing field).
+    pub field: String,
+    /// What the sender is told when it fails.
+    pub message: String,
+    /// `reject` (the default) refuses the change; `warn` only counts it.
+    #[serde(default)]
+    pub action: RuleAction,
+}
+
+/// What a failed rule does.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// The change is refused.
+    #[default]
+    Reject,
+    /// The change is accepted; the failure is logged and counted.
+    Warn,
 }
 
 fn forever() -> i64 {

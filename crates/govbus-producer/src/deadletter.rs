@@ -43,7 +43,28 @@ impl DeadLetters {
         error: &str,
         source: &str,
     ) -> Result<(), KafkaError> {
-        let headers = OwnedHeaders::new()
+        self.send_rejected(key, original, reason, error, source, None)
+    }
+
+    /// [`Self::send`], naming the contract rules the record failed
+    /// (header `govbus.rule`, comma-separated).
+    pub fn send_rejected(
+        &self,
+        key: &str,
+        original: &[u8],
+        reason: &str,
+        error: &str,
+        source: &str,
+        rules: Option<&str>,
+    ) -> Result<(), KafkaError> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(r) = rules {
+            headers = headers.insert(Header {
+                key: "govbus.rule",
+                value: Some(r),
+            });
+        }
+        let headers = headers
             .insert(Header {
                 key: "govbus.reason",
                 value: Some(reason),

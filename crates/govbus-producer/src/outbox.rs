@@ -144,17 +144,30 @@ impl PgOutbox {
                 },
                 (_, None) => Err(("malformed", format!("{op} without an after image"))),
             };
+            let mut rules: Option<String> = None;
             let res: Result<(), (&'static str, String)> = match req {
                 Err(reject) => Err(reject),
                 Ok(req) => match publisher.submit_from(&dataset, vec![req], &mark, id) {
                     Ok(_) => Ok(()),
-                    Err(SubmitError::Invalid(errs)) => Err((
-                        "schema",
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    )),
+                    Err(SubmitError::Invalid(errs)) => {
+                        let named: Vec<&str> =
+                            errs.iter().filter_map(crate::publisher::rule_of).collect();
+                        let reason = if named.len() == errs.len() {
+                            "contract"
+                        } else {
+                            "schema"
+                        };
+                        if !named.is_empty() {
+                            rules = Some(named.join(","));
+                        }
+                        Err((
+                            reason,
+                            errs.iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ))
+                    }
                     Err(e @ SubmitError::UnknownEntity { .. }) => {
                         Err(("unknown_entity", e.to_string()))
                     }
@@ -180,12 +193,13 @@ impl PgOutbox {
                         .get(0);
                     tracing::warn!(id, dataset, reason, %error, "outbox row sent to the DLQ");
                     metrics::counter!("govbus_outbox_rejected_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
-                    dead.send(
+                    dead.send_rejected(
                         &key,
                         original.unwrap_or_default().as_bytes(),
                         reason,
                         &error,
                         &format!("{}#{id}", self.source),
+                        rules.as_deref(),
                     )?;
                     // Recorded so that a crash before the delete does not send it twice.
                     publisher.record_checkpoint(&mark, id)?;

@@ -91,6 +91,65 @@ struct Writer {
     key_field: String,
     entity: Schema,
     codec: EnvelopeCodec,
+    rules: Vec<Rule>,
+}
+
+/// The contract rule a field error reports, if it is one (`rule NAME: ...`).
+pub fn rule_of(e: &FieldError) -> Option<&str> {
+    e.problem
+        .strip_prefix("rule ")?
+        .split([' ', ':'])
+        .next()
+        .filter(|n| !n.is_empty())
+}
+
+/// A compiled data-quality rule of the dataset's contract.
+#[derive(Debug)]
+struct Rule {
+    spec: govbus_core::catalog::RuleSpec,
+    expr: govbus_schema::cel::Filter,
+}
+
+impl Writer {
+    /// The contract's rules that `entity` fails (a rule that cannot be
+    /// evaluated fails, with CEL's reason). `warn` rules are counted and
+    /// logged, not returned.
+    fn violations(&self, dataset: &str, entity: &AvroValue) -> Vec<(&Rule, Option<String>)> {
+        if self.rules.is_empty() {
+            return vec![];
+        }
+        let vars = govbus_schema::cel::Vars::of(entity);
+        let mut ctx = cel_interpreter::Context::default();
+        ctx.add_variable_from_value(
+            "today",
+            chrono::Utc::now()
+                .date_naive()
+                .format("%Y-%m-%d")
+                .to_string(),
+        );
+        let mut out = Vec::new();
+        for r in &self.rules {
+            let failed = match r.expr.matches(&ctx, &vars) {
+                Ok(true) => continue,
+                Ok(false) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            metrics::counter!("govbus_contract_violations_total",
+                "dataset" => dataset.to_string(), "rule" => r.spec.name.clone())
+            .increment(1);
+            match r.spec.action {
+                govbus_core::catalog::RuleAction::Reject => out.push((r, failed)),
+                govbus_core::catalog::RuleAction::Warn => {
+                    tracing::warn!(
+                        dataset,
+                        rule = r.spec.name,
+                        "change accepted despite a failed warn rule"
+                    );
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Wakes the relay when a change is stored.
@@ -148,6 +207,19 @@ impl Publisher {
             let entity = Schema::parse_str(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
             let env_text = envelope_schema(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
             let env = Schema::parse_str(&env_text).map_err(|e| bad(e.to_string()))?;
+            let rules = ds
+                .file
+                .rules
+                .iter()
+                .map(|r| {
+                    govbus_schema::cel::Filter::compile_with(&r.expr, &entity, &["today"])
+                        .map(|expr| Rule {
+                            spec: r.clone(),
+                            expr,
+                        })
+                        .map_err(|e| bad(format!("rule {}: {e}", r.name)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let topic = topics.central(&ds.id, ds.file.major);
             let subject = value_subject(&topic);
             let id = registry
@@ -160,6 +232,7 @@ impl Publisher {
                     key_field: ds.file.key.clone(),
                     entity,
                     codec: EnvelopeCodec::new(env, id),
+                    rules,
                 },
             );
         }
@@ -277,8 +350,25 @@ impl Publisher {
                 ChangeRequest::Upsert(json) => match to_avro(&w.entity, json) {
                     Ok(v) => match key_of(&v, &w.key_field) {
                         Some(k) => {
-                            keys.push(k);
-                            afters.push(Some(v));
+                            let broken = w.violations(dataset, &v);
+                            if broken.is_empty() {
+                                keys.push(k);
+                                afters.push(Some(v));
+                            }
+                            errors.extend(broken.into_iter().map(|(r, eval)| FieldError {
+                                field: if indexed {
+                                    format!("changes[{i}].data.{}", r.spec.field)
+                                } else {
+                                    r.spec.field.clone()
+                                },
+                                problem: match eval {
+                                    None => format!("rule {}: {}", r.spec.name, r.spec.message),
+                                    Some(e) => format!(
+                                        "rule {} could not be checked ({e}): {}",
+                                        r.spec.name, r.spec.message
+                                    ),
+                                },
+                            }));
                         }
                         None => errors.push(FieldError {
                             field: prefix(&w.key_field),

@@ -5,7 +5,7 @@
 //! offsets).
 
 pub mod decide;
-pub mod filter;
+pub use govbus_schema::cel as filter;
 pub mod guard;
 pub mod route;
 pub mod router;

@@ -2,6 +2,7 @@
 //! conversion with field-level errors, view projection, compatibility, and a
 //! client for any Confluent-compatible schema registry.
 
+pub mod cel;
 pub mod client;
 pub mod compat;
 pub mod envelope;

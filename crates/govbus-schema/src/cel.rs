@@ -1,16 +1,16 @@
-//! Subscription filters: CEL expressions over the entity's fields, checked
-//! against the dataset's schema when they are loaded.
+//! CEL expressions over an entity's fields (subscription filters, data-quality
+//! rules), checked against the dataset's schema when they are loaded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::names::Names;
+use crate::project::record_of;
+use crate::AvroValue;
 use apache_avro::Schema;
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Program, Value as Cel};
 use cel_parser::ast::{Expr, IdedExpr};
-use govbus_schema::names::Names;
-use govbus_schema::project::record_of;
-use govbus_schema::AvroValue;
 
 /// A compiled filter.
 #[derive(Debug)]
@@ -43,6 +43,12 @@ pub enum FilterError {
 impl Filter {
     /// Parses `source` and checks that every field it reads exists in `entity`.
     pub fn compile(source: &str, entity: &Schema) -> Result<Self, String> {
+        Self::compile_with(source, entity, &[])
+    }
+
+    /// [`Self::compile`], where `given` names variables the caller provides
+    /// besides the entity's fields (e.g. `today`).
+    pub fn compile_with(source: &str, entity: &Schema, given: &[&str]) -> Result<Self, String> {
         // cel-parser 0.10 panics on some malformed input (an ANTLR visitor
         // hitting `unreachable!`); a subscription file is input, so turn that
         // into an error instead of taking the router down.
@@ -62,6 +68,12 @@ impl Filter {
         let mut paths = Vec::new();
         collect_paths(&ast, &mut HashSet::new(), &mut paths);
         for path in paths {
+            if path
+                .first()
+                .is_some_and(|root| given.contains(&root.as_str()))
+            {
+                continue;
+            }
             check_path(entity, &names, &path)?;
         }
         let program = std::panic::catch_unwind(|| Program::compile(source))
@@ -145,7 +157,7 @@ pub fn to_cel(v: &AvroValue) -> Cel {
         AvroValue::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
         AvroValue::Map(m) => map(m.iter().map(|(k, v)| (k.clone(), to_cel(v)))),
         AvroValue::Record(fields) => map(fields.iter().map(|(k, v)| (k.clone(), to_cel(v)))),
-        AvroValue::Date(d) => Cel::String(Arc::new(govbus_schema::json::date_string(*d))),
+        AvroValue::Date(d) => Cel::String(Arc::new(crate::json::date_string(*d))),
         AvroValue::TimestampMillis(ms) => chrono::DateTime::from_timestamp_millis(*ms)
             .map(|t| Cel::Timestamp(t.fixed_offset()))
             .unwrap_or(Cel::Null),

@@ -541,3 +541,58 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
     let (s, b) = call("POST", &versions, Some(&schema_body(&envelope(&v2))));
     assert_eq!(s, 200, "{b}");
 }
+
+/// A dataset's contract travels with its schema: the publisher registers
+/// Confluent `metadata` (owner, key, tags) and a `ruleSet` of CEL domain
+/// rules, which any Confluent-aware tool reads from the registry; a client
+/// registering the same schema without them gets the same version.
+#[test]
+fn contracts_are_registered_with_the_schema() {
+    let bus = govbus_e2e::Bus::start();
+    let publisher = bus.publisher("contracts");
+    let topic = publisher
+        .topics()
+        .into_iter()
+        .find(|t| t.contains("residents"))
+        .unwrap();
+    let subject = govbus_core::topics::value_subject(&topic);
+    let (s, latest) = call(
+        "GET",
+        &format!("{}/subjects/{subject}/versions/latest", bus.registry),
+        None,
+    );
+    assert_eq!(s, 200, "{latest}");
+    assert_eq!(latest["metadata"]["properties"]["owner"], "bca");
+    assert_eq!(latest["metadata"]["tags"]["ethnicity"][0], "SENSITIVE");
+    let names: Vec<&str> = latest["ruleSet"]["domainRules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for rule in [
+        "citizen_id_is_12_digits",
+        "date_of_birth_in_range",
+        "full_name_not_blank",
+        "codes_are_well_formed",
+    ] {
+        assert!(names.contains(&rule), "{rule} not in {names:?}");
+    }
+    assert_eq!(latest["ruleSet"]["domainRules"][0]["type"], "CEL");
+    // The same schema without a contract (what a plain client sends) is the
+    // same version, not a new one.
+    let id = latest["id"].as_u64().unwrap();
+    let text = latest["schema"].as_str().unwrap();
+    let (s, b) = call(
+        "POST",
+        &format!("{}/subjects/{subject}/versions", bus.registry),
+        Some(&schema_body(text)),
+    );
+    assert_eq!((s, b["id"].as_u64()), (200, Some(id)), "{b}");
+    let (_, versions) = call(
+        "GET",
+        &format!("{}/subjects/{subject}/versions", bus.registry),
+        None,
+    );
+    assert_eq!(versions, serde_json::json!([1]));
+}

@@ -94,6 +94,41 @@ struct Writer {
     rules: Vec<Rule>,
 }
 
+/// A dataset's contract in Confluent's terms: `metadata` (owner, key,
+/// routing fields; field tags such as PII) and a `ruleSet` of CEL domain
+/// rules over the change's `after` image (what the producer enforces).
+fn contract_of(ds: &govbus_core::catalog::DatasetSpec) -> (Json, Json) {
+    let metadata = serde_json::json!({
+        "properties": {
+            "owner": ds.file.owner,
+            "key": ds.file.key,
+            "routing": ds.file.routing.join(","),
+        },
+        "tags": ds.file.tags,
+    });
+    let rules: Vec<Json> = ds
+        .file
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "kind": "CONDITION",
+                "mode": "WRITE",
+                "type": "CEL",
+                "expr": r.expr,
+                "doc": r.message,
+                "params": {"field": r.field, "scope": "after"},
+                "onFailure": match r.action {
+                    govbus_core::catalog::RuleAction::Reject => "ERROR",
+                    govbus_core::catalog::RuleAction::Warn => "NONE",
+                },
+            })
+        })
+        .collect();
+    (metadata, serde_json::json!({ "domainRules": rules }))
+}
+
 /// The contract rule a field error reports, if it is one (`rule NAME: ...`).
 pub fn rule_of(e: &FieldError) -> Option<&str> {
     e.problem
@@ -222,8 +257,9 @@ impl Publisher {
                 .collect::<Result<Vec<_>, _>>()?;
             let topic = topics.central(&ds.id, ds.file.major);
             let subject = value_subject(&topic);
+            let (metadata, rule_set) = contract_of(ds);
             let id = registry
-                .register(&subject, &env_text)
+                .register_with(&subject, &env_text, Some(&metadata), Some(&rule_set))
                 .map_err(|source| SetupError::Registry { subject, source })?;
             writers.insert(
                 ds.id.to_string(),

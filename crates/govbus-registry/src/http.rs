@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use crate::error::ApiError;
-use crate::state::{check_subject, LogRecord, Mode, Outcome, Plan, Reference, Registration};
+use crate::state::{
+    check_subject, Contract, LogRecord, Mode, Outcome, Plan, Reference, Registration,
+};
 use crate::store::KafkaStore;
 
 /// Confluent's content type.
@@ -92,13 +94,9 @@ struct SchemaBody {
     id: Option<u32>,
     #[serde(default)]
     version: Option<u32>,
-    // Accepted and ignored (data contracts travel with the schema in
-    // Confluent's newer API; govbus keeps them in deploy/ for now).
     #[serde(default)]
-    #[allow(dead_code)]
     metadata: Option<Json>,
     #[serde(default)]
-    #[allow(dead_code)]
     rule_set: Option<Json>,
 }
 
@@ -109,6 +107,10 @@ fn schema_body(body: &[u8]) -> Result<Registration, ApiError> {
         None | Some("AVRO") => Ok(Registration {
             schema: b.schema,
             references: b.references,
+            contract: Contract {
+                metadata: b.metadata,
+                rule_set: b.rule_set,
+            },
             id: b.id,
             version: b.version,
         }),
@@ -147,10 +149,28 @@ fn parse_id(id: &str) -> Result<u32, ApiError> {
         .map_err(|_| ApiError::SchemaNotFound(id.to_string()))
 }
 
-fn stored(s: &KafkaStore, id: &str) -> Result<(String, Vec<Reference>), ApiError> {
+type Doc = (String, Vec<Reference>, Contract);
+
+fn stored(s: &KafkaStore, id: &str) -> Result<Doc, ApiError> {
     let n = parse_id(id)?;
-    s.read(|st| st.schema(n).map(|x| (x.text.clone(), x.references.clone())))
-        .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
+    s.read(|st| {
+        st.schema(n)
+            .map(|x| (x.text.clone(), x.references.clone(), x.contract.clone()))
+    })
+    .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
+}
+
+/// Adds references, metadata and rule set to a response, when there are any.
+fn decorate(body: &mut Json, refs: &[Reference], contract: &Contract) {
+    if !refs.is_empty() {
+        body["references"] = json!(refs);
+    }
+    if let Some(m) = &contract.metadata {
+        body["metadata"] = m.clone();
+    }
+    if let Some(r) = &contract.rule_set {
+        body["ruleSet"] = r.clone();
+    }
 }
 
 async fn schema_by_id(
@@ -158,7 +178,7 @@ async fn schema_by_id(
     Path(id): Path<String>,
     Query(q): Query<Flags>,
 ) -> Result<Response, ApiError> {
-    let (text, refs) = stored(&s, &id)?;
+    let (text, refs, contract) = stored(&s, &id)?;
     if let Some(subject) = q.subject {
         let n = parse_id(&id)?;
         if !s.read(|st| st.id_versions(n, true).iter().any(|(x, _)| *x == subject)) {
@@ -166,14 +186,12 @@ async fn schema_by_id(
         }
     }
     let mut body = json!({ "schema": text });
-    if !refs.is_empty() {
-        body["references"] = json!(refs);
-    }
+    decorate(&mut body, &refs, &contract);
     Ok(ok(body))
 }
 
 async fn raw_schema_by_id(State(s): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (text, _) = stored(&s, &id)?;
+    let (text, _, _) = stored(&s, &id)?;
     Ok(ok(serde_json::from_str(&text).unwrap_or(Json::Null)))
 }
 
@@ -229,14 +247,12 @@ fn version_json(
 ) -> Result<Json, ApiError> {
     s.read(|st| {
         let (v, id) = st.version_with(subject, version, deleted)?;
-        let (text, refs) = st
+        let (text, refs, contract) = st
             .schema(id)
-            .map(|x| (x.text.clone(), x.references.clone()))
+            .map(|x| (x.text.clone(), x.references.clone(), x.contract.clone()))
             .unwrap_or_default();
         let mut body = json!({"subject": subject, "version": v, "id": id, "schema": text});
-        if !refs.is_empty() {
-            body["references"] = json!(refs);
-        }
+        decorate(&mut body, &refs, &contract);
         Ok(body)
     })
 }

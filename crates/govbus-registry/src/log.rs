@@ -18,6 +18,25 @@ pub struct Reference {
     pub version: u32,
 }
 
+/// A data contract registered with a schema (Confluent's `metadata` and
+/// `ruleSet`): part of what a version is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Contract {
+    /// Confluent's `metadata` (`properties`, `tags`, `sensitive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Confluent's `ruleSet` (`domainRules`, `migrationRules`).
+    #[serde(rename = "ruleSet", default, skip_serializing_if = "Option::is_none")]
+    pub rule_set: Option<serde_json::Value>,
+}
+
+impl Contract {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.metadata.is_none() && self.rule_set.is_none()
+    }
+}
+
 /// Confluent's registry modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum Mode {
@@ -56,6 +75,8 @@ pub enum LogRecord {
         schema: String,
         /// Named types it uses from other subjects.
         references: Vec<Reference>,
+        /// Its data contract.
+        contract: Contract,
         /// Soft-deleted.
         deleted: bool,
     },
@@ -115,6 +136,8 @@ struct SchemaValue {
     schema_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     references: Vec<Reference>,
+    #[serde(flatten)]
+    contract: Contract,
     #[serde(default)]
     deleted: bool,
 }
@@ -159,6 +182,7 @@ impl LogRecord {
                 id,
                 schema,
                 references,
+                contract,
                 deleted,
             } => (
                 key("SCHEMA", Some(subject), Some(*version), 1),
@@ -169,6 +193,7 @@ impl LogRecord {
                     schema: schema.clone(),
                     schema_type: None,
                     references: references.clone(),
+                    contract: contract.clone(),
                     deleted: *deleted,
                 })),
             ),
@@ -221,6 +246,7 @@ impl LogRecord {
                     id: v.id,
                     schema: v.schema,
                     references: v.references,
+                    contract: v.contract,
                     deleted: v.deleted,
                 }))
             }
@@ -283,6 +309,10 @@ mod tests {
                     subject: "b".into(),
                     version: 1,
                 }],
+                contract: Contract {
+                    metadata: Some(serde_json::json!({"properties": {"owner": "bca"}})),
+                    rule_set: Some(serde_json::json!({"domainRules": []})),
+                },
                 deleted: true,
             },
             LogRecord::SchemaTombstone {

@@ -16,7 +16,7 @@ use govbus_schema::Compatibility;
 use serde_json::Value as Json;
 
 use crate::error::ApiError;
-pub use crate::log::{LogRecord, Mode, Reference};
+pub use crate::log::{Contract, LogRecord, Mode, Reference};
 
 /// One stored schema.
 #[derive(Debug, Clone)]
@@ -25,8 +25,17 @@ pub struct Stored {
     pub text: String,
     /// Named types it uses from other subjects.
     pub references: Vec<Reference>,
+    /// Its data contract (metadata, rule set).
+    pub contract: Contract,
     /// Parsed (with its references resolved).
     pub parsed: Arc<Schema>,
+}
+
+impl Stored {
+    /// Whether this is the schema `text` with `references` and `contract`.
+    pub fn is(&self, text: &str, references: &[Reference], contract: &Contract) -> bool {
+        self.text == text && self.references == references && self.contract == *contract
+    }
 }
 
 /// A version of a subject.
@@ -67,6 +76,8 @@ pub struct Registration {
     pub schema: String,
     /// References to other subjects' types.
     pub references: Vec<Reference>,
+    /// Metadata and rule set registered with it.
+    pub contract: Contract,
     /// In IMPORT mode: the id (and version) to keep.
     pub id: Option<u32>,
     /// In IMPORT mode: the version to keep.
@@ -77,7 +88,7 @@ pub struct Registration {
 #[derive(Debug, Default)]
 pub struct State {
     schemas: BTreeMap<u32, Stored>,
-    by_text: HashMap<(String, Vec<Reference>), u32>,
+    by_text: HashMap<(String, Vec<Reference>, String), u32>,
     max_id: u32,
     subjects: BTreeMap<String, BTreeMap<u32, VersionEntry>>,
     global: Option<Compatibility>,
@@ -85,6 +96,15 @@ pub struct State {
     global_mode: Option<Mode>,
     subject_mode: HashMap<String, Mode>,
     conflicts: u64,
+}
+
+/// The contract as a map key.
+fn contract_key(c: &Contract) -> String {
+    if c.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(c).unwrap_or_default()
+    }
 }
 
 /// Largest schema accepted (Confluent's error 42209 beyond).
@@ -180,8 +200,16 @@ impl State {
                 id,
                 schema,
                 references,
+                contract,
                 deleted,
-            } => self.apply_schema(subject, version, id, &schema, references, deleted),
+            } => self.apply_schema(
+                subject,
+                version,
+                id,
+                &schema,
+                (references, contract),
+                deleted,
+            ),
             LogRecord::SchemaTombstone { subject, version } => {
                 if let Some(vs) = self.subjects.get_mut(&subject) {
                     vs.remove(&version);
@@ -237,7 +265,7 @@ impl State {
         version: u32,
         id: u32,
         schema: &str,
-        references: Vec<Reference>,
+        (references, contract): (Vec<Reference>, Contract),
         deleted: bool,
     ) {
         self.max_id = self.max_id.max(id);
@@ -253,7 +281,7 @@ impl State {
         let other_schema = self
             .schemas
             .get(&id)
-            .is_some_and(|s| s.text != text || s.references != references);
+            .is_some_and(|s| !s.is(&text, &references, &contract));
         let versions = self.subjects.entry(subject.clone()).or_default();
         let taken = versions.get(&version).is_some_and(|e| e.id != id);
         if other_schema || taken {
@@ -272,13 +300,14 @@ impl State {
         versions.insert(version, VersionEntry { id, deleted });
         if !self.schemas.contains_key(&id) {
             self.by_text
-                .entry((text.clone(), references.clone()))
+                .entry((text.clone(), references.clone(), contract_key(&contract)))
                 .or_insert(id);
             self.schemas.insert(
                 id,
                 Stored {
                     text,
                     references,
+                    contract,
                     parsed: Arc::new(parsed),
                 },
             );
@@ -542,12 +571,23 @@ impl State {
         }
         let (text, parsed) = self.resolve(&reg.schema, &reg.references)?;
         let refs = reg.references.clone();
+        // As Confluent's: a registration without metadata and rule set
+        // inherits those of the subject's latest version.
+        let contract = if reg.contract.is_empty() {
+            self.version(subject, "latest")
+                .ok()
+                .and_then(|(_, id)| self.schemas.get(&id))
+                .map(|s| s.contract.clone())
+                .unwrap_or_default()
+        } else {
+            reg.contract.clone()
+        };
         if let Some(live) = self.subjects.get(subject) {
             for e in live.values().filter(|e| !e.deleted) {
                 if self
                     .schemas
                     .get(&e.id)
-                    .is_some_and(|s| s.text == text && s.references == refs)
+                    .is_some_and(|s| s.is(&text, &refs, &contract))
                     && reg.id.is_none_or(|id| id == e.id)
                 {
                     return Ok(Plan::Existing(e.id));
@@ -566,7 +606,7 @@ impl State {
                 ))
             })?;
             if let Some(s) = self.schemas.get(&id) {
-                if s.text != text || s.references != refs {
+                if !s.is(&text, &refs, &contract) {
                     return Err(ApiError::IdMismatch(format!(
                         "Overwrite new schema with id {id} is not permitted: the id holds another schema"
                     )));
@@ -588,6 +628,7 @@ impl State {
                 id,
                 schema: text,
                 references: refs,
+                contract,
                 deleted: false,
             }));
         }
@@ -603,7 +644,10 @@ impl State {
                 reasons,
             });
         }
-        let id = match self.by_text.get(&(text.clone(), refs.clone())) {
+        let id = match self
+            .by_text
+            .get(&(text.clone(), refs.clone(), contract_key(&contract)))
+        {
             Some(id) => *id,
             None => self.max_id + 1,
         };
@@ -613,6 +657,7 @@ impl State {
             id,
             schema: text,
             references: refs,
+            contract,
             deleted: false,
         }))
     }
@@ -640,6 +685,7 @@ impl State {
             id,
             schema,
             references,
+            contract,
             deleted,
         } = written
         else {
@@ -649,7 +695,7 @@ impl State {
         let ours = self
             .schemas
             .get(id)
-            .is_some_and(|s| s.text == *schema && s.references == *references);
+            .is_some_and(|s| s.is(schema, references, contract));
         if ours
             && held
                 == Some(&VersionEntry {
@@ -671,6 +717,7 @@ impl State {
                         id: e.id,
                         schema: s.text.clone(),
                         references: s.references.clone(),
+                        contract: s.contract.clone(),
                         deleted: e.deleted,
                     }),
                 }
@@ -774,6 +821,7 @@ impl State {
                 id,
                 schema: s.text.clone(),
                 references: s.references.clone(),
+                contract: s.contract.clone(),
                 deleted: true,
             },
             v,
@@ -1113,5 +1161,47 @@ mod tests {
             },
         );
         assert_eq!(s.mode_for("any"), Mode::ReadWrite);
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_without_a_contract_inherits_the_latest() {
+        let mut s = State::default();
+        let schema = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
+        let with = Registration {
+            schema: schema.into(),
+            contract: Contract {
+                metadata: Some(serde_json::json!({"properties": {"owner": "bca"}})),
+                rule_set: Some(serde_json::json!({"domainRules": [{"name": "r"}]})),
+            },
+            ..Default::default()
+        };
+        let Plan::Write(rec) = s.plan_register("x", &with).unwrap() else {
+            panic!()
+        };
+        s.apply(rec);
+        let plain = Registration {
+            schema: schema.into(),
+            ..Default::default()
+        };
+        assert_eq!(s.plan_register("x", &plain).unwrap(), Plan::Existing(1));
+        // A changed rule set is a new version of the same schema.
+        let changed = Registration {
+            contract: Contract {
+                metadata: None,
+                rule_set: Some(serde_json::json!({"domainRules": []})),
+            },
+            ..with
+        };
+        let Plan::Write(LogRecord::Schema { version, id, .. }) =
+            s.plan_register("x", &changed).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((version, id), (2, 2));
     }
 }

@@ -125,10 +125,29 @@ impl RegistryClient {
 
     /// Registers `schema` under `subject` (idempotent: the same schema gets the same id).
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        self.register_with(subject, schema, None, None)
+    }
+
+    /// Registers `schema` with its data contract: Confluent's `metadata`
+    /// and `ruleSet`, so that other tools see the contract with the schema.
+    pub fn register_with(
+        &self,
+        subject: &str,
+        schema: &str,
+        metadata: Option<&serde_json::Value>,
+        rule_set: Option<&serde_json::Value>,
+    ) -> Result<u32, RegistryError> {
+        let mut body = json!({ "schema": schema });
+        if let Some(m) = metadata {
+            body["metadata"] = m.clone();
+        }
+        if let Some(r) = rule_set {
+            body["ruleSet"] = r.clone();
+        }
         let v = self.call(
             "POST",
             &format!("/subjects/{}/versions", path_escape(subject)),
-            Some(json!({ "schema": schema })),
+            Some(body),
         )?;
         v["id"]
             .as_u64()

@@ -70,6 +70,25 @@ pub fn route_change(
     views: &[usize],
     now_ms: i64,
 ) -> Result<Vec<Output>, RouteError> {
+    // A change written with another (compatible) version of the dataset's
+    // schema — a producer already on v2 — is read as this router's version:
+    // fields it does not know are left out, missing ones take their defaults.
+    let reader = views.first().map(|&i| all[i].entity.clone());
+    let as_reader = |x: &Option<govbus_schema::AvroValue>| match (x, &reader) {
+        (Some(v), Some(schema)) if !v.validate(schema) => {
+            v.clone().resolve(schema).map(Some).map_err(|e| {
+                RouteError::Envelope(EnvelopeError::Shape(format!(
+                    "the entity does not resolve to the dataset's schema: {e}"
+                )))
+            })
+        }
+        _ => Ok(x.clone()),
+    };
+    let change = &Change {
+        before: as_reader(&change.before)?,
+        after: as_reader(&change.after)?,
+        ..change.clone()
+    };
     let before = change.before.as_ref().map(Vars::of);
     let after = change.after.as_ref().map(Vars::of);
     let mut out = Vec::new();
@@ -166,6 +185,39 @@ mod tests {
             },
             ts_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_change_written_with_a_later_version_is_routed_as_the_routers_version() {
+        let mut v2: serde_json::Value =
+            serde_json::from_str(include_str!("../../../schemas/bca/residents.v1.avsc")).unwrap();
+        v2["fields"].as_array_mut().unwrap().push(
+            serde_json::json!({"name": "phone", "type": ["null", "string"], "default": null}),
+        );
+        let v2 = apache_avro::Schema::parse_str(&v2.to_string()).unwrap();
+        let after = govbus_schema::json::to_avro(
+            &v2,
+            &serde_json::json!({"citizen_id": "052090000001", "full_name": "A", "date_of_birth": "1990-01-01",
+                "sex": "MALE", "ethnicity": "Kinh", "phone": "0900000000",
+                "permanent_address": {"province_code": "52", "commune_code": "1"}, "updated_at": 1}),
+        )
+        .unwrap();
+        let change = Change {
+            after: Some(after),
+            ..create_in_52()
+        };
+        let views = views_with("");
+        let out = route_change(&change, &Context::default(), &views, &[0], 0).unwrap();
+        assert_eq!(out.len(), 1, "routed, not refused");
+        let codec = views[0].codec.as_ref().unwrap();
+        let resolver = govbus_schema::client::FixedResolver::new([(1, codec.schema.clone())]);
+        let (_, routed) = govbus_schema::envelope::decode(&out[0].value, &resolver).unwrap();
+        let j = govbus_schema::json::to_json(routed.after.as_ref().unwrap());
+        assert_eq!(j["citizen_id"], "052090000001");
+        assert!(
+            j.get("phone").is_none() && j.get("ethnicity").is_none(),
+            "{j}"
+        );
     }
 
     #[test]

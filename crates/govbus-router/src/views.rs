@@ -20,6 +20,9 @@ pub struct View {
     pub subscriber: String,
     /// The dataset.
     pub dataset: DatasetId,
+    /// The dataset's entity schema as this router knows it: changes written
+    /// with a later (compatible) version are resolved to it before routing.
+    pub entity: std::sync::Arc<Schema>,
     /// Which entities belong.
     pub filter: Filter,
     /// Which fields are removed.
@@ -92,6 +95,7 @@ fn compile_one(
         name: s.name(),
         subscriber: s.file.subscriber.clone(),
         dataset: ds.id.clone(),
+        entity: std::sync::Arc::new(entity),
         filter,
         projection: Projection::new(&s.file.drop),
         topic: topics.view(&s.file.subscriber, &ds.id, ds.file.major),

@@ -398,7 +398,10 @@ impl OutboxStore for SqliteStore {
             return Ok(());
         };
         let mut conn = self.relay_conn();
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock before reading, so that a concurrent
+        // acceptance makes this wait (busy_timeout) instead of failing with
+        // SQLITE_BUSY when a read snapshot is upgraded.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // The usual case: `ids` are all the pending rows up to `last` (the
         // relay's acknowledged prefix). SQLite commits outbox ids in order
         // (one writer at a time), so moving the sent mark is exact and costs

@@ -62,6 +62,23 @@ pub fn route(
     route_change(&change, base, all, views, govbus_core::now_ms())
 }
 
+/// Whether `v` has exactly the record fields of `schema` (recursively), so
+/// that it needs no resolution. (apache_avro's `validate` would do, but it
+/// logs every mismatch at ERROR level.)
+fn same_fields(v: &govbus_schema::AvroValue, schema: &apache_avro::Schema) -> bool {
+    match (v, schema) {
+        (govbus_schema::AvroValue::Record(fields), apache_avro::Schema::Record(r)) => {
+            fields.len() == r.fields.len()
+                && fields
+                    .iter()
+                    .zip(&r.fields)
+                    .all(|((name, value), f)| *name == f.name && same_fields(value, &f.schema))
+        }
+        (govbus_schema::AvroValue::Record(_), _) => false,
+        _ => true,
+    }
+}
+
 /// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
 pub fn route_change(
     change: &Change,
@@ -75,7 +92,7 @@ pub fn route_change(
     // fields it does not know are left out, missing ones take their defaults.
     let reader = views.first().map(|&i| all[i].entity.clone());
     let as_reader = |x: &Option<govbus_schema::AvroValue>| match (x, &reader) {
-        (Some(v), Some(schema)) if !v.validate(schema) => {
+        (Some(v), Some(schema)) if !same_fields(v, schema) => {
             v.clone().resolve(schema).map(Some).map_err(|e| {
                 RouteError::Envelope(EnvelopeError::Shape(format!(
                     "the entity does not resolve to the dataset's schema: {e}"

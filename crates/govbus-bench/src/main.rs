@@ -4,9 +4,12 @@
 //!
 //! ```sh
 //! cargo run --release -p govbus-bench -- relay --changes 200000
+//! cargo run --release -p govbus-bench -- route --changes 100000
 //! cargo run --release -p govbus-bench -- sink --rows 100000
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
 //! ```
+
+mod route;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,6 +41,11 @@ enum Cmd {
         #[arg(long, default_value_t = 200_000)]
         changes: usize,
     },
+    /// Router (34 subscriptions, exactly once) against a raw pass-through.
+    Route {
+        #[arg(long, default_value_t = 100_000)]
+        changes: usize,
+    },
     /// PostgreSQL sink: batched set-based apply against row-by-row.
     Sink {
         #[arg(long, default_value_t = 100_000)]
@@ -58,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
         Cmd::Relay { changes } => relay(changes),
+        Cmd::Route { changes } => route::run(changes),
         Cmd::Sink { rows, batch } => sink(rows, batch),
         Cmd::Ingest {
             seconds,

@@ -1,0 +1,233 @@
+//! Router throughput against a raw pass-through on the same broker: 34
+//! provincial subscriptions to bca.residents, exactly once (transactions),
+//! against an rdkafka consume → produce loop that does not decode.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use govbus_core::catalog::parse_subscription;
+use govbus_core::kafka::{ensure_topics, TopicSpec};
+use govbus_core::{Catalog, Topics};
+use govbus_e2e::{router_config, runtime, start_registry, unique, Broker};
+use govbus_producer::demo::{DemoWorld, PROVINCES};
+use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
+use govbus_router::Router;
+use govbus_schema::RegistryClient;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Process CPU time (user + system), from /proc/self/stat, in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')').
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// 34 subscriptions: the five demo provinces and 29 others, each by
+/// province code, dropping ethnicity.
+fn catalog() -> anyhow::Result<Catalog> {
+    let mut c = Catalog::builtin();
+    let mut codes: Vec<String> = PROVINCES.iter().map(|(p, _)| p.to_string()).collect();
+    let mut n = 1;
+    while codes.len() < 34 {
+        let code = format!("{n:02}");
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+        n += 1;
+    }
+    c.subscriptions = codes
+        .iter()
+        .map(|code| {
+            parse_subscription(
+                &format!("p{code}.toml"),
+                &format!(
+                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = 'permanent_address.province_code == \"{code}\"'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\n"
+                ),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(c)
+}
+
+pub(crate) fn run(n: usize) -> anyhow::Result<()> {
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let prefix = format!("{}.", unique("bench"));
+    let topics = Topics::new(&prefix);
+    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
+    let catalog = Arc::new(catalog()?);
+    let dir = tempfile::tempdir()?;
+    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
+    let publisher = Publisher::new(
+        &catalog,
+        "bca",
+        "bench",
+        &topics,
+        &RegistryClient::new(&registry),
+        store,
+    )?;
+    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
+    let central = publisher
+        .topics()
+        .into_iter()
+        .find(|t| t.contains("residents"))
+        .context("residents topic")?;
+
+    // Fill the central topic (not measured).
+    let mut world = DemoWorld::new(3);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let reqs: Vec<ChangeRequest> = (0..k).map(|_| world.next_change()).collect();
+        publisher.submit_batch("bca.residents", reqs)?;
+        left -= k;
+    }
+    let avg = publisher
+        .store()
+        .pending(1000)?
+        .iter()
+        .map(|r| r.value.len())
+        .sum::<usize>()
+        / 1000;
+    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let h = std::thread::spawn(move || relay.run(s));
+    while publisher.store().backlog()? > 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = h.join();
+    println!(
+        "route: {n} changes of {avg} bytes on average, {} subscriptions, broker {}",
+        catalog.subscriptions.len(),
+        kafka.bootstrap
+    );
+
+    // Raw pass-through: consume every record, produce it unchanged.
+    let out = format!("{prefix}raw-out");
+    ensure_topics(&kafka, &[TopicSpec::compacted(&out, 4)])?;
+    let consumer: BaseConsumer = kafka.consumer(&unique("raw-")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&central, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        kafka.producer().create()?;
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("raw pass-through read {seen} of {n}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut rec = BaseRecord::to(&out).payload(m.payload().unwrap_or_default());
+                if let Some(k) = m.key() {
+                    rec = rec.key(k);
+                }
+                loop {
+                    match producer.send(rec) {
+                        Ok(()) => break,
+                        Err((_, back)) => {
+                            rec = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                }
+                seen += 1;
+            }
+            Some(Err(e)) => bail!("raw pass-through: {e}"),
+            None => {}
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let (raw_s, raw_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    drop(consumer);
+
+    // The router: read_committed, decode, 34 filters, project, encode, and
+    // every batch in one transaction with its input offsets.
+    let cfg = router_config(&kafka, &registry, &prefix);
+    let group = cfg.group.clone();
+    let router = Router::new(cfg, &catalog)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let cpu = cpu_seconds();
+    let t = Instant::now();
+    let h = std::thread::spawn(move || router.run(s));
+    // Done when the group's committed offsets cover every record.
+    let watcher: BaseConsumer = kafka.consumer(&group).create()?;
+    let mut parts = TopicPartitionList::new();
+    for p in 0..4 {
+        parts.add_partition(&central, p);
+    }
+    let mut ends = 0i64;
+    for p in 0..4 {
+        // The central topic's records are all committed by the relay (no
+        // transactions), so the last offset read by the raw loop is the end.
+        ends += kafka_end(&kafka, &central, p)?;
+    }
+    loop {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the router did not finish");
+        }
+        let committed = watcher.committed_offsets(parts.clone(), Duration::from_secs(5))?;
+        let sum: i64 = committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum();
+        if sum >= ends {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (route_s, route_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = h.join();
+    let rate = |s: f64| n as f64 / s;
+    println!(
+        "  raw pass-through : {:>9.0} changes/s ({raw_s:.2} s, {:.2} µs CPU per change)",
+        rate(raw_s),
+        raw_cpu * 1e6 / n as f64
+    );
+    println!(
+        "  govbus router    : {:>9.0} changes/s ({route_s:.2} s, {:.2} µs CPU per change, whole process)",
+        rate(route_s),
+        route_cpu * 1e6 / n as f64
+    );
+    println!("  router / raw     : {:>9.0} %", 100.0 * raw_s / route_s);
+    Ok(())
+}
+
+/// The offset after the last record of a partition, read by consuming it
+/// (nisshi's high watermarks undercount; see docs/ARCHITECTURE.md).
+fn kafka_end(kafka: &govbus_core::KafkaConfig, topic: &str, p: i32) -> anyhow::Result<i64> {
+    let c: BaseConsumer = kafka.consumer(&unique("end-")).create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    c.assign(&tpl)?;
+    let mut last = -1;
+    let mut idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(2) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            last = m.offset();
+            idle = Instant::now();
+        }
+    }
+    Ok(last + 1)
+}

@@ -149,22 +149,19 @@ impl Writer {
     /// The contract's rules that `entity` fails (a rule that cannot be
     /// evaluated fails, with CEL's reason). `warn` rules are counted and
     /// logged, not returned.
-    fn violations(&self, dataset: &str, entity: &AvroValue) -> Vec<(&Rule, Option<String>)> {
+    fn violations(
+        &self,
+        dataset: &str,
+        ctx: &cel_interpreter::Context<'_>,
+        entity: &AvroValue,
+    ) -> Vec<(&Rule, Option<String>)> {
         if self.rules.is_empty() {
             return vec![];
         }
         let vars = govbus_schema::cel::Vars::of(entity);
-        let mut ctx = cel_interpreter::Context::default();
-        ctx.add_variable_from_value(
-            "today",
-            chrono::Utc::now()
-                .date_naive()
-                .format("%Y-%m-%d")
-                .to_string(),
-        );
         let mut out = Vec::new();
         for r in &self.rules {
-            let failed = match r.expr.matches(&ctx, &vars) {
+            let failed = match r.expr.matches(ctx, &vars) {
                 Ok(true) => continue,
                 Ok(false) => None,
                 Err(e) => Some(e.to_string()),
@@ -374,6 +371,17 @@ impl Publisher {
         let mut keys = Vec::with_capacity(reqs.len());
         let mut afters = Vec::with_capacity(reqs.len());
         let mut errors = Vec::new();
+        // The contract rules' context (functions, `today`): once per submission.
+        let mut rule_ctx = cel_interpreter::Context::default();
+        if !w.rules.is_empty() {
+            rule_ctx.add_variable_from_value(
+                "today",
+                chrono::Utc::now()
+                    .date_naive()
+                    .format("%Y-%m-%d")
+                    .to_string(),
+            );
+        }
         for (i, req) in reqs.iter().enumerate() {
             let prefix = |f: &str| {
                 if indexed {
@@ -386,7 +394,7 @@ impl Publisher {
                 ChangeRequest::Upsert(json) => match to_avro(&w.entity, json) {
                     Ok(v) => match key_of(&v, &w.key_field) {
                         Some(k) => {
-                            let broken = w.violations(dataset, &v);
+                            let broken = w.violations(dataset, &rule_ctx, &v);
                             if broken.is_empty() {
                                 keys.push(k);
                                 afters.push(Some(v));

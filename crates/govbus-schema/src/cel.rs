@@ -19,7 +19,15 @@ pub struct Filter {
     program: Program,
     /// `path == "literal"`: checked without the interpreter (the common
     /// shape of a provincial filter; 34 of them run on every change).
-    fast: Option<(Vec<String>, String)>,
+    fast: Option<FastEq>,
+}
+
+/// `first.rest... == want`, with the map keys of `rest` built once.
+#[derive(Debug)]
+struct FastEq {
+    first: String,
+    rest: Vec<Key>,
+    want: String,
 }
 
 /// The filter could not be evaluated on an entity.
@@ -85,7 +93,17 @@ impl Filter {
         Ok(Self {
             source: source.to_string(),
             program,
-            fast: equality(&ast),
+            fast: equality(&ast).and_then(|(path, want)| {
+                let (first, rest) = path.split_first()?;
+                Some(FastEq {
+                    first: first.clone(),
+                    rest: rest
+                        .iter()
+                        .map(|p| Key::String(Arc::new(p.clone())))
+                        .collect(),
+                    want,
+                })
+            }),
         })
     }
 
@@ -109,9 +127,9 @@ impl Filter {
 
     /// Whether `entity` matches, with `base` holding CEL's functions.
     pub fn matches(&self, base: &Context<'_>, entity: &Vars) -> Result<bool, FilterError> {
-        if let Some((path, want)) = &self.fast {
-            match lookup(entity, path) {
-                Some(Cel::String(s)) => return Ok(s.as_str() == want),
+        if let Some(f) = &self.fast {
+            match lookup(entity, f) {
+                Some(Cel::String(s)) => return Ok(s.as_str() == f.want),
                 Some(Cel::Null) => return Ok(false),
                 _ => {} // anything else: as CEL says
             }
@@ -211,15 +229,18 @@ fn equality(e: &IdedExpr) -> Option<(Vec<String>, String)> {
         .or_else(|| chain(b).zip(literal(a)))
 }
 
-/// The value at `path` in an entity's fields.
-fn lookup<'a>(entity: &'a Vars, path: &[String]) -> Option<&'a Cel> {
-    let (first, rest) = path.split_first()?;
-    let mut cur = entity.0.iter().find(|(k, _)| k == first).map(|(_, v)| v)?;
-    for part in rest {
+/// The value at `f`'s path in an entity's fields.
+fn lookup<'a>(entity: &'a Vars, f: &FastEq) -> Option<&'a Cel> {
+    let mut cur = entity
+        .0
+        .iter()
+        .find(|(k, _)| *k == f.first)
+        .map(|(_, v)| v)?;
+    for key in &f.rest {
         let Cel::Map(m) = cur else {
             return None;
         };
-        cur = m.map.get(&Key::String(Arc::new(part.clone())))?;
+        cur = m.map.get(key)?;
     }
     Some(cur)
 }

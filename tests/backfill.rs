@@ -8,17 +8,19 @@ use std::path::Path;
 use std::sync::Arc;
 
 use govbus_core::{Catalog, Topics};
-use govbus_e2e::{init_logs, runtime, start_registry, unique, Broker};
+use govbus_e2e::{init_logs, runtime, seed_admin_units, start_registry, unique, Broker};
 use govbus_producer::backfill::{self, reject_path};
 use govbus_producer::{open_store, OutboxStore, Publisher};
 use govbus_schema::RegistryClient;
 use serde_json::{json, Value};
 
 fn resident(id: &str, province: &str) -> Value {
+    // A commune of that province in the demo's admin units (the contract checks).
+    let commune = if province == "94" { "31507" } else { "21550" };
     json!({
         "citizen_id": id, "full_name": "Đỗ Minh Quân", "date_of_birth": "1979-09-02",
         "sex": "MALE", "ethnicity": "Kinh",
-        "permanent_address": {"province_code": province, "commune_code": "21550", "street": null},
+        "permanent_address": {"province_code": province, "commune_code": commune, "street": null},
         "updated_at": 1_764_230_400_000i64
     })
 }
@@ -49,12 +51,14 @@ fn publisher(
     let rt = runtime();
     let topics = Topics::new(format!("{}.", unique("t")));
     let (registry, _detached) = start_registry(&rt, &broker.kafka(), &topics.schemas());
+    seed_admin_units(&broker.kafka(), &topics, &registry, dir);
     let store = open_store(dir.join("bca.db").to_str().unwrap(), "").unwrap();
     let p = Publisher::new(
         &Catalog::builtin(),
         "bca",
         "backfill",
         &topics,
+        &broker.kafka(),
         &RegistryClient::new(&registry),
         store.clone(),
     )

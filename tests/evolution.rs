@@ -83,6 +83,7 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
         "bca",
         "new-system",
         &bus.topics,
+        kafka,
         &govbus_schema::RegistryClient::new(registry),
         store,
     )

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{
-    init_logs, read_all, runtime, start_registry, unique, wait_until, Broker, Worker,
+    init_logs, read_all, runtime, seed_admin_units, start_registry, unique, wait_until, Broker,
+    Worker,
 };
 use govbus_producer::{open_store, Publisher, Relay};
 use govbus_schema::{envelope, RegistryClient, SchemaCache};
@@ -39,6 +40,7 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
     let topics = Topics::new(format!("{}.", unique("t")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir().unwrap();
+    seed_admin_units(&kafka, &topics, &registry, dir.path());
     let store = open_store(dir.path().join("s.db").to_str().unwrap(), "").unwrap();
     let publisher = Arc::new(
         Publisher::new(
@@ -46,6 +48,7 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
             "bca",
             "t",
             &topics,
+            &kafka,
             &RegistryClient::new(&registry),
             store.clone(),
         )

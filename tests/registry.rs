@@ -564,6 +564,10 @@ fn contracts_are_registered_with_the_schema() {
     assert_eq!(s, 200, "{latest}");
     assert_eq!(latest["metadata"]["properties"]["owner"], "bca");
     assert_eq!(latest["metadata"]["tags"]["ethnicity"][0], "SENSITIVE");
+    assert_eq!(
+        latest["metadata"]["properties"]["lookup.admin_units"],
+        "moha.admin_units"
+    );
     let names: Vec<&str> = latest["ruleSet"]["domainRules"]
         .as_array()
         .unwrap()
@@ -575,6 +579,9 @@ fn contracts_are_registered_with_the_schema() {
         "date_of_birth_in_range",
         "full_name_not_blank",
         "codes_are_well_formed",
+        "province_exists",
+        "commune_exists",
+        "commune_in_province",
     ] {
         assert!(names.contains(&rule), "{rule} not in {names:?}");
     }

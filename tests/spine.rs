@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use govbus_e2e::{
-    consumer_config, pg_url, read_all, router_config, unique, wait_until, Bus, Worker,
+    consumer_config, expected_rows, pg_rows, pg_url, read_all, router_config, unique, wait_until,
+    Bus, Worker,
 };
 use govbus_producer::demo::{DemoWorld, ETHNICITIES};
 use govbus_producer::{ChangeRequest, Relay};
@@ -39,46 +40,6 @@ fn routed(p: &str, req: &ChangeRequest, before: &Option<Json>) -> usize {
         ChangeRequest::Delete { .. } => (Op::Delete, None),
     };
     usize::from(decide(op, b, a) != Decision::Nothing)
-}
-
-/// Expected row as text: name, dob, sex, province, commune, street, updated_at (ms).
-fn expected_rows(world: &DemoWorld, p: &str) -> BTreeMap<String, Vec<String>> {
-    world
-        .in_province(p)
-        .into_iter()
-        .map(|(k, r)| {
-            let a = &r["permanent_address"];
-            let row = vec![
-                r["full_name"].as_str().unwrap().to_string(),
-                r["date_of_birth"].as_str().unwrap().to_string(),
-                r["sex"].as_str().unwrap().to_string(),
-                a["province_code"].as_str().unwrap().to_string(),
-                a["commune_code"].as_str().unwrap().to_string(),
-                a["street"].as_str().unwrap_or("").to_string(),
-                r["updated_at"].as_i64().unwrap().to_string(),
-            ];
-            (k, row)
-        })
-        .collect()
-}
-
-fn pg_rows(client: &mut postgres::Client, schema: &str) -> Option<BTreeMap<String, Vec<String>>> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT citizen_id, full_name, date_of_birth::text, sex, permanent_address_province_code,
-                        permanent_address_commune_code, coalesce(permanent_address_street, ''),
-                        (extract(epoch from updated_at) * 1000)::bigint::text
-                 FROM \"{schema}\".bca_residents"
-            ),
-            &[],
-        )
-        .ok()?;
-    Some(
-        rows.iter()
-            .map(|r| (r.get(0), (1..8).map(|i| r.get::<_, String>(i)).collect()))
-            .collect(),
-    )
 }
 
 fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> {

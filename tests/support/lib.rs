@@ -53,6 +53,8 @@ pub struct Broker {
     child: Option<Child>,
     /// Where nisshi's output goes.
     pub log: Option<PathBuf>,
+    /// nisshi's storage engine URL (None for an external cluster).
+    storage: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -129,23 +131,67 @@ impl Broker {
                 bootstrap: b,
                 child: None,
                 log: None,
+                storage: None,
                 _dir: dir,
             };
         }
         Self::nisshi(dir, "memory://nisshi/".into())
     }
 
-    fn nisshi(dir: tempfile::TempDir, storage: String) -> Self {
+    /// A fresh nisshi with durable SQLite storage, which [`Broker::restart`]
+    /// stops and starts again on the same port and file (or the cluster
+    /// named by `GOVBUS_KAFKA_BOOTSTRAP`, which is never restarted).
+    pub fn durable() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var("GOVBUS_KAFKA_BOOTSTRAP").is_ok() {
+            return Self::start();
+        }
+        Self::nisshi(dir, "sqlite://nisshi.db".into())
+    }
+
+    /// Whether [`Broker::restart`] can restart this broker.
+    pub fn restartable(&self) -> bool {
+        self.storage
+            .as_deref()
+            .is_some_and(|s| s.starts_with("sqlite://"))
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and
+    /// storage; returns once it listens.
+    pub fn restart(&mut self) {
+        let storage = self.storage.clone().expect("a broker this test started");
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port: u16 = self
+            .bootstrap
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let log = self.log.clone().expect("log");
+        self.child = Some(Self::spawn_nisshi(self._dir.path(), port, &storage, &log));
+    }
+
+    fn spawn_nisshi(
+        dir: &std::path::Path,
+        port: u16,
+        storage: &str,
+        log: &std::path::Path,
+    ) -> Child {
         let bin = ensure_nisshi();
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = dir.path().join("nisshi.log");
-        let out = std::fs::File::create(&log).expect("log file");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = Command::new(&bin)
             .arg("broker")
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &storage])
-            .current_dir(dir.path())
+            .args(["--storage-engine", storage])
+            .current_dir(dir)
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))
             .spawn()
@@ -154,10 +200,18 @@ impl Broker {
         wait_until(Duration::from_secs(30), "nisshi to listen", || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
         });
+        child
+    }
+
+    fn nisshi(dir: tempfile::TempDir, storage: String) -> Self {
+        let port = free_port();
+        let log = dir.path().join("nisshi.log");
+        let child = Self::spawn_nisshi(dir.path(), port, &storage, &log);
         Self {
             bootstrap: format!("127.0.0.1:{port}"),
             child: Some(child),
             log: Some(log),
+            storage: Some(storage),
             _dir: dir,
         }
     }
@@ -445,6 +499,8 @@ pub struct Bus {
     pub catalog: Arc<govbus_core::Catalog>,
     /// A scratch directory.
     pub dir: tempfile::TempDir,
+    /// How many admin units were published (once, on first use).
+    pub seeded: std::sync::OnceLock<usize>,
     /// The broker (dropped last).
     pub broker: Broker,
 }
@@ -468,13 +524,18 @@ impl Bus {
             registry,
             catalog: Arc::new(govbus_core::Catalog::builtin()),
             dir: tempfile::tempdir().expect("tempdir"),
+            seeded: std::sync::OnceLock::new(),
             broker,
         }
     }
 
     /// The bca publisher with a SQLite store in the scratch directory, its
-    /// central topics created.
+    /// central topics created, the demo's admin units published first (its
+    /// contract looks codes up in moha.admin_units).
     pub fn publisher(&self, system: &str) -> govbus_producer::Publisher {
+        self.seeded.get_or_init(|| {
+            seed_admin_units(&self.kafka, &self.topics, &self.registry, self.dir.path())
+        });
         let path = self.dir.path().join(format!("bca-{system}.db"));
         let store =
             govbus_producer::open_store(path.to_str().expect("utf-8 path"), "").expect("store");
@@ -483,6 +544,7 @@ impl Bus {
             "bca",
             system,
             &self.topics,
+            &self.kafka,
             &govbus_schema::RegistryClient::new(&self.registry),
             store,
         )
@@ -490,6 +552,24 @@ impl Bus {
         govbus_producer::ensure_topics(&self.kafka, &p, 4).expect("topics");
         p
     }
+}
+
+/// Publishes the demo's admin units (moha.admin_units) through a moha
+/// publisher with a store in `dir` and relays them; returns how many.
+pub fn seed_admin_units(
+    kafka: &KafkaConfig,
+    topics: &govbus_core::Topics,
+    registry: &str,
+    dir: &std::path::Path,
+) -> usize {
+    govbus_producer::demo::seed_admin_units(
+        &govbus_core::Catalog::builtin(),
+        topics,
+        kafka,
+        &govbus_schema::RegistryClient::new(registry),
+        dir.join("moha.db").to_str().expect("utf-8 path"),
+    )
+    .expect("admin units published")
 }
 
 /// Python with Confluent's client (`confluent-kafka[avro,schemaregistry]`):
@@ -550,4 +630,50 @@ pub fn ensure_python_client() -> PathBuf {
         venv.display()
     );
     python
+}
+
+/// Expected row as text: name, dob, sex, province, commune, street, updated_at (ms).
+pub fn expected_rows(
+    world: &govbus_producer::demo::DemoWorld,
+    p: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    world
+        .in_province(p)
+        .into_iter()
+        .map(|(k, r)| {
+            let a = &r["permanent_address"];
+            let row = vec![
+                r["full_name"].as_str().unwrap().to_string(),
+                r["date_of_birth"].as_str().unwrap().to_string(),
+                r["sex"].as_str().unwrap().to_string(),
+                a["province_code"].as_str().unwrap().to_string(),
+                a["commune_code"].as_str().unwrap().to_string(),
+                a["street"].as_str().unwrap_or("").to_string(),
+                r["updated_at"].as_i64().unwrap().to_string(),
+            ];
+            (k, row)
+        })
+        .collect()
+}
+
+pub fn pg_rows(
+    client: &mut postgres::Client,
+    schema: &str,
+) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT citizen_id, full_name, date_of_birth::text, sex, permanent_address_province_code,
+                        permanent_address_commune_code, coalesce(permanent_address_street, ''),
+                        (extract(epoch from updated_at) * 1000)::bigint::text
+                 FROM \"{schema}\".bca_residents"
+            ),
+            &[],
+        )
+        .ok()?;
+    Some(
+        rows.iter()
+            .map(|r| (r.get(0), (1..8).map(|i| r.get::<_, String>(i)).collect()))
+            .collect(),
+    )
 }

@@ -93,13 +93,22 @@ fn relay(n: usize) -> anyhow::Result<()> {
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir()?;
+    let registry_client = RegistryClient::new(&registry);
+    govbus_producer::demo::seed_admin_units(
+        &Catalog::builtin(),
+        &topics,
+        &kafka,
+        &registry_client,
+        dir.path().join("moha.db").to_str().context("path")?,
+    )?;
     let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
     let publisher = Publisher::new(
         &Catalog::builtin(),
         "bca",
         "bench",
         &topics,
-        &RegistryClient::new(&registry),
+        &kafka,
+        &registry_client,
         store,
     )?;
     govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
@@ -318,13 +327,22 @@ fn ingest(seconds: u32, connections: u32) -> anyhow::Result<()> {
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir()?;
+    let registry_client = RegistryClient::new(&registry);
+    govbus_producer::demo::seed_admin_units(
+        &Catalog::builtin(),
+        &topics,
+        &kafka,
+        &registry_client,
+        dir.path().join("moha.db").to_str().context("path")?,
+    )?;
     let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
     let publisher = Arc::new(Publisher::new(
         &Catalog::builtin(),
         "bca",
         "bench",
         &topics,
-        &RegistryClient::new(&registry),
+        &kafka,
+        &registry_client,
         store,
     )?);
     govbus_producer::ensure_topics(&kafka, &publisher, 4)?;

@@ -66,13 +66,22 @@ pub(crate) fn run(n: usize) -> anyhow::Result<()> {
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let catalog = Arc::new(catalog()?);
     let dir = tempfile::tempdir()?;
+    let registry_client = RegistryClient::new(&registry);
+    govbus_producer::demo::seed_admin_units(
+        &catalog,
+        &topics,
+        &kafka,
+        &registry_client,
+        dir.path().join("moha.db").to_str().context("path")?,
+    )?;
     let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
     let publisher = Publisher::new(
         &catalog,
         "bca",
         "bench",
         &topics,
-        &RegistryClient::new(&registry),
+        &kafka,
+        &registry_client,
         store,
     )?;
     govbus_producer::ensure_topics(&kafka, &publisher, 4)?;

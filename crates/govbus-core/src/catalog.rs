@@ -120,6 +120,12 @@ pub struct DatasetFile {
     /// Data-quality rules the producer enforces before it accepts a change.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Catalogs the rules look values up in: a CEL variable name → the
+    /// dataset (`admin_units = "moha.admin_units"`). The variable is a map
+    /// from the dataset's key to its current row; the producer follows the
+    /// dataset's central topic live to keep it current.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, DatasetId>,
 }
 
 /// A data-quality rule of a dataset's contract.
@@ -296,6 +302,8 @@ impl Catalog {
             .expect("built-in dataset files are valid (tested)");
             c.datasets.insert(spec.id.clone(), spec);
         }
+        c.check_lookups()
+            .expect("built-in lookups name built-in datasets (tested)");
         for (file, text) in BUILTIN_SUBSCRIPTIONS {
             let s = parse_subscription(file, text).expect("built-in subscriptions are valid");
             c.subscriptions.push(s);
@@ -314,8 +322,55 @@ impl Catalog {
             })?;
             c.datasets.insert(spec.id.clone(), spec);
         }
+        c.check_lookups()?;
         c.subscriptions = load_subscriptions(&deploy.join("subscriptions"))?;
         Ok(c)
+    }
+
+    /// Checks that every dataset's `[lookups]` name a declared dataset under
+    /// a name CEL can use that is neither a field of the entity nor `today`.
+    pub fn check_lookups(&self) -> Result<(), CatalogError> {
+        for ds in self.datasets.values() {
+            let file = format!("deploy/datasets/{}.toml", ds.id);
+            for (name, target) in &ds.file.lookups {
+                let invalid = |message: String| CatalogError::Invalid {
+                    file: file.clone(),
+                    line: None,
+                    message,
+                };
+                let ident = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ident {
+                    return Err(invalid(format!(
+                        "lookup `{name}` is not a CEL identifier (letters, digits, _)"
+                    )));
+                }
+                let fields: Vec<String> =
+                    serde_json::from_str::<serde_json::Value>(&ds.entity_schema)
+                        .ok()
+                        .and_then(|s| s["fields"].as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|f| f["name"].as_str().map(String::from))
+                        .collect();
+                if name == "today" || fields.iter().any(|f| f == name) {
+                    return Err(invalid(format!(
+                        "lookup `{name}` hides a variable of the same name (`today` or a field)"
+                    )));
+                }
+                if !self.datasets.contains_key(target) {
+                    let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
+                    return Err(invalid(format!(
+                        "lookup `{name}`: unknown dataset `{target}` (declared: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The dataset `id`, if declared.
@@ -498,6 +553,30 @@ mod tests {
             e.starts_with("b.toml:4:") && e.contains("not a date"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn lookups_name_declared_datasets_under_free_names() {
+        let c = Catalog::builtin();
+        let ds = c.dataset(&"bca.residents".parse().unwrap()).unwrap();
+        assert_eq!(
+            ds.file.lookups["admin_units"].to_string(),
+            "moha.admin_units"
+        );
+        for (name, target, want) in [
+            ("units", "moha.nope", "unknown dataset `moha.nope`"),
+            ("full_name", "moha.admin_units", "hides a variable"),
+            ("today", "moha.admin_units", "hides a variable"),
+            ("2x", "moha.admin_units", "not a CEL identifier"),
+        ] {
+            let mut c = Catalog::builtin();
+            let id: DatasetId = "bca.residents".parse().unwrap();
+            let ds = c.datasets.get_mut(&id).unwrap();
+            ds.file.lookups.clear();
+            ds.file.lookups.insert(name.into(), target.parse().unwrap());
+            let e = c.check_lookups().unwrap_err().to_string();
+            assert!(e.contains("bca.residents.toml") && e.contains(want), "{e}");
+        }
     }
 
     #[test]

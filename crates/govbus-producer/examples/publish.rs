@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "bca",
         "example",
         &Topics::default(),
+        &kafka,
         &RegistryClient::new(&registry),
         store,
     )?;

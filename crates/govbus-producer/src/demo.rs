@@ -40,6 +40,71 @@ pub const PROVINCES: &[(&str, &[&str])] = &[
     ("48", &["20194", "20197"]),
 ];
 
+/// Names of the demo provinces, by code.
+const PROVINCE_NAMES: &[(&str, &str)] = &[
+    ("52", "Bình Định"),
+    ("94", "Sóc Trăng"),
+    ("01", "Hà Nội"),
+    ("79", "Hồ Chí Minh"),
+    ("48", "Đà Nẵng"),
+];
+const COMMUNE_NAMES: &[&str] = &["Hòa Bình", "Tân Phú", "An Nhơn", "Phước Lộc"];
+
+/// The demo's administrative units as `moha.admin_units` rows: the five
+/// provinces and their communes (every code a demo resident uses).
+pub fn admin_units() -> Vec<Json> {
+    let mut out = Vec::new();
+    for (code, communes) in PROVINCES {
+        let name = PROVINCE_NAMES
+            .iter()
+            .find(|(c, _)| c == code)
+            .map_or("?", |(_, n)| n);
+        out.push(json!({"code": code, "name": name, "level": "PROVINCE",
+                        "parent_code": null, "valid_from": "2025-07-01", "valid_to": null}));
+        for (i, c) in communes.iter().enumerate() {
+            out.push(
+                json!({"code": c, "name": format!("Xã {}", COMMUNE_NAMES[i % COMMUNE_NAMES.len()]),
+                            "level": "COMMUNE", "parent_code": code,
+                            "valid_from": "2025-07-01", "valid_to": null}),
+            );
+        }
+    }
+    out
+}
+
+/// Publishes [`admin_units`] as the `moha` ministry: a publisher on
+/// `store_url`, its central topic created, every unit relayed to the cluster
+/// before this returns. Returns how many units. For tests, benchmarks and
+/// `govbus up`, which need the catalog before residents can be accepted.
+pub fn seed_admin_units(
+    catalog: &govbus_core::Catalog,
+    topics: &govbus_core::Topics,
+    kafka: &govbus_core::KafkaConfig,
+    registry: &govbus_schema::RegistryClient,
+    store_url: &str,
+) -> Result<usize, crate::AgentError> {
+    let store = crate::open_store(store_url, "moha_outbox")?;
+    let p = crate::Publisher::new(catalog, "moha", "demo", topics, kafka, registry, store)?;
+    crate::ensure_topics(kafka, &p, 4)?;
+    let units: Vec<ChangeRequest> = admin_units()
+        .into_iter()
+        .map(ChangeRequest::Upsert)
+        .collect();
+    let n = units.len();
+    p.submit_batch("moha.admin_units", units)?;
+    let relay = crate::Relay::new(kafka, p.store(), p.wakeup())?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while relay.step(&stop)? > 0 || p.store().backlog()? > 0 {
+        if std::time::Instant::now() > deadline {
+            return Err(crate::AgentError::Seed(
+                "admin units not relayed within 60 s".into(),
+            ));
+        }
+    }
+    Ok(n)
+}
+
 /// The demo ministry's world: who lives where now.
 #[derive(Debug)]
 pub struct DemoWorld {
@@ -189,5 +254,26 @@ mod tests {
         }
         let total: usize = PROVINCES.iter().map(|(p, _)| w.in_province(p).len()).sum();
         assert_eq!(total, w.live().len());
+    }
+
+    #[test]
+    fn every_demo_code_is_an_admin_unit_under_its_province() {
+        let units = admin_units();
+        let parent = |code: &str| {
+            units
+                .iter()
+                .find(|u| u["code"] == code)
+                .map(|u| u["parent_code"].clone())
+        };
+        let mut w = DemoWorld::new(3);
+        for _ in 0..300 {
+            w.next_change();
+        }
+        for r in w.live().values() {
+            let a = &r["permanent_address"];
+            let p = a["province_code"].as_str().unwrap();
+            assert_eq!(parent(p), Some(Json::Null), "{p}");
+            assert_eq!(parent(a["commune_code"].as_str().unwrap()), Some(json!(p)));
+        }
     }
 }

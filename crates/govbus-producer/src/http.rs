@@ -43,7 +43,12 @@ pub async fn serve(
 }
 
 async fn datasets(State(p): State<Arc<Publisher>>) -> Response {
-    Json(json!({ "datasets": p.datasets() })).into_response()
+    let lookups: Vec<Value> = p
+        .lookups()
+        .into_iter()
+        .map(|(dataset, rows)| json!({"dataset": dataset, "rows": rows}))
+        .collect();
+    Json(json!({ "datasets": p.datasets(), "lookups": lookups })).into_response()
 }
 
 fn reject(

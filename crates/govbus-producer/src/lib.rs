@@ -17,6 +17,7 @@ pub mod backfill;
 pub mod deadletter;
 pub mod demo;
 pub mod http;
+pub mod lookup;
 pub mod outbox;
 pub mod publisher;
 pub mod relay;
@@ -106,6 +107,12 @@ pub enum AgentError {
     /// Kafka client creation.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    /// A change was refused.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// Seeding demo data did not finish.
+    #[error("seeding: {0}")]
+    Seed(String),
     /// The HTTP listener.
     #[error("cannot listen on {0}: {1}")]
     Listen(std::net::SocketAddr, std::io::Error),
@@ -120,7 +127,15 @@ pub fn open_publisher(
     let store = open_store(&cfg.store, &cfg.pg_schema)?;
     let topics = govbus_core::Topics::new(&cfg.topic_prefix);
     let registry = govbus_schema::RegistryClient::new(&cfg.registry);
-    let p = Publisher::new(catalog, &cfg.agency, &cfg.system, &topics, &registry, store)?;
+    let p = Publisher::new(
+        catalog,
+        &cfg.agency,
+        &cfg.system,
+        &topics,
+        &cfg.kafka,
+        &registry,
+        store,
+    )?;
     ensure_topics(&cfg.kafka, &p, cfg.partitions)?;
     Ok(p)
 }

@@ -12,6 +12,7 @@ use govbus_schema::json::{to_avro, to_json};
 use govbus_schema::{AvroValue, Change, EnvelopeCodec, FieldError, Op, RegistryClient, Source};
 use serde_json::Value as Json;
 
+use crate::lookup::{Lookup, LookupError, Lookups};
 use crate::store::{Built, OutboxStore, StoreError};
 
 /// A change as a source system states it.
@@ -83,7 +84,13 @@ pub enum SetupError {
         /// Why.
         source: govbus_schema::RegistryError,
     },
+    /// A catalog the rules look values up in could not be followed.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
+
+/// How long the producer waits at start for its lookups to catch up.
+const LOOKUP_CATCH_UP: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Writer {
@@ -92,18 +99,25 @@ struct Writer {
     entity: Schema,
     codec: EnvelopeCodec,
     rules: Vec<Rule>,
+    /// The catalogs the rules look values up in, by CEL variable name.
+    lookups: Vec<(String, Arc<Lookup>)>,
 }
 
 /// A dataset's contract in Confluent's terms: `metadata` (owner, key,
 /// routing fields; field tags such as PII) and a `ruleSet` of CEL domain
 /// rules over the change's `after` image (what the producer enforces).
 fn contract_of(ds: &govbus_core::catalog::DatasetSpec) -> (Json, Json) {
+    let mut properties = serde_json::json!({
+        "owner": ds.file.owner,
+        "key": ds.file.key,
+        "routing": ds.file.routing.join(","),
+    });
+    // `lookup.<name>`: the dataset a rule's map variable holds (keyed by its key).
+    for (name, target) in &ds.file.lookups {
+        properties[format!("lookup.{name}")] = Json::String(target.to_string());
+    }
     let metadata = serde_json::json!({
-        "properties": {
-            "owner": ds.file.owner,
-            "key": ds.file.key,
-            "routing": ds.file.routing.join(","),
-        },
+        "properties": properties,
         "tags": ds.file.tags,
     });
     let rules: Vec<Json> = ds
@@ -217,20 +231,28 @@ pub struct Publisher {
     writers: HashMap<String, Writer>,
     store: Arc<dyn OutboxStore>,
     wakeup: Arc<Wakeup>,
+    /// Followers of the catalogs the contracts look values up in (stopped
+    /// when the publisher is dropped).
+    lookups: Lookups,
 }
 
 impl Publisher {
     /// Registers the envelope schema of every dataset `agency` owns and
-    /// returns a publisher writing to `store`.
+    /// returns a publisher writing to `store`. When a dataset's contract
+    /// looks values up in another dataset (`[lookups]`), that dataset's
+    /// central topic is followed from `kafka`, and this waits until it has
+    /// been read to its end.
     pub fn new(
         catalog: &Catalog,
         agency: &str,
         system: &str,
         topics: &Topics,
+        kafka: &govbus_core::KafkaConfig,
         registry: &RegistryClient,
         store: Arc<dyn OutboxStore>,
     ) -> Result<Self, SetupError> {
         let mut writers = HashMap::new();
+        let mut followers = Lookups::default();
         for ds in catalog.datasets.values().filter(|d| d.id.owner == agency) {
             let bad = |reason: String| SetupError::Schema {
                 dataset: ds.id.clone(),
@@ -239,17 +261,33 @@ impl Publisher {
             let entity = Schema::parse_str(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
             let env_text = envelope_schema(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
             let env = Schema::parse_str(&env_text).map_err(|e| bad(e.to_string()))?;
+            let mut lookup_schemas = Vec::new();
+            for (name, target) in &ds.file.lookups {
+                let spec = catalog
+                    .dataset(target)
+                    .ok_or_else(|| bad(format!("lookup {name}: unknown dataset {target}")))?;
+                let schema = Schema::parse_str(&spec.entity_schema)
+                    .map_err(|e| bad(format!("lookup {name}: {e}")))?;
+                lookup_schemas.push((name.as_str(), schema));
+            }
+            let lookup_refs: Vec<(&str, &Schema)> =
+                lookup_schemas.iter().map(|(n, s)| (*n, s)).collect();
             let rules = ds
                 .file
                 .rules
                 .iter()
                 .map(|r| {
-                    govbus_schema::cel::Filter::compile_with(&r.expr, &entity, &["today"])
-                        .map(|expr| Rule {
-                            spec: r.clone(),
-                            expr,
-                        })
-                        .map_err(|e| bad(format!("rule {}: {e}", r.name)))
+                    govbus_schema::cel::Filter::compile_rule(
+                        &r.expr,
+                        &entity,
+                        &["today"],
+                        &lookup_refs,
+                    )
+                    .map(|expr| Rule {
+                        spec: r.clone(),
+                        expr,
+                    })
+                    .map_err(|e| bad(format!("rule {}: {e}", r.name)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let topic = topics.central(&ds.id, ds.file.major);
@@ -258,6 +296,18 @@ impl Publisher {
             let id = registry
                 .register_with(&subject, &env_text, Some(&metadata), Some(&rule_set))
                 .map_err(|source| SetupError::Registry { subject, source })?;
+            let mut lookups = Vec::new();
+            for (name, target) in &ds.file.lookups {
+                let major = catalog.dataset(target).map_or(1, |t| t.file.major);
+                let l = followers.get_or_follow(
+                    kafka,
+                    registry,
+                    target,
+                    topics.central(target, major),
+                    LOOKUP_CATCH_UP,
+                )?;
+                lookups.push((name.clone(), l));
+            }
             writers.insert(
                 ds.id.to_string(),
                 Writer {
@@ -266,6 +316,7 @@ impl Publisher {
                     entity,
                     codec: EnvelopeCodec::new(env, id),
                     rules,
+                    lookups,
                 },
             );
         }
@@ -275,7 +326,19 @@ impl Publisher {
             writers,
             store,
             wakeup: Arc::new(Wakeup::default()),
+            lookups: followers,
         })
+    }
+
+    /// The catalogs the contracts look values up in: (dataset, rows held).
+    pub fn lookups(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .lookups
+            .all()
+            .map(|l| (l.dataset().to_string(), l.rows()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The store behind this publisher (the relay reads it).
@@ -381,6 +444,9 @@ impl Publisher {
                     .format("%Y-%m-%d")
                     .to_string(),
             );
+            for (name, l) in &w.lookups {
+                rule_ctx.add_variable_from_value(name.clone(), l.value());
+            }
         }
         for (i, req) in reqs.iter().enumerate() {
             let prefix = |f: &str| {

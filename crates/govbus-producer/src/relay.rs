@@ -5,16 +5,30 @@
 //! flight (the slot index is the message's opaque), so the hot path has no
 //! allocation, channel or map per change: the relay thread reads the
 //! outbox, sends, and advances over the acknowledged prefix of the ring.
+//!
+//! Exactly once across crashes: every record carries the `govbus.outbox`
+//! header (`<relay id>:<outbox id>`), and with each trim the relay records,
+//! per partition, the broker offset of the last change it has marked as
+//! sent. A relay killed between the broker's acknowledgement and its trim
+//! reads, when it starts again, each partition from that offset to its end
+//! and marks the changes it finds there as sent instead of publishing them
+//! twice. Before it first writes to a topic it records the topic's end
+//! offsets, so that scan never starts before its own first record.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use govbus_core::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
@@ -26,17 +40,28 @@ const PENDING: u8 = 0;
 const DELIVERED: u8 = 1;
 const FAILED: u8 = 2;
 
+/// The header naming the outbox row a record comes from: `<relay id>:<id>`
+/// (the relay id in 16 hex digits, the outbox id in decimal).
+pub const OUTBOX_HEADER: &str = "govbus.outbox";
+
+/// Reports between two wake-ups of the relay thread.
+const WAKE_EVERY: usize = 4096;
+
 /// Changes in flight at most (a power of two: slots are `seq & (RING - 1)`).
 const RING: usize = 1 << 17;
 
 /// Delivery reports, by ring slot.
 struct Reports {
     slots: Box<[AtomicU8]>,
+    /// Partition and offset of each delivered change, by slot.
+    partitions: Box<[AtomicI32]>,
+    offsets: Box<[AtomicI64]>,
     /// Sent and not yet reported.
     outstanding: AtomicUsize,
     /// The latest refusal, for the log.
     error: Mutex<Option<String>>,
-    /// The relay thread, woken by each report.
+    /// The relay thread, woken when every change in flight is reported, on
+    /// a refusal, and every `WAKE_EVERY` reports (it also polls every 5 ms).
     relay: OnceLock<Thread>,
 }
 
@@ -47,16 +72,25 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
         let state = match result {
-            Ok(_) => DELIVERED,
+            Ok(m) => {
+                self.partitions[slot].store(m.partition(), Ordering::Relaxed);
+                self.offsets[slot].store(m.offset(), Ordering::Relaxed);
+                DELIVERED
+            }
             Err((e, _)) => {
                 *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 FAILED
             }
         };
         self.slots[slot].store(state, Ordering::Release);
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-        if let Some(t) = self.relay.get() {
-            t.unpark();
+        let left = self.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+        // Not on every report: a wake-up per change is a context switch per
+        // change on the thread serving delivery reports, which on a small
+        // machine takes CPU from the broker and slows every acknowledgement.
+        if left == 0 || left % WAKE_EVERY == 0 || state == FAILED {
+            if let Some(t) = self.relay.get() {
+                t.unpark();
+            }
         }
     }
 }
@@ -68,6 +102,11 @@ struct InFlight {
     /// Outbox id and dataset (an index into `datasets`) of each.
     rows: VecDeque<(i64, u16)>,
     datasets: Vec<String>,
+    /// The topic of each dataset index.
+    topics: Vec<String>,
+    /// Per (dataset index, partition): the highest offset acknowledged
+    /// among the changes moved to `acked` and not yet recorded.
+    offsets: Vec<(u16, i32, i64)>,
 }
 
 impl InFlight {
@@ -76,6 +115,8 @@ impl InFlight {
             head: 0,
             rows: VecDeque::with_capacity(RING),
             datasets: Vec::new(),
+            topics: Vec::new(),
+            offsets: Vec::new(),
         }
     }
 
@@ -84,16 +125,33 @@ impl InFlight {
     }
 
     /// The index of `dataset` in `datasets` (added when new).
-    fn dataset(&mut self, dataset: &str) -> u16 {
+    fn dataset(&mut self, dataset: &str, topic: &str) -> u16 {
         let i = match self.datasets.iter().position(|d| d == dataset) {
             Some(i) => i,
             None => {
                 self.datasets.push(dataset.to_string());
+                self.topics.push(topic.to_string());
                 self.datasets.len() - 1
             }
         };
         u16::try_from(i).unwrap_or(u16::MAX)
     }
+
+    fn acked_at(&mut self, ds: u16, partition: i32, offset: i64) {
+        match self
+            .offsets
+            .iter_mut()
+            .find(|(d, p, _)| *d == ds && *p == partition)
+        {
+            Some(e) => e.2 = e.2.max(offset),
+            None => self.offsets.push((ds, partition, offset)),
+        }
+    }
+}
+
+/// The name under which the acknowledged offset of a partition is kept.
+fn offset_name(topic: &str, partition: i32) -> String {
+    format!("relay.offset.{topic}.{partition}")
 }
 
 /// Moves the outbox to Kafka.
@@ -102,6 +160,13 @@ pub struct Relay {
     producer: ThreadedProducer<Reports>,
     wakeup: Arc<Wakeup>,
     batch: usize,
+    kafka: KafkaConfig,
+    /// This store's relay id (in every record's `govbus.outbox` header).
+    id: OnceLock<u64>,
+    /// Topics whose starting offsets are recorded.
+    baselined: Mutex<HashSet<String>>,
+    /// Whether the crash recovery ran (once per relay).
+    recovered: AtomicBool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -127,6 +192,8 @@ impl Relay {
     ) -> Result<Self, KafkaError> {
         let reports = Reports {
             slots: (0..RING).map(|_| AtomicU8::new(PENDING)).collect(),
+            partitions: (0..RING).map(|_| AtomicI32::new(-1)).collect(),
+            offsets: (0..RING).map(|_| AtomicI64::new(-1)).collect(),
             outstanding: AtomicUsize::new(0),
             error: Mutex::new(None),
             relay: OnceLock::new(),
@@ -142,7 +209,210 @@ impl Relay {
             producer,
             wakeup,
             batch: 10_000,
+            kafka: kafka.clone(),
+            id: OnceLock::new(),
+            baselined: Mutex::new(HashSet::new()),
+            recovered: AtomicBool::new(false),
         })
+    }
+
+    /// This store's relay id: drawn once and kept in the store.
+    fn relay_id(&self) -> Result<u64, StoreError> {
+        if let Some(id) = self.id.get() {
+            return Ok(*id);
+        }
+        let id = match self.store.checkpoint("relay.id")? {
+            Some(id) => id as u64,
+            None => {
+                let id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+                self.store.set_positions(&[("relay.id".into(), id)])?;
+                id as u64
+            }
+        };
+        Ok(*self.id.get_or_init(|| id))
+    }
+
+    /// Records the end offsets of `topic`'s partitions that have none yet,
+    /// before the relay first writes there (the start of any later scan).
+    fn baseline(&self, topic: &str) {
+        if self
+            .baselined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+        {
+            return;
+        }
+        let mut tries = 0;
+        loop {
+            match self.try_baseline(topic) {
+                Ok(()) => break,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    tracing::warn!(topic, error = %e, "cannot read the topic's end offsets; retrying");
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    tracing::error!(topic, error = %e, "sending without recorded end offsets: a crash before the first trim may publish changes twice");
+                    break;
+                }
+            }
+        }
+        self.baselined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string());
+    }
+
+    fn try_baseline(&self, topic: &str) -> Result<(), String> {
+        let client = self.producer.client();
+        let md = client
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let mut marks = Vec::new();
+        for t in md.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let name = offset_name(topic, p.id());
+                if self
+                    .store
+                    .checkpoint(&name)
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    let (_, high) = client
+                        .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    marks.push((name, high - 1));
+                }
+            }
+        }
+        self.store.set_positions(&marks).map_err(|e| e.to_string())
+    }
+
+    /// Marks as sent the pending changes a previous run (or this one, before
+    /// a rewind) got onto the broker without recording it: read each
+    /// partition of each pending topic from the last offset recorded to its
+    /// end, looking for this relay's header. Returns how many it found.
+    fn recover(&self) -> Result<usize, String> {
+        let relay = self.relay_id().map_err(|e| e.to_string())?;
+        let topics = self.store.pending_topics().map_err(|e| e.to_string())?;
+        if topics.is_empty() {
+            return Ok(0);
+        }
+        let mut cfg = self
+            .kafka
+            .consumer(&format!("govbus-relay-recover-{}", uuid::Uuid::new_v4()));
+        cfg.set("enable.partition.eof", "true")
+            .set("isolation.level", "read_uncommitted");
+        let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        let prefix = format!("{relay:016x}:");
+        let mut found: Vec<i64> = Vec::new();
+        let mut ends: Vec<(String, i64)> = Vec::new();
+        // One topic at a time: a partition EOF names the partition only.
+        for topic in &topics {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let mut open: HashSet<i32> = HashSet::new();
+            for t in md.topics().iter().filter(|t| t.name() == topic) {
+                for p in t.partitions() {
+                    let from = self
+                        .store
+                        .checkpoint(&offset_name(topic, p.id()))
+                        .map_err(|e| e.to_string())?;
+                    if let Some(o) = from {
+                        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Offset(o + 1))
+                            .map_err(|e| e.to_string())?;
+                        open.insert(p.id());
+                    }
+                }
+            }
+            if open.is_empty() {
+                continue;
+            }
+            consumer.assign(&tpl).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !open.is_empty() {
+                if Instant::now() > deadline {
+                    return Err(format!("the end of {topic} was not reached within 60 s"));
+                }
+                match consumer.poll(Duration::from_millis(200)) {
+                    None => {}
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        open.remove(&p);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "relay recovery: consumer error"),
+                    Some(Ok(m)) => {
+                        let tagged = m.headers().and_then(|h| {
+                            h.iter()
+                                .find(|h| h.key == OUTBOX_HEADER)
+                                .and_then(|h| h.value)
+                                .and_then(|v| std::str::from_utf8(v).ok())
+                                .and_then(|v| v.strip_prefix(&prefix))
+                                .and_then(|id| id.parse::<i64>().ok())
+                        });
+                        if let Some(id) = tagged {
+                            found.push(id);
+                            ends.push((offset_name(m.topic(), m.partition()), m.offset()));
+                        }
+                    }
+                }
+            }
+        }
+        found.sort_unstable();
+        if !found.is_empty() {
+            self.store.mark_sent(&found).map_err(|e| e.to_string())?;
+            ends.sort();
+            ends.reverse();
+            ends.dedup_by(|a, b| a.0 == b.0); // the highest offset per partition
+            self.store.set_positions(&ends).map_err(|e| e.to_string())?;
+            tracing::info!(
+                changes = found.len(),
+                "relay recovery: changes already on the broker marked as sent, not published again"
+            );
+        }
+        Ok(found.len())
+    }
+
+    /// [`Self::recover`], retried until it succeeds or `stop` is set.
+    fn recover_or_wait(&self, stop: &AtomicBool) {
+        let mut tries = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            match self.recover() {
+                Ok(_) => return,
+                Err(e) => {
+                    tries += 1;
+                    if tries == 1 || tries % 20 == 0 {
+                        tracing::warn!(error = %e, "relay recovery failed; retrying before sending");
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Records the broker offsets of the changes just marked as sent.
+    fn save_offsets(&self, flight: &mut InFlight) {
+        if flight.offsets.is_empty() {
+            return;
+        }
+        let marks: Vec<(String, i64)> = flight
+            .offsets
+            .iter()
+            .filter_map(|(ds, p, o)| {
+                flight
+                    .topics
+                    .get(usize::from(*ds))
+                    .map(|t| (offset_name(t, *p), *o))
+            })
+            .collect();
+        match self.store.set_positions(&marks) {
+            Ok(()) => flight.offsets.clear(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the acknowledged offsets; kept for the next trim")
+            }
+        }
     }
 
     fn reports(&self) -> &Reports {
@@ -152,14 +422,30 @@ impl Relay {
     /// Sends one change as the next in flight (waiting while librdkafka's
     /// queue is full). A change the client refuses outright is reported as
     /// failed in its slot.
-    fn send(&self, id: i64, ds: u16, topic: &str, key: &[u8], value: &[u8], flight: &mut InFlight) {
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        id: i64,
+        ds: u16,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+        flight: &mut InFlight,
+        tag: &mut String,
+    ) {
         let slot = flight.next_slot();
         let reports = self.reports();
         reports.slots[slot].store(PENDING, Ordering::Relaxed);
         reports.outstanding.fetch_add(1, Ordering::AcqRel);
+        tag.truncate(17); // keep `<relay id>:`
+        let _ = write!(tag, "{id}");
         let mut record = BaseRecord::with_opaque_to(topic, slot)
             .key(key)
-            .payload(value);
+            .payload(value)
+            .headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: OUTBOX_HEADER,
+                value: Some(tag.as_bytes()),
+            }));
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -180,20 +466,34 @@ impl Relay {
 
     /// Sends every change of `batch`.
     fn send_batch(&self, batch: &PendingBatch, flight: &mut InFlight) {
-        let ds: Vec<u16> = batch.names.iter().map(|(d, _)| flight.dataset(d)).collect();
+        let ds: Vec<u16> = batch
+            .names
+            .iter()
+            .map(|(d, t)| {
+                self.baseline(t);
+                flight.dataset(d, t)
+            })
+            .collect();
+        let mut tag = format!("{:016x}:", self.id.get().copied().unwrap_or(0));
         for (id, name, topic, key, value) in batch.iter() {
             let d = ds.get(usize::from(name)).copied().unwrap_or(u16::MAX);
-            self.send(id, d, topic, key, value, flight);
+            self.send(id, d, topic, key, value, flight, &mut tag);
         }
     }
 
     /// Moves the acknowledged prefix of `flight` into `acked` (ids) and
     /// `counts` (per dataset index).
     fn advance(&self, flight: &mut InFlight, acked: &mut Vec<i64>, counts: &mut [u64]) -> Advance {
-        let slots = &self.reports().slots;
+        let reports = self.reports();
         while let Some(&(id, ds)) = flight.rows.front() {
-            match slots[flight.head & (RING - 1)].load(Ordering::Acquire) {
+            let slot = flight.head & (RING - 1);
+            match reports.slots[slot].load(Ordering::Acquire) {
                 DELIVERED => {
+                    flight.acked_at(
+                        ds,
+                        reports.partitions[slot].load(Ordering::Relaxed),
+                        reports.offsets[slot].load(Ordering::Relaxed),
+                    );
                     flight.rows.pop_front();
                     flight.head = flight.head.wrapping_add(1);
                     acked.push(id);
@@ -247,6 +547,10 @@ impl Relay {
     /// `stop` is set.
     pub fn step(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
         let _ = self.reports().relay.set(std::thread::current());
+        self.relay_id()?;
+        if !self.recovered.swap(true, Ordering::AcqRel) {
+            self.recover_or_wait(stop);
+        }
         let mut rows = PendingBatch::default();
         if self
             .store
@@ -276,8 +580,13 @@ impl Relay {
             Advance::Failed
         );
         self.store.mark_sent(&acked)?;
+        self.save_offsets(&mut flight);
         Self::record(&flight, &mut counts);
         self.drain(&mut flight, Duration::from_secs(3));
+        if failed {
+            // Changes after the refused one may have landed: find them.
+            self.recover_or_wait(stop);
+        }
         if (failed || acked.len() < rows.rows.len()) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -290,6 +599,16 @@ impl Relay {
     /// prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
         let _ = self.reports().relay.set(std::thread::current());
+        while let Err(e) = self.relay_id() {
+            tracing::error!(error = %e, "relay cannot read its id from the store; retrying");
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if !self.recovered.swap(true, Ordering::AcqRel) {
+            self.recover_or_wait(&stop);
+        }
         let window = RING - self.batch;
         // Bumped to make the reader start again from the lowest pending id
         // (after a refused change, or to pick up changes that committed out
@@ -377,6 +696,7 @@ impl Relay {
             if trim {
                 match self.store.mark_sent(&acked) {
                     Ok(()) => {
+                        self.save_offsets(&mut flight);
                         Self::record(&flight, &mut counts);
                         acked.clear();
                     }
@@ -387,8 +707,12 @@ impl Relay {
                 last_trim = Instant::now();
             }
             if failed {
-                // Rewind: everything from the failed change on is sent again.
+                // Rewind: everything from the failed change on is sent again,
+                // but for what landed after it (found on the broker).
                 self.drain(&mut flight, Duration::from_secs(30));
+                if acked.is_empty() {
+                    self.recover_or_wait(&stop);
+                }
                 epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
@@ -408,8 +732,8 @@ impl Relay {
                 }
             }
         }
-        if !acked.is_empty() {
-            let _ = self.store.mark_sent(&acked);
+        if !acked.is_empty() && self.store.mark_sent(&acked).is_ok() {
+            self.save_offsets(&mut flight);
         }
         reader_stop.store(true, Ordering::Relaxed);
         drop(batches);

@@ -200,6 +200,14 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     fn housekeep(&self, _limit: usize) -> Result<usize, StoreError> {
         Ok(0)
     }
+
+    /// Records several named positions in one transaction (the relay's id
+    /// and the broker offsets it has acknowledged; read back with
+    /// [`OutboxStore::checkpoint`]).
+    fn set_positions(&self, positions: &[(String, i64)]) -> Result<(), StoreError>;
+
+    /// The topics of the pending changes.
+    fn pending_topics(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// SQLite store (the embedded default).
@@ -438,6 +446,33 @@ impl OutboxStore for SqliteStore {
         )?)
     }
 
+    fn set_positions(&self, positions: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.relay_conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO govbus_sources (name, position) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            )?;
+            for (name, pos) in positions {
+                st.execute(rusqlite::params![name, pos])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn pending_topics(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.relay_conn();
+        let mut st = conn.prepare(
+            "SELECT DISTINCT topic FROM govbus_outbox WHERE id > (SELECT position FROM govbus_relay)",
+        )?;
+        let topics = st
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(topics)
+    }
+
     fn backlog(&self) -> Result<i64, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         Ok(conn.query_row(
@@ -606,6 +641,36 @@ impl OutboxStore for PostgresStore {
             &[&ids],
         )?;
         Ok(())
+    }
+
+    fn set_positions(&self, positions: &[(String, i64)]) -> Result<(), StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = client.transaction()?;
+        for (name, pos) in positions {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.govbus_sources (name, position) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+                ),
+                &[name, pos],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn pending_topics(&self) -> Result<Vec<String>, StoreError> {
+        let s = &self.schema;
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(client
+            .query(
+                &format!("SELECT DISTINCT topic FROM {s}.govbus_outbox"),
+                &[],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn backlog(&self) -> Result<i64, StoreError> {

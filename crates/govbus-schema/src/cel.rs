@@ -60,6 +60,18 @@ impl Filter {
     /// [`Self::compile`], where `given` names variables the caller provides
     /// besides the entity's fields (e.g. `today`).
     pub fn compile_with(source: &str, entity: &Schema, given: &[&str]) -> Result<Self, String> {
+        Self::compile_rule(source, entity, given, &[])
+    }
+
+    /// [`Self::compile_with`], where `lookups` are map variables from a key
+    /// to a row of the given schema (`admin_units[code].level`): the fields
+    /// read from their rows are checked against those schemas too.
+    pub fn compile_rule(
+        source: &str,
+        entity: &Schema,
+        given: &[&str],
+        lookups: &[(&str, &Schema)],
+    ) -> Result<Self, String> {
         // cel-parser 0.10 panics on some malformed input (an ANTLR visitor
         // hitting `unreachable!`); a subscription file is input, so turn that
         // into an error instead of taking the router down.
@@ -85,7 +97,18 @@ impl Filter {
             {
                 continue;
             }
+            if lookups.iter().any(|(n, _)| *n == path[0]) {
+                continue;
+            }
             check_path(entity, &names, &path)?;
+        }
+        for (name, schema) in lookups {
+            let names = Names::of(schema);
+            let mut rows = Vec::new();
+            row_paths(&ast, name, &mut rows);
+            for path in rows {
+                check_path(schema, &names, &path).map_err(|e| format!("{name}[...]: {e}"))?;
+            }
         }
         let program = std::panic::catch_unwind(|| Program::compile(source))
             .map_err(|_| format!("CEL syntax error in `{source}`"))?
@@ -321,6 +344,48 @@ fn collect_paths(e: &IdedExpr, locals: &mut HashSet<String>, out: &mut Vec<Vec<S
     }
 }
 
+/// Field paths read from rows of the map variable `var` (`var[k].a.b`).
+fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
+    let indexes_var = |x: &IdedExpr| match &x.expr {
+        Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
+            matches!(&c.args[0].expr, Expr::Ident(n) if n == var)
+        }
+        _ => false,
+    };
+    if let Expr::Select(sel) = &e.expr {
+        let mut chain = vec![sel.field.clone()];
+        let mut cur = &sel.operand;
+        while let Expr::Select(inner) = &cur.expr {
+            chain.push(inner.field.clone());
+            cur = &inner.operand;
+        }
+        if indexes_var(cur) {
+            chain.reverse();
+            out.push(chain);
+        }
+        return row_paths(cur, var, out);
+    }
+    match &e.expr {
+        Expr::Call(c) => {
+            c.target.iter().for_each(|t| row_paths(t, var, out));
+            c.args.iter().for_each(|a| row_paths(a, var, out));
+        }
+        Expr::List(l) => l.elements.iter().for_each(|x| row_paths(x, var, out)),
+        Expr::Comprehension(c) => {
+            for x in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                row_paths(x, var, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn check_path(entity: &Schema, names: &Names, path: &[String]) -> Result<(), String> {
     let mut cur = names.resolve(entity);
     for (i, part) in path.iter().enumerate() {
@@ -395,6 +460,58 @@ mod tests {
             g.matches(&base, &Vars::of(&e)),
             Err(FilterError::NotBool { .. })
         ));
+    }
+
+    /// Rules that look rows up in a catalog: fields of its rows are checked
+    /// against the catalog's schema; `in` and indexing work on the map.
+    #[test]
+    fn lookups_are_checked_and_evaluated() {
+        let s = residents();
+        let units =
+            Schema::parse_str(include_str!("../../../schemas/moha/admin_units.v1.avsc")).unwrap();
+        let lookups = [("admin_units", &units)];
+        let src = "permanent_address.commune_code in admin_units \
+                   && admin_units[permanent_address.commune_code].parent_code \
+                      == permanent_address.province_code";
+        let f = Filter::compile_rule(src, &s, &[], &lookups).unwrap();
+        let e = Filter::compile_rule(
+            "admin_units[permanent_address.commune_code].parent == '52'",
+            &s,
+            &[],
+            &lookups,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("admin_units[...]: unknown field `parent`"),
+            "{e}"
+        );
+        let e = Filter::compile_with(src, &s, &[]).unwrap_err();
+        assert!(e.contains("unknown field `admin_units`"), "{e}");
+
+        let row = |parent: &str| {
+            map([(
+                "parent_code".to_string(),
+                Cel::String(Arc::new(parent.to_string())),
+            )]
+            .into_iter())
+        };
+        let mut base = Context::default();
+        base.add_variable_from_value(
+            "admin_units",
+            map([("21550".to_string(), row("52"))].into_iter()),
+        );
+        let entity = |p: &str, c: &str| {
+            Vars::of(&AvroValue::Record(vec![(
+                "permanent_address".into(),
+                AvroValue::Record(vec![
+                    ("province_code".into(), AvroValue::String(p.into())),
+                    ("commune_code".into(), AvroValue::String(c.into())),
+                ]),
+            )]))
+        };
+        assert!(f.matches(&base, &entity("52", "21550")).unwrap());
+        assert!(!f.matches(&base, &entity("94", "21550")).unwrap());
+        assert!(!f.matches(&base, &entity("52", "99999")).unwrap());
     }
 
     /// The interpreter-free path for `path == "literal"` agrees with CEL.

@@ -7,6 +7,28 @@ use govbus_producer::demo::DemoWorld;
 use govbus_producer::ChangeRequest;
 use serde_json::json;
 
+/// Posts the demo's administrative units to moha's ingest endpoint (one
+/// batch); returns how many.
+pub(crate) fn post_admin_units(ingest: &str) -> anyhow::Result<usize> {
+    let url = format!(
+        "{}/v1/datasets/moha.admin_units/changes/batch",
+        ingest.trim_end_matches('/')
+    );
+    let units = govbus_producer::demo::admin_units();
+    let changes: Vec<_> = units
+        .iter()
+        .map(|u| json!({"op": "upsert", "data": u}))
+        .collect();
+    match ureq::post(&url).send_string(&json!({ "changes": changes }).to_string()) {
+        Ok(_) => Ok(units.len()),
+        Err(ureq::Error::Status(s, r)) => bail!(
+            "moha ingest refused the admin units ({s}): {}",
+            r.into_string().unwrap_or_default()
+        ),
+        Err(e) => Err(e).context("posting admin units to moha's ingest"),
+    }
+}
+
 /// Posts changes at `rate` per second (0 = as fast as possible), `count` in all (0 = forever).
 pub(crate) async fn run(ingest: String, rate: u32, count: u64, seed: u64) -> anyhow::Result<()> {
     let url = format!(

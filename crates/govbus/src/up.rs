@@ -180,7 +180,9 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     let broker_port = free_port()?;
     let registry_port = free_port()?;
     let ingest_port = free_port()?;
-    let [m_router, m_producer, m_p52, m_p94, m_registry] = [
+    let moha_port = free_port()?;
+    let [m_router, m_producer, m_p52, m_p94, m_registry, m_moha] = [
+        free_port()?,
         free_port()?,
         free_port()?,
         free_port()?,
@@ -240,6 +242,33 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     stack.wait_ready("registry", || http_ok(&format!("{registry}/subjects")))?;
     println!("  registry  {registry}");
 
+    // moha first: bca's contract looks province and commune codes up in
+    // moha.admin_units, so the catalog is on the bus before bca starts.
+    let cfg = write_config(
+        &dir.join("moha.toml"),
+        &section(
+            "producer",
+            format!(
+                "agency = \"moha\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{moha_port}\"\nstore = \"sqlite://{}\"\n",
+                dir.join("moha-outbox.db").display()
+            ),
+            m_moha,
+        ),
+    )?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("produce").arg("--config").arg(&cfg);
+    stack.spawn("moha", cmd, &dir)?;
+    let moha = format!("http://127.0.0.1:{moha_port}");
+    stack.wait_ready("moha", || http_ok(&format!("{moha}/healthz")))?;
+    let units = crate::demo::post_admin_units(&moha)?;
+    stack.wait_ready("moha relay", || {
+        scrape(m_moha, "govbus_relay_published_total", "")
+            .values()
+            .sum::<f64>()
+            >= units as f64
+    })?;
+    println!("  ministry  moha published {units} administrative units (moha.admin_units)");
+
     let cfg = write_config(
         &dir.join("bca.toml"),
         &section(
@@ -291,7 +320,7 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     cmd.args(["demo", "--ingest", &ingest, "--rate", &rate.to_string()]);
     stack.spawn("demo", cmd, &dir)?;
     println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
-    println!("  metrics   router :{m_router}  producer :{m_producer}  p52 :{m_p52}  p94 :{m_p94}  registry :{m_registry}");
+    println!("  metrics   router :{m_router}  producer :{m_producer}  moha :{m_moha}  p52 :{m_p52}  p94 :{m_p94}  registry :{m_registry}");
     println!(
         "  Ctrl-C stops everything. Logs: {}",
         dir.join("logs").display()

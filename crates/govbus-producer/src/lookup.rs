@@ -1,0 +1,354 @@
+//! Catalogs that contract rules look values up in (`[lookups]` in a dataset
+//! file, e.g. `admin_units = "moha.admin_units"`): the current state of
+//! another dataset, followed live from its central topic.
+//!
+//! A follower reads the catalog's central topic from the beginning (every
+//! partition, no consumer group: nothing is committed) and keeps its rows
+//! by key. Rules see it as a CEL map from key to row, rebuilt after each batch
+//! of changes (a clone of the map; rules then share it without locking). The
+//! producer does not accept changes before every follower has reached the end
+//! of its topic once (partition EOF from the broker): a code published before
+//! the producer started is never refused for being unknown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cel_interpreter::objects::{Key, Map};
+use cel_interpreter::Value as Cel;
+use govbus_core::{DatasetId, KafkaConfig};
+use govbus_schema::envelope::decode;
+use govbus_schema::{Op, RegistryClient, SchemaCache};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// A follower could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// Kafka refused or could not be reached.
+    #[error("lookup {dataset}: kafka: {reason}")]
+    Kafka {
+        /// The catalog.
+        dataset: DatasetId,
+        /// Why (the client's message).
+        reason: String,
+    },
+    /// The topic could not be created or described.
+    #[error("lookup {dataset}: {reason}")]
+    Topic {
+        /// The catalog.
+        dataset: DatasetId,
+        /// Why.
+        reason: String,
+    },
+    /// The end of the topic was not reached in time.
+    #[error("lookup {dataset}: not caught up with {topic} after {secs} s ({rows} rows so far)")]
+    NotCaughtUp {
+        /// The catalog.
+        dataset: DatasetId,
+        /// Its central topic.
+        topic: String,
+        /// How long we waited.
+        secs: u64,
+        /// Rows read so far.
+        rows: usize,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Ready {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// The current rows of one catalog dataset.
+#[derive(Debug)]
+pub struct Lookup {
+    dataset: DatasetId,
+    topic: String,
+    /// The rows as one CEL map (shared by every evaluation until the next batch).
+    snapshot: RwLock<(Cel, usize)>,
+    ready: Ready,
+    stop: AtomicBool,
+}
+
+impl Lookup {
+    /// The catalog's dataset.
+    pub fn dataset(&self) -> &DatasetId {
+        &self.dataset
+    }
+
+    /// The rows as a CEL map from key to row.
+    pub fn value(&self) -> Cel {
+        self.snapshot
+            .read()
+            .map(|s| s.0.clone())
+            .unwrap_or(Cel::Null)
+    }
+
+    /// How many rows it holds.
+    pub fn rows(&self) -> usize {
+        self.snapshot.read().map(|s| s.1).unwrap_or(0)
+    }
+
+    /// Whether the follower has reached the end of the topic once.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_ready(&self, limit: Duration) -> bool {
+        let g = self.ready.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .ready
+            .cv
+            .wait_timeout_while(g, limit, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        *g
+    }
+
+    /// Stops the follower (it ends within a poll interval).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Starts following `dataset`'s central `topic` (its owner's producer
+    /// creates it) and waits until the end of the topic has been read once,
+    /// at most `catch_up`.
+    pub fn follow(
+        kafka: &KafkaConfig,
+        registry: &RegistryClient,
+        dataset: DatasetId,
+        topic: String,
+        catch_up: Duration,
+    ) -> Result<Arc<Self>, LookupError> {
+        let kafka_err = |e: KafkaError| LookupError::Kafka {
+            dataset: dataset.clone(),
+            reason: e.to_string(),
+        };
+        let deadline = Instant::now() + catch_up;
+        let mut cfg = kafka.consumer(&format!("govbus-lookup-{}", uuid::Uuid::new_v4()));
+        cfg.set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = cfg.create().map_err(kafka_err)?;
+        let parts = loop {
+            let md = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map_err(kafka_err)?;
+            let parts: Vec<i32> = md
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if !parts.is_empty() {
+                break parts;
+            }
+            if Instant::now() > deadline {
+                return Err(LookupError::Topic {
+                    dataset,
+                    reason: format!(
+                        "topic {topic} does not exist (its owner's producer creates it)"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &parts {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+                .map_err(kafka_err)?;
+        }
+        consumer.assign(&tpl).map_err(kafka_err)?;
+        let lookup = Arc::new(Self {
+            dataset: dataset.clone(),
+            topic: topic.clone(),
+            snapshot: RwLock::new((
+                Cel::Map(Map {
+                    map: Arc::new(HashMap::new()),
+                }),
+                0,
+            )),
+            ready: Ready::default(),
+            stop: AtomicBool::new(false),
+        });
+        let follower = Follower {
+            consumer,
+            state: Rows {
+                lookup: lookup.clone(),
+                resolver: SchemaCache::new(registry.clone()),
+                rows: HashMap::new(),
+            },
+            at_end: parts.iter().map(|p| (*p, false)).collect(),
+        };
+        std::thread::Builder::new()
+            .name(format!("lookup-{dataset}"))
+            .spawn(move || follower.run())
+            .map_err(|e| LookupError::Topic {
+                dataset: dataset.clone(),
+                reason: format!("cannot start the follower thread: {e}"),
+            })?;
+        if !lookup.wait_ready(deadline.saturating_duration_since(Instant::now())) {
+            lookup.stop();
+            return Err(LookupError::NotCaughtUp {
+                dataset,
+                topic,
+                secs: catch_up.as_secs(),
+                rows: lookup.rows(),
+            });
+        }
+        tracing::info!(lookup = %lookup.dataset, rows = lookup.rows(), "lookup caught up");
+        Ok(lookup)
+    }
+}
+
+struct Follower {
+    consumer: BaseConsumer,
+    state: Rows,
+    /// Partitions that reached their end once.
+    at_end: HashMap<i32, bool>,
+}
+
+/// The rows a follower keeps, and what it needs to decode changes.
+struct Rows {
+    lookup: Arc<Lookup>,
+    resolver: SchemaCache,
+    rows: HashMap<Key, Cel>,
+}
+
+impl Follower {
+    fn run(mut self) {
+        let lookup = self.state.lookup.clone();
+        let dataset = lookup.dataset.to_string();
+        let span = tracing::info_span!("lookup", dataset = %dataset, topic = %lookup.topic);
+        let _e = span.enter();
+        while !lookup.stop.load(Ordering::Relaxed) {
+            let mut changed = 0u64;
+            let batch_end = Instant::now() + Duration::from_millis(50);
+            while Instant::now() < batch_end {
+                match self.consumer.poll(Duration::from_millis(50)) {
+                    None => break,
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        self.at_end.insert(p, true);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "lookup consumer error"),
+                    Some(Ok(m)) => {
+                        if self
+                            .state
+                            .apply(m.key(), m.payload(), m.partition(), m.offset())
+                        {
+                            changed += 1;
+                        }
+                    }
+                }
+            }
+            if changed > 0 {
+                let rows = self.state.rows.len();
+                let map = Cel::Map(Map {
+                    map: Arc::new(self.state.rows.clone()),
+                });
+                if let Ok(mut s) = lookup.snapshot.write() {
+                    *s = (map, rows);
+                }
+                metrics::counter!("govbus_lookup_changes_total", "dataset" => dataset.clone())
+                    .increment(changed);
+                metrics::gauge!("govbus_lookup_rows", "dataset" => dataset.clone())
+                    .set(rows as f64);
+            }
+            if !lookup.is_ready() && self.at_end.values().all(|e| *e) {
+                *lookup.ready.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                lookup.ready.cv.notify_all();
+            }
+        }
+    }
+}
+
+impl Rows {
+    /// Applies one record; false when it changed nothing (skipped).
+    fn apply(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        partition: i32,
+        offset: i64,
+    ) -> bool {
+        let key = key.and_then(|k| std::str::from_utf8(k).ok());
+        let skip = |reason: &'static str, detail: String| {
+            // The record stays in the topic (the router dead-letters it for
+            // its subscribers); a rule that needs it fails and says so.
+            tracing::warn!(partition, offset, reason, %detail, "lookup record skipped");
+            metrics::counter!("govbus_lookup_skipped_total", "reason" => reason).increment(1);
+            false
+        };
+        let Some(key) = key else {
+            return skip("no_key", "the record has no UTF-8 key".into());
+        };
+        let Some(payload) = payload else {
+            return self.rows.remove(&Key::from(key.to_string())).is_some(); // tombstone
+        };
+        let mut tries = 0u32;
+        let change = loop {
+            match decode(payload, &self.resolver) {
+                Ok((_, c)) => break c,
+                Err(e) if e.is_transient() && !self.lookup.stop.load(Ordering::Relaxed) => {
+                    // The registry is away: wait for it, never skip a row.
+                    tries += 1;
+                    if tries == 1 || tries % 30 == 0 {
+                        tracing::warn!(error = %e, "lookup waits for the registry");
+                    }
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(tries.min(10))));
+                }
+                Err(e) => return skip("decode", e.to_string()),
+            }
+        };
+        let k = Key::from(key.to_string());
+        match (change.op, change.after) {
+            (Op::Delete, _) | (_, None) => {
+                self.rows.remove(&k);
+            }
+            (_, Some(after)) => {
+                self.rows.insert(k, govbus_schema::cel::to_cel(&after));
+            }
+        }
+        true
+    }
+}
+
+/// Every lookup a set of datasets needs, started once each.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    by_dataset: HashMap<DatasetId, Arc<Lookup>>,
+}
+
+impl Lookups {
+    /// The follower of `dataset`, started (and caught up) on first use.
+    pub fn get_or_follow(
+        &mut self,
+        kafka: &KafkaConfig,
+        registry: &RegistryClient,
+        dataset: &DatasetId,
+        topic: String,
+        catch_up: Duration,
+    ) -> Result<Arc<Lookup>, LookupError> {
+        if let Some(l) = self.by_dataset.get(dataset) {
+            return Ok(l.clone());
+        }
+        let l = Lookup::follow(kafka, registry, dataset.clone(), topic, catch_up)?;
+        self.by_dataset.insert(dataset.clone(), l.clone());
+        Ok(l)
+    }
+
+    /// Every follower.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Lookup>> {
+        self.by_dataset.values()
+    }
+}
+
+impl Drop for Lookups {
+    fn drop(&mut self) {
+        for l in self.by_dataset.values() {
+            l.stop();
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Exactly once, proven under kill -9: resident changes (creates, updates,
+//! moves between provinces, deletes) are posted to the ministry's ingest
+//! while the producer (ingest + relay), the router and both provinces'
+//! consumers — each a `govbus` process — are killed with SIGKILL at random
+//! moments and started again. At the end each province's PostgreSQL table
+//! equals the view computed from the source changes (no row missing, extra
+//! or stale), and each province topic, read with read_committed, holds no
+//! event twice and no entity's sequence n after n+1.
+//!
+//! The test command runs a short version. The long one:
+//!
+//! ```sh
+//! GOVBUS_CHAOS_CHANGES=100000 GOVBUS_CHAOS_KILLS=10 GOVBUS_CHAOS_RATE=0 \
+//!   cargo test --release -p govbus --test chaos -- --nocapture
+//! ```
+//!
+//! The second test does the same on nisshi with durable (SQLite) storage and
+//! also kills and restarts the broker twice mid-run.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use govbus_core::{DatasetId, Topics};
+use govbus_e2e::{
+    expected_rows, free_port, init_logs, pg_rows, pg_url, read_all, runtime, seed_admin_units,
+    start_registry, unique, wait_until, Broker,
+};
+use govbus_producer::demo::DemoWorld;
+use govbus_producer::ChangeRequest;
+use govbus_schema::SchemaCache;
+use rand::Rng;
+use rdkafka::Message;
+use serde_json::json;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One `govbus` process, started again after each kill.
+struct Agent {
+    name: &'static str,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Child,
+    kills: usize,
+}
+
+impl Agent {
+    fn start(name: &'static str, args: Vec<String>, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let child = Self::spawn(&args, &log);
+        Self {
+            name,
+            args,
+            log,
+            child,
+            kills: 0,
+        }
+    }
+
+    fn spawn(args: &[String], log: &Path) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(out.try_clone().expect("log")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start govbus")
+    }
+
+    /// SIGKILL, then start again.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.kills += 1;
+        self.child = Self::spawn(&self.args, &self.log);
+    }
+
+    /// Started again if it exited by itself (e.g. it gave up on a broker
+    /// that was being restarted); how it ended, for the report.
+    fn keep_alive(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.child = Self::spawn(&self.args, &self.log);
+                Some(format!("{} exited by itself ({status})", self.name))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ConfigFile<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer: Option<&'a govbus_producer::ProducerConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    router: Option<&'a govbus_router::RouterConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumer: Option<&'a govbus_consumer::ConsumerConfig>,
+}
+
+fn write_config(dir: &Path, name: &str, file: &ConfigFile<'_>) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml::to_string(file).expect("config as TOML")).expect("write config");
+    path.display().to_string()
+}
+
+/// Posts one change until the producer has it (it may be dead or starting).
+fn post(agent: &ureq::Agent, base: &str, req: &ChangeRequest) {
+    let (url, body) = match req {
+        ChangeRequest::Upsert(r) => (
+            format!("{base}/v1/datasets/bca.residents/changes"),
+            json!({"op": "upsert", "data": r}),
+        ),
+        ChangeRequest::Delete { key } => (
+            format!("{base}/v1/datasets/bca.residents/changes"),
+            json!({"op": "delete", "key": key}),
+        ),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match agent.post(&url).send_string(&body.to_string()) {
+            Ok(_) => return,
+            // A delete whose answer was lost to a kill: it was stored.
+            Err(ureq::Error::Status(404, _)) if matches!(req, ChangeRequest::Delete { .. }) => {
+                return
+            }
+            Err(ureq::Error::Status(s, r)) if s < 500 => panic!(
+                "ingest refused a demo change ({s}): {}",
+                r.into_string().unwrap_or_default()
+            ),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the producer did not come back within 120 s: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn chaos(durable: bool) {
+    init_logs();
+    let changes = env_usize("GOVBUS_CHAOS_CHANGES", 1500);
+    let kills = env_usize("GOVBUS_CHAOS_KILLS", 3);
+    let rate = env_usize("GOVBUS_CHAOS_RATE", 150);
+    let mut broker = if durable {
+        Broker::durable()
+    } else {
+        Broker::start()
+    };
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let prefix = format!("{}.", unique("chaos"));
+    let topics = Topics::new(&prefix);
+    let (registry, _registry) = start_registry(&rt, &kafka, &topics.schemas());
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_admin_units(&kafka, &topics, &registry, dir.path());
+
+    // The agents, as an operator runs them: one process each.
+    let ingest_port = free_port();
+    let producer = govbus_producer::ProducerConfig {
+        kafka: kafka.clone(),
+        registry: registry.clone(),
+        agency: "bca".into(),
+        system: "chaos".into(),
+        listen: format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        store: format!("sqlite://{}", dir.path().join("bca.db").display()),
+        pg_schema: "govbus".into(),
+        topic_prefix: prefix.clone(),
+        partitions: 4,
+    };
+    let router = govbus_router::RouterConfig {
+        kafka: kafka.clone(),
+        registry: registry.clone(),
+        group: unique("router-"),
+        instance: "0".into(),
+        topic_prefix: prefix.clone(),
+        batch: 500,
+        partitions: 4,
+    };
+    let schemas: Vec<String> = ["p52", "p94"]
+        .iter()
+        .map(|p| format!("{}_{p}", unique("chaos")))
+        .collect();
+    let consumer = |p: &str, schema: &str| {
+        let mut c = govbus_e2e::consumer_config(&kafka, &registry, &prefix, p, &pg_url(), schema);
+        c.batch = 200;
+        c
+    };
+    let (c52, c94) = (consumer("p52", &schemas[0]), consumer("p94", &schemas[1]));
+    let cfg = |name: &str, f: ConfigFile<'_>| write_config(dir.path(), name, &f);
+    let none = || ConfigFile {
+        producer: None,
+        router: None,
+        consumer: None,
+    };
+    let args = |cmd: &str, file: String| vec![cmd.to_string(), "--config".into(), file];
+    let agents = Arc::new(Mutex::new(vec![
+        Agent::start(
+            "producer",
+            args(
+                "produce",
+                cfg(
+                    "producer",
+                    ConfigFile {
+                        producer: Some(&producer),
+                        ..none()
+                    },
+                ),
+            ),
+            dir.path(),
+        ),
+        Agent::start(
+            "router",
+            args(
+                "route",
+                cfg(
+                    "router",
+                    ConfigFile {
+                        router: Some(&router),
+                        ..none()
+                    },
+                ),
+            ),
+            dir.path(),
+        ),
+        Agent::start(
+            "p52",
+            args(
+                "consume",
+                cfg(
+                    "p52",
+                    ConfigFile {
+                        consumer: Some(&c52),
+                        ..none()
+                    },
+                ),
+            ),
+            dir.path(),
+        ),
+        Agent::start(
+            "p94",
+            args(
+                "consume",
+                cfg(
+                    "p94",
+                    ConfigFile {
+                        consumer: Some(&c94),
+                        ..none()
+                    },
+                ),
+            ),
+            dir.path(),
+        ),
+    ]));
+
+    // The killer: SIGKILL one agent at a random moment, start it again;
+    // until the changes are all posted and each agent was killed `kills`
+    // times. On the durable broker, the broker too, at 1/3 and 2/3.
+    let posted = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let broker_restarts = Arc::new(AtomicUsize::new(0));
+    let restart_broker = durable && broker.restartable();
+    let (tx_restart, rx_restart) = std::sync::mpsc::channel::<()>();
+    let killer = {
+        let (agents, posted, done) = (agents.clone(), posted.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::thread_rng();
+            let mut notes = Vec::new();
+            let mut next_broker = 1;
+            loop {
+                std::thread::sleep(Duration::from_millis(rng.gen_range(300..1200)));
+                if restart_broker
+                    && next_broker <= 2
+                    && posted.load(Ordering::Relaxed) >= changes * next_broker / 3
+                {
+                    next_broker += 1;
+                    let _ = tx_restart.send(());
+                }
+                let mut a = agents.lock().unwrap();
+                notes.extend(a.iter_mut().filter_map(Agent::keep_alive));
+                let finished = done.load(Ordering::Relaxed);
+                if finished && a.iter().all(|x| x.kills >= kills) {
+                    return notes;
+                }
+                let candidates: Vec<usize> = (0..a.len())
+                    .filter(|i| !finished || a[*i].kills < kills)
+                    .collect();
+                let i = candidates[rng.gen_range(0..candidates.len())];
+                a[i].kill_and_restart();
+            }
+        })
+    };
+
+    // The ministry: `changes` demo changes through HTTP ingest.
+    let base = format!("http://127.0.0.1:{ingest_port}");
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let mut world = DemoWorld::new(2026);
+    let start = Instant::now();
+    for i in 0..changes {
+        let req = world.next_change();
+        post(&http, &base, &req);
+        posted.store(i + 1, Ordering::Relaxed);
+        if rx_restart.try_recv().is_ok() {
+            broker.restart();
+            broker_restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        if rate > 0 {
+            let due = start + Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+        }
+    }
+    while broker_restarts.load(Ordering::Relaxed) < 2 && restart_broker {
+        // The killer asks for the last restart once the posts passed 2/3.
+        if rx_restart.recv_timeout(Duration::from_secs(5)).is_ok() {
+            broker.restart();
+            broker_restarts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let notes = killer.join().expect("killer");
+    let kill_counts: BTreeMap<&str, usize> = agents
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| (a.name, a.kills))
+        .collect();
+    eprintln!(
+        "chaos: {changes} changes posted in {:.1} s; kills {kill_counts:?}; broker restarts {}; {notes:?}",
+        start.elapsed().as_secs_f64(),
+        broker_restarts.load(Ordering::Relaxed)
+    );
+
+    // 1. Each province's table is exactly its view of the source.
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).expect("postgres");
+    for (p, schema) in [("52", &schemas[0]), ("94", &schemas[1])] {
+        let want = expected_rows(&world, p);
+        let mut last = None;
+        let settle = Instant::now();
+        wait_until(
+            Duration::from_secs(300),
+            &format!("p{p}'s table to equal its view"),
+            || {
+                for a in agents.lock().unwrap().iter_mut() {
+                    if let Some(n) = a.keep_alive() {
+                        eprintln!("chaos: {n}");
+                    }
+                }
+                let got = pg_rows(&mut pg, schema)?;
+                if got == want {
+                    return Some(());
+                }
+                let missing = want.keys().filter(|k| !got.contains_key(*k)).count();
+                let extra = got.keys().filter(|k| !want.contains_key(*k)).count();
+                let stale = want
+                    .iter()
+                    .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                    .count();
+                let now = (missing, extra, stale);
+                if last != Some(now) {
+                    eprintln!("chaos: p{p} missing {missing}, extra {extra}, stale {stale}");
+                    last = Some(now);
+                }
+                None
+            },
+        );
+        eprintln!(
+            "chaos: p{p}: {} rows, equal to the source's view ({:.1} s after the last post)",
+            want.len(),
+            settle.elapsed().as_secs_f64()
+        );
+    }
+
+    // 2. No event twice on a province topic; per entity, sequences rise.
+    let resolver = SchemaCache::new(govbus_schema::RegistryClient::new(&registry));
+    let ds = DatasetId::new("bca", "residents");
+    for p in ["p52", "p94"] {
+        let topic = topics.view(p, &ds, 1);
+        let mut events = HashSet::new();
+        let mut last_seq: HashMap<String, i64> = HashMap::new();
+        let mut n = 0;
+        for m in read_all(&kafka, &topic) {
+            let Some(payload) = m.payload().filter(|p| !p.is_empty()) else {
+                continue; // read_all's fences
+            };
+            let (_, change) =
+                govbus_schema::envelope::decode(payload, &resolver).expect("a view event decodes");
+            n += 1;
+            assert!(
+                events.insert(change.event_id.clone()),
+                "{topic}: event {} delivered twice",
+                change.event_id
+            );
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            if let Some(prev) = last_seq.insert(key.clone(), change.source.seq) {
+                assert!(
+                    change.source.seq > prev,
+                    "{topic}: entity {key} had sequence {} after {prev}",
+                    change.source.seq
+                );
+            }
+        }
+        eprintln!("chaos: {topic}: {n} events, none twice, sequences rising per entity");
+    }
+    for (p, k) in &kill_counts {
+        assert!(*k >= kills, "{p} was killed {k} times, fewer than {kills}");
+    }
+}
+
+#[test]
+fn exactly_once_while_every_agent_is_killed() {
+    chaos(false);
+}
+
+#[test]
+fn exactly_once_on_a_durable_broker_that_is_restarted_too() {
+    chaos(true);
+}

@@ -156,11 +156,18 @@ impl Broker {
             .is_some_and(|s| s.starts_with("sqlite://"))
     }
 
-    /// Kills the broker (SIGKILL) and starts it again on the same port and
-    /// storage; returns once it listens.
+    /// Stops the broker (SIGTERM, then SIGKILL after 10 s) and starts it
+    /// again on the same port and storage; returns once it listens.
     pub fn restart(&mut self) {
         let storage = self.storage.clone().expect("a broker this test started");
         if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

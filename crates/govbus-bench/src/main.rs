@@ -86,6 +86,29 @@ impl ProducerContext for Count {
     }
 }
 
+/// The bca publisher on a SQLite store in `dir`, after the demo's admin
+/// units are published (its contract looks codes up in them).
+pub(crate) fn bca_publisher(
+    catalog: &Catalog,
+    topics: &Topics,
+    kafka: &govbus_core::KafkaConfig,
+    registry: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Publisher> {
+    let registry = RegistryClient::new(registry);
+    govbus_producer::demo::seed_admin_units(
+        catalog,
+        topics,
+        kafka,
+        &registry,
+        dir.join("moha.db").to_str().context("path")?,
+    )?;
+    let store = open_store(dir.join("bca.db").to_str().context("path")?, "")?;
+    let publisher = Publisher::new(catalog, "bca", "bench", topics, kafka, &registry, store)?;
+    govbus_producer::ensure_topics(kafka, &publisher, 4)?;
+    Ok(publisher)
+}
+
 fn relay(n: usize) -> anyhow::Result<()> {
     let broker = Broker::start();
     let kafka = broker.kafka();
@@ -93,25 +116,7 @@ fn relay(n: usize) -> anyhow::Result<()> {
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir()?;
-    let registry_client = RegistryClient::new(&registry);
-    govbus_producer::demo::seed_admin_units(
-        &Catalog::builtin(),
-        &topics,
-        &kafka,
-        &registry_client,
-        dir.path().join("moha.db").to_str().context("path")?,
-    )?;
-    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
-    let publisher = Publisher::new(
-        &Catalog::builtin(),
-        "bca",
-        "bench",
-        &topics,
-        &kafka,
-        &registry_client,
-        store,
-    )?;
-    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
+    let publisher = bca_publisher(&Catalog::builtin(), &topics, &kafka, &registry, dir.path())?;
     // The raw runs' topics are created with the central one, so that all
     // three have the same settings and age when written.
     let (raw1, raw2) = (
@@ -327,25 +332,13 @@ fn ingest(seconds: u32, connections: u32) -> anyhow::Result<()> {
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir()?;
-    let registry_client = RegistryClient::new(&registry);
-    govbus_producer::demo::seed_admin_units(
+    let publisher = Arc::new(bca_publisher(
         &Catalog::builtin(),
         &topics,
         &kafka,
-        &registry_client,
-        dir.path().join("moha.db").to_str().context("path")?,
-    )?;
-    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
-    let publisher = Arc::new(Publisher::new(
-        &Catalog::builtin(),
-        "bca",
-        "bench",
-        &topics,
-        &kafka,
-        &registry_client,
-        store,
+        &registry,
+        dir.path(),
     )?);
-    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
     let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();

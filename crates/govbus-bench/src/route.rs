@@ -12,9 +12,8 @@ use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{router_config, runtime, start_registry, unique, Broker};
 use govbus_producer::demo::{DemoWorld, PROVINCES};
-use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
+use govbus_producer::{ChangeRequest, Relay};
 use govbus_router::Router;
-use govbus_schema::RegistryClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -66,25 +65,7 @@ pub(crate) fn run(n: usize) -> anyhow::Result<()> {
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let catalog = Arc::new(catalog()?);
     let dir = tempfile::tempdir()?;
-    let registry_client = RegistryClient::new(&registry);
-    govbus_producer::demo::seed_admin_units(
-        &catalog,
-        &topics,
-        &kafka,
-        &registry_client,
-        dir.path().join("moha.db").to_str().context("path")?,
-    )?;
-    let store = open_store(dir.path().join("bca.db").to_str().context("path")?, "")?;
-    let publisher = Publisher::new(
-        &catalog,
-        "bca",
-        "bench",
-        &topics,
-        &kafka,
-        &registry_client,
-        store,
-    )?;
-    govbus_producer::ensure_topics(&kafka, &publisher, 4)?;
+    let publisher = crate::bca_publisher(&catalog, &topics, &kafka, &registry, dir.path())?;
     let central = publisher
         .topics()
         .into_iter()

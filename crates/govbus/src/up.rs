@@ -242,24 +242,34 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     stack.wait_ready("registry", || http_ok(&format!("{registry}/subjects")))?;
     println!("  registry  {registry}");
 
+    // A ministry's producer (ingest + relay) on `port`; its ingest URL once up.
+    let producer = |stack: &mut Stack,
+                    name: &'static str,
+                    port: u16,
+                    metrics: u16|
+     -> anyhow::Result<String> {
+        let cfg = write_config(
+            &dir.join(format!("{name}.toml")),
+            &section(
+                "producer",
+                format!(
+                    "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\n",
+                    dir.join(format!("{name}-outbox.db")).display()
+                ),
+                metrics,
+            ),
+        )?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("produce").arg("--config").arg(&cfg);
+        stack.spawn(name, cmd, &dir)?;
+        let url = format!("http://127.0.0.1:{port}");
+        stack.wait_ready(name, || http_ok(&format!("{url}/healthz")))?;
+        Ok(url)
+    };
+
     // moha first: bca's contract looks province and commune codes up in
     // moha.admin_units, so the catalog is on the bus before bca starts.
-    let cfg = write_config(
-        &dir.join("moha.toml"),
-        &section(
-            "producer",
-            format!(
-                "agency = \"moha\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{moha_port}\"\nstore = \"sqlite://{}\"\n",
-                dir.join("moha-outbox.db").display()
-            ),
-            m_moha,
-        ),
-    )?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("produce").arg("--config").arg(&cfg);
-    stack.spawn("moha", cmd, &dir)?;
-    let moha = format!("http://127.0.0.1:{moha_port}");
-    stack.wait_ready("moha", || http_ok(&format!("{moha}/healthz")))?;
+    let moha = producer(&mut stack, "moha", moha_port, m_moha)?;
     let units = crate::demo::post_admin_units(&moha)?;
     stack.wait_ready("moha relay", || {
         scrape(m_moha, "govbus_relay_published_total", "")
@@ -268,23 +278,7 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
             >= units as f64
     })?;
     println!("  ministry  moha published {units} administrative units (moha.admin_units)");
-
-    let cfg = write_config(
-        &dir.join("bca.toml"),
-        &section(
-            "producer",
-            format!(
-                "agency = \"bca\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{ingest_port}\"\nstore = \"sqlite://{}\"\n",
-                dir.join("bca-outbox.db").display()
-            ),
-            m_producer,
-        ),
-    )?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("produce").arg("--config").arg(&cfg);
-    stack.spawn("producer", cmd, &dir)?;
-    let ingest = format!("http://127.0.0.1:{ingest_port}");
-    stack.wait_ready("producer", || http_ok(&format!("{ingest}/healthz")))?;
+    let ingest = producer(&mut stack, "bca", ingest_port, m_producer)?;
     println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
 
     let cfg = write_config(

@@ -206,8 +206,17 @@ fn raw_produce(
         .set("partitioner", "murmur2_random")
         .create_with_context(Count(Default::default()))?;
     let t = Instant::now();
+    let mut tag = String::with_capacity(40);
     for r in rows {
-        let mut rec = BaseRecord::to(topic).key(&r.key).payload(&r.value);
+        // The same bytes as the relay sends: its `govbus.outbox` header too.
+        tag.clear();
+        let _ = std::fmt::Write::write_fmt(&mut tag, format_args!("{:016x}:{}", 0x5eed_u64, r.id));
+        let mut rec = BaseRecord::to(topic).key(&r.key).payload(&r.value).headers(
+            rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
+                key: govbus_producer::relay::OUTBOX_HEADER,
+                value: Some(tag.as_bytes()),
+            }),
+        );
         loop {
             match raw.send(rec) {
                 Ok(()) => break,

@@ -173,6 +173,29 @@ fn relay(n: usize) -> anyhow::Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = handle.join();
     let raw_after = raw_produce(&kafka, &raw2, &rows)?;
+    // Every change is on the central topic, once (untimed check).
+    let central = publisher
+        .topics()
+        .into_iter()
+        .next()
+        .context("a central topic")?;
+    let mut ids = std::collections::HashSet::new();
+    for m in govbus_e2e::read_all(&kafka, &central) {
+        use rdkafka::message::{Headers, Message};
+        if let Some(tag) = m
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == govbus_producer::relay::OUTBOX_HEADER)
+            })
+            .and_then(|h| h.value)
+        {
+            ids.insert(tag.to_vec());
+        }
+    }
+    if ids.len() != n {
+        bail!("the relay published {} distinct changes of {n}", ids.len());
+    }
     let rate = |s: f64| n as f64 / s;
     let raw_rate = (rate(raw_before) + rate(raw_after)) / 2.0;
     println!(

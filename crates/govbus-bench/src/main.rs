@@ -109,6 +109,19 @@ pub(crate) fn bca_publisher(
     Ok(publisher)
 }
 
+/// Submits `n` demo changes (world `seed`) in batches of 1,000 (not measured).
+pub(crate) fn fill(publisher: &Publisher, seed: u64, n: usize) -> anyhow::Result<()> {
+    let mut world = DemoWorld::new(seed);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(1000);
+        let reqs: Vec<ChangeRequest> = (0..k).map(|_| world.next_change()).collect();
+        publisher.submit_batch("bca.residents", reqs)?;
+        left -= k;
+    }
+    Ok(())
+}
+
 fn relay(n: usize) -> anyhow::Result<()> {
     let broker = Broker::start();
     let kafka = broker.kafka();
@@ -131,14 +144,7 @@ fn relay(n: usize) -> anyhow::Result<()> {
         ],
     )?;
     // Fill the outbox (not measured).
-    let mut world = DemoWorld::new(1);
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(1000);
-        let reqs: Vec<ChangeRequest> = (0..k).map(|_| world.next_change()).collect();
-        publisher.submit_batch("bca.residents", reqs)?;
-        left -= k;
-    }
+    fill(&publisher, 1, n)?;
     // The fill's write-ahead log is checkpointed before timing, so its cost
     // does not land on whichever side writes first.
     rusqlite::Connection::open(dir.path().join("bca.db"))?.query_row(

@@ -11,8 +11,8 @@ use govbus_core::catalog::parse_subscription;
 use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{router_config, runtime, start_registry, unique, Broker};
-use govbus_producer::demo::{DemoWorld, PROVINCES};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_producer::demo::PROVINCES;
+use govbus_producer::Relay;
 use govbus_router::Router;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -73,14 +73,7 @@ pub(crate) fn run(n: usize) -> anyhow::Result<()> {
         .context("residents topic")?;
 
     // Fill the central topic (not measured).
-    let mut world = DemoWorld::new(3);
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(1000);
-        let reqs: Vec<ChangeRequest> = (0..k).map(|_| world.next_change()).collect();
-        publisher.submit_batch("bca.residents", reqs)?;
-        left -= k;
-    }
+    crate::fill(&publisher, 3, n)?;
     let avg = publisher
         .store()
         .pending(1000)?

@@ -13,7 +13,6 @@ use govbus_e2e::{
 };
 use govbus_producer::demo::DemoWorld;
 use govbus_producer::{ChangeRequest, Publisher, Relay};
-use govbus_router::Router;
 use serde_json::{json, Value};
 
 /// The built-in catalog with `phone` (optional) added to bca.residents.
@@ -101,7 +100,7 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
     let p52 = unique("p52_");
     let consumer_cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &p52);
     let start = |catalog: &Arc<Catalog>| {
-        let router = Router::new(router_cfg.clone(), catalog).unwrap();
+        let router = govbus_e2e::router(router_cfg.clone(), catalog);
         let (cfg, c) = (consumer_cfg.clone(), catalog.clone());
         (
             Worker::spawn("router", move |stop| router.run(stop).unwrap()),

@@ -12,7 +12,6 @@ use govbus_e2e::{
 use govbus_producer::deadletter::DeadLetters;
 use govbus_producer::outbox::PgOutbox;
 use govbus_producer::Relay;
-use govbus_router::Router;
 use rdkafka::message::Headers;
 use rdkafka::Message;
 
@@ -57,7 +56,7 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
         o.run(&p, &dead, &stop).unwrap();
     });
 
-    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
+    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
     let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
     let p52_schema = unique("p52_");
     let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &p52_schema);

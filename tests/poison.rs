@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use govbus_e2e::{read_all, router_config, wait_until, Bus, Worker};
 use govbus_producer::{ChangeRequest, Relay};
-use govbus_router::Router;
 use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -19,7 +18,7 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
     let bus = Bus::start();
     let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
     let publisher = bus.publisher("t");
-    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
+    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
 
     // Poison, written straight to the central topic by a client that is not govbus.

@@ -12,7 +12,7 @@ use govbus_e2e::{
 };
 use govbus_producer::demo::{DemoWorld, ETHNICITIES};
 use govbus_producer::{ChangeRequest, Relay};
-use govbus_router::{decide, Decision, Router};
+use govbus_router::{decide, Decision};
 use govbus_schema::Op;
 use rdkafka::Message;
 use serde_json::{json, Value as Json};
@@ -93,7 +93,7 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
     // The router.
-    let router = Router::new(router_config(kafka, registry, prefix), catalog).unwrap();
+    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
 
     // Two provinces: p52 into PostgreSQL, p94 into SQLite.

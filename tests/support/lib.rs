@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use govbus_core::KafkaConfig;
+use govbus_core::{Catalog, KafkaConfig};
 use rand::Rng;
 
 /// A unique lowercase name: `<prefix><12 random chars>`.
@@ -441,6 +441,32 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// A router on `cfg` routing `catalog`'s subscriptions: they are written to
+/// the control topic under `cfg.topic_prefix` first, as `govbus
+/// subscriptions apply` does.
+pub fn router(cfg: govbus_router::RouterConfig, catalog: &Catalog) -> govbus_router::Router {
+    apply_subscriptions(&cfg.kafka, &cfg.topic_prefix, catalog, false);
+    govbus_router::Router::new(cfg, catalog).expect("router starts")
+}
+
+/// Writes `catalog`'s subscriptions to the control topic under `prefix`
+/// (removing those it does not declare), as `govbus subscriptions apply`.
+pub fn apply_subscriptions(
+    kafka: &KafkaConfig,
+    prefix: &str,
+    catalog: &Catalog,
+    empty_removed: bool,
+) -> Vec<govbus_router::control::Step> {
+    govbus_router::control::apply(
+        kafka,
+        &govbus_core::Topics::new(prefix),
+        catalog,
+        empty_removed,
+        false,
+    )
+    .expect("subscriptions apply")
 }
 
 /// A router for tests: its own group, topics under `prefix`.

@@ -143,6 +143,13 @@ pub(crate) fn run(n: usize) -> anyhow::Result<()> {
     // every batch in one transaction with its input offsets.
     let cfg = router_config(&kafka, &registry, &prefix);
     let group = cfg.group.clone();
+    govbus_router::control::apply(
+        &cfg.kafka,
+        &govbus_core::Topics::new(&prefix),
+        &catalog,
+        false,
+        false,
+    )?;
     let router = Router::new(cfg, &catalog)?;
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();

@@ -55,6 +55,20 @@ pub struct Row {
     pub after: Option<govbus_schema::AvroValue>,
 }
 
+impl Row {
+    /// Whether the change is already applied, given the entity's last
+    /// applied sequence: a change not newer is, except a snapshot or a
+    /// delete of the same sequence — what a router sends when a
+    /// subscription changes (the entity re-sent with a new projection,
+    /// entering again, or leaving), which applies again harmlessly.
+    pub fn is_stale(&self, prev: Option<i64>) -> bool {
+        use govbus_schema::Op;
+        prev.is_some_and(|p| {
+            p > self.seq || (p == self.seq && !matches!(self.op, Op::Snapshot | Op::Delete))
+        })
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -220,7 +234,7 @@ impl PostgresSink {
                     .get(r.key.as_str())
                     .copied()
                     .or_else(|| known.get(&r.key).copied());
-                if prev.is_some_and(|p| p >= r.seq) {
+                if r.is_stale(prev) {
                     done.stale += 1;
                     continue;
                 }
@@ -449,7 +463,7 @@ impl Sink for PostgresSink {
             let prev: Option<i64> = tx
                 .query_opt(&seen, &[&r.table.name, &r.key])?
                 .map(|row| row.get(0));
-            if prev.is_some_and(|p| p >= r.seq) {
+            if r.is_stale(prev) {
                 done.stale += 1;
                 continue;
             }
@@ -613,7 +627,7 @@ impl Sink for SqliteSink {
                     rusqlite::Error::QueryReturnedNoRows => Ok(None),
                     e => Err(e),
                 })?;
-            if prev.is_some_and(|p| p >= r.seq) {
+            if r.is_stale(prev) {
                 done.stale += 1;
                 continue;
             }
@@ -751,6 +765,40 @@ mod tests {
             },
             after: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_or_delete_of_the_same_sequence_applies_again() {
+        let t = table();
+        let mut r = row(&t, "a", 5, Some(1));
+        assert!(!r.is_stale(None) && !r.is_stale(Some(4)));
+        assert!(r.is_stale(Some(5)), "a live change seen twice");
+        assert!(r.is_stale(Some(6)));
+        r.op = govbus_schema::Op::Snapshot;
+        assert!(!r.is_stale(Some(5)), "re-sent by a subscription change");
+        assert!(r.is_stale(Some(6)));
+        let d = row(&t, "a", 5, None);
+        assert!(!d.is_stale(Some(5)), "left by a subscription change");
+        assert!(d.is_stale(Some(6)));
+        // SQLite: the row re-sent with the same sequence is applied, then
+        // deleted by a leave of the same sequence.
+        let mut s = SqliteSink::open(":memory:").unwrap();
+        s.ensure_table(&t).unwrap();
+        s.apply(&[row(&t, "a", 5, Some(1))], &[]).unwrap();
+        let mut again = row(&t, "a", 5, Some(2));
+        again.op = govbus_schema::Op::Snapshot;
+        s.apply(&[again], &[]).unwrap();
+        let n: i64 = s
+            .conn
+            .query_row("SELECT n FROM t WHERE id = 'a'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+        s.apply(&[row(&t, "a", 5, None)], &[]).unwrap();
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 
     #[test]

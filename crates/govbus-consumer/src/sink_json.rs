@@ -71,7 +71,7 @@ impl Ledger {
                     .query_row(k, |row| row.get(0))
                     .optional()?,
             };
-            if known.is_some_and(|s| s >= r.seq) {
+            if r.is_stale(known) {
                 stale += 1;
                 continue;
             }

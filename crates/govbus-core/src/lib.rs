@@ -7,7 +7,9 @@ pub mod catalog;
 pub mod kafka;
 pub mod topics;
 
-pub use catalog::{Catalog, CatalogError, DatasetId, DatasetSpec, SubscriptionSpec};
+pub use catalog::{
+    Catalog, CatalogError, DatasetId, DatasetSpec, SubscriptionFile, SubscriptionSpec,
+};
 pub use kafka::KafkaConfig;
 pub use topics::Topics;
 

@@ -49,6 +49,12 @@ impl Topics {
     pub fn subscriptions(&self) -> String {
         format!("{}_govbus.subscriptions", self.prefix)
     }
+
+    /// `_govbus.views`: which subscription spec each view holds, per input
+    /// partition (written by routers in their transactions).
+    pub fn view_state(&self) -> String {
+        format!("{}_govbus.views", self.prefix)
+    }
 }
 
 /// The registry subject of a topic's values (TopicNameStrategy).

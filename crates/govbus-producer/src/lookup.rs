@@ -20,7 +20,7 @@ use cel_interpreter::Value as Cel;
 use govbus_core::{DatasetId, KafkaConfig};
 use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -129,9 +129,8 @@ impl Lookup {
             reason: e.to_string(),
         };
         let deadline = Instant::now() + catch_up;
-        let mut cfg = kafka.consumer(&format!("govbus-lookup-{}", uuid::Uuid::new_v4()));
-        cfg.set("enable.partition.eof", "true");
-        let consumer: BaseConsumer = cfg.create().map_err(kafka_err)?;
+        let cfg = kafka.consumer(&format!("govbus-lookup-{}", uuid::Uuid::new_v4()));
+        let consumer = govbus_core::kafka::eof_consumer(cfg).map_err(kafka_err)?;
         let parts = loop {
             let md = consumer
                 .fetch_metadata(Some(&topic), Duration::from_secs(10))
@@ -204,7 +203,7 @@ impl Lookup {
 }
 
 struct Follower {
-    consumer: BaseConsumer,
+    consumer: govbus_core::kafka::EofConsumer,
     state: Rows,
     /// Partitions that reached their end once.
     at_end: HashMap<i32, bool>,

@@ -26,7 +26,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use govbus_core::KafkaConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -302,9 +302,8 @@ impl Relay {
         let mut cfg = self
             .kafka
             .consumer(&format!("govbus-relay-recover-{}", uuid::Uuid::new_v4()));
-        cfg.set("enable.partition.eof", "true")
-            .set("isolation.level", "read_uncommitted");
-        let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        cfg.set("isolation.level", "read_uncommitted");
+        let consumer = govbus_core::kafka::eof_consumer(cfg).map_err(|e| e.to_string())?;
         let prefix = format!("{relay:016x}:");
         let mut found: Vec<i64> = Vec::new();
         let mut ends: Vec<(String, i64)> = Vec::new();

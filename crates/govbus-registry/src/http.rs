@@ -335,6 +335,13 @@ async fn register(
                         metrics::counter!("govbus_registry_write_conflicts_total").increment(1);
                         if let Some(r) = repair {
                             s.commit(&r).await?;
+                            if let LogRecord::SchemaTombstone { subject, version } = &r {
+                                let again =
+                                    s.read(|st| st.rewrite_after_tombstone(subject, *version));
+                                if let Some(w) = again {
+                                    s.commit(&w).await?;
+                                }
+                            }
                         }
                     }
                 }

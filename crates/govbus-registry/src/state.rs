@@ -212,6 +212,19 @@ impl State {
             ),
             LogRecord::SchemaTombstone { subject, version } => {
                 if let Some(vs) = self.subjects.get_mut(&subject) {
+                    // A permanent delete always follows a soft delete (here
+                    // and in Confluent's registry), so a tombstone over a
+                    // live version is a losing writer's repair that raced
+                    // with another writer's valid record: the record stays.
+                    if vs.get(&version).is_some_and(|e| !e.deleted) {
+                        self.conflicts += 1;
+                        tracing::warn!(
+                            subject,
+                            version,
+                            "ignoring a tombstone over a live version (concurrent writers)"
+                        );
+                        return;
+                    }
                     vs.remove(&version);
                     if vs.is_empty() {
                         self.subjects.remove(&subject);
@@ -312,6 +325,24 @@ impl State {
                 },
             );
         }
+    }
+
+    /// After a repair tombstone of `subject` `version` was read back: the
+    /// version's record to write again if another writer's valid record
+    /// raced in before the tombstone (so compaction, which keeps a key's
+    /// last record, keeps it and not the tombstone).
+    pub fn rewrite_after_tombstone(&self, subject: &str, version: u32) -> Option<LogRecord> {
+        let e = self.subjects.get(subject)?.get(&version)?;
+        let s = self.schemas.get(&e.id)?;
+        Some(LogRecord::Schema {
+            subject: subject.to_string(),
+            version,
+            id: e.id,
+            schema: s.text.clone(),
+            references: s.references.clone(),
+            contract: s.contract.clone(),
+            deleted: e.deleted,
+        })
     }
 
     /// Records ignored because an earlier one had claimed their id or version.
@@ -1132,6 +1163,48 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 3, "{ids:?}");
         assert!(s.schema(ia).unwrap().text.contains("\"b\""));
+    }
+
+    /// A loser's repair tombstone that lands after another writer's valid
+    /// record of the same key leaves that record in force, and the loser
+    /// writes it again so that compaction keeps it.
+    #[test]
+    fn a_repair_tombstone_never_removes_a_raced_in_version() {
+        let mut s = State::default();
+        let Plan::Write(a) = s.plan_register("x", &reg(V1)).unwrap() else {
+            panic!()
+        };
+        // Instance B: the same id for subject y, version 1; it loses the id.
+        let Plan::Write(b) = s.plan_register("y", &reg(V2_REQ)).unwrap() else {
+            panic!()
+        };
+        apply(&mut s, &a);
+        apply(&mut s, &b);
+        let Outcome::Lost {
+            repair: Some(tomb @ LogRecord::SchemaTombstone { .. }),
+        } = s.outcome(&b)
+        else {
+            panic!()
+        };
+        // Instance C registers y version 1 validly before B's tombstone.
+        let Plan::Write(c) = s.plan_register("y", &reg(V2_OPT)).unwrap() else {
+            panic!()
+        };
+        apply(&mut s, &c);
+        assert_eq!(s.outcome(&c), Outcome::Applied);
+        apply(&mut s, &tomb);
+        let (_, id) = s.version("y", "1").unwrap();
+        assert!(matches!(&c, LogRecord::Schema { id: cid, .. } if *cid == id));
+        assert!(s.schema(id).unwrap().text.contains("null"));
+        let again = s.rewrite_after_tombstone("y", 1).unwrap();
+        assert_eq!(again, c);
+        // A tombstone after a soft delete still removes the version.
+        let (del, _) = s.plan_delete_version("y", "1", false).unwrap();
+        apply(&mut s, &del);
+        let (perm, _) = s.plan_delete_version("y", "1", true).unwrap();
+        apply(&mut s, &perm);
+        assert!(s.version("y", "1").is_err());
+        assert!(s.rewrite_after_tombstone("y", 1).is_none());
     }
 
     #[test]

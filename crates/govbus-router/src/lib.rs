@@ -4,6 +4,7 @@
 //! the view, exactly once (Kafka transactions that also commit the input
 //! offsets).
 
+pub mod control;
 pub mod decide;
 pub use govbus_schema::cel as filter;
 pub mod guard;

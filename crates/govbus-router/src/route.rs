@@ -3,7 +3,7 @@
 
 use cel_interpreter::Context;
 use govbus_schema::envelope::decode;
-use govbus_schema::{Change, EnvelopeError, SchemaResolver};
+use govbus_schema::{Change, EnvelopeError, Op, SchemaResolver};
 
 use crate::decide::{decide, Decision};
 use crate::filter::{FilterError, Vars};
@@ -79,6 +79,79 @@ fn same_fields(v: &govbus_schema::AvroValue, schema: &apache_avro::Schema) -> bo
     }
 }
 
+/// `x` read as `reader` (the router's version of the dataset schema).
+fn as_reader(
+    x: &Option<govbus_schema::AvroValue>,
+    reader: Option<&apache_avro::Schema>,
+) -> Result<Option<govbus_schema::AvroValue>, RouteError> {
+    match (x, reader) {
+        (Some(v), Some(schema)) if !same_fields(v, schema) => {
+            v.clone().resolve(schema).map(Some).map_err(|e| {
+                RouteError::Envelope(EnvelopeError::Shape(format!(
+                    "the entity does not resolve to the dataset's schema: {e}"
+                )))
+            })
+        }
+        _ => Ok(x.clone()),
+    }
+}
+
+/// What a backfill sends a view for one entity's current state, when the
+/// view's subscription goes from `old` to `new` (None: not delivering):
+/// the entity enters (a snapshot), leaves (a delete), is re-sent with the
+/// new projection (a snapshot), or nothing. `out` is the view written
+/// (`new`, or `old` when the view is being emptied). The records carry the
+/// entity's own sequence, so a province applies them exactly once.
+pub fn backfill(
+    current: &Change,
+    base: &Context<'_>,
+    old: Option<&View>,
+    new: Option<&View>,
+    out: &View,
+) -> Result<Option<(&'static str, Vec<u8>)>, RouteError> {
+    let after = as_reader(&current.after, Some(&out.entity))?;
+    let Some(after) = after else {
+        return Ok(None);
+    };
+    let vars = Vars::of(&after);
+    let matches = |v: Option<&View>| -> Result<bool, RouteError> {
+        v.map(|v| {
+            v.filter
+                .matches(base, &vars)
+                .map_err(|source| RouteError::Filter {
+                    view: v.name.clone(),
+                    source,
+                })
+        })
+        .transpose()
+        .map(|m| m.unwrap_or(false))
+    };
+    let (was, is) = (matches(old)?, matches(new)?);
+    let reprojected = old.zip(new).is_some_and(|(o, n)| o.drop != n.drop);
+    let (label, op) = match (was, is) {
+        (false, true) => ("enter", Op::Snapshot),
+        (true, false) => ("leave", Op::Delete),
+        (true, true) if reprojected => ("resend", Op::Snapshot),
+        _ => return Ok(None),
+    };
+    let projected = out.projection.apply(after);
+    let routed = Change {
+        event_id: current.event_id.clone(),
+        op,
+        before: (op == Op::Delete).then(|| projected.clone()),
+        after: (op != Op::Delete).then_some(projected),
+        source: current.source.clone(),
+        ts_ms: current.ts_ms,
+    };
+    let codec = out.codec.as_ref().ok_or_else(|| {
+        RouteError::Envelope(EnvelopeError::Encode(format!(
+            "view {} has no registered schema",
+            out.name
+        )))
+    })?;
+    Ok(Some((label, codec.encode(&routed)?)))
+}
+
 /// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
 pub fn route_change(
     change: &Change,
@@ -91,19 +164,9 @@ pub fn route_change(
     // schema — a producer already on v2 — is read as this router's version:
     // fields it does not know are left out, missing ones take their defaults.
     let reader = views.first().map(|&i| all[i].entity.clone());
-    let as_reader = |x: &Option<govbus_schema::AvroValue>| match (x, &reader) {
-        (Some(v), Some(schema)) if !same_fields(v, schema) => {
-            v.clone().resolve(schema).map(Some).map_err(|e| {
-                RouteError::Envelope(EnvelopeError::Shape(format!(
-                    "the entity does not resolve to the dataset's schema: {e}"
-                )))
-            })
-        }
-        _ => Ok(x.clone()),
-    };
     let change = &Change {
-        before: as_reader(&change.before)?,
-        after: as_reader(&change.after)?,
+        before: as_reader(&change.before, reader.as_deref())?,
+        after: as_reader(&change.after, reader.as_deref())?,
         ..change.clone()
     };
     let before = change.before.as_ref().map(Vars::of);
@@ -235,6 +298,87 @@ mod tests {
             j.get("phone").is_none() && j.get("ethnicity").is_none(),
             "{j}"
         );
+    }
+
+    fn view(filter: &str, drop: &str) -> View {
+        let mut c = Catalog::builtin();
+        let text = format!(
+            "subscriber = \"p52\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [{drop}]\n"
+        );
+        c.subscriptions = vec![parse_subscription("s.toml", &text).unwrap()];
+        let mut v = crate::views::compile(&c, &Topics::default()).unwrap();
+        let schema = apache_avro::Schema::parse_str(&v[0].schema).unwrap();
+        v[0].codec = Some(govbus_schema::EnvelopeCodec::new(schema, 1));
+        v.remove(0)
+    }
+
+    fn op_of(out: &View, value: &[u8]) -> Op {
+        let codec = out.codec.as_ref().unwrap();
+        let resolver = govbus_schema::client::FixedResolver::new([(1, codec.schema.clone())]);
+        govbus_schema::envelope::decode(value, &resolver)
+            .unwrap()
+            .1
+            .op
+    }
+
+    #[test]
+    fn a_changed_subscription_sends_what_enters_leaves_or_is_reprojected() {
+        let base = Context::default();
+        let current = create_in_52(); // commune 1 of province 52
+        let all52 = view(
+            r#"permanent_address.province_code == "52""#,
+            "\"ethnicity\"",
+        );
+        let not1 = view(
+            r#"permanent_address.province_code == "52" && permanent_address.commune_code != "1""#,
+            "\"ethnicity\"",
+        );
+        let all52_full = view(r#"permanent_address.province_code == "52""#, "");
+        type Case<'a> = (
+            Option<&'a View>,
+            Option<&'a View>,
+            &'a View,
+            Option<(&'a str, Op)>,
+        );
+        let cases: [Case<'_>; 6] = [
+            (None, Some(&all52), &all52, Some(("enter", Op::Snapshot))),
+            (
+                Some(&all52),
+                Some(&not1),
+                &not1,
+                Some(("leave", Op::Delete)),
+            ),
+            (
+                Some(&not1),
+                Some(&all52),
+                &all52,
+                Some(("enter", Op::Snapshot)),
+            ),
+            (
+                Some(&all52),
+                Some(&all52_full),
+                &all52_full,
+                Some(("resend", Op::Snapshot)),
+            ),
+            (Some(&all52), Some(&all52), &all52, None),
+            (Some(&all52), None, &all52, Some(("leave", Op::Delete))),
+        ];
+        for (i, (old, new, out, want)) in cases.into_iter().enumerate() {
+            let got = backfill(&current, &base, old, new, out).unwrap();
+            assert_eq!(
+                got.as_ref().map(|(l, v)| (*l, op_of(out, v))),
+                want,
+                "case {i}"
+            );
+        }
+        // An entity deleted at the source is in no view.
+        let deleted = Change {
+            after: None,
+            ..create_in_52()
+        };
+        assert!(backfill(&deleted, &base, None, Some(&all52), &all52)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

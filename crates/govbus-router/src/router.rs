@@ -1,14 +1,16 @@
 //! The routing loop: consume central topics read_committed, route, and write
 //! the views and the consumed offsets in one Kafka transaction.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cel_interpreter::Context;
 use govbus_core::kafka::{ensure_topics, poll_batch, KafkaSetupError, TopicSpec};
-use govbus_core::{Catalog, CatalogError, KafkaConfig, Topics};
+use govbus_core::{
+    Catalog, CatalogError, DatasetId, KafkaConfig, SubscriptionFile, SubscriptionSpec, Topics,
+};
 use govbus_schema::{RegistryClient, RegistryError, SchemaCache};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -18,7 +20,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::route::{route, RouteError};
+use crate::control::{self, ControlError, ControlValue};
+use crate::route::{self, route, RouteError};
 use crate::views::{self, View};
 
 /// Router settings.
@@ -74,77 +77,213 @@ pub enum RouterError {
     /// Topics could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The control topic could not be followed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// A writer schema could not be fetched; the batch is retried.
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// A view's per-partition state record does not decode.
+    #[error("view state {key}: {reason}")]
+    State {
+        /// The record's key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// The router: compiled views plus their input topics.
+/// The spec a view holds on one input partition, as recorded in
+/// `_govbus.views`: what its province has received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The filter.
+    pub filter: String,
+    /// The dropped fields.
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StateValue {
+    /// None: the view receives nothing from this partition.
+    applied: Option<Applied>,
+    at_ms: i64,
+}
+
+fn state_key(view: &str, topic: &str, partition: i32) -> String {
+    format!("{view}|{topic}|{partition}")
+}
+
+/// A removed subscription whose view may still need emptying.
 #[derive(Debug)]
-pub struct Router {
-    cfg: RouterConfig,
+struct Removed {
+    name: String,
+    subscriber: String,
+    dataset: DatasetId,
+    input: String,
+    empty_view: bool,
+}
+
+/// The views in force for one generation of the control topic.
+#[derive(Debug, Default)]
+struct Live {
+    generation: u64,
     views: Vec<View>,
     /// Input topic → (dataset label, view indices).
     inputs: HashMap<String, (String, Vec<usize>)>,
     dlq: HashMap<String, String>,
+    removed: Vec<Removed>,
+}
+
+/// One view to bring in step on one partition.
+struct Work<'a> {
+    key: String,
+    view: String,
+    old: Option<View>,
+    new: Option<&'a View>,
+    /// Write `old`'s leaves when there is no `new`.
+    empty: bool,
+    target: Option<Applied>,
+}
+
+/// The router: follows the control topic and routes its subscriptions.
+#[derive(Debug)]
+pub struct Router {
+    cfg: RouterConfig,
+    catalog: Catalog,
+    topics: Topics,
+    registry: RegistryClient,
     resolver: SchemaCache,
+    control: Arc<control::Follower>,
 }
 
 impl Router {
-    /// Compiles the catalog's subscriptions, registers view schemas and
-    /// creates missing topics.
+    /// Starts following the control topic (`_govbus.subscriptions`, read to
+    /// its end before this returns); `catalog` gives the datasets.
     pub fn new(cfg: RouterConfig, catalog: &Catalog) -> Result<Self, RouterError> {
         let topics = Topics::new(&cfg.topic_prefix);
-        let mut views = views::compile(catalog, &topics)?;
+        ensure_topics(&cfg.kafka, &[TopicSpec::compacted(topics.view_state(), 1)])?;
+        let control =
+            control::Follower::start(&cfg.kafka, &topics.subscriptions(), Duration::from_secs(60))?;
         let registry = RegistryClient::new(&cfg.registry);
-        views::register(&mut views, &registry)?;
-        let mut inputs: HashMap<String, (String, Vec<usize>)> = HashMap::new();
-        let mut dlq = HashMap::new();
-        let mut specs = Vec::new();
-        for (i, v) in views.iter().enumerate() {
-            let ds = catalog
-                .dataset(&v.dataset)
-                .expect("compiled views name declared datasets");
-            let input = topics.central(&ds.id, ds.file.major);
-            inputs
-                .entry(input.clone())
-                .or_insert_with(|| (ds.id.to_string(), vec![]))
-                .1
-                .push(i);
-            let d = topics.dlq("route", &ds.id.to_string());
-            dlq.insert(input.clone(), d.clone());
-            specs.push(TopicSpec::compacted(input, cfg.partitions));
-            specs.push(TopicSpec::compacted(v.topic.clone(), cfg.partitions));
-            specs.push(TopicSpec::retained(d, 1));
-        }
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        specs.dedup_by(|a, b| a.name == b.name);
-        ensure_topics(&cfg.kafka, &specs)?;
-        for v in &views {
-            tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), expires_ms = ?v.expires_ms, "subscription active");
-            metrics::gauge!("govbus_subscription_active", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).set(1.0);
-        }
         Ok(Self {
-            resolver: SchemaCache::new(registry),
+            resolver: SchemaCache::new(registry.clone()),
+            registry,
+            catalog: catalog.clone(),
+            topics,
             cfg,
-            views,
-            inputs,
-            dlq,
+            control,
         })
     }
 
-    /// The compiled views.
-    pub fn views(&self) -> &[View] {
-        &self.views
+    /// Compiles the control topic's current set. A subscription that does
+    /// not compile or whose view schema the registry refuses is left out,
+    /// loudly; the others are routed.
+    fn live(&self) -> Result<Live, RouterError> {
+        let (generation, set) = self.control.snapshot();
+        let mut live = Live {
+            generation,
+            ..Live::default()
+        };
+        let mut specs = vec![TopicSpec::compacted(self.topics.view_state(), 1)];
+        let mut view_specs = Vec::new();
+        let mut input_of = |ds: &DatasetId, live: &mut Live| -> Option<String> {
+            let d = self.catalog.dataset(ds)?;
+            let input = self.topics.central(&d.id, d.file.major);
+            let dlq = self.topics.dlq("route", &d.id.to_string());
+            live.dlq.insert(input.clone(), dlq.clone());
+            live.inputs
+                .entry(input.clone())
+                .or_insert_with(|| (d.id.to_string(), vec![]));
+            specs.push(TopicSpec::compacted(input.clone(), self.cfg.partitions));
+            specs.push(TopicSpec::retained(dlq, 1));
+            Some(input)
+        };
+        for (name, value) in &set {
+            match value {
+                ControlValue::Active {
+                    subscription,
+                    origin,
+                    ..
+                } => {
+                    let spec = SubscriptionSpec {
+                        file: (**subscription).clone(),
+                        origin: format!("{} ({origin})", self.topics.subscriptions()),
+                        filter_line: None,
+                    };
+                    let mut view = match views::compile_spec(&self.catalog, &self.topics, &spec) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::error!(subscription = name, error = %e, "subscription left out: it does not compile");
+                            metrics::counter!("govbus_subscription_refused_total", "reason" => "invalid").increment(1);
+                            continue;
+                        }
+                    };
+                    match views::register_one(&mut view, &self.registry) {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => return Err(e.into()),
+                        Err(e) => {
+                            tracing::error!(subscription = name, error = %e, "subscription left out: the registry refused its view schema");
+                            metrics::counter!("govbus_subscription_refused_total", "reason" => "view_schema").increment(1);
+                            continue;
+                        }
+                    }
+                    let Some(input) = input_of(&view.dataset, &mut live) else {
+                        continue;
+                    };
+                    view_specs.push(TopicSpec::compacted(
+                        view.topic.clone(),
+                        self.cfg.partitions,
+                    ));
+                    live.inputs
+                        .get_mut(&input)
+                        .expect("input_of adds the input")
+                        .1
+                        .push(live.views.len());
+                    live.views.push(view);
+                }
+                ControlValue::Removed { empty_view, .. } => {
+                    let Some((subscriber, dataset)) = name.split_once('/') else {
+                        continue;
+                    };
+                    let Ok(dataset) = dataset.parse::<DatasetId>() else {
+                        continue;
+                    };
+                    let Some(input) = input_of(&dataset, &mut live) else {
+                        continue;
+                    };
+                    live.removed.push(Removed {
+                        name: name.clone(),
+                        subscriber: subscriber.to_string(),
+                        dataset,
+                        input,
+                        empty_view: *empty_view,
+                    });
+                }
+            }
+        }
+        specs.extend(view_specs);
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs.dedup_by(|a, b| a.name == b.name);
+        ensure_topics(&self.cfg.kafka, &specs)?;
+        for v in &live.views {
+            tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), expires_ms = ?v.expires_ms, "subscription active");
+            metrics::gauge!("govbus_subscription_active", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).set(1.0);
+        }
+        for r in &live.removed {
+            metrics::gauge!("govbus_subscription_active", "subscriber" => r.subscriber.clone(), "dataset" => r.dataset.to_string()).set(0.0);
+        }
+        Ok(live)
     }
 
-    /// Routes until `stop`; on a transaction failure it aborts, rebuilds its
-    /// clients (resuming from the last committed offsets) and goes on.
+    /// Routes until `stop`. A change of the subscription set starts a new
+    /// session with it; a failure aborts the open transaction and starts a
+    /// new session from the last committed offsets.
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<(), RouterError> {
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             match self.session(&stop) {
-                Ok(()) => return Ok(()),
+                Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, failures, "routing session failed; restarting from committed offsets");
@@ -156,12 +295,21 @@ impl Router {
     }
 
     fn session(&self, stop: &AtomicBool) -> Result<(), RouterError> {
+        let live = self.live()?;
+        let changed = || self.control.generation() != live.generation;
+        if live.inputs.is_empty() {
+            tracing::info!("no subscriptions; waiting for the control topic");
+            while !stop.load(Ordering::Relaxed) && !changed() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
         let kafka = &self.cfg.kafka;
         let consumer: BaseConsumer = kafka
             .consumer(&self.cfg.group)
             .set("fetch.wait.max.ms", "100")
             .create()?;
-        let topics: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let tid = format!("govbus-router-{}-{}", self.cfg.group, self.cfg.instance);
         let producer: ThreadedProducer<DefaultProducerContext> = kafka
@@ -173,13 +321,23 @@ impl Router {
             .create()?;
         producer.init_transactions(Duration::from_secs(30))?;
         let base = Context::default();
-        tracing::info!(transactional_id = tid, ?topics, "router session started");
+        tracing::info!(
+            transactional_id = tid,
+            ?topics,
+            views = live.views.len(),
+            "router session started"
+        );
         let mut batch = Vec::with_capacity(self.cfg.batch);
         let mut last_lag = std::time::Instant::now();
+        let mut in_step: HashSet<(String, i32)> = HashSet::new();
         while !stop.load(Ordering::Relaxed) {
+            if changed() {
+                tracing::info!("the subscription set changed; starting a session with it");
+                return Ok(());
+            }
             if last_lag.elapsed() > Duration::from_secs(2) {
                 for (topic, lag) in govbus_core::kafka::lag_by_topic(&consumer) {
-                    if let Some((dataset, _)) = self.inputs.get(&topic) {
+                    if let Some((dataset, _)) = live.inputs.get(&topic) {
                         metrics::gauge!("govbus_router_lag_events", "dataset" => dataset.clone())
                             .set(lag as f64);
                     }
@@ -192,24 +350,31 @@ impl Router {
                 self.cfg.batch,
                 Duration::from_millis(100),
             );
+            // Partitions assigned since the last look: bring every view in
+            // step on them (backfill, leaves) before routing their records.
+            let assigned: HashSet<(String, i32)> = consumer
+                .assignment()?
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            in_step.retain(|tp| assigned.contains(tp));
+            let fresh: Vec<(String, i32)> = assigned
+                .iter()
+                .filter(|tp| !in_step.contains(*tp))
+                .cloned()
+                .collect();
+            if !fresh.is_empty() {
+                self.in_step(&live, &consumer, &producer, &base, &fresh)?;
+                in_step.extend(fresh);
+            }
             if batch.is_empty() {
                 continue;
             }
             producer.begin_transaction()?;
             let res = self
-                .route_batch(&batch, &producer, &base)
-                .and_then(|offsets| {
-                    let meta = consumer
-                        .group_metadata()
-                        .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-                    producer.send_offsets_to_transaction(
-                        &offsets,
-                        &meta,
-                        Duration::from_secs(30),
-                    )?;
-                    producer.commit_transaction(Duration::from_secs(30))?;
-                    Ok(())
-                });
+                .route_batch(&live, &batch, &producer, &base)
+                .and_then(|offsets| self.commit(&consumer, &producer, &offsets));
             match res {
                 Ok(()) => {
                     metrics::counter!("govbus_router_transactions_total", "result" => "committed")
@@ -226,8 +391,269 @@ impl Router {
         Ok(())
     }
 
+    fn commit(
+        &self,
+        consumer: &BaseConsumer,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), RouterError> {
+        let meta = consumer
+            .group_metadata()
+            .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+        producer.send_offsets_to_transaction(offsets, &meta, Duration::from_secs(30))?;
+        producer.commit_transaction(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// Reads `_govbus.views`: view|topic|partition → what it holds.
+    fn read_state(&self) -> Result<HashMap<String, Option<Applied>>, RouterError> {
+        let topic = self.topics.view_state();
+        let mut state = HashMap::new();
+        let mut bad = None;
+        govbus_core::kafka::read_partitions(
+            &self.cfg.kafka,
+            &topic,
+            &[(0, None)],
+            Duration::from_secs(60),
+            |m| {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                match m.payload().map(serde_json::from_slice::<StateValue>) {
+                    Some(Ok(v)) => {
+                        state.insert(key, v.applied);
+                    }
+                    None => {
+                        state.remove(&key);
+                    }
+                    Some(Err(e)) => bad = Some((key, e.to_string())),
+                }
+            },
+        )?;
+        if let Some((key, reason)) = bad {
+            return Err(RouterError::State { key, reason });
+        }
+        Ok(state)
+    }
+
+    /// Brings every view in step on `parts` (just assigned to this
+    /// instance): a view whose recorded spec differs from the one in force
+    /// receives, from the partition's records before the group's committed
+    /// offset, the entities that now enter (snapshots), those that now leave
+    /// (deletes) and, when its projection changed, the others again; a
+    /// removed view is emptied when asked. The records, the new state and
+    /// the (unchanged) offsets go in one transaction, so live routing from
+    /// that offset continues with no gap and no duplicate.
+    fn in_step(
+        &self,
+        live: &Live,
+        consumer: &BaseConsumer,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        base: &Context<'_>,
+        parts: &[(String, i32)],
+    ) -> Result<(), RouterError> {
+        let state = self.read_state()?;
+        let now = govbus_core::now_ms();
+        let mut todo: Vec<((String, i32), Vec<Work<'_>>)> = Vec::new();
+        for (topic, p) in parts {
+            let Some((_, idx)) = live.inputs.get(topic) else {
+                continue;
+            };
+            let mut work = Vec::new();
+            let held = |name: &str| -> Option<Applied> {
+                state.get(&state_key(name, topic, *p)).cloned().flatten()
+            };
+            for &i in idx {
+                let v = &live.views[i];
+                let target = (!v.expired(now)).then(|| Applied {
+                    filter: v.filter.source().to_string(),
+                    drop: v.drop.clone(),
+                });
+                let old = held(&v.name);
+                if old != target {
+                    work.push(Work {
+                        key: state_key(&v.name, topic, *p),
+                        view: v.name.clone(),
+                        old: old.and_then(|a| self.compile_applied(&v.subscriber, &v.dataset, &a)),
+                        new: target.is_some().then_some(v),
+                        // An expired view keeps its rows (delivery stops).
+                        empty: target.is_some(),
+                        target,
+                    });
+                }
+            }
+            for r in live.removed.iter().filter(|r| &r.input == topic) {
+                let Some(old) = held(&r.name) else {
+                    continue;
+                };
+                let mut old = self.compile_applied(&r.subscriber, &r.dataset, &old);
+                if r.empty_view {
+                    if let Some(v) = old.as_mut() {
+                        views::register_one(v, &self.registry)?;
+                    }
+                }
+                work.push(Work {
+                    key: state_key(&r.name, topic, *p),
+                    view: r.name.clone(),
+                    old,
+                    new: None,
+                    empty: r.empty_view,
+                    target: None,
+                });
+            }
+            if !work.is_empty() {
+                todo.push(((topic.clone(), *p), work));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), _) in &todo {
+            tpl.add_partition(t, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+        let until = |t: &str, p: i32| -> i64 {
+            committed
+                .find_partition(t, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        producer.begin_transaction()?;
+        let res = (|| {
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, p), work) in &todo {
+                let p = *p;
+                let until = until(topic, p);
+                self.backfill(topic, p, until, work, producer, base)?;
+                for w in work {
+                    let value = serde_json::to_vec(&StateValue {
+                        applied: w.target.clone(),
+                        at_ms: now,
+                    })
+                    .unwrap_or_default();
+                    send(
+                        producer,
+                        BaseRecord::to(&self.topics.view_state())
+                            .key(w.key.as_bytes())
+                            .payload(&value),
+                    )?;
+                    tracing::info!(view = w.view, topic, partition = p, until, from = ?w.old.as_ref().map(|v| v.filter.source()), to = ?w.target.as_ref().map(|a| &a.filter), "view brought in step");
+                }
+                offsets.add_partition_offset(topic, p, Offset::Offset(until))?;
+            }
+            self.commit(consumer, producer, &offsets)
+        })();
+        if let Err(e) = res {
+            let _ = producer.abort_transaction(Duration::from_secs(30));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// A view of `subscriber` compiled from a recorded spec (None when it
+    /// no longer compiles: its leaves cannot be computed, which is logged).
+    fn compile_applied(&self, subscriber: &str, dataset: &DatasetId, a: &Applied) -> Option<View> {
+        let spec = SubscriptionSpec {
+            file: SubscriptionFile {
+                subscriber: subscriber.to_string(),
+                dataset: dataset.clone(),
+                filter: a.filter.clone(),
+                drop: a.drop.clone(),
+                legal_basis: String::new(),
+                legal_reference: String::new(),
+                requested_by: String::new(),
+                expires: None,
+            },
+            origin: self.topics.view_state(),
+            filter_line: None,
+        };
+        views::compile_spec(&self.catalog, &self.topics, &spec)
+            .map_err(|e| tracing::error!(subscriber, %dataset, error = %e, "a view's recorded spec no longer compiles; its leaves are not sent"))
+            .ok()
+    }
+
+    /// Sends `work`'s records for the current state of `topic` `p` below
+    /// `until` (each entity's last change).
+    fn backfill(
+        &self,
+        topic: &str,
+        p: i32,
+        until: i64,
+        work: &[Work<'_>],
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        base: &Context<'_>,
+    ) -> Result<(), RouterError> {
+        let sends = work
+            .iter()
+            .any(|w| w.new.is_some() || (w.empty && w.old.is_some()));
+        if !sends || until == 0 {
+            return Ok(());
+        }
+        let mut current: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        govbus_core::kafka::read_partitions(
+            &self.cfg.kafka,
+            topic,
+            &[(p, Some(until))],
+            Duration::from_secs(300),
+            |m| {
+                let key = m.key().unwrap_or_default().to_vec();
+                match m.payload() {
+                    Some(v) => {
+                        current.insert(key, v.to_vec());
+                    }
+                    None => {
+                        current.remove(&key);
+                    }
+                }
+            },
+        )?;
+        let dataset = &work
+            .iter()
+            .find_map(|w| {
+                w.new
+                    .map(|v| v.dataset.to_string())
+                    .or(w.old.as_ref().map(|v| v.dataset.to_string()))
+            })
+            .unwrap_or_default();
+        for (key, payload) in &current {
+            let change = match govbus_schema::envelope::decode(payload, &self.resolver) {
+                Ok((_, c)) => c,
+                Err(e) if e.is_transient() => {
+                    return Err(RouterError::RegistryUnavailable(e.to_string()))
+                }
+                // Sent to the DLQ when it was routed live.
+                Err(_) => continue,
+            };
+            for w in work {
+                let Some(out) = w.new.or(w.old.as_ref().filter(|_| w.empty)) else {
+                    continue;
+                };
+                match route::backfill(&change, base, w.old.as_ref(), w.new, out) {
+                    Ok(Some((label, value))) => {
+                        metrics::counter!("govbus_router_backfill_total", "subscriber" => out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(1);
+                        send(
+                            producer,
+                            BaseRecord::to(&out.topic)
+                                .key(key.as_slice())
+                                .payload(value.as_slice()),
+                        )?;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(view = out.name, topic, partition = p, error = %e, "entity left out of a backfill");
+                        metrics::counter!("govbus_router_backfill_skipped_total", "dataset" => dataset.clone(), "reason" => e.reason()).increment(1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn route_batch(
         &self,
+        live: &Live,
         batch: &[rdkafka::message::OwnedMessage],
         producer: &ThreadedProducer<DefaultProducerContext>,
         base: &Context<'_>,
@@ -235,17 +661,17 @@ impl Router {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in batch {
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
-            let Some((dataset, idx)) = self.inputs.get(m.topic()) else {
+            let Some((dataset, idx)) = live.inputs.get(m.topic()) else {
                 continue;
             };
             metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone())
                 .increment(1);
             let payload = m.payload().unwrap_or_default();
             let key = m.key().unwrap_or_default();
-            match route(payload, &self.resolver, base, &self.views, idx) {
+            match route(payload, &self.resolver, base, &live.views, idx) {
                 Ok(outs) => {
                     for o in outs {
-                        let v = &self.views[o.view];
+                        let v = &live.views[o.view];
                         metrics::counter!("govbus_router_routed_total", "subscriber" => v.subscriber.clone(), "dataset" => dataset.clone(), "decision" => o.decision).increment(1);
                         send(
                             producer,
@@ -261,7 +687,7 @@ impl Router {
                 }
                 Err(e) => {
                     let reason = e.reason();
-                    let dlq = &self.dlq[m.topic()];
+                    let dlq = &live.dlq[m.topic()];
                     tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason, error = %e, "change sent to the DLQ");
                     metrics::counter!("govbus_router_dlq_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
                     let partition = m.partition().to_string();

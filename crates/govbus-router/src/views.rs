@@ -27,6 +27,8 @@ pub struct View {
     pub filter: Filter,
     /// Which fields are removed.
     pub projection: Projection,
+    /// The dotted paths of those fields, as the subscription lists them.
+    pub drop: Vec<String>,
     /// Where the view is written.
     pub topic: String,
     /// The view's envelope schema (Avro JSON).
@@ -65,11 +67,12 @@ pub fn compile(catalog: &Catalog, topics: &Topics) -> Result<Vec<View>, CatalogE
     catalog
         .subscriptions
         .iter()
-        .map(|s| compile_one(catalog, topics, s))
+        .map(|s| compile_spec(catalog, topics, s))
         .collect()
 }
 
-fn compile_one(
+/// Compiles one subscription.
+pub fn compile_spec(
     catalog: &Catalog,
     topics: &Topics,
     s: &SubscriptionSpec,
@@ -98,6 +101,7 @@ fn compile_one(
         entity: std::sync::Arc::new(entity),
         filter,
         projection: Projection::new(&s.file.drop),
+        drop: s.file.drop.clone(),
         topic: topics.view(&s.file.subscriber, &ds.id, ds.file.major),
         schema,
         codec: None,
@@ -109,11 +113,16 @@ fn compile_one(
 /// Registers each view's schema under `<view topic>-value`.
 pub fn register(views: &mut [View], registry: &RegistryClient) -> Result<(), RegistryError> {
     for v in views {
-        let id = registry.register(&value_subject(&v.topic), &v.schema)?;
-        let schema =
-            Schema::parse_str(&v.schema).map_err(|e| RegistryError::Decode(e.to_string()))?;
-        v.codec = Some(EnvelopeCodec::new(schema, id));
+        register_one(v, registry)?;
     }
+    Ok(())
+}
+
+/// Registers one view's schema under `<view topic>-value`.
+pub fn register_one(v: &mut View, registry: &RegistryClient) -> Result<(), RegistryError> {
+    let id = registry.register(&value_subject(&v.topic), &v.schema)?;
+    let schema = Schema::parse_str(&v.schema).map_err(|e| RegistryError::Decode(e.to_string()))?;
+    v.codec = Some(EnvelopeCodec::new(schema, id));
     Ok(())
 }
 

@@ -274,6 +274,37 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     run_until_stopped(stop, move || Ok(govbus_consumer::run(&c, &catalog, s)?)).await
 }
 
+/// `govbus subscriptions apply DIR`: validates, diffs against the control
+/// topic, writes (unless a dry run).
+pub(crate) fn apply_subscriptions(
+    dir: &Path,
+    file: Option<&Path>,
+    dry_run: bool,
+    empty_removed: bool,
+) -> anyhow::Result<()> {
+    let cfg = GovbusConfig::load(file)?;
+    let r = GovbusConfig::section(&cfg.router, "router", file)?;
+    let mut catalog = cfg.catalog()?;
+    catalog.subscriptions = govbus_core::catalog::load_subscriptions(dir)?;
+    let topics = govbus_core::Topics::new(&r.topic_prefix);
+    let steps = govbus_router::control::apply(&r.kafka, &topics, &catalog, empty_removed, dry_run)?;
+    for s in &steps {
+        println!("{s}");
+    }
+    let verb = if dry_run { "would change" } else { "changed" };
+    println!(
+        "{} {verb}, {} unchanged ({})",
+        steps.len(),
+        catalog.subscriptions.len()
+            - steps
+                .iter()
+                .filter(|s| !matches!(s, govbus_router::control::Step::Remove { .. }))
+                .count(),
+        topics.subscriptions()
+    );
+    Ok(())
+}
+
 /// `govbus subscriptions check DIR`: validates every file, as the router would.
 pub(crate) fn check_subscriptions(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
     let catalog = govbus_core::Catalog::load(deploy, schemas)?;

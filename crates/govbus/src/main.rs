@@ -140,6 +140,25 @@ enum SchemaCmd {
 
 #[derive(Debug, Subcommand)]
 enum SubCmd {
+    /// Validate the subscription files in DIR and write them to the control
+    /// topic `_govbus.subscriptions` (every router follows it): new ones are
+    /// backfilled, changed ones send what enters and leaves, ones no file
+    /// declares any more are removed. Prints the diff.
+    Apply {
+        /// The directory of subscription files.
+        #[arg(default_value = "deploy/subscriptions")]
+        dir: PathBuf,
+        /// Configuration file (`[router]`: the cluster and topic prefix;
+        /// `deploy`/`schemas`: the datasets).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Empty the views of removed subscriptions with deletes.
+        #[arg(long)]
+        empty_removed: bool,
+    },
     /// Validate every dataset and subscription file, as the router would at start-up.
     Check {
         /// The deploy directory.
@@ -199,6 +218,15 @@ fn main() -> std::process::ExitCode {
             Cmd::Subscriptions {
                 command: SubCmd::Check { deploy, schemas },
             } => agents::check_subscriptions(&deploy, &schemas),
+            Cmd::Subscriptions {
+                command:
+                    SubCmd::Apply {
+                        dir,
+                        config,
+                        dry_run,
+                        empty_removed,
+                    },
+            } => agents::apply_subscriptions(&dir, config.as_deref(), dry_run, empty_removed),
             Cmd::Schema {
                 command:
                     SchemaCmd::Check {

@@ -281,6 +281,20 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     let ingest = producer(&mut stack, "bca", ingest_port, m_producer)?;
     println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
 
+    // The subscriptions (p52, p94), as `govbus subscriptions apply` writes them.
+    let steps = tokio::task::block_in_place(|| {
+        govbus_router::control::apply(
+            &govbus_core::KafkaConfig::new(&bootstrap),
+            &govbus_core::Topics::default(),
+            &govbus_core::Catalog::builtin(),
+            false,
+            false,
+        )
+    })?;
+    println!(
+        "  subscriptions {} applied to _govbus.subscriptions",
+        steps.len()
+    );
     let cfg = write_config(
         &dir.join("router.toml"),
         &section("router", format!("registry = \"{registry}\"\n"), m_router),

@@ -199,6 +199,7 @@ fn chaos(durable: bool, routers: usize) {
         batch: 500,
         partitions: 4,
     };
+    govbus_e2e::apply_subscriptions(&kafka, &prefix, &govbus_core::Catalog::builtin(), false);
     let schemas: Vec<String> = ["p52", "p94"]
         .iter()
         .map(|p| format!("{}_{p}", unique("chaos")))

@@ -1,0 +1,561 @@
+//! The live subscription set: the compacted control topic
+//! `_govbus.subscriptions`, what `govbus subscriptions apply` writes to it,
+//! and the follower every router instance runs on it.
+//!
+//! Records are keyed by the subscription's name (`<subscriber>/<dataset>`);
+//! the value is JSON: `{"state":"active","subscription":{...}}` with the
+//! subscription file's fields, or `{"state":"removed","empty_view":bool}`.
+//! A removal is a record, not a tombstone, so that a router that starts later
+//! still knows to empty the view; a tombstone is read as a removal that
+//! leaves the view as it is.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use govbus_core::kafka::{ensure_topics, partitions_of, KafkaSetupError, TopicSpec};
+use govbus_core::{KafkaConfig, SubscriptionFile, SubscriptionSpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+/// One subscription's record on the control topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ControlValue {
+    /// The subscription is in force.
+    Active {
+        /// What its file says.
+        subscription: Box<SubscriptionFile>,
+        /// The file it was applied from.
+        #[serde(default)]
+        origin: String,
+        /// Who applied it (user@host).
+        #[serde(default)]
+        applied_by: String,
+        /// When (ms since the epoch).
+        #[serde(default)]
+        applied_at_ms: i64,
+    },
+    /// The subscription was removed.
+    Removed {
+        /// Whether its view is emptied with deletes.
+        empty_view: bool,
+        /// Who removed it.
+        #[serde(default)]
+        applied_by: String,
+        /// When (ms since the epoch).
+        #[serde(default)]
+        applied_at_ms: i64,
+    },
+}
+
+impl ControlValue {
+    /// The subscription, if in force.
+    pub fn active(&self) -> Option<&SubscriptionFile> {
+        match self {
+            ControlValue::Active { subscription, .. } => Some(subscription.as_ref()),
+            ControlValue::Removed { .. } => None,
+        }
+    }
+}
+
+/// The control topic's content: subscription name → its last record.
+pub type ControlSet = BTreeMap<String, ControlValue>;
+
+/// Reading or writing the control topic failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Kafka failed.
+    #[error("control topic {topic}: kafka: {source}")]
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// The topic could not be created.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// Two files declare one subscription.
+    #[error("{first} and {second} both declare subscription {name}")]
+    Duplicate {
+        /// The name.
+        name: String,
+        /// One file.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// A subscription file is wrong.
+    #[error(transparent)]
+    Invalid(#[from] govbus_core::CatalogError),
+    /// The follower did not read the topic to its end in time.
+    #[error("control topic {topic}: not read to its end after {secs} s")]
+    NotCaughtUp {
+        /// The topic.
+        topic: String,
+        /// How long it waited.
+        secs: u64,
+    },
+}
+
+/// Decodes one record; a value that is not a control record is logged and
+/// skipped (None), a tombstone is a removal that keeps the view.
+pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<(String, ControlValue)> {
+    let name = String::from_utf8_lossy(key).into_owned();
+    let Some(value) = value else {
+        return Some((
+            name,
+            ControlValue::Removed {
+                empty_view: false,
+                applied_by: String::new(),
+                applied_at_ms: 0,
+            },
+        ));
+    };
+    match serde_json::from_slice::<ControlValue>(value) {
+        Ok(v) => Some((name, v)),
+        Err(e) => {
+            tracing::warn!(subscription = name, error = %e, "skipping a control record that does not decode");
+            metrics::counter!("govbus_control_skipped_total").increment(1);
+            None
+        }
+    }
+}
+
+/// Creates the control topic if missing (compacted, one partition: the
+/// whole set in one order).
+pub fn ensure(kafka: &KafkaConfig, topic: &str) -> Result<(), KafkaSetupError> {
+    ensure_topics(kafka, &[TopicSpec::compacted(topic, 1)])
+}
+
+/// Reads the whole control topic.
+pub fn read(kafka: &KafkaConfig, topic: &str) -> Result<ControlSet, ControlError> {
+    let err = |source| ControlError::Kafka {
+        topic: topic.to_string(),
+        source,
+    };
+    let probe: BaseConsumer = kafka
+        .consumer("govbus-control-probe")
+        .create()
+        .map_err(err)?;
+    let parts = partitions_of(&probe, topic).map_err(err)?;
+    let bounds: Vec<(i32, Option<i64>)> = parts.iter().map(|p| (*p, None)).collect();
+    let mut set = ControlSet::new();
+    govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
+        if let Some((k, v)) = decode(m.key().unwrap_or_default(), m.payload()) {
+            set.insert(k, v);
+        }
+    })
+    .map_err(err)?;
+    Ok(set)
+}
+
+/// What `apply` does to one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A new subscription (or one removed earlier and declared again).
+    Add(SubscriptionSpec),
+    /// A subscription whose file changed; `what` lists the changed fields.
+    Change {
+        /// The new declaration.
+        to: SubscriptionSpec,
+        /// `field: old → new` lines.
+        what: Vec<String>,
+    },
+    /// A subscription no file declares any more.
+    Remove {
+        /// Its name.
+        name: String,
+        /// Whether its view is emptied.
+        empty_view: bool,
+    },
+}
+
+impl Step {
+    /// The subscription's name.
+    pub fn name(&self) -> String {
+        match self {
+            Step::Add(s) | Step::Change { to: s, .. } => s.name(),
+            Step::Remove { name, .. } => name.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Add(s) => write!(f, "+ {} ({}): filter {}", s.name(), s.origin, s.file.filter),
+            Step::Change { to, what } => {
+                write!(f, "~ {} ({})", to.name(), to.origin)?;
+                for w in what {
+                    write!(f, "\n    {w}")?;
+                }
+                Ok(())
+            }
+            Step::Remove { name, empty_view } => write!(
+                f,
+                "- {name}{}",
+                if *empty_view {
+                    " (its view is emptied with deletes)"
+                } else {
+                    " (delivery stops; the view keeps its rows)"
+                }
+            ),
+        }
+    }
+}
+
+fn changed_fields(a: &SubscriptionFile, b: &SubscriptionFile) -> Vec<String> {
+    let a = serde_json::to_value(a).unwrap_or_default();
+    let b = serde_json::to_value(b).unwrap_or_default();
+    let keys: std::collections::BTreeSet<&String> = a
+        .as_object()
+        .into_iter()
+        .chain(b.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    keys.into_iter()
+        .filter(|k| a.get(k.as_str()) != b.get(k.as_str()))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| {
+                v.filter(|v| !v.is_null())
+                    .map_or("(none)".to_string(), |v| v.to_string())
+            };
+            format!(
+                "{k}: {} → {}",
+                show(a.get(k.as_str())),
+                show(b.get(k.as_str()))
+            )
+        })
+        .collect()
+}
+
+/// The steps that bring `current` to `desired`; subscriptions no file
+/// declares are removed (their views emptied when `empty_removed`).
+pub fn plan(
+    current: &ControlSet,
+    desired: &[SubscriptionSpec],
+    empty_removed: bool,
+) -> Result<Vec<Step>, ControlError> {
+    let mut by_name: BTreeMap<String, &SubscriptionSpec> = BTreeMap::new();
+    for s in desired {
+        if let Some(first) = by_name.insert(s.name(), s) {
+            return Err(ControlError::Duplicate {
+                name: s.name(),
+                first: first.origin.clone(),
+                second: s.origin.clone(),
+            });
+        }
+    }
+    let mut steps = Vec::new();
+    for (name, s) in &by_name {
+        match current.get(name).and_then(ControlValue::active) {
+            None => steps.push(Step::Add((*s).clone())),
+            Some(old) if *old != s.file => steps.push(Step::Change {
+                to: (*s).clone(),
+                what: changed_fields(old, &s.file),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, v) in current {
+        if v.active().is_some() && !by_name.contains_key(name) {
+            steps.push(Step::Remove {
+                name: name.clone(),
+                empty_view: empty_removed,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+/// `govbus subscriptions apply`: validates `catalog.subscriptions` as a
+/// router compiles them, plans the steps from the control topic's content
+/// and, unless `dry_run`, writes them. Returns the steps.
+pub fn apply(
+    kafka: &KafkaConfig,
+    topics: &govbus_core::Topics,
+    catalog: &govbus_core::Catalog,
+    empty_removed: bool,
+    dry_run: bool,
+) -> Result<Vec<Step>, ControlError> {
+    crate::views::compile(catalog, topics)?;
+    let topic = topics.subscriptions();
+    ensure(kafka, &topic)?;
+    let current = read(kafka, &topic)?;
+    let steps = plan(&current, &catalog.subscriptions, empty_removed)?;
+    if !dry_run && !steps.is_empty() {
+        write(kafka, &topic, &steps)?;
+    }
+    Ok(steps)
+}
+
+/// Who is applying: `$USER@$HOSTNAME`, for the record.
+pub fn applier() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{user}@{host}")
+}
+
+/// Writes `steps` to the control topic (creating it if missing) and waits
+/// for the broker's acknowledgement.
+pub fn write(kafka: &KafkaConfig, topic: &str, steps: &[Step]) -> Result<(), ControlError> {
+    let err = |source| ControlError::Kafka {
+        topic: topic.to_string(),
+        source,
+    };
+    ensure(kafka, topic)?;
+    let producer: BaseProducer = kafka.producer().create().map_err(err)?;
+    let by = applier();
+    let at = govbus_core::now_ms();
+    for step in steps {
+        let value = match step {
+            Step::Add(s) | Step::Change { to: s, .. } => ControlValue::Active {
+                subscription: Box::new(s.file.clone()),
+                origin: s.origin.clone(),
+                applied_by: by.clone(),
+                applied_at_ms: at,
+            },
+            Step::Remove { empty_view, .. } => ControlValue::Removed {
+                empty_view: *empty_view,
+                applied_by: by.clone(),
+                applied_at_ms: at,
+            },
+        };
+        let name = step.name();
+        let body = serde_json::to_vec(&value).unwrap_or_default();
+        let mut record = BaseRecord::to(topic).key(name.as_bytes()).payload(&body);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) if e.rdkafka_error_code().is_some() => {
+                    record = r;
+                    producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(err(e)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).map_err(err)?;
+    Ok(())
+}
+
+/// Follows the control topic in the background: the current set and a
+/// generation that changes whenever the set does.
+#[derive(Debug)]
+pub struct Follower {
+    topic: String,
+    set: Mutex<ControlSet>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Follower {
+    /// Starts following `topic` (created if missing) and waits until it
+    /// was read to its end once, at most `catch_up`.
+    pub fn start(
+        kafka: &KafkaConfig,
+        topic: &str,
+        catch_up: Duration,
+    ) -> Result<Arc<Self>, ControlError> {
+        let err = |source| ControlError::Kafka {
+            topic: topic.to_string(),
+            source,
+        };
+        ensure(kafka, topic)?;
+        let consumer = govbus_core::kafka::eof_consumer(
+            kafka.consumer(&format!("govbus-control-{}", uuid::Uuid::new_v4())),
+        )
+        .map_err(err)?;
+        let deadline = Instant::now() + catch_up;
+        let parts = loop {
+            let parts = partitions_of(&consumer, topic).map_err(err)?;
+            if !parts.is_empty() {
+                break parts;
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::NotCaughtUp {
+                    topic: topic.to_string(),
+                    secs: catch_up.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &parts {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .map_err(err)?;
+        }
+        consumer.assign(&tpl).map_err(err)?;
+        let me = Arc::new(Self {
+            topic: topic.to_string(),
+            set: Mutex::new(ControlSet::new()),
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let f = me.clone();
+        let mut at_end: BTreeMap<i32, bool> = parts.iter().map(|p| (*p, false)).collect();
+        std::thread::Builder::new()
+            .name("govbus-control".into())
+            .spawn(move || {
+                while !f.stop.load(Ordering::Relaxed) {
+                    match consumer.poll(Duration::from_millis(200)) {
+                        Some(Ok(m)) => {
+                            if let Some((k, v)) = decode(m.key().unwrap_or_default(), m.payload()) {
+                                let mut set = f.set.lock().unwrap_or_else(|p| p.into_inner());
+                                if set.get(&k) != Some(&v) {
+                                    tracing::info!(subscription = k, record = ?v, "subscription record read");
+                                    set.insert(k, v);
+                                    f.generation.fetch_add(1, Ordering::SeqCst);
+                                }
+                            }
+                        }
+                        Some(Err(KafkaError::PartitionEOF(p))) => {
+                            at_end.insert(p, true);
+                            if at_end.values().all(|e| *e) {
+                                f.ready.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(topic = f.topic, error = %e, "following the control topic")
+                        }
+                        None => {}
+                    }
+                }
+            })
+            .map_err(|e| {
+                err(KafkaError::ClientCreation(format!(
+                    "cannot start the control follower: {e}"
+                )))
+            })?;
+        while !me.ready.load(Ordering::SeqCst) {
+            if Instant::now() > deadline {
+                me.stop();
+                return Err(ControlError::NotCaughtUp {
+                    topic: topic.to_string(),
+                    secs: catch_up.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    /// The generation: changes whenever the set does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The set and its generation.
+    pub fn snapshot(&self) -> (u64, ControlSet) {
+        let set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), set.clone())
+    }
+
+    /// Stops following.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use govbus_core::catalog::parse_subscription;
+
+    fn spec(file: &str, filter: &str) -> SubscriptionSpec {
+        let sub = file.split('.').next().unwrap();
+        parse_subscription(
+            file,
+            &format!("subscriber = \"{sub}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\n"),
+        )
+        .unwrap()
+    }
+
+    fn active(s: &SubscriptionSpec) -> ControlValue {
+        ControlValue::Active {
+            subscription: Box::new(s.file.clone()),
+            origin: s.origin.clone(),
+            applied_by: "t".into(),
+            applied_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn plan_adds_changes_and_removes() {
+        let a = spec("p1.toml", "true");
+        let b = spec("p2.toml", "true");
+        let c = spec("p3.toml", "true");
+        let mut current = ControlSet::new();
+        current.insert(a.name(), active(&a));
+        current.insert(b.name(), active(&b));
+        current.insert(
+            "p9/bca.residents".into(),
+            ControlValue::Removed {
+                empty_view: true,
+                applied_by: "t".into(),
+                applied_at_ms: 1,
+            },
+        );
+        let b2 = spec("p2.toml", "false");
+        let steps = plan(&current, &[b2.clone(), c.clone()], true).unwrap();
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!(steps[1], Step::Add(c));
+        let Step::Change { what, .. } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(what, &vec!["filter: \"true\" → \"false\"".to_string()]);
+        assert_eq!(
+            steps[2],
+            Step::Remove {
+                name: "p1/bca.residents".into(),
+                empty_view: true
+            }
+        );
+        assert!(steps[2].to_string().contains("emptied"));
+        // Applying the same files again changes nothing.
+        let mut now = ControlSet::new();
+        now.insert(b2.name(), active(&b2));
+        assert!(plan(&now, &[b2], false).unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_files_for_one_subscription_are_refused() {
+        let a = spec("p1.toml", "true");
+        let mut b = spec("p1.toml", "false");
+        b.origin = "other.toml".into();
+        let e = plan(&ControlSet::new(), &[a, b], false).unwrap_err();
+        assert!(e.to_string().contains("other.toml"), "{e}");
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_ones_are_skipped() {
+        let a = spec("p1.toml", "true");
+        let v = active(&a);
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(b"p1/bca.residents", Some(&bytes)).unwrap().1, v);
+        assert!(decode(b"x", Some(b"{not json")).is_none());
+        assert!(matches!(
+            decode(b"x", None).unwrap().1,
+            ControlValue::Removed {
+                empty_view: false,
+                ..
+            }
+        ));
+    }
+}

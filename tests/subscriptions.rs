@@ -122,6 +122,21 @@ fn subscriptions_are_added_changed_and_removed_live() {
     let want94 = expected_rows(&world, "94");
     assert!(want94.len() > 20, "p94 has rows to backfill");
 
+    // A dry run shows the diff and writes nothing.
+    let both = with(catalog, vec![p52.clone(), p94.clone()]);
+    let dry = govbus_router::control::apply(kafka, &bus.topics, &both, false, true).unwrap();
+    assert!(
+        matches!(&dry[..], [Step::Add(s)] if s.name() == "p94/bca.residents"),
+        "{dry:?}"
+    );
+    assert!(
+        dry[0].to_string().starts_with("+ p94/bca.residents"),
+        "{}",
+        dry[0]
+    );
+    let on_topic = govbus_router::control::read(kafka, &bus.topics.subscriptions()).unwrap();
+    assert_eq!(on_topic.keys().collect::<Vec<_>>(), ["p52/bca.residents"]);
+
     // p94 is added while the router runs: its current rows are backfilled,
     // and changes made meanwhile arrive live.
     let steps = apply_subscriptions(

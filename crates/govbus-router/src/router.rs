@@ -732,6 +732,12 @@ impl Router {
     }
 }
 
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.control.stop();
+    }
+}
+
 fn send<'a>(
     producer: &ThreadedProducer<DefaultProducerContext>,
     mut record: BaseRecord<'a, [u8], [u8]>,

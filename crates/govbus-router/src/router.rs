@@ -155,7 +155,12 @@ pub struct Router {
     registry: RegistryClient,
     resolver: SchemaCache,
     control: Arc<control::Follower>,
+    assigned: Assignment,
 }
+
+/// The input partitions a router instance holds now, shared with whoever
+/// asked for it (tests, an embedding process).
+pub type Assignment = Arc<std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>>;
 
 impl Router {
     /// Starts following the control topic (`_govbus.subscriptions`, read to
@@ -173,7 +178,27 @@ impl Router {
             topics,
             cfg,
             control,
+            assigned: Assignment::default(),
         })
+    }
+
+    /// The input partitions this instance holds, kept current while it runs
+    /// (also the gauge `govbus_router_partitions{dataset}`).
+    pub fn assignment(&self) -> Assignment {
+        self.assigned.clone()
+    }
+
+    fn set_assignment(&self, live: &Live, now: std::collections::BTreeSet<(String, i32)>) {
+        let mut held = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        if *held != now {
+            for (topic, (dataset, _)) in &live.inputs {
+                let n = now.iter().filter(|(t, _)| t == topic).count();
+                metrics::gauge!("govbus_router_partitions", "dataset" => dataset.clone())
+                    .set(n as f64);
+            }
+            tracing::info!(partitions = ?now, "assignment changed");
+            *held = now;
+        }
     }
 
     /// Compiles the control topic's current set. A subscription that does
@@ -282,7 +307,9 @@ impl Router {
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<(), RouterError> {
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            match self.session(&stop) {
+            let res = self.session(&stop);
+            self.set_assignment(&Live::default(), Default::default());
+            match res {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
@@ -358,6 +385,7 @@ impl Router {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
+            self.set_assignment(&live, assigned.iter().cloned().collect());
             in_step.retain(|tp| assigned.contains(tp));
             let fresh: Vec<(String, i32)> = assigned
                 .iter()

@@ -45,6 +45,9 @@ enum Cmd {
     Route {
         #[arg(long, default_value_t = 100_000)]
         changes: usize,
+        /// Most changes per router transaction (default: the router's).
+        #[arg(long)]
+        batch: Option<usize>,
     },
     /// PostgreSQL sink: batched set-based apply against row-by-row.
     Sink {
@@ -66,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
         Cmd::Relay { changes } => relay(changes),
-        Cmd::Route { changes } => route::run(changes),
+        Cmd::Route { changes, batch } => route::run(changes, batch),
         Cmd::Sink { rows, batch } => sink(rows, batch),
         Cmd::Ingest {
             seconds,

@@ -274,8 +274,10 @@ pub fn read_partitions(
     if left.is_empty() {
         return Ok(());
     }
-    let consumer =
-        eof_consumer(kafka.consumer(&format!("govbus-reader-{}", uuid::Uuid::new_v4())))?;
+    let mut cfg = kafka.consumer(&format!("govbus-reader-{}", uuid::Uuid::new_v4()));
+    // Short fetch waits: a reader stops at the end, it does not wait there.
+    cfg.set("fetch.wait.max.ms", "10");
+    let consumer = eof_consumer(cfg)?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in left.keys() {
         tpl.add_partition_offset(topic, *p, rdkafka::Offset::Beginning)?;

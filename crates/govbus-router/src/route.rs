@@ -15,7 +15,7 @@ pub struct Output {
     /// Index of the view.
     pub view: usize,
     /// The decision taken.
-    pub decision: &'static str,
+    pub decision: Decision,
     /// Encoded change (wire format).
     pub value: Vec<u8>,
 }
@@ -175,7 +175,7 @@ pub fn route_change(
     for &i in views {
         let v = &all[i];
         if v.expired(now_ms) {
-            metrics::counter!("govbus_router_expired_total", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).increment(1);
+            v.counters.expired.increment(1);
             continue;
         }
         let eval = |vars: &Option<Vars>| -> Result<Option<bool>, RouteError> {
@@ -189,7 +189,7 @@ pub fn route_change(
         };
         let decision = decide(change.op, eval(&before)?, eval(&after)?);
         let Some(op) = decision.op() else {
-            metrics::counter!("govbus_router_filtered_total", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).increment(1);
+            v.counters.filtered.increment(1);
             continue;
         };
         let project =
@@ -216,7 +216,7 @@ pub fn route_change(
         })?;
         out.push(Output {
             view: i,
-            decision: decision.label(),
+            decision,
             value: codec.encode(&routed)?,
         });
     }

@@ -21,6 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::control::{self, ControlError, ControlValue};
+use crate::fast::FastRoute;
 use crate::route::{self, route, RouteError};
 use crate::views::{self, View};
 
@@ -56,7 +57,7 @@ fn default_instance() -> String {
     "0".into()
 }
 fn default_batch() -> usize {
-    1000
+    5000
 }
 fn default_partitions() -> i32 {
     4
@@ -133,6 +134,10 @@ struct Live {
     inputs: HashMap<String, (String, Vec<usize>)>,
     dlq: HashMap<String, String>,
     removed: Vec<Removed>,
+    /// Input topic → the byte-level path, when its filters allow it.
+    fast: HashMap<String, FastRoute>,
+    /// Input topic → `govbus_router_consumed_total{dataset}`.
+    consumed: HashMap<String, metrics::Counter>,
 }
 
 /// One view to bring in step on one partition.
@@ -156,6 +161,8 @@ pub struct Router {
     resolver: SchemaCache,
     control: Arc<control::Follower>,
     assigned: Assignment,
+    /// Writer schema ids the fast path accepts (true) or not (false).
+    fast_ids: std::sync::Mutex<HashMap<u32, bool>>,
 }
 
 /// The input partitions a router instance holds now, shared with whoever
@@ -179,6 +186,7 @@ impl Router {
             cfg,
             control,
             assigned: Assignment::default(),
+            fast_ids: Default::default(),
         })
     }
 
@@ -287,6 +295,16 @@ impl Router {
                 }
             }
         }
+        for (topic, (dataset, idx)) in &live.inputs {
+            live.consumed.insert(
+                topic.clone(),
+                metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone()),
+            );
+            let views: Vec<&View> = idx.iter().map(|&i| &live.views[i]).collect();
+            if let Some(f) = FastRoute::new(&views) {
+                live.fast.insert(topic.clone(), f);
+            }
+        }
         specs.extend(view_specs);
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         specs.dedup_by(|a, b| a.name == b.name);
@@ -343,6 +361,7 @@ impl Router {
             .producer()
             .set("transactional.id", &tid)
             .set("transaction.timeout.ms", "60000")
+            .set("retry.backoff.ms", "5")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random")
             .create()?;
@@ -371,12 +390,14 @@ impl Router {
                 }
                 last_lag = std::time::Instant::now();
             }
+            let t_poll = std::time::Instant::now();
             poll_batch(
                 &consumer,
                 &mut batch,
                 self.cfg.batch,
                 Duration::from_millis(100),
             );
+            let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
             // Partitions assigned since the last look: bring every view in
             // step on them (backfill, leaves) before routing their records.
             let assigned: HashSet<(String, i32)> = consumer
@@ -399,10 +420,22 @@ impl Router {
             if batch.is_empty() {
                 continue;
             }
+            let t_route = std::time::Instant::now();
             producer.begin_transaction()?;
+            let mut route_ms = 0.0;
             let res = self
                 .route_batch(&live, &batch, &producer, &base)
-                .and_then(|offsets| self.commit(&consumer, &producer, &offsets));
+                .and_then(|offsets| {
+                    route_ms = t_route.elapsed().as_secs_f64() * 1e3;
+                    self.commit(&consumer, &producer, &offsets)
+                });
+            tracing::debug!(
+                changes = batch.len(),
+                poll_ms,
+                route_ms,
+                commit_ms = t_route.elapsed().as_secs_f64() * 1e3 - route_ms,
+                "batch"
+            );
             match res {
                 Ok(()) => {
                     metrics::counter!("govbus_router_transactions_total", "result" => "committed")
@@ -428,8 +461,28 @@ impl Router {
         let meta = consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+        // Wait for the batch's delivery reports before committing. Not
+        // `flush()`: the rdkafka crate's flush polls in 100 ms steps while
+        // the ThreadedProducer's own thread takes the reports, so each
+        // commit waited ≈100 ms (measured: docs/BENCHMARKS.md).
+        let t0 = std::time::Instant::now();
+        while producer.in_flight_count() > 0 {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut).into());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let flush_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t = std::time::Instant::now();
         producer.send_offsets_to_transaction(offsets, &meta, Duration::from_secs(30))?;
+        let offsets_ms = t.elapsed().as_secs_f64() * 1e3;
         producer.commit_transaction(Duration::from_secs(30))?;
+        tracing::trace!(
+            flush_ms,
+            offsets_ms,
+            end_ms = t.elapsed().as_secs_f64() * 1e3 - offsets_ms,
+            "transaction committed"
+        );
         Ok(())
     }
 
@@ -478,7 +531,13 @@ impl Router {
         base: &Context<'_>,
         parts: &[(String, i32)],
     ) -> Result<(), RouterError> {
+        let t = std::time::Instant::now();
         let state = self.read_state()?;
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            records = state.len(),
+            "view state read"
+        );
         let now = govbus_core::now_ms();
         let mut todo: Vec<((String, i32), Vec<Work<'_>>)> = Vec::new();
         for (topic, p) in parts {
@@ -577,6 +636,11 @@ impl Router {
             let _ = producer.abort_transaction(Duration::from_secs(30));
             return Err(e);
         }
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            partitions = todo.len(),
+            "views brought in step"
+        );
         Ok(())
     }
 
@@ -686,21 +750,54 @@ impl Router {
         producer: &ThreadedProducer<DefaultProducerContext>,
         base: &Context<'_>,
     ) -> Result<TopicPartitionList, RouterError> {
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        let now = govbus_core::now_ms();
         for m in batch {
-            next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            next.insert((m.topic(), m.partition()), m.offset() + 1);
             let Some((dataset, idx)) = live.inputs.get(m.topic()) else {
                 continue;
             };
-            metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone())
-                .increment(1);
+            if let Some(c) = live.consumed.get(m.topic()) {
+                c.increment(1);
+            }
             let payload = m.payload().unwrap_or_default();
             let key = m.key().unwrap_or_default();
+            if let Some(fast) = live.fast.get(m.topic()) {
+                let accepted = payload.len() >= 5 && {
+                    let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+                    let mut ids = self.fast_ids.lock().unwrap_or_else(|p| p.into_inner());
+                    match ids.get(&id) {
+                        Some(ok) => *ok,
+                        None => match govbus_schema::SchemaResolver::resolve(&self.resolver, id) {
+                            Ok(writer) => *ids.entry(id).or_insert(fast.accepts(&writer)),
+                            Err(_) => false,
+                        },
+                    }
+                };
+                if let Some(outs) = accepted
+                    .then(|| fast.route(payload, &live.views, idx, now))
+                    .flatten()
+                {
+                    for o in outs {
+                        let v = &live.views[idx[o.nth]];
+                        if let Some(c) = v.counters.routed(o.decision) {
+                            c.increment(1);
+                        }
+                        send(
+                            producer,
+                            BaseRecord::to(&v.topic).key(key).payload(&o.value),
+                        )?;
+                    }
+                    continue;
+                }
+            }
             match route(payload, &self.resolver, base, &live.views, idx) {
                 Ok(outs) => {
                     for o in outs {
                         let v = &live.views[o.view];
-                        metrics::counter!("govbus_router_routed_total", "subscriber" => v.subscriber.clone(), "dataset" => dataset.clone(), "decision" => o.decision).increment(1);
+                        if let Some(c) = v.counters.routed(o.decision) {
+                            c.increment(1);
+                        }
                         send(
                             producer,
                             BaseRecord::to(&v.topic).key(key).payload(&o.value),
@@ -754,7 +851,7 @@ impl Router {
         }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in next {
-            tpl.add_partition_offset(&t, p, Offset::Offset(o))?;
+            tpl.add_partition_offset(t, p, Offset::Offset(o))?;
         }
         Ok(tpl)
     }

@@ -39,6 +39,49 @@ pub struct View {
     pub expires_ms: Option<i64>,
     /// Whether the expiry has been logged (once per view).
     pub expiry_reported: std::sync::atomic::AtomicBool,
+    /// The view's metric handles (registered once, not per change).
+    pub counters: ViewCounters,
+}
+
+/// A view's counters: `govbus_router_routed_total` per decision,
+/// `govbus_router_filtered_total`, `govbus_router_expired_total`.
+#[derive(Debug)]
+pub struct ViewCounters {
+    /// Routed, by decision: enter, update, leave, snapshot.
+    pub routed: [metrics::Counter; 4],
+    /// Changes outside the view.
+    pub filtered: metrics::Counter,
+    /// Changes withheld after the expiry.
+    pub expired: metrics::Counter,
+}
+
+impl ViewCounters {
+    fn new(subscriber: &str, dataset: &DatasetId) -> Self {
+        let (s, d) = (subscriber.to_string(), dataset.to_string());
+        let routed = |decision: &'static str| metrics::counter!("govbus_router_routed_total", "subscriber" => s.clone(), "dataset" => d.clone(), "decision" => decision);
+        Self {
+            routed: [
+                routed("enter"),
+                routed("update"),
+                routed("leave"),
+                routed("snapshot"),
+            ],
+            filtered: metrics::counter!("govbus_router_filtered_total", "subscriber" => s.clone(), "dataset" => d.clone()),
+            expired: metrics::counter!("govbus_router_expired_total", "subscriber" => s, "dataset" => d),
+        }
+    }
+
+    /// The routed counter of `decision` (None for Nothing).
+    pub fn routed(&self, decision: crate::Decision) -> Option<&metrics::Counter> {
+        use crate::Decision as D;
+        match decision {
+            D::Create => Some(&self.routed[0]),
+            D::Update => Some(&self.routed[1]),
+            D::Delete => Some(&self.routed[2]),
+            D::Snapshot => Some(&self.routed[3]),
+            D::Nothing => None,
+        }
+    }
 }
 
 impl View {
@@ -107,6 +150,7 @@ pub fn compile_spec(
         codec: None,
         expires_ms: s.file.expires_ms().map_err(|m| s.invalid(m))?,
         expiry_reported: std::sync::atomic::AtomicBool::new(false),
+        counters: ViewCounters::new(&s.file.subscriber, &ds.id),
     })
 }
 

@@ -148,6 +148,21 @@ impl Filter {
         &self.source
     }
 
+    /// For a filter of the form `a.b.c == "literal"`: the field path and the
+    /// literal (a string field equal to it matches, null does not, anything
+    /// else is left to CEL).
+    pub fn equality(&self) -> Option<(Vec<String>, &str)> {
+        let f = self.fast.as_ref()?;
+        let mut path = vec![f.first.clone()];
+        for k in &f.rest {
+            match k {
+                Key::String(s) => path.push(s.to_string()),
+                _ => return None,
+            }
+        }
+        Some((path, &f.want))
+    }
+
     /// Whether `entity` matches, with `base` holding CEL's functions.
     pub fn matches(&self, base: &Context<'_>, entity: &Vars) -> Result<bool, FilterError> {
         if let Some(f) = &self.fast {

@@ -1,0 +1,629 @@
+//! Byte-level routing, the fast path: for a change written with the router's
+//! own version of the dataset schema, and a dataset whose subscriptions all
+//! filter with `field.path == "literal"`, the change is routed without
+//! building Avro values. The envelope's bytes are walked once (spans of
+//! `before`, `after` and the rest), the filtered field is read in place, and
+//! each view's record is assembled from the input's bytes with the dropped
+//! fields left out. Anything else — another writer version, a field type
+//! the walk does not read, malformed bytes — returns `None` and takes the
+//! general path (`route::route`), which decides and dead-letters exactly as
+//! before. `tests` check byte for byte that both paths agree.
+
+use std::collections::HashMap;
+
+use apache_avro::schema::{Name, Schema};
+use govbus_schema::Op;
+
+use crate::decide::{decide, Decision};
+use crate::views::View;
+
+/// What the fast path needs of one input topic's views.
+#[derive(Debug)]
+pub struct FastRoute {
+    entity: Schema,
+    names: HashMap<Name, Schema>,
+    /// The entity schema's canonical form.
+    canonical: String,
+    /// Distinct filtered paths.
+    paths: Vec<Vec<String>>,
+    /// Per view (in the input's view order): its path index and literal.
+    tests: Vec<(usize, String)>,
+    /// Per view: dropped paths.
+    drops: Vec<Vec<Vec<String>>>,
+}
+
+/// One record for a view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastOutput {
+    /// Position in the input's view list (`idx`).
+    pub nth: usize,
+    /// The decision taken.
+    pub decision: Decision,
+    /// The encoded record (wire format).
+    pub value: Vec<u8>,
+}
+
+fn collect_names(s: &Schema, out: &mut HashMap<Name, Schema>) {
+    match s {
+        Schema::Record(r) => {
+            out.insert(r.name.clone(), s.clone());
+            for f in &r.fields {
+                collect_names(&f.schema, out);
+            }
+        }
+        Schema::Enum(e) => {
+            out.insert(e.name.clone(), s.clone());
+        }
+        Schema::Fixed(f) => {
+            out.insert(f.name.clone(), s.clone());
+        }
+        Schema::Array(a) => collect_names(&a.items, out),
+        Schema::Map(m) => collect_names(&m.types, out),
+        Schema::Union(u) => u.variants().iter().for_each(|v| collect_names(v, out)),
+        _ => {}
+    }
+}
+
+impl FastRoute {
+    /// The fast path for `views` (one input's, in order), or None when a
+    /// filter is not an equality (those take the general path).
+    pub fn new(views: &[&View]) -> Option<Self> {
+        let first = views.first()?;
+        let entity = (*first.entity).clone();
+        let canonical = entity.canonical_form();
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        let mut tests = Vec::new();
+        let mut drops = Vec::new();
+        for v in views {
+            let (path, literal) = v.filter.equality()?;
+            let i = paths.iter().position(|p| *p == path).unwrap_or_else(|| {
+                paths.push(path);
+                paths.len() - 1
+            });
+            tests.push((i, literal.to_string()));
+            drops.push(
+                v.drop
+                    .iter()
+                    .map(|d| d.split('.').map(str::to_string).collect())
+                    .collect(),
+            );
+        }
+        let mut names = HashMap::new();
+        collect_names(&entity, &mut names);
+        Some(Self {
+            entity,
+            names,
+            canonical,
+            paths,
+            tests,
+            drops,
+        })
+    }
+
+    /// Whether changes written with `writer` can take the fast path: the
+    /// change envelope around the very entity schema the views know.
+    pub fn accepts(&self, writer: &Schema) -> bool {
+        let Schema::Record(env) = writer else {
+            return false;
+        };
+        let shape: Vec<&str> = env.fields.iter().map(|f| f.name.as_str()).collect();
+        if shape != ["event_id", "op", "before", "after", "source", "ts_ms"] {
+            return false;
+        }
+        let entity_ok = match &env.fields[2].schema {
+            Schema::Union(u) => match u.variants() {
+                [Schema::Null, e] => e.canonical_form() == self.canonical,
+                _ => false,
+            },
+            _ => false,
+        };
+        let op_ok = matches!(&env.fields[1].schema, Schema::Enum(e) if e.symbols == Op::SYMBOLS);
+        let source_ok = matches!(&env.fields[4].schema, Schema::Record(r)
+            if r.fields.iter().map(|f| (f.name.as_str(), &f.schema)).eq(
+                [("agency", &Schema::String), ("system", &Schema::String), ("seq", &Schema::Long)]));
+        entity_ok
+            && op_ok
+            && source_ok
+            && env.fields[0].schema == Schema::String
+            && matches!(&env.fields[3].schema, Schema::Union(u) if u.variants().len() == 2 && u.variants()[0] == Schema::Null)
+            && env.fields[5].schema == Schema::Long
+    }
+
+    /// Routes `payload` (written with an accepted schema) to the views
+    /// `idx` of `all` (those this was built for) at `now_ms`; None: take the
+    /// general path.
+    pub fn route(
+        &self,
+        payload: &[u8],
+        all: &[View],
+        idx: &[usize],
+        now_ms: i64,
+    ) -> Option<Vec<FastOutput>> {
+        let mut r = Reader {
+            buf: payload,
+            pos: 5,
+        };
+        if payload.len() < 5 || payload[0] != 0 {
+            return None;
+        }
+        let event_id = r.span(|r| r.skip_bytes())?;
+        let op = match r.long()? {
+            0 => Op::Create,
+            1 => Op::Update,
+            2 => Op::Delete,
+            3 => Op::Snapshot,
+            _ => return None,
+        };
+        let image = |r: &mut Reader<'_>| -> Option<Option<(usize, usize)>> {
+            match r.long()? {
+                0 => Some(None),
+                1 => Some(Some(r.span(|r| r.skip(&self.entity, &self.names))?)),
+                _ => None,
+            }
+        };
+        let before = image(&mut r)?;
+        let after = image(&mut r)?;
+        let tail_start = r.pos;
+        r.skip_bytes()?; // source.agency
+        r.skip_bytes()?; // source.system
+        r.long()?; // source.seq
+        r.long()?; // ts_ms
+        if r.pos != payload.len() {
+            return None;
+        }
+        let tail = &payload[tail_start..];
+        let read = |img: Option<(usize, usize)>| -> Option<Option<Vec<Option<&str>>>> {
+            let Some((a, b)) = img else {
+                return Some(None);
+            };
+            self.paths
+                .iter()
+                .map(|p| field_str(&self.entity, &self.names, &payload[a..b], p))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+        };
+        let (vb, va) = (read(before)?, read(after)?);
+        let mut out = Vec::new();
+        for (nth, v) in idx.iter().map(|&i| &all[i]).enumerate() {
+            if v.expired(now_ms) {
+                v.counters.expired.increment(1);
+                continue;
+            }
+            let (path, literal) = &self.tests[nth];
+            let m = |vals: &Option<Vec<Option<&str>>>| {
+                vals.as_ref().map(|x| x[*path] == Some(literal.as_str()))
+            };
+            let decision = decide(op, m(&vb), m(&va));
+            let Some(new_op) = decision.op() else {
+                v.counters.filtered.increment(1);
+                continue;
+            };
+            let codec = v.codec.as_ref()?;
+            let mut w = Vec::with_capacity(payload.len());
+            w.push(0);
+            w.extend_from_slice(&codec.id.to_be_bytes());
+            w.extend_from_slice(&payload[event_id.0..event_id.1]);
+            write_long(&mut w, op_index(new_op));
+            let image = |w: &mut Vec<u8>, img: Option<(usize, usize)>, keep: bool| -> Option<()> {
+                match img.filter(|_| keep) {
+                    Some((a, b)) => {
+                        w.push(2); // union branch 1
+                        project(
+                            &self.entity,
+                            &self.names,
+                            &payload[a..b],
+                            &self.drops[nth],
+                            w,
+                        )
+                    }
+                    None => {
+                        w.push(0);
+                        Some(())
+                    }
+                }
+            };
+            image(
+                &mut w,
+                before,
+                matches!(decision, Decision::Update | Decision::Delete),
+            )?;
+            image(&mut w, after, decision != Decision::Delete)?;
+            w.extend_from_slice(tail);
+            out.push(FastOutput {
+                nth,
+                decision,
+                value: w,
+            });
+        }
+        Some(out)
+    }
+}
+
+fn op_index(op: Op) -> i64 {
+    match op {
+        Op::Create => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Snapshot => 3,
+    }
+}
+
+fn write_long(w: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        w.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    w.push(z as u8);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn long(&mut self) -> Option<i64> {
+        let mut z: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return None;
+            }
+        }
+        Some((z >> 1) as i64 ^ -((z & 1) as i64))
+    }
+
+    fn advance(&mut self, n: usize) -> Option<()> {
+        let end = self.pos.checked_add(n)?;
+        (end <= self.buf.len()).then(|| self.pos = end)
+    }
+
+    fn skip_bytes(&mut self) -> Option<()> {
+        let n = usize::try_from(self.long()?).ok()?;
+        self.advance(n)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = usize::try_from(self.long()?).ok()?;
+        let start = self.pos;
+        self.advance(n)?;
+        std::str::from_utf8(&self.buf[start..self.pos]).ok()
+    }
+
+    fn span(&mut self, f: impl FnOnce(&mut Self) -> Option<()>) -> Option<(usize, usize)> {
+        let start = self.pos;
+        f(self)?;
+        Some((start, self.pos))
+    }
+
+    /// Skips a value of `s`.
+    fn skip(&mut self, s: &Schema, names: &HashMap<Name, Schema>) -> Option<()> {
+        match s {
+            Schema::Null => Some(()),
+            Schema::Boolean => self.advance(1),
+            Schema::Int
+            | Schema::Long
+            | Schema::Date
+            | Schema::TimeMillis
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos
+            | Schema::Enum(_) => self.long().map(|_| ()),
+            Schema::Float => self.advance(4),
+            Schema::Double => self.advance(8),
+            Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => self.skip_bytes(),
+            Schema::Fixed(f) => self.advance(f.size),
+            Schema::Duration => self.advance(12),
+            Schema::Decimal(d) => self.skip(&d.inner, names),
+            Schema::Record(r) => {
+                for f in &r.fields {
+                    self.skip(&f.schema, names)?;
+                }
+                Some(())
+            }
+            Schema::Union(u) => {
+                let i = usize::try_from(self.long()?).ok()?;
+                self.skip(u.variants().get(i)?, names)
+            }
+            Schema::Array(a) => self.blocks(|r| r.skip(&a.items, names)),
+            Schema::Map(m) => self.blocks(|r| {
+                r.skip_bytes()?;
+                r.skip(&m.types, names)
+            }),
+            Schema::Ref { name } => self.skip(names.get(name)?, names),
+        }
+    }
+
+    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        loop {
+            let n = self.long()?;
+            if n == 0 {
+                return Some(());
+            }
+            if n < 0 {
+                self.long()?; // block size in bytes
+            }
+            for _ in 0..n.unsigned_abs() {
+                item(self)?;
+            }
+        }
+    }
+}
+
+fn resolve<'s>(s: &'s Schema, names: &'s HashMap<Name, Schema>) -> Option<&'s Schema> {
+    match s {
+        Schema::Ref { name } => names.get(name),
+        other => Some(other),
+    }
+}
+
+/// The string at `path` in a record's bytes: Some(Some(s)) a string (or an
+/// enum's symbol), Some(None) null, None when the walk cannot tell (the
+/// general path decides).
+fn field_str<'a>(
+    s: &'a Schema,
+    names: &'a HashMap<Name, Schema>,
+    bytes: &'a [u8],
+    path: &[String],
+) -> Option<Option<&'a str>> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut schema = resolve(s, names)?;
+    let mut path = path;
+    loop {
+        let Schema::Record(rec) = schema else {
+            return None;
+        };
+        let (first, rest) = path.split_first()?;
+        let mut found = None;
+        for f in &rec.fields {
+            if f.name == *first {
+                found = Some(&f.schema);
+                break;
+            }
+            r.skip(&f.schema, names)?;
+        }
+        let mut fs = resolve(found?, names)?;
+        if let Schema::Union(u) = fs {
+            let i = usize::try_from(r.long()?).ok()?;
+            fs = resolve(u.variants().get(i)?, names)?;
+            if *fs == Schema::Null {
+                // null.field is an error in CEL: let the general path say so.
+                return if rest.is_empty() { Some(None) } else { None };
+            }
+        }
+        if rest.is_empty() {
+            return match fs {
+                Schema::String => r.str().map(Some),
+                Schema::Enum(e) => {
+                    let i = usize::try_from(r.long()?).ok()?;
+                    e.symbols.get(i).map(|s| Some(s.as_str()))
+                }
+                Schema::Null => Some(None),
+                _ => None,
+            };
+        }
+        schema = fs;
+        path = rest;
+    }
+}
+
+/// Writes a record's bytes without the `drops` paths (as the view's schema
+/// has them: the same fields in the same order, minus the dropped ones).
+fn project(
+    s: &Schema,
+    names: &HashMap<Name, Schema>,
+    bytes: &[u8],
+    drops: &[Vec<String>],
+    w: &mut Vec<u8>,
+) -> Option<()> {
+    if drops.is_empty() {
+        w.extend_from_slice(bytes);
+        return Some(());
+    }
+    let mut r = Reader { buf: bytes, pos: 0 };
+    project_value(&mut r, resolve(s, names)?, names, drops, w)?;
+    (r.pos == bytes.len()).then_some(())
+}
+
+fn project_value(
+    r: &mut Reader<'_>,
+    s: &Schema,
+    names: &HashMap<Name, Schema>,
+    drops: &[Vec<String>],
+    w: &mut Vec<u8>,
+) -> Option<()> {
+    match resolve(s, names)? {
+        Schema::Record(rec) => {
+            for f in &rec.fields {
+                let whole = drops.iter().any(|d| d.len() == 1 && d[0] == f.name);
+                let inner: Vec<Vec<String>> = drops
+                    .iter()
+                    .filter(|d| d.len() > 1 && d[0] == f.name)
+                    .map(|d| d[1..].to_vec())
+                    .collect();
+                let start = r.pos;
+                if whole {
+                    r.skip(&f.schema, names)?;
+                } else if inner.is_empty() {
+                    r.skip(&f.schema, names)?;
+                    w.extend_from_slice(&r.buf[start..r.pos]);
+                } else {
+                    project_value(r, &f.schema, names, &inner, w)?;
+                }
+            }
+            Some(())
+        }
+        Schema::Union(u) => {
+            let start = r.pos;
+            let i = usize::try_from(r.long()?).ok()?;
+            w.extend_from_slice(&r.buf[start..r.pos]);
+            project_value(r, u.variants().get(i)?, names, drops, w)
+        }
+        other => {
+            let start = r.pos;
+            r.skip(other, names)?;
+            w.extend_from_slice(&r.buf[start..r.pos]);
+            Some(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cel_interpreter::Context;
+    use govbus_core::catalog::parse_subscription;
+    use govbus_core::{Catalog, Topics};
+    use govbus_producer::demo::DemoWorld;
+    use govbus_producer::ChangeRequest;
+    use govbus_schema::client::FixedResolver;
+    use govbus_schema::envelope::envelope_schema;
+    use govbus_schema::{Change, EnvelopeCodec, Source};
+
+    const RESIDENTS: &str = include_str!("../../../schemas/bca/residents.v1.avsc");
+
+    fn views(subs: &[(&str, &str, &str)]) -> Vec<View> {
+        let mut c = Catalog::builtin();
+        c.subscriptions = subs
+            .iter()
+            .map(|(p, filter, drop)| {
+                parse_subscription(
+                    "s.toml",
+                    &format!(
+                        "subscriber = \"{p}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [{drop}]\n"
+                    ),
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut v = crate::views::compile(&c, &Topics::default()).unwrap();
+        for (i, v) in v.iter_mut().enumerate() {
+            let schema = Schema::parse_str(&v.schema).unwrap();
+            v.codec = Some(EnvelopeCodec::new(schema, 100 + i as u32));
+        }
+        v
+    }
+
+    /// Demo changes (creates, updates, moves, deletes) as wire-format envelopes.
+    fn changes(n: usize) -> Vec<Vec<u8>> {
+        let entity = Schema::parse_str(RESIDENTS).unwrap();
+        let codec = EnvelopeCodec::new(
+            Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap(),
+            7,
+        );
+        let mut world = DemoWorld::new(11);
+        (0..n)
+            .map(|i| {
+                let (req, before) = world.next_with_before();
+                let avro =
+                    |j: &serde_json::Value| govbus_schema::json::to_avro(&entity, j).unwrap();
+                let (op, after) = match &req {
+                    ChangeRequest::Upsert(r) if before.is_none() => (Op::Create, Some(avro(r))),
+                    ChangeRequest::Upsert(r) if i % 17 == 0 => (Op::Snapshot, Some(avro(r))),
+                    ChangeRequest::Upsert(r) => (Op::Update, Some(avro(r))),
+                    ChangeRequest::Delete { .. } => (Op::Delete, None),
+                };
+                codec
+                    .encode(&Change {
+                        event_id: format!("e{i}"),
+                        op,
+                        before: before.as_ref().map(avro),
+                        after,
+                        source: Source {
+                            agency: "bca".into(),
+                            system: "t".into(),
+                            seq: i as i64 + 1,
+                        },
+                        ts_ms: 1_700_000_000_000 + i as i64,
+                    })
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fast_path_writes_the_same_bytes_as_the_general_path() {
+        let all = views(&[
+            (
+                "p52",
+                r#"permanent_address.province_code == "52""#,
+                "\"ethnicity\"",
+            ),
+            ("p94", r#"permanent_address.province_code == "94""#, ""),
+            (
+                "p01",
+                r#"permanent_address.province_code == "01""#,
+                "\"ethnicity\", \"permanent_address.street\"",
+            ),
+            ("pm", r#"sex == "MALE""#, "\"full_name\""),
+        ]);
+        let idx: Vec<usize> = (0..all.len()).collect();
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs).expect("equality filters take the fast path");
+        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
+        assert!(
+            fast.accepts(&writer),
+            "{}\n{}",
+            fast.canonical,
+            writer.canonical_form()
+        );
+        let resolver = FixedResolver::new([(7, writer)]);
+        let base = Context::default();
+        let (mut routed, mut moves) = (0, 0);
+        for payload in changes(600) {
+            let general = crate::route::route(&payload, &resolver, &base, &all, &idx).unwrap();
+            let quick = fast.route(&payload, &all, &idx, 0).expect("fast path");
+            let g: Vec<_> = general
+                .iter()
+                .map(|o| (o.view, o.decision, &o.value))
+                .collect();
+            let q: Vec<_> = quick
+                .iter()
+                .map(|o| (idx[o.nth], o.decision, &o.value))
+                .collect();
+            assert_eq!(g, q);
+            routed += q.len();
+            moves += q.iter().filter(|o| o.1 == Decision::Delete).count();
+        }
+        assert!(routed > 600 && moves > 20, "{routed} {moves}");
+    }
+
+    #[test]
+    fn what_the_fast_path_cannot_read_goes_the_general_way() {
+        let all = views(&[("p52", r#"permanent_address.province_code == "52""#, "")]);
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs).unwrap();
+        let payload = &changes(1)[0];
+        // Truncated, trailing bytes, not the wire format.
+        assert!(fast
+            .route(&payload[..payload.len() - 3], &all, &[0], 0)
+            .is_none());
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(fast.route(&longer, &all, &[0], 0).is_none());
+        assert!(fast.route(b"{}", &all, &[0], 0).is_none());
+        // Another writer version is not accepted.
+        let mut v2: serde_json::Value = serde_json::from_str(RESIDENTS).unwrap();
+        v2["fields"].as_array_mut().unwrap().push(
+            serde_json::json!({"name": "phone", "type": ["null", "string"], "default": null}),
+        );
+        let v2 = Schema::parse_str(&envelope_schema(&v2.to_string()).unwrap()).unwrap();
+        assert!(!fast.accepts(&v2));
+        // A filter that is not an equality: no fast path for the input.
+        let other = views(&[("p52", r#"permanent_address.province_code in ["52"]"#, "")]);
+        let refs: Vec<&View> = other.iter().collect();
+        assert!(FastRoute::new(&refs).is_none());
+    }
+}

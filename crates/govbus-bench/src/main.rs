@@ -7,8 +7,10 @@
 //! cargo run --release -p govbus-bench -- route --changes 100000
 //! cargo run --release -p govbus-bench -- sink --rows 100000
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
+//! cargo build --release -p govbus && cargo run --release -p govbus-bench -- latency --rate 5000
 //! ```
 
+mod latency;
 mod route;
 
 use std::sync::atomic::AtomicBool;
@@ -63,6 +65,18 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         connections: u32,
     },
+    /// End-to-end latency (HTTP ingest → province row) at a steady rate,
+    /// with the router as its own process (RSS, CPU). Needs
+    /// `cargo build --release -p govbus` first.
+    Latency {
+        #[arg(long, default_value_t = 5000)]
+        rate: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Changes per request (the batch endpoint).
+        #[arg(long, default_value_t = 50)]
+        per_request: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +89,11 @@ fn main() -> anyhow::Result<()> {
             seconds,
             connections,
         } => ingest(seconds, connections),
+        Cmd::Latency {
+            rate,
+            seconds,
+            per_request,
+        } => latency::run(rate, seconds, per_request),
     }
 }
 

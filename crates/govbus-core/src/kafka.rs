@@ -161,8 +161,10 @@ pub enum KafkaSetupError {
     },
 }
 
-/// Fills `batch` (cleared first) with up to `max` records, waiting at most
-/// `linger` in all; consumer errors are logged and skipped (librdkafka
+/// Fills `batch` (cleared first) with up to `max` records: waits at most
+/// `linger` for the first, then takes what the client has already fetched
+/// (no further waiting), so a batch is large under load and a lone change
+/// is not held back. Consumer errors are logged and skipped (librdkafka
 /// retries them itself).
 pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
     consumer: &rdkafka::consumer::BaseConsumer<C>,
@@ -173,13 +175,17 @@ pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
     batch.clear();
     let deadline = std::time::Instant::now() + linger;
     while batch.len() < max {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match consumer.poll(left) {
+        let wait = if batch.is_empty() {
+            deadline.saturating_duration_since(std::time::Instant::now())
+        } else {
+            std::time::Duration::ZERO
+        };
+        match consumer.poll(wait) {
             Some(Ok(m)) => batch.push(m.detach()),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => break,
         }
-        if left.is_zero() {
+        if batch.is_empty() && std::time::Instant::now() >= deadline {
             break;
         }
     }

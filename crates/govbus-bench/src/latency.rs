@@ -1,0 +1,272 @@
+//! End-to-end latency at a steady rate — HTTP ingest (batch endpoint) →
+//! SQLite outbox → relay → router (its own `govbus route` process) → p52's
+//! PostgreSQL row — and the router process's resident memory and CPU.
+//!
+//! Every change creates a new resident of province 52, so each one is one
+//! INSERT in p52's table; the table gets a column `applied_at DEFAULT
+//! clock_timestamp()`, and a change's latency is `applied_at` − the moment
+//! its request was sent (same machine, same clock).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use govbus_core::{Catalog, Topics};
+use govbus_e2e::{consumer_config, pg_url, runtime, start_registry, unique, Broker};
+use govbus_producer::Relay;
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
+/// (resident KiB, CPU seconds) of process `pid`.
+fn proc_stats(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (rss, (ticks(11) + ticks(12)) / 100.0)
+}
+
+/// The router process, killed however the bench ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub(crate) fn run(rate: usize, seconds: u64, per_request: usize) -> anyhow::Result<()> {
+    let govbus = std::env::current_exe()?
+        .parent()
+        .context("bench directory")?
+        .join("govbus");
+    if !govbus.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p govbus first",
+            govbus.display()
+        );
+    }
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let rt = runtime();
+    let prefix = format!("{}.", unique("lat"));
+    let topics = Topics::new(&prefix);
+    let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
+    let catalog = Arc::new(Catalog::builtin());
+    let dir = tempfile::tempdir()?;
+    let publisher = Arc::new(crate::bca_publisher(
+        &catalog,
+        &topics,
+        &kafka,
+        &registry,
+        dir.path(),
+    )?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    let s = stop.clone();
+    let _relay = std::thread::spawn(move || relay.run(s));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!(
+        "http://{}/v1/datasets/bca.residents/changes/batch",
+        listener.local_addr()?
+    );
+    rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
+
+    // The router: its own process, as an operator runs it.
+    govbus_router::control::apply(&kafka, &topics, &catalog, false, false)?;
+    let cfg = dir.path().join("router.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[router]\nregistry = \"{registry}\"\ngroup = \"{}\"\ntopic_prefix = \"{prefix}\"\n\n[router.kafka]\nbootstrap = \"{}\"\n",
+            unique("router-"),
+            kafka.bootstrap
+        ),
+    )?;
+    let router = KillOnDrop(
+        std::process::Command::new(&govbus)
+            .args(["route", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .spawn()?,
+    );
+    let pid = router.0.id();
+
+    // p52 into PostgreSQL.
+    let schema = unique("lat_p52_");
+    let c = consumer_config(&kafka, &registry, &prefix, "p52", &pg_url(), &schema);
+    let (s, cat) = (stop.clone(), catalog.clone());
+    let _p52 = std::thread::spawn(move || govbus_consumer::run(&c, &cat, s));
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
+    let table = format!("\"{schema}\".bca_residents");
+    let resident = |n: usize| {
+        serde_json::json!({"op": "upsert", "data": {
+            "citizen_id": format!("052{n:09}"), "full_name": "Nguyễn Văn An",
+            "date_of_birth": "1990-05-01", "sex": "MALE", "ethnicity": "Kinh",
+            "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null},
+            "updated_at": 1764230400000i64}})
+    };
+    let agent = ureq::AgentBuilder::new().build();
+    let post = |from: usize, n: usize| -> anyhow::Result<f64> {
+        let body =
+            serde_json::json!({"changes": (from..from + n).map(resident).collect::<Vec<_>>()});
+        let sent = now_ms();
+        let res = agent.post(&url).send_json(body)?;
+        if res.status() != 202 && res.status() != 200 {
+            bail!("ingest answered {}", res.status());
+        }
+        Ok(sent)
+    };
+
+    // Warm up until the router routes (its group join), then run at `rate`.
+    let mut next = 0usize;
+    let warm = Instant::now();
+    loop {
+        post(next, 1)?;
+        next += 1;
+        // The table appears with the first change.
+        let n: i64 = pg
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n > 0 {
+            break;
+        }
+        if warm.elapsed() > Duration::from_secs(90) {
+            bail!("nothing reached p52");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg.batch_execute(&format!(
+        "ALTER TABLE {table} ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()"
+    ))?;
+    println!(
+        "latency: {rate} changes/s for {seconds} s, {per_request} per request to {url}; router pid {pid}"
+    );
+    let first = next;
+    let (rss0, cpu0) = proc_stats(pid);
+    let mut rss_samples = vec![rss0];
+    let start = Instant::now();
+    // Several senders, each at rate / SENDERS: a request waits for the
+    // store's fsync, so one sender alone cannot offer 5,000 changes/s.
+    const SENDERS: usize = 4;
+    let per_sender = (seconds as f64 * rate as f64 / SENDERS as f64 / per_request as f64) as usize;
+    let interval = Duration::from_secs_f64((per_request * SENDERS) as f64 / rate as f64);
+    let sent: Vec<(usize, f64)> = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let handles: Vec<_> = (0..SENDERS)
+            .map(|k| {
+                let post = &post;
+                scope.spawn(move || -> anyhow::Result<Vec<(usize, f64)>> {
+                    let mut out = Vec::new();
+                    let mut tick = Instant::now() + interval.mul_f64(k as f64 / SENDERS as f64);
+                    for i in 0..per_sender {
+                        if let Some(d) = tick.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(d);
+                        }
+                        let from = first + (i * SENDERS + k) * per_request;
+                        out.push((from, post(from, per_request)?));
+                        tick += interval;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            rss_samples.push(proc_stats(pid).0);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a sender panicked"))??,
+            );
+        }
+        Ok(all)
+    })?;
+    next = first + per_sender * SENDERS * per_request;
+    let offered = (next - first) as f64 / start.elapsed().as_secs_f64();
+    let total = next - first;
+    let t = Instant::now();
+    loop {
+        let n: i64 = pg
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE citizen_id >= $1"),
+                &[&format!("052{first:09}")],
+            )?
+            .get(0);
+        if n as usize >= total {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("only {n} of {total} changes reached p52");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (rss1, cpu1) = proc_stats(pid);
+    rss_samples.push(rss1);
+    let applied: std::collections::HashMap<String, f64> = pg
+        .query(
+            &format!(
+                "SELECT citizen_id, (extract(epoch from applied_at) * 1000)::float8 FROM {table} WHERE citizen_id >= $1"
+            ),
+            &[&format!("052{first:09}")],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut lat: Vec<f64> = Vec::with_capacity(total);
+    for (from, at) in &sent {
+        for n in *from..*from + per_request {
+            if let Some(done) = applied.get(&format!("052{n:09}")) {
+                lat.push(done - at);
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    stop.store(true, Ordering::Relaxed);
+    drop(router);
+    println!(
+        "  offered          : {offered:.0} changes/s ({total} changes, {} requests)",
+        sent.len()
+    );
+    println!(
+        "  HTTP → p52 row   : p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} changes)",
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.90),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        lat.len()
+    );
+    let max_rss = rss_samples.iter().max().copied().unwrap_or(0);
+    println!(
+        "  router process   : RSS {:.1} MB at the start, {:.1} MB max, {:.1} MB at the end; CPU {:.1} µs per change ({:.2} s)",
+        rss0 as f64 / 1024.0,
+        max_rss as f64 / 1024.0,
+        rss1 as f64 / 1024.0,
+        (cpu1 - cpu0) * 1e6 / total as f64,
+        cpu1 - cpu0
+    );
+    Ok(())
+}

@@ -43,27 +43,6 @@ pub struct FastOutput {
     pub value: Vec<u8>,
 }
 
-fn collect_names(s: &Schema, out: &mut HashMap<Name, Schema>) {
-    match s {
-        Schema::Record(r) => {
-            out.insert(r.name.clone(), s.clone());
-            for f in &r.fields {
-                collect_names(&f.schema, out);
-            }
-        }
-        Schema::Enum(e) => {
-            out.insert(e.name.clone(), s.clone());
-        }
-        Schema::Fixed(f) => {
-            out.insert(f.name.clone(), s.clone());
-        }
-        Schema::Array(a) => collect_names(&a.items, out),
-        Schema::Map(m) => collect_names(&m.types, out),
-        Schema::Union(u) => u.variants().iter().for_each(|v| collect_names(v, out)),
-        _ => {}
-    }
-}
-
 impl FastRoute {
     /// The fast path for `views` (one input's, in order), or None when a
     /// filter is not an equality (those take the general path).
@@ -89,7 +68,7 @@ impl FastRoute {
             );
         }
         let mut names = HashMap::new();
-        collect_names(&entity, &mut names);
+        crate::guard::collect_names(&entity, &mut names);
         Some(Self {
             entity,
             names,

@@ -44,7 +44,8 @@ fn leaves(schema: &Schema) -> BTreeMap<String, String> {
     out
 }
 
-fn collect_names(s: &Schema, names: &mut HashMap<Name, Schema>) {
+/// Every named type of `s` (records, enums, fixed), by name.
+pub(crate) fn collect_names(s: &Schema, names: &mut HashMap<Name, Schema>) {
     match s {
         Schema::Record(r) => {
             names.insert(r.name.clone(), s.clone());

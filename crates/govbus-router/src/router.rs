@@ -779,14 +779,7 @@ impl Router {
                     .flatten()
                 {
                     for o in outs {
-                        let v = &live.views[idx[o.nth]];
-                        if let Some(c) = v.counters.routed(o.decision) {
-                            c.increment(1);
-                        }
-                        send(
-                            producer,
-                            BaseRecord::to(&v.topic).key(key).payload(&o.value),
-                        )?;
+                        emit(producer, &live.views[idx[o.nth]], o.decision, key, &o.value)?;
                     }
                     continue;
                 }
@@ -794,14 +787,7 @@ impl Router {
             match route(payload, &self.resolver, base, &live.views, idx) {
                 Ok(outs) => {
                     for o in outs {
-                        let v = &live.views[o.view];
-                        if let Some(c) = v.counters.routed(o.decision) {
-                            c.increment(1);
-                        }
-                        send(
-                            producer,
-                            BaseRecord::to(&v.topic).key(key).payload(&o.value),
-                        )?;
+                        emit(producer, &live.views[o.view], o.decision, key, &o.value)?;
                     }
                 }
                 Err(RouteError::Envelope(e)) if e.is_transient() => {
@@ -861,6 +847,20 @@ impl Drop for Router {
     fn drop(&mut self) {
         self.control.stop();
     }
+}
+
+/// Writes one routed record to `v`'s topic and counts it.
+fn emit(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    v: &View,
+    decision: crate::Decision,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), KafkaError> {
+    if let Some(c) = v.counters.routed(decision) {
+        c.increment(1);
+    }
+    send(producer, BaseRecord::to(&v.topic).key(key).payload(value))
 }
 
 fn send<'a>(

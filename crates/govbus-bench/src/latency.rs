@@ -245,6 +245,50 @@ pub(crate) fn run(rate: usize, seconds: u64, per_request: usize) -> anyhow::Resu
         }
     }
     lat.sort_by(f64::total_cmp);
+    // Per hop, from the records' own timestamps (CreateTime: when the relay
+    // and the router produced them).
+    let stamps = |topic: &str| -> anyhow::Result<std::collections::HashMap<Vec<u8>, f64>> {
+        let probe: rdkafka::consumer::BaseConsumer = kafka.consumer(&unique("probe-")).create()?;
+        let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, topic)?
+            .into_iter()
+            .map(|p| (p, None))
+            .collect();
+        let mut out = std::collections::HashMap::new();
+        govbus_core::kafka::read_partitions(
+            &kafka,
+            topic,
+            &bounds,
+            Duration::from_secs(60),
+            |m| {
+                use rdkafka::Message;
+                if let (Some(k), Some(ts)) = (m.key(), m.timestamp().to_millis()) {
+                    out.insert(k.to_vec(), ts as f64);
+                }
+            },
+        )?;
+        Ok(out)
+    };
+    let central = stamps(&topics.central(&govbus_core::DatasetId::new("bca", "residents"), 1))?;
+    let view = stamps(&topics.view("p52", &govbus_core::DatasetId::new("bca", "residents"), 1))?;
+    let (mut hop1, mut hop2, mut hop3) = (Vec::new(), Vec::new(), Vec::new());
+    for (from, at) in &sent {
+        for n in *from..*from + per_request {
+            let key = format!("052{n:09}");
+            let (Some(c), Some(v), Some(a)) = (
+                central.get(key.as_bytes()),
+                view.get(key.as_bytes()),
+                applied.get(&key),
+            ) else {
+                continue;
+            };
+            hop1.push(c - at);
+            hop2.push(v - c);
+            hop3.push(a - v);
+        }
+    }
+    for h in [&mut hop1, &mut hop2, &mut hop3] {
+        h.sort_by(f64::total_cmp);
+    }
     stop.store(true, Ordering::Relaxed);
     drop(router);
     println!(
@@ -259,6 +303,17 @@ pub(crate) fn run(rate: usize, seconds: u64, per_request: usize) -> anyhow::Resu
         lat.last().copied().unwrap_or(f64::NAN),
         lat.len()
     );
+    for (name, h) in [
+        ("request → relayed", &hop1),
+        ("relayed → routed", &hop2),
+        ("routed → row", &hop3),
+    ] {
+        println!(
+            "    {name:<18}: p50 {:.1} ms, p99 {:.1} ms",
+            percentile(h, 0.50),
+            percentile(h, 0.99)
+        );
+    }
     let max_rss = rss_samples.iter().max().copied().unwrap_or(0);
     println!(
         "  router process   : RSS {:.1} MB at the start, {:.1} MB max, {:.1} MB at the end; CPU {:.1} µs per change ({:.2} s)",

@@ -143,13 +143,7 @@ pub fn backfill(
         source: current.source.clone(),
         ts_ms: current.ts_ms,
     };
-    let codec = out.codec.as_ref().ok_or_else(|| {
-        RouteError::Envelope(EnvelopeError::Encode(format!(
-            "view {} has no registered schema",
-            out.name
-        )))
-    })?;
-    Ok(Some((label, codec.encode(&routed)?)))
+    Ok(Some((label, out.encode(&routed)?)))
 }
 
 /// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
@@ -208,16 +202,10 @@ pub fn route_change(
             source: change.source.clone(),
             ts_ms: change.ts_ms,
         };
-        let codec = v.codec.as_ref().ok_or_else(|| {
-            RouteError::Envelope(EnvelopeError::Encode(format!(
-                "view {} has no registered schema",
-                v.name
-            )))
-        })?;
         out.push(Output {
             view: i,
             decision,
-            value: codec.encode(&routed)?,
+            value: v.encode(&routed)?,
         });
     }
     Ok(out)

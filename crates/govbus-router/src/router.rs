@@ -715,8 +715,18 @@ impl Router {
                 Err(e) if e.is_transient() => {
                     return Err(RouterError::RegistryUnavailable(e.to_string()))
                 }
-                // Sent to the DLQ when it was routed live.
-                Err(_) => continue,
+                // Dead-lettered when it was routed live; counted here too.
+                Err(e) => {
+                    let reason = RouteError::Envelope(e).reason();
+                    tracing::warn!(
+                        topic,
+                        partition = p,
+                        reason,
+                        "entity left out of a backfill: its last change does not decode"
+                    );
+                    metrics::counter!("govbus_router_backfill_skipped_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
+                    continue;
+                }
             };
             for w in work {
                 let Some(out) = w.new.or(w.old.as_ref().filter(|_| w.empty)) else {

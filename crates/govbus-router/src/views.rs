@@ -85,6 +85,20 @@ impl ViewCounters {
 }
 
 impl View {
+    /// `change` in the view's wire format (its registered envelope schema).
+    pub fn encode(
+        &self,
+        change: &govbus_schema::Change,
+    ) -> Result<Vec<u8>, crate::route::RouteError> {
+        let codec = self.codec.as_ref().ok_or_else(|| {
+            govbus_schema::EnvelopeError::Encode(format!(
+                "view {} has no registered schema",
+                self.name
+            ))
+        })?;
+        Ok(codec.encode(change)?)
+    }
+
     /// Whether the subscription has ended at `now_ms`; says so once in the log.
     pub fn expired(&self, now_ms: i64) -> bool {
         let ended = self.expires_ms.is_some_and(|e| now_ms >= e);

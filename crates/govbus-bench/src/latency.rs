@@ -56,7 +56,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-pub(crate) fn run(rate: usize, seconds: u64, per_request: usize) -> anyhow::Result<()> {
+pub(crate) fn run(
+    rate: usize,
+    seconds: u64,
+    per_request: usize,
+    fetch_wait_ms: Option<u32>,
+) -> anyhow::Result<()> {
     let govbus = std::env::current_exe()?
         .parent()
         .context("bench directory")?
@@ -99,23 +104,32 @@ pub(crate) fn run(rate: usize, seconds: u64, per_request: usize) -> anyhow::Resu
     std::fs::write(
         &cfg,
         format!(
-            "[router]\nregistry = \"{registry}\"\ngroup = \"{}\"\ntopic_prefix = \"{prefix}\"\n\n[router.kafka]\nbootstrap = \"{}\"\n",
+            "[router]\nregistry = \"{registry}\"\ngroup = \"{}\"\ntopic_prefix = \"{prefix}\"\n\n[router.kafka]\nbootstrap = \"{}\"\n{}",
             unique("router-"),
-            kafka.bootstrap
+            kafka.bootstrap,
+            fetch_wait_ms.map_or(String::new(), |ms| format!("fetch_wait_ms = {ms}\n"))
         ),
     )?;
     let router = KillOnDrop(
         std::process::Command::new(&govbus)
             .args(["route", "--config"])
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            // GOVBUS_BENCH_ROUTER_LOG=govbus_router::router=trace shows
+            // each batch's poll/route/commit times.
+            .env(
+                "RUST_LOG",
+                std::env::var("GOVBUS_BENCH_ROUTER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()?,
     );
     let pid = router.0.id();
 
     // p52 into PostgreSQL.
     let schema = unique("lat_p52_");
-    let c = consumer_config(&kafka, &registry, &prefix, "p52", &pg_url(), &schema);
+    let mut c = consumer_config(&kafka, &registry, &prefix, "p52", &pg_url(), &schema);
+    if let Some(ms) = fetch_wait_ms {
+        c.kafka.fetch_wait_ms = ms;
+    }
     let (s, cat) = (stop.clone(), catalog.clone());
     let _p52 = std::thread::spawn(move || govbus_consumer::run(&c, &cat, s));
     let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls)?;

@@ -76,6 +76,10 @@ enum Cmd {
         /// Changes per request (the batch endpoint).
         #[arg(long, default_value_t = 50)]
         per_request: usize,
+        /// `fetch_wait_ms` of the router's and the consumer's Kafka config
+        /// (unset: the default, 100).
+        #[arg(long)]
+        fetch_wait_ms: Option<u32>,
     },
 }
 
@@ -93,7 +97,8 @@ fn main() -> anyhow::Result<()> {
             rate,
             seconds,
             per_request,
-        } => latency::run(rate, seconds, per_request),
+            fetch_wait_ms,
+        } => latency::run(rate, seconds, per_request, fetch_wait_ms),
     }
 }
 

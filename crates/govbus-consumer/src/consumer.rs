@@ -154,7 +154,6 @@ pub fn run(
     let consumer: BaseConsumer = cfg
         .kafka
         .consumer(&format!("govbus-consumer-{}", cfg.subscriber))
-        .set("fetch.wait.max.ms", "100")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in inputs.keys() {

@@ -11,9 +11,20 @@ use serde::{Deserialize, Serialize};
 pub struct KafkaConfig {
     /// `host:port[,host:port]`.
     pub bootstrap: String,
+    /// How long the broker may hold a consumer's fetch that finds no new
+    /// data (`fetch.wait.max.ms`). Kafka answers as soon as data arrives,
+    /// so the default costs nothing there; nisshi holds the fetch for the
+    /// whole wait (measured, docs/ARCHITECTURE.md), so on nisshi this is
+    /// added latency per hop and `govbus up` sets 10.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u32,
     /// Raw librdkafka properties (`security.protocol`, `sasl.*`, ...), applied last.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+}
+
+fn default_fetch_wait_ms() -> u32 {
+    100
 }
 
 impl KafkaConfig {
@@ -21,6 +32,7 @@ impl KafkaConfig {
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
+            fetch_wait_ms: default_fetch_wait_ms(),
             options: BTreeMap::new(),
         }
     }
@@ -51,6 +63,14 @@ impl KafkaConfig {
         c
     }
 
+    /// Sets `key` to `value` on `c` unless `[kafka.options]` names `key`:
+    /// an agent's own default that the operator can still override.
+    pub fn set_default(&self, c: &mut ClientConfig, key: &str, value: &str) {
+        if !self.options.contains_key(key) {
+            c.set(key, value);
+        }
+    }
+
     /// A consumer in `group`: read_committed, manual commits, short session
     /// timeouts so that a rebalance takes seconds.
     pub fn consumer(&self, group: &str) -> ClientConfig {
@@ -63,7 +83,8 @@ impl KafkaConfig {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .set("max.poll.interval.ms", "30000")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
         for (k, v) in &self.options {
             c.set(k, v);
         }

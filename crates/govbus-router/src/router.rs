@@ -350,21 +350,23 @@ impl Router {
             return Ok(());
         }
         let kafka = &self.cfg.kafka;
-        let consumer: BaseConsumer = kafka
-            .consumer(&self.cfg.group)
-            .set("fetch.wait.max.ms", "100")
-            .create()?;
+        let consumer: BaseConsumer = kafka.consumer(&self.cfg.group).create()?;
         let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let tid = format!("govbus-router-{}-{}", self.cfg.group, self.cfg.instance);
-        let producer: ThreadedProducer<DefaultProducerContext> = kafka
-            .producer()
-            .set("transactional.id", &tid)
-            .set("transaction.timeout.ms", "60000")
-            .set("retry.backoff.ms", "5")
-            .set("linger.ms", "5")
-            .set("partitioner", "murmur2_random")
-            .create()?;
+        let mut pc = kafka.producer();
+        // Keys go to the partitions a Java client would choose.
+        pc.set("transactional.id", &tid)
+            .set("partitioner", "murmur2_random");
+        // Defaults of the router's own, which `[kafka.options]` may override.
+        for (k, v) in [
+            ("transaction.timeout.ms", "60000"),
+            ("retry.backoff.ms", "5"),
+            ("linger.ms", "0"),
+        ] {
+            kafka.set_default(&mut pc, k, v);
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
         producer.init_transactions(Duration::from_secs(30))?;
         let base = Context::default();
         tracing::info!(

@@ -27,6 +27,21 @@ fn default_fetch_wait_ms() -> u32 {
     100
 }
 
+/// Client settings `[kafka.options]` cannot change: delivery guarantees,
+/// offsets and key placement depend on them.
+pub const PINNED: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.idempotence",
+    "acks",
+    "transactional.id",
+    "isolation.level",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "partitioner",
+];
+
 impl KafkaConfig {
     /// A config for `bootstrap` with no extra options.
     pub fn new(bootstrap: impl Into<String>) -> Self {
@@ -44,10 +59,25 @@ impl KafkaConfig {
         // Lower timeouts than librdkafka's defaults: group joins take seconds
         // instead of tens of seconds (and nisshi needs them, see ARCHITECTURE).
         c.set("socket.keepalive.enable", "true");
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
+        self.apply_options(&mut c);
         c
+    }
+
+    /// Sets `[kafka.options]` on `c`, except the settings exactly once
+    /// depends on ([`PINNED`]): those are refused with a log line naming
+    /// them, and govbus's values stay.
+    fn apply_options(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.options {
+            if PINNED.contains(&k.as_str()) {
+                tracing::warn!(
+                    option = k,
+                    value = v,
+                    "kafka option ignored: govbus sets it itself (exactly once depends on it)"
+                );
+            } else {
+                c.set(k, v);
+            }
+        }
     }
 
     /// An idempotent producer (acks=all): the relay and DLQ writers.
@@ -57,16 +87,14 @@ impl KafkaConfig {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "none");
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
+        self.apply_options(&mut c);
         c
     }
 
     /// Sets `key` to `value` on `c` unless `[kafka.options]` names `key`:
     /// an agent's own default that the operator can still override.
     pub fn set_default(&self, c: &mut ClientConfig, key: &str, value: &str) {
-        if !self.options.contains_key(key) {
+        if !self.options.contains_key(key) || PINNED.contains(&key) {
             c.set(key, value);
         }
     }
@@ -85,12 +113,14 @@ impl KafkaConfig {
             .set("max.poll.interval.ms", "30000")
             .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
+        self.apply_options(&mut c);
         c
     }
 }
+
+/// How long a central change topic keeps every change before compaction
+/// may drop older changes of an entity: 7 days.
+pub const CHANGES_MIN_COMPACTION_LAG_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// A topic to create if missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +144,22 @@ impl TopicSpec {
             replication: 1,
             configs: vec![("cleanup.policy".into(), "compact".into())],
         }
+    }
+
+    /// A dataset's central change topic: compacted, but no record is
+    /// compacted away before it is [`CHANGES_MIN_COMPACTION_LAG_MS`] old.
+    /// The router derives a view's leaves from each change's before and
+    /// after images, so a change it has not read yet must not vanish under
+    /// a newer change of the same entity (a move out of a province followed
+    /// by an update would lose the leave). A router that lags by more than
+    /// this is an incident (`govbus_router_lag_events`).
+    pub fn changes(name: impl Into<String>, partitions: i32) -> Self {
+        let mut spec = Self::compacted(name, partitions);
+        spec.configs.push((
+            "min.compaction.lag.ms".into(),
+            CHANGES_MIN_COMPACTION_LAG_MS.to_string(),
+        ));
+        spec
     }
 
     /// A retained (delete-policy) topic, e.g. a DLQ.
@@ -338,4 +384,32 @@ pub fn read_partitions(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_override_defaults_but_not_the_guarantees() {
+        let mut k = KafkaConfig::new("127.0.0.1:9092");
+        k.fetch_wait_ms = 10;
+        k.options.insert("linger.ms".into(), "20".into());
+        k.options
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        k.options.insert("acks".into(), "1".into());
+        k.options.insert("security.protocol".into(), "ssl".into());
+        let c = k.consumer("g");
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(c.get("security.protocol"), Some("ssl"));
+        let p = k.producer();
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("linger.ms"), Some("20"));
+        let mut own = k.producer();
+        k.set_default(&mut own, "linger.ms", "0");
+        k.set_default(&mut own, "acks", "all");
+        assert_eq!(own.get("linger.ms"), Some("20"));
+        assert_eq!(own.get("acks"), Some("all"));
+    }
 }

@@ -49,7 +49,7 @@ pub fn ensure_topics(
     let specs: Vec<govbus_core::kafka::TopicSpec> = publisher
         .topics()
         .into_iter()
-        .map(|t| govbus_core::kafka::TopicSpec::compacted(t, partitions))
+        .map(|t| govbus_core::kafka::TopicSpec::changes(t, partitions))
         .collect();
     govbus_core::kafka::ensure_topics(kafka, &specs)
 }

@@ -228,7 +228,7 @@ impl Router {
             live.inputs
                 .entry(input.clone())
                 .or_insert_with(|| (d.id.to_string(), vec![]));
-            specs.push(TopicSpec::compacted(input.clone(), self.cfg.partitions));
+            specs.push(TopicSpec::changes(input.clone(), self.cfg.partitions));
             specs.push(TopicSpec::retained(dlq, 1));
             Some(input)
         };
@@ -368,6 +368,7 @@ impl Router {
         }
         let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
         producer.init_transactions(Duration::from_secs(30))?;
+        let mut lineage = Lineage::new(&tid);
         let base = Context::default();
         tracing::info!(
             transactional_id = tid,
@@ -378,6 +379,8 @@ impl Router {
         let mut batch = Vec::with_capacity(self.cfg.batch);
         let mut last_lag = std::time::Instant::now();
         let mut in_step: HashSet<(String, i32)> = HashSet::new();
+        // Input partition → the offset after the last record routed.
+        let mut routed: HashMap<(String, i32), i64> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
             if changed() {
                 tracing::info!("the subscription set changed; starting a session with it");
@@ -410,13 +413,18 @@ impl Router {
                 .collect();
             self.set_assignment(&live, assigned.iter().cloned().collect());
             in_step.retain(|tp| assigned.contains(tp));
+            routed.retain(|tp, _| in_step.contains(tp));
             let fresh: Vec<(String, i32)> = assigned
                 .iter()
                 .filter(|tp| !in_step.contains(*tp))
                 .cloned()
                 .collect();
             if !fresh.is_empty() {
-                self.in_step(&live, &consumer, &producer, &base, &fresh)?;
+                let tx = Txn {
+                    producer: &producer,
+                    label: lineage.next(),
+                };
+                self.in_step(&live, &consumer, &tx, &base, &fresh)?;
                 in_step.extend(fresh);
             }
             if batch.is_empty() {
@@ -426,7 +434,16 @@ impl Router {
             producer.begin_transaction()?;
             let mut route_ms = 0.0;
             let res = self
-                .route_batch(&live, &batch, &producer, &base)
+                .route_batch(
+                    &live,
+                    &batch,
+                    &Txn {
+                        producer: &producer,
+                        label: lineage.next(),
+                    },
+                    &base,
+                    &mut routed,
+                )
                 .and_then(|offsets| {
                     route_ms = t_route.elapsed().as_secs_f64() * 1e3;
                     self.commit(&consumer, &producer, &offsets)
@@ -529,7 +546,7 @@ impl Router {
         &self,
         live: &Live,
         consumer: &BaseConsumer,
-        producer: &ThreadedProducer<DefaultProducerContext>,
+        producer: &Txn<'_>,
         base: &Context<'_>,
         parts: &[(String, i32)],
     ) -> Result<(), RouterError> {
@@ -676,7 +693,7 @@ impl Router {
         p: i32,
         until: i64,
         work: &[Work<'_>],
-        producer: &ThreadedProducer<DefaultProducerContext>,
+        producer: &Txn<'_>,
         base: &Context<'_>,
     ) -> Result<(), RouterError> {
         let sends = work
@@ -741,7 +758,8 @@ impl Router {
                             producer,
                             BaseRecord::to(&out.topic)
                                 .key(key.as_slice())
-                                .payload(value.as_slice()),
+                                .payload(value.as_slice())
+                                .headers(lineage_header(producer.label)),
                         )?;
                     }
                     Ok(None) => {}
@@ -759,13 +777,38 @@ impl Router {
         &self,
         live: &Live,
         batch: &[rdkafka::message::OwnedMessage],
-        producer: &ThreadedProducer<DefaultProducerContext>,
+        producer: &Txn<'_>,
         base: &Context<'_>,
+        routed: &mut HashMap<(String, i32), i64>,
     ) -> Result<TopicPartitionList, RouterError> {
+        // Per partition: the offset after the last record routed in this
+        // session. A record below it was routed already — Kafka never
+        // returns one, nisshi does after a restart of its SQLite storage
+        // (docs/ARCHITECTURE.md) — and is not routed twice.
         let mut next: HashMap<(&str, i32), i64> = HashMap::new();
         let now = govbus_core::now_ms();
+        let mut refetched = 0u64;
         for m in batch {
-            next.insert((m.topic(), m.partition()), m.offset() + 1);
+            let floor = next.entry((m.topic(), m.partition())).or_insert_with(|| {
+                routed
+                    .get(&(m.topic().to_string(), m.partition()))
+                    .copied()
+                    .unwrap_or(i64::MIN)
+            });
+            if m.offset() < *floor {
+                if refetched == 0 {
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        next = *floor,
+                        "the broker returned records already routed; not routing them again"
+                    );
+                }
+                refetched += 1;
+                continue;
+            }
+            *floor = m.offset() + 1;
             let Some((dataset, idx)) = live.inputs.get(m.topic()) else {
                 continue;
             };
@@ -847,9 +890,15 @@ impl Router {
                 }
             }
         }
+        if refetched > 0 {
+            metrics::counter!("govbus_router_refetched_total").increment(refetched);
+        }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in next {
-            tpl.add_partition_offset(t, p, Offset::Offset(o))?;
+            if o > i64::MIN {
+                tpl.add_partition_offset(t, p, Offset::Offset(o))?;
+                routed.insert((t.to_string(), p), o);
+            }
         }
         Ok(tpl)
     }
@@ -861,9 +910,58 @@ impl Drop for Router {
     }
 }
 
+/// Which router transaction wrote a record, for audit (`govbus.txn`):
+/// `<transactional id>/<session start, ms>/<transaction number>`.
+struct Lineage {
+    session: String,
+    n: u64,
+    label: String,
+}
+
+impl Lineage {
+    fn new(tid: &str) -> Self {
+        Self {
+            session: format!("{tid}/{}", govbus_core::now_ms()),
+            n: 0,
+            label: String::new(),
+        }
+    }
+
+    /// The label of the session's next transaction.
+    fn next(&mut self) -> &str {
+        self.n += 1;
+        self.label.clear();
+        use std::fmt::Write;
+        let _ = write!(self.label, "{}/{}", self.session, self.n);
+        &self.label
+    }
+}
+
+/// The producer of one transaction and its `govbus.txn` label.
+struct Txn<'a> {
+    producer: &'a ThreadedProducer<DefaultProducerContext>,
+    label: &'a str,
+}
+
+impl std::ops::Deref for Txn<'_> {
+    type Target = ThreadedProducer<DefaultProducerContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.producer
+    }
+}
+
+/// The `govbus.txn` header of every record a router writes to a view.
+fn lineage_header(txn: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(1).insert(Header {
+        key: "govbus.txn",
+        value: Some(txn),
+    })
+}
+
 /// Writes one routed record to `v`'s topic and counts it.
 fn emit(
-    producer: &ThreadedProducer<DefaultProducerContext>,
+    producer: &Txn<'_>,
     v: &View,
     decision: crate::Decision,
     key: &[u8],
@@ -872,7 +970,13 @@ fn emit(
     if let Some(c) = v.counters.routed(decision) {
         c.increment(1);
     }
-    send(producer, BaseRecord::to(&v.topic).key(key).payload(value))
+    send(
+        producer,
+        BaseRecord::to(&v.topic)
+            .key(key)
+            .payload(value)
+            .headers(lineage_header(producer.label)),
+    )
 }
 
 fn send<'a>(

@@ -483,6 +483,7 @@ pub fn router_config(
         topic_prefix: prefix.to_string(),
         batch: 500,
         partitions: 4,
+        txn_header: false,
     }
 }
 

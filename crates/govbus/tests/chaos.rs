@@ -204,6 +204,9 @@ fn chaos(durable: bool, routers: usize) {
         topic_prefix: prefix.clone(),
         batch: 500,
         partitions: 4,
+        // Which transaction wrote each view record: how the check below
+        // tells nisshi's committed dead transactions from a real repeat.
+        txn_header: true,
     };
     govbus_e2e::apply_subscriptions(&kafka, &prefix, &govbus_core::Catalog::builtin(), false);
     let schemas: Vec<String> = ["p52", "p94"]
@@ -548,10 +551,14 @@ fn chaos(durable: bool, routers: usize) {
             let (_, change) =
                 govbus_schema::envelope::decode(payload, &resolver).expect("a view event decodes");
             n += 1;
-            let label = txn_of(m).map_or_else(
-                || "no govbus.txn header".to_string(),
-                |(tid, start, n)| format!("{tid}/{start}/{n}"),
-            );
+            let Some(label) = txn_of(m).map(|(tid, start, n)| format!("{tid}/{start}/{n}")) else {
+                violations.push(format!(
+                    "{topic}: record at {}@{} has no govbus.txn header",
+                    m.partition(),
+                    m.offset()
+                ));
+                continue;
+            };
             if let Some((first_dead, first)) = events.get(&change.event_id) {
                 if *first == label {
                     // One transaction never writes an event twice to one

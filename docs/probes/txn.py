@@ -1,0 +1,41 @@
+import os, sys, time, signal, subprocess, uuid
+from confluent_kafka import Producer, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+BS = os.environ.get("BS", "127.0.0.1:19092")
+mode = sys.argv[1]
+topic = "t" + uuid.uuid4().hex[:8]
+tid = "x" + uuid.uuid4().hex[:8]
+ADM = AdminClient({"bootstrap.servers": BS}); ADM.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+time.sleep(0.5)
+child = r'''
+import sys, time
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1], "transactional.id": sys.argv[2], "transaction.timeout.ms": int(sys.argv[4])})
+p.init_transactions(30); p.begin_transaction()
+for i in range(10): p.produce(sys.argv[3], key=b"k", value=b"A%d" % i, partition=0)
+p.flush(10)
+print("ready", flush=True); time.sleep(600)
+'''
+a = subprocess.Popen([sys.executable, "-c", child, BS, tid, topic, os.environ.get("TTO", "60000")], stdout=subprocess.PIPE, text=True)
+assert a.stdout.readline().strip() == "ready"
+a.send_signal(signal.SIGKILL); a.wait()
+t0 = time.time()
+if mode in ("commit", "abort-probe"):
+    b = Producer({"bootstrap.servers": BS, "transactional.id": tid})
+    b.init_transactions(30); print("B init %.2fs" % (time.time() - t0))
+    b.begin_transaction(); b.produce(topic, key=b"k", value=b"B", partition=0); b.flush(10)
+    (b.commit_transaction if mode == "commit" else b.abort_transaction)(30)
+elif mode == "fresh-id":
+    b = Producer({"bootstrap.servers": BS, "transactional.id": tid + "-2"})
+    b.init_transactions(30); b.begin_transaction(); b.produce(topic, key=b"k", value=b"B", partition=0); b.flush(10); b.commit_transaction(30)
+elif mode == "timeout":
+    time.sleep(float(os.environ.get("WAIT", "8")))
+    b = Producer({"bootstrap.servers": BS}); b.produce(topic, key=b"k", value=b"C", partition=0); b.flush(10)
+print("B done %.2fs" % (time.time() - t0))
+c = Consumer({"bootstrap.servers": BS, "group.id": "g" + uuid.uuid4().hex[:6], "isolation.level": "read_committed", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+c.assign([TopicPartition(topic, 0, 0)])
+seen = []; end = time.time() + 5
+while time.time() < end:
+    m = c.poll(0.2)
+    if m is not None and not m.error(): seen.append(m.value().decode())
+print(mode, "read_committed sees", seen)

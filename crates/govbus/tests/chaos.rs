@@ -74,6 +74,8 @@ impl Agent {
         Command::new(env!("CARGO_BIN_EXE_govbus"))
             .args(args)
             .env("RUST_LOG", "warn,govbus_producer::relay=info")
+            // Gone with the test process, even if it dies mid-run.
+            .env("GOVBUS_EXIT_WITH_PARENT", "1")
             .stdout(Stdio::from(out.try_clone().expect("log")))
             .stderr(Stdio::from(out))
             .spawn()

@@ -73,7 +73,11 @@ impl Agent {
             .expect("log");
         Command::new(env!("CARGO_BIN_EXE_govbus"))
             .args(args)
-            .env("RUST_LOG", "warn,govbus_producer::relay=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("GOVBUS_CHAOS_LOG")
+                    .unwrap_or_else(|_| "warn,govbus_producer::relay=info".into()),
+            )
             // Gone with the test process, even if it dies mid-run.
             .env("GOVBUS_EXIT_WITH_PARENT", "1")
             .stdout(Stdio::from(out.try_clone().expect("log")))
@@ -459,6 +463,7 @@ fn chaos(durable: bool, routers: usize) {
     let mut central: HashMap<String, usize> = HashMap::new();
     let mut central_offsets: HashMap<(i32, i64), String> = HashMap::new();
     let (mut central_reread, mut central_clash) = (0, 0);
+    let mut central_history: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in read_all(&kafka, &topics.central(&ds, 1)) {
         let Some(payload) = m.payload().filter(|p| !p.is_empty()) else {
             continue;
@@ -474,7 +479,20 @@ fn chaos(durable: bool, routers: usize) {
             }
             continue;
         }
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        if unsettled.values().any(|keys| keys.contains(&key)) {
+            central_history.entry(key).or_default().push(format!(
+                "{:?} seq {} at {}@{}",
+                change.op,
+                change.source.seq,
+                m.partition(),
+                m.offset()
+            ));
+        }
         *central.entry(change.event_id).or_default() += 1;
+    }
+    for (key, history) in &central_history {
+        eprintln!("chaos: central topic: row {key} (wrong in a table) has {history:?}");
     }
     eprintln!(
         "chaos: central topic: {} events, {} of them at more than one offset ({central_reread} records fetched twice by the broker, {central_clash} offsets holding two different records)",

@@ -24,15 +24,21 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
-pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `f` until it returns `Some` (that value) or `limit` has passed
+/// (None); the pause between polls grows from 10 to 250 ms.
+pub fn poll_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(10);
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(250));

@@ -903,10 +903,8 @@ impl Router {
         }
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in next {
-            if o > i64::MIN {
-                tpl.add_partition_offset(t, p, Offset::Offset(o))?;
-                routed.insert((t.to_string(), p), o);
-            }
+            tpl.add_partition_offset(t, p, Offset::Offset(o))?;
+            routed.insert((t.to_string(), p), o);
         }
         Ok(tpl)
     }

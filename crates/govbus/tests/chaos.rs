@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use govbus_core::{DatasetId, Topics};
 use govbus_e2e::{
-    expected_rows, free_port, init_logs, pg_rows, pg_url, read_all, runtime, seed_admin_units,
-    start_registry, unique, Broker,
+    expected_rows, free_port, init_logs, pg_rows, pg_url, poll_until, read_all, runtime,
+    seed_admin_units, start_registry, unique, Broker,
 };
 use govbus_producer::demo::DemoWorld;
 use govbus_producer::ChangeRequest;
@@ -680,20 +680,6 @@ fn router_caught_up(kafka: &govbus_core::KafkaConfig, topic: &str, group: &str, 
         caught_up.is_some(),
         "the router did not catch up on {topic} in 120 s"
     );
-}
-
-/// Polls `f` until it returns `Some` or `limit` has passed.
-fn poll_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if start.elapsed() > limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// A view record's `govbus.txn` header: (transactional id, session start,

@@ -223,7 +223,7 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     // nisshi holds a fetch that finds nothing for the whole wait instead
     // of answering when data arrives (Kafka answers at once), so the
     // embedded stack waits 10 ms instead of 100: p99 ingest → province row
-    // 71 ms instead of 356 ms at 2,000/s, for ≈ 8 % of a core
+    // 71–92 ms instead of 356 ms at 2,000/s, for ≈ 8 % of a core
     // (docs/BENCHMARKS.md).
     let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\nfetch_wait_ms = 10\n");
     let section = |name: &str, body: String, metrics: u16| {

@@ -54,12 +54,19 @@ impl KafkaConfig {
 
     /// Base client config: bootstrap servers and the pass-through options.
     pub fn client(&self) -> ClientConfig {
+        let mut c = self.base();
+        self.apply_options(&mut c);
+        c
+    }
+
+    /// Bootstrap servers and govbus's client-wide settings, no options yet
+    /// (each kind of client adds its own settings, then the options once).
+    fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         // Lower timeouts than librdkafka's defaults: group joins take seconds
         // instead of tens of seconds (and nisshi needs them, see ARCHITECTURE).
         c.set("socket.keepalive.enable", "true");
-        self.apply_options(&mut c);
         c
     }
 
@@ -82,7 +89,7 @@ impl KafkaConfig {
 
     /// An idempotent producer (acks=all): the relay and DLQ writers.
     pub fn producer(&self) -> ClientConfig {
-        let mut c = self.client();
+        let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
@@ -102,7 +109,7 @@ impl KafkaConfig {
     /// A consumer in `group`: read_committed, manual commits, short session
     /// timeouts so that a rebalance takes seconds.
     pub fn consumer(&self, group: &str) -> ClientConfig {
-        let mut c = self.client();
+        let mut c = self.base();
         c.set("group.id", group)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")

@@ -147,8 +147,13 @@ impl Broker {
     /// A fresh nisshi with durable SQLite storage, which [`Broker::restart`]
     /// stops and starts again on the same port and file (or the cluster
     /// named by `GOVBUS_KAFKA_BOOTSTRAP`, which is never restarted).
+    /// GOVBUS_KEEP_BROKER=1 keeps its directory (log and SQLite file).
     pub fn durable() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("govbus-nisshi-")
+            .disable_cleanup(std::env::var_os("GOVBUS_KEEP_BROKER").is_some())
+            .tempdir()
+            .expect("tempdir");
         if std::env::var("GOVBUS_KAFKA_BOOTSTRAP").is_ok() {
             return Self::start();
         }

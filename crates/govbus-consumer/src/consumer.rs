@@ -169,12 +169,13 @@ pub fn run(
     tracing::info!(subscriber = cfg.subscriber, sink = %redact(&cfg.sink), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
 
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
+    let lag = lag_watch(cfg, &inputs)?;
     let mut last_lag = Instant::now();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
         poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));
-        if last_lag.elapsed() > Duration::from_secs(2) {
-            report_lag(&consumer, cfg, &inputs);
+        if last_lag.elapsed() > Duration::from_secs(1) {
+            lag.update(&consumer);
             last_lag = Instant::now();
         }
         if batch.is_empty() {
@@ -292,12 +293,26 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Consumer
     }
 }
 
-fn report_lag(consumer: &BaseConsumer, cfg: &ConsumerConfig, inputs: &HashMap<String, Input>) {
-    for (topic, lag) in govbus_core::kafka::lag_by_topic(consumer) {
-        if let Some(i) = inputs.get(&topic) {
-            metrics::gauge!("govbus_consumer_lag_events", "subscriber" => cfg.subscriber.clone(), "dataset" => i.dataset.clone()).set(lag as f64);
-        }
-    }
+/// `govbus_consumer_lag_events{subscriber, dataset}`, every 2 s, measured
+/// off the consuming thread ([`govbus_core::kafka::LagWatch`]).
+fn lag_watch(
+    cfg: &ConsumerConfig,
+    inputs: &HashMap<String, Input>,
+) -> Result<govbus_core::kafka::LagWatch, ConsumerError> {
+    let datasets: HashMap<String, String> = inputs
+        .iter()
+        .map(|(t, i)| (t.clone(), i.dataset.clone()))
+        .collect();
+    let subscriber = cfg.subscriber.clone();
+    Ok(govbus_core::kafka::LagWatch::start(
+        &cfg.kafka,
+        Duration::from_secs(2),
+        move |topic, lag| {
+            if let Some(d) = datasets.get(topic) {
+                metrics::gauge!("govbus_consumer_lag_events", "subscriber" => subscriber.clone(), "dataset" => d.clone()).set(lag as f64);
+            }
+        },
+    )?)
 }
 
 fn redact(url: &str) -> String {

@@ -265,30 +265,112 @@ pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
     }
 }
 
-/// Records not yet consumed, per topic, over the consumer's assigned
-/// partitions (high watermark − position; a partition with no position yet
-/// counts from its low watermark).
-pub fn lag_by_topic<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &rdkafka::consumer::BaseConsumer<C>,
-) -> std::collections::HashMap<String, i64> {
-    use rdkafka::consumer::Consumer;
-    let mut lag = std::collections::HashMap::new();
-    let Ok(assigned) = consumer.position() else {
-        return lag;
-    };
-    for e in assigned.elements() {
-        let Ok((low, high)) =
-            consumer.fetch_watermarks(e.topic(), e.partition(), std::time::Duration::from_secs(1))
-        else {
-            continue;
-        };
-        let pos = match e.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            _ => low,
-        };
-        *lag.entry(e.topic().to_string()).or_insert(0) += (high - pos).max(0);
+/// Consumer lag, measured off the consuming thread and off the consumer's
+/// connection: the agent hands over its positions (a local call) with
+/// [`LagWatch::update`], and a thread of the watch asks for the high
+/// watermarks on a client of its own, then reports, per topic, the records
+/// not yet consumed (high watermark − position; a partition with no
+/// position yet counts from its low watermark).
+///
+/// Why not ask on the consumer itself: its ListOffsets requests queue behind
+/// its fetch on the same connection, and a timed-out request makes
+/// librdkafka close that connection (`socket.max.fails`), fetch included.
+/// With a broker slow to answer a fetch (nisshi's SQLite storage after a
+/// restart takes seconds), a short-timeout lag query every 2 s stopped a
+/// router from ever receiving a record (measured, docs/ARCHITECTURE.md).
+pub struct LagWatch {
+    positions: std::sync::Arc<std::sync::Mutex<Vec<(String, i32, rdkafka::Offset)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LagWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LagWatch").finish_non_exhaustive()
     }
-    lag
+}
+
+impl LagWatch {
+    /// Starts the watch: every `every`, `report(topic, lag)` for each topic
+    /// of the last positions handed over.
+    pub fn start(
+        kafka: &KafkaConfig,
+        every: std::time::Duration,
+        report: impl Fn(&str, i64) + Send + 'static,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use std::sync::atomic::Ordering;
+        let client: BaseConsumer = kafka.client().create()?;
+        let positions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (positions.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("govbus-lag".into())
+            .spawn(move || {
+                let mut next = std::time::Instant::now() + every;
+                while !s.load(Ordering::Relaxed) {
+                    if std::time::Instant::now() < next {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                    next = std::time::Instant::now() + every;
+                    let now: Vec<(String, i32, rdkafka::Offset)> =
+                        p.lock().map(|v| v.clone()).unwrap_or_default();
+                    let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
+                    for (topic, partition, offset) in &now {
+                        let Ok((low, high)) = client.fetch_watermarks(
+                            topic,
+                            *partition,
+                            std::time::Duration::from_secs(5),
+                        ) else {
+                            continue;
+                        };
+                        let pos = match offset {
+                            rdkafka::Offset::Offset(o) => *o,
+                            _ => low,
+                        };
+                        *lag.entry(topic).or_insert(0) += (high - pos).max(0);
+                    }
+                    for (topic, n) in lag {
+                        report(topic, n);
+                    }
+                }
+            })
+            .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
+        Ok(Self {
+            positions,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Hands over `consumer`'s current positions (no request to the broker).
+    pub fn update<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<C>,
+    ) {
+        use rdkafka::consumer::Consumer;
+        let Ok(tpl) = consumer.position() else {
+            return;
+        };
+        let now = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+            .collect();
+        if let Ok(mut p) = self.positions.lock() {
+            *p = now;
+        }
+    }
+}
+
+impl Drop for LagWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// A consumer context for readers that ask for partition-EOF events (to

@@ -383,6 +383,20 @@ impl Router {
             "router session started"
         );
         let mut batch = Vec::with_capacity(self.cfg.batch);
+        // Lag is measured off this thread and off the consumer's connection
+        // (see LagWatch: a lag query here once starved the fetches).
+        let datasets: HashMap<String, String> = live
+            .inputs
+            .iter()
+            .map(|(t, (d, _))| (t.clone(), d.clone()))
+            .collect();
+        let lag =
+            govbus_core::kafka::LagWatch::start(kafka, Duration::from_secs(2), move |t, n| {
+                if let Some(d) = datasets.get(t) {
+                    metrics::gauge!("govbus_router_lag_events", "dataset" => d.clone())
+                        .set(n as f64);
+                }
+            })?;
         let mut last_lag = std::time::Instant::now();
         let mut in_step: HashSet<(String, i32)> = HashSet::new();
         // Input partition → the offset after the last record routed.
@@ -392,13 +406,8 @@ impl Router {
                 tracing::info!("the subscription set changed; starting a session with it");
                 return Ok(());
             }
-            if last_lag.elapsed() > Duration::from_secs(2) {
-                for (topic, lag) in govbus_core::kafka::lag_by_topic(&consumer) {
-                    if let Some((dataset, _)) = live.inputs.get(&topic) {
-                        metrics::gauge!("govbus_router_lag_events", "dataset" => dataset.clone())
-                            .set(lag as f64);
-                    }
-                }
+            if last_lag.elapsed() > Duration::from_secs(1) {
+                lag.update(&consumer);
                 last_lag = std::time::Instant::now();
             }
             let t_poll = std::time::Instant::now();

@@ -16,6 +16,12 @@
 //!
 //! The last test does the same on nisshi with durable (SQLite) storage and
 //! also kills and restarts the broker twice mid-run.
+//!
+//! For a failing run: `GOVBUS_CHAOS_KEEP=1` keeps the agents' logs,
+//! `GOVBUS_KEEP_BROKER=1` the durable broker's directory (its log and
+//! SQLite file), `GOVBUS_CHAOS_LOG` sets the agents' `RUST_LOG`,
+//! `GOVBUS_CHAOS_RDKAFKA_DEBUG` librdkafka's `debug` contexts in the
+//! routers, `GOVBUS_CHAOS_SETTLE_SECS` how long the tables may take.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -175,6 +181,9 @@ fn chaos(durable: bool, routers: usize) {
     } else {
         Broker::start()
     };
+    if let Some(log) = &broker.log {
+        eprintln!("chaos: broker log {}", log.display());
+    }
     let kafka = broker.kafka();
     let rt = runtime();
     let prefix = format!("{}.", unique("chaos"));
@@ -281,6 +290,11 @@ fn chaos(durable: bool, routers: usize) {
     for i in 0..routers {
         let mut r = router.clone();
         r.instance = i.to_string();
+        // GOVBUS_CHAOS_RDKAFKA_DEBUG=cgrp,fetch,... turns on librdkafka's
+        // debug contexts in the routers (their logs).
+        if let Ok(d) = std::env::var("GOVBUS_CHAOS_RDKAFKA_DEBUG") {
+            r.kafka.options.insert("debug".into(), d);
+        }
         let name = ["router", "router-2", "router-3"][i.min(2)];
         let file = cfg(
             name,

@@ -1,0 +1,73 @@
+//! Consumer lag is measured off the consumer: `LagWatch` reports, per
+//! topic, the records between the consumer's position and the high
+//! watermark, from positions handed over by the consuming thread.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use govbus_core::kafka::{ensure_topics, LagWatch, TopicSpec};
+use govbus_e2e::{poll_until, unique, Broker};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+#[test]
+fn lag_is_the_records_between_position_and_high_watermark() {
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let topic = unique("lag");
+    ensure_topics(&kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();
+    // Five records, one request each (nisshi's high watermark counts
+    // requests' batches, see docs/ARCHITECTURE.md).
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.producer().create().unwrap();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload("v").partition(0))
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    let reported: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let r = reported.clone();
+    let watch = LagWatch::start(&kafka, Duration::from_millis(200), move |t, n| {
+        r.lock().unwrap().push((t.to_string(), n));
+    })
+    .unwrap();
+
+    // A consumer that has read two of the five: three to go.
+    let consumer: BaseConsumer = kafka.consumer(&unique("lag-group")).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut read = 0;
+    poll_until(Duration::from_secs(30), || {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            read += 1;
+        }
+        (read == 2).then_some(())
+    })
+    .expect("two records read");
+    watch.update(&consumer);
+    let lag = poll_until(Duration::from_secs(30), || {
+        reported.lock().unwrap().last().cloned()
+    })
+    .expect("a report");
+    assert_eq!(lag, (topic.clone(), 3));
+
+    // Read the rest: the lag drops to 0.
+    poll_until(Duration::from_secs(30), || {
+        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+            read += 1;
+        }
+        (read == 5).then_some(())
+    })
+    .expect("all five read");
+    watch.update(&consumer);
+    poll_until(Duration::from_secs(30), || {
+        (reported.lock().unwrap().last() == Some(&(topic.clone(), 0))).then_some(())
+    })
+    .expect("lag 0 once all are read");
+}

@@ -834,6 +834,13 @@ impl Router {
             }
             let payload = m.payload().unwrap_or_default();
             let key = m.key().unwrap_or_default();
+            tracing::trace!(
+                topic = m.topic(),
+                partition = m.partition(),
+                offset = m.offset(),
+                key = %String::from_utf8_lossy(key),
+                "routing"
+            );
             if let Some(fast) = live.fast.get(m.topic()) {
                 let accepted = payload.len() >= 5 && {
                     let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);

@@ -43,13 +43,16 @@ fn lag_is_the_records_between_position_and_high_watermark() {
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut read = 0;
-    poll_until(Duration::from_secs(30), || {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            read += 1;
-        }
-        (read == 2).then_some(())
-    })
-    .expect("two records read");
+    let mut read_until = |n: usize| {
+        poll_until(Duration::from_secs(30), || {
+            if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                read += 1;
+            }
+            (read == n).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{n} records read"))
+    };
+    read_until(2);
     watch.update(&consumer);
     let lag = poll_until(Duration::from_secs(30), || {
         reported.lock().unwrap().last().cloned()
@@ -58,13 +61,7 @@ fn lag_is_the_records_between_position_and_high_watermark() {
     assert_eq!(lag, (topic.clone(), 3));
 
     // Read the rest: the lag drops to 0.
-    poll_until(Duration::from_secs(30), || {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            read += 1;
-        }
-        (read == 5).then_some(())
-    })
-    .expect("all five read");
+    read_until(5);
     watch.update(&consumer);
     poll_until(Duration::from_secs(30), || {
         (reported.lock().unwrap().last() == Some(&(topic.clone(), 0))).then_some(())

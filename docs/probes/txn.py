@@ -44,17 +44,13 @@ elif mode == "timeout":
     time.sleep(float(os.environ.get("WAIT", "8")))
     b = Producer({"bootstrap.servers": BS}); b.produce(topic, key=b"k", value=b"C", partition=0); b.flush(10)
 print("B done %.2fs" % (time.time() - t0))
-c = Consumer({"bootstrap.servers": BS, "group.id": "g" + uuid.uuid4().hex[:6], "isolation.level": "read_committed", "auto.offset.reset": "earliest", "enable.auto.commit": False})
-c.assign([TopicPartition(topic, 0, 0)])
-seen = []; end = time.time() + 5
-while time.time() < end:
-    m = c.poll(0.2)
-    if m is not None and not m.error(): seen.append(m.value().decode())
-print(mode, "read_committed sees", seen)
-c = Consumer({"bootstrap.servers": BS, "group.id": "g" + uuid.uuid4().hex[:6], "isolation.level": "read_uncommitted", "enable.auto.commit": False})
-c.assign([TopicPartition(topic, 0, 0)])
-seen = []; end = time.time() + 3
-while time.time() < end:
-    m = c.poll(0.2)
-    if m is not None and not m.error(): seen.append(m.value().decode())
-print(mode, "read_uncommitted sees", seen)
+def sees(isolation, secs):
+    c = Consumer({"bootstrap.servers": BS, "group.id": "g" + uuid.uuid4().hex[:6], "isolation.level": isolation, "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    seen = []; end = time.time() + secs
+    while time.time() < end:
+        m = c.poll(0.2)
+        if m is not None and not m.error(): seen.append(m.value().decode())
+    return seen
+print(mode, "read_committed sees", sees("read_committed", 5))
+print(mode, "read_uncommitted sees", sees("read_uncommitted", 3))

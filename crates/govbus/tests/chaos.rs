@@ -821,14 +821,12 @@ fn two_routers_in_one_group_survive_each_others_death() {
 
 /// The same on nisshi with SQLite storage, the broker also stopped
 /// (SIGTERM) and started twice mid-run. Before each restart the relay and
-/// the router catch up (see `router_caught_up`: nisshi compacts at start-up
-/// whatever `min.compaction.lag.ms` says); the agents' kills go on around it.
-/// Not in the default run: it fails at full rate and, once in eight short
-/// runs, the router did not catch up within 120 s before a restart
-/// (docs/BENCHMARKS.md, "Open"). Run it with
-/// `cargo test --release -p govbus --test chaos durable -- --ignored --nocapture`.
+/// the router catch up, and after it the ministry waits for nisshi's
+/// start-up compaction (see `router_caught_up` and `central_compacted`:
+/// nisshi compacts whatever `min.compaction.lag.ms` says); the agents'
+/// kills go on around it. On a cluster named by `GOVBUS_KAFKA_BOOTSTRAP`
+/// the broker is not restarted.
 #[test]
-#[ignore = "open: fails at full rate, catch-up wait timed out once in 8 short runs (docs/BENCHMARKS.md)"]
 fn exactly_once_on_a_durable_broker_that_is_restarted_too() {
     chaos(true, 1);
 }

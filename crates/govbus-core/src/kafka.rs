@@ -316,23 +316,37 @@ impl LagWatch {
                     next = std::time::Instant::now() + every;
                     let now: Vec<(String, i32, rdkafka::Offset)> =
                         p.lock().map(|v| v.clone()).unwrap_or_default();
-                    let mut lag: BTreeMap<&str, i64> = BTreeMap::new();
+                    // A topic with a partition whose watermarks could not be
+                    // read is not reported this round (a partial sum would
+                    // read as a lag lower than the real one); the gauge keeps
+                    // its last value and the log says why.
+                    let mut lag: BTreeMap<&str, Option<i64>> = BTreeMap::new();
                     for (topic, partition, offset) in &now {
-                        let Ok((low, high)) = client.fetch_watermarks(
+                        let sum = lag.entry(topic).or_insert(Some(0));
+                        match client.fetch_watermarks(
                             topic,
                             *partition,
                             std::time::Duration::from_secs(5),
-                        ) else {
-                            continue;
-                        };
-                        let pos = match offset {
-                            rdkafka::Offset::Offset(o) => *o,
-                            _ => low,
-                        };
-                        *lag.entry(topic).or_insert(0) += (high - pos).max(0);
+                        ) {
+                            Ok((low, high)) => {
+                                let pos = match offset {
+                                    rdkafka::Offset::Offset(o) => *o,
+                                    _ => low,
+                                };
+                                if let Some(n) = sum.as_mut() {
+                                    *n += (high - pos).max(0);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(topic, partition, error = %e, "consumer lag not measured: cannot read the partition's watermarks");
+                                *sum = None;
+                            }
+                        }
                     }
                     for (topic, n) in lag {
-                        report(topic, n);
+                        if let Some(n) = n {
+                            report(topic, n);
+                        }
                     }
                 }
             })

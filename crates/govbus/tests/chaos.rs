@@ -775,7 +775,7 @@ fn outbox_last_id(outbox: &Path) -> i64 {
                 |r| r.get(0),
             )
         })
-        .unwrap_or(0)
+        .expect("the producer's store names its last outbox id")
 }
 
 /// The outbox id a central record carries (`govbus.outbox` = `<relay>:<id>`).

@@ -435,7 +435,7 @@ impl Publisher {
         let mut afters = Vec::with_capacity(reqs.len());
         let mut errors = Vec::new();
         // The contract rules' context (functions, `today`): once per submission.
-        let mut rule_ctx = cel_interpreter::Context::default();
+        let mut rule_ctx = govbus_schema::cel::base_context();
         if !w.rules.is_empty() {
             rule_ctx.add_variable_from_value(
                 "today",

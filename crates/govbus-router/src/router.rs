@@ -375,7 +375,7 @@ impl Router {
         let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
         producer.init_transactions(Duration::from_secs(30))?;
         let mut lineage = Lineage::new(&tid);
-        let base = Context::default();
+        let base = govbus_schema::cel::base_context();
         tracing::info!(
             transactional_id = tid,
             ?topics,

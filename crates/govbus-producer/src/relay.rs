@@ -198,12 +198,15 @@ impl Relay {
             error: Mutex::new(None),
             relay: OnceLock::new(),
         };
-        let producer = kafka
-            .producer()
-            // Same partition for a key as Java clients (murmur2), so every
-            // producer of a dataset agrees.
-            .set("partitioner", "murmur2_random")
-            .create_with_context(reports)?;
+        let mut pc = kafka.producer();
+        // Same partition for a key as Java clients (murmur2), so every
+        // producer of a dataset agrees.
+        pc.set("partitioner", "murmur2_random");
+        // The relay hands over whole batches read from the outbox, so a
+        // long linger adds latency without making batches larger
+        // (docs/BENCHMARKS.md); `[kafka.options]` may still set it.
+        kafka.set_default(&mut pc, "linger.ms", "1");
+        let producer = pc.create_with_context(reports)?;
         Ok(Self {
             store,
             producer,

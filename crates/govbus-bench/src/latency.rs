@@ -131,7 +131,7 @@ pub(crate) fn run(
         c.kafka.fetch_wait_ms = ms;
     }
     let (s, cat) = (stop.clone(), catalog.clone());
-    let _p52 = std::thread::spawn(move || govbus_consumer::run(&c, &cat, s));
+    let p52 = std::thread::spawn(move || govbus_consumer::run(&c, &cat, s));
     let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
     let table = format!("\"{schema}\".bca_residents");
     let resident = |n: usize| {
@@ -305,6 +305,11 @@ pub(crate) fn run(
     }
     stop.store(true, Ordering::Relaxed);
     drop(router);
+    // Leave no 100,000-row table behind: autovacuum working through the
+    // tables of earlier runs disturbed the next run's PostgreSQL.
+    if p52.join().is_ok() {
+        pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?;
+    }
     println!(
         "  offered          : {offered:.0} changes/s ({total} changes, {} requests)",
         sent.len()

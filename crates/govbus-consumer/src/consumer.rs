@@ -173,7 +173,9 @@ pub fn run(
     let mut last_lag = Instant::now();
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
+        let t_poll = Instant::now();
         poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));
+        let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
         if last_lag.elapsed() > Duration::from_secs(1) {
             lag.update(&consumer);
             last_lag = Instant::now();
@@ -240,11 +242,20 @@ pub fn run(
         }
         let offsets: Vec<(String, i32, i64)> =
             next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        let t_apply = Instant::now();
+        let decode_ms = t_apply.duration_since(t_poll).as_secs_f64() * 1e3 - poll_ms;
         // Never skip: retry the same batch until it lands or we are stopped.
         let mut attempt = 0u32;
         loop {
             match sink.apply(&rows, &offsets) {
                 Ok(done) => {
+                    tracing::debug!(
+                        changes = rows.len(),
+                        poll_ms,
+                        decode_ms,
+                        apply_ms = t_apply.elapsed().as_secs_f64() * 1e3,
+                        "batch applied"
+                    );
                     let sub = cfg.subscriber.clone();
                     metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "upsert").increment(done.upserts);
                     metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "delete").increment(done.deletes);

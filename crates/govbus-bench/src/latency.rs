@@ -182,6 +182,9 @@ pub(crate) fn run(
     let (rss0, cpu0) = proc_stats(pid);
     let mut rss_samples = vec![rss0];
     let start = Instant::now();
+    let start_ms = now_ms();
+    // (seconds into the run, the broker's CPU seconds so far).
+    let mut broker_cpu: Vec<(f64, f64)> = Vec::new();
     // Several senders, each at rate / SENDERS: a request waits for the
     // store's fsync, so one sender alone cannot offer 5,000 changes/s.
     const SENDERS: usize = 4;
@@ -208,6 +211,9 @@ pub(crate) fn run(
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
             rss_samples.push(proc_stats(pid).0);
+            if let Some(b) = broker.pid() {
+                broker_cpu.push((start.elapsed().as_secs_f64(), proc_stats(b).1));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
         let mut all = Vec::new();
@@ -251,10 +257,20 @@ pub(crate) fn run(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut lat: Vec<f64> = Vec::with_capacity(total);
+    // The same per 5 s of the run (by send time): nisshi's fetches slow
+    // down as its partitions fill (docs/ARCHITECTURE.md), so a run's
+    // latency is not stationary there.
+    const WINDOW_S: f64 = 5.0;
+    let mut windows: Vec<Vec<f64>> = Vec::new();
     for (from, at) in &sent {
         for n in *from..*from + per_request {
             if let Some(done) = applied.get(&format!("052{n:09}")) {
                 lat.push(done - at);
+                let w = (((at - start_ms) / 1e3 / WINDOW_S).max(0.0)) as usize;
+                if windows.len() <= w {
+                    windows.resize(w + 1, Vec::new());
+                }
+                windows[w].push(done - at);
             }
         }
     }
@@ -331,6 +347,24 @@ pub(crate) fn run(
             "    {name:<18}: p50 {:.1} ms, p99 {:.1} ms",
             percentile(h, 0.50),
             percentile(h, 0.99)
+        );
+    }
+    for (i, w) in windows.iter_mut().enumerate() {
+        w.sort_by(f64::total_cmp);
+        let (t0, t1) = (i as f64 * WINDOW_S, (i + 1) as f64 * WINDOW_S);
+        // The broker's share of a core over the window.
+        let cpu = |t: f64| broker_cpu.iter().find(|(s, _)| *s >= t).map(|(_, c)| *c);
+        let busy = match (cpu(t0), cpu(t1).or(broker_cpu.last().map(|x| x.1))) {
+            (Some(a), Some(b)) => format!("; broker {:.0} % of a core", (b - a) / WINDOW_S * 100.0),
+            _ => String::new(),
+        };
+        println!(
+            "    {:>3}–{:<3} s      : p50 {:.1} ms, p99 {:.1} ms ({} changes){busy}",
+            t0,
+            t1,
+            percentile(w, 0.50),
+            percentile(w, 0.99),
+            w.len()
         );
     }
     let max_rss = rss_samples.iter().max().copied().unwrap_or(0);

@@ -353,9 +353,11 @@ pub(crate) fn run(
         w.sort_by(f64::total_cmp);
         let (t0, t1) = (i as f64 * WINDOW_S, (i + 1) as f64 * WINDOW_S);
         // The broker's share of a core over the window.
-        let cpu = |t: f64| broker_cpu.iter().find(|(s, _)| *s >= t).map(|(_, c)| *c);
-        let busy = match (cpu(t0), cpu(t1).or(broker_cpu.last().map(|x| x.1))) {
-            (Some(a), Some(b)) => format!("; broker {:.0} % of a core", (b - a) / WINDOW_S * 100.0),
+        let at = |t: f64| broker_cpu.iter().find(|(s, _)| *s >= t).copied();
+        let busy = match (at(t0), at(t1).or(broker_cpu.last().copied())) {
+            (Some((s0, c0)), Some((s1, c1))) if s1 > s0 => {
+                format!("; broker {:.0} % of a core", (c1 - c0) / (s1 - s0) * 100.0)
+            }
             _ => String::new(),
         };
         println!(

@@ -234,12 +234,12 @@ impl Broker {
         }
     }
 
-    /// Kafka settings for this broker.
     /// The nisshi process's id (None for an external cluster).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Kafka settings for this broker.
     pub fn kafka(&self) -> KafkaConfig {
         KafkaConfig::new(&self.bootstrap)
     }

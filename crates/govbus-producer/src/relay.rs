@@ -44,6 +44,13 @@ const FAILED: u8 = 2;
 /// (the relay id in 16 hex digits, the outbox id in decimal).
 pub const OUTBOX_HEADER: &str = "govbus.outbox";
 
+/// The (relay id, outbox id) an [`OUTBOX_HEADER`] value names, or None if
+/// it is not one.
+pub fn outbox_tag(value: &[u8]) -> Option<(u64, i64)> {
+    let (relay, id) = std::str::from_utf8(value).ok()?.split_once(':')?;
+    Some((u64::from_str_radix(relay, 16).ok()?, id.parse().ok()?))
+}
+
 /// Reports between two wake-ups of the relay thread.
 const WAKE_EVERY: usize = 4096;
 
@@ -307,7 +314,6 @@ impl Relay {
             .consumer(&format!("govbus-relay-recover-{}", uuid::Uuid::new_v4()));
         cfg.set("isolation.level", "read_uncommitted");
         let consumer = govbus_core::kafka::eof_consumer(cfg).map_err(|e| e.to_string())?;
-        let prefix = format!("{relay:016x}:");
         let mut found: Vec<i64> = Vec::new();
         let mut ends: Vec<(String, i64)> = Vec::new();
         // One topic at a time: a partition EOF names the partition only.
@@ -350,9 +356,8 @@ impl Relay {
                             h.iter()
                                 .find(|h| h.key == OUTBOX_HEADER)
                                 .and_then(|h| h.value)
-                                .and_then(|v| std::str::from_utf8(v).ok())
-                                .and_then(|v| v.strip_prefix(&prefix))
-                                .and_then(|id| id.parse::<i64>().ok())
+                                .and_then(outbox_tag)
+                                .and_then(|(r, id)| (r == relay).then_some(id))
                         });
                         if let Some(id) = tagged {
                             found.push(id);
@@ -782,6 +787,28 @@ fn read_ahead(
                 }
                 std::thread::sleep(Duration::from_secs(1));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outbox_tag;
+
+    /// The tag the relay writes parses back; anything else is not a tag.
+    #[test]
+    fn outbox_tags_parse_back() {
+        let relay: u64 = 0x00ab_cdef_0123_4567;
+        let tag = format!("{relay:016x}:{}", 90_210);
+        assert_eq!(outbox_tag(tag.as_bytes()), Some((relay, 90_210)));
+        for bad in [
+            &b"0123"[..],
+            b"xyz:1",
+            b"00000000000000ab:",
+            b"ab:x",
+            b"\xff:1",
+        ] {
+            assert_eq!(outbox_tag(bad), None, "{bad:?}");
         }
     }
 }

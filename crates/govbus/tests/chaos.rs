@@ -785,12 +785,7 @@ fn outbox_id(m: &rdkafka::message::OwnedMessage) -> Option<i64> {
         .headers()?
         .iter()
         .find(|h| h.key == govbus_producer::relay::OUTBOX_HEADER)?;
-    std::str::from_utf8(h.value?)
-        .ok()?
-        .rsplit(':')
-        .next()?
-        .parse()
-        .ok()
+    govbus_producer::relay::outbox_tag(h.value?).map(|(_, id)| id)
 }
 
 /// A view record's `govbus.txn` header: (transactional id, session start,

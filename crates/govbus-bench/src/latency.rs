@@ -61,6 +61,7 @@ pub(crate) fn run(
     seconds: u64,
     per_request: usize,
     fetch_wait_ms: Option<u32>,
+    broker_pid: Option<u32>,
 ) -> anyhow::Result<()> {
     let govbus = std::env::current_exe()?
         .parent()
@@ -211,7 +212,7 @@ pub(crate) fn run(
             .collect();
         while handles.iter().any(|h| !h.is_finished()) {
             rss_samples.push(proc_stats(pid).0);
-            if let Some(b) = broker.pid() {
+            if let Some(b) = broker.pid().or(broker_pid) {
                 broker_cpu.push((start.elapsed().as_secs_f64(), proc_stats(b).1));
             }
             std::thread::sleep(Duration::from_millis(500));

@@ -9,6 +9,10 @@
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
 //! cargo build --release -p govbus && cargo run --release -p govbus-bench -- latency --rate 5000
 //! ```
+//!
+//! `brokers/crabka.sh` builds and starts a second broker whose fetch is an
+//! index lookup (nisshi's memory storage lists a partition on every fetch);
+//! `latency --broker-pid <pid>` then reports its CPU as it does nisshi's.
 
 mod latency;
 mod route;
@@ -80,6 +84,10 @@ enum Cmd {
         /// (unset: the default, 100).
         #[arg(long)]
         fetch_wait_ms: Option<u32>,
+        /// The process of an external broker (`GOVBUS_KAFKA_BOOTSTRAP`), to
+        /// report its CPU per 5 s as for the nisshi the bench starts.
+        #[arg(long)]
+        broker_pid: Option<u32>,
     },
 }
 
@@ -98,7 +106,8 @@ fn main() -> anyhow::Result<()> {
             seconds,
             per_request,
             fetch_wait_ms,
-        } => latency::run(rate, seconds, per_request, fetch_wait_ms),
+            broker_pid,
+        } => latency::run(rate, seconds, per_request, fetch_wait_ms, broker_pid),
     }
 }
 

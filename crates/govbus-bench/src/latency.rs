@@ -324,8 +324,11 @@ pub(crate) fn run(
     drop(router);
     // Leave no 100,000-row table behind: autovacuum working through the
     // tables of earlier runs disturbed the next run's PostgreSQL.
-    if p52.join().is_ok() {
-        pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?;
+    match p52.join() {
+        Ok(Ok(())) => pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?,
+        // Its schema is kept for a look at what it applied.
+        Ok(Err(e)) => eprintln!("p52's consumer failed: {e:#} (schema {schema} kept)"),
+        Err(_) => eprintln!("p52's consumer panicked (schema {schema} kept)"),
     }
     println!(
         "  offered          : {offered:.0} changes/s ({total} changes, {} requests)",

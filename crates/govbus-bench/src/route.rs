@@ -143,7 +143,7 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
     }
     producer.flush(Duration::from_secs(60))?;
     let (raw_s, raw_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    let raw_steady = first.map(|(t1, c1)| Steady {
+    let raw_steady = first.filter(|_| n > 1).map(|(t1, c1)| Steady {
         changes: n - 1,
         secs: t1.elapsed().as_secs_f64(),
         cpu: cpu_seconds() - c1,
@@ -223,11 +223,18 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (route_s, route_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
-    let route_steady = first.map(|(done, t1, c1)| Steady {
-        changes: usize::try_from(ends - done).unwrap_or(0),
-        secs: t1.elapsed().as_secs_f64(),
-        cpu: cpu_seconds() - c1,
-    });
+    // None when the first commit already covered everything (a batch as
+    // large as the run): there is no steady state to report.
+    let route_steady = first
+        .and_then(|(done, t1, c1)| {
+            let changes = usize::try_from(ends - done).ok().filter(|&c| c > 0)?;
+            Some((changes, t1, c1))
+        })
+        .map(|(changes, t1, c1)| Steady {
+            changes,
+            secs: t1.elapsed().as_secs_f64(),
+            cpu: cpu_seconds() - c1,
+        });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = h.join();
     let rate = |s: f64| n as f64 / s;
@@ -258,7 +265,8 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A phase measured from its first record or commit to its end.
+/// A phase measured from its first record or commit to its end (never
+/// built with zero changes).
 #[derive(Clone, Copy)]
 struct Steady {
     changes: usize,
@@ -277,7 +285,7 @@ impl Steady {
             self.rate(),
             self.changes,
             self.secs,
-            self.cpu * 1e6 / self.changes.max(1) as f64
+            self.cpu * 1e6 / self.changes as f64
         )
     }
 }

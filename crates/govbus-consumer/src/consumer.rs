@@ -12,7 +12,6 @@ use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache, SchemaResolver};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -171,7 +170,7 @@ pub fn run(
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
     let lag = lag_watch(cfg, &inputs)?;
     let mut last_lag = Instant::now();
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(cfg.batch);
+    let mut batch = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
         let t_poll = Instant::now();
         poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));

@@ -240,9 +240,13 @@ pub enum KafkaSetupError {
 /// (no further waiting), so a batch is large under load and a lone change
 /// is not held back. Consumer errors are logged and skipped (librdkafka
 /// retries them itself).
-pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &rdkafka::consumer::BaseConsumer<C>,
-    batch: &mut Vec<rdkafka::message::OwnedMessage>,
+///
+/// The records stay librdkafka's (borrowed, not copied): detaching each
+/// one (key, payload, headers and topic name copied, then freed) was 40 %
+/// of the router thread's time in a profile (docs/BENCHMARKS.md).
+pub fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
+    consumer: &'c rdkafka::consumer::BaseConsumer<C>,
+    batch: &mut Vec<rdkafka::message::BorrowedMessage<'c>>,
     max: usize,
     linger: std::time::Duration,
 ) {
@@ -255,7 +259,7 @@ pub fn poll_batch<C: rdkafka::consumer::ConsumerContext>(
             std::time::Duration::ZERO
         };
         match consumer.poll(wait) {
-            Some(Ok(m)) => batch.push(m.detach()),
+            Some(Ok(m)) => batch.push(m),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => break,
         }

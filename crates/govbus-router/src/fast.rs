@@ -17,6 +17,10 @@ use govbus_schema::Op;
 use crate::decide::{decide, Decision};
 use crate::views::View;
 
+/// The most distinct filtered fields an input's fast path reads (more take
+/// the general path).
+const MAX_PATHS: usize = 8;
+
 /// What the fast path needs of one input topic's views.
 #[derive(Debug)]
 pub struct FastRoute {
@@ -26,46 +30,118 @@ pub struct FastRoute {
     canonical: String,
     /// Distinct filtered paths.
     paths: Vec<Vec<String>>,
-    /// Per view (in the input's view order): its path index and literal.
-    tests: Vec<(usize, String)>,
+    /// Per path: each literal a view tests it against → a small number.
+    literals: Vec<HashMap<String, u32>>,
+    /// Per view (in the input's view order): its path index and literal's
+    /// number.
+    tests: Vec<(usize, u32)>,
     /// Per view: dropped paths.
     drops: Vec<Vec<Vec<String>>>,
 }
 
 /// One record for a view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FastOutput {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastOutput<'a> {
     /// Position in the input's view list (`idx`).
     pub nth: usize,
     /// The decision taken.
     pub decision: Decision,
     /// The encoded record (wire format).
-    pub value: Vec<u8>,
+    pub value: &'a [u8],
+}
+
+/// The records one change routes to, in buffers reused from one change to
+/// the next (one allocation per batch, not one per record).
+#[derive(Debug, Default)]
+pub struct FastOutputs {
+    buf: Vec<u8>,
+    /// (nth, decision, end of its value in `buf`).
+    items: Vec<(usize, Decision, usize)>,
+}
+
+impl FastOutputs {
+    /// The records, in the input's view order.
+    pub fn iter(&self) -> impl Iterator<Item = FastOutput<'_>> {
+        let mut start = 0;
+        self.items.iter().map(move |&(nth, decision, end)| {
+            let value = &self.buf[start..end];
+            start = end;
+            FastOutput {
+                nth,
+                decision,
+                value,
+            }
+        })
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.items.clear();
+    }
+}
+
+/// Per view (index into all views): changes filtered out and changes
+/// withheld after expiry, counted in a batch and added to the views'
+/// counters once per batch ([`Tally::flush`]) rather than one atomic
+/// increment per view per change.
+#[derive(Debug, Default)]
+pub struct Tally {
+    filtered: Vec<u64>,
+    expired: Vec<u64>,
+}
+
+impl Tally {
+    /// Adds the counts to `views`' counters and starts again from zero.
+    pub fn flush(&mut self, views: &[View]) {
+        for (i, v) in views.iter().enumerate() {
+            if let Some(n) = self.filtered.get_mut(i).filter(|n| **n > 0) {
+                v.counters.filtered.increment(std::mem::take(n));
+            }
+            if let Some(n) = self.expired.get_mut(i).filter(|n| **n > 0) {
+                v.counters.expired.increment(std::mem::take(n));
+            }
+        }
+    }
+
+    fn add(counts: &mut Vec<u64>, i: usize) {
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += 1;
+    }
 }
 
 impl FastRoute {
     /// The fast path for `views` (one input's, in order), or None when a
-    /// filter is not an equality (those take the general path).
+    /// filter is not an equality or they test more than eight distinct
+    /// fields (those take the general path).
     pub fn new(views: &[&View]) -> Option<Self> {
         let first = views.first()?;
         let entity = (*first.entity).clone();
         let canonical = entity.canonical_form();
         let mut paths: Vec<Vec<String>> = Vec::new();
+        let mut literals: Vec<HashMap<String, u32>> = Vec::new();
         let mut tests = Vec::new();
         let mut drops = Vec::new();
         for v in views {
             let (path, literal) = v.filter.equality()?;
             let i = paths.iter().position(|p| *p == path).unwrap_or_else(|| {
                 paths.push(path);
+                literals.push(HashMap::new());
                 paths.len() - 1
             });
-            tests.push((i, literal.to_string()));
+            let known = literals[i].len() as u32;
+            let n = *literals[i].entry(literal.to_string()).or_insert(known);
+            tests.push((i, n));
             drops.push(
                 v.drop
                     .iter()
                     .map(|d| d.split('.').map(str::to_string).collect())
                     .collect(),
             );
+        }
+        if paths.len() > MAX_PATHS {
+            return None;
         }
         let mut names = HashMap::new();
         crate::guard::collect_names(&entity, &mut names);
@@ -74,6 +150,7 @@ impl FastRoute {
             names,
             canonical,
             paths,
+            literals,
             tests,
             drops,
         })
@@ -109,15 +186,47 @@ impl FastRoute {
     }
 
     /// Routes `payload` (written with an accepted schema) to the views
-    /// `idx` of `all` (those this was built for) at `now_ms`; None: take the
-    /// general path.
+    /// `idx` of `all` (those this was built for) at `now_ms`, into `out`;
+    /// false: take the general path (then `out` and `tally` are as they
+    /// were: nothing is counted twice).
     pub fn route(
         &self,
         payload: &[u8],
         all: &[View],
         idx: &[usize],
         now_ms: i64,
-    ) -> Option<Vec<FastOutput>> {
+        out: &mut FastOutputs,
+        tally: &mut Tally,
+    ) -> bool {
+        out.clear();
+        let routed = self.route_into(payload, all, idx, now_ms, out).is_some();
+        if !routed {
+            out.clear();
+            return false;
+        }
+        // Counted only once the change is routed here.
+        let mut outputs = out.items.iter().map(|o| o.0).peekable();
+        for (nth, &i) in idx.iter().enumerate() {
+            if outputs.next_if_eq(&nth).is_some() {
+                continue;
+            }
+            if all[i].expired(now_ms) {
+                Tally::add(&mut tally.expired, i);
+            } else {
+                Tally::add(&mut tally.filtered, i);
+            }
+        }
+        true
+    }
+
+    fn route_into(
+        &self,
+        payload: &[u8],
+        all: &[View],
+        idx: &[usize],
+        now_ms: i64,
+        out: &mut FastOutputs,
+    ) -> Option<()> {
         let mut r = Reader {
             buf: payload,
             pos: 5,
@@ -151,38 +260,38 @@ impl FastRoute {
             return None;
         }
         let tail = &payload[tail_start..];
-        let read = |img: Option<(usize, usize)>| -> Option<Option<Vec<Option<&str>>>> {
+        // Per path, the number of the literal the image's field equals
+        // (None: no view's literal, or null).
+        let read = |img: Option<(usize, usize)>| -> Option<Option<[Option<u32>; MAX_PATHS]>> {
             let Some((a, b)) = img else {
                 return Some(None);
             };
-            self.paths
-                .iter()
-                .map(|p| field_str(&self.entity, &self.names, &payload[a..b], p))
-                .collect::<Option<Vec<_>>>()
-                .map(Some)
+            let mut found = [None; MAX_PATHS];
+            for (i, p) in self.paths.iter().enumerate() {
+                found[i] = field_str(&self.entity, &self.names, &payload[a..b], p)?
+                    .and_then(|s| self.literals[i].get(s).copied());
+            }
+            Some(Some(found))
         };
         let (vb, va) = (read(before)?, read(after)?);
-        let mut out = Vec::new();
         for (nth, v) in idx.iter().map(|&i| &all[i]).enumerate() {
-            if v.expired(now_ms) {
-                v.counters.expired.increment(1);
-                continue;
-            }
-            let (path, literal) = &self.tests[nth];
-            let m = |vals: &Option<Vec<Option<&str>>>| {
-                vals.as_ref().map(|x| x[*path] == Some(literal.as_str()))
+            let (path, literal) = self.tests[nth];
+            let m = |vals: &Option<[Option<u32>; MAX_PATHS]>| {
+                vals.as_ref().map(|x| x[path] == Some(literal))
             };
             let decision = decide(op, m(&vb), m(&va));
             let Some(new_op) = decision.op() else {
-                v.counters.filtered.increment(1);
                 continue;
             };
+            if v.expired(now_ms) {
+                continue;
+            }
             let codec = v.codec.as_ref()?;
-            let mut w = Vec::with_capacity(payload.len());
+            let w = &mut out.buf;
             w.push(0);
             w.extend_from_slice(&codec.id.to_be_bytes());
             w.extend_from_slice(&payload[event_id.0..event_id.1]);
-            write_long(&mut w, op_index(new_op));
+            write_long(w, op_index(new_op));
             let image = |w: &mut Vec<u8>, img: Option<(usize, usize)>, keep: bool| -> Option<()> {
                 match img.filter(|_| keep) {
                     Some((a, b)) => {
@@ -202,19 +311,15 @@ impl FastRoute {
                 }
             };
             image(
-                &mut w,
+                w,
                 before,
                 matches!(decision, Decision::Update | Decision::Delete),
             )?;
-            image(&mut w, after, decision != Decision::Delete)?;
+            image(w, after, decision != Decision::Delete)?;
             w.extend_from_slice(tail);
-            out.push(FastOutput {
-                nth,
-                decision,
-                value: w,
-            });
+            out.items.push((nth, decision, w.len()));
         }
-        Some(out)
+        Some(())
     }
 }
 
@@ -561,22 +666,50 @@ mod tests {
         let resolver = FixedResolver::new([(7, writer)]);
         let base = Context::default();
         let (mut routed, mut moves) = (0, 0);
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         for payload in changes(600) {
             let general = crate::route::route(&payload, &resolver, &base, &all, &idx).unwrap();
-            let quick = fast.route(&payload, &all, &idx, 0).expect("fast path");
+            assert!(fast.route(&payload, &all, &idx, 0, &mut out, &mut tally));
             let g: Vec<_> = general
                 .iter()
-                .map(|o| (o.view, o.decision, &o.value))
+                .map(|o| (o.view, o.decision, o.value.as_slice()))
                 .collect();
-            let q: Vec<_> = quick
+            let q: Vec<_> = out
                 .iter()
-                .map(|o| (idx[o.nth], o.decision, &o.value))
+                .map(|o| (idx[o.nth], o.decision, o.value))
                 .collect();
             assert_eq!(g, q);
             routed += q.len();
             moves += q.iter().filter(|o| o.1 == Decision::Delete).count();
         }
         assert!(routed > 600 && moves > 20, "{routed} {moves}");
+        // Every change counted once per view: routed there or filtered out.
+        let filtered: u64 = tally.filtered.iter().sum();
+        assert_eq!(filtered as usize + routed, 600 * all.len());
+        assert_eq!(tally.expired.iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn an_expired_view_gets_nothing_and_is_counted_as_expired() {
+        let mut all = views(&[
+            ("p52", r#"permanent_address.province_code == "52""#, ""),
+            ("p94", r#"permanent_address.province_code == "94""#, ""),
+        ]);
+        all[0].expires_ms = Some(10);
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs).unwrap();
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
+        let (mut to_p94, n) = (0, 200);
+        for payload in changes(n) {
+            assert!(fast.route(&payload, &all, &[0, 1], 11, &mut out, &mut tally));
+            assert!(out.iter().all(|o| o.nth == 1));
+            to_p94 += out.iter().count();
+        }
+        assert_eq!(tally.expired, vec![n as u64]);
+        assert_eq!(
+            tally.filtered.get(1).copied().unwrap_or(0) as usize + to_p94,
+            n
+        );
     }
 
     #[test]
@@ -585,14 +718,17 @@ mod tests {
         let refs: Vec<&View> = all.iter().collect();
         let fast = FastRoute::new(&refs).unwrap();
         let payload = &changes(1)[0];
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
+        let mut route = |p: &[u8]| fast.route(p, &all, &[0], 0, &mut out, &mut tally);
         // Truncated, trailing bytes, not the wire format.
-        assert!(fast
-            .route(&payload[..payload.len() - 3], &all, &[0], 0)
-            .is_none());
+        assert!(!route(&payload[..payload.len() - 3]));
         let mut longer = payload.clone();
         longer.push(0);
-        assert!(fast.route(&longer, &all, &[0], 0).is_none());
-        assert!(fast.route(b"{}", &all, &[0], 0).is_none());
+        assert!(!route(&longer));
+        assert!(!route(b"{}"));
+        // Nothing counted for what the general path will count.
+        assert!(out.iter().next().is_none());
+        assert!(tally.filtered.iter().chain(&tally.expired).all(|n| *n == 0));
         // Another writer version is not accepted.
         let mut v2: serde_json::Value = serde_json::from_str(RESIDENTS).unwrap();
         v2["fields"].as_array_mut().unwrap().push(

@@ -21,7 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::control::{self, ControlError, ControlValue};
-use crate::fast::FastRoute;
+use crate::fast::{FastOutputs, FastRoute, Tally};
 use crate::route::{self, route, RouteError};
 use crate::views::{self, View};
 
@@ -144,6 +144,13 @@ struct Live {
     fast: HashMap<String, FastRoute>,
     /// Input topic → `govbus_router_consumed_total{dataset}`.
     consumed: HashMap<String, metrics::Counter>,
+}
+
+/// Buffers the routing loop reuses from batch to batch.
+#[derive(Debug, Default)]
+struct Scratch {
+    out: FastOutputs,
+    tally: Tally,
 }
 
 /// One view to bring in step on one partition.
@@ -365,10 +372,13 @@ impl Router {
         pc.set("transactional.id", &tid)
             .set("partitioner", "murmur2_random");
         // Defaults of the router's own, which `[kafka.options]` may override.
+        // linger.ms: records of a large batch leave in fuller requests while
+        // the batch is still being routed; the commit sends what is left at
+        // once (`flush_deliveries`), so a small batch waits for no linger.
         for (k, v) in [
             ("transaction.timeout.ms", "60000"),
             ("retry.backoff.ms", "5"),
-            ("linger.ms", "0"),
+            ("linger.ms", "5"),
         ] {
             kafka.set_default(&mut pc, k, v);
         }
@@ -401,6 +411,7 @@ impl Router {
         let mut in_step: HashSet<(String, i32)> = HashSet::new();
         // Input partition → the offset after the last record routed.
         let mut routed: HashMap<(String, i32), i64> = HashMap::new();
+        let mut scratch = Scratch::default();
         while !stop.load(Ordering::Relaxed) {
             if changed() {
                 tracing::info!("the subscription set changed; starting a session with it");
@@ -458,6 +469,7 @@ impl Router {
                     },
                     &base,
                     &mut routed,
+                    &mut scratch,
                 )
                 .and_then(|offsets| {
                     route_ms = t_route.elapsed().as_secs_f64() * 1e3;
@@ -495,17 +507,9 @@ impl Router {
         let meta = consumer
             .group_metadata()
             .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-        // Wait for the batch's delivery reports before committing. Not
-        // `flush()`: the rdkafka crate's flush polls in 100 ms steps while
-        // the ThreadedProducer's own thread takes the reports, so each
-        // commit waited ≈100 ms (measured: docs/BENCHMARKS.md).
+        // Every record of the batch delivered before the offsets go in.
         let t0 = std::time::Instant::now();
-        while producer.in_flight_count() > 0 {
-            if t0.elapsed() > Duration::from_secs(30) {
-                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut).into());
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        flush_deliveries(producer, Duration::from_secs(30))?;
         let flush_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t = std::time::Instant::now();
         producer.send_offsets_to_transaction(offsets, &meta, Duration::from_secs(30))?;
@@ -790,33 +794,75 @@ impl Router {
         Ok(())
     }
 
+    /// Whether changes written with schema `id` take `fast`'s path.
+    fn fast_accepts(&self, fast: &FastRoute, id: u32) -> bool {
+        let mut ids = self.fast_ids.lock().unwrap_or_else(|p| p.into_inner());
+        match ids.get(&id) {
+            Some(ok) => *ok,
+            None => match govbus_schema::SchemaResolver::resolve(&self.resolver, id) {
+                Ok(writer) => *ids.entry(id).or_insert(fast.accepts(&writer)),
+                Err(_) => false,
+            },
+        }
+    }
+
     fn route_batch(
         &self,
         live: &Live,
-        batch: &[rdkafka::message::OwnedMessage],
+        batch: &[rdkafka::message::BorrowedMessage<'_>],
         producer: &Txn<'_>,
         base: &Context<'_>,
         routed: &mut HashMap<(String, i32), i64>,
+        scratch: &mut Scratch,
     ) -> Result<TopicPartitionList, RouterError> {
         // Per partition: the offset after the last record routed in this
         // session. A record below it was routed already — Kafka never
         // returns one, nisshi does after a restart of its SQLite storage
-        // (docs/ARCHITECTURE.md) — and is not routed twice.
-        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        // (docs/ARCHITECTURE.md) — and is not routed twice. A batch holds a
+        // few partitions: a list searched from the last one used.
+        let mut next: Vec<(&str, i32, i64)> = Vec::new();
+        let mut at = 0;
         let now = govbus_core::now_ms();
         let mut refetched = 0u64;
+        // The input topic's views, counter and fast path, looked up again
+        // only when the topic changes from one record to the next.
+        type Input<'l> = (
+            &'l str,
+            &'l (String, Vec<usize>),
+            Option<&'l FastRoute>,
+            u64,
+        );
+        let mut input: Option<Input<'_>> = None;
+        let mut consumed: Vec<(&str, u64)> = Vec::new();
+        let mut fast_id: Option<(u32, bool)> = None;
         for m in batch {
-            let floor = next.entry((m.topic(), m.partition())).or_insert_with(|| {
-                routed
-                    .get(&(m.topic().to_string(), m.partition()))
-                    .copied()
-                    .unwrap_or(i64::MIN)
-            });
+            let topic = m.topic();
+            let partition = m.partition();
+            if next
+                .get(at)
+                .is_none_or(|(t, p, _)| *p != partition || *t != topic)
+            {
+                at = match next
+                    .iter()
+                    .position(|(t, p, _)| *p == partition && *t == topic)
+                {
+                    Some(i) => i,
+                    None => {
+                        let floor = routed
+                            .get(&(topic.to_string(), partition))
+                            .copied()
+                            .unwrap_or(i64::MIN);
+                        next.push((topic, partition, floor));
+                        next.len() - 1
+                    }
+                };
+            }
+            let floor = &mut next[at].2;
             if m.offset() < *floor {
                 if refetched == 0 {
                     tracing::warn!(
-                        topic = m.topic(),
-                        partition = m.partition(),
+                        topic,
+                        partition,
                         offset = m.offset(),
                         next = *floor,
                         "the broker returned records already routed; not routing them again"
@@ -826,39 +872,53 @@ impl Router {
                 continue;
             }
             *floor = m.offset() + 1;
-            let Some((dataset, idx)) = live.inputs.get(m.topic()) else {
+            if input.is_none_or(|(t, ..)| t != topic) {
+                if let Some((t, _, _, n)) = input.take() {
+                    consumed.push((t, n));
+                }
+                let Some(views) = live.inputs.get(topic) else {
+                    continue;
+                };
+                input = Some((topic, views, live.fast.get(topic), 0));
+                fast_id = None;
+            }
+            let Some((_, (dataset, idx), fast, count)) = input.as_mut() else {
                 continue;
             };
-            if let Some(c) = live.consumed.get(m.topic()) {
-                c.increment(1);
-            }
+            *count += 1;
             let payload = m.payload().unwrap_or_default();
             let key = m.key().unwrap_or_default();
             tracing::trace!(
-                topic = m.topic(),
-                partition = m.partition(),
+                topic,
+                partition,
                 offset = m.offset(),
                 key = %String::from_utf8_lossy(key),
                 "routing"
             );
-            if let Some(fast) = live.fast.get(m.topic()) {
+            if let Some(fast) = fast {
                 let accepted = payload.len() >= 5 && {
                     let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
-                    let mut ids = self.fast_ids.lock().unwrap_or_else(|p| p.into_inner());
-                    match ids.get(&id) {
-                        Some(ok) => *ok,
-                        None => match govbus_schema::SchemaResolver::resolve(&self.resolver, id) {
-                            Ok(writer) => *ids.entry(id).or_insert(fast.accepts(&writer)),
-                            Err(_) => false,
-                        },
+                    match fast_id {
+                        Some((last, ok)) if last == id => ok,
+                        _ => {
+                            let ok = self.fast_accepts(fast, id);
+                            fast_id = Some((id, ok));
+                            ok
+                        }
                     }
                 };
-                if let Some(outs) = accepted
-                    .then(|| fast.route(payload, &live.views, idx, now))
-                    .flatten()
+                if accepted
+                    && fast.route(
+                        payload,
+                        &live.views,
+                        idx,
+                        now,
+                        &mut scratch.out,
+                        &mut scratch.tally,
+                    )
                 {
-                    for o in outs {
-                        emit(producer, &live.views[idx[o.nth]], o.decision, key, &o.value)?;
+                    for o in scratch.out.iter() {
+                        emit(producer, &live.views[idx[o.nth]], o.decision, key, o.value)?;
                     }
                     continue;
                 }
@@ -877,10 +937,10 @@ impl Router {
                 }
                 Err(e) => {
                     let reason = e.reason();
-                    let dlq = &live.dlq[m.topic()];
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason, error = %e, "change sent to the DLQ");
+                    let dlq = &live.dlq[topic];
+                    tracing::warn!(topic, partition, offset = m.offset(), reason, error = %e, "change sent to the DLQ");
                     metrics::counter!("govbus_router_dlq_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
-                    let partition = m.partition().to_string();
+                    let partition = partition.to_string();
                     let offset = m.offset().to_string();
                     let error = e.to_string();
                     let headers = OwnedHeaders::new()
@@ -894,7 +954,7 @@ impl Router {
                         })
                         .insert(Header {
                             key: "govbus.source.topic",
-                            value: Some(m.topic()),
+                            value: Some(topic),
                         })
                         .insert(Header {
                             key: "govbus.source.partition",
@@ -917,8 +977,17 @@ impl Router {
         if refetched > 0 {
             metrics::counter!("govbus_router_refetched_total").increment(refetched);
         }
+        if let Some((t, _, _, n)) = input {
+            consumed.push((t, n));
+        }
+        for (t, n) in consumed {
+            if let Some(c) = live.consumed.get(t) {
+                c.increment(n);
+            }
+        }
+        scratch.tally.flush(&live.views);
         let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in next {
+        for (t, p, o) in next {
             tpl.add_partition_offset(t, p, Offset::Offset(o))?;
             routed.insert((t.to_string(), p), o);
         }
@@ -1006,6 +1075,35 @@ fn emit(
             producer.label,
         ),
     )
+}
+
+/// Sends what the producer holds now, ignoring `linger.ms`, and waits until
+/// every record has its delivery report.
+///
+/// Not the rdkafka crate's `flush()`: after asking librdkafka to flush for
+/// 0 ms it polls the producer's event queue in 100 ms steps, while the
+/// ThreadedProducer's own thread takes the reports, so each commit waited
+/// ≈ 100 ms; and a flush for 0 ms wakes the senders only if they run before
+/// it returns. Nor a loop on `in_flight_count()`: the records would wait for
+/// `linger.ms` (measured: docs/BENCHMARKS.md). librdkafka's own
+/// `rd_kafka_flush` with a timeout does both right for a producer whose
+/// reports are events served by another thread: it marks the producer as
+/// flushing (linger ignored), wakes the senders, and waits on a condition
+/// variable until the reports are taken.
+fn flush_deliveries(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the pointer is the producer's live rd_kafka_t handle (it lives
+    // as long as `producer`, borrowed for this call), and rd_kafka_flush is
+    // thread-safe; it reads and frees nothing of ours.
+    #[allow(unsafe_code)]
+    let err = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+    match RDKafkaErrorCode::from(err) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::Flush(code)),
+    }
 }
 
 fn send<'a>(

@@ -119,7 +119,13 @@ impl KafkaConfig {
             .set("heartbeat.interval.ms", "500")
             .set("max.poll.interval.ms", "30000")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string());
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
+            // When the prefetch queue is full (64 MB: a backlog being
+            // caught up), librdkafka waits this long before fetching again;
+            // its default, 1 s, is longer than a router takes to drain the
+            // queue, so catching up stalled for up to a second at a time
+            // (measured: docs/BENCHMARKS.md).
+            .set("fetch.queue.backoff.ms", "10");
         self.apply_options(&mut c);
         c
     }

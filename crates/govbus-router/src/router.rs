@@ -12,7 +12,7 @@ use govbus_core::{
     Catalog, CatalogError, DatasetId, KafkaConfig, SubscriptionFile, SubscriptionSpec, Topics,
 };
 use govbus_schema::{RegistryClient, RegistryError, SchemaCache};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -63,7 +63,11 @@ fn default_instance() -> String {
     "0".into()
 }
 fn default_batch() -> usize {
-    5000
+    // Only a backlog fills a batch (under live load a batch is what has
+    // arrived); there, fewer commits per change won: 20,000 put the router
+    // at 62-101 % of a raw pass-through, 5,000 at 49-66 %
+    // (docs/BENCHMARKS.md).
+    20_000
 }
 fn default_partitions() -> i32 {
     4
@@ -90,6 +94,9 @@ pub enum RouterError {
     /// A writer schema could not be fetched; the batch is retried.
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// The committer thread failed or ended.
+    #[error("committer: {0}")]
+    Committer(String),
     /// A view's per-partition state record does not decode.
     #[error("view state {key}: {reason}")]
     State {
@@ -151,6 +158,9 @@ struct Live {
 struct Scratch {
     out: FastOutputs,
     tally: Tally,
+    /// Input partition → the offset after the last record routed in this
+    /// session.
+    routed: HashMap<(String, i32), i64>,
 }
 
 /// One view to bring in step on one partition.
@@ -363,7 +373,12 @@ impl Router {
             return Ok(());
         }
         let kafka = &self.cfg.kafka;
-        let consumer: BaseConsumer = kafka.consumer(&self.cfg.group).create()?;
+        let in_flight = Arc::new(InFlight::default());
+        let consumer: BaseConsumer<RouterContext> = kafka
+            .consumer(&self.cfg.group)
+            .create_with_context(RouterContext {
+                in_flight: in_flight.clone(),
+            })?;
         let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let tid = format!("govbus-router-{}-{}", self.cfg.group, self.cfg.instance);
@@ -392,7 +407,6 @@ impl Router {
             views = live.views.len(),
             "router session started"
         );
-        let mut batch = Vec::with_capacity(self.cfg.batch);
         // Lag is measured off this thread and off the consumer's connection
         // (see LagWatch: a lag query here once starved the fetches).
         let datasets: HashMap<String, String> = live
@@ -407,10 +421,81 @@ impl Router {
                         .set(n as f64);
                 }
             })?;
+        // The pipeline: this thread polls and routes; the committer thread
+        // owns the transactions. A batch goes over in chunks, sent into
+        // its transaction while the rest is routed, and its last chunk
+        // carries the offsets: the committer commits batch k while this
+        // thread routes batch k + 1 (whose chunks wait in the channel). At
+        // most one commit is outstanding; a partition is revoked only once
+        // it is done (RouterContext), and views are brought in step only
+        // when nothing is in flight.
+        std::thread::scope(|s| {
+            let (jobs, job_rx) = std::sync::mpsc::channel::<Routed<'_>>();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let span = tracing::Span::current();
+            let producer = &producer;
+            let in_flight = &*in_flight;
+            std::thread::Builder::new()
+                .name("router-commit".into())
+                .spawn_scoped(s, move || {
+                    let _span = span.enter();
+                    let mut txn = Committer::default();
+                    for mut job in job_rx {
+                        let res = txn.write(producer, &mut job);
+                        if res.is_some() {
+                            in_flight.finish();
+                        }
+                        if done_tx.send((res, job)).is_err() {
+                            break;
+                        }
+                    }
+                    // The routing thread stopped before a batch's last chunk.
+                    txn.abandon(producer);
+                })
+                .map_err(|e| RouterError::Committer(e.to_string()))?;
+            let mut pipe = Pipe::new(jobs, done, in_flight);
+            let res = self.route_loop(
+                stop,
+                &live,
+                &changed,
+                &consumer,
+                producer,
+                &mut pipe,
+                &mut lineage,
+                &base,
+                &lag,
+            );
+            let last = pipe.wait();
+            // Ends the committer's loop; the scope joins it.
+            pipe.jobs = None;
+            match (res, last) {
+                (Err(e), Err(last)) => {
+                    tracing::warn!(error = %last, "the batch in flight failed too");
+                    Err(e)
+                }
+                (res, last) => res.and(last),
+            }
+        })
+    }
+
+    /// Polls and routes batches until `stop` or a change of the
+    /// subscription set, handing each routed batch to the committer.
+    #[allow(clippy::too_many_arguments)]
+    fn route_loop<'l>(
+        &self,
+        stop: &AtomicBool,
+        live: &'l Live,
+        changed: &dyn Fn() -> bool,
+        consumer: &BaseConsumer<RouterContext>,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        pipe: &mut Pipe<'_, 'l>,
+        lineage: &mut Lineage,
+        base: &Context<'_>,
+        lag: &govbus_core::kafka::LagWatch,
+    ) -> Result<(), RouterError> {
+        let mut batch = Vec::with_capacity(self.cfg.batch);
         let mut last_lag = std::time::Instant::now();
         let mut in_step: HashSet<(String, i32)> = HashSet::new();
-        // Input partition → the offset after the last record routed.
-        let mut routed: HashMap<(String, i32), i64> = HashMap::new();
         let mut scratch = Scratch::default();
         while !stop.load(Ordering::Relaxed) {
             if changed() {
@@ -418,12 +503,12 @@ impl Router {
                 return Ok(());
             }
             if last_lag.elapsed() > Duration::from_secs(1) {
-                lag.update(&consumer);
+                lag.update(consumer);
                 last_lag = std::time::Instant::now();
             }
             let t_poll = std::time::Instant::now();
             poll_batch(
-                &consumer,
+                consumer,
                 &mut batch,
                 self.cfg.batch,
                 Duration::from_millis(100),
@@ -437,90 +522,52 @@ impl Router {
                 .iter()
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
-            self.set_assignment(&live, assigned.iter().cloned().collect());
+            self.set_assignment(live, assigned.iter().cloned().collect());
             in_step.retain(|tp| assigned.contains(tp));
-            routed.retain(|tp, _| in_step.contains(tp));
+            scratch.routed.retain(|tp, _| in_step.contains(tp));
             let fresh: Vec<(String, i32)> = assigned
                 .iter()
                 .filter(|tp| !in_step.contains(*tp))
                 .cloned()
                 .collect();
             if !fresh.is_empty() {
+                // Backfill reads up to the committed offsets and writes in
+                // a transaction of its own: nothing may be in flight.
+                pipe.wait()?;
                 let tx = Txn {
-                    producer: &producer,
+                    producer,
                     label: self.cfg.txn_header.then(|| lineage.next()),
                 };
-                self.in_step(&live, &consumer, &tx, &base, &fresh)?;
+                self.in_step(live, consumer, &tx, base, &fresh)?;
                 in_step.extend(fresh);
             }
             if batch.is_empty() {
                 continue;
             }
             let t_route = std::time::Instant::now();
-            producer.begin_transaction()?;
-            let mut route_ms = 0.0;
-            let res = self
-                .route_batch(
-                    &live,
-                    &batch,
-                    &Txn {
-                        producer: &producer,
-                        label: self.cfg.txn_header.then(|| lineage.next()),
-                    },
-                    &base,
-                    &mut routed,
-                    &mut scratch,
-                )
-                .and_then(|offsets| {
-                    route_ms = t_route.elapsed().as_secs_f64() * 1e3;
-                    self.commit(&consumer, &producer, &offsets)
-                });
+            let mut out = pipe.buffer();
+            out.label = self.cfg.txn_header.then(|| lineage.next().to_owned());
+            let offsets = self.route_batch(live, &batch, &mut out, pipe, base, &mut scratch)?;
+            let route_ms = t_route.elapsed().as_secs_f64() * 1e3;
+            let t_wait = std::time::Instant::now();
+            // The previous batch committed before this one may.
+            pipe.wait()?;
+            out.changes = batch.len();
+            out.offsets = Some(offsets);
+            out.meta = Some(
+                consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?,
+            );
             tracing::debug!(
                 changes = batch.len(),
                 poll_ms,
                 route_ms,
-                commit_ms = t_route.elapsed().as_secs_f64() * 1e3 - route_ms,
+                wait_ms = t_wait.elapsed().as_secs_f64() * 1e3,
                 "batch"
             );
-            match res {
-                Ok(()) => {
-                    metrics::counter!("govbus_router_transactions_total", "result" => "committed")
-                        .increment(1);
-                }
-                Err(e) => {
-                    metrics::counter!("govbus_router_transactions_total", "result" => "aborted")
-                        .increment(1);
-                    let _ = producer.abort_transaction(Duration::from_secs(30));
-                    return Err(e);
-                }
-            }
+            pipe.commit(out)?;
         }
-        Ok(())
-    }
-
-    fn commit(
-        &self,
-        consumer: &BaseConsumer,
-        producer: &ThreadedProducer<DefaultProducerContext>,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), RouterError> {
-        let meta = consumer
-            .group_metadata()
-            .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-        // Every record of the batch delivered before the offsets go in.
-        let t0 = std::time::Instant::now();
-        flush_deliveries(producer, Duration::from_secs(30))?;
-        let flush_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t = std::time::Instant::now();
-        producer.send_offsets_to_transaction(offsets, &meta, Duration::from_secs(30))?;
-        let offsets_ms = t.elapsed().as_secs_f64() * 1e3;
-        producer.commit_transaction(Duration::from_secs(30))?;
-        tracing::trace!(
-            flush_ms,
-            offsets_ms,
-            end_ms = t.elapsed().as_secs_f64() * 1e3 - offsets_ms,
-            "transaction committed"
-        );
         Ok(())
     }
 
@@ -564,7 +611,7 @@ impl Router {
     fn in_step(
         &self,
         live: &Live,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<RouterContext>,
         producer: &Txn<'_>,
         base: &Context<'_>,
         parts: &[(String, i32)],
@@ -668,7 +715,10 @@ impl Router {
                 }
                 offsets.add_partition_offset(topic, p, Offset::Offset(until))?;
             }
-            self.commit(consumer, producer, &offsets)
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+            commit(producer, &offsets, &meta)
         })();
         if let Err(e) = res {
             let _ = producer.abort_transaction(Duration::from_secs(30));
@@ -806,13 +856,15 @@ impl Router {
         }
     }
 
-    fn route_batch(
+    /// Routes `batch` into `out` (records owned, nothing sent yet) and
+    /// returns the offsets it advances.
+    fn route_batch<'l>(
         &self,
-        live: &Live,
+        live: &'l Live,
         batch: &[rdkafka::message::BorrowedMessage<'_>],
-        producer: &Txn<'_>,
+        out: &mut Routed<'l>,
+        pipe: &mut Pipe<'_, 'l>,
         base: &Context<'_>,
-        routed: &mut HashMap<(String, i32), i64>,
         scratch: &mut Scratch,
     ) -> Result<TopicPartitionList, RouterError> {
         // Per partition: the offset after the last record routed in this
@@ -836,6 +888,9 @@ impl Router {
         let mut consumed: Vec<(&str, u64)> = Vec::new();
         let mut fast_id: Option<(u32, bool)> = None;
         for m in batch {
+            if out.records.len() >= CHUNK {
+                pipe.chunk(out)?;
+            }
             let topic = m.topic();
             let partition = m.partition();
             if next
@@ -848,7 +903,8 @@ impl Router {
                 {
                     Some(i) => i,
                     None => {
-                        let floor = routed
+                        let floor = scratch
+                            .routed
                             .get(&(topic.to_string(), partition))
                             .copied()
                             .unwrap_or(i64::MIN);
@@ -918,7 +974,7 @@ impl Router {
                     )
                 {
                     for o in scratch.out.iter() {
-                        emit(producer, &live.views[idx[o.nth]], o.decision, key, o.value)?;
+                        out.emit(&live.views[idx[o.nth]], o.decision, key, o.value);
                     }
                     continue;
                 }
@@ -926,7 +982,7 @@ impl Router {
             match route(payload, &self.resolver, base, &live.views, idx) {
                 Ok(outs) => {
                     for o in outs {
-                        emit(producer, &live.views[o.view], o.decision, key, &o.value)?;
+                        out.emit(&live.views[o.view], o.decision, key, &o.value);
                     }
                 }
                 Err(RouteError::Envelope(e)) if e.is_transient() => {
@@ -964,13 +1020,7 @@ impl Router {
                             key: "govbus.source.offset",
                             value: Some(&offset),
                         });
-                    send(
-                        producer,
-                        BaseRecord::to(dlq)
-                            .key(key)
-                            .payload(payload)
-                            .headers(headers),
-                    )?;
+                    out.push(dlq, key, payload, Some(headers));
                 }
             }
         }
@@ -989,7 +1039,7 @@ impl Router {
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in next {
             tpl.add_partition_offset(t, p, Offset::Offset(o))?;
-            routed.insert((t.to_string(), p), o);
+            scratch.routed.insert((t.to_string(), p), o);
         }
         Ok(tpl)
     }
@@ -1057,24 +1107,354 @@ fn with_txn<'a>(
     }
 }
 
-/// Writes one routed record to `v`'s topic and counts it.
-fn emit(
-    producer: &Txn<'_>,
-    v: &View,
-    decision: crate::Decision,
-    key: &[u8],
-    value: &[u8],
-) -> Result<(), KafkaError> {
-    if let Some(c) = v.counters.routed(decision) {
-        c.increment(1);
+/// One batch routed and owned, ready to be written in one transaction:
+/// its records (keys and values back to back in one buffer, reused from
+/// batch to batch), the offsets it advances and the group it commits for.
+#[derive(Default)]
+struct Routed<'l> {
+    bytes: Vec<u8>,
+    records: Vec<Record<'l>>,
+    offsets: Option<TopicPartitionList>,
+    meta: Option<ConsumerGroupMetadata>,
+    /// The transaction's `govbus.txn` label.
+    label: Option<String>,
+    changes: usize,
+}
+
+/// A record of a [`Routed`] batch; key and value index its buffer.
+struct Record<'l> {
+    topic: &'l str,
+    key: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl<'l> Routed<'l> {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+        self.offsets = None;
+        self.meta = None;
+        self.label = None;
+        self.changes = 0;
     }
-    send(
-        producer,
-        with_txn(
-            BaseRecord::to(&v.topic).key(key).payload(value),
-            producer.label,
-        ),
-    )
+
+    fn push(&mut self, topic: &'l str, key: &[u8], value: &[u8], headers: Option<OwnedHeaders>) {
+        let k = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let v = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.records.push(Record {
+            topic,
+            key: k..v,
+            value: v..self.bytes.len(),
+            headers,
+        });
+    }
+
+    /// Adds one routed record for `v`'s topic and counts it.
+    fn emit(&mut self, v: &'l View, decision: crate::Decision, key: &[u8], value: &[u8]) {
+        if let Some(c) = v.counters.routed(decision) {
+            c.increment(1);
+        }
+        self.push(&v.topic, key, value, None);
+    }
+}
+
+/// Routed records handed to the committer at a time: enough that the
+/// hand-over costs little per record, few enough that the producer sends
+/// while the rest of the batch is routed.
+const CHUNK: usize = 1000;
+
+/// The committer thread's transaction state.
+#[derive(Default)]
+struct Committer {
+    open: bool,
+    /// Why the transaction failed; the jobs after it up to its commit
+    /// are dropped and the commit reports this.
+    failed: Option<RouterError>,
+    /// A transaction of this session failed: no other is begun on this
+    /// producer. Chunks of the next batch may already be queued; writing
+    /// them in a new transaction that the session then aborts relies on
+    /// the broker honouring that abort, and one broker we test on (nisshi)
+    /// may instead commit it when the next session's producer initialises
+    /// (docs/ARCHITECTURE.md). The session ends and a new one starts from
+    /// the committed offsets with a new producer.
+    dead: bool,
+    started: Option<std::time::Instant>,
+}
+
+impl Committer {
+    /// Sends `job`'s records in the open transaction (beginning one if
+    /// none is open) and, when the job carries offsets, commits: then the
+    /// result (Some), else None.
+    fn write(
+        &mut self,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        job: &mut Routed<'_>,
+    ) -> Option<Result<(), RouterError>> {
+        let commit = job.offsets.is_some();
+        if self.dead && self.failed.is_none() {
+            // Only chunks the routing thread sent before it saw the failure.
+            return commit.then(|| {
+                Err(RouterError::Committer(
+                    "an earlier transaction of this session failed".into(),
+                ))
+            });
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.send(producer, job) {
+                tracing::warn!(error = %e, "transaction failed; aborting it");
+                self.abort(producer);
+                self.failed = Some(e);
+                self.dead = true;
+            }
+        }
+        if !commit {
+            return None;
+        }
+        Some(match self.failed.take() {
+            Some(e) => Err(e),
+            None => {
+                metrics::counter!("govbus_router_transactions_total", "result" => "committed")
+                    .increment(1);
+                tracing::debug!(
+                    changes = job.changes,
+                    commit_ms = self
+                        .started
+                        .take()
+                        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
+                    "batch committed"
+                );
+                Ok(())
+            }
+        })
+    }
+
+    fn send(
+        &mut self,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        job: &mut Routed<'_>,
+    ) -> Result<(), RouterError> {
+        if !self.open {
+            producer.begin_transaction()?;
+            self.open = true;
+            self.started = Some(std::time::Instant::now());
+        }
+        let label = job.label.as_deref();
+        for r in job.records.iter_mut() {
+            let record = BaseRecord::to(r.topic)
+                .key(&job.bytes[r.key.clone()])
+                .payload(&job.bytes[r.value.clone()]);
+            let record = match r.headers.take() {
+                // Dead letters carry their reason, not the label.
+                Some(h) => record.headers(h),
+                None => with_txn(record, label),
+            };
+            send(producer, record)?;
+        }
+        if let (Some(offsets), Some(meta)) = (&job.offsets, &job.meta) {
+            commit(producer, offsets, meta)?;
+            self.open = false;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, producer: &ThreadedProducer<DefaultProducerContext>) {
+        metrics::counter!("govbus_router_transactions_total", "result" => "aborted").increment(1);
+        if let Err(e) = producer.abort_transaction(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, "abort failed; the transaction times out on the broker");
+        }
+        self.open = false;
+        self.started = None;
+    }
+
+    /// Aborts a transaction left open by a batch that was never finished.
+    fn abandon(&mut self, producer: &ThreadedProducer<DefaultProducerContext>) {
+        if self.open {
+            tracing::info!("aborting the transaction of a batch routed in part");
+            self.abort(producer);
+        }
+    }
+}
+
+/// Delivers what the transaction holds, then adds `offsets` for `meta`'s
+/// group and commits.
+fn commit(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    offsets: &TopicPartitionList,
+    meta: &ConsumerGroupMetadata,
+) -> Result<(), RouterError> {
+    // Every record of the batch delivered before the offsets go in.
+    let t0 = std::time::Instant::now();
+    flush_deliveries(producer, Duration::from_secs(30))?;
+    let flush_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t = std::time::Instant::now();
+    producer.send_offsets_to_transaction(offsets, meta, Duration::from_secs(30))?;
+    let offsets_ms = t.elapsed().as_secs_f64() * 1e3;
+    producer.commit_transaction(Duration::from_secs(30))?;
+    tracing::trace!(
+        flush_ms,
+        offsets_ms,
+        end_ms = t.elapsed().as_secs_f64() * 1e3 - offsets_ms,
+        "transaction committed"
+    );
+    Ok(())
+}
+
+/// How many batches the committer holds offsets of and has not yet
+/// committed or aborted, for the rebalance callback.
+#[derive(Debug, Default)]
+struct InFlight {
+    busy: std::sync::Mutex<usize>,
+    idle: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn start(&self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn finish(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        *busy = busy.saturating_sub(1);
+        self.idle.notify_all();
+    }
+
+    /// Waits until no batch is in flight or `timeout` passes; false on
+    /// timeout.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let (_busy, res) = self
+            .idle
+            .wait_timeout_while(busy, timeout, |b| *b > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        !res.timed_out()
+    }
+}
+
+/// The router's consumer context: a partition is given up only once the
+/// batch in flight, which may hold its records and offsets, is committed
+/// or aborted — so the next owner starts from offsets that no transaction
+/// of ours will still move (Kafka's own guard, KIP-447's stable offsets,
+/// is not something every broker has).
+struct RouterContext {
+    in_flight: Arc<InFlight>,
+}
+
+impl rdkafka::ClientContext for RouterContext {}
+
+impl rdkafka::consumer::ConsumerContext for RouterContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
+            // Longer than a transaction may take (transaction.timeout.ms).
+            if !self.in_flight.wait_idle(Duration::from_secs(90)) {
+                tracing::warn!("partitions revoked while a batch is still in flight");
+            }
+        }
+    }
+}
+
+/// A job back from the committer: its buffer, and its commit's result when
+/// it carried offsets.
+type Done<'l> = (Option<Result<(), RouterError>>, Routed<'l>);
+
+/// The routing thread's end of the pipeline to the committer thread.
+struct Pipe<'s, 'l> {
+    /// None once the session ends (the committer's loop then ends).
+    jobs: Option<std::sync::mpsc::Sender<Routed<'l>>>,
+    /// Every job comes back (its buffer, for reuse), with the result of
+    /// its commit when it carried offsets.
+    done: std::sync::mpsc::Receiver<Done<'l>>,
+    in_flight: &'s InFlight,
+    /// Commits handed over and not yet answered.
+    pending: usize,
+    /// A failed commit seen while taking buffers back.
+    failed: Option<RouterError>,
+    pool: Vec<Routed<'l>>,
+}
+
+impl<'s, 'l> Pipe<'s, 'l> {
+    fn new(
+        jobs: std::sync::mpsc::Sender<Routed<'l>>,
+        done: std::sync::mpsc::Receiver<Done<'l>>,
+        in_flight: &'s InFlight,
+    ) -> Self {
+        Self {
+            jobs: Some(jobs),
+            done,
+            in_flight,
+            pending: 0,
+            failed: None,
+            pool: Vec::new(),
+        }
+    }
+
+    fn gone() -> RouterError {
+        RouterError::Committer("the committer thread ended".into())
+    }
+
+    fn take_back(&mut self, (res, mut buf): Done<'l>) {
+        if let Some(res) = res {
+            self.pending = self.pending.saturating_sub(1);
+            if let Err(e) = res {
+                self.failed.get_or_insert(e);
+            }
+        }
+        buf.clear();
+        self.pool.push(buf);
+    }
+
+    /// An empty buffer, reused when the committer has handed one back.
+    fn buffer(&mut self) -> Routed<'l> {
+        while let Ok(back) = self.done.try_recv() {
+            self.take_back(back);
+        }
+        self.pool.pop().unwrap_or_default()
+    }
+
+    fn send(&mut self, job: Routed<'l>) -> Result<(), RouterError> {
+        let jobs = self.jobs.as_ref().ok_or_else(Self::gone)?;
+        jobs.send(job).map_err(|_| Self::gone())
+    }
+
+    /// Hands over `out`'s records so far (the batch goes on in a new
+    /// buffer with the same label).
+    fn chunk(&mut self, out: &mut Routed<'l>) -> Result<(), RouterError> {
+        let mut next = self.buffer();
+        next.label = out.label.clone();
+        let full = std::mem::replace(out, next);
+        self.send(full)
+    }
+
+    /// Hands over a batch's last chunk, with its offsets: the committer
+    /// commits the batch (none may be outstanding).
+    fn commit(&mut self, last: Routed<'l>) -> Result<(), RouterError> {
+        self.in_flight.start();
+        if let Err(e) = self.send(last) {
+            self.in_flight.finish();
+            return Err(e);
+        }
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Waits until no commit is outstanding: the first failure since the
+    /// last wait, if any.
+    fn wait(&mut self) -> Result<(), RouterError> {
+        while self.pending > 0 {
+            let back = self.done.recv().map_err(|_| Self::gone())?;
+            self.take_back(back);
+        }
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Sends what the producer holds now, ignoring `linger.ms`, and waits until
@@ -1119,5 +1499,164 @@ fn send<'a>(
             }
             Err((e, _)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(r: &'a Routed<'_>, i: usize) -> (&'a str, &'a [u8], &'a [u8]) {
+        let rec = &r.records[i];
+        (
+            rec.topic,
+            &r.bytes[rec.key.clone()],
+            &r.bytes[rec.value.clone()],
+        )
+    }
+
+    #[test]
+    fn a_routed_buffer_gives_back_each_record_it_holds() {
+        let mut r = Routed::default();
+        r.push("sub.p01", b"k1", b"value one", None);
+        r.push("sub.p02", b"", b"", None);
+        r.push(
+            "dlq.route.bca.residents",
+            b"k3",
+            b"\x00bad",
+            Some(OwnedHeaders::new()),
+        );
+        assert_eq!(record(&r, 0), ("sub.p01", &b"k1"[..], &b"value one"[..]));
+        assert_eq!(record(&r, 1), ("sub.p02", &b""[..], &b""[..]));
+        assert_eq!(
+            record(&r, 2),
+            ("dlq.route.bca.residents", &b"k3"[..], &b"\x00bad"[..])
+        );
+        assert!(r.records[2].headers.is_some());
+        r.clear();
+        assert!(r.records.is_empty() && r.bytes.is_empty());
+    }
+
+    fn pipe<'s, 'l>(
+        in_flight: &'s InFlight,
+    ) -> (
+        Pipe<'s, 'l>,
+        std::sync::mpsc::Receiver<Routed<'l>>,
+        std::sync::mpsc::Sender<Done<'l>>,
+    ) {
+        let (jobs, job_rx) = std::sync::mpsc::channel();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        (Pipe::new(jobs, done, in_flight), job_rx, done_tx)
+    }
+
+    #[test]
+    fn a_chunk_goes_over_whole_and_the_batch_goes_on_with_its_label() {
+        let in_flight = InFlight::default();
+        let (mut pipe, jobs, _done) = pipe(&in_flight);
+        let mut out = pipe.buffer();
+        out.label = Some("tid/1/7".into());
+        out.push("sub.p01", b"k1", b"v1", None);
+        out.push("sub.p02", b"k2", b"v2", None);
+        pipe.chunk(&mut out).expect("chunk");
+        let sent = jobs.try_recv().expect("the chunk was handed over");
+        assert_eq!(sent.records.len(), 2);
+        assert_eq!(record(&sent, 1), ("sub.p02", &b"k2"[..], &b"v2"[..]));
+        assert!(sent.offsets.is_none(), "a chunk does not commit");
+        assert!(out.records.is_empty());
+        assert_eq!(out.label.as_deref(), Some("tid/1/7"));
+        // Nothing outstanding: a revocation would not wait.
+        assert!(in_flight.wait_idle(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_failed_commit_is_reported_by_the_next_wait_and_only_once() {
+        let in_flight = InFlight::default();
+        let (mut pipe, jobs, done) = pipe(&in_flight);
+        pipe.commit(Routed::default()).expect("handed over");
+        assert!(jobs.try_recv().is_ok());
+        assert!(
+            !in_flight.wait_idle(Duration::ZERO),
+            "a commit is outstanding"
+        );
+        // A chunk's buffer comes back first, then the commit's failure.
+        done.send((None, Routed::default())).expect("send");
+        done.send((
+            Some(Err(RouterError::Committer("broker gone".into()))),
+            Routed::default(),
+        ))
+        .expect("send");
+        in_flight.finish();
+        let err = pipe.wait().expect_err("the failure is reported");
+        assert!(err.to_string().contains("broker gone"), "{err}");
+        assert_eq!(pipe.pool.len(), 2, "both buffers are reused");
+        pipe.wait().expect("reported once");
+    }
+
+    #[test]
+    fn a_revocation_waits_until_every_outstanding_commit_is_done() {
+        let in_flight = Arc::new(InFlight::default());
+        in_flight.start();
+        in_flight.start();
+        in_flight.finish();
+        assert!(
+            !in_flight.wait_idle(Duration::ZERO),
+            "one still outstanding"
+        );
+        let other = in_flight.clone();
+        let committer = std::thread::spawn(move || other.finish());
+        assert!(in_flight.wait_idle(Duration::from_secs(30)));
+        committer.join().expect("join");
+    }
+
+    #[test]
+    fn after_a_failed_transaction_the_committer_begins_no_other() {
+        // Not transactional, and no broker: begin_transaction fails at once.
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .create()
+            .expect("producer");
+        let mut txn = Committer::default();
+        let mut chunk = Routed::default();
+        chunk.push("sub.p01", b"k1", b"v1", None);
+        assert!(txn.write(&producer, &mut chunk).is_none(), "a chunk");
+        assert!(txn.dead && !txn.open, "the failure ends the producer's use");
+        let mut last = Routed {
+            offsets: Some(TopicPartitionList::new()),
+            ..Routed::default()
+        };
+        let first = txn.write(&producer, &mut last).expect("a commit answers");
+        assert!(first.is_err(), "the batch's commit reports the failure");
+        // The next batch's chunks, queued before the routing thread saw
+        // the failure: dropped, and its commit fails without a new
+        // transaction being begun.
+        let mut next = Routed::default();
+        next.push("sub.p01", b"k2", b"v2", None);
+        assert!(txn.write(&producer, &mut next).is_none());
+        assert!(!txn.open, "no transaction begun for the next batch");
+        let mut last = Routed {
+            offsets: Some(TopicPartitionList::new()),
+            ..Routed::default()
+        };
+        let second = txn.write(&producer, &mut last).expect("a commit answers");
+        assert!(
+            matches!(&second, Err(RouterError::Committer(m)) if m.contains("earlier transaction")),
+            "{second:?}"
+        );
+        assert!(!txn.open);
+    }
+
+    #[test]
+    fn a_committer_thread_that_ended_is_an_error_not_a_hang() {
+        let in_flight = InFlight::default();
+        let (mut pipe, jobs, done) = pipe(&in_flight);
+        drop(jobs);
+        let err = pipe
+            .commit(Routed::default())
+            .expect_err("nobody to hand to");
+        assert!(matches!(err, RouterError::Committer(_)), "{err}");
+        assert!(in_flight.wait_idle(Duration::ZERO), "not left counted");
+        pipe.pending = 1;
+        drop(done);
+        assert!(matches!(pipe.wait(), Err(RouterError::Committer(_))));
     }
 }

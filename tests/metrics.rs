@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use govbus_e2e::{read_all, router_config, wait_until, Bus, Worker};
+use govbus_e2e::{read_all, wait_until, Bus, Worker};
 use govbus_producer::{ChangeRequest, Relay};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
@@ -48,10 +48,9 @@ fn the_router_counts_what_it_consumes_routes_filters_and_dead_letters() {
         .install_recorder()
         .expect("the only recorder of this test binary");
     let bus = Bus::start();
-    let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
+    let (kafka, prefix) = (&bus.kafka, &bus.prefix);
     let publisher = bus.publisher("t");
-    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
-    let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+    let router = bus.router();
 
     // One resident enters p52's view, moves to p94 (a leave for p52, an
     // enter for p94), and is updated there; one poison record.

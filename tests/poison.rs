@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use govbus_e2e::{read_all, router_config, wait_until, Bus, Worker};
+use govbus_e2e::{read_all, wait_until, Bus, Worker};
 use govbus_producer::{ChangeRequest, Relay};
 use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
@@ -16,10 +16,9 @@ use serde_json::json;
 #[test]
 fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
     let bus = Bus::start();
-    let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
+    let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
-    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
-    let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+    let router = bus.router();
 
     // Poison, written straight to the central topic by a client that is not govbus.
     let central = format!("{prefix}gov.bca.residents.v1");

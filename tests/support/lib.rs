@@ -579,6 +579,15 @@ impl Bus {
         }
     }
 
+    /// A router with the catalog's subscriptions, running until dropped.
+    pub fn router(&self) -> Worker {
+        let router = router(
+            router_config(&self.kafka, &self.registry, &self.prefix),
+            &self.catalog,
+        );
+        Worker::spawn("router", move |stop| router.run(stop).unwrap())
+    }
+
     /// The bca publisher with a SQLite store in the scratch directory, its
     /// central topics created, the demo's admin units published first (its
     /// contract looks codes up in moha.admin_units).

@@ -64,9 +64,9 @@ fn default_instance() -> String {
 }
 fn default_batch() -> usize {
     // Only a backlog fills a batch (under live load a batch is what has
-    // arrived); there, fewer commits per change won: 20,000 put the router
-    // at 62-101 % of a raw pass-through, 5,000 at 49-66 %
-    // (docs/BENCHMARKS.md).
+    // arrived); there, fewer commits per change won: with the committer
+    // thread, 20,000 put the router at 62-122 % of a raw pass-through over
+    // whole phases (12 runs), 5,000 at 49-66 % (docs/BENCHMARKS.md).
     20_000
 }
 fn default_partitions() -> i32 {

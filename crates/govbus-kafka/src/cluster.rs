@@ -1,0 +1,503 @@
+//! KRaft nodes on loopback, each a JVM started from the cached jars.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::dist::{tools, Dist};
+use crate::{tail, KafkaError};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How many combined (broker + controller) nodes: 1, or 3 for
+    /// failover (replication factor 3, `min.insync.replicas` 2).
+    pub nodes: usize,
+    /// Where the nodes keep their configuration, data and logs.
+    pub dir: PathBuf,
+    /// Each JVM's heap, in MB.
+    pub heap_mb: u32,
+    /// Broker settings set after govbus's (`key`, `value`).
+    pub overrides: Vec<(String, String)>,
+    /// How long a node may take to start.
+    pub start_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// `nodes` nodes in `dir` with a 512 MB heap each.
+    pub fn new(nodes: usize, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            nodes,
+            dir: dir.into(),
+            heap_mb: 512,
+            overrides: Vec::new(),
+            start_timeout: Duration::from_secs(90),
+        }
+    }
+
+    /// Adds a broker setting.
+    pub fn set(mut self, key: &str, value: impl ToString) -> Self {
+        self.overrides.push((key.into(), value.to_string()));
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    id: u32,
+    port: u16,
+    controller_port: u16,
+    dir: PathBuf,
+    /// The wrapper shell (its exit status is the JVM's).
+    child: Option<Child>,
+    /// The JVM's process id.
+    pid: Option<u32>,
+}
+
+impl Node {
+    fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+    fn properties(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+}
+
+/// Running KRaft nodes; every JVM is killed when this is dropped (and when
+/// the process that started them dies).
+#[derive(Debug)]
+pub struct Cluster {
+    dist: Dist,
+    cfg: ClusterConfig,
+    nodes: Vec<Node>,
+}
+
+fn free_port() -> Result<u16, KafkaError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(KafkaError::io("finding a free loopback port"))
+}
+
+impl Cluster {
+    /// Formats and starts `cfg.nodes` nodes, and returns once each has
+    /// logged that it started.
+    pub fn start(dist: &Dist, cfg: ClusterConfig) -> Result<Self, KafkaError> {
+        let mut nodes = Vec::with_capacity(cfg.nodes);
+        for i in 0..cfg.nodes {
+            let id = i as u32 + 1;
+            nodes.push(Node {
+                id,
+                port: free_port()?,
+                controller_port: free_port()?,
+                dir: cfg.dir.join(format!("node-{id}")),
+                child: None,
+                pid: None,
+            });
+        }
+        let mut cluster = Self {
+            dist: dist.clone(),
+            cfg,
+            nodes,
+        };
+        let cluster_id = uuid::Uuid::new_v4();
+        let cluster_id = base64_url(cluster_id.as_bytes());
+        for i in 0..cluster.nodes.len() {
+            cluster.write_properties(i)?;
+            let node = &cluster.nodes[i];
+            let props = node.properties();
+            cluster.dist.tool(
+                tools::STORAGE,
+                &[
+                    "format",
+                    "-c",
+                    props.to_str().unwrap_or_default(),
+                    // `=`: an id may start with `-`, which would read as an option.
+                    &format!("--cluster-id={cluster_id}"),
+                    "--ignore-formatted",
+                ],
+            )?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_started(i, 0)?;
+        }
+        Ok(cluster)
+    }
+
+    fn write_properties(&self, i: usize) -> Result<(), KafkaError> {
+        let n = &self.nodes[i];
+        std::fs::create_dir_all(n.dir.join("data"))
+            .map_err(KafkaError::io(format!("creating {}", n.dir.display())))?;
+        let voters: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|v| format!("{}@127.0.0.1:{}", v.id, v.controller_port))
+            .collect();
+        let replicas = self.nodes.len().min(3);
+        let min_isr = if replicas >= 3 { 2 } else { 1 };
+        let mut props: Vec<(String, String)> = [
+            ("process.roles", "broker,controller".to_string()),
+            ("node.id", n.id.to_string()),
+            ("controller.quorum.voters", voters.join(",")),
+            (
+                "listeners",
+                format!(
+                    "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                    n.port, n.controller_port
+                ),
+            ),
+            (
+                "advertised.listeners",
+                format!("PLAINTEXT://127.0.0.1:{}", n.port),
+            ),
+            ("controller.listener.names", "CONTROLLER".into()),
+            (
+                "listener.security.protocol.map",
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".into(),
+            ),
+            ("inter.broker.listener.name", "PLAINTEXT".into()),
+            ("log.dirs", n.dir.join("data").display().to_string()),
+            ("default.replication.factor", replicas.to_string()),
+            ("min.insync.replicas", min_isr.to_string()),
+            ("offsets.topic.replication.factor", replicas.to_string()),
+            (
+                "transaction.state.log.replication.factor",
+                replicas.to_string(),
+            ),
+            ("transaction.state.log.min.isr", min_isr.to_string()),
+            (
+                "share.coordinator.state.topic.replication.factor",
+                replicas.to_string(),
+            ),
+            ("share.coordinator.state.topic.min.isr", min_isr.to_string()),
+            ("group.initial.rebalance.delay.ms", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in &self.cfg.overrides {
+            props.retain(|(pk, _)| pk != k);
+            props.push((k.clone(), v.clone()));
+        }
+        let text: String = props.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(n.properties(), text).map_err(KafkaError::io(format!(
+            "writing {}",
+            n.properties().display()
+        )))
+    }
+
+    /// Starts node `i`'s JVM under a shell that kills it when this process
+    /// is gone (checked every second), and records the JVM's pid.
+    fn spawn(&mut self, i: usize) -> Result<(), KafkaError> {
+        let heap = format!("-Xmx{}m", self.cfg.heap_mb);
+        let log4j = format!(
+            "-Dlog4j2.configurationFile={}",
+            self.dist.server_log4j().display()
+        );
+        let cp = self.dist.classpath();
+        let java = crate::dist::java();
+        let node = &mut self.nodes[i];
+        let pidfile = node.dir.join("jvm.pid");
+        let _ = std::fs::remove_file(&pidfile);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log())
+            .map_err(KafkaError::io(format!("opening {}", node.log().display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(KafkaError::io(format!("opening {}", node.log().display())))?;
+        // $1 the parent to watch, $2 the pid file, then the JVM's command.
+        const WRAPPER: &str = r#"parent=$1; pidfile=$2; shift 2
+"$@" </dev/null &
+jvm=$!
+echo "$jvm" > "$pidfile"
+( while kill -0 "$parent" 2>/dev/null && kill -0 "$jvm" 2>/dev/null; do sleep 1; done
+  kill -9 "$jvm" 2>/dev/null ) >/dev/null 2>&1 &
+wait "$jvm""#;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg("sh")
+            .arg(std::process::id().to_string())
+            .arg(&pidfile)
+            .arg(java)
+            .arg(&heap)
+            .args([
+                "-server",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-XX:InitiatingHeapOccupancyPercent=35",
+                "-Djava.awt.headless=true",
+            ])
+            .arg(&log4j)
+            .arg("-cp")
+            .arg(&cp)
+            .arg(tools::SERVER)
+            .arg(node.properties())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(KafkaError::io(format!("starting kafka node {}", node.id)))?;
+        node.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        node.pid = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break Some(pid);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(())
+    }
+
+    /// Waits until node `i` logs that it started, after byte `from` of its log.
+    fn wait_started(&mut self, i: usize, from: u64) -> Result<(), KafkaError> {
+        let limit = self.cfg.start_timeout;
+        let deadline = Instant::now() + limit;
+        let node = &mut self.nodes[i];
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if log_has(&node.log(), from, "Kafka Server started") {
+                return Ok(());
+            }
+            if let Some(child) = node.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    node.child = None;
+                    node.pid = None;
+                    return Err(KafkaError::Exited {
+                        node: node.id,
+                        status: status.to_string(),
+                        log: node.log().display().to_string(),
+                        tail: tail(&node.log(), 30),
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(KafkaError::StartTimeout {
+                    node: node.id,
+                    secs: limit.as_secs(),
+                    log: node.log().display().to_string(),
+                    tail: tail(&node.log(), 30),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// `host:port` of every node, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The jars the nodes run from (for Kafka's CLI tools).
+    pub fn dist(&self) -> &Dist {
+        &self.dist
+    }
+
+    /// How many nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s Kafka node id (`i + 1`).
+    pub fn node_id(&self, i: usize) -> u32 {
+        self.nodes[i].id
+    }
+
+    /// The index of the node with Kafka node id `id`.
+    pub fn index_of(&self, id: u32) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// Node `i`'s client port.
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Node `i`'s log file.
+    pub fn log(&self, i: usize) -> PathBuf {
+        self.nodes[i].log()
+    }
+
+    /// Node `i`'s JVM process id, while it runs.
+    pub fn pid(&mut self, i: usize) -> Option<u32> {
+        self.running(i).then(|| self.nodes[i].pid).flatten()
+    }
+
+    /// Whether node `i`'s JVM is running.
+    pub fn running(&mut self, i: usize) -> bool {
+        let node = &mut self.nodes[i];
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                node.child = None;
+                node.pid = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Kills node `i`'s JVM with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self, i: usize) {
+        self.signal_and_wait(
+            i,
+            nix::sys::signal::Signal::SIGKILL,
+            Duration::from_secs(30),
+        );
+    }
+
+    /// Stops node `i` with SIGTERM (a controlled shutdown), waits up to
+    /// `grace`, then kills it.
+    pub fn stop(&mut self, i: usize, grace: Duration) {
+        self.signal_and_wait(i, nix::sys::signal::Signal::SIGTERM, grace);
+        if self.running(i) {
+            self.kill(i);
+        }
+    }
+
+    fn signal_and_wait(&mut self, i: usize, sig: nix::sys::signal::Signal, limit: Duration) {
+        let node = &mut self.nodes[i];
+        if let Some(pid) = node.pid {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+        let deadline = Instant::now() + limit;
+        while let Some(c) = node.child.as_mut() {
+            match c.try_wait() {
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => return,
+                _ => {
+                    node.child = None;
+                    node.pid = None;
+                }
+            }
+        }
+    }
+
+    /// Starts node `i` again on its ports and data (after [`Cluster::kill`]
+    /// or [`Cluster::stop`]); returns once it logged that it started.
+    pub fn restart(&mut self, i: usize) -> Result<(), KafkaError> {
+        if self.running(i) {
+            self.stop(i, Duration::from_secs(30));
+        }
+        let from = std::fs::metadata(self.nodes[i].log())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        self.spawn(i)?;
+        self.wait_started(i, from)
+    }
+
+    /// The node id of the active controller, from `kafka-metadata-quorum
+    /// describe --status` (its `LeaderId`).
+    pub fn active_controller(&self) -> Result<u32, KafkaError> {
+        let out = self.dist.tool_text(
+            tools::METADATA_QUORUM,
+            &[
+                "--bootstrap-server",
+                &self.bootstrap(),
+                "describe",
+                "--status",
+            ],
+        )?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("LeaderId:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| KafkaError::Tool {
+                tool: "MetadataQuorumCommand".into(),
+                status: "exit status: 0".into(),
+                stderr: format!("no LeaderId in its output: {out}"),
+            })
+    }
+
+    /// The configuration directory.
+    pub fn dir(&self) -> &Path {
+        &self.cfg.dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Whether the file at `path` holds `needle` after byte `from`.
+fn log_has(path: &Path, from: u64, needle: &str) -> bool {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    text.contains(needle)
+}
+
+/// Kafka's cluster id form: 16 bytes, URL-safe base64 without padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for k in 0..chars {
+            out.push(ABC[((n >> (18 - 6 * k)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_are_22_url_safe_characters() {
+        let id = base64_url(&[0xff; 16]);
+        assert_eq!(id.len(), 22);
+        assert_eq!(id, "_____________________w");
+        assert_eq!(base64_url(b"Man"), "TWFu");
+    }
+
+    #[test]
+    fn a_started_line_before_a_restart_does_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("server.log");
+        std::fs::write(&p, "x Kafka Server started\n").unwrap();
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!(log_has(&p, 0, "Kafka Server started"));
+        assert!(!log_has(&p, len, "Kafka Server started"));
+    }
+}

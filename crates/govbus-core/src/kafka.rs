@@ -135,6 +135,9 @@ impl KafkaConfig {
 /// may drop older changes of an entity: 7 days.
 pub const CHANGES_MIN_COMPACTION_LAG_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// A replication factor of -1: the broker's `default.replication.factor`.
+pub const BROKER_DEFAULT: i32 = -1;
+
 /// A topic to create if missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -142,7 +145,9 @@ pub struct TopicSpec {
     pub name: String,
     /// Partition count.
     pub partitions: i32,
-    /// Replication factor.
+    /// Replication factor; -1 (what govbus's agents use) takes the
+    /// broker's `default.replication.factor`, so that one setting on the
+    /// cluster decides it for every topic.
     pub replication: i32,
     /// Topic configs (`cleanup.policy`, `retention.ms`, ...).
     pub configs: Vec<(String, String)>,
@@ -154,7 +159,7 @@ impl TopicSpec {
         Self {
             name: name.into(),
             partitions,
-            replication: 1,
+            replication: BROKER_DEFAULT,
             configs: vec![("cleanup.policy".into(), "compact".into())],
         }
     }
@@ -180,7 +185,7 @@ impl TopicSpec {
         Self {
             name: name.into(),
             partitions,
-            replication: 1,
+            replication: BROKER_DEFAULT,
             configs: vec![("cleanup.policy".into(), "delete".into())],
         }
     }
@@ -290,6 +295,10 @@ pub fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
 /// router from ever receiving a record (measured, docs/ARCHITECTURE.md).
 pub struct LagWatch {
     positions: std::sync::Arc<std::sync::Mutex<Vec<(String, i32, rdkafka::Offset)>>>,
+    /// The last complete measurement: when, and the records past the
+    /// positions over every topic.
+    total: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
+    every: std::time::Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -312,8 +321,9 @@ impl LagWatch {
         use std::sync::atomic::Ordering;
         let client: BaseConsumer = kafka.client().create()?;
         let positions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let total = std::sync::Arc::new(std::sync::Mutex::new(None));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (p, s) = (positions.clone(), stop.clone());
+        let (p, s, tot) = (positions.clone(), stop.clone(), total.clone());
         let handle = std::thread::Builder::new()
             .name("govbus-lag".into())
             .spawn(move || {
@@ -353,19 +363,33 @@ impl LagWatch {
                             }
                         }
                     }
+                    let all: Option<i64> = lag.values().copied().sum();
                     for (topic, n) in lag {
                         if let Some(n) = n {
                             report(topic, n);
                         }
+                    }
+                    if let (Some(all), Ok(mut t)) = (all, tot.lock()) {
+                        *t = Some((std::time::Instant::now(), all));
                     }
                 }
             })
             .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
         Ok(Self {
             positions,
+            total,
+            every,
             stop,
             handle: Some(handle),
         })
+    }
+
+    /// The records past the positions handed over, over every topic, as
+    /// last measured; None when no measurement is recent (three periods).
+    pub fn backlog(&self) -> Option<i64> {
+        let t = self.total.lock().ok()?;
+        let (at, n) = (*t)?;
+        (at.elapsed() <= self.every * 3).then_some(n)
     }
 
     /// Hands over `consumer`'s current positions (no request to the broker).

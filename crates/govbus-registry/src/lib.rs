@@ -26,8 +26,9 @@ pub struct RegistryConfig {
     /// The log topic (Confluent's `kafkastore.topic`).
     #[serde(default = "default_topic")]
     pub topic: String,
-    /// Replication factor of the log topic when it is created.
-    #[serde(default = "one")]
+    /// Replication factor of the log topic when it is created (-1, the
+    /// default: the broker's `default.replication.factor`).
+    #[serde(default = "broker_default")]
     pub replication: i32,
     /// Where to listen, e.g. `127.0.0.1:8081`.
     pub listen: SocketAddr,
@@ -54,8 +55,8 @@ fn default_topic() -> String {
     "_schemas".into()
 }
 
-fn one() -> i32 {
-    1
+fn broker_default() -> i32 {
+    -1
 }
 
 /// A running registry.

@@ -1,5 +1,6 @@
-//! Support for govbus's end-to-end tests: a real Kafka-protocol broker (nisshi
-//! started per test binary, or the cluster named by `GOVBUS_KAFKA_BOOTSTRAP`),
+//! Support for govbus's end-to-end tests: a real broker (Apache Kafka started
+//! from its jars once per test binary, a cluster of a test's own where it
+//! kills brokers, the cluster named by `GOVBUS_KAFKA_BOOTSTRAP`, or nisshi),
 //! a real PostgreSQL (`GOVBUS_TEST_POSTGRES`, default the local `test`
 //! database), unique names, and polling with a deadline instead of sleeps.
 
@@ -48,29 +49,66 @@ pub fn poll_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 /// PostgreSQL URL for tests.
 pub fn pg_url() -> String {
     std::env::var("GOVBUS_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+        .unwrap_or_else(|_| "postgres://govbus:govbus@127.0.0.1:5432/test".into())
 }
 
-/// A broker for one test binary; killed on drop.
+/// Which broker a test talks to; see [`Broker::start`].
+#[derive(Debug)]
+enum Kind {
+    /// The cluster named by `GOVBUS_KAFKA_BOOTSTRAP` (never stopped here).
+    External,
+    /// The Apache Kafka node shared by every test of this binary.
+    Shared,
+    /// Apache Kafka nodes of this test's own, killed on drop.
+    Own(
+        Box<govbus_kafka::Cluster>,
+        #[allow(dead_code)] tempfile::TempDir,
+    ),
+    /// nisshi, the development broker.
+    Nisshi {
+        child: Child,
+        log: PathBuf,
+        storage: String,
+        _dir: tempfile::TempDir,
+    },
+}
+
+/// A broker for a test: Apache Kafka by default (started from its jars,
+/// cached in `~/.cache/govbus`), the cluster named by
+/// `GOVBUS_KAFKA_BOOTSTRAP`, or nisshi (`GOVBUS_TEST_BROKER=nisshi`, or
+/// [`Broker::nisshi`]).
 #[derive(Debug)]
 pub struct Broker {
-    /// `host:port`.
+    /// `host:port[,host:port]`.
     pub bootstrap: String,
-    child: Option<Child>,
-    /// Where nisshi's output goes.
-    pub log: Option<PathBuf>,
-    /// nisshi's storage engine URL (None for an external cluster).
-    storage: Option<String>,
-    _dir: tempfile::TempDir,
+    kind: Kind,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Kind::Nisshi { child, .. } = &mut self.kind {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
+}
+
+/// Apache Kafka's jars, installed into the cache on first use (Maven's
+/// output shown).
+pub fn kafka_dist() -> govbus_kafka::Dist {
+    govbus_kafka::Dist::ensure(govbus_kafka::Progress::Shown).unwrap_or_else(|e| {
+        panic!("{e}\n(set GOVBUS_KAFKA_BOOTSTRAP to test against another cluster)")
+    })
+}
+
+/// Settings for the test nodes: fewer partitions for the internal topics
+/// than Kafka's 50 (each test's first group or transaction waits for their
+/// creation), topics created only by the agents that own them.
+fn test_nodes(nodes: usize, dir: &std::path::Path) -> govbus_kafka::ClusterConfig {
+    govbus_kafka::ClusterConfig::new(nodes, dir)
+        .set("offsets.topic.num.partitions", 4)
+        .set("transaction.state.log.num.partitions", 4)
+        .set("auto.create.topics.enable", "false")
 }
 
 /// The nisshi binary: `GOVBUS_NISSHI`, else the cache `.ci/run` and `govbus up` install into.
@@ -129,67 +167,83 @@ pub fn free_port() -> u16 {
 }
 
 impl Broker {
-    /// The cluster named by `GOVBUS_KAFKA_BOOTSTRAP`, or a fresh nisshi with memory storage.
+    /// The broker most tests share: the cluster named by
+    /// `GOVBUS_KAFKA_BOOTSTRAP`; else one Apache Kafka node started once per
+    /// test binary (tests keep apart by their random topic and group names);
+    /// or, with `GOVBUS_TEST_BROKER=nisshi`, a fresh nisshi.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        static SHARED: std::sync::OnceLock<(govbus_kafka::Cluster, tempfile::TempDir)> =
+            std::sync::OnceLock::new();
         if let Ok(b) = std::env::var("GOVBUS_KAFKA_BOOTSTRAP") {
             return Self {
                 bootstrap: b,
-                child: None,
-                log: None,
-                storage: None,
-                _dir: dir,
+                kind: Kind::External,
             };
         }
-        Self::nisshi(dir, "memory://nisshi/".into())
+        if std::env::var("GOVBUS_TEST_BROKER").as_deref() == Ok("nisshi") {
+            return Self::nisshi();
+        }
+        let (cluster, _) = SHARED.get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("govbus-kafka-")
+                .tempdir()
+                .expect("tempdir");
+            let cluster = govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(1, dir.path()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            (cluster, dir)
+        });
+        Self {
+            bootstrap: cluster.bootstrap(),
+            kind: Kind::Shared,
+        }
     }
 
-    /// A fresh nisshi with durable SQLite storage, which [`Broker::restart`]
-    /// stops and starts again on the same port and file (or the cluster
-    /// named by `GOVBUS_KAFKA_BOOTSTRAP`, which is never restarted).
-    /// GOVBUS_KEEP_BROKER=1 keeps its directory (log and SQLite file).
-    pub fn durable() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("govbus-nisshi-")
-            .disable_cleanup(std::env::var_os("GOVBUS_KEEP_BROKER").is_some())
-            .tempdir()
-            .expect("tempdir");
+    /// Apache Kafka nodes of this test's own (`nodes` = 3: replication
+    /// factor 3, `min.insync.replicas` 2), which [`Broker::cluster`] can
+    /// kill and restart; the cluster named by `GOVBUS_KAFKA_BOOTSTRAP`
+    /// instead, if set (never restarted). GOVBUS_KEEP_BROKER=1 keeps the
+    /// nodes' directory (logs and data).
+    pub fn own(nodes: usize) -> Self {
         if std::env::var("GOVBUS_KAFKA_BOOTSTRAP").is_ok() {
             return Self::start();
         }
-        Self::nisshi(dir, "sqlite://nisshi.db".into())
-    }
-
-    /// Whether [`Broker::restart`] can restart this broker.
-    pub fn restartable(&self) -> bool {
-        self.storage
-            .as_deref()
-            .is_some_and(|s| s.starts_with("sqlite://"))
-    }
-
-    /// Stops the broker (SIGTERM, then SIGKILL after 10 s) and starts it
-    /// again on the same port and storage; returns once it listens.
-    pub fn restart(&mut self) {
-        let storage = self.storage.clone().expect("a broker this test started");
-        if let Some(c) = self.child.as_mut() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        let dir = tempfile::Builder::new()
+            .prefix("govbus-kafka-")
+            .disable_cleanup(std::env::var_os("GOVBUS_KEEP_BROKER").is_some())
+            .tempdir()
+            .expect("tempdir");
+        let cluster = govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(nodes, dir.path()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            bootstrap: cluster.bootstrap(),
+            kind: Kind::Own(Box::new(cluster), dir),
         }
-        let port: u16 = self
-            .bootstrap
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        let log = self.log.clone().expect("log");
-        self.child = Some(Self::spawn_nisshi(self._dir.path(), port, &storage, &log));
+    }
+
+    /// This test's own Kafka nodes (None for a shared or external broker).
+    pub fn cluster(&mut self) -> Option<&mut govbus_kafka::Cluster> {
+        match &mut self.kind {
+            Kind::Own(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A fresh nisshi with memory storage (the development broker).
+    pub fn nisshi() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = "memory://nisshi/".to_string();
+        let port = free_port();
+        let log = dir.path().join("nisshi.log");
+        let child = Self::spawn_nisshi(dir.path(), port, &storage, &log);
+        Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            kind: Kind::Nisshi {
+                child,
+                log,
+                storage,
+                _dir: dir,
+            },
+        }
     }
 
     fn spawn_nisshi(
@@ -221,22 +275,36 @@ impl Broker {
         child
     }
 
-    fn nisshi(dir: tempfile::TempDir, storage: String) -> Self {
-        let port = free_port();
-        let log = dir.path().join("nisshi.log");
-        let child = Self::spawn_nisshi(dir.path(), port, &storage, &log);
-        Self {
-            bootstrap: format!("127.0.0.1:{port}"),
-            child: Some(child),
-            log: Some(log),
-            storage: Some(storage),
-            _dir: dir,
+    /// Whether this is nisshi.
+    pub fn is_nisshi(&self) -> bool {
+        matches!(self.kind, Kind::Nisshi { .. })
+    }
+
+    /// The broker's process id, for a single-process broker this test
+    /// started (nisshi, or one Kafka node of its own).
+    pub fn pid(&mut self) -> Option<u32> {
+        match &mut self.kind {
+            Kind::Nisshi { child, .. } => Some(child.id()),
+            Kind::Own(c, _) if c.len() == 1 => c.pid(0),
+            _ => None,
         }
     }
 
-    /// The nisshi process's id (None for an external cluster).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+    /// Where the broker logs (nisshi's file, or node 1's of an own cluster).
+    pub fn log(&self) -> Option<PathBuf> {
+        match &self.kind {
+            Kind::Nisshi { log, .. } => Some(log.clone()),
+            Kind::Own(c, _) => Some(c.log(0)),
+            _ => None,
+        }
+    }
+
+    /// nisshi's storage URL (None for Kafka).
+    pub fn nisshi_storage(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Nisshi { storage, .. } => Some(storage),
+            _ => None,
+        }
     }
 
     /// Kafka settings for this broker.
@@ -328,66 +396,26 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// Every record now in `topic` (read_committed), in partition order.
-///
-/// nisshi's ListOffsets(latest) undercounts when the last produce request
-/// carried several records (see docs/ARCHITECTURE.md), so this does not use
-/// watermarks: it writes a fence record to every partition and reads each
-/// partition up to its fence. Fences (of this call and earlier ones) are
-/// not returned.
+/// Every record now in `topic` (read_committed), in partition order: each
+/// partition read from its beginning to its end as the broker reports it
+/// (partition EOF at the last stable offset).
 pub fn read_all(kafka: &KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    use rdkafka::{Message, Offset, TopicPartitionList};
-
-    let fence = unique("__fence__");
-    let consumer: BaseConsumer = kafka
+    use rdkafka::consumer::Consumer;
+    use rdkafka::Message;
+    let probe: rdkafka::consumer::BaseConsumer = kafka
         .consumer(&unique("reader-"))
         .create()
         .expect("consumer");
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let partitions = govbus_core::kafka::partitions_of(&probe, topic).expect("metadata");
     assert!(!partitions.is_empty(), "{topic} has no partitions");
-    let producer: BaseProducer = kafka.producer().create().expect("producer");
-    for p in &partitions {
-        producer
-            .send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(*p)
-                    .key(&fence)
-                    .payload(""),
-            )
-            .map_err(|(e, _)| e)
-            .expect("fence");
-    }
-    producer
-        .flush(Duration::from_secs(10))
-        .expect("fences written");
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut open: std::collections::HashSet<i32> = partitions.into_iter().collect();
+    let bounds: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, None)).collect();
     let mut out = Vec::new();
-    wait_until(
-        Duration::from_secs(60),
-        &format!("every partition of {topic} read to its fence"),
-        || {
-            while let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if m.key() == Some(fence.as_bytes()) {
-                    open.remove(&m.partition());
-                } else if !m.key().is_some_and(|k| k.starts_with(b"__fence__")) {
-                    // Fences of earlier calls are not data either.
-                    out.push(m.detach());
-                }
-            }
-            open.is_empty().then_some(())
-        },
-    );
+    govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
+        out.push(m.detach())
+    })
+    .unwrap_or_else(|e| panic!("reading {topic} to its end: {e}"));
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    drop(probe.unassign());
     out
 }
 
@@ -500,6 +528,7 @@ pub fn router_config(
         batch: 500,
         partitions: 4,
         txn_header: false,
+        stall_secs: 60,
     }
 }
 
@@ -525,6 +554,7 @@ pub fn consumer_config(
         webhook_secret: None,
         webhook_per_change: false,
         webhook_timeout_ms: 10_000,
+        stall_secs: 60,
     }
 }
 

@@ -73,7 +73,8 @@ pub(crate) fn run(
             govbus.display()
         );
     }
-    let broker = Broker::start();
+    // A node of its own (not the shared one): its CPU is reported.
+    let mut broker = Broker::own(1);
     let kafka = broker.kafka();
     let rt = runtime();
     let prefix = format!("{}.", unique("lat"));

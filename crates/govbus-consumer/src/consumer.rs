@@ -54,8 +54,15 @@ pub struct ConsumerConfig {
     /// Partitions of view topics, if the consumer has to create them.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Seconds the consumer may hold a backlog (records past its position)
+    /// while applying nothing before it logs why and starts a new session.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
 }
 
+fn default_stall_secs() -> u64 {
+    60
+}
 fn default_webhook_timeout() -> u64 {
     10_000
 }
@@ -84,6 +91,15 @@ pub enum ConsumerError {
     /// The subscriber has no subscription in the catalog.
     #[error("subscriber {0} has no subscription")]
     NoSubscription(String),
+    /// The consumer held a backlog and received nothing for too long; a
+    /// new session follows.
+    #[error("consumed nothing for {idle_secs} s while {backlog} records waited past its position")]
+    Stalled {
+        /// Seconds without a record.
+        idle_secs: u64,
+        /// Records past the position.
+        backlog: i64,
+    },
     /// A record of a view topic cannot be read: the consumer stops rather
     /// than skip it.
     #[error("cannot read {topic}[{partition}]@{offset}: {reason}")]
@@ -150,6 +166,28 @@ pub fn run(
         },
     )?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
+    let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
+    loop {
+        match session(cfg, &inputs, &mut *sink, &resolver, &mut tables, &stop) {
+            Err(e @ ConsumerError::Stalled { .. }) => {
+                tracing::warn!(subscriber = cfg.subscriber, error = %e, "consumer stalled; starting a new session from the stored offsets");
+                metrics::counter!("govbus_consumer_stalls_total", "subscriber" => cfg.subscriber.clone()).increment(1);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One consumer session: assigned at the sink's stored offsets, applying
+/// batches until `stop` (or a stall).
+fn session(
+    cfg: &ConsumerConfig,
+    inputs: &HashMap<String, Input>,
+    sink: &mut dyn sink::Sink,
+    resolver: &SchemaCache,
+    tables: &mut HashMap<u32, Arc<TableDef>>,
+    stop: &AtomicBool,
+) -> Result<(), ConsumerError> {
     let consumer: BaseConsumer = cfg
         .kafka
         .consumer(&format!("govbus-consumer-{}", cfg.subscriber))
@@ -167,9 +205,9 @@ pub fn run(
     consumer.assign(&tpl)?;
     tracing::info!(subscriber = cfg.subscriber, sink = %redact(&cfg.sink), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
 
-    let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
-    let lag = lag_watch(cfg, &inputs)?;
+    let lag = lag_watch(cfg, inputs)?;
     let mut last_lag = Instant::now();
+    let mut stall = govbus_core::stall::StallWatch::new(Duration::from_secs(cfg.stall_secs));
     let mut batch = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
         let t_poll = Instant::now();
@@ -178,6 +216,12 @@ pub fn run(
         if last_lag.elapsed() > Duration::from_secs(1) {
             lag.update(&consumer);
             last_lag = Instant::now();
+        }
+        if let Some(s) = stall.observe(Instant::now(), batch.len(), lag.backlog()) {
+            return Err(ConsumerError::Stalled {
+                idle_secs: s.idle.as_secs(),
+                backlog: s.backlog,
+            });
         }
         if batch.is_empty() {
             continue;
@@ -198,7 +242,7 @@ pub fn run(
             let (id, change) = loop {
                 match decode(
                     m.payload().unwrap_or_default(),
-                    &resolver as &dyn SchemaResolver,
+                    resolver as &dyn SchemaResolver,
                 ) {
                     Ok(x) => break x,
                     Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod kafka;
+pub mod stall;
 pub mod topics;
 
 pub use catalog::{

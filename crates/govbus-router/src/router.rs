@@ -54,8 +54,16 @@ pub struct RouterConfig {
     /// of CPU per routed event (docs/BENCHMARKS.md).
     #[serde(default)]
     pub txn_header: bool,
+    /// Seconds the router may hold a backlog (records past its position on
+    /// its inputs) while consuming nothing before it logs why and starts a
+    /// new session.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
 }
 
+fn default_stall_secs() -> u64 {
+    60
+}
 fn default_group() -> String {
     "govbus-router".into()
 }
@@ -94,6 +102,15 @@ pub enum RouterError {
     /// A writer schema could not be fetched; the batch is retried.
     #[error("schema registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// The router held a backlog and consumed nothing for too long; a new
+    /// session follows.
+    #[error("consumed nothing for {idle_secs} s while {backlog} records waited past its position")]
+    Stalled {
+        /// Seconds without a record.
+        idle_secs: u64,
+        /// Records past the position.
+        backlog: i64,
+    },
     /// The committer thread failed or ended.
     #[error("committer: {0}")]
     Committer(String),
@@ -497,6 +514,8 @@ impl Router {
         let mut last_lag = std::time::Instant::now();
         let mut in_step: HashSet<(String, i32)> = HashSet::new();
         let mut scratch = Scratch::default();
+        let mut stall =
+            govbus_core::stall::StallWatch::new(Duration::from_secs(self.cfg.stall_secs));
         while !stop.load(Ordering::Relaxed) {
             if changed() {
                 tracing::info!("the subscription set changed; starting a session with it");
@@ -514,6 +533,13 @@ impl Router {
                 Duration::from_millis(100),
             );
             let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
+            if let Some(s) = stall.observe(std::time::Instant::now(), batch.len(), lag.backlog()) {
+                metrics::counter!("govbus_router_stalls_total").increment(1);
+                return Err(RouterError::Stalled {
+                    idle_secs: s.idle.as_secs(),
+                    backlog: s.backlog,
+                });
+            }
             // Partitions assigned since the last look: bring every view in
             // step on them (backfill, leaves) before routing their records.
             let assigned: HashSet<(String, i32)> = consumer

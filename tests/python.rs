@@ -172,3 +172,36 @@ fn python_produces_govbus_consumes() {
         assert!(c.before.is_none());
     }
 }
+
+/// Confluent's SchemaRegistryClient calls that send query flags as Python
+/// writes booleans (`normalize=False`, `deleted=False`): lookup_schema finds
+/// the registered version, test_compatibility says yes to the same schema
+/// and no to an incompatible one, and a missing subject's error arrives in
+/// Confluent's JSON shape (status 404, error code 40401).
+#[test]
+fn python_registry_client_looks_up_and_tests_compatibility() {
+    let bus = Bus::start();
+    let publisher = bus.publisher("conformance");
+    let central = publisher
+        .topics()
+        .into_iter()
+        .find(|t| t.contains("residents"))
+        .expect("the residents topic");
+    let subject = govbus_core::topics::value_subject(&central);
+    let got = run_python(&["registry", &bus.registry, &subject]);
+    let call = |name: &str| {
+        got.iter()
+            .filter(|v| v["call"] == name)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let lookup = &call("lookup_schema")[0];
+    assert_eq!(lookup["id"], lookup["latest"][0], "{lookup}");
+    assert_eq!(lookup["version"], lookup["latest"][1], "{lookup}");
+    let compat = call("test_compatibility");
+    assert_eq!(compat[0]["same"], true, "{compat:?}");
+    assert_eq!(compat[1]["renamed"], false, "{compat:?}");
+    let missing = &call("get_latest_version")[0];
+    assert_eq!(missing["http_status"], 404, "{missing}");
+    assert_eq!(missing["error_code"], 40401, "{missing}");
+}

@@ -168,6 +168,33 @@ fn bad_input_deletes_modes_and_references_over_http() {
         42209,
         "a 10 MB body",
     );
+    // axum's own answers take Confluent's shape too: status as error code.
+    expect_error(
+        call("GET", &format!("{url}/no/such/path"), None),
+        404,
+        404,
+        "an unknown path",
+    );
+    expect_error(
+        call("PATCH", &versions, Some(&schema_body(V1))),
+        405,
+        405,
+        "a method the path does not take",
+    );
+    let over_limit = "x".repeat(65 << 20);
+    expect_error(
+        call("POST", &versions, Some(&over_limit)),
+        413,
+        413,
+        "a body over the 64 MiB limit",
+    );
+    // Booleans as Confluent reads them: Python's `False` is false.
+    let (status, _) = call(
+        "GET",
+        &format!("{url}/subjects?deleted=False&subjectPrefix=x"),
+        None,
+    );
+    assert_eq!(status, 200, "deleted=False is a boolean");
     let with_missing_ref = serde_json::json!({
         "schema": r#"{"type":"record","name":"P","fields":[{"name":"home","type":"gov.Address"}]}"#,
         "references": [{"name": "gov.Address", "subject": "no-such-subject", "version": 1}],

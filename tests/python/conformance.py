@@ -4,6 +4,11 @@
         Produces <count> bca.residents change envelopes with Confluent's
         AvroSerializer (the schema registered under <subject>, looked up in
         govbus's registry) and prints each as one JSON line.
+    conformance.py registry <registry> <subject>
+        Calls SchemaRegistryClient's lookup_schema, test_compatibility (with
+        the latest schema, and with one that drops a required field) and
+        get_latest_version of a subject that does not exist, and prints each
+        answer (or the error's http_status and error_code) as a JSON line.
     conformance.py consume <bootstrap> <registry> <topic> <count>
         Reads <count> records from every partition of <topic> with
         Confluent's AvroDeserializer (writer schema by id from govbus's
@@ -17,7 +22,8 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition, OFFSET_BEGINNING
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -103,10 +109,34 @@ def consume(bootstrap, registry, topic, count):
     consumer.close()
 
 
+def registry_calls(registry, subject):
+    client = SchemaRegistryClient({"url": registry})
+    latest = client.get_latest_version(subject)
+    found = client.lookup_schema(subject, latest.schema)
+    print(json.dumps({"call": "lookup_schema", "id": found.schema_id, "version": found.version,
+                      "latest": [latest.schema_id, latest.version]}), flush=True)
+    ok = client.test_compatibility(subject, latest.schema)
+    print(json.dumps({"call": "test_compatibility", "same": ok}), flush=True)
+    # Renaming the record makes every version unreadable by the other.
+    doc = json.loads(latest.schema.schema_str)
+    doc["name"] = doc["name"] + "Renamed"
+    renamed = Schema(json.dumps(doc), "AVRO")
+    ok = client.test_compatibility(subject, renamed)
+    print(json.dumps({"call": "test_compatibility", "renamed": ok}), flush=True)
+    try:
+        client.get_latest_version(subject + "-missing")
+        print(json.dumps({"call": "get_latest_version", "error": None}), flush=True)
+    except SchemaRegistryError as e:
+        print(json.dumps({"call": "get_latest_version", "http_status": e.http_status_code,
+                          "error_code": e.error_code, "message": e.error_message}), flush=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "produce":
         produce(args[0], args[1], args[2], args[3], int(args[4]))
+    elif cmd == "registry":
+        registry_calls(args[0], args[1])
     elif cmd == "consume":
         consume(args[0], args[1], args[2], int(args[3]))
     else:

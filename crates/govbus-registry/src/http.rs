@@ -78,8 +78,54 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
                 .put(put_subject_mode)
                 .delete(delete_subject_mode),
         )
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(confluent_errors))
         .with_state(store)
+}
+
+/// Gives every error Confluent's JSON shape (`error_code`, `message`):
+/// axum's own answers (an unknown path, a wrong method, a body over the
+/// limit, a query or path it cannot parse) are plain text or empty; the
+/// text becomes the message and the HTTP status the error code, as
+/// Confluent's registry answers its generic errors.
+async fn confluent_errors(r: Response) -> Response {
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let text = axum::body::to_bytes(r.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        format!(
+            "HTTP {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        )
+    } else {
+        text
+    };
+    (
+        status,
+        [("content-type", CONTENT_TYPE)],
+        json!({"error_code": status.as_u16(), "message": message}).to_string(),
+    )
+        .into_response()
+}
+
+/// A query flag as Confluent's registry reads it (Java's
+/// `Boolean.valueOf`): `true` in any case is true, anything else false —
+/// so Python clients' `normalize=False` and `verbose=True` work.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let text = String::deserialize(d)?;
+    Ok(text.eq_ignore_ascii_case("true"))
 }
 
 #[derive(Deserialize)]
@@ -124,21 +170,21 @@ fn schema_body(body: &[u8]) -> Result<Registration, ApiError> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Flags {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     deleted: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     permanent: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     verbose: bool,
     /// govbus always stores schemas normalized; accepted for clients that ask.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     #[allow(dead_code)]
     normalize: bool,
     #[serde(default)]
     subject_prefix: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     default_to_global: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flag")]
     force: bool,
     #[serde(default)]
     subject: Option<String>,

@@ -29,6 +29,17 @@ enum Cmd {
         /// Demo changes per second (0 = as fast as ingest takes them).
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// The broker: `kafka` (Apache Kafka from its jars, installed on
+        /// first use; needs Java 17+ and Maven), `nisshi` (the development
+        /// broker, installed with cargo on first use), or `HOST:PORT` of a
+        /// running cluster. Default: kafka where Java and Maven are present,
+        /// else nisshi.
+        #[arg(long)]
+        broker: Option<up::BrokerChoice>,
+        /// Seconds a hop may hold a backlog while consuming nothing before
+        /// its agent restarts its session (router, relay, provinces).
+        #[arg(long, default_value_t = 30)]
+        stall_secs: u64,
     },
     /// Serve the Confluent-compatible schema registry (`[registry]`).
     Registry {
@@ -187,7 +198,12 @@ fn main() -> std::process::ExitCode {
     };
     let res = rt.block_on(async move {
         match cli.command {
-            Cmd::Up { dir, rate } => up::run(dir, rate).await,
+            Cmd::Up {
+                dir,
+                rate,
+                broker,
+                stall_secs,
+            } => up::run(dir, rate, broker, stall_secs).await,
             Cmd::Registry { config } => agents::registry(config.as_deref()).await,
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,

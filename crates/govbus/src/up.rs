@@ -1,6 +1,7 @@
-//! `govbus up`: the whole bus on one machine, on embedded defaults — broker,
-//! registry, router, a demo ministry and two provinces — with a live line
-//! each second. Ctrl-C stops every child process.
+//! `govbus up`: the whole bus on one machine, on embedded defaults — broker
+//! (Apache Kafka from its jars, or nisshi, or a cluster you name), registry,
+//! router, the demo ministries and two provinces — with a live line each
+//! second showing the backlog at each hop. Ctrl-C stops every child process.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -172,23 +173,143 @@ fn write_config(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// Runs the stack until Ctrl-C.
-pub(crate) async fn run(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || run_blocking(dir, rate)).await?
+/// Which broker `govbus up` runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BrokerChoice {
+    /// Apache Kafka from its jars (one KRaft node).
+    Kafka,
+    /// nisshi, the development broker.
+    Nisshi,
+    /// A running cluster at `host:port[,host:port]`.
+    At(String),
 }
 
-fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
+impl std::str::FromStr for BrokerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kafka" => Ok(Self::Kafka),
+            "nisshi" => Ok(Self::Nisshi),
+            other
+                if other.split(',').all(|a| {
+                    a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                }) =>
+            {
+                Ok(Self::At(other.to_string()))
+            }
+            other => Err(format!(
+                "{other:?} is not a broker: say kafka, nisshi, or HOST:PORT of a running cluster"
+            )),
+        }
+    }
+}
+
+/// The broker `up` runs on, kept alive for as long as the stack runs.
+enum Running {
+    Kafka(Box<govbus_kafka::Cluster>),
+    Nisshi,
+    External,
+}
+
+/// Starts (or names) the broker; returns its bootstrap and a line saying
+/// what it is.
+fn start_broker(
+    choice: Option<BrokerChoice>,
+    exe: &Path,
+    dir: &Path,
+    stack: &mut Stack,
+) -> anyhow::Result<(String, Running, String)> {
+    let choice = match choice {
+        Some(c) => c,
+        None => match govbus_kafka::Dist::available() {
+            Ok(()) => BrokerChoice::Kafka,
+            Err(missing) => {
+                println!("govbus up: {missing}; running on nisshi, the development broker, instead (--broker kafka|nisshi|HOST:PORT chooses)");
+                BrokerChoice::Nisshi
+            }
+        },
+    };
+    match choice {
+        BrokerChoice::Kafka => {
+            if govbus_kafka::Dist::at(govbus_kafka::Dist::default_home()).is_none() {
+                println!(
+                    "govbus up: installing Apache Kafka {}'s jars from Maven Central into {} (once; Maven's progress follows)",
+                    govbus_kafka::VERSION,
+                    govbus_kafka::Dist::default_home().display()
+                );
+            }
+            let dist = govbus_kafka::Dist::ensure(govbus_kafka::Progress::Shown)?;
+            let t = Instant::now();
+            let cluster = govbus_kafka::Cluster::start(
+                &dist,
+                govbus_kafka::ClusterConfig::new(1, dir.join("kafka"))
+                    .set("auto.create.topics.enable", "false"),
+            )?;
+            let bootstrap = cluster.bootstrap();
+            let line = format!(
+                "Apache Kafka {} on {bootstrap} (one KRaft node, started in {:.1} s; log {})",
+                govbus_kafka::VERSION,
+                t.elapsed().as_secs_f64(),
+                cluster.log(0).display()
+            );
+            Ok((bootstrap, Running::Kafka(Box::new(cluster)), line))
+        }
+        BrokerChoice::Nisshi => {
+            nisshi::ensure()?;
+            let [port] = free_ports()?;
+            let log = dir.join("logs/broker.log");
+            let child = nisshi::start_guarded(
+                exe,
+                port,
+                "memory://nisshi/",
+                dir,
+                std::fs::File::create(&log)?,
+            )?;
+            stack.push("broker", child, log);
+            let bootstrap = format!("127.0.0.1:{port}");
+            let addr: SocketAddr = bootstrap.parse()?;
+            stack.wait_ready("broker", || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+            let line = format!(
+                "nisshi {} on {bootstrap} (memory storage; the development broker)",
+                nisshi::VERSION
+            );
+            Ok((bootstrap, Running::Nisshi, line))
+        }
+        BrokerChoice::At(bootstrap) => {
+            let line = format!("the cluster at {bootstrap}");
+            Ok((bootstrap, Running::External, line))
+        }
+    }
+}
+
+/// Runs the stack until Ctrl-C.
+pub(crate) async fn run(
+    dir: PathBuf,
+    rate: u32,
+    broker: Option<BrokerChoice>,
+    stall_secs: u64,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(dir, rate, broker, stall_secs)).await?
+}
+
+fn run_blocking(
+    dir: PathBuf,
+    rate: u32,
+    broker: Option<BrokerChoice>,
+    stall_secs: u64,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the govbus binary")?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
-    nisshi::ensure()?;
 
-    let [broker_port, registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p94, m_registry, m_moha] =
+    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p94, m_registry, m_moha] =
         free_ports()?;
-    let bootstrap = format!("127.0.0.1:{broker_port}");
     let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -202,30 +323,18 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     }
 
     println!("govbus up: working directory {}", dir.display());
-    let log = dir.join("logs/broker.log");
-    let child = nisshi::start_guarded(
-        &exe,
-        broker_port,
-        "memory://nisshi/",
-        &dir,
-        std::fs::File::create(&log)?,
-    )?;
-    stack.push("broker", child, log);
-    let addr: SocketAddr = bootstrap.parse()?;
-    stack.wait_ready("broker", || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-    })?;
-    println!(
-        "  broker    nisshi {} on {bootstrap} (memory storage)",
-        nisshi::VERSION
-    );
+    let (bootstrap, mut running, line) = start_broker(broker, &exe, &dir, &mut stack)?;
+    println!("  broker    {line}");
 
     // nisshi holds a fetch that finds nothing for the whole wait instead
-    // of answering when data arrives (Kafka answers at once), so the
-    // embedded stack waits 10 ms instead of 100: p99 ingest → province row
-    // 71–92 ms instead of 356 ms at 2,000/s, for ≈ 8 % of a core
-    // (docs/BENCHMARKS.md).
-    let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\nfetch_wait_ms = 10\n");
+    // of answering when data arrives (Kafka answers at once), so on nisshi
+    // consumers wait 10 ms instead of 100 (docs/BROKERS.md).
+    let fetch_wait = if matches!(running, Running::Nisshi) {
+        "fetch_wait_ms = 10\n"
+    } else {
+        ""
+    };
+    let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\n{fetch_wait}");
     let section = |name: &str, body: String, metrics: u16| {
         format!(
             "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{name}]\n{body}\n{}",
@@ -301,7 +410,11 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
     );
     let cfg = write_config(
         &dir.join("router.toml"),
-        &section("router", format!("registry = \"{registry}\"\n"), m_router),
+        &section(
+            "router",
+            format!("registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\n"),
+            m_router,
+        ),
     )?;
     let mut cmd = Command::new(&exe);
     cmd.arg("route").arg("--config").arg(&cfg);
@@ -338,12 +451,25 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
         dir.join("logs").display()
     );
 
+    let hops = Hops::new(&bootstrap, stall_secs)?;
     let start = Instant::now();
-    let mut last_published = 0u64;
     let mut last_tick = Instant::now();
+    let mut last_published = 0u64;
     while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(1000).saturating_sub(last_tick.elapsed()));
-        if let Some(d) = stack.dead() {
+        let broker_gone = match &mut running {
+            Running::Kafka(c) => !c.running(0),
+            _ => false,
+        };
+        let dead = if broker_gone {
+            Some(format!(
+                "the Kafka broker exited; last lines of its log:\n{}",
+                log_tail(&dir.join("kafka/node-1/server.log"))
+            ))
+        } else {
+            stack.dead()
+        };
+        if let Some(d) = dead {
             // A Ctrl-C in a terminal reaches every child at once: a child
             // that exits then is stopping, not failing.
             std::thread::sleep(Duration::from_millis(300));
@@ -356,30 +482,127 @@ fn run_blocking(dir: PathBuf, rate: u32) -> anyhow::Result<()> {
         let dt = last_tick.elapsed().as_secs_f64();
         last_tick = Instant::now();
         let total = |m: BTreeMap<String, f64>| m.values().map(|v| *v as u64).sum::<u64>();
-        let published = total(scrape(m_producer, "govbus_relay_published_total", ""));
-        let routed = scrape(m_router, "govbus_router_routed_total", "subscriber");
         let applied = |port| total(scrape(port, "govbus_consumer_applied_total", ""));
-        let (a52, a94) = (applied(m_p52), applied(m_p94));
-        let (r52, r94) = (
-            routed.get("p52").map_or(0, |v| *v as u64),
-            routed.get("p94").map_or(0, |v| *v as u64),
-        );
-        println!(
-            "[{:>5}s] published {:>8} ({:>5.0}/s) │ routed p52 {:>7} p94 {:>7} │ applied p52 {:>7} p94 {:>7} │ lag p52 {:>5} p94 {:>5}",
-            start.elapsed().as_secs(),
-            published,
-            published.saturating_sub(last_published) as f64 / dt.max(0.001),
-            r52,
-            r94,
-            a52,
-            a94,
-            r52.saturating_sub(a52),
-            r94.saturating_sub(a94),
-        );
-        last_published = published;
+        let lag = |port| total(scrape(port, "govbus_consumer_lag_events", ""));
+        let now = hops.read(applied(m_p52), lag(m_p52), applied(m_p94), lag(m_p94));
+        let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
+        last_published = now.published;
+        println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
     }
     println!("govbus up: stopping every process…");
     stack.stop();
+    drop(running);
     println!("govbus up: stopped.");
     Ok(())
 }
+
+/// The backlog at each hop, from offsets: the central topic's end
+/// (published), the router group's committed offsets on it (consumed), and
+/// each province's applied count and lag (its position against its view
+/// topic's end, which the province agent measures).
+struct Hops {
+    client: rdkafka::consumer::BaseConsumer,
+    central: String,
+    group: rdkafka::consumer::BaseConsumer,
+    stall: Duration,
+    /// Per hop: the last count, and since when it has not moved while its
+    /// lag was above zero.
+    progress: std::cell::RefCell<BTreeMap<&'static str, (u64, Option<Instant>)>>,
+}
+
+/// One reading of [`Hops`].
+struct HopsNow {
+    published: u64,
+    routed: Option<(u64, u64)>,
+    provinces: [(&'static str, u64, u64); 2],
+    stalled: Vec<(&'static str, u64)>,
+}
+
+impl HopsNow {
+    fn line(&self, rate: f64) -> String {
+        let router = match self.routed {
+            Some((consumed, lag)) => format!("router consumed {consumed:>8} lag {lag:>6}"),
+            None => "router consumed        ? lag      ?".to_string(),
+        };
+        let mut line = format!(
+            "published {:>8} ({rate:>5.0}/s) │ {router} │ {}",
+            self.published,
+            self.provinces
+                .iter()
+                .map(|(p, applied, lag)| format!("{p} applied {applied:>7} lag {lag:>6}"))
+                .collect::<Vec<_>>()
+                .join(" │ ")
+        );
+        for (hop, secs) in &self.stalled {
+            line.push_str(&format!(" │ STALLED {hop} {secs}s"));
+        }
+        line
+    }
+}
+
+impl Hops {
+    fn new(bootstrap: &str, stall_secs: u64) -> anyhow::Result<Self> {
+        let kafka = govbus_core::KafkaConfig::new(bootstrap);
+        let topics = govbus_core::Topics::default();
+        Ok(Self {
+            client: kafka.client().create()?,
+            central: topics.central(&govbus_core::DatasetId::new("bca", "residents"), 1),
+            group: kafka.consumer(ROUTER_GROUP).create()?,
+            stall: Duration::from_secs(stall_secs.max(1)) / 2,
+            progress: Default::default(),
+        })
+    }
+
+    fn read(&self, a52: u64, l52: u64, a94: u64, l94: u64) -> HopsNow {
+        use rdkafka::consumer::Consumer;
+        let t = Duration::from_secs(2);
+        let parts =
+            govbus_core::kafka::partitions_of(&self.client, &self.central).unwrap_or_default();
+        let mut published = 0u64;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in &parts {
+            if let Ok((_, high)) = self.client.fetch_watermarks(&self.central, *p, t) {
+                published += high.max(0) as u64;
+            }
+            tpl.add_partition(&self.central, *p);
+        }
+        let routed = self.group.committed_offsets(tpl, t).ok().map(|c| {
+            let consumed: u64 = c
+                .elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => o.max(0) as u64,
+                    _ => 0,
+                })
+                .sum();
+            (consumed, published.saturating_sub(consumed))
+        });
+        let mut stalled = Vec::new();
+        let mut progress = self.progress.borrow_mut();
+        let mut watch = |hop: &'static str, count: u64, lag: u64| {
+            let e = progress.entry(hop).or_insert((count, None));
+            if count != e.0 || lag == 0 {
+                *e = (count, None);
+            } else {
+                let since = *e.1.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.stall {
+                    stalled.push((hop, since.elapsed().as_secs()));
+                }
+            }
+        };
+        if let Some((consumed, lag)) = routed {
+            watch("router", consumed, lag);
+        }
+        watch("p52", a52, l52);
+        watch("p94", a94, l94);
+        HopsNow {
+            published,
+            routed,
+            provinces: [("p52", a52, l52), ("p94", a94, l94)],
+            stalled,
+        }
+    }
+}
+
+/// The router's consumer group in the stack `up` runs.
+const ROUTER_GROUP: &str = "govbus-router";

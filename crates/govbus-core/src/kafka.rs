@@ -170,9 +170,12 @@ impl TopicSpec {
     /// after images, so a change it has not read yet must not vanish under
     /// a newer change of the same entity (a move out of a province followed
     /// by an update would lose the leave). A router that lags by more than
-    /// this is an incident (`govbus_router_lag_events`).
-    pub fn changes(name: impl Into<String>, partitions: i32) -> Self {
+    /// this is an incident (`govbus_router_lag_events`). `retention_ms` is
+    /// the dataset file's (-1: kept for ever).
+    pub fn changes(name: impl Into<String>, partitions: i32, retention_ms: i64) -> Self {
         let mut spec = Self::compacted(name, partitions);
+        spec.configs
+            .push(("retention.ms".into(), retention_ms.to_string()));
         spec.configs.push((
             "min.compaction.lag.ms".into(),
             CHANGES_MIN_COMPACTION_LAG_MS.to_string(),

@@ -40,16 +40,19 @@ pub fn open_store(url: &str, pg_schema: &str) -> Result<Arc<dyn OutboxStore>, St
     }
 }
 
-/// Creates the publisher's central topics if missing (compacted, `partitions`).
+/// Creates the publisher's central topics if missing (compacted,
+/// `partitions`, the dataset's `retention_ms`).
 pub fn ensure_topics(
     kafka: &govbus_core::KafkaConfig,
     publisher: &Publisher,
     partitions: i32,
 ) -> Result<(), govbus_core::kafka::KafkaSetupError> {
     let specs: Vec<govbus_core::kafka::TopicSpec> = publisher
-        .topics()
+        .topic_retention()
         .into_iter()
-        .map(|t| govbus_core::kafka::TopicSpec::changes(t, partitions))
+        .map(|(t, retention_ms)| {
+            govbus_core::kafka::TopicSpec::changes(t, partitions, retention_ms)
+        })
         .collect();
     govbus_core::kafka::ensure_topics(kafka, &specs)
 }

@@ -95,6 +95,8 @@ const LOOKUP_CATCH_UP: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 struct Writer {
     topic: String,
+    /// The dataset file's `retention_ms`, set on the topic it creates.
+    retention_ms: i64,
     key_field: String,
     entity: Schema,
     codec: EnvelopeCodec,
@@ -312,6 +314,7 @@ impl Publisher {
                 ds.id.to_string(),
                 Writer {
                     topic,
+                    retention_ms: ds.file.retention_ms,
                     key_field: ds.file.key.clone(),
                     entity,
                     codec: EnvelopeCodec::new(env, id),
@@ -359,6 +362,17 @@ impl Publisher {
     /// The central topics this publisher writes.
     pub fn topics(&self) -> Vec<String> {
         let mut v: Vec<String> = self.writers.values().map(|w| w.topic.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Each central topic with its dataset's `retention_ms`.
+    pub fn topic_retention(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .writers
+            .values()
+            .map(|w| (w.topic.clone(), w.retention_ms))
+            .collect();
         v.sort();
         v
     }

@@ -268,7 +268,11 @@ impl Router {
             live.inputs
                 .entry(input.clone())
                 .or_insert_with(|| (d.id.to_string(), vec![]));
-            specs.push(TopicSpec::changes(input.clone(), self.cfg.partitions));
+            specs.push(TopicSpec::changes(
+                input.clone(),
+                self.cfg.partitions,
+                d.file.retention_ms,
+            ));
             specs.push(TopicSpec::retained(dlq, 1));
             Some(input)
         };

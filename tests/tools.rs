@@ -34,9 +34,12 @@ fn tool(class: &str, args: &[&str]) -> String {
     out
 }
 
+/// One row of a tool's table, by column name.
+type Row = BTreeMap<String, String>;
+
 /// The columns of `kafka-consumer-groups --describe`, by header name, one
 /// map per row.
-fn table(text: &str) -> Vec<BTreeMap<String, String>> {
+fn table(text: &str) -> Vec<Row> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.find(|l| l.starts_with("GROUP")) else {
         return vec![];
@@ -178,7 +181,7 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
         300,
         "the relay writes without transactions: the ends add up to the records"
     );
-    let groups = |want: &dyn Fn(&[BTreeMap<String, String>]) -> bool| {
+    let groups = |want: &dyn Fn(&[Row]) -> bool| {
         wait_until(Duration::from_secs(60), "the router group's lag", || {
             let rows = table(&tool(
                 tools::CONSUMER_GROUPS,

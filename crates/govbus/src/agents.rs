@@ -305,6 +305,50 @@ pub(crate) fn apply_subscriptions(
     Ok(())
 }
 
+/// `govbus topics`: creates every topic the catalog implies (those that
+/// exist are left as they are) and prints each with its settings.
+pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
+    use govbus_core::kafka::TopicSpec;
+    let cfg = GovbusConfig::load(file)?;
+    let r = GovbusConfig::section(&cfg.router, "router", file)?;
+    let catalog = cfg.catalog()?;
+    let topics = govbus_core::Topics::new(&r.topic_prefix);
+    let mut specs = vec![
+        TopicSpec::compacted(topics.subscriptions(), 1),
+        TopicSpec::compacted(topics.view_state(), 1),
+    ];
+    for d in catalog.datasets.values() {
+        specs.push(TopicSpec::changes(
+            topics.central(&d.id, d.file.major),
+            r.partitions,
+            d.file.retention_ms,
+        ));
+        specs.push(TopicSpec::retained(
+            topics.dlq("route", &d.id.to_string()),
+            1,
+        ));
+    }
+    for s in &catalog.subscriptions {
+        if let Some(d) = catalog.dataset(&s.file.dataset) {
+            specs.push(TopicSpec::compacted(
+                topics.view(&s.file.subscriber, &d.id, d.file.major),
+                r.partitions,
+            ));
+        }
+    }
+    govbus_core::kafka::ensure_topics(&r.kafka, &specs)?;
+    for s in &specs {
+        let configs: Vec<String> = s.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "ok  {:<40} partitions {:<3} {}",
+            s.name,
+            s.partitions,
+            configs.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// `govbus subscriptions check DIR`: validates every file, as the router would.
 pub(crate) fn check_subscriptions(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
     let catalog = govbus_core::Catalog::load(deploy, schemas)?;

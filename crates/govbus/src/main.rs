@@ -105,6 +105,18 @@ enum Cmd {
         /// Seed of the demo world.
         #[arg(long, default_value_t = 52)]
         seed: u64,
+        /// Post the demo's administrative units (moha.admin_units) to
+        /// `--ingest` (moha's) instead, once, and exit.
+        #[arg(long)]
+        admin_units: bool,
+    },
+    /// Create every topic the files in `deploy/` imply, with their settings:
+    /// each dataset's central topic and route DLQ, each subscription's view,
+    /// the control and view-state topics (`[router]`'s cluster and prefix).
+    Topics {
+        /// Configuration file (its `[router]` section).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Run a command, and kill it when this process stops or its parent dies.
     #[command(hide = true)]
@@ -228,7 +240,21 @@ fn main() -> std::process::ExitCode {
                 rate,
                 count,
                 seed,
-            } => demo::run(ingest, rate, count, seed).await,
+                admin_units,
+            } => {
+                if admin_units {
+                    let n = tokio::task::spawn_blocking(move || demo::post_admin_units(&ingest))
+                        .await??;
+                    println!("posted {n} administrative units");
+                    Ok(())
+                } else {
+                    demo::run(ingest, rate, count, seed).await
+                }
+            }
+            Cmd::Topics { config } => {
+                tokio::task::spawn_blocking(move || agents::create_topics(config.as_deref()))
+                    .await?
+            }
             Cmd::Status { config } => agents::status(config).await,
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Subscriptions {

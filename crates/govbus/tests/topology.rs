@@ -1,0 +1,400 @@
+//! The production topology, natively: docker-compose.yml read as it is, its
+//! Kafka brokers started from the jars with the compose file's broker
+//! settings, and every govbus service started as a process with the compose
+//! file's command and environment — host names and container paths mapped
+//! to loopback ports and scratch directories, nothing else changed. Changes
+//! posted to bca's ingest then reach p52's PostgreSQL and p94's SQLite
+//! exactly as the source says. So the compose file and the tested setup
+//! cannot drift apart: the test has no configuration of its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use govbus_e2e::{expected_rows, free_port, kafka_dist, pg_rows, pg_url, poll_until, unique};
+use govbus_producer::demo::DemoWorld;
+use govbus_producer::ChangeRequest;
+use serde_json::json;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Settings of the Kafka image that describe where a node sits (ports,
+/// names, ids): the native cluster decides those itself.
+const TOPOLOGY: &[&str] = &[
+    "KAFKA_PROCESS_ROLES",
+    "KAFKA_CONTROLLER_QUORUM_VOTERS",
+    "KAFKA_LISTENERS",
+    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+    "KAFKA_CONTROLLER_LISTENER_NAMES",
+    "KAFKA_INTER_BROKER_LISTENER_NAME",
+    "KAFKA_NODE_ID",
+    "KAFKA_ADVERTISED_LISTENERS",
+    "CLUSTER_ID",
+];
+
+fn env_of(service: &Value) -> BTreeMap<String, String> {
+    service
+        .get("environment")
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k.as_str()?.to_string(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One compose service as a process.
+struct Service {
+    name: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    dir: PathBuf,
+    one_shot: bool,
+    child: Option<Child>,
+    restarts: usize,
+}
+
+impl Service {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("service.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(&self.args)
+            .envs(&self.env)
+            .env("RUST_LOG", "warn")
+            .env("GOVBUS_EXIT_WITH_PARENT", "1")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start govbus");
+        self.child = Some(child);
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn the_compose_topology_runs_natively_and_delivers() {
+    govbus_e2e::init_logs();
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).expect("compose file");
+    let mut doc: Value = serde_yaml::from_str(&text).expect("compose YAML");
+    doc.apply_merge().expect("merge keys");
+    let services = doc["services"].as_mapping().expect("services").clone();
+
+    // The brokers: the compose file's settings, from the jars.
+    let kafkas: Vec<&Value> = services
+        .values()
+        .filter(|s| {
+            s["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("apache/kafka"))
+        })
+        .collect();
+    assert_eq!(kafkas.len(), 3, "three brokers in the compose file");
+    let image_version = kafkas[0]["image"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert_eq!(
+        image_version,
+        govbus_kafka::VERSION,
+        "the compose file runs the Kafka the project pins"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("govbus-topology-")
+        .tempdir()
+        .unwrap();
+    let mut cfg = govbus_kafka::ClusterConfig::new(3, dir.path().join("kafka"));
+    for (k, v) in env_of(kafkas[0]) {
+        if TOPOLOGY.contains(&k.as_str()) {
+            continue;
+        }
+        let key = k
+            .strip_prefix("KAFKA_")
+            .expect("a KAFKA_ setting")
+            .to_lowercase()
+            .replace('_', ".");
+        cfg = cfg.set(&key, v);
+    }
+    let cluster =
+        govbus_kafka::Cluster::start(&kafka_dist(), cfg).unwrap_or_else(|e| panic!("{e}"));
+    let bootstrap = cluster.bootstrap();
+
+    // PostgreSQL: a fresh database stands for the compose file's.
+    let db = unique("topology_");
+    let mut admin = postgres::Client::connect(&pg_url(), postgres::NoTls).expect("postgres");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("create database");
+    let (pg_base, _) = pg_url()
+        .rsplit_once('/')
+        .map(|(b, d)| (b.to_string(), d.to_string()))
+        .unwrap();
+    let pg_host = pg_base
+        .rsplit_once('@')
+        .map(|(_, h)| h.to_string())
+        .unwrap();
+
+    // Every `0.0.0.0:PORT` a service listens on gets a loopback port, and
+    // `service:PORT` anywhere means that port.
+    let mut ports: BTreeMap<String, u16> = BTreeMap::new();
+    for (name, s) in &services {
+        let name = name.as_str().unwrap();
+        for v in env_of(s).values() {
+            if let Some(port) = v.strip_prefix("0.0.0.0:") {
+                ports.insert(format!("{name}:{port}"), free_port());
+            }
+        }
+    }
+    let kafka_hosts = "kafka1:9092,kafka2:9092,kafka3:9092";
+    let map = |service: &str, v: &str, scratch: &Path| -> String {
+        let mut v = v.replace(kafka_hosts, &bootstrap);
+        v = v.replace("@postgres:5432/govbus", &format!("@{pg_host}/{db}"));
+        if let Some(port) = v.strip_prefix("0.0.0.0:") {
+            v = format!("127.0.0.1:{}", ports[&format!("{service}:{port}")]);
+        }
+        for (host_port, local) in &ports {
+            v = v.replace(&format!("//{host_port}"), &format!("//127.0.0.1:{local}"));
+        }
+        v = v.replace(
+            "/etc/govbus/deploy",
+            &repo().join("deploy").display().to_string(),
+        );
+        v = v.replace(
+            "/etc/govbus/schemas",
+            &repo().join("schemas").display().to_string(),
+        );
+        v.replace("/var/lib/govbus", &scratch.display().to_string())
+    };
+
+    // The govbus services, in the file's order. The long-running ones are
+    // kept running as `restart: unless-stopped` does (from the start: a
+    // service may exit while the one it needs is still starting); each
+    // one-shot (`restart: on-failure`) is run until it succeeds.
+    let procs: Arc<Mutex<Vec<Service>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let keeper = {
+        let (procs, stop) = (procs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for p in procs.lock().unwrap().iter_mut().filter(|p| !p.one_shot) {
+                    if let Some(Ok(Some(_))) = p.child.as_mut().map(|c| c.try_wait()) {
+                        p.restarts += 1;
+                        p.spawn();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    for (name, s) in &services {
+        let name = name.as_str().unwrap().to_string();
+        if s.get("build").is_none() || s.get("profiles").is_some() {
+            continue;
+        }
+        let scratch = dir.path().join(&name);
+        std::fs::create_dir_all(&scratch).unwrap();
+        let args: Vec<String> = s["command"]
+            .as_sequence()
+            .expect("a command")
+            .iter()
+            .map(|a| map(&name, a.as_str().unwrap(), &scratch))
+            .collect();
+        let env: BTreeMap<String, String> = env_of(s)
+            .iter()
+            .map(|(k, v)| (k.clone(), map(&name, v, &scratch)))
+            .collect();
+        let one_shot = s["restart"].as_str() == Some("on-failure");
+        let mut svc = Service {
+            name: name.clone(),
+            args,
+            env,
+            dir: scratch,
+            one_shot,
+            child: None,
+            restarts: 0,
+        };
+        svc.spawn();
+        if one_shot {
+            let done = poll_until(Duration::from_secs(120), || {
+                let status = svc.child.as_mut()?.try_wait().ok()??;
+                if status.success() {
+                    return Some(());
+                }
+                svc.restarts += 1;
+                svc.spawn();
+                None
+            });
+            if done.is_none() {
+                let others: String = procs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "--- {} ({} restarts):\n{}\n",
+                            p.name,
+                            p.restarts,
+                            p.log_tail()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "{name} did not succeed in 120 s:\n{}\n{others}",
+                    svc.log_tail()
+                );
+            }
+            eprintln!("topology: {name} done ({} retries)", svc.restarts);
+        }
+        procs.lock().unwrap().push(svc);
+    }
+
+    // A ministry's source system posts to bca's ingest.
+    let ingest = format!("http://127.0.0.1:{}", ports["bca:8080"]);
+    let http = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let mut world = DemoWorld::new(2025);
+    let changes = 300;
+    let start = Instant::now();
+    for _ in 0..changes {
+        let body = match world.next_change() {
+            ChangeRequest::Upsert(r) => json!({"op": "upsert", "data": r}),
+            ChangeRequest::Delete { key } => json!({"op": "delete", "key": key}),
+        };
+        let url = format!("{ingest}/v1/datasets/bca.residents/changes");
+        let posted = poll_until(Duration::from_secs(120), || {
+            match http.post(&url).send_string(&body.to_string()) {
+                Ok(_) => Some(Ok(())),
+                Err(ureq::Error::Status(s, r)) if s < 500 && s != 404 => {
+                    Some(Err(format!("{s}: {}", r.into_string().unwrap_or_default())))
+                }
+                Err(_) => None,
+            }
+        });
+        match posted {
+            Some(Ok(())) => {}
+            Some(Err(e)) => panic!("bca's ingest refused a change: {e}"),
+            None => panic!(
+                "bca's ingest did not answer in 120 s:\n{}",
+                procs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p.name == "bca")
+                    .unwrap()
+                    .log_tail()
+            ),
+        }
+    }
+    eprintln!(
+        "topology: {changes} changes posted in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+
+    // p52 into PostgreSQL (the compose file's schema), p94 into SQLite.
+    let p52_schema = {
+        let text = std::fs::read_to_string(repo().join("deploy/agencies/p52.toml")).unwrap();
+        let t: toml::Value = toml::from_str(&text).unwrap();
+        t["consumer"]["pg_schema"]
+            .as_str()
+            .unwrap_or("public")
+            .to_string()
+    };
+    let db_url = format!("{pg_base}/{db}");
+    let mut pg = postgres::Client::connect(&db_url, postgres::NoTls).expect("postgres");
+    let want52 = expected_rows(&world, "52");
+    let settled = poll_until(Duration::from_secs(120), || {
+        (pg_rows(&mut pg, &p52_schema)? == want52).then_some(())
+    });
+    let tails = |who: &str| {
+        procs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.name == who)
+            .map(|p| p.log_tail())
+            .collect::<String>()
+    };
+    assert!(
+        settled.is_some(),
+        "p52's table did not equal its view:\n{}",
+        tails("p52")
+    );
+    let p94_db = dir.path().join("p94/p94.db");
+    let want94 = expected_rows(&world, "94");
+    let settled = poll_until(Duration::from_secs(120), || {
+        let conn = rusqlite::Connection::open(&p94_db).ok()?;
+        let mut st = conn
+            .prepare("SELECT citizen_id, permanent_address_province_code, permanent_address_commune_code FROM bca_residents")
+            .ok()?;
+        let got: BTreeMap<String, (String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
+            .ok()?
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let want: BTreeMap<String, (String, String)> = want94
+            .iter()
+            .map(|(k, v)| (k.clone(), (v[3].clone(), v[4].clone())))
+            .collect();
+        (got == want).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "p94's table did not equal its view:\n{}",
+        tails("p94")
+    );
+    eprintln!(
+        "topology: p52 {} rows, p94 {} rows, equal to their views",
+        want52.len(),
+        want94.len()
+    );
+    let restarts: Vec<(String, usize)> = procs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|p| (p.name.clone(), p.restarts))
+        .collect();
+    eprintln!("topology: restarts {restarts:?}");
+    stop.store(true, Ordering::Relaxed);
+    keeper.join().unwrap();
+    procs.lock().unwrap().clear();
+    drop(pg);
+    drop(cluster);
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+}

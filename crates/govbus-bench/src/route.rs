@@ -293,20 +293,8 @@ impl Steady {
     }
 }
 
-/// The offset after the last record of a partition, read by consuming it
-/// (nisshi's high watermarks undercount; see docs/ARCHITECTURE.md).
+/// The offset after the last record of a partition: its high watermark.
 fn kafka_end(kafka: &govbus_core::KafkaConfig, topic: &str, p: i32) -> anyhow::Result<i64> {
     let c: BaseConsumer = kafka.consumer(&unique("end-")).create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    c.assign(&tpl)?;
-    let mut last = -1;
-    let mut idle = Instant::now();
-    while idle.elapsed() < Duration::from_secs(2) {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            last = m.offset();
-            idle = Instant::now();
-        }
-    }
-    Ok(last + 1)
+    Ok(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)
 }

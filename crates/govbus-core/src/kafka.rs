@@ -13,9 +13,9 @@ pub struct KafkaConfig {
     pub bootstrap: String,
     /// How long the broker may hold a consumer's fetch that finds no new
     /// data (`fetch.wait.max.ms`). Kafka answers as soon as data arrives,
-    /// so the default costs nothing there; nisshi holds the fetch for the
-    /// whole wait (measured, docs/ARCHITECTURE.md), so on nisshi this is
-    /// added latency per hop and `govbus up` sets 10.
+    /// so the default costs nothing there; nisshi, the development broker,
+    /// holds a fetch for the whole wait (docs/BROKERS.md), so `govbus up`
+    /// sets 10 on nisshi.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
     /// Raw librdkafka properties (`security.protocol`, `sasl.*`, ...), applied last.
@@ -64,8 +64,8 @@ impl KafkaConfig {
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
-        // Lower timeouts than librdkafka's defaults: group joins take seconds
-        // instead of tens of seconds (and nisshi needs them, see ARCHITECTURE).
+        // Keepalive: a connection through a NAT or firewall that drops idle
+        // flows is noticed (consumers' own timeouts are set in `consumer`).
         c.set("socket.keepalive.enable", "true");
         c
     }
@@ -107,7 +107,8 @@ impl KafkaConfig {
     }
 
     /// A consumer in `group`: read_committed, manual commits, short session
-    /// timeouts so that a rebalance takes seconds.
+    /// timeouts so that a killed router's partitions move to another in
+    /// seconds (Kafka's default session timeout is 45 s).
     pub fn consumer(&self, group: &str) -> ClientConfig {
         let mut c = self.base();
         c.set("group.id", group)
@@ -295,7 +296,8 @@ pub fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
 /// librdkafka close that connection (`socket.max.fails`), fetch included.
 /// With a broker slow to answer a fetch (nisshi's SQLite storage after a
 /// restart takes seconds), a short-timeout lag query every 2 s stopped a
-/// router from ever receiving a record (measured, docs/ARCHITECTURE.md).
+/// router from ever receiving a record (docs/BROKERS.md). The same holds for
+/// any broker slow to answer a fetch.
 pub struct LagWatch {
     positions: std::sync::Arc<std::sync::Mutex<Vec<(String, i32, rdkafka::Offset)>>>,
     /// The last complete measurement: when, and the records past the

@@ -83,6 +83,14 @@ pub struct ProducerConfig {
     /// Partitions of the central topics, if the producer creates them.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// Seconds the outbox may hold changes with none acknowledged before
+    /// the relay logs why and starts over from the lowest pending change.
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+fn default_stall_secs() -> u64 {
+    60
 }
 
 fn default_system() -> String {
@@ -153,7 +161,8 @@ pub async fn run_agent(
     let publisher = tokio::task::spawn_blocking(move || open_publisher(&c, &catalog).map(Arc::new))
         .await
         .map_err(|e| AgentError::Listen(cfg.listen, std::io::Error::other(e)))??;
-    let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?;
+    let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?
+        .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let relay_thread = std::thread::Builder::new()

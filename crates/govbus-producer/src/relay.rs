@@ -174,6 +174,10 @@ pub struct Relay {
     baselined: Mutex<HashSet<String>>,
     /// Whether the crash recovery ran (once per relay).
     recovered: AtomicBool,
+    /// How long the outbox may hold changes while none is acknowledged
+    /// before the relay logs it, counts it and starts over from the lowest
+    /// pending change.
+    stall: Duration,
 }
 
 impl std::fmt::Debug for Relay {
@@ -223,6 +227,7 @@ impl Relay {
             id: OnceLock::new(),
             baselined: Mutex::new(HashSet::new()),
             recovered: AtomicBool::new(false),
+            stall: Duration::from_secs(60),
         })
     }
 
@@ -600,6 +605,13 @@ impl Relay {
         Ok(acked.len())
     }
 
+    /// Sets how long the outbox may hold changes with none acknowledged
+    /// before the relay reports a stall and starts over (default 60 s).
+    pub fn stall_after(mut self, limit: Duration) -> Self {
+        self.stall = limit;
+        self
+    }
+
     /// Runs until `stop`, waking on new changes. Pipelined: a reader thread
     /// reads the next batches from the store while this thread sends (up to
     /// `RING` changes in flight) and trims the store as the acknowledged
@@ -647,6 +659,9 @@ impl Relay {
         let mut acked: Vec<i64> = Vec::new();
         let mut counts: Vec<u64> = Vec::new();
         let mut last_trim = Instant::now();
+        let mut stall = govbus_core::stall::StallWatch::new(self.stall);
+        // The outbox's backlog, read at most once a second (a query).
+        let mut backlog: (Instant, Option<i64>) = (Instant::now(), None);
         loop {
             if stop.load(Ordering::Relaxed) {
                 let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
@@ -691,10 +706,33 @@ impl Relay {
                 std::thread::park_timeout(Duration::from_millis(5));
             }
             // 3. Forget the acknowledged prefix.
+            let before = acked.len();
             let failed = matches!(
                 self.advance(&mut flight, &mut acked, &mut counts),
                 Advance::Failed
             );
+            let progressed = acked.len() - before;
+            if progressed > 0 {
+                backlog.1 = None;
+            } else if backlog.0.elapsed() >= Duration::from_secs(1) {
+                backlog = (Instant::now(), self.store.backlog().ok());
+            }
+            if let Some(s) = stall.observe(Instant::now(), progressed, backlog.1) {
+                tracing::warn!(
+                    idle_s = s.idle.as_secs(),
+                    backlog = s.backlog,
+                    in_flight = flight.rows.len(),
+                    "relay stalled: changes wait in the outbox and none was acknowledged; starting over from the lowest pending change"
+                );
+                metrics::counter!("govbus_relay_stalls_total").increment(1);
+                self.drain(&mut flight, Duration::from_secs(30));
+                if acked.is_empty() {
+                    self.recover_or_wait(&stop);
+                }
+                epoch.fetch_add(1, Ordering::AcqRel);
+                since_reset = Instant::now();
+                continue;
+            }
             let trim = acked.len() >= window
                 || (!acked.is_empty()
                     && (flight.rows.is_empty()

@@ -898,9 +898,12 @@ impl Router {
         scratch: &mut Scratch,
     ) -> Result<TopicPartitionList, RouterError> {
         // Per partition: the offset after the last record routed in this
-        // session. A record below it was routed already — Kafka never
-        // returns one, nisshi does after a restart of its SQLite storage
-        // (docs/ARCHITECTURE.md) — and is not routed twice. A batch holds a
+        // session. A record below it was routed already and is not routed
+        // twice. Kafka never returns one; a broker that does (nisshi's
+        // SQLite storage after a restart, docs/BROKERS.md) would otherwise
+        // make the router write an event twice, so the check stays: one
+        // comparison per record, and `govbus_router_refetched_total` shows
+        // such a broker. A batch holds a
         // few partitions: a list searched from the last one used.
         let mut next: Vec<(&str, i32, i64)> = Vec::new();
         let mut at = 0;
@@ -1205,11 +1208,12 @@ struct Committer {
     failed: Option<RouterError>,
     /// A transaction of this session failed: no other is begun on this
     /// producer. Chunks of the next batch may already be queued; writing
-    /// them in a new transaction that the session then aborts relies on
-    /// the broker honouring that abort, and one broker we test on (nisshi)
-    /// may instead commit it when the next session's producer initialises
-    /// (docs/ARCHITECTURE.md). The session ends and a new one starts from
-    /// the committed offsets with a new producer.
+    /// them in a new transaction that the session then aborts would rely
+    /// on every broker honouring that abort (nisshi's SQLite storage may
+    /// commit it instead, docs/BROKERS.md), and a producer whose
+    /// transaction failed is in an abortable or fatal state on Kafka too.
+    /// The session ends and a new one starts from the committed offsets
+    /// with a new producer.
     dead: bool,
     started: Option<std::time::Instant>,
 }

@@ -366,7 +366,7 @@ fn run_blocking(
             &section(
                 "producer",
                 format!(
-                    "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\n",
+                    "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
                     dir.join(format!("{name}-outbox.db")).display()
                 ),
                 metrics,
@@ -412,7 +412,7 @@ fn run_blocking(
         &dir.join("router.toml"),
         &section(
             "router",
-            format!("registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\n"),
+            format!("registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\nstall_secs = {stall_secs}\n"),
             m_router,
         ),
     )?;
@@ -426,7 +426,7 @@ fn run_blocking(
             &section(
                 "consumer",
                 format!(
-                    "subscriber = \"{p}\"\nregistry = \"{registry}\"\nsink = \"sqlite://{}\"\n",
+                    "subscriber = \"{p}\"\nregistry = \"{registry}\"\nsink = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
                     dir.join(format!("{p}.db")).display()
                 ),
                 port,

@@ -206,6 +206,7 @@ fn chaos(routers: usize) {
         pg_schema: "govbus".into(),
         topic_prefix: prefix.clone(),
         partitions: 4,
+        stall_secs: 60,
     };
     let router = govbus_router::RouterConfig {
         kafka: kafka.clone(),

@@ -213,7 +213,7 @@ fn session(
         let t_poll = Instant::now();
         poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));
         let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
-        if last_lag.elapsed() > Duration::from_secs(1) {
+        if last_lag.elapsed() > Duration::from_millis(200) {
             lag.update(&consumer);
             last_lag = Instant::now();
         }

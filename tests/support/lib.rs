@@ -588,8 +588,12 @@ pub struct Bus {
 impl Bus {
     /// Starts the broker and the registry.
     pub fn start() -> Self {
+        Self::on(Broker::start())
+    }
+
+    /// Starts the registry on `broker`.
+    pub fn on(broker: Broker) -> Self {
         init_logs();
-        let broker = Broker::start();
         let kafka = broker.kafka();
         let rt = runtime();
         let prefix = format!("{}.", unique("t"));

@@ -29,6 +29,15 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The router's default batch (its config's default).
+fn default_batch() -> usize {
+    let d: govbus_router::RouterConfig = serde_json::from_value(serde_json::json!({
+        "kafka": {"bootstrap": ""}, "registry": ""
+    }))
+    .expect("defaults");
+    d.batch
+}
+
 /// 34 subscriptions: the five demo provinces and 29 others, each by
 /// province code, dropping ethnicity.
 fn catalog() -> anyhow::Result<Catalog> {
@@ -99,49 +108,75 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
     // Raw pass-through: consume every record, produce it unchanged.
     let out = format!("{prefix}raw-out");
     ensure_topics(&kafka, &[TopicSpec::compacted(&out, 4)])?;
+    // The raw pipe does what the router's transactions do, without
+    // decoding: batches of the router's size, each in one transaction with
+    // its input offsets.
+    let raw_batch = batch.unwrap_or_else(default_batch);
     let consumer: BaseConsumer = kafka.consumer(&unique("raw-")).create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..4 {
         tpl.add_partition_offset(&central, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-        kafka.producer().create()?;
+    let mut pc = kafka.producer();
+    pc.set("transactional.id", unique("raw-pipe-"))
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5");
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = pc.create()?;
+    producer.init_transactions(Duration::from_secs(30))?;
+    let meta = consumer
+        .group_metadata()
+        .context("the raw pipe's group metadata")?;
     let cpu = cpu_seconds();
     let t = Instant::now();
     let mut seen = 0;
     // Steady state: from the first record on (the assignment's first
     // offset lookup and fetch are start-up, as the router's are).
     let mut first: Option<(Instant, f64)> = None;
+    let mut records = Vec::with_capacity(raw_batch);
     while seen < n {
         if t.elapsed() > Duration::from_secs(300) {
             bail!("raw pass-through read {seen} of {n}");
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                if first.is_none() {
-                    first = Some((Instant::now(), cpu_seconds()));
-                }
-                let mut rec = BaseRecord::to(&out).payload(m.payload().unwrap_or_default());
-                if let Some(k) = m.key() {
-                    rec = rec.key(k);
-                }
-                loop {
-                    match producer.send(rec) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            rec = back;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
+        govbus_core::kafka::poll_batch(
+            &consumer,
+            &mut records,
+            raw_batch,
+            Duration::from_millis(100),
+        );
+        if records.is_empty() {
+            continue;
+        }
+        if first.is_none() {
+            first = Some((Instant::now(), cpu_seconds()));
+        }
+        producer.begin_transaction()?;
+        let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+        for m in &records {
+            let mut rec = BaseRecord::to(&out).payload(m.payload().unwrap_or_default());
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        rec = back;
+                        std::thread::yield_now();
                     }
                 }
-                seen += 1;
             }
-            Some(Err(e)) => bail!("raw pass-through: {e}"),
-            None => {}
+            next.insert(m.partition(), m.offset() + 1);
         }
+        let mut offsets = TopicPartitionList::new();
+        for (p, o) in &next {
+            offsets.add_partition_offset(&central, *p, Offset::Offset(*o))?;
+        }
+        producer.send_offsets_to_transaction(&offsets, &meta, Duration::from_secs(30))?;
+        producer.commit_transaction(Duration::from_secs(60))?;
+        seen += records.len();
+        records.clear();
     }
-    producer.flush(Duration::from_secs(60))?;
     let (raw_s, raw_cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     let raw_steady = first.filter(|_| n > 1).map(|(t1, c1)| Steady {
         changes: n - 1,
@@ -153,13 +188,7 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
     // The router: read_committed, decode, 34 filters, project, encode, and
     // every batch in one transaction with its input offsets.
     let mut cfg = router_config(&kafka, &registry, &prefix);
-    cfg.batch = batch.unwrap_or_else(|| {
-        let d: govbus_router::RouterConfig = serde_json::from_value(serde_json::json!({
-            "kafka": {"bootstrap": ""}, "registry": ""
-        }))
-        .expect("defaults");
-        d.batch
-    });
+    cfg.batch = raw_batch;
     let group = cfg.group.clone();
     let batch_used = cfg.batch;
     govbus_router::control::apply(

@@ -167,10 +167,20 @@ pub fn run(
     )?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
+    let mut session_cfg = cfg.clone();
     loop {
-        match session(cfg, &inputs, &mut *sink, &resolver, &mut tables, &stop) {
+        match session(
+            &session_cfg,
+            &inputs,
+            &mut *sink,
+            &resolver,
+            &mut tables,
+            &stop,
+        ) {
             Err(e @ ConsumerError::Stalled { .. }) => {
-                tracing::warn!(subscriber = cfg.subscriber, error = %e, "consumer stalled; starting a new session from the stored offsets");
+                let was = session_cfg.kafka.fetch_wait_ms;
+                session_cfg.kafka.fetch_wait_ms = govbus_core::stall::longer_fetch_wait(was);
+                tracing::warn!(subscriber = cfg.subscriber, error = %e, was_ms = was, now_ms = session_cfg.kafka.fetch_wait_ms, "consumer stalled; starting a new session from the stored offsets, letting the broker hold a fetch longer");
                 metrics::counter!("govbus_consumer_stalls_total", "subscriber" => cfg.subscriber.clone()).increment(1);
             }
             other => return other,

@@ -62,6 +62,15 @@ impl StallWatch {
     }
 }
 
+/// The fetch wait (`fetch.wait.max.ms`) a hop's next session uses after a
+/// stall: four times longer, at most 5 s. A broker may answer a fetch that
+/// takes it longer than the wait with no records at all, every time (nisshi's
+/// memory storage once a partition holds many batches; docs/BROKERS.md): a
+/// new session with the same wait would stall again.
+pub fn longer_fetch_wait(ms: u32) -> u32 {
+    ms.max(10).saturating_mul(4).min(5000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +93,15 @@ mod tests {
         // Reported once, then watched afresh.
         assert_eq!(w.observe(t + 11 * S, 0, Some(7)), None);
         assert!(w.observe(t + 21 * S, 0, Some(7)).is_some());
+    }
+
+    #[test]
+    fn each_stall_waits_longer_up_to_five_seconds() {
+        assert_eq!(longer_fetch_wait(10), 40);
+        assert_eq!(longer_fetch_wait(100), 400);
+        assert_eq!(longer_fetch_wait(2000), 5000);
+        assert_eq!(longer_fetch_wait(5000), 5000);
+        assert_eq!(longer_fetch_wait(0), 40);
     }
 
     #[test]

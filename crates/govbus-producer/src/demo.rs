@@ -165,7 +165,9 @@ impl DemoWorld {
         )
     }
 
-    fn new_resident(&mut self) -> Json {
+    /// A resident not seen before (a fresh citizen id), not added to the
+    /// world: for loads of distinct residents.
+    pub fn new_resident(&mut self) -> Json {
         self.serial += 1;
         let year = self.rng.gen_range(1930..2020);
         let female = self.rng.gen_bool(0.5);

@@ -203,6 +203,9 @@ pub struct Router {
     assigned: Assignment,
     /// Writer schema ids the fast path accepts (true) or not (false).
     fast_ids: std::sync::Mutex<HashMap<u32, bool>>,
+    /// The consumer's fetch wait: the config's, longer after each stall
+    /// ([`govbus_core::stall::longer_fetch_wait`]).
+    fetch_wait_ms: std::sync::atomic::AtomicU32,
 }
 
 /// The input partitions a router instance holds now, shared with whoever
@@ -219,6 +222,7 @@ impl Router {
             control::Follower::start(&cfg.kafka, &topics.subscriptions(), Duration::from_secs(60))?;
         let registry = RegistryClient::new(&cfg.registry);
         Ok(Self {
+            fetch_wait_ms: std::sync::atomic::AtomicU32::new(cfg.kafka.fetch_wait_ms),
             resolver: SchemaCache::new(registry.clone()),
             registry,
             catalog: catalog.clone(),
@@ -375,6 +379,16 @@ impl Router {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
+                    if matches!(e, RouterError::Stalled { .. }) {
+                        let was = self.fetch_wait_ms.load(Ordering::Relaxed);
+                        let now = govbus_core::stall::longer_fetch_wait(was);
+                        self.fetch_wait_ms.store(now, Ordering::Relaxed);
+                        tracing::warn!(
+                            was_ms = was,
+                            now_ms = now,
+                            "router stalled: the next session lets the broker hold a fetch longer"
+                        );
+                    }
                     tracing::error!(error = %e, failures, "routing session failed; restarting from committed offsets");
                     std::thread::sleep(Duration::from_millis(500 * failures.min(10) as u64));
                 }
@@ -393,7 +407,10 @@ impl Router {
             }
             return Ok(());
         }
-        let kafka = &self.cfg.kafka;
+        let kafka = &KafkaConfig {
+            fetch_wait_ms: self.fetch_wait_ms.load(Ordering::Relaxed),
+            ..self.cfg.kafka.clone()
+        };
         let in_flight = Arc::new(InFlight::default());
         let consumer: BaseConsumer<RouterContext> = kafka
             .consumer(&self.cfg.group)

@@ -259,9 +259,9 @@ pub(crate) fn run(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut lat: Vec<f64> = Vec::with_capacity(total);
-    // The same per 5 s of the run (by send time): nisshi's fetches slow
-    // down as its partitions fill (docs/ARCHITECTURE.md), so a run's
-    // latency is not stationary there.
+    // The same per 5 s of the run (by send time): a run's latency need not
+    // be stationary (a broker whose fetches slow down as its partitions
+    // fill, docs/BROKERS.md, shows it here).
     const WINDOW_S: f64 = 5.0;
     let mut windows: Vec<Vec<f64>> = Vec::new();
     for (from, at) in &sent {

@@ -1,18 +1,15 @@
 //! `govbus-bench`: the agents' speed, each measured in the same run as the
-//! baseline it is compared with, on a real broker (nisshi, or
+//! baseline it is compared with, on Apache Kafka (started from its jars, or
 //! `GOVBUS_KAFKA_BOOTSTRAP`) and PostgreSQL. Figures go to docs/BENCHMARKS.md.
 //!
 //! ```sh
 //! cargo run --release -p govbus-bench -- relay --changes 200000
-//! cargo run --release -p govbus-bench -- route --changes 100000
+//! cargo run --release -p govbus-bench -- route --changes 300000
+//! cargo run --release -p govbus-bench -- backfill --residents 1000000
 //! cargo run --release -p govbus-bench -- sink --rows 100000
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
 //! cargo build --release -p govbus && cargo run --release -p govbus-bench -- latency --rate 5000
 //! ```
-//!
-//! `brokers/crabka.sh` builds and starts a second broker whose fetch is an
-//! index lookup (nisshi's memory storage lists a partition on every fetch);
-//! `latency --broker-pid <pid>` then reports its CPU as it does nisshi's.
 
 mod backfill;
 mod latency;
@@ -92,7 +89,7 @@ enum Cmd {
         #[arg(long)]
         fetch_wait_ms: Option<u32>,
         /// The process of an external broker (`GOVBUS_KAFKA_BOOTSTRAP`), to
-        /// report its CPU per 5 s as for the nisshi the bench starts.
+        /// report its CPU per 5 s as for the node the bench starts.
         #[arg(long)]
         broker_pid: Option<u32>,
     },

@@ -490,6 +490,7 @@ fn run_blocking(
         println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
     }
     println!("govbus up: stopping every process…");
+    drop(hops);
     stack.stop();
     drop(running);
     println!("govbus up: stopped.");

@@ -174,6 +174,10 @@ fn post(agent: &ureq::Agent, base: &str, req: &ChangeRequest) {
 }
 
 fn chaos(routers: usize) {
+    // One chaos run at a time: each starts three brokers and five or six
+    // agents, on a 2-core machine.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     init_logs();
     let changes = env_usize("GOVBUS_CHAOS_CHANGES", 1500);
     let kills = env_usize("GOVBUS_CHAOS_KILLS", 3);

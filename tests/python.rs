@@ -13,6 +13,17 @@ use govbus_schema::{envelope, json::to_json, RegistryClient, SchemaCache};
 use rdkafka::Message;
 use serde_json::Value;
 
+/// The bca publisher (its schema registered) and the residents' subject.
+fn residents_subject(bus: &Bus) -> (govbus_producer::Publisher, String) {
+    let publisher = bus.publisher("conformance");
+    let central = publisher
+        .topics()
+        .into_iter()
+        .find(|t| t.contains("residents"))
+        .expect("the residents topic");
+    (publisher, govbus_core::topics::value_subject(&central))
+}
+
 fn script() -> String {
     format!("{}/python/conformance.py", env!("CARGO_MANIFEST_DIR"))
 }
@@ -113,13 +124,7 @@ fn govbus_produces_python_consumes() {
 #[test]
 fn python_produces_govbus_consumes() {
     let bus = Bus::start();
-    let publisher = bus.publisher("conformance");
-    let central = publisher
-        .topics()
-        .into_iter()
-        .find(|t| t.contains("residents"))
-        .expect("the residents topic");
-    let subject = govbus_core::topics::value_subject(&central);
+    let (_publisher, subject) = residents_subject(&bus);
     // A topic of Python's own, created like every govbus topic.
     let topic = format!("{}{}", bus.prefix, unique("python"));
     govbus_core::kafka::ensure_topics(
@@ -181,13 +186,7 @@ fn python_produces_govbus_consumes() {
 #[test]
 fn python_registry_client_looks_up_and_tests_compatibility() {
     let bus = Bus::start();
-    let publisher = bus.publisher("conformance");
-    let central = publisher
-        .topics()
-        .into_iter()
-        .find(|t| t.contains("residents"))
-        .expect("the residents topic");
-    let subject = govbus_core::topics::value_subject(&central);
+    let (_publisher, subject) = residents_subject(&bus);
     let got = run_python(&["registry", &bus.registry, &subject]);
     let call = |name: &str| {
         got.iter()

@@ -113,7 +113,7 @@ impl Cluster {
                 &[
                     "format",
                     "-c",
-                    props.to_str().unwrap_or_default(),
+                    &props.display().to_string(),
                     // `=`: an id may start with `-`, which would read as an option.
                     &format!("--cluster-id={cluster_id}"),
                     "--ignore-formatted",
@@ -247,19 +247,33 @@ wait "$jvm""#;
             .map_err(KafkaError::io(format!("starting kafka node {}", node.id)))?;
         node.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        node.pid = loop {
+        // Without the JVM's pid the node could be neither stopped nor
+        // killed: a start that does not report it is a failed start.
+        loop {
             if let Some(pid) = std::fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
             {
-                break Some(pid);
+                node.pid = Some(pid);
+                return Ok(());
             }
             if Instant::now() > deadline {
-                break None;
+                if let Some(mut c) = node.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(KafkaError::StartTimeout {
+                    node: node.id,
+                    secs: 10,
+                    log: node.log().display().to_string(),
+                    tail: format!(
+                        "the wrapper did not write the JVM's pid to {}",
+                        pidfile.display()
+                    ),
+                });
             }
             std::thread::sleep(Duration::from_millis(10));
-        };
-        Ok(())
+        }
     }
 
     /// Waits until node `i` logs that it started, after byte `from` of its log.

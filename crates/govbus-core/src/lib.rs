@@ -4,6 +4,7 @@
 //! Nothing here talks to the network; every other crate builds on these types.
 
 pub mod catalog;
+pub mod event;
 pub mod kafka;
 pub mod stall;
 pub mod topics;
@@ -11,6 +12,7 @@ pub mod topics;
 pub use catalog::{
     Catalog, CatalogError, DatasetId, DatasetSpec, SubscriptionFile, SubscriptionSpec,
 };
+pub use event::InternalEvent;
 pub use kafka::KafkaConfig;
 pub use topics::Topics;
 

@@ -120,8 +120,10 @@ pub fn decode(key: &[u8], value: Option<&[u8]>) -> Option<(String, ControlValue)
     match serde_json::from_slice::<ControlValue>(value) {
         Ok(v) => Some((name, v)),
         Err(e) => {
-            tracing::warn!(subscription = name, error = %e, "skipping a control record that does not decode");
-            metrics::counter!("govbus_control_skipped_total").increment(1);
+            govbus_core::InternalEvent::emit(crate::events::ControlSkipped {
+                subscription: &name,
+                error: &e,
+            });
             None
         }
     }

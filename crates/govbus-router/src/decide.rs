@@ -43,6 +43,17 @@ impl Decision {
         }
     }
 
+    /// Which images of the change the view's record carries — the one
+    /// place this is decided, for the general path, the fast path and
+    /// backfills: `before` (as the view held it) on an update or a leave,
+    /// `after` unless the entity leaves.
+    pub fn images(self) -> Images {
+        Images {
+            before: matches!(self, Decision::Update | Decision::Delete),
+            after: !matches!(self, Decision::Delete | Decision::Nothing),
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -55,9 +66,28 @@ impl Decision {
     }
 }
 
+/// The images a view's record carries ([`Decision::images`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Images {
+    /// The entity as it was.
+    pub before: bool,
+    /// The entity as it is.
+    pub after: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leave_carries_only_before_and_an_entry_only_after() {
+        let img = |d: Decision| (d.images().before, d.images().after);
+        assert_eq!(img(Decision::Create), (false, true));
+        assert_eq!(img(Decision::Snapshot), (false, true));
+        assert_eq!(img(Decision::Update), (true, true));
+        assert_eq!(img(Decision::Delete), (true, false));
+        assert_eq!(img(Decision::Nothing), (false, false));
+    }
 
     #[test]
     fn enter_when_after_matches_and_before_did_not() {

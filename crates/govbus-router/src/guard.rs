@@ -3,11 +3,12 @@
 //! reads, nor change the type of a field a view keeps. Used by the registry
 //! (it refuses such a registration) and by `govbus schema check`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use apache_avro::schema::{Name, RecordSchema};
+use apache_avro::schema::RecordSchema;
 use apache_avro::Schema;
 use govbus_core::{Catalog, DatasetId, Topics};
+use govbus_schema::names::Names;
 
 use crate::filter::Filter;
 
@@ -35,8 +36,7 @@ impl std::fmt::Display for Break {
 /// Leaf fields of a record schema, by dotted path, with their type as
 /// canonical JSON (named types resolved by their definitions).
 fn leaves(schema: &Schema) -> BTreeMap<String, String> {
-    let mut names: HashMap<Name, Schema> = HashMap::new();
-    collect_names(schema, &mut names);
+    let names = Names::of(schema);
     let mut out = BTreeMap::new();
     if let Schema::Record(r) = schema {
         walk(r, "", &names, &mut out, 0);
@@ -44,32 +44,10 @@ fn leaves(schema: &Schema) -> BTreeMap<String, String> {
     out
 }
 
-/// Every named type of `s` (records, enums, fixed), by name.
-pub(crate) fn collect_names(s: &Schema, names: &mut HashMap<Name, Schema>) {
-    match s {
-        Schema::Record(r) => {
-            names.insert(r.name.clone(), s.clone());
-            for f in &r.fields {
-                collect_names(&f.schema, names);
-            }
-        }
-        Schema::Enum(e) => {
-            names.insert(e.name.clone(), s.clone());
-        }
-        Schema::Fixed(x) => {
-            names.insert(x.name.clone(), s.clone());
-        }
-        Schema::Union(u) => u.variants().iter().for_each(|v| collect_names(v, names)),
-        Schema::Array(a) => collect_names(&a.items, names),
-        Schema::Map(m) => collect_names(&m.types, names),
-        _ => {}
-    }
-}
-
 fn walk(
     r: &RecordSchema,
     prefix: &str,
-    names: &HashMap<Name, Schema>,
+    names: &Names,
     out: &mut BTreeMap<String, String>,
     depth: usize,
 ) {
@@ -210,7 +188,7 @@ impl SubscriptionGuard {
     }
 }
 
-impl govbus_registry::Guard for SubscriptionGuard {
+impl govbus_schema::Guard for SubscriptionGuard {
     fn check(&self, subject: &str, latest: &Schema, new: &Schema) -> Vec<String> {
         let Some(ds) = dataset_of_subject(&self.catalog, &self.topics, subject) else {
             return vec![];

@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod decide;
+pub mod events;
 pub mod fast;
 pub use govbus_schema::cel as filter;
 pub mod guard;

@@ -3,7 +3,7 @@
 
 use cel_interpreter::Context;
 use govbus_schema::envelope::decode;
-use govbus_schema::{Change, EnvelopeError, Op, SchemaResolver};
+use govbus_schema::{Change, EnvelopeError, SchemaResolver};
 
 use crate::decide::{decide, Decision};
 use crate::filter::{FilterError, Vars};
@@ -57,9 +57,10 @@ pub fn route(
     base: &Context<'_>,
     all: &[View],
     views: &[usize],
+    now_ms: i64,
 ) -> Result<Vec<Output>, RouteError> {
     let (_, change) = decode(payload, resolver)?;
-    route_change(&change, base, all, views, govbus_core::now_ms())
+    route_change(&change, base, all, views, now_ms)
 }
 
 /// Whether `v` has exactly the record fields of `schema` (recursively), so
@@ -128,18 +129,21 @@ pub fn backfill(
     };
     let (was, is) = (matches(old)?, matches(new)?);
     let reprojected = old.zip(new).is_some_and(|(o, n)| o.drop != n.drop);
-    let (label, op) = match (was, is) {
-        (false, true) => ("enter", Op::Snapshot),
-        (true, false) => ("leave", Op::Delete),
-        (true, true) if reprojected => ("resend", Op::Snapshot),
+    let (label, decision) = match (was, is) {
+        (false, true) => ("enter", Decision::Snapshot),
+        (true, false) => ("leave", Decision::Delete),
+        (true, true) if reprojected => ("resend", Decision::Snapshot),
         _ => return Ok(None),
+    };
+    let (Some(op), images) = (decision.op(), decision.images()) else {
+        return Ok(None);
     };
     let projected = out.projection.apply(after);
     let routed = Change {
         event_id: current.event_id.clone(),
         op,
-        before: (op == Op::Delete).then(|| projected.clone()),
-        after: (op != Op::Delete).then_some(projected),
+        before: images.before.then(|| projected.clone()),
+        after: images.after.then_some(projected),
         source: current.source.clone(),
         ts_ms: current.ts_ms,
     };
@@ -186,19 +190,15 @@ pub fn route_change(
             v.counters.filtered.increment(1);
             continue;
         };
-        let project =
-            |x: &Option<govbus_schema::AvroValue>| x.clone().map(|e| v.projection.apply(e));
+        let images = decision.images();
+        let project = |keep: bool, x: &Option<govbus_schema::AvroValue>| {
+            x.clone().filter(|_| keep).map(|e| v.projection.apply(e))
+        };
         let routed = Change {
             event_id: change.event_id.clone(),
             op,
-            before: match decision {
-                Decision::Update | Decision::Delete => project(&change.before),
-                _ => None,
-            },
-            after: match decision {
-                Decision::Delete => None,
-                _ => project(&change.after),
-            },
+            before: project(images.before, &change.before),
+            after: project(images.after, &change.after),
             source: change.source.clone(),
             ts_ms: change.ts_ms,
         };

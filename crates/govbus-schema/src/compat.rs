@@ -165,6 +165,19 @@ fn last(s: &[Schema]) -> &[Schema] {
     }
 }
 
+/// A check beyond compatibility: reasons to refuse `new` as the next
+/// version of `subject` after `latest` (govbus's: it would break an active
+/// subscription). Empty = fine.
+pub trait Guard: Send + Sync {
+    /// The reasons, each naming what breaks.
+    fn check(
+        &self,
+        subject: &str,
+        latest: &apache_avro::Schema,
+        new: &apache_avro::Schema,
+    ) -> Vec<String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

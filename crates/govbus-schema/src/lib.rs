@@ -2,6 +2,7 @@
 //! conversion with field-level errors, view projection, compatibility, and a
 //! client for any Confluent-compatible schema registry.
 
+pub mod bytes;
 pub mod cel;
 pub mod client;
 pub mod compat;
@@ -15,7 +16,7 @@ pub mod wire;
 pub use apache_avro::types::Value as AvroValue;
 pub use apache_avro::Schema;
 pub use client::{RegistryClient, RegistryError, SchemaCache, SchemaResolver};
-pub use compat::Compatibility;
+pub use compat::{Compatibility, Guard};
 pub use envelope::{Change, EnvelopeCodec, EnvelopeError, Op, Source};
 pub use json::FieldError;
 

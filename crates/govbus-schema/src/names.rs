@@ -42,6 +42,11 @@ impl Names {
         }
     }
 
+    /// The named type `name`, if the schema defines it.
+    pub fn get(&self, name: &Name) -> Option<&Schema> {
+        self.0.get(name)
+    }
+
     /// `s` itself, or the type it refers to.
     pub fn resolve<'a>(&'a self, s: &'a Schema) -> &'a Schema {
         match s {

@@ -1,0 +1,335 @@
+//! Bringing views in step: when the router takes a partition, every view
+//! whose recorded spec (in `_govbus.views`) differs from the one in force
+//! receives, from the partition's records before the committed offset, the
+//! entities that now enter, those that now leave and, when its projection
+//! changed, the others again; a removed view is emptied when asked.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cel_interpreter::Context;
+use govbus_core::{DatasetId, SubscriptionFile, SubscriptionSpec};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use super::committer::{commit, send, with_txn, RouterContext, Txn};
+use super::live::Live;
+use super::{Router, RouterError};
+use crate::events::BackfillSkipped;
+use crate::route::{self, RouteError};
+use crate::views::{self, View};
+use govbus_core::InternalEvent;
+
+/// The spec a view holds on one input partition, as recorded in
+/// `_govbus.views`: what its province has received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The filter.
+    pub filter: String,
+    /// The dropped fields.
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StateValue {
+    /// None: the view receives nothing from this partition.
+    applied: Option<Applied>,
+    at_ms: i64,
+}
+
+fn state_key(view: &str, topic: &str, partition: i32) -> String {
+    format!("{view}|{topic}|{partition}")
+}
+
+/// One view to bring in step on one partition.
+struct Work<'a> {
+    key: String,
+    view: String,
+    old: Option<View>,
+    new: Option<&'a View>,
+    /// Write `old`'s leaves when there is no `new`.
+    empty: bool,
+    target: Option<Applied>,
+}
+
+impl Router {
+    /// Reads `_govbus.views`: view|topic|partition → what it holds.
+    fn read_state(&self) -> Result<HashMap<String, Option<Applied>>, RouterError> {
+        let topic = self.topics.view_state();
+        let mut state = HashMap::new();
+        let mut bad = None;
+        govbus_core::kafka::read_partitions(
+            &self.cfg.kafka,
+            &topic,
+            &[(0, None)],
+            Duration::from_secs(60),
+            |m| {
+                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+                match m.payload().map(serde_json::from_slice::<StateValue>) {
+                    Some(Ok(v)) => {
+                        state.insert(key, v.applied);
+                    }
+                    None => {
+                        state.remove(&key);
+                    }
+                    Some(Err(e)) => bad = Some((key, e.to_string())),
+                }
+            },
+        )?;
+        if let Some((key, reason)) = bad {
+            return Err(RouterError::State { key, reason });
+        }
+        Ok(state)
+    }
+
+    /// Brings every view in step on `parts` (just assigned to this
+    /// instance): a view whose recorded spec differs from the one in force
+    /// receives, from the partition's records before the group's committed
+    /// offset, the entities that now enter (snapshots), those that now leave
+    /// (deletes) and, when its projection changed, the others again; a
+    /// removed view is emptied when asked. The records, the new state and
+    /// the (unchanged) offsets go in one transaction, so live routing from
+    /// that offset continues with no gap and no duplicate.
+    pub(super) fn in_step(
+        &self,
+        live: &Live,
+        consumer: &BaseConsumer<RouterContext>,
+        producer: &Txn<'_>,
+        base: &Context<'_>,
+        parts: &[(String, i32)],
+    ) -> Result<(), RouterError> {
+        let t = std::time::Instant::now();
+        let state = self.read_state()?;
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            records = state.len(),
+            "view state read"
+        );
+        let now = govbus_core::now_ms();
+        let mut todo: Vec<((String, i32), Vec<Work<'_>>)> = Vec::new();
+        for (topic, p) in parts {
+            let Some((_, idx)) = live.inputs.get(topic) else {
+                continue;
+            };
+            let mut work = Vec::new();
+            let held = |name: &str| -> Option<Applied> {
+                state.get(&state_key(name, topic, *p)).cloned().flatten()
+            };
+            for &i in idx {
+                let v = &live.views[i];
+                let target = (!v.expired(now)).then(|| Applied {
+                    filter: v.filter.source().to_string(),
+                    drop: v.drop.clone(),
+                });
+                let old = held(&v.name);
+                if old != target {
+                    work.push(Work {
+                        key: state_key(&v.name, topic, *p),
+                        view: v.name.clone(),
+                        old: old.and_then(|a| self.compile_applied(&v.subscriber, &v.dataset, &a)),
+                        new: target.is_some().then_some(v),
+                        // An expired view keeps its rows (delivery stops).
+                        empty: target.is_some(),
+                        target,
+                    });
+                }
+            }
+            for r in live.removed.iter().filter(|r| &r.input == topic) {
+                let Some(old) = held(&r.name) else {
+                    continue;
+                };
+                let mut old = self.compile_applied(&r.subscriber, &r.dataset, &old);
+                if r.empty_view {
+                    if let Some(v) = old.as_mut() {
+                        views::register_one(v, &self.registry)?;
+                    }
+                }
+                work.push(Work {
+                    key: state_key(&r.name, topic, *p),
+                    view: r.name.clone(),
+                    old,
+                    new: None,
+                    empty: r.empty_view,
+                    target: None,
+                });
+            }
+            if !work.is_empty() {
+                todo.push(((topic.clone(), *p), work));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), _) in &todo {
+            tpl.add_partition(t, *p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(30))?;
+        let until = |t: &str, p: i32| -> i64 {
+            committed
+                .find_partition(t, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        producer.begin_transaction()?;
+        let res = (|| {
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, p), work) in &todo {
+                let p = *p;
+                let until = until(topic, p);
+                self.backfill(topic, p, until, work, producer, base)?;
+                for w in work {
+                    let value = serde_json::to_vec(&StateValue {
+                        applied: w.target.clone(),
+                        at_ms: now,
+                    })
+                    .unwrap_or_default();
+                    send(
+                        producer,
+                        BaseRecord::to(&self.topics.view_state())
+                            .key(w.key.as_bytes())
+                            .payload(&value),
+                    )?;
+                    tracing::info!(view = w.view, topic, partition = p, until, from = ?w.old.as_ref().map(|v| v.filter.source()), to = ?w.target.as_ref().map(|a| &a.filter), "view brought in step");
+                }
+                offsets.add_partition_offset(topic, p, Offset::Offset(until))?;
+            }
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+            commit(producer, &offsets, &meta)
+        })();
+        if let Err(e) = res {
+            let _ = producer.abort_transaction(Duration::from_secs(30));
+            return Err(e);
+        }
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            partitions = todo.len(),
+            "views brought in step"
+        );
+        Ok(())
+    }
+
+    /// A view of `subscriber` compiled from a recorded spec (None when it
+    /// no longer compiles: its leaves cannot be computed, which is logged).
+    fn compile_applied(&self, subscriber: &str, dataset: &DatasetId, a: &Applied) -> Option<View> {
+        let spec = SubscriptionSpec {
+            file: SubscriptionFile {
+                subscriber: subscriber.to_string(),
+                dataset: dataset.clone(),
+                filter: a.filter.clone(),
+                drop: a.drop.clone(),
+                legal_basis: String::new(),
+                legal_reference: String::new(),
+                requested_by: String::new(),
+                expires: None,
+            },
+            origin: self.topics.view_state(),
+            filter_line: None,
+        };
+        views::compile_spec(&self.catalog, &self.topics, &spec)
+            .map_err(|e| tracing::error!(subscriber, %dataset, error = %e, "a view's recorded spec no longer compiles; its leaves are not sent"))
+            .ok()
+    }
+
+    /// Sends `work`'s records for the current state of `topic` `p` below
+    /// `until` (each entity's last change).
+    fn backfill(
+        &self,
+        topic: &str,
+        p: i32,
+        until: i64,
+        work: &[Work<'_>],
+        producer: &Txn<'_>,
+        base: &Context<'_>,
+    ) -> Result<(), RouterError> {
+        let sends = work
+            .iter()
+            .any(|w| w.new.is_some() || (w.empty && w.old.is_some()));
+        if !sends || until == 0 {
+            return Ok(());
+        }
+        let mut current: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        govbus_core::kafka::read_partitions(
+            &self.cfg.kafka,
+            topic,
+            &[(p, Some(until))],
+            Duration::from_secs(300),
+            |m| {
+                let key = m.key().unwrap_or_default().to_vec();
+                match m.payload() {
+                    Some(v) => {
+                        current.insert(key, v.to_vec());
+                    }
+                    None => {
+                        current.remove(&key);
+                    }
+                }
+            },
+        )?;
+        let dataset = &work
+            .iter()
+            .find_map(|w| {
+                w.new
+                    .map(|v| v.dataset.to_string())
+                    .or(w.old.as_ref().map(|v| v.dataset.to_string()))
+            })
+            .unwrap_or_default();
+        for (key, payload) in &current {
+            let change = match govbus_schema::envelope::decode(payload, &self.resolver) {
+                Ok((_, c)) => c,
+                Err(e) if e.is_transient() => return Err(RouterError::RegistryUnavailable(e)),
+                // Dead-lettered when it was routed live; counted here too.
+                Err(e) => {
+                    BackfillSkipped {
+                        topic,
+                        partition: p,
+                        dataset,
+                        view: None,
+                        reason: RouteError::Envelope(e).reason(),
+                    }
+                    .emit();
+                    continue;
+                }
+            };
+            for w in work {
+                let Some(out) = w.new.or(w.old.as_ref().filter(|_| w.empty)) else {
+                    continue;
+                };
+                match route::backfill(&change, base, w.old.as_ref(), w.new, out) {
+                    Ok(Some((label, value))) => {
+                        metrics::counter!("govbus_router_backfill_total", "subscriber" => out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(1);
+                        send(
+                            producer,
+                            with_txn(
+                                BaseRecord::to(&out.topic)
+                                    .key(key.as_slice())
+                                    .payload(value.as_slice()),
+                                producer.label,
+                            ),
+                        )?;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        BackfillSkipped {
+                            topic,
+                            partition: p,
+                            dataset,
+                            view: Some(&out.name),
+                            reason: e.reason(),
+                        }
+                        .emit();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The live set: the control topic's subscriptions compiled into views,
+//! grouped by input topic, with each input's DLQ, fast path and counters,
+//! and the topics they need created.
+
+use std::collections::HashMap;
+
+use govbus_core::kafka::{ensure_topics, TopicSpec};
+use govbus_core::{DatasetId, SubscriptionSpec};
+
+use super::{Router, RouterError};
+use crate::control::ControlValue;
+use crate::events::{Refusal, SubscriptionRefused};
+use crate::fast::FastRoute;
+use crate::views::{self, View};
+use govbus_core::InternalEvent;
+
+/// A removed subscription whose view may still need emptying.
+#[derive(Debug)]
+pub(super) struct Removed {
+    pub(super) name: String,
+    pub(super) subscriber: String,
+    pub(super) dataset: DatasetId,
+    pub(super) input: String,
+    pub(super) empty_view: bool,
+}
+
+/// The views in force for one generation of the control topic.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    pub(crate) generation: u64,
+    pub(crate) views: Vec<View>,
+    /// Input topic → (dataset label, view indices).
+    pub(crate) inputs: HashMap<String, (String, Vec<usize>)>,
+    pub(crate) dlq: HashMap<String, String>,
+    pub(crate) removed: Vec<Removed>,
+    /// Input topic → the byte-level path, when its filters allow it.
+    pub(crate) fast: HashMap<String, FastRoute>,
+    /// Input topic → `govbus_router_consumed_total{dataset}`.
+    pub(crate) consumed: HashMap<String, metrics::Counter>,
+}
+
+impl Router {
+    /// Compiles the control topic's current set. A subscription that does
+    /// not compile or whose view schema the registry refuses is left out,
+    /// loudly; the others are routed.
+    pub(super) fn live(&self) -> Result<Live, RouterError> {
+        let (generation, set) = self.control.snapshot();
+        let mut live = Live {
+            generation,
+            ..Live::default()
+        };
+        let mut specs = vec![TopicSpec::compacted(self.topics.view_state(), 1)];
+        let mut view_specs = Vec::new();
+        let mut input_of = |ds: &DatasetId, live: &mut Live| -> Option<String> {
+            let d = self.catalog.dataset(ds)?;
+            let input = self.topics.central(&d.id, d.file.major);
+            let dlq = self.topics.dlq("route", &d.id.to_string());
+            live.dlq.insert(input.clone(), dlq.clone());
+            live.inputs
+                .entry(input.clone())
+                .or_insert_with(|| (d.id.to_string(), vec![]));
+            specs.push(TopicSpec::changes(
+                input.clone(),
+                self.cfg.partitions,
+                d.file.retention_ms,
+            ));
+            specs.push(TopicSpec::retained(dlq, 1));
+            Some(input)
+        };
+        for (name, value) in &set {
+            match value {
+                ControlValue::Active {
+                    subscription,
+                    origin,
+                    ..
+                } => {
+                    let spec = SubscriptionSpec {
+                        file: (**subscription).clone(),
+                        origin: format!("{} ({origin})", self.topics.subscriptions()),
+                        filter_line: None,
+                    };
+                    let mut view = match views::compile_spec(&self.catalog, &self.topics, &spec) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            SubscriptionRefused {
+                                subscription: name,
+                                refusal: Refusal::Invalid,
+                                error: &e,
+                            }
+                            .emit();
+                            continue;
+                        }
+                    };
+                    match views::register_one(&mut view, &self.registry) {
+                        Ok(()) => {}
+                        Err(e) if e.is_transient() => return Err(e.into()),
+                        Err(e) => {
+                            SubscriptionRefused {
+                                subscription: name,
+                                refusal: Refusal::ViewSchema,
+                                error: &e,
+                            }
+                            .emit();
+                            continue;
+                        }
+                    }
+                    let Some(input) = input_of(&view.dataset, &mut live) else {
+                        continue;
+                    };
+                    view_specs.push(TopicSpec::compacted(
+                        view.topic.clone(),
+                        self.cfg.partitions,
+                    ));
+                    live.inputs
+                        .get_mut(&input)
+                        .expect("input_of adds the input")
+                        .1
+                        .push(live.views.len());
+                    live.views.push(view);
+                }
+                ControlValue::Removed { empty_view, .. } => {
+                    let Some((subscriber, dataset)) = name.split_once('/') else {
+                        continue;
+                    };
+                    let Ok(dataset) = dataset.parse::<DatasetId>() else {
+                        continue;
+                    };
+                    let Some(input) = input_of(&dataset, &mut live) else {
+                        continue;
+                    };
+                    live.removed.push(Removed {
+                        name: name.clone(),
+                        subscriber: subscriber.to_string(),
+                        dataset,
+                        input,
+                        empty_view: *empty_view,
+                    });
+                }
+            }
+        }
+        for (topic, (dataset, idx)) in &live.inputs {
+            live.consumed.insert(
+                topic.clone(),
+                metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone()),
+            );
+            let views: Vec<&View> = idx.iter().map(|&i| &live.views[i]).collect();
+            if let Some(f) = FastRoute::new(&views) {
+                live.fast.insert(topic.clone(), f);
+            }
+        }
+        specs.extend(view_specs);
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs.dedup_by(|a, b| a.name == b.name);
+        ensure_topics(&self.cfg.kafka, &specs)?;
+        for v in &live.views {
+            tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), expires_ms = ?v.expires_ms, "subscription active");
+            metrics::gauge!("govbus_subscription_active", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).set(1.0);
+        }
+        for r in &live.removed {
+            metrics::gauge!("govbus_subscription_active", "subscriber" => r.subscriber.clone(), "dataset" => r.dataset.to_string()).set(0.0);
+        }
+        Ok(live)
+    }
+}
+
+#[cfg(test)]
+impl Live {
+    /// A live set of `views`, all of one input topic with its DLQ, and the
+    /// fast path when their filters allow it.
+    pub(crate) fn of(views: Vec<View>, input: &str, dlq: &str) -> Self {
+        let mut live = Live {
+            inputs: HashMap::from([(
+                input.to_string(),
+                (
+                    views
+                        .first()
+                        .map(|v| v.dataset.to_string())
+                        .unwrap_or_default(),
+                    (0..views.len()).collect(),
+                ),
+            )]),
+            dlq: HashMap::from([(input.to_string(), dlq.to_string())]),
+            views,
+            ..Live::default()
+        };
+        let refs: Vec<&View> = live.views.iter().collect();
+        if let Some(f) = FastRoute::new(&refs) {
+            live.fast.insert(input.to_string(), f);
+        }
+        live
+    }
+}

@@ -1,0 +1,269 @@
+//! One routing session: a consumer in the router's group, a
+//! transactional producer, the committer thread, and the loop that polls,
+//! brings newly assigned partitions in step, runs the batch step and hands
+//! each batch to the committer. A failure or a change of the subscription
+//! set ends the session; [`Router::run`] starts the next one.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cel_interpreter::Context;
+use govbus_core::kafka::poll_batch;
+use govbus_core::KafkaConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use std::collections::HashMap;
+
+use super::batch::{Input, Scratch, Step};
+use super::committer::{Committer, InFlight, Lineage, Pipe, Routed, RouterContext, Txn};
+use super::live::Live;
+use super::{CommitterError, Router, RouterError};
+
+impl Router {
+    pub(super) fn session(&self, stop: &AtomicBool) -> Result<(), RouterError> {
+        let live = self.live()?;
+        let changed = || self.control.generation() != live.generation;
+        if live.inputs.is_empty() {
+            tracing::info!("no subscriptions; waiting for the control topic");
+            while !stop.load(Ordering::Relaxed) && !changed() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
+        let kafka = &KafkaConfig {
+            fetch_wait_ms: self.fetch_wait_ms.load(Ordering::Relaxed),
+            ..self.cfg.kafka.clone()
+        };
+        let in_flight = Arc::new(InFlight::default());
+        let consumer: BaseConsumer<RouterContext> = kafka
+            .consumer(&self.cfg.group)
+            .create_with_context(RouterContext {
+                in_flight: in_flight.clone(),
+            })?;
+        let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let tid = format!("govbus-router-{}-{}", self.cfg.group, self.cfg.instance);
+        let mut pc = kafka.producer();
+        // Keys go to the partitions a Java client would choose.
+        pc.set("transactional.id", &tid)
+            .set("partitioner", "murmur2_random");
+        // Defaults of the router's own, which `[kafka.options]` may override.
+        // linger.ms: records of a large batch leave in fuller requests while
+        // the batch is still being routed; the commit sends what is left at
+        // once (`flush_deliveries`), so a small batch waits for no linger.
+        for (k, v) in [
+            ("transaction.timeout.ms", "60000"),
+            ("retry.backoff.ms", "5"),
+            ("linger.ms", "5"),
+        ] {
+            kafka.set_default(&mut pc, k, v);
+        }
+        let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
+        producer.init_transactions(Duration::from_secs(30))?;
+        let mut lineage = Lineage::new(&tid);
+        let base = govbus_schema::cel::base_context();
+        tracing::info!(
+            transactional_id = tid,
+            ?topics,
+            views = live.views.len(),
+            "router session started"
+        );
+        // Lag is measured off this thread and off the consumer's connection
+        // (see LagWatch: a lag query here once starved the fetches).
+        let datasets: HashMap<String, String> = live
+            .inputs
+            .iter()
+            .map(|(t, (d, _))| (t.clone(), d.clone()))
+            .collect();
+        let lag =
+            govbus_core::kafka::LagWatch::start(kafka, Duration::from_secs(2), move |t, n| {
+                if let Some(d) = datasets.get(t) {
+                    metrics::gauge!("govbus_router_lag_events", "dataset" => d.clone())
+                        .set(n as f64);
+                }
+            })?;
+        // The pipeline: this thread polls and routes; the committer thread
+        // owns the transactions. A batch goes over in chunks, sent into
+        // its transaction while the rest is routed, and its last chunk
+        // carries the offsets: the committer commits batch k while this
+        // thread routes batch k + 1 (whose chunks wait in the channel). At
+        // most one commit is outstanding; a partition is revoked only once
+        // it is done (RouterContext), and views are brought in step only
+        // when nothing is in flight.
+        std::thread::scope(|s| {
+            let (jobs, job_rx) = std::sync::mpsc::channel::<Routed<'_>>();
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let span = tracing::Span::current();
+            let producer = &producer;
+            let in_flight = &*in_flight;
+            std::thread::Builder::new()
+                .name("router-commit".into())
+                .spawn_scoped(s, move || {
+                    let _span = span.enter();
+                    let mut txn = Committer::default();
+                    for mut job in job_rx {
+                        let res = txn.write(producer, &mut job);
+                        if res.is_some() {
+                            in_flight.finish();
+                        }
+                        if done_tx.send((res, job)).is_err() {
+                            break;
+                        }
+                    }
+                    // The routing thread stopped before a batch's last chunk.
+                    txn.abandon(producer);
+                })
+                .map_err(|e| RouterError::Committer(CommitterError::Spawn(e)))?;
+            let mut pipe = Pipe::new(jobs, done, in_flight);
+            let res = self.route_loop(
+                stop,
+                &live,
+                &changed,
+                &consumer,
+                producer,
+                &mut pipe,
+                &mut lineage,
+                &base,
+                &lag,
+            );
+            let last = pipe.wait();
+            // Ends the committer's loop; the scope joins it.
+            pipe.jobs = None;
+            match (res, last) {
+                (Err(e), Err(last)) => {
+                    tracing::warn!(error = %last, "the batch in flight failed too");
+                    Err(e)
+                }
+                (res, last) => res.and(last),
+            }
+        })
+    }
+
+    /// Polls and routes batches until `stop` or a change of the
+    /// subscription set, handing each routed batch to the committer.
+    #[allow(clippy::too_many_arguments)]
+    fn route_loop<'l>(
+        &self,
+        stop: &AtomicBool,
+        live: &'l Live,
+        changed: &dyn Fn() -> bool,
+        consumer: &BaseConsumer<RouterContext>,
+        producer: &ThreadedProducer<DefaultProducerContext>,
+        pipe: &mut Pipe<'_, 'l>,
+        lineage: &mut Lineage,
+        base: &Context<'_>,
+        lag: &govbus_core::kafka::LagWatch,
+    ) -> Result<(), RouterError> {
+        let mut batch = Vec::with_capacity(self.cfg.batch);
+        let mut last_lag = std::time::Instant::now();
+        let mut in_step: HashSet<(String, i32)> = HashSet::new();
+        let mut scratch = Scratch::default();
+        let mut stall =
+            govbus_core::stall::StallWatch::new(Duration::from_secs(self.cfg.stall_secs));
+        while !stop.load(Ordering::Relaxed) {
+            if changed() {
+                tracing::info!("the subscription set changed; starting a session with it");
+                return Ok(());
+            }
+            // Positions handed over often (a local call): the lag measured
+            // every 2 s is then at most this stale.
+            if last_lag.elapsed() > Duration::from_millis(200) {
+                lag.update(consumer);
+                last_lag = std::time::Instant::now();
+            }
+            let t_poll = std::time::Instant::now();
+            poll_batch(
+                consumer,
+                &mut batch,
+                self.cfg.batch,
+                Duration::from_millis(100),
+            );
+            let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
+            if let Some(s) = stall.observe(std::time::Instant::now(), batch.len(), lag.backlog()) {
+                govbus_core::InternalEvent::emit(crate::events::Stalled {
+                    idle_secs: s.idle.as_secs(),
+                    backlog: s.backlog,
+                });
+                return Err(RouterError::Stalled {
+                    idle_secs: s.idle.as_secs(),
+                    backlog: s.backlog,
+                });
+            }
+            // Partitions assigned since the last look: bring every view in
+            // step on them (backfill, leaves) before routing their records.
+            let assigned: HashSet<(String, i32)> = consumer
+                .assignment()?
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            self.set_assignment(live, assigned.iter().cloned().collect());
+            in_step.retain(|tp| assigned.contains(tp));
+            scratch.routed.retain(|tp, _| in_step.contains(tp));
+            let fresh: Vec<(String, i32)> = assigned
+                .iter()
+                .filter(|tp| !in_step.contains(*tp))
+                .cloned()
+                .collect();
+            if !fresh.is_empty() {
+                // Backfill reads up to the committed offsets and writes in
+                // a transaction of its own: nothing may be in flight.
+                pipe.wait()?;
+                let tx = Txn {
+                    producer,
+                    label: self.cfg.txn_header.then(|| lineage.next()),
+                };
+                self.in_step(live, consumer, &tx, base, &fresh)?;
+                in_step.extend(fresh);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let t_route = std::time::Instant::now();
+            let mut out = pipe.buffer();
+            out.label = self.cfg.txn_header.then(|| lineage.next().to_owned());
+            let step = Step {
+                live,
+                resolver: &self.resolver,
+                base,
+                fast_ids: &self.fast_ids,
+                now_ms: govbus_core::now_ms(),
+            };
+            let advances = step.run(
+                batch.iter().map(Input::of),
+                &mut out,
+                &mut scratch,
+                &mut |o| pipe.chunk(o),
+            )?;
+            let mut offsets = TopicPartitionList::new();
+            for a in &advances {
+                offsets.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next))?;
+            }
+            let route_ms = t_route.elapsed().as_secs_f64() * 1e3;
+            let t_wait = std::time::Instant::now();
+            // The previous batch committed before this one may.
+            pipe.wait()?;
+            out.changes = batch.len();
+            out.offsets = Some(offsets);
+            out.meta = Some(
+                consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?,
+            );
+            tracing::debug!(
+                changes = batch.len(),
+                poll_ms,
+                route_ms,
+                wait_ms = t_wait.elapsed().as_secs_f64() * 1e3,
+                "batch"
+            );
+            pipe.commit(out)?;
+        }
+        Ok(())
+    }
+}

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod event;
 pub mod kafka;
 pub mod stall;
+pub mod tail;
 pub mod topics;
 
 pub use catalog::{

@@ -97,9 +97,10 @@ pub fn seed_admin_units(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while relay.step(&stop)? > 0 || p.store().backlog()? > 0 {
         if std::time::Instant::now() > deadline {
-            return Err(crate::AgentError::Seed(
-                "admin units not relayed within 60 s".into(),
-            ));
+            return Err(crate::AgentError::Seed {
+                what: "admin units",
+                secs: 60,
+            });
         }
     }
     Ok(n)

@@ -121,12 +121,28 @@ pub enum AgentError {
     /// A change was refused.
     #[error(transparent)]
     Submit(#[from] SubmitError),
-    /// Seeding demo data did not finish.
-    #[error("seeding: {0}")]
-    Seed(String),
-    /// The HTTP listener.
+    /// Seeding demo data did not finish in time.
+    #[error("seeding: {what} not relayed within {secs} s")]
+    Seed {
+        /// What was being seeded.
+        what: &'static str,
+        /// The time allowed.
+        secs: u64,
+    },
+    /// The HTTP listener could not be bound.
     #[error("cannot listen on {0}: {1}")]
-    Listen(std::net::SocketAddr, std::io::Error),
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
+    /// Serving HTTP failed.
+    #[error("serving on {0}: {1}")]
+    Serve(std::net::SocketAddr, #[source] std::io::Error),
+    /// A thread or task could not be started, or ended abnormally.
+    #[error("the {what} {how}")]
+    Task {
+        /// Which thread or task.
+        what: &'static str,
+        /// What went wrong.
+        how: String,
+    },
 }
 
 /// The publisher an agent configuration describes: its store opened, its
@@ -160,7 +176,10 @@ pub async fn run_agent(
     let c = cfg.clone();
     let publisher = tokio::task::spawn_blocking(move || open_publisher(&c, &catalog).map(Arc::new))
         .await
-        .map_err(|e| AgentError::Listen(cfg.listen, std::io::Error::other(e)))??;
+        .map_err(|e| AgentError::Task {
+            what: "publisher setup task",
+            how: format!("ended abnormally: {e}"),
+        })??;
     let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?
         .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -168,7 +187,10 @@ pub async fn run_agent(
     let relay_thread = std::thread::Builder::new()
         .name("relay".into())
         .spawn(move || relay.run(s))
-        .map_err(|e| AgentError::Listen(cfg.listen, e))?;
+        .map_err(|e| AgentError::Task {
+            what: "relay thread",
+            how: format!("could not start: {e}"),
+        })?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AgentError::Listen(cfg.listen, e))?;
@@ -178,5 +200,5 @@ pub async fn run_agent(
         .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = relay_thread.join();
-    served.map_err(|e| AgentError::Listen(cfg.listen, e))
+    served.map_err(|e| AgentError::Serve(cfg.listen, e))
 }

@@ -17,32 +17,24 @@ use std::time::{Duration, Instant};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::Value as Cel;
+use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::{DatasetId, KafkaConfig};
 use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache};
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// A follower could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    /// Kafka refused or could not be reached.
-    #[error("lookup {dataset}: kafka: {reason}")]
-    Kafka {
-        /// The catalog.
-        dataset: DatasetId,
-        /// Why (the client's message).
-        reason: String,
-    },
-    /// The topic could not be created or described.
-    #[error("lookup {dataset}: {reason}")]
-    Topic {
+    /// The topic cannot be followed (it does not exist: its owner's
+    /// producer creates it; or Kafka refused).
+    #[error("lookup {dataset}: {source}")]
+    Follow {
         /// The catalog.
         dataset: DatasetId,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<TailError>,
     },
     /// The end of the topic was not reached in time.
     #[error("lookup {dataset}: not caught up with {topic} after {secs} s ({rows} rows so far)")]
@@ -68,11 +60,10 @@ struct Ready {
 #[derive(Debug)]
 pub struct Lookup {
     dataset: DatasetId,
-    topic: String,
     /// The rows as one CEL map (shared by every evaluation until the next batch).
     snapshot: RwLock<(Cel, usize)>,
     ready: Ready,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
 }
 
 impl Lookup {
@@ -124,45 +115,19 @@ impl Lookup {
         topic: String,
         catch_up: Duration,
     ) -> Result<Arc<Self>, LookupError> {
-        let kafka_err = |e: KafkaError| LookupError::Kafka {
+        let follow_err = |source| LookupError::Follow {
             dataset: dataset.clone(),
-            reason: e.to_string(),
+            source: Box::new(source),
         };
         let deadline = Instant::now() + catch_up;
-        let cfg = kafka.consumer(&format!("govbus-lookup-{}", uuid::Uuid::new_v4()));
-        let consumer = govbus_core::kafka::eof_consumer(cfg).map_err(kafka_err)?;
-        let parts = loop {
-            let md = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .map_err(kafka_err)?;
-            let parts: Vec<i32> = md
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if !parts.is_empty() {
-                break parts;
-            }
-            if Instant::now() > deadline {
-                return Err(LookupError::Topic {
-                    dataset,
-                    reason: format!(
-                        "topic {topic} does not exist (its owner's producer creates it)"
-                    ),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in &parts {
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning)
-                .map_err(kafka_err)?;
-        }
-        consumer.assign(&tpl).map_err(kafka_err)?;
+        let tail = Tail::open(
+            kafka.consumer(&format!("govbus-lookup-{}", uuid::Uuid::new_v4())),
+            &topic,
+            catch_up,
+        )
+        .map_err(follow_err)?;
         let lookup = Arc::new(Self {
             dataset: dataset.clone(),
-            topic: topic.clone(),
             snapshot: RwLock::new((
                 Cel::Map(Map {
                     map: Arc::new(HashMap::new()),
@@ -170,24 +135,42 @@ impl Lookup {
                 0,
             )),
             ready: Ready::default(),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
         });
-        let follower = Follower {
-            consumer,
-            state: Rows {
-                lookup: lookup.clone(),
-                resolver: SchemaCache::new(registry.clone()),
-                rows: HashMap::new(),
-            },
-            at_end: parts.iter().map(|p| (*p, false)).collect(),
+        let mut rows = Rows {
+            lookup: lookup.clone(),
+            resolver: SchemaCache::new(registry.clone()),
+            rows: HashMap::new(),
         };
-        std::thread::Builder::new()
-            .name(format!("lookup-{dataset}"))
-            .spawn(move || follower.run())
-            .map_err(|e| LookupError::Topic {
-                dataset: dataset.clone(),
-                reason: format!("cannot start the follower thread: {e}"),
-            })?;
+        let (mut changed, mut since) = (0u64, Instant::now());
+        let span = tracing::info_span!("lookup", dataset = %dataset, topic = %topic);
+        let _e = span.enter();
+        tail.spawn(
+            &format!("lookup-{dataset}"),
+            lookup.stop.clone(),
+            Duration::from_millis(50),
+            move |t| {
+                let caught_up = matches!(t, Tailed::CaughtUp);
+                if let Tailed::Record(m) = t {
+                    if rows.apply(m.key(), m.payload(), m.partition(), m.offset()) {
+                        changed += 1;
+                    }
+                }
+                // The rows are published at most every 50 ms (one map
+                // shared by every evaluation until the next), and before
+                // the lookup says it is ready.
+                if changed > 0 && (caught_up || since.elapsed() >= Duration::from_millis(50)) {
+                    rows.publish(std::mem::take(&mut changed));
+                    since = Instant::now();
+                }
+                if caught_up {
+                    let ready = &rows.lookup.ready;
+                    *ready.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    ready.cv.notify_all();
+                }
+            },
+        )
+        .map_err(follow_err)?;
         if !lookup.wait_ready(deadline.saturating_duration_since(Instant::now())) {
             lookup.stop();
             return Err(LookupError::NotCaughtUp {
@@ -202,13 +185,6 @@ impl Lookup {
     }
 }
 
-struct Follower {
-    consumer: govbus_core::kafka::EofConsumer,
-    state: Rows,
-    /// Partitions that reached their end once.
-    at_end: HashMap<i32, bool>,
-}
-
 /// The rows a follower keeps, and what it needs to decode changes.
 struct Rows {
     lookup: Arc<Lookup>,
@@ -216,54 +192,22 @@ struct Rows {
     rows: HashMap<Key, Cel>,
 }
 
-impl Follower {
-    fn run(mut self) {
-        let lookup = self.state.lookup.clone();
-        let dataset = lookup.dataset.to_string();
-        let span = tracing::info_span!("lookup", dataset = %dataset, topic = %lookup.topic);
-        let _e = span.enter();
-        while !lookup.stop.load(Ordering::Relaxed) {
-            let mut changed = 0u64;
-            let batch_end = Instant::now() + Duration::from_millis(50);
-            while Instant::now() < batch_end {
-                match self.consumer.poll(Duration::from_millis(50)) {
-                    None => break,
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        self.at_end.insert(p, true);
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "lookup consumer error"),
-                    Some(Ok(m)) => {
-                        if self
-                            .state
-                            .apply(m.key(), m.payload(), m.partition(), m.offset())
-                        {
-                            changed += 1;
-                        }
-                    }
-                }
-            }
-            if changed > 0 {
-                let rows = self.state.rows.len();
-                let map = Cel::Map(Map {
-                    map: Arc::new(self.state.rows.clone()),
-                });
-                if let Ok(mut s) = lookup.snapshot.write() {
-                    *s = (map, rows);
-                }
-                metrics::counter!("govbus_lookup_changes_total", "dataset" => dataset.clone())
-                    .increment(changed);
-                metrics::gauge!("govbus_lookup_rows", "dataset" => dataset.clone())
-                    .set(rows as f64);
-            }
-            if !lookup.is_ready() && self.at_end.values().all(|e| *e) {
-                *lookup.ready.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                lookup.ready.cv.notify_all();
-            }
-        }
-    }
-}
-
 impl Rows {
+    /// Makes the rows the lookup's value; `changed` records changed them.
+    fn publish(&self, changed: u64) {
+        let rows = self.rows.len();
+        let map = Cel::Map(Map {
+            map: Arc::new(self.rows.clone()),
+        });
+        if let Ok(mut s) = self.lookup.snapshot.write() {
+            *s = (map, rows);
+        }
+        let dataset = self.lookup.dataset.to_string();
+        metrics::counter!("govbus_lookup_changes_total", "dataset" => dataset.clone())
+            .increment(changed);
+        metrics::gauge!("govbus_lookup_rows", "dataset" => dataset).set(rows as f64);
+    }
+
     /// Applies one record; false when it changed nothing (skipped).
     fn apply(
         &mut self,

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
@@ -32,9 +32,18 @@ pub enum StoreError {
         /// The broker's answer.
         reason: String,
     },
-    /// The log could not be read to its end in time.
-    #[error("timed out reading {0} to its end")]
-    CatchUp(String),
+    /// The log cannot be followed.
+    #[error(transparent)]
+    Follow(#[from] TailError),
+    /// The log could not be read to its end.
+    #[error("cannot read {topic} to its end: {source}")]
+    CatchUp {
+        /// The topic.
+        topic: String,
+        /// Why.
+        #[source]
+        source: ApiError,
+    },
 }
 
 /// The registry's state, kept in step with the `_schemas` topic.
@@ -104,24 +113,37 @@ impl KafkaStore {
             .set("linger.ms", "0")
             .set("message.timeout.ms", "10000")
             .create()?;
-        let consumer: BaseConsumer = kafka
-            .consumer(&format!("govbus-registry-reader-{}", uuid_like()))
-            .set("fetch.wait.max.ms", "50")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-        consumer.assign(&tpl)?;
+        let mut cfg = kafka.consumer(&format!("govbus-registry-reader-{}", uuid_like()));
+        cfg.set("fetch.wait.max.ms", "50");
+        let tail = Tail::open(cfg, topic, Duration::from_secs(30))?;
         let state = Arc::new(RwLock::new(State::default()));
         let (tx, applied) = watch::channel(0i64);
         let stop = Arc::new(AtomicBool::new(false));
         {
             let state = state.clone();
-            let stop = stop.clone();
             let topic = topic.to_string();
-            std::thread::Builder::new()
-                .name("registry-log".into())
-                .spawn(move || follow(consumer, &topic, state, tx, stop))
-                .map_err(|e| StoreError::CatchUp(e.to_string()))?;
+            tail.spawn(
+                "registry-log",
+                stop.clone(),
+                Duration::from_millis(100),
+                move |t| {
+                    if let Tailed::Record(m) = t {
+                        match LogRecord::decode(m.key().unwrap_or_default(), m.payload()) {
+                            Ok(Some(rec)) => {
+                                state.write().unwrap_or_else(|p| p.into_inner()).apply(rec)
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(
+                                topic,
+                                offset = m.offset(),
+                                error = %e,
+                                "skipping unreadable record of the schema log"
+                            ),
+                        }
+                        tx.send_replace(m.offset() + 1);
+                    }
+                },
+            )?;
         }
         let store = Self {
             producer,
@@ -136,11 +158,17 @@ impl KafkaStore {
         let end = store
             .append(&LogRecord::Noop)
             .await
-            .map_err(|e| StoreError::CatchUp(e.to_string()))?;
+            .map_err(|source| StoreError::CatchUp {
+                topic: topic.to_string(),
+                source,
+            })?;
         store
             .wait_applied(end, Duration::from_secs(60))
             .await
-            .map_err(|_| StoreError::CatchUp(topic.to_string()))?;
+            .map_err(|source| StoreError::CatchUp {
+                topic: topic.to_string(),
+                source,
+            })?;
         Ok(store)
     }
 
@@ -203,35 +231,4 @@ fn uuid_like() -> String {
         "{:x}",
         std::process::id() as u64 ^ govbus_core::now_ms() as u64
     )
-}
-
-fn follow(
-    consumer: BaseConsumer,
-    topic: &str,
-    state: Arc<RwLock<State>>,
-    tx: watch::Sender<i64>,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(m)) => {
-                match LogRecord::decode(m.key().unwrap_or_default(), m.payload()) {
-                    Ok(Some(rec)) => state.write().unwrap_or_else(|p| p.into_inner()).apply(rec),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(
-                        topic,
-                        offset = m.offset(),
-                        error = %e,
-                        "skipping unreadable record of the schema log"
-                    ),
-                }
-                tx.send_replace(m.offset() + 1);
-            }
-            Some(Err(e)) => {
-                tracing::warn!(topic, error = %e, "reading the schema log");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
 }

@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use govbus_core::kafka::{ensure_topics, partitions_of, KafkaSetupError, TopicSpec};
+use govbus_core::tail::{Tail, Tailed};
 use govbus_core::{KafkaConfig, SubscriptionFile, SubscriptionSpec};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde::{Deserialize, Serialize};
 
 /// One subscription's record on the control topic.
@@ -80,6 +81,9 @@ pub enum ControlError {
     /// The topic could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The topic cannot be followed.
+    #[error(transparent)]
+    Tail(#[from] govbus_core::tail::TailError),
     /// Two files declare one subscription.
     #[error("{first} and {second} both declare subscription {name}")]
     Duplicate {
@@ -353,11 +357,10 @@ pub fn write(kafka: &KafkaConfig, topic: &str, steps: &[Step]) -> Result<(), Con
 /// generation that changes whenever the set does.
 #[derive(Debug)]
 pub struct Follower {
-    topic: String,
     set: Mutex<ControlSet>,
     generation: AtomicU64,
     ready: AtomicBool,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
 }
 
 impl Follower {
@@ -368,77 +371,39 @@ impl Follower {
         topic: &str,
         catch_up: Duration,
     ) -> Result<Arc<Self>, ControlError> {
-        let err = |source| ControlError::Kafka {
-            topic: topic.to_string(),
-            source,
-        };
         ensure(kafka, topic)?;
-        let consumer = govbus_core::kafka::eof_consumer(
-            kafka.consumer(&format!("govbus-control-{}", uuid::Uuid::new_v4())),
-        )
-        .map_err(err)?;
         let deadline = Instant::now() + catch_up;
-        let parts = loop {
-            let parts = partitions_of(&consumer, topic).map_err(err)?;
-            if !parts.is_empty() {
-                break parts;
-            }
-            if Instant::now() > deadline {
-                return Err(ControlError::NotCaughtUp {
-                    topic: topic.to_string(),
-                    secs: catch_up.as_secs(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in &parts {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)
-                .map_err(err)?;
-        }
-        consumer.assign(&tpl).map_err(err)?;
+        let tail = Tail::open(
+            kafka.consumer(&format!("govbus-control-{}", uuid::Uuid::new_v4())),
+            topic,
+            catch_up,
+        )?;
         let me = Arc::new(Self {
-            topic: topic.to_string(),
             set: Mutex::new(ControlSet::new()),
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
         });
         let f = me.clone();
-        let mut at_end: BTreeMap<i32, bool> = parts.iter().map(|p| (*p, false)).collect();
-        std::thread::Builder::new()
-            .name("govbus-control".into())
-            .spawn(move || {
-                while !f.stop.load(Ordering::Relaxed) {
-                    match consumer.poll(Duration::from_millis(200)) {
-                        Some(Ok(m)) => {
-                            if let Some((k, v)) = decode(m.key().unwrap_or_default(), m.payload()) {
-                                let mut set = f.set.lock().unwrap_or_else(|p| p.into_inner());
-                                if set.get(&k) != Some(&v) {
-                                    tracing::info!(subscription = k, record = ?v, "subscription record read");
-                                    set.insert(k, v);
-                                    f.generation.fetch_add(1, Ordering::SeqCst);
-                                }
-                            }
+        tail.spawn(
+            "govbus-control",
+            me.stop.clone(),
+            Duration::from_millis(200),
+            move |t| match t {
+                Tailed::Record(m) => {
+                    if let Some((k, v)) = decode(m.key().unwrap_or_default(), m.payload()) {
+                        let mut set = f.set.lock().unwrap_or_else(|p| p.into_inner());
+                        if set.get(&k) != Some(&v) {
+                            tracing::info!(subscription = k, record = ?v, "subscription record read");
+                            set.insert(k, v);
+                            f.generation.fetch_add(1, Ordering::SeqCst);
                         }
-                        Some(Err(KafkaError::PartitionEOF(p))) => {
-                            at_end.insert(p, true);
-                            if at_end.values().all(|e| *e) {
-                                f.ready.store(true, Ordering::SeqCst);
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(topic = f.topic, error = %e, "following the control topic")
-                        }
-                        None => {}
                     }
                 }
-            })
-            .map_err(|e| {
-                err(KafkaError::ClientCreation(format!(
-                    "cannot start the control follower: {e}"
-                )))
-            })?;
+                Tailed::CaughtUp => f.ready.store(true, Ordering::SeqCst),
+                Tailed::Idle => {}
+            },
+        )?;
         while !me.ready.load(Ordering::SeqCst) {
             if Instant::now() > deadline {
                 me.stop();

@@ -1,0 +1,156 @@
+//! Following a compacted topic (the subscriptions' control topic, a lookup
+//! dataset, the registry's schema log) from its beginning to its end and on:
+//! one helper for what each of those once wrote by hand.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::kafka::{eof_consumer, partitions_of, EofConsumer};
+
+/// Why a topic cannot be followed.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// The topic did not appear within the wait.
+    #[error("topic {topic} does not exist (waited {secs} s)")]
+    Missing {
+        /// The topic.
+        topic: String,
+        /// Seconds waited.
+        secs: u64,
+    },
+    /// Kafka refused.
+    #[error("following {topic}: {source}")]
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// Kafka's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The follower thread could not be started.
+    #[error("cannot start the thread that follows {topic}: {source}")]
+    Spawn {
+        /// The topic.
+        topic: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a [`Tail`] hands its caller.
+#[derive(Debug)]
+pub enum Tailed<'a> {
+    /// The next record (a tombstone has no payload).
+    Record(&'a BorrowedMessage<'a>),
+    /// Every partition was read to its end (once, the first time).
+    CaughtUp,
+    /// A poll returned nothing.
+    Idle,
+}
+
+/// Every partition of one topic, assigned from its beginning (no group
+/// offsets are committed: each follower reads the whole topic).
+pub struct Tail {
+    consumer: EofConsumer,
+    topic: String,
+    at_end: HashMap<i32, bool>,
+    caught_up: bool,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("topic", &self.topic)
+            .field("at_end", &self.at_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tail {
+    /// Assigns every partition of `topic` from its beginning, waiting up to
+    /// `wait` for the topic to exist. `cfg` is the consumer's (its group id
+    /// is not used for offsets).
+    pub fn open(cfg: ClientConfig, topic: &str, wait: Duration) -> Result<Self, TailError> {
+        let err = |source| TailError::Kafka {
+            topic: topic.to_string(),
+            source,
+        };
+        let consumer = eof_consumer(cfg).map_err(err)?;
+        let deadline = Instant::now() + wait;
+        let parts = loop {
+            let parts = partitions_of(&consumer, topic).map_err(err)?;
+            if !parts.is_empty() {
+                break parts;
+            }
+            if Instant::now() > deadline {
+                return Err(TailError::Missing {
+                    topic: topic.to_string(),
+                    secs: wait.as_secs(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &parts {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+                .map_err(err)?;
+        }
+        consumer.assign(&tpl).map_err(err)?;
+        Ok(Self {
+            consumer,
+            topic: topic.to_string(),
+            at_end: parts.into_iter().map(|p| (p, false)).collect(),
+            caught_up: false,
+        })
+    }
+
+    /// Polls until `stop`, handing each record, the first catch-up and
+    /// each empty poll to `on`. Consumer errors are logged and polling goes
+    /// on (librdkafka retries on its own).
+    pub fn run(mut self, stop: &AtomicBool, poll: Duration, mut on: impl FnMut(Tailed<'_>)) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.consumer.poll(poll) {
+                Some(Ok(m)) => on(Tailed::Record(&m)),
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    self.at_end.insert(p, true);
+                    if !self.caught_up && self.at_end.values().all(|e| *e) {
+                        self.caught_up = true;
+                        on(Tailed::CaughtUp);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(topic = self.topic, error = %e, "following a topic");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                None => on(Tailed::Idle),
+            }
+        }
+    }
+
+    /// Runs [`Tail::run`] on a thread of its own named `name`.
+    pub fn spawn(
+        self,
+        name: &str,
+        stop: std::sync::Arc<AtomicBool>,
+        poll: Duration,
+        on: impl FnMut(Tailed<'_>) + Send + 'static,
+    ) -> Result<(), TailError> {
+        let topic = self.topic.clone();
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let _e = span.enter();
+                self.run(&stop, poll, on)
+            })
+            .map(|_| ())
+            .map_err(|source| TailError::Spawn { topic, source })
+    }
+}

@@ -171,10 +171,11 @@ fn sink_applies_in_sequence_to_json_lines_exactly_once() {
     let path = dir.path().join("p.jsonl");
     let state = dir.path().join("p.state.db");
     let open = || {
-        govbus_consumer::sink_json::JsonLinesSink::open(
-            path.to_str().unwrap(),
-            state.to_str().unwrap(),
-        )
+        govbus_consumer::sink::JsonlConfig {
+            path: path.to_str().unwrap().into(),
+            state: Some(state.to_str().unwrap().into()),
+        }
+        .build()
         .unwrap()
     };
     sink_scenario(&mut open());

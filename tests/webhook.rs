@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use govbus_consumer::sink::{Row, Sink, SinkOptions};
-use govbus_consumer::sink_json::{signature, WebhookSink};
+use govbus_consumer::sink::{signature, Row, Sink, WebhookConfig};
 use govbus_consumer::table::{ColType, Column, TableDef};
 use govbus_schema::{AvroValue, Op};
 use serde_json::Value;
@@ -100,12 +99,14 @@ fn webhook_signs_and_never_advances_while_the_endpoint_fails() {
     let ep = endpoint();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("hook.db");
-    let opts = SinkOptions {
-        webhook_secret: Some("s3cret".into()),
-        webhook_timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let mut sink = WebhookSink::open(&ep.url, state.to_str().unwrap(), &opts).unwrap();
+    let mut sink = WebhookConfig {
+        state: Some(state.to_str().unwrap().into()),
+        secret: Some("s3cret".into()),
+        timeout_ms: 500,
+        ..WebhookConfig::new(&ep.url)
+    }
+    .build()
+    .unwrap();
     let offsets = [("sub.p52.bca.residents.v1".to_string(), 0, 2)];
 
     // The endpoint answers 500: the batch fails, nothing advances.

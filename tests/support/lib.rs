@@ -546,14 +546,9 @@ pub fn consumer_config(
         registry: registry.to_string(),
         subscriber: subscriber.to_string(),
         topic_prefix: prefix.to_string(),
-        sink: sink.to_string(),
-        pg_schema: pg_schema.to_string(),
+        sink: govbus_consumer::SinkConfig::from_url(sink, pg_schema),
         batch: 500,
         partitions: 4,
-        state: None,
-        webhook_secret: None,
-        webhook_per_change: false,
-        webhook_timeout_ms: 10_000,
         stall_secs: 60,
     }
 }

@@ -15,12 +15,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::sink::{self, Row, SinkError};
+use crate::sink::{self, Row, SinkConfig, SinkError};
 use crate::table::{table_def, value_at, TableDef};
 
 /// Consumer settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawConsumerConfig")]
 pub struct ConsumerConfig {
     /// The cluster.
     pub kafka: KafkaConfig,
@@ -31,23 +31,9 @@ pub struct ConsumerConfig {
     /// Prefix of every topic name (empty in production).
     #[serde(default)]
     pub topic_prefix: String,
-    /// `sqlite://<path>`, `postgres://...`, `jsonl://<path>` or an `http(s)://` webhook.
-    pub sink: String,
-    /// JSON-lines and webhook sinks: the SQLite file keeping offsets and sequences.
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Webhook: HMAC-SHA256 key; the body's signature is sent as `X-Govbus-Signature: sha256=<hex>`.
-    #[serde(default)]
-    pub webhook_secret: Option<String>,
-    /// Webhook: one POST per change instead of one per batch.
-    #[serde(default)]
-    pub webhook_per_change: bool,
-    /// Webhook: request timeout (ms); a timeout is retried like any failure.
-    #[serde(default = "default_webhook_timeout")]
-    pub webhook_timeout_ms: u64,
-    /// PostgreSQL schema for the tables.
-    #[serde(default = "public")]
-    pub pg_schema: String,
+    /// Where the province's copy lives (`[consumer.sink]`, tagged by
+    /// `type`).
+    pub sink: SinkConfig,
     /// Most changes per database transaction.
     #[serde(default = "default_batch")]
     pub batch: usize,
@@ -60,14 +46,62 @@ pub struct ConsumerConfig {
     pub stall_secs: u64,
 }
 
+/// [`ConsumerConfig`] as read, with the keys that moved into
+/// `[consumer.sink]`: present, they are refused with what to write instead.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsumerConfig {
+    kafka: KafkaConfig,
+    registry: String,
+    subscriber: String,
+    #[serde(default)]
+    topic_prefix: String,
+    sink: SinkConfig,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    #[serde(default = "default_partitions")]
+    partitions: i32,
+    #[serde(default = "default_stall_secs")]
+    stall_secs: u64,
+    pg_schema: Option<serde_json::Value>,
+    state: Option<serde_json::Value>,
+    webhook_secret: Option<serde_json::Value>,
+    webhook_per_change: Option<serde_json::Value>,
+    webhook_timeout_ms: Option<serde_json::Value>,
+}
+
+impl TryFrom<RawConsumerConfig> for ConsumerConfig {
+    type Error = String;
+
+    fn try_from(r: RawConsumerConfig) -> Result<Self, String> {
+        let moved = [
+            ("pg_schema", &r.pg_schema, "schema"),
+            ("state", &r.state, "state"),
+            ("webhook_secret", &r.webhook_secret, "secret"),
+            ("webhook_per_change", &r.webhook_per_change, "per_change"),
+            ("webhook_timeout_ms", &r.webhook_timeout_ms, "timeout_ms"),
+        ];
+        if let Some((old, value, new)) = moved.iter().find(|(_, v, _)| v.is_some()) {
+            return Err(format!(
+                "`{old}` moved into the sink's section: write `{new} = {}` under [consumer.sink]",
+                value.as_ref().map(ToString::to_string).unwrap_or_default()
+            ));
+        }
+        Ok(Self {
+            kafka: r.kafka,
+            registry: r.registry,
+            subscriber: r.subscriber,
+            topic_prefix: r.topic_prefix,
+            sink: r.sink,
+            batch: r.batch,
+            partitions: r.partitions,
+            stall_secs: r.stall_secs,
+        })
+    }
+}
+
 fn default_stall_secs() -> u64 {
     60
-}
-fn default_webhook_timeout() -> u64 {
-    10_000
-}
-fn public() -> String {
-    "public".into()
 }
 fn default_batch() -> usize {
     500
@@ -155,16 +189,7 @@ pub fn run(
         .map(|t| TopicSpec::compacted(t.clone(), cfg.partitions))
         .collect();
     ensure_topics(&cfg.kafka, &specs)?;
-    let mut sink = sink::open(
-        &cfg.sink,
-        &sink::SinkOptions {
-            pg_schema: cfg.pg_schema.clone(),
-            state: cfg.state.clone(),
-            webhook_secret: cfg.webhook_secret.clone(),
-            webhook_per_change: cfg.webhook_per_change,
-            webhook_timeout: Duration::from_millis(cfg.webhook_timeout_ms),
-        },
-    )?;
+    let mut sink = cfg.sink.build()?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
     let mut session_cfg = cfg.clone();
@@ -213,7 +238,7 @@ fn session(
         }
     }
     consumer.assign(&tpl)?;
-    tracing::info!(subscriber = cfg.subscriber, sink = %redact(&cfg.sink), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
+    tracing::info!(subscriber = cfg.subscriber, sink = %cfg.sink.describe(), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
 
     let lag = lag_watch(cfg, inputs)?;
     let mut last_lag = Instant::now();
@@ -379,16 +404,6 @@ fn lag_watch(
     )?)
 }
 
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_user, host)) if scheme_user.contains("://") => {
-            let scheme = scheme_user.split("://").next().unwrap_or("");
-            format!("{scheme}://***@{host}")
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// One subscription's state, as `govbus status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -407,14 +422,7 @@ pub struct Status {
 /// Reads the state of each of the subscriber's views from its sink and the cluster.
 pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, ConsumerError> {
     let topics = Topics::new(&cfg.topic_prefix);
-    let mut sink = sink::open(
-        &cfg.sink,
-        &sink::SinkOptions {
-            pg_schema: cfg.pg_schema.clone(),
-            state: cfg.state.clone(),
-            ..Default::default()
-        },
-    )?;
+    let mut sink = cfg.sink.build()?;
     let consumer: BaseConsumer = cfg.kafka.consumer("govbus-status").create()?;
     let mut out = Vec::new();
     for s in catalog
@@ -455,4 +463,43 @@ pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, Co
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConsumerConfig, String> {
+        config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize::<ConsumerConfig>())
+            .map_err(|e| e.to_string())
+    }
+
+    const BASE: &str =
+        "subscriber = \"p52\"\nregistry = \"http://r\"\nkafka = { bootstrap = \"k:9092\" }\n";
+
+    #[test]
+    fn a_key_that_moved_into_the_sink_section_says_where_it_goes() {
+        let e = parse(&format!(
+            "{BASE}pg_schema = \"p52\"\n[sink]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`pg_schema` moved")
+                && e.contains("write `schema = \"p52\"` under [consumer.sink]"),
+            "{e}"
+        );
+        let ok = parse(&format!(
+            "{BASE}[sink]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\nschema = \"p52\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.sink.describe(), "postgres postgres://h/db schema p52");
+        let e = parse(&format!(
+            "{BASE}surprise = 1\n[sink]\ntype = \"sqlite\"\npath = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+    }
 }

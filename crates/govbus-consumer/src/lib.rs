@@ -5,8 +5,7 @@
 
 pub mod consumer;
 pub mod sink;
-pub mod sink_json;
 pub mod table;
 
 pub use consumer::{run, status, ConsumerConfig, ConsumerError, Status};
-pub use sink::{PostgresSink, Sink, SinkError, SqliteSink};
+pub use sink::{PostgresSink, Sink, SinkConfig, SinkError, SqliteSink};

@@ -426,7 +426,7 @@ fn run_blocking(
             &section(
                 "consumer",
                 format!(
-                    "subscriber = \"{p}\"\nregistry = \"{registry}\"\nsink = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
+                    "subscriber = \"{p}\"\nregistry = \"{registry}\"\nstall_secs = {stall_secs}\nsink = {{ type = \"sqlite\", path = \"{}\" }}\n",
                     dir.join(format!("{p}.db")).display()
                 ),
                 port,

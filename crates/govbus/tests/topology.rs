@@ -331,7 +331,7 @@ fn the_compose_topology_runs_natively_and_delivers() {
     let p52_schema = {
         let text = std::fs::read_to_string(repo().join("deploy/agencies/p52.toml")).unwrap();
         let t: toml::Value = toml::from_str(&text).unwrap();
-        t["consumer"]["pg_schema"]
+        t["consumer"]["sink"]["schema"]
             .as_str()
             .unwrap_or("public")
             .to_string()

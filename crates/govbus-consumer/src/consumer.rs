@@ -15,8 +15,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::events::{ApplyFailed, BatchApplied, Stalled};
 use crate::sink::{self, Row, SinkConfig, SinkError};
 use crate::table::{table_def, value_at, TableDef};
+use govbus_core::InternalEvent;
 
 /// Consumer settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,8 +207,13 @@ pub fn run(
             Err(e @ ConsumerError::Stalled { .. }) => {
                 let was = session_cfg.kafka.fetch_wait_ms;
                 session_cfg.kafka.fetch_wait_ms = govbus_core::stall::longer_fetch_wait(was);
-                tracing::warn!(subscriber = cfg.subscriber, error = %e, was_ms = was, now_ms = session_cfg.kafka.fetch_wait_ms, "consumer stalled; starting a new session from the stored offsets, letting the broker hold a fetch longer");
-                metrics::counter!("govbus_consumer_stalls_total", "subscriber" => cfg.subscriber.clone()).increment(1);
+                Stalled {
+                    subscriber: &cfg.subscriber,
+                    error: &e,
+                    was_ms: was,
+                    now_ms: session_cfg.kafka.fetch_wait_ms,
+                }
+                .emit();
             }
             other => return other,
         }
@@ -327,29 +334,26 @@ fn session(
         loop {
             match sink.apply(&rows, &offsets) {
                 Ok(done) => {
-                    tracing::debug!(
-                        changes = rows.len(),
+                    BatchApplied {
+                        subscriber: &cfg.subscriber,
+                        changes: rows.len(),
+                        done,
+                        last_source_ms: rows.last().map(|r| r.source_ts),
                         poll_ms,
                         decode_ms,
-                        apply_ms = t_apply.elapsed().as_secs_f64() * 1e3,
-                        "batch applied"
-                    );
-                    let sub = cfg.subscriber.clone();
-                    metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "upsert").increment(done.upserts);
-                    metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "delete").increment(done.deletes);
-                    metrics::counter!("govbus_consumer_stale_total", "subscriber" => sub.clone())
-                        .increment(done.stale);
-                    if let Some(last) = rows.last() {
-                        let age = (govbus_core::now_ms() - last.source_ts).max(0) as f64 / 1000.0;
-                        metrics::gauge!("govbus_consumer_freshness_seconds", "subscriber" => sub)
-                            .set(age);
+                        apply_ms: t_apply.elapsed().as_secs_f64() * 1e3,
                     }
+                    .emit();
                     break;
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::error!(error = %e, attempt, "cannot apply batch; retrying (nothing is skipped)");
-                    metrics::counter!("govbus_consumer_apply_errors_total", "subscriber" => cfg.subscriber.clone()).increment(1);
+                    ApplyFailed {
+                        subscriber: &cfg.subscriber,
+                        attempt,
+                        error: &e,
+                    }
+                    .emit();
                     if stop.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }

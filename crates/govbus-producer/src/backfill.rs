@@ -271,7 +271,7 @@ fn handle(
             text,
         } => {
             write_reject(rejects, rejects_path, n, reason, &errors, &text)?;
-            metrics::counter!("govbus_backfill_rejected_total", "reason" => reason).increment(1);
+            govbus_core::InternalEvent::emit(crate::events::BackfillRejected { line: n, reason });
             p.rejected += 1;
         }
     }

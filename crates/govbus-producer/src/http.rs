@@ -58,9 +58,11 @@ fn reject(
     error: String,
     errors: Vec<FieldError>,
 ) -> Response {
-    metrics::counter!("govbus_ingest_rejected_total", "dataset" => dataset.to_string(), "reason" => reason)
-        .increment(1);
-    tracing::info!(dataset, reason, %error, "change rejected");
+    govbus_core::InternalEvent::emit(crate::events::IngestRejected {
+        dataset,
+        reason,
+        error: &error,
+    });
     (status, Json(json!({"error": error, "errors": errors}))).into_response()
 }
 

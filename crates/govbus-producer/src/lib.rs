@@ -16,6 +16,7 @@
 pub mod backfill;
 pub mod deadletter;
 pub mod demo;
+pub mod events;
 pub mod http;
 pub mod lookup;
 pub mod outbox;

@@ -218,10 +218,12 @@ impl Rows {
     ) -> bool {
         let key = key.and_then(|k| std::str::from_utf8(k).ok());
         let skip = |reason: &'static str, detail: String| {
-            // The record stays in the topic (the router dead-letters it for
-            // its subscribers); a rule that needs it fails and says so.
-            tracing::warn!(partition, offset, reason, %detail, "lookup record skipped");
-            metrics::counter!("govbus_lookup_skipped_total", "reason" => reason).increment(1);
+            govbus_core::InternalEvent::emit(crate::events::LookupSkipped {
+                partition,
+                offset,
+                reason,
+                detail: &detail,
+            });
             false
         };
         let Some(key) = key else {

@@ -191,8 +191,12 @@ impl PgOutbox {
                             &[&id],
                         )?
                         .get(0);
-                    tracing::warn!(id, dataset, reason, %error, "outbox row sent to the DLQ");
-                    metrics::counter!("govbus_outbox_rejected_total", "dataset" => dataset.clone(), "reason" => reason).increment(1);
+                    govbus_core::InternalEvent::emit(crate::events::OutboxRejected {
+                        id,
+                        dataset: &dataset,
+                        reason,
+                        error: &error,
+                    });
                     dead.send_rejected(
                         &key,
                         original.unwrap_or_default().as_bytes(),

@@ -182,18 +182,14 @@ impl Writer {
                 Ok(false) => None,
                 Err(e) => Some(e.to_string()),
             };
-            metrics::counter!("govbus_contract_violations_total",
-                "dataset" => dataset.to_string(), "rule" => r.spec.name.clone())
-            .increment(1);
-            match r.spec.action {
-                govbus_core::catalog::RuleAction::Reject => out.push((r, failed)),
-                govbus_core::catalog::RuleAction::Warn => {
-                    tracing::warn!(
-                        dataset,
-                        rule = r.spec.name,
-                        "change accepted despite a failed warn rule"
-                    );
-                }
+            govbus_core::InternalEvent::emit(crate::events::ContractViolated {
+                dataset,
+                rule: &r.spec.name,
+                action: r.spec.action,
+                error: failed.as_deref(),
+            });
+            if r.spec.action == govbus_core::catalog::RuleAction::Reject {
+                out.push((r, failed));
             }
         }
         out

@@ -523,13 +523,11 @@ impl Relay {
                 backlog = (Instant::now(), self.store.backlog().ok());
             }
             if let Some(s) = stall.observe(Instant::now(), progressed, backlog.1) {
-                tracing::warn!(
-                    idle_s = s.idle.as_secs(),
-                    backlog = s.backlog,
-                    in_flight = flight.rows.len(),
-                    "relay stalled: changes wait in the outbox and none was acknowledged; starting over from the lowest pending change"
-                );
-                metrics::counter!("govbus_relay_stalls_total").increment(1);
+                govbus_core::InternalEvent::emit(crate::events::RelayStalled {
+                    idle_secs: s.idle.as_secs(),
+                    backlog: s.backlog,
+                    in_flight: flight.rows.len(),
+                });
                 self.drain(&mut flight, Duration::from_secs(30));
                 if acked.is_empty() {
                     self.recover_or_wait(&stop);

@@ -372,13 +372,11 @@ async fn register(
                         return Ok(ok(json!({ "id": id })));
                     }
                     Outcome::Lost { repair } => {
-                        tracing::warn!(
-                            subject,
+                        govbus_core::InternalEvent::emit(WriteConflict {
+                            subject: &subject,
                             id,
                             version,
-                            "another registry instance claimed this id or version first; retrying"
-                        );
-                        metrics::counter!("govbus_registry_write_conflicts_total").increment(1);
+                        });
                         if let Some(r) = repair {
                             s.commit(&r).await?;
                             if let LogRecord::SchemaTombstone { subject, version } = &r {
@@ -652,4 +650,25 @@ async fn delete_subject_mode(
     })
     .await?;
     Ok(ok(json!({ "mode": before })))
+}
+
+/// Another registry instance claimed an id or version first; the write is
+/// retried (an internal event: it logs and counts together).
+#[derive(Debug)]
+struct WriteConflict<'a> {
+    subject: &'a str,
+    id: u32,
+    version: u32,
+}
+
+impl govbus_core::InternalEvent for WriteConflict<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            subject = self.subject,
+            id = self.id,
+            version = self.version,
+            "another registry instance claimed this id or version first; retrying"
+        );
+        metrics::counter!("govbus_registry_write_conflicts_total").increment(1);
+    }
 }

@@ -1,0 +1,93 @@
+//! The province consumer's internal events: each logs and counts together
+//! ([`InternalEvent`]). Metric names and labels do not change: dashboards
+//! depend on them.
+
+use govbus_core::InternalEvent;
+
+use crate::sink::Applied;
+
+/// A batch applied with its offsets, in one transaction.
+#[derive(Debug)]
+pub struct BatchApplied<'a> {
+    /// The subscriber.
+    pub subscriber: &'a str,
+    /// Changes in the batch.
+    pub changes: usize,
+    /// What the sink did.
+    pub done: Applied,
+    /// Source time (ms) of the batch's last change.
+    pub last_source_ms: Option<i64>,
+    /// Milliseconds spent polling, decoding and applying.
+    pub poll_ms: f64,
+    /// Decoding.
+    pub decode_ms: f64,
+    /// Applying.
+    pub apply_ms: f64,
+}
+
+impl InternalEvent for BatchApplied<'_> {
+    fn emit(self) {
+        tracing::debug!(
+            changes = self.changes,
+            upserts = self.done.upserts,
+            deletes = self.done.deletes,
+            stale = self.done.stale,
+            poll_ms = self.poll_ms,
+            decode_ms = self.decode_ms,
+            apply_ms = self.apply_ms,
+            "batch applied"
+        );
+        let sub = self.subscriber.to_string();
+        metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "upsert")
+            .increment(self.done.upserts);
+        metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => "delete")
+            .increment(self.done.deletes);
+        metrics::counter!("govbus_consumer_stale_total", "subscriber" => sub.clone())
+            .increment(self.done.stale);
+        if let Some(ts) = self.last_source_ms {
+            let age = (govbus_core::now_ms() - ts).max(0) as f64 / 1000.0;
+            metrics::gauge!("govbus_consumer_freshness_seconds", "subscriber" => sub).set(age);
+        }
+    }
+}
+
+/// A batch the sink could not apply; it is retried, nothing is skipped.
+#[derive(Debug)]
+pub struct ApplyFailed<'a> {
+    /// The subscriber.
+    pub subscriber: &'a str,
+    /// Attempts so far.
+    pub attempt: u32,
+    /// Why.
+    pub error: &'a dyn std::error::Error,
+}
+
+impl InternalEvent for ApplyFailed<'_> {
+    fn emit(self) {
+        tracing::error!(error = %self.error, attempt = self.attempt, "cannot apply batch; retrying (nothing is skipped)");
+        metrics::counter!("govbus_consumer_apply_errors_total", "subscriber" => self.subscriber.to_string())
+            .increment(1);
+    }
+}
+
+/// The consumer held a backlog and applied nothing for too long; a new
+/// session starts from the stored offsets with a longer fetch wait.
+#[derive(Debug)]
+pub struct Stalled<'a> {
+    /// The subscriber.
+    pub subscriber: &'a str,
+    /// Why (idle time and backlog).
+    pub error: &'a dyn std::error::Error,
+    /// The fetch wait before.
+    pub was_ms: u32,
+    /// The fetch wait of the next session.
+    pub now_ms: u32,
+}
+
+impl InternalEvent for Stalled<'_> {
+    fn emit(self) {
+        tracing::warn!(subscriber = self.subscriber, error = %self.error, was_ms = self.was_ms, now_ms = self.now_ms, "consumer stalled; starting a new session from the stored offsets, letting the broker hold a fetch longer");
+        metrics::counter!("govbus_consumer_stalls_total", "subscriber" => self.subscriber.to_string())
+            .increment(1);
+    }
+}

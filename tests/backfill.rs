@@ -109,7 +109,7 @@ fn jsonl_backfill_rejects_bad_lines_and_resumes_without_duplicates() {
     // The delete found the entity created on line 1: sequence 2.
     let pending = store.pending(10).unwrap();
     assert_eq!(
-        pending.iter().filter(|r| r.key == "052079000001").count(),
+        pending.iter().filter(|r| r.key == b"052079000001").count(),
         2
     );
     // A third run finds nothing left to do.

@@ -8,61 +8,72 @@ use govbus_consumer::sink::{Row, Sink};
 use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
 use govbus_consumer::{PostgresSink, SqliteSink};
 use govbus_e2e::{pg_url, unique};
-use govbus_producer::store::Built;
-use govbus_producer::{OutboxStore, PostgresStore, SqliteStore, SubmitError};
-use serde_json::{json, Value};
+use govbus_producer::store::{Entity, NewChange, State};
+use govbus_producer::{OutboxStore, PostgresStore, SqliteStore};
+use serde_json::Value;
 
 fn store_scenario(store: &dyn OutboxStore) {
-    let seen_before = std::cell::RefCell::new(Vec::<Option<Value>>::new());
-    let accept = |key: &str, state: Option<Value>| {
-        store.accept("bca.residents", key, &mut |seq, prev| {
-            seen_before.borrow_mut().push(prev.cloned());
-            Ok(Built {
-                topic: "t".into(),
-                value: format!("{key}#{seq}").into_bytes(),
-                state: state.clone(),
-            })
+    // One acceptance per change: the entity as the transaction saw it,
+    // then the change stored with the next sequence.
+    let accept = |key: &str, state: Option<&[u8]>| {
+        let mut tx = store.begin().unwrap();
+        let prev = tx.entity("bca.residents", key).unwrap();
+        let seq = prev.as_ref().map_or(1, |e| e.seq + 1);
+        tx.put(&NewChange {
+            dataset: "bca.residents",
+            key,
+            seq,
+            state,
+            topic: "t",
+            value: format!("{key}#{seq}").as_bytes(),
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        prev
+    };
+    let entity = |seq, state: Option<&[u8]>| {
+        Some(Entity {
+            seq,
+            state: state.map(|s| State::Avro(s.to_vec())),
         })
     };
-    assert_eq!(accept("a", Some(json!({"v": 1}))).unwrap(), 1);
-    assert_eq!(accept("a", Some(json!({"v": 2}))).unwrap(), 2);
-    assert_eq!(accept("b", Some(json!({"v": 9}))).unwrap(), 1);
-    assert_eq!(accept("a", None).unwrap(), 3);
+    assert_eq!(accept("a", Some(b"v1")), None);
+    assert_eq!(accept("a", Some(b"v2")), entity(1, Some(b"v1")));
+    assert_eq!(accept("b", Some(b"v9")), None);
+    assert_eq!(accept("a", None), entity(2, Some(b"v2")));
     // After a delete the sequence goes on: a re-created entity never reuses one.
-    assert_eq!(accept("a", Some(json!({"v": 4}))).unwrap(), 4);
-    assert_eq!(
-        *seen_before.borrow(),
-        vec![
-            None,
-            Some(json!({"v": 1})),
-            None,
-            Some(json!({"v": 2})),
-            None
-        ]
-    );
-    // A refusal inside the transaction stores nothing and uses no sequence.
-    let refused = store.accept("bca.residents", "a", &mut |_, _| {
-        Err(SubmitError::UnknownEntity {
-            dataset: "d".into(),
-            key: "a".into(),
-        })
-    });
-    assert!(refused.is_err());
-    assert_eq!(accept("a", Some(json!({"v": 5}))).unwrap(), 5);
+    assert_eq!(accept("a", Some(b"v4")), entity(3, None));
+    // A transaction dropped without a commit stores nothing and uses no
+    // sequence; one change may see another of the same transaction.
+    {
+        let mut tx = store.begin().unwrap();
+        let change = NewChange {
+            dataset: "bca.residents",
+            key: "a",
+            seq: 5,
+            state: Some(b"lost"),
+            topic: "t",
+            value: b"lost",
+        };
+        tx.put(&change).unwrap();
+        assert_eq!(
+            tx.entity("bca.residents", "a").unwrap(),
+            entity(5, Some(b"lost"))
+        );
+    }
+    assert_eq!(accept("a", Some(b"v5")), entity(4, Some(b"v4")));
 
     let pending = store.pending(100).unwrap();
-    let values: Vec<String> = pending
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone()).unwrap())
-        .collect();
+    let values: Vec<&[u8]> = pending.iter().map(|r| r.value).collect();
     assert_eq!(
         values,
-        ["a#1", "a#2", "b#1", "a#3", "a#4", "a#5"],
+        [&b"a#1"[..], b"a#2", b"b#1", b"a#3", b"a#4", b"a#5"],
         "outbox keeps commit order"
     );
-    store.mark_sent(&[pending[0].id, pending[1].id]).unwrap();
+    let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+    store.mark_sent(&ids[..2]).unwrap();
     assert_eq!(store.backlog().unwrap(), 4);
-    assert_eq!(store.pending(1).unwrap()[0].id, pending[2].id);
+    assert_eq!(store.pending(1).unwrap().last_id(), Some(ids[2]));
 }
 
 #[test]
@@ -346,4 +357,48 @@ fn a_new_optional_field_adds_a_column() {
             "{backend}"
         );
     }
+}
+
+#[test]
+fn a_store_written_before_datums_reads_its_json_states_and_replaces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The entity table as an earlier govbus created it.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE govbus_entities (
+                 dataset TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT,
+                 PRIMARY KEY (dataset, key));
+             INSERT INTO govbus_entities VALUES ('bca.residents', 'a', 7, '{\"v\":1}');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
+    let mut tx = store.begin().unwrap();
+    assert_eq!(
+        tx.entity("bca.residents", "a").unwrap(),
+        Some(Entity {
+            seq: 7,
+            state: Some(State::Json("{\"v\":1}".into()))
+        })
+    );
+    tx.put(&NewChange {
+        dataset: "bca.residents",
+        key: "a",
+        seq: 8,
+        state: Some(b"datum"),
+        topic: "t",
+        value: b"a#8",
+    })
+    .unwrap();
+    tx.commit().unwrap();
+    let mut tx = store.begin().unwrap();
+    assert_eq!(
+        tx.entity("bca.residents", "a").unwrap(),
+        Some(Entity {
+            seq: 8,
+            state: Some(State::Avro(b"datum".to_vec()))
+        })
+    );
 }

@@ -269,7 +269,7 @@ fn relay(n: usize) -> anyhow::Result<()> {
 fn raw_produce(
     kafka: &govbus_core::KafkaConfig,
     topic: &str,
-    rows: &[govbus_producer::store::OutboxRow],
+    rows: &govbus_producer::store::PendingBatch,
 ) -> anyhow::Result<f64> {
     use rdkafka::producer::BaseProducer;
     govbus_core::kafka::ensure_topics(
@@ -287,7 +287,7 @@ fn raw_produce(
         .collect();
     let t = Instant::now();
     for (i, (r, tag)) in rows.iter().zip(&tags).enumerate() {
-        let mut rec = BaseRecord::to(topic).key(&r.key).payload(&r.value).headers(
+        let mut rec = BaseRecord::to(topic).key(r.key).payload(r.value).headers(
             rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(rdkafka::message::Header {
                 key: govbus_producer::relay::OUTBOX_HEADER,
                 value: Some(tag.as_bytes()),

@@ -8,12 +8,14 @@ use std::time::Duration;
 use apache_avro::Schema;
 use govbus_core::{topics::value_subject, Catalog, DatasetId, Topics};
 use govbus_schema::envelope::envelope_schema;
-use govbus_schema::json::{to_avro, to_json};
-use govbus_schema::{AvroValue, Change, EnvelopeCodec, FieldError, Op, RegistryClient, Source};
+use govbus_schema::json::to_avro;
+use govbus_schema::{
+    AvroValue, EncodedChange, EnvelopeCodec, FieldError, Op, RegistryClient, Source,
+};
 use serde_json::Value as Json;
 
 use crate::lookup::{Lookup, LookupError, Lookups};
-use crate::store::{Built, OutboxStore, StoreError};
+use crate::store::{NewChange, OutboxStore, State, StoreError};
 
 /// A change as a source system states it.
 #[derive(Debug, Clone, PartialEq)]
@@ -410,14 +412,9 @@ impl Publisher {
 
     /// Records `source`'s position without a change (its input was rejected).
     pub fn record_checkpoint(&self, source: &str, position: i64) -> Result<(), SubmitError> {
-        self.store
-            .accept_many(
-                "",
-                &[],
-                &mut |_, _, _| Err(SubmitError::Encode("no change".into())),
-                Some((source, position)),
-            )
-            .map(|_| ())
+        let mut tx = self.store.begin()?;
+        tx.checkpoint(source, position)?;
+        Ok(tx.commit()?)
     }
 
     /// Forgets recorded positions (their input is gone for good).
@@ -513,67 +510,85 @@ impl Publisher {
         if !errors.is_empty() {
             return Err(SubmitError::Invalid(errors));
         }
-        let event_ids: Vec<String> = (0..keys.len())
-            .map(|_| uuid::Uuid::new_v4().to_string())
-            .collect();
-        let mut ops = vec![Op::Create; keys.len()];
+        // Each new state as the datum it is stored as: encoded once, it is
+        // this change's `after` and the next change's `before`.
+        let datums = afters
+            .into_iter()
+            .map(|a| {
+                a.map(|v| {
+                    apache_avro::to_avro_datum(&w.entity, v)
+                        .map_err(|e| SubmitError::Encode(e.to_string()))
+                })
+                .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let now = govbus_core::now_ms();
-        let mut build = |i: usize, seq: i64, prev: Option<&Json>| -> Result<Built, SubmitError> {
-            let key = &keys[i];
-            let after = &afters[i];
-            let before = match prev {
-                Some(p) => Some(to_avro(&w.entity, p).map_err(|e| {
-                    SubmitError::Encode(format!("stored state of {key} no longer fits: {e:?}"))
-                })?),
+        let mut accepted = Vec::with_capacity(keys.len());
+        let mut tx = self.store.begin()?;
+        for (key, after) in keys.into_iter().zip(&datums) {
+            let prev = tx.entity(dataset, &key)?;
+            let seq = prev.as_ref().map_or(1, |e| e.seq + 1);
+            let before = match prev.and_then(|e| e.state) {
+                Some(State::Avro(datum)) => Some(datum),
+                Some(State::Json(text)) => Some(w.legacy_datum(&key, &text)?),
                 None => None,
             };
-            ops[i] = match (&before, after) {
+            let op = match (&before, after) {
                 (None, None) => {
                     return Err(SubmitError::UnknownEntity {
                         dataset: dataset.to_string(),
-                        key: key.clone(),
+                        key,
                     })
                 }
                 (None, Some(_)) => Op::Create,
                 (Some(_), Some(_)) => Op::Update,
                 (Some(_), None) => Op::Delete,
             };
-            let change = Change {
-                event_id: event_ids[i].clone(),
-                op: ops[i],
-                before,
-                after: after.clone(),
-                source: Source {
-                    agency: self.agency.clone(),
-                    system: self.system.clone(),
-                    seq,
-                },
-                ts_ms: now,
-            };
-            let value = w
-                .codec
-                .encode(&change)
-                .map_err(|e| SubmitError::Encode(e.to_string()))?;
-            Ok(Built {
-                topic: w.topic.clone(),
-                value,
-                state: after.as_ref().map(to_json),
-            })
-        };
-        let seqs = self
-            .store
-            .accept_many(dataset, &keys, &mut build, checkpoint)?;
-        self.wakeup.notify();
-        Ok(seqs
-            .into_iter()
-            .enumerate()
-            .map(|(i, seq)| Accepted {
-                event_id: event_ids[i].clone(),
+            let event_id = uuid::Uuid::new_v4().to_string();
+            let source = Source {
+                agency: self.agency.clone(),
+                system: self.system.clone(),
                 seq,
-                op: ops[i].as_str(),
-                key: keys[i].clone(),
-            })
-            .collect())
+            };
+            let value = w.codec.encode_datums(&EncodedChange {
+                event_id: &event_id,
+                op,
+                before: before.as_deref(),
+                after: after.as_deref(),
+                source: &source,
+                ts_ms: now,
+            });
+            tx.put(&NewChange {
+                dataset,
+                key: &key,
+                seq,
+                state: after.as_deref(),
+                topic: &w.topic,
+                value: &value,
+            })?;
+            accepted.push(Accepted {
+                event_id,
+                seq,
+                op: op.as_str(),
+                key,
+            });
+        }
+        if let Some((source, position)) = checkpoint {
+            tx.checkpoint(source, position)?;
+        }
+        tx.commit()?;
+        self.wakeup.notify();
+        Ok(accepted)
+    }
+}
+
+impl Writer {
+    /// The datum of a state stored as JSON by an earlier govbus.
+    fn legacy_datum(&self, key: &str, text: &str) -> Result<Vec<u8>, SubmitError> {
+        let bad = |why: String| SubmitError::Encode(format!("stored state of {key}: {why}"));
+        let json: Json = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let value = to_avro(&self.entity, &json).map_err(|e| bad(format!("{e:?}")))?;
+        apache_avro::to_avro_datum(&self.entity, value).map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -292,7 +292,14 @@ impl Relay {
             })
             .collect();
         let mut tag = format!("{:016x}:", self.id.get().copied().unwrap_or(0));
-        for (id, name, topic, key, value) in batch.iter() {
+        for crate::store::Pending {
+            id,
+            name,
+            topic,
+            key,
+            value,
+        } in batch.iter()
+        {
             let d = ds.get(usize::from(name)).copied().unwrap_or(u16::MAX);
             self.send(id, d, topic, key, value, flight, &mut tag);
         }
@@ -390,7 +397,7 @@ impl Relay {
                 }
             }
         }
-        let mut acked = Vec::with_capacity(rows.rows.len());
+        let mut acked = Vec::with_capacity(rows.len());
         let mut counts = vec![0u64; flight.datasets.len()];
         let failed = matches!(
             self.advance(&mut flight, &mut acked, &mut counts),
@@ -404,7 +411,7 @@ impl Relay {
             // Changes after the refused one may have landed: find them.
             self.recover_or_wait(stop);
         }
-        if (failed || acked.len() < rows.rows.len()) && !stop.load(Ordering::Relaxed) {
+        if (failed || acked.len() < rows.len()) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(acked.len())
@@ -489,7 +496,7 @@ impl Relay {
                 match batches.recv_timeout(wait) {
                     Ok((e, Ok(rows))) if e == epoch.load(Ordering::Acquire) => {
                         self.send_batch(&rows, &mut flight);
-                        sent = rows.rows.len();
+                        sent = rows.len();
                         let _ = give_back.try_send(rows);
                     }
                     Ok((_, Ok(rows))) => {

@@ -1,12 +1,19 @@
 //! The producer's own durable store: entity state (for `before` and the
 //! per-entity sequence) and the outbox of encoded changes not yet
-//! acknowledged by the broker. SQLite by default, PostgreSQL when configured.
+//! acknowledged by the broker. SQLite by default ([`SqliteStore`]),
+//! PostgreSQL when configured ([`PostgresStore`]).
+//!
+//! Accepting changes is one transaction ([`OutboxStore::begin`]): the
+//! publisher reads each entity's sequence and state ([`Acceptance::entity`]),
+//! builds the change, and stores it ([`Acceptance::put`]); nothing is
+//! stored unless it commits. An entity's state is kept as the Avro datum it
+//! was accepted as, so the next change's `before` is those bytes.
 
-use std::sync::Mutex;
+mod postgres;
+mod sqlite;
 
-use serde_json::Value as Json;
-
-use crate::SubmitError;
+pub use postgres::{quote_ident, PostgresStore};
+pub use sqlite::SqliteStore;
 
 /// A failure of the store.
 #[derive(Debug, thiserror::Error)]
@@ -16,41 +23,78 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL failed.
     #[error("postgres: {0}")]
-    Postgres(#[from] postgres::Error),
-    /// A stored state is not JSON (the store was edited by hand?).
-    #[error("stored state of {key} is not JSON: {reason}")]
-    Corrupt {
-        /// The entity.
-        key: String,
-        /// Why.
-        reason: String,
-    },
+    Postgres(#[from] ::postgres::Error),
 }
 
-/// What the caller builds from the entity's previous state and new sequence.
-#[derive(Debug)]
-pub struct Built {
+/// An entity as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entity {
+    /// The sequence of its last change.
+    pub seq: i64,
+    /// Its state after that change (None after a delete).
+    pub state: Option<State>,
+}
+
+/// A stored entity state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// The Avro datum of the entity schema, as accepted.
+    Avro(Vec<u8>),
+    /// JSON text, as stores written before govbus kept datums hold it;
+    /// read once, replaced by a datum with the entity's next change.
+    Json(String),
+}
+
+/// One accepted change to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewChange<'a> {
+    /// The dataset.
+    pub dataset: &'a str,
+    /// The entity key.
+    pub key: &'a str,
+    /// The sequence given to the change.
+    pub seq: i64,
+    /// The entity's state after it, as a datum (None after a delete).
+    pub state: Option<&'a [u8]>,
     /// Where the change goes.
-    pub topic: String,
+    pub topic: &'a str,
     /// The encoded change (wire format).
-    pub value: Vec<u8>,
-    /// The entity's state after the change (None after a delete).
-    pub state: Option<Json>,
+    pub value: &'a [u8],
 }
 
-/// A change waiting to be published.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
+/// One acceptance transaction. Dropped without [`Acceptance::commit`], it
+/// rolls back: nothing is stored and no sequence is used.
+pub trait Acceptance {
+    /// The entity's sequence and state, as this transaction sees them
+    /// (including what it stored already); None if never seen. Locks the
+    /// entity until the transaction ends, where the database can.
+    fn entity(&mut self, dataset: &str, key: &str) -> Result<Option<Entity>, StoreError>;
+
+    /// Stores a change in the outbox and the entity's new sequence and
+    /// state.
+    fn put(&mut self, change: &NewChange<'_>) -> Result<(), StoreError>;
+
+    /// Records a source's position (an outbox id, a file line): a source
+    /// that resumes from it never submits a change twice.
+    fn checkpoint(&mut self, source: &str, position: i64) -> Result<(), StoreError>;
+
+    /// Makes everything stored in this transaction durable.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// One pending change of a [`PendingBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending<'a> {
     /// Position in the outbox (commit order).
     pub id: i64,
-    /// Dataset, for metrics.
-    pub dataset: String,
+    /// Index of its (dataset, topic) in [`PendingBatch::names`].
+    pub name: u16,
     /// Destination topic.
-    pub topic: String,
+    pub topic: &'a str,
     /// Entity key.
-    pub key: String,
+    pub key: &'a [u8],
     /// Encoded change.
-    pub value: Vec<u8>,
+    pub value: &'a [u8],
 }
 
 /// Pending changes packed into a few buffers (the relay's hot path: no
@@ -61,9 +105,9 @@ pub struct PendingBatch {
     pub names: Vec<(String, String)>,
     /// Per change: outbox id, index into `names`, end of its key in `buf`,
     /// end of its value in `buf` (each starts where the previous ended).
-    pub rows: Vec<(i64, u16, usize, usize)>,
+    rows: Vec<(i64, u16, usize, usize)>,
     /// Keys and values, back to back.
-    pub buf: Vec<u8>,
+    buf: Vec<u8>,
 }
 
 impl PendingBatch {
@@ -97,8 +141,8 @@ impl PendingBatch {
         ));
     }
 
-    /// The changes: id, dataset, topic, key, value.
-    pub fn iter(&self) -> impl Iterator<Item = (i64, u16, &str, &[u8], &[u8])> + '_ {
+    /// The changes, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = Pending<'_>> + '_ {
         let mut start = 0;
         self.rows
             .iter()
@@ -110,8 +154,24 @@ impl PendingBatch {
                     .names
                     .get(usize::from(name))
                     .map_or("", |(_, t)| t.as_str());
-                (id, name, topic, key, value)
+                Pending {
+                    id,
+                    name,
+                    topic,
+                    key,
+                    value,
+                }
             })
+    }
+
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
     }
 
     /// The last id, if any.
@@ -120,24 +180,10 @@ impl PendingBatch {
     }
 }
 
-/// The builder's verdict: a change to store, or a refusal passed back.
-pub type BuildResult = Result<Built, SubmitError>;
-
 /// A durable store of entity states and pending changes.
 pub trait OutboxStore: Send + Sync + std::fmt::Debug {
-    /// In one transaction: read the entity's state and sequence, call `build`
-    /// with (next sequence, previous state), store its output. Returns the
-    /// sequence given to the change.
-    fn accept(
-        &self,
-        dataset: &str,
-        key: &str,
-        build: &mut dyn FnMut(i64, Option<&Json>) -> BuildResult,
-    ) -> Result<i64, SubmitError> {
-        let keys = [key.to_string()];
-        let seqs = self.accept_many(dataset, &keys, &mut |_, seq, prev| build(seq, prev), None)?;
-        Ok(seqs[0])
-    }
+    /// Begins an acceptance transaction.
+    fn begin(&self) -> Result<Box<dyn Acceptance + '_>, StoreError>;
 
     /// The position recorded for a source (an outbox id, a file line), if any.
     fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError>;
@@ -145,41 +191,20 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     /// Removes recorded positions.
     fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError>;
 
-    /// Like [`OutboxStore::accept`] for several changes of one dataset, in
-    /// order, in one transaction: all are stored or none. `build` gets the
-    /// change's index. A key may appear more than once; each change sees the
-    /// state the previous one left. With `checkpoint = (source, position)`
-    /// the source's position is recorded in the same transaction, so a
-    /// source that resumes from it never submits a change twice.
-    fn accept_many(
-        &self,
-        dataset: &str,
-        keys: &[String],
-        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
-        checkpoint: Option<(&str, i64)>,
-    ) -> Result<Vec<i64>, SubmitError>;
-
-    /// Up to `limit` pending changes, oldest first.
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.pending_after(0, limit)
-    }
-
-    /// Up to `limit` pending changes with an id above `after`, oldest first.
-    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
-
-    /// [`Self::pending_after`] into `batch` (cleared first); how many.
+    /// Up to `limit` pending changes with an id above `after`, oldest
+    /// first, into `batch` (cleared first); how many.
     fn pending_into(
         &self,
         after: i64,
         limit: usize,
         batch: &mut PendingBatch,
-    ) -> Result<usize, StoreError> {
-        batch.clear();
-        let rows = self.pending_after(after, limit)?;
-        for r in &rows {
-            batch.push(r.id, &r.dataset, &r.topic, r.key.as_bytes(), &r.value);
-        }
-        Ok(rows.len())
+    ) -> Result<usize, StoreError>;
+
+    /// Up to `limit` pending changes, oldest first.
+    fn pending(&self, limit: usize) -> Result<PendingBatch, StoreError> {
+        let mut batch = PendingBatch::default();
+        self.pending_into(0, limit, &mut batch)?;
+        Ok(batch)
     }
 
     /// Forgets changes the broker has acknowledged.
@@ -208,476 +233,4 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
 
     /// The topics of the pending changes.
     fn pending_topics(&self) -> Result<Vec<String>, StoreError>;
-}
-
-/// SQLite store (the embedded default).
-#[derive(Debug)]
-pub struct SqliteStore {
-    conn: Mutex<rusqlite::Connection>,
-    /// The relay's own connection: reads the outbox and trims it with
-    /// `synchronous=NORMAL` (a trim lost to a power cut only means a change
-    /// is published again, which consumers skip by sequence); acceptance
-    /// keeps `synchronous=FULL` on `conn`.
-    /// (None for `:memory:`, where a second connection would be another database.)
-    relay: Option<Mutex<rusqlite::Connection>>,
-}
-
-impl SqliteStore {
-    /// Opens (creating) the database at `path` (`:memory:` for a throwaway one).
-    pub fn open(path: &str) -> Result<Self, StoreError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS govbus_entities (
-                 dataset TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT,
-                 PRIMARY KEY (dataset, key));
-             CREATE TABLE IF NOT EXISTS govbus_outbox (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, topic TEXT NOT NULL,
-                 key TEXT NOT NULL, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS govbus_sources (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS govbus_relay (one INTEGER PRIMARY KEY CHECK (one = 1), position INTEGER NOT NULL);
-             INSERT OR IGNORE INTO govbus_relay (one, position) VALUES (1, 0);",
-        )?;
-        let relay = if path == ":memory:" {
-            None
-        } else {
-            let relay = rusqlite::Connection::open(path)?;
-            relay.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;")?;
-            Some(Mutex::new(relay))
-        };
-        Ok(Self {
-            conn: Mutex::new(conn),
-            relay,
-        })
-    }
-
-    fn relay_conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
-        self.relay
-            .as_ref()
-            .unwrap_or(&self.conn)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn parse_state(key: &str, s: Option<String>) -> Result<Option<Json>, StoreError> {
-    s.map(|t| {
-        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
-    })
-    .transpose()
-}
-
-impl OutboxStore for SqliteStore {
-    fn accept_many(
-        &self,
-        dataset: &str,
-        keys: &[String],
-        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
-        checkpoint: Option<(&str, i64)>,
-    ) -> Result<Vec<i64>, SubmitError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
-        let mut seqs = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            let prev: Option<(i64, Option<String>)> = tx
-                .prepare_cached(
-                    "SELECT seq, state FROM govbus_entities WHERE dataset = ?1 AND key = ?2",
-                )
-                .and_then(|mut st| {
-                    let mut rows = st.query((dataset, key))?;
-                    match rows.next()? {
-                        Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
-                        None => Ok(None),
-                    }
-                })
-                .map_err(StoreError::from)?;
-            let seq = prev.as_ref().map_or(1, |(s, _)| s + 1);
-            let state = parse_state(key, prev.and_then(|(_, s)| s))?;
-            let built = build(i, seq, state.as_ref())?;
-            tx.prepare_cached(
-                "INSERT INTO govbus_outbox (dataset, topic, key, value) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| st.execute((dataset, &built.topic, key, &built.value)))
-            .map_err(StoreError::from)?;
-            tx.prepare_cached(
-                "INSERT INTO govbus_entities (dataset, key, seq, state) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state",
-            )
-            .and_then(|mut st| {
-                st.execute((dataset, key, seq, built.state.as_ref().map(|s| s.to_string())))
-            })
-            .map_err(StoreError::from)?;
-            seqs.push(seq);
-        }
-        if let Some((source, position)) = checkpoint {
-            tx.prepare_cached(
-                "INSERT INTO govbus_sources (name, position) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            )
-            .and_then(|mut st| st.execute((source, position)))
-            .map_err(StoreError::from)?;
-        }
-        tx.commit().map_err(StoreError::from)?;
-        Ok(seqs)
-    }
-
-    fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut st = conn.prepare_cached("SELECT position FROM govbus_sources WHERE name = ?1")?;
-        let mut rows = st.query([source])?;
-        Ok(match rows.next()? {
-            Some(r) => Some(r.get(0)?),
-            None => None,
-        })
-    }
-
-    fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
-        {
-            let mut st = tx.prepare_cached("DELETE FROM govbus_sources WHERE name = ?1")?;
-            for s in sources {
-                st.execute([s])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        let mut batch = PendingBatch::default();
-        self.pending_into(after, limit, &mut batch)?;
-        Ok(batch
-            .iter()
-            .map(|(id, name, topic, key, value)| OutboxRow {
-                id,
-                dataset: batch
-                    .names
-                    .get(usize::from(name))
-                    .map(|(d, _)| d.clone())
-                    .unwrap_or_default(),
-                topic: topic.to_string(),
-                key: String::from_utf8_lossy(key).into_owned(),
-                value: value.to_vec(),
-            })
-            .collect())
-    }
-
-    fn pending_into(
-        &self,
-        after: i64,
-        limit: usize,
-        batch: &mut PendingBatch,
-    ) -> Result<usize, StoreError> {
-        batch.clear();
-        let conn = self.relay_conn();
-        let mut st = conn.prepare_cached(
-            "SELECT id, dataset, topic, key, value FROM govbus_outbox
-             WHERE id > max(?1, (SELECT position FROM govbus_relay)) ORDER BY id LIMIT ?2",
-        )?;
-        let mut rows = st.query([after, limit as i64])?;
-        let mut n = 0;
-        while let Some(r) = rows.next()? {
-            let text = |i| {
-                r.get_ref(i)
-                    .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
-            };
-            batch.push(
-                r.get(0)?,
-                text(1)?,
-                text(2)?,
-                text(3)?.as_bytes(),
-                r.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?,
-            );
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-            return Ok(());
-        };
-        let mut conn = self.relay_conn();
-        // IMMEDIATE: take the write lock before reading, so that a concurrent
-        // acceptance makes this wait (busy_timeout) instead of failing with
-        // SQLITE_BUSY when a read snapshot is upgraded.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // The usual case: `ids` are all the pending rows up to `last` (the
-        // relay's acknowledged prefix). SQLite commits outbox ids in order
-        // (one writer at a time), so moving the sent mark is exact and costs
-        // one row; the rows are removed later by `housekeep`.
-        let position: i64 = tx.query_row("SELECT position FROM govbus_relay", [], |r| r.get(0))?;
-        let pending_to_last: i64 = tx.query_row(
-            "SELECT count(*) FROM govbus_outbox WHERE id > ?1 AND id <= ?2",
-            [position, *last],
-            |r| r.get(0),
-        )?;
-        if *first > position && pending_to_last == ids.len() as i64 {
-            tx.prepare_cached("UPDATE govbus_relay SET position = ?1")?
-                .execute([last])?;
-        } else {
-            let mut st = tx.prepare_cached("DELETE FROM govbus_outbox WHERE id = ?1")?;
-            for id in ids {
-                st.execute([id])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn commits_in_id_order(&self) -> bool {
-        true
-    }
-
-    fn housekeep(&self, limit: usize) -> Result<usize, StoreError> {
-        let conn = self.relay_conn();
-        Ok(conn.execute(
-            "DELETE FROM govbus_outbox WHERE id IN (
-                 SELECT id FROM govbus_outbox WHERE id <= (SELECT position FROM govbus_relay) ORDER BY id LIMIT ?1)",
-            [limit as i64],
-        )?)
-    }
-
-    fn set_positions(&self, positions: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut conn = self.relay_conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO govbus_sources (name, position) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            )?;
-            for (name, pos) in positions {
-                st.execute(rusqlite::params![name, pos])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn pending_topics(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.relay_conn();
-        let mut st = conn.prepare(
-            "SELECT DISTINCT topic FROM govbus_outbox WHERE id > (SELECT position FROM govbus_relay)",
-        )?;
-        let topics = st
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(topics)
-    }
-
-    fn backlog(&self) -> Result<i64, StoreError> {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(conn.query_row(
-            "SELECT count(*) FROM govbus_outbox WHERE id > (SELECT position FROM govbus_relay)",
-            [],
-            |r| r.get(0),
-        )?)
-    }
-}
-
-/// PostgreSQL store (tables in the given schema).
-pub struct PostgresStore {
-    client: Mutex<postgres::Client>,
-    schema: String,
-}
-
-impl std::fmt::Debug for PostgresStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStore")
-            .field("schema", &self.schema)
-            .finish()
-    }
-}
-
-impl PostgresStore {
-    /// Connects to `url` and creates the tables in `schema` if missing.
-    pub fn open(url: &str, schema: &str) -> Result<Self, StoreError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-        let s = quote_ident(schema);
-        client.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
-             CREATE TABLE IF NOT EXISTS {s}.govbus_entities (
-                 dataset TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, state TEXT,
-                 PRIMARY KEY (dataset, key));
-             CREATE TABLE IF NOT EXISTS {s}.govbus_outbox (
-                 id BIGSERIAL PRIMARY KEY, dataset TEXT NOT NULL, topic TEXT NOT NULL,
-                 key TEXT NOT NULL, value BYTEA NOT NULL);
-             CREATE TABLE IF NOT EXISTS {s}.govbus_sources (name TEXT PRIMARY KEY, position BIGINT NOT NULL);"
-        ))?;
-        Ok(Self {
-            client: Mutex::new(client),
-            schema: s,
-        })
-    }
-}
-
-/// `"name"` with inner quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-impl OutboxStore for PostgresStore {
-    fn accept_many(
-        &self,
-        dataset: &str,
-        keys: &[String],
-        build: &mut dyn FnMut(usize, i64, Option<&Json>) -> BuildResult,
-        checkpoint: Option<(&str, i64)>,
-    ) -> Result<Vec<i64>, SubmitError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = client.transaction().map_err(StoreError::from)?;
-        let select = tx
-            .prepare(&format!(
-                "SELECT seq, state FROM {s}.govbus_entities WHERE dataset = $1 AND key = $2 FOR UPDATE"
-            ))
-            .map_err(StoreError::from)?;
-        let insert = tx
-            .prepare(&format!(
-                "INSERT INTO {s}.govbus_outbox (dataset, topic, key, value) VALUES ($1, $2, $3, $4)"
-            ))
-            .map_err(StoreError::from)?;
-        let upsert = tx
-            .prepare(&format!(
-                "INSERT INTO {s}.govbus_entities (dataset, key, seq, state) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (dataset, key) DO UPDATE SET seq = excluded.seq, state = excluded.state"
-            ))
-            .map_err(StoreError::from)?;
-        let mut seqs = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            // FOR UPDATE serialises concurrent changes of one entity.
-            let row = tx
-                .query_opt(&select, &[&dataset, key])
-                .map_err(StoreError::from)?;
-            let (seq, state) = match row {
-                Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, Option<String>>(1)),
-                None => (1, None),
-            };
-            let state = parse_state(key, state)?;
-            let built = build(i, seq, state.as_ref())?;
-            tx.execute(&insert, &[&dataset, &built.topic, key, &built.value])
-                .map_err(StoreError::from)?;
-            tx.execute(
-                &upsert,
-                &[
-                    &dataset,
-                    key,
-                    &seq,
-                    &built.state.as_ref().map(|s| s.to_string()),
-                ],
-            )
-            .map_err(StoreError::from)?;
-            seqs.push(seq);
-        }
-        if let Some((source, position)) = checkpoint {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}.govbus_sources (name, position) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-                ),
-                &[&source, &position],
-            )
-            .map_err(StoreError::from)?;
-        }
-        tx.commit().map_err(StoreError::from)?;
-        Ok(seqs)
-    }
-
-    fn checkpoint(&self, source: &str) -> Result<Option<i64>, StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(client
-            .query_opt(
-                &format!("SELECT position FROM {s}.govbus_sources WHERE name = $1"),
-                &[&source],
-            )?
-            .map(|r| r.get(0)))
-    }
-
-    fn forget_checkpoints(&self, sources: &[String]) -> Result<(), StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        client.execute(
-            &format!("DELETE FROM {s}.govbus_sources WHERE name = ANY($1)"),
-            &[&sources],
-        )?;
-        Ok(())
-    }
-
-    fn pending_after(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        let rows = client.query(
-            &format!(
-                "SELECT id, dataset, topic, key, value FROM {s}.govbus_outbox WHERE id > $1 ORDER BY id LIMIT $2"
-            ),
-            &[&after, &(limit as i64)],
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                dataset: r.get(1),
-                topic: r.get(2),
-                key: r.get(3),
-                value: r.get(4),
-            })
-            .collect())
-    }
-
-    fn mark_sent(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        client.execute(
-            &format!("DELETE FROM {s}.govbus_outbox WHERE id = ANY($1)"),
-            &[&ids],
-        )?;
-        Ok(())
-    }
-
-    fn set_positions(&self, positions: &[(String, i64)]) -> Result<(), StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tx = client.transaction()?;
-        for (name, pos) in positions {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}.govbus_sources (name, position) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-                ),
-                &[name, pos],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn pending_topics(&self) -> Result<Vec<String>, StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(client
-            .query(
-                &format!("SELECT DISTINCT topic FROM {s}.govbus_outbox"),
-                &[],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    }
-
-    fn backlog(&self) -> Result<i64, StoreError> {
-        let s = &self.schema;
-        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(client
-            .query_one(&format!("SELECT count(*) FROM {s}.govbus_outbox"), &[])?
-            .get(0))
-    }
 }

@@ -17,7 +17,7 @@ pub use apache_avro::types::Value as AvroValue;
 pub use apache_avro::Schema;
 pub use client::{RegistryClient, RegistryError, SchemaCache, SchemaResolver};
 pub use compat::{Compatibility, Guard};
-pub use envelope::{Change, EnvelopeCodec, EnvelopeError, Op, Source};
+pub use envelope::{Change, EncodedChange, EnvelopeCodec, EnvelopeError, Op, Source};
 pub use json::FieldError;
 
 /// A schema that could not be parsed or built.

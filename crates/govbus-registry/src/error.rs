@@ -73,10 +73,24 @@ pub enum ApiError {
     BadRequest(String),
     /// 500 / 50001: the Kafka store failed.
     #[error("Error while registering schema in the backend Kafka store: {0}")]
-    Store(String),
+    Store(#[source] StoreFailure),
     /// 500 / 50002: timed out waiting for the Kafka store.
     #[error("Timed out waiting for the backend Kafka store: {0}")]
     Timeout(String),
+}
+
+/// Why the Kafka store could not take a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreFailure {
+    /// Kafka refused or could not be reached.
+    #[error("{0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Other instances kept claiming the same id or version first.
+    #[error("gave up after {0} conflicting concurrent registrations")]
+    Contended(u32),
+    /// A registration was planned as something else (a bug).
+    #[error("planned a non-schema record")]
+    Misplanned,
 }
 
 impl ApiError {

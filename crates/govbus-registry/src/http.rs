@@ -11,7 +11,7 @@ use govbus_schema::Compatibility;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, StoreFailure};
 use crate::state::{
     check_subject, Contract, LogRecord, Mode, Outcome, Plan, Reference, Registration,
 };
@@ -356,7 +356,7 @@ async fn register(
             Plan::Existing(id) => return Ok(ok(json!({ "id": id }))),
             Plan::Write(rec) => {
                 let LogRecord::Schema { id, version, .. } = &rec else {
-                    return Err(ApiError::Store("planned a non-schema record".into()));
+                    return Err(ApiError::Store(StoreFailure::Misplanned));
                 };
                 let (id, version) = (*id, *version);
                 if let Some(g) = s.guard() {
@@ -392,9 +392,7 @@ async fn register(
             }
         }
     }
-    Err(ApiError::Store(
-        "gave up after 10 conflicting concurrent registrations".into(),
-    ))
+    Err(ApiError::Store(StoreFailure::Contended(10)))
 }
 
 async fn lookup(

@@ -207,7 +207,7 @@ impl KafkaStore {
         }
         match self.producer.send(record, Duration::from_secs(10)).await {
             Ok((_, offset)) => Ok(offset),
-            Err((e, _)) => Err(ApiError::Store(e.to_string())),
+            Err((e, _)) => Err(ApiError::Store(e.into())),
         }
     }
 

@@ -120,12 +120,13 @@ pub enum RouterError {
     #[error("committer: {0}")]
     Committer(#[from] CommitterError),
     /// A view's per-partition state record does not decode.
-    #[error("view state {key}: {reason}")]
+    #[error("view state {key}: {source}")]
     State {
         /// The record's key.
         key: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 

@@ -75,12 +75,12 @@ impl Router {
                     None => {
                         state.remove(&key);
                     }
-                    Some(Err(e)) => bad = Some((key, e.to_string())),
+                    Some(Err(e)) => bad = Some((key, e)),
                 }
             },
         )?;
-        if let Some((key, reason)) = bad {
-            return Err(RouterError::State { key, reason });
+        if let Some((key, source)) = bad {
+            return Err(RouterError::State { key, source });
         }
         Ok(state)
     }

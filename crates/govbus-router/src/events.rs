@@ -196,3 +196,22 @@ impl InternalEvent for ControlSkipped<'_> {
         metrics::counter!("govbus_control_skipped_total").increment(1);
     }
 }
+
+/// The input partitions this instance holds changed.
+#[derive(Debug)]
+pub struct AssignmentChanged<'a> {
+    /// Input topic → (dataset, views).
+    pub inputs: &'a std::collections::HashMap<String, (String, Vec<usize>)>,
+    /// The partitions held now.
+    pub held: &'a std::collections::BTreeSet<(String, i32)>,
+}
+
+impl InternalEvent for AssignmentChanged<'_> {
+    fn emit(self) {
+        tracing::info!(partitions = ?self.held, "assignment changed");
+        for (topic, (dataset, _)) in self.inputs {
+            let n = self.held.iter().filter(|(t, _)| t == topic).count();
+            metrics::gauge!("govbus_router_partitions", "dataset" => dataset.clone()).set(n as f64);
+        }
+    }
+}

@@ -197,12 +197,10 @@ impl Router {
     fn set_assignment(&self, live: &Live, now: std::collections::BTreeSet<(String, i32)>) {
         let mut held = self.assigned.lock().unwrap_or_else(|p| p.into_inner());
         if *held != now {
-            for (topic, (dataset, _)) in &live.inputs {
-                let n = now.iter().filter(|(t, _)| t == topic).count();
-                metrics::gauge!("govbus_router_partitions", "dataset" => dataset.clone())
-                    .set(n as f64);
-            }
-            tracing::info!(partitions = ?now, "assignment changed");
+            govbus_core::InternalEvent::emit(crate::events::AssignmentChanged {
+                inputs: &live.inputs,
+                held: &now,
+            });
             *held = now;
         }
     }

@@ -179,6 +179,29 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
         .collect();
     assert_eq!(seqs, [1, 2]);
 
+    // axum's own refusals are JSON too: an unknown path, a wrong method, a
+    // body over the limit.
+    let root = base.trim_end_matches("/v1/datasets").to_string();
+    let (status, body) = post(&format!("{root}/v2/nothing"), "{}");
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("/v1/datasets"),
+        "{body}"
+    );
+    let (status, body) = match ureq::get(&url).call() {
+        Err(ureq::Error::Status(s, r)) => (s, r.into_json::<Value>().unwrap()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status, 405, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let huge = format!("{{\"op\":\"upsert\",\"data\":\"{}\"}}", "x".repeat(3 << 20));
+    let (status, body) = post(&url, &huge);
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("length limit"),
+        "{body}"
+    );
+
     // Everything on the central topic: exactly the three accepted changes, in order per key.
     let topic = format!("{}gov.bca.residents.v1", topics.prefix());
     let resolver = SchemaCache::new(RegistryClient::new(&registry));

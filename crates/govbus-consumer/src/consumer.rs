@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ApplyFailed, BatchApplied, Stalled};
 use crate::sink::{self, Row, SinkConfig, SinkError};
 use crate::table::{table_def, value_at, TableDef};
+use govbus_core::health::Readiness;
 use govbus_core::InternalEvent;
 
 /// Consumer settings.
@@ -164,6 +165,17 @@ pub fn run(
     catalog: &Catalog,
     stop: Arc<AtomicBool>,
 ) -> Result<(), ConsumerError> {
+    run_reporting(cfg, catalog, stop, &Readiness::new())
+}
+
+/// [`run`], reporting to `ready` whether it is applying and caught up (at
+/// most [`govbus_core::health::CAUGHT_UP`] records behind), and why not.
+pub fn run_reporting(
+    cfg: &ConsumerConfig,
+    catalog: &Catalog,
+    stop: Arc<AtomicBool>,
+    ready: &Readiness,
+) -> Result<(), ConsumerError> {
     let topics = Topics::new(&cfg.topic_prefix);
     let mut inputs: HashMap<String, Input> = HashMap::new();
     for s in catalog
@@ -203,8 +215,10 @@ pub fn run(
             &resolver,
             &mut tables,
             &stop,
+            ready,
         ) {
             Err(e @ ConsumerError::Stalled { .. }) => {
+                ready.not_ready(format!("{e}; starting a new session"));
                 let was = session_cfg.kafka.fetch_wait_ms;
                 session_cfg.kafka.fetch_wait_ms = govbus_core::stall::longer_fetch_wait(was);
                 Stalled {
@@ -229,6 +243,7 @@ fn session(
     resolver: &SchemaCache,
     tables: &mut HashMap<u32, Arc<TableDef>>,
     stop: &AtomicBool,
+    ready: &Readiness,
 ) -> Result<(), ConsumerError> {
     let consumer: BaseConsumer = cfg
         .kafka
@@ -258,6 +273,7 @@ fn session(
         if last_lag.elapsed() > Duration::from_millis(200) {
             lag.update(&consumer);
             last_lag = Instant::now();
+            ready.set(govbus_core::health::caught_up(lag.backlog()));
         }
         if let Some(s) = stall.observe(Instant::now(), batch.len(), lag.backlog()) {
             return Err(ConsumerError::Stalled {

@@ -8,5 +8,5 @@ pub mod events;
 pub mod sink;
 pub mod table;
 
-pub use consumer::{run, status, ConsumerConfig, ConsumerError, Status};
+pub use consumer::{run, run_reporting, status, ConsumerConfig, ConsumerError, Status};
 pub use sink::{PostgresSink, Sink, SinkConfig, SinkError, SqliteSink};

@@ -108,9 +108,6 @@ pub struct DatasetFile {
     pub schema: String,
     /// The key field (top level).
     pub key: String,
-    /// Fields that decide routing (dotted paths).
-    #[serde(default)]
-    pub routing: Vec<String>,
     /// Retention of the central topic (-1 = forever).
     #[serde(default = "forever")]
     pub retention_ms: i64,
@@ -327,9 +324,59 @@ impl Catalog {
         Ok(c)
     }
 
+    /// Loads what [`Catalog::load`] loads, going on past bad files: the
+    /// catalog of the good ones, and every problem found (for `govbus
+    /// check`).
+    pub fn load_all(deploy: &Path, schemas: &Path) -> (Self, Vec<CatalogError>) {
+        let mut c = Catalog::default();
+        let mut problems = Vec::new();
+        match toml_files(&deploy.join("datasets")) {
+            Ok(files) => {
+                for path in files {
+                    let parsed = read(&path).and_then(|text| {
+                        parse_dataset(&path.display().to_string(), &text, |rel| {
+                            std::fs::read_to_string(schemas.join(rel))
+                        })
+                    });
+                    match parsed {
+                        Ok(spec) => {
+                            c.datasets.insert(spec.id.clone(), spec);
+                        }
+                        Err(e) => problems.push(e),
+                    }
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        problems.extend(c.lookup_problems());
+        match toml_files(&deploy.join("subscriptions")) {
+            Ok(files) => {
+                for path in files {
+                    let file = path.display().to_string();
+                    match read(&path).and_then(|text| parse_subscription(&file, &text)) {
+                        Ok(s) => c.subscriptions.push(s),
+                        Err(e) => problems.push(e),
+                    }
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        problems.extend(c.subscription_problems());
+        (c, problems)
+    }
+
     /// Checks that every dataset's `[lookups]` name a declared dataset under
     /// a name CEL can use that is neither a field of the entity nor `today`.
     pub fn check_lookups(&self) -> Result<(), CatalogError> {
+        match self.lookup_problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Catalog::check_lookups`] would report.
+    pub fn lookup_problems(&self) -> Vec<CatalogError> {
+        let mut problems = Vec::new();
         for ds in self.datasets.values() {
             let file = format!("deploy/datasets/{}.toml", ds.id);
             for (name, target) in &ds.file.lookups {
@@ -344,9 +391,10 @@ impl Catalog {
                     .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !ident {
-                    return Err(invalid(format!(
+                    problems.push(invalid(format!(
                         "lookup `{name}` is not a CEL identifier (letters, digits, _)"
                     )));
+                    continue;
                 }
                 let fields: Vec<String> =
                     serde_json::from_str::<serde_json::Value>(&ds.entity_schema)
@@ -357,20 +405,22 @@ impl Catalog {
                         .filter_map(|f| f["name"].as_str().map(String::from))
                         .collect();
                 if name == "today" || fields.iter().any(|f| f == name) {
-                    return Err(invalid(format!(
+                    problems.push(invalid(format!(
                         "lookup `{name}` hides a variable of the same name (`today` or a field)"
                     )));
+                    continue;
                 }
                 if !self.datasets.contains_key(target) {
                     let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
-                    return Err(invalid(format!(
+                    problems.push(invalid(format!(
                         "lookup `{name}`: unknown dataset `{target}` (declared: {})",
                         known.join(", ")
                     )));
+                    continue;
                 }
             }
         }
-        Ok(())
+        problems
     }
 
     /// The dataset `id`, if declared.
@@ -380,10 +430,19 @@ impl Catalog {
 
     /// Checks that every subscription names a declared dataset.
     pub fn check_subscriptions(&self) -> Result<(), CatalogError> {
+        match self.subscription_problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Catalog::check_subscriptions`] would report.
+    pub fn subscription_problems(&self) -> Vec<CatalogError> {
+        let mut problems = Vec::new();
         for s in &self.subscriptions {
             if !self.datasets.contains_key(&s.file.dataset) {
                 let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
-                return Err(CatalogError::Invalid {
+                problems.push(CatalogError::Invalid {
                     file: s.origin.clone(),
                     line: line_of(&read_or_empty(&s.origin), "dataset"),
                     message: format!(
@@ -394,7 +453,7 @@ impl Catalog {
                 });
             }
         }
-        Ok(())
+        problems
     }
 }
 

@@ -70,6 +70,39 @@ impl KafkaConfig {
         c
     }
 
+    /// Refuses an option this binary cannot honour, saying why: one that
+    /// govbus sets itself ([`PINNED`]), or one that needs a librdkafka
+    /// feature this build lacks (TLS, SASL: `builtin.features`), instead
+    /// of accepting it and connecting without it.
+    pub fn check(&self) -> Result<(), OptionError> {
+        let features = builtin_features();
+        for (k, v) in &self.options {
+            if PINNED.contains(&k.as_str()) {
+                return Err(OptionError::Pinned { key: k.clone() });
+            }
+            let needs: Vec<&str> = match (k.as_str(), v.to_ascii_lowercase().as_str()) {
+                ("security.protocol", "ssl") => vec!["ssl"],
+                ("security.protocol", "sasl_ssl") => vec!["ssl", "sasl"],
+                ("security.protocol", "sasl_plaintext") => vec!["sasl"],
+                ("sasl.mechanism" | "sasl.mechanisms", m) if m.starts_with("scram") => {
+                    vec!["sasl_scram"]
+                }
+                (k, _) if k.starts_with("ssl.") => vec!["ssl"],
+                (k, _) if k.starts_with("sasl.") => vec!["sasl"],
+                _ => vec![],
+            };
+            if let Some(missing) = needs.iter().find(|f| !features.iter().any(|h| h == *f)) {
+                return Err(OptionError::Unsupported {
+                    key: k.clone(),
+                    value: v.clone(),
+                    feature: missing.to_string(),
+                    features: features.join(","),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Sets `[kafka.options]` on `c`, except the settings exactly once
     /// depends on ([`PINNED`]): those are refused with a log line naming
     /// them, and govbus's values stay.
@@ -195,7 +228,9 @@ impl TopicSpec {
     }
 }
 
-/// Creates the topics that do not exist yet (blocking).
+/// Creates the topics that do not exist yet, and corrects the settings of
+/// those that do where they differ from their spec, logging each change
+/// (blocking).
 pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -220,9 +255,11 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let res = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
+    let mut existing = Vec::new();
     for r in res {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             Err((topic, e)) => {
                 return Err(KafkaSetupError::CreateTopic {
                     topic,
@@ -231,7 +268,112 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
             }
         }
     }
+    let existing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| !s.configs.is_empty() && existing.contains(&s.name))
+        .collect();
+    correct_settings(&admin, &opts, &existing)
+}
+
+/// Sets the configs of `specs` (existing topics) that differ from what the
+/// cluster holds. The alter request replaces a topic's whole dynamic
+/// config, so the topic's other dynamic settings are sent back unchanged.
+fn correct_settings(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    opts: &rdkafka::admin::AdminOptions,
+    specs: &[&TopicSpec],
+) -> Result<(), KafkaSetupError> {
+    use rdkafka::admin::{AlterConfig, ConfigSource, ResourceSpecifier};
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let which: Vec<ResourceSpecifier<'_>> = specs
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(&s.name))
+        .collect();
+    let described = futures_executor::block_on(admin.describe_configs(which.iter(), opts))?;
+    for (spec, res) in specs.iter().zip(described) {
+        let resource = res.map_err(|e| KafkaSetupError::CreateTopic {
+            topic: spec.name.clone(),
+            reason: format!("cannot read its settings: {e}"),
+        })?;
+        let changes: Vec<(&str, Option<&str>, &str)> = spec
+            .configs
+            .iter()
+            .filter_map(|(k, v)| {
+                let now = resource.get(k).and_then(|e| e.value.as_deref());
+                (now != Some(v.as_str())).then_some((k.as_str(), now, v.as_str()))
+            })
+            .collect();
+        if changes.is_empty() {
+            continue;
+        }
+        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(&spec.name));
+        for e in resource
+            .entries
+            .iter()
+            .filter(|e| e.source == ConfigSource::DynamicTopic)
+        {
+            if let Some(v) = &e.value {
+                alter = alter.set(&e.name, v);
+            }
+        }
+        for (k, _, v) in &changes {
+            alter = alter.set(k, v);
+        }
+        let res = futures_executor::block_on(admin.alter_configs([&alter], opts))?;
+        for r in res {
+            r.map_err(|(_, e)| KafkaSetupError::CreateTopic {
+                topic: spec.name.clone(),
+                reason: format!("cannot correct its settings: {e}"),
+            })?;
+        }
+        for (key, was, now) in changes {
+            tracing::info!(
+                topic = spec.name,
+                key,
+                was = was.unwrap_or("(unset)"),
+                now,
+                "topic setting corrected to what deploy/ says"
+            );
+        }
+    }
     Ok(())
+}
+
+/// librdkafka's compiled-in features (`builtin.features`: `ssl`, `sasl`,
+/// `sasl_scram`, `zstd`, …).
+pub fn builtin_features() -> Vec<String> {
+    ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .map(|f| f.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A `[kafka.options]` entry this binary refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// govbus sets it itself: exactly once depends on it.
+    #[error(
+        "kafka option `{key}` is set by govbus itself (exactly once depends on it); remove it"
+    )]
+    Pinned {
+        /// The option.
+        key: String,
+    },
+    /// It needs a librdkafka feature this binary was built without.
+    #[error("kafka option `{key} = {value}` needs librdkafka's `{feature}` feature, which this govbus binary was built without (it has: {features}); remove it, or use a build with TLS and SASL")]
+    Unsupported {
+        /// The option.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The missing feature.
+        feature: String,
+        /// What the build has.
+        features: String,
+    },
 }
 
 /// Setting up Kafka resources failed.

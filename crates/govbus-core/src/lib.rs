@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod event;
+pub mod health;
 pub mod kafka;
 pub mod stall;
 pub mod tail;

@@ -168,11 +168,13 @@ pub fn open_publisher(
     Ok(p)
 }
 
-/// Runs the ministry agent (HTTP ingest + relay) until `shutdown` resolves.
+/// Runs the ministry agent (HTTP ingest + relay) until `shutdown` resolves;
+/// `ready` turns ready once it accepts changes.
 pub async fn run_agent(
     cfg: ProducerConfig,
     catalog: govbus_core::Catalog,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: Arc<govbus_core::health::Readiness>,
 ) -> Result<(), AgentError> {
     let c = cfg.clone();
     let publisher = tokio::task::spawn_blocking(move || open_publisher(&c, &catalog).map(Arc::new))
@@ -196,6 +198,7 @@ pub async fn run_agent(
         .await
         .map_err(|e| AgentError::Listen(cfg.listen, e))?;
     tracing::info!(listen = %cfg.listen, agency = cfg.agency, datasets = ?publisher.datasets(), "ingest listening");
+    ready.ready();
     let served = axum::serve(listener, http::router(publisher))
         .with_graceful_shutdown(shutdown)
         .await;

@@ -107,14 +107,58 @@ struct Writer {
     lookups: Vec<(String, Arc<Lookup>)>,
 }
 
+/// `ds`'s entity schema and its contract's rules, each compiled against it
+/// and the lookups it names (each rule's own result, so that `govbus
+/// check` reports every bad rule).
+pub fn compile_rules(
+    catalog: &Catalog,
+    ds: &govbus_core::catalog::DatasetSpec,
+) -> (Result<Schema, SetupError>, Vec<Result<Rule, SetupError>>) {
+    let bad = |reason: String| SetupError::Schema {
+        dataset: ds.id.clone(),
+        reason,
+    };
+    let entity = match Schema::parse_str(&ds.entity_schema) {
+        Ok(e) => e,
+        Err(e) => return (Err(bad(e.to_string())), vec![]),
+    };
+    let mut lookup_schemas = Vec::new();
+    let mut problems = Vec::new();
+    for (name, target) in &ds.file.lookups {
+        let Some(spec) = catalog.dataset(target) else {
+            problems.push(Err(bad(format!("lookup {name}: unknown dataset {target}"))));
+            continue;
+        };
+        match Schema::parse_str(&spec.entity_schema) {
+            Ok(schema) => lookup_schemas.push((name.as_str(), schema)),
+            Err(e) => problems.push(Err(bad(format!("lookup {name}: {e}")))),
+        }
+    }
+    let lookup_refs: Vec<(&str, &Schema)> = lookup_schemas.iter().map(|(n, s)| (*n, s)).collect();
+    let rules = ds
+        .file
+        .rules
+        .iter()
+        .map(|r| {
+            govbus_schema::cel::Filter::compile_rule(&r.expr, &entity, &["today"], &lookup_refs)
+                .map(|expr| Rule {
+                    spec: r.clone(),
+                    expr,
+                })
+                .map_err(|e| bad(format!("rule {}: {e}", r.name)))
+        })
+        .chain(problems)
+        .collect();
+    (Ok(entity), rules)
+}
+
 /// A dataset's contract in Confluent's terms: `metadata` (owner, key,
-/// routing fields; field tags such as PII) and a `ruleSet` of CEL domain
+/// field tags such as PII) and a `ruleSet` of CEL domain
 /// rules over the change's `after` image (what the producer enforces).
 fn contract_of(ds: &govbus_core::catalog::DatasetSpec) -> (Json, Json) {
     let mut properties = serde_json::json!({
         "owner": ds.file.owner,
         "key": ds.file.key,
-        "routing": ds.file.routing.join(","),
     });
     // `lookup.<name>`: the dataset a rule's map variable holds (keyed by its key).
     for (name, target) in &ds.file.lookups {
@@ -156,11 +200,19 @@ pub fn rule_of(e: &FieldError) -> Option<&str> {
         .filter(|n| !n.is_empty())
 }
 
-/// A compiled data-quality rule of the dataset's contract.
+/// A data-quality rule of a dataset's contract, compiled against its
+/// schema.
 #[derive(Debug)]
-struct Rule {
+pub struct Rule {
     spec: govbus_core::catalog::RuleSpec,
     expr: govbus_schema::cel::Filter,
+}
+
+impl Rule {
+    /// The rule as its dataset file declares it.
+    pub fn spec(&self) -> &govbus_core::catalog::RuleSpec {
+        &self.spec
+    }
 }
 
 impl Writer {
@@ -258,38 +310,11 @@ impl Publisher {
                 dataset: ds.id.clone(),
                 reason,
             };
-            let entity = Schema::parse_str(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
+            let (entity, rules) = compile_rules(catalog, ds);
+            let entity = entity?;
+            let rules = rules.into_iter().collect::<Result<Vec<_>, _>>()?;
             let env_text = envelope_schema(&ds.entity_schema).map_err(|e| bad(e.to_string()))?;
             let env = Schema::parse_str(&env_text).map_err(|e| bad(e.to_string()))?;
-            let mut lookup_schemas = Vec::new();
-            for (name, target) in &ds.file.lookups {
-                let spec = catalog
-                    .dataset(target)
-                    .ok_or_else(|| bad(format!("lookup {name}: unknown dataset {target}")))?;
-                let schema = Schema::parse_str(&spec.entity_schema)
-                    .map_err(|e| bad(format!("lookup {name}: {e}")))?;
-                lookup_schemas.push((name.as_str(), schema));
-            }
-            let lookup_refs: Vec<(&str, &Schema)> =
-                lookup_schemas.iter().map(|(n, s)| (*n, s)).collect();
-            let rules = ds
-                .file
-                .rules
-                .iter()
-                .map(|r| {
-                    govbus_schema::cel::Filter::compile_rule(
-                        &r.expr,
-                        &entity,
-                        &["today"],
-                        &lookup_refs,
-                    )
-                    .map(|expr| Rule {
-                        spec: r.clone(),
-                        expr,
-                    })
-                    .map_err(|e| bad(format!("rule {}: {e}", r.name)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             let topic = topics.central(&ds.id, ds.file.major);
             let subject = value_subject(&topic);
             let (metadata, rule_set) = contract_of(ds);

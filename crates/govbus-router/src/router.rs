@@ -157,6 +157,8 @@ pub struct Router {
     assigned: Assignment,
     /// Writer schema ids the fast path accepts (true) or not (false).
     fast_ids: batch::FastIds,
+    /// What `/readyz` answers.
+    readiness: Arc<govbus_core::health::Readiness>,
     /// The consumer's fetch wait: the config's, longer after each stall
     /// ([`govbus_core::stall::longer_fetch_wait`]).
     fetch_wait_ms: std::sync::atomic::AtomicU32,
@@ -184,8 +186,22 @@ impl Router {
             cfg,
             control,
             assigned: Assignment::default(),
+            readiness: Arc::default(),
             fast_ids: Default::default(),
         })
+    }
+
+    /// Reports readiness to `ready` (an agent's `/readyz`) instead of its own.
+    pub fn reporting_to(mut self, ready: Arc<govbus_core::health::Readiness>) -> Self {
+        self.readiness = ready;
+        self
+    }
+
+    /// Whether the router is routing and caught up, and why not: in a
+    /// session, holding input partitions, at most
+    /// [`govbus_core::health::CAUGHT_UP`] records behind.
+    pub fn readiness(&self) -> Arc<govbus_core::health::Readiness> {
+        self.readiness.clone()
     }
 
     /// The input partitions this instance holds, kept current while it runs
@@ -217,6 +233,8 @@ impl Router {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
+                    self.readiness
+                        .not_ready(format!("routing session failed ({e}); restarting"));
                     if matches!(e, RouterError::Stalled { .. }) {
                         let was = self.fetch_wait_ms.load(Ordering::Relaxed);
                         let now = govbus_core::stall::longer_fetch_wait(was);

@@ -5,20 +5,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
+use govbus_core::health::Readiness;
 
-use crate::config::GovbusConfig;
+use crate::config::{Agent, GovbusConfig};
 
-/// Serves `/metrics` if configured.
-pub(crate) fn metrics(cfg: &GovbusConfig) -> anyhow::Result<()> {
-    if let Some(addr) = cfg.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .with_context(|| format!("serving metrics on {addr}"))?;
-        tracing::info!(%addr, "metrics on /metrics");
-    }
-    Ok(())
+/// Serves `/metrics`, `/healthz` and `/readyz` if configured; the
+/// readiness the agent reports to.
+pub(crate) async fn ops(cfg: &GovbusConfig) -> anyhow::Result<Arc<Readiness>> {
+    let ready = Arc::new(Readiness::new());
+    crate::ops::serve(cfg.metrics_listen, ready.clone()).await?;
+    Ok(ready)
 }
 
 /// A flag set on Ctrl-C / SIGTERM (or when the parent `govbus up` dies).
@@ -79,8 +75,8 @@ where
 
 /// `govbus registry`.
 pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
-    metrics(&cfg)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Registry))?;
+    let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
     // New versions of a dataset's schema must not break its subscriptions.
     let guard = govbus_router::guard::SubscriptionGuard::new(
@@ -89,6 +85,7 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     );
     let running = govbus_registry::start_with(r, Some(std::sync::Arc::new(guard))).await?;
     println!("registry listening on http://{}", running.addr);
+    ready.ready();
     tokio::select! {
         res = running.task => { res??; }
         _ = shutdown_signal() => {}
@@ -98,14 +95,14 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `govbus route`.
 pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
-    metrics(&cfg)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
+    let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();
     run_until_stopped(stop, move || {
-        let router = govbus_router::Router::new(r, &catalog)?;
+        let router = govbus_router::Router::new(r, &catalog)?.reporting_to(ready);
         router.run(s)?;
         Ok(())
     })
@@ -114,11 +111,11 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `govbus produce`.
 pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
-    metrics(&cfg)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
+    let ready = ops(&cfg).await?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
     let catalog = cfg.catalog()?;
-    govbus_producer::run_agent(p, catalog, shutdown_signal()).await?;
+    govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;
     Ok(())
 }
 
@@ -129,8 +126,8 @@ pub(crate) async fn publish_outbox(
     outbox: String,
     outbox_schema: String,
 ) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
-    metrics(&cfg)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
+    let ready = ops(&cfg).await?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
@@ -147,6 +144,7 @@ pub(crate) async fn publish_outbox(
             &topics.dlq("ingest", &p.agency),
         )?;
         let mut o = govbus_producer::outbox::PgOutbox::connect(&outbox, &outbox_schema)?;
+        ready.ready();
         tracing::info!(
             agency = p.agency,
             schema = outbox_schema,
@@ -167,7 +165,7 @@ pub(crate) async fn publish_file(
     path: std::path::PathBuf,
     dataset: String,
 ) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
@@ -232,7 +230,7 @@ pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()>
             "SUBSCRIPTION", "ROWS", "LAST CHANGE APPLIED", "AGE", "LAG"
         );
         for f in files {
-            let cfg = GovbusConfig::load(Some(&f))?;
+            let cfg = GovbusConfig::load(Some(&f), Some(Agent::Consumer))?;
             let c = GovbusConfig::section(&cfg.consumer, "consumer", Some(&f))?;
             let catalog = cfg.catalog()?;
             for s in govbus_consumer::status(c, &catalog)? {
@@ -267,13 +265,16 @@ pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()>
 
 /// `govbus consume`.
 pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
-    metrics(&cfg)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Consumer))?;
+    let ready = ops(&cfg).await?;
     let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();
-    run_until_stopped(stop, move || Ok(govbus_consumer::run(&c, &catalog, s)?)).await
+    run_until_stopped(stop, move || {
+        Ok(govbus_consumer::run_reporting(&c, &catalog, s, &ready)?)
+    })
+    .await
 }
 
 /// `govbus subscriptions apply DIR`: validates, diffs against the control
@@ -284,7 +285,7 @@ pub(crate) fn apply_subscriptions(
     dry_run: bool,
     empty_removed: bool,
 ) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let mut catalog = cfg.catalog()?;
     catalog.subscriptions = govbus_core::catalog::load_subscriptions(dir)?;
@@ -311,7 +312,7 @@ pub(crate) fn apply_subscriptions(
 /// exist are left as they are) and prints each with its settings.
 pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
     use govbus_core::kafka::TopicSpec;
-    let cfg = GovbusConfig::load(file)?;
+    let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let catalog = cfg.catalog()?;
     let topics = govbus_core::Topics::new(&r.topic_prefix);
@@ -346,21 +347,6 @@ pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
             s.name,
             s.partitions,
             configs.join(" ")
-        );
-    }
-    Ok(())
-}
-
-/// `govbus subscriptions check DIR`: validates every file, as the router would.
-pub(crate) fn check_subscriptions(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
-    let catalog = govbus_core::Catalog::load(deploy, schemas)?;
-    let views = govbus_router::views::compile(&catalog, &govbus_core::Topics::default())?;
-    for v in views {
-        println!(
-            "ok  {:<24} → {:<32} filter: {}",
-            v.name,
-            v.topic,
-            v.filter.source()
         );
     }
     Ok(())

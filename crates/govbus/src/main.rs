@@ -1,9 +1,11 @@
 //! `govbus`: one binary for every part of the bus.
 
 mod agents;
+mod check;
 mod config;
 mod demo;
 mod nisshi;
+mod ops;
 mod schema_check;
 mod up;
 
@@ -118,6 +120,12 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Exit 0 when URL (an agent's `/healthz` or `/readyz`) answers 2xx;
+    /// else print its answer and fail. For container healthchecks.
+    Health {
+        /// The URL.
+        url: String,
+    },
     /// Run a command, and kill it when this process stops or its parent dies.
     #[command(hide = true)]
     Guard {
@@ -134,6 +142,38 @@ enum Cmd {
     Schema {
         #[command(subcommand)]
         command: SchemaCmd,
+    },
+    /// Validate everything in DEPLOY in one pass — datasets against their
+    /// schemas, contract rules, lookups, subscriptions, agency files — and
+    /// print every problem with its file and line.
+    Check {
+        /// The deploy directory.
+        #[arg(default_value = "deploy")]
+        deploy: PathBuf,
+        /// The schemas directory.
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+    },
+    /// Agent configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration, each value with its source (the
+    /// file and line, the environment variable, or the default); secrets
+    /// masked.
+    Show {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Show what this agent reads: its section (and the variables for
+        /// it); other agents' sections and variables are left out.
+        #[arg(long, value_enum)]
+        agent: Option<config::Agent>,
     },
 }
 
@@ -182,7 +222,7 @@ enum SubCmd {
         #[arg(long)]
         empty_removed: bool,
     },
-    /// Validate every dataset and subscription file, as the router would at start-up.
+    /// Validate DEPLOY (the same as `govbus check DEPLOY`).
     Check {
         /// The deploy directory.
         #[arg(default_value = "deploy")]
@@ -257,9 +297,11 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Status { config } => agents::status(config).await,
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
+            Cmd::Health { url } => tokio::task::spawn_blocking(move || ops::probe(&url)).await?,
             Cmd::Subscriptions {
                 command: SubCmd::Check { deploy, schemas },
-            } => agents::check_subscriptions(&deploy, &schemas),
+            } => check::run(&deploy, &schemas),
+            Cmd::Check { deploy, schemas } => check::run(&deploy, &schemas),
             Cmd::Subscriptions {
                 command:
                     SubCmd::Apply {
@@ -269,6 +311,15 @@ fn main() -> std::process::ExitCode {
                         empty_removed,
                     },
             } => agents::apply_subscriptions(&dir, config.as_deref(), dry_run, empty_removed),
+            Cmd::Config {
+                command: ConfigCmd::Show { config, agent },
+            } => {
+                print!(
+                    "{}",
+                    config::show(config.as_deref(), agent, &config::environment())?
+                );
+                Ok(())
+            }
             Cmd::Schema {
                 command:
                     SchemaCmd::Check {

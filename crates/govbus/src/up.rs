@@ -125,6 +125,12 @@ impl Drop for Stack {
     }
 }
 
+/// Whether the agent whose operations endpoint is on `port` answers
+/// `/readyz` with 200.
+fn readyz(port: u16) -> bool {
+    http_ok(&format!("http://127.0.0.1:{port}/readyz"))
+}
+
 fn http_ok(url: &str) -> bool {
     ureq::get(url)
         .timeout(Duration::from_secs(1))
@@ -352,7 +358,7 @@ fn run_blocking(
     let mut cmd = Command::new(&exe);
     cmd.arg("registry").arg("--config").arg(&cfg);
     stack.spawn("registry", cmd, &dir)?;
-    stack.wait_ready("registry", || http_ok(&format!("{registry}/subjects")))?;
+    stack.wait_ready("registry", || readyz(m_registry))?;
     println!("  registry  {registry}");
 
     // A ministry's producer (ingest + relay) on `port`; its ingest URL once up.
@@ -375,9 +381,8 @@ fn run_blocking(
         let mut cmd = Command::new(&exe);
         cmd.arg("produce").arg("--config").arg(&cfg);
         stack.spawn(name, cmd, &dir)?;
-        let url = format!("http://127.0.0.1:{port}");
-        stack.wait_ready(name, || http_ok(&format!("{url}/healthz")))?;
-        Ok(url)
+        stack.wait_ready(name, || readyz(metrics))?;
+        Ok(format!("http://127.0.0.1:{port}"))
     };
 
     // moha first: bca's contract looks province and commune codes up in
@@ -419,6 +424,7 @@ fn run_blocking(
     let mut cmd = Command::new(&exe);
     cmd.arg("route").arg("--config").arg(&cfg);
     stack.spawn("router", cmd, &dir)?;
+    stack.wait_ready("router", || readyz(m_router))?;
 
     for (name, p, port) in [("p52", "p52", m_p52), ("p94", "p94", m_p94)] {
         let cfg = write_config(
@@ -435,6 +441,7 @@ fn run_blocking(
         let mut cmd = Command::new(&exe);
         cmd.arg("consume").arg("--config").arg(&cfg);
         stack.spawn(if name == "p52" { "p52" } else { "p94" }, cmd, &dir)?;
+        stack.wait_ready(name, || readyz(port))?;
         println!(
             "  province  {p} → {}",
             dir.join(format!("{p}.db")).display()

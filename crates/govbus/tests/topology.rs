@@ -284,6 +284,40 @@ fn the_compose_topology_runs_natively_and_delivers() {
         procs.lock().unwrap().push(svc);
     }
 
+    // Every long-running service's healthcheck is `govbus health` on its
+    // /readyz, and passes once the service is ready.
+    for (name, s) in &services {
+        let name = name.as_str().unwrap();
+        if s.get("build").is_none()
+            || s["restart"].as_str() == Some("on-failure")
+            || s.get("profiles").is_some()
+        {
+            continue;
+        }
+        let test: Vec<String> = s["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} has no healthcheck"))
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(test[..3], ["CMD", "govbus", "health"], "{name}: {test:?}");
+        let url = test[3].replace(
+            "127.0.0.1:9100",
+            &format!("127.0.0.1:{}", ports[&format!("{name}:9100")]),
+        );
+        let mut last = String::new();
+        let healthy = poll_until(Duration::from_secs(120), || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_govbus"))
+                .args(["health", &url])
+                .output()
+                .ok()?;
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success().then_some(())
+        });
+        assert!(healthy.is_some(), "{name} not healthy in 120 s: {last}");
+    }
+    eprintln!("topology: every service healthy");
+
     // A ministry's source system posts to bca's ingest.
     let ingest = format!("http://127.0.0.1:{}", ports["bca:8080"]);
     let http = ureq::AgentBuilder::new()

@@ -30,6 +30,8 @@ impl Router {
         let changed = || self.control.generation() != live.generation;
         if live.inputs.is_empty() {
             tracing::info!("no subscriptions; waiting for the control topic");
+            // Nothing to route is not a reason to hold traffic back.
+            self.readiness.ready();
             while !stop.load(Ordering::Relaxed) && !changed() {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -175,6 +177,16 @@ impl Router {
             if last_lag.elapsed() > Duration::from_millis(200) {
                 lag.update(consumer);
                 last_lag = std::time::Instant::now();
+                let held = !self
+                    .assigned
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty();
+                self.readiness.set(if held {
+                    govbus_core::health::caught_up(lag.backlog())
+                } else {
+                    Err("no input partition assigned yet (joining the group)".into())
+                });
             }
             let t_poll = std::time::Instant::now();
             poll_batch(

@@ -1,0 +1,222 @@
+//! `govbus check deploy/`: everything in `deploy/` validated in one pass —
+//! datasets against their schemas, their contract rules, lookups,
+//! subscriptions (files, datasets, filters) and agency files — printing
+//! every problem with its file and line, not just the first.
+
+use std::path::Path;
+
+use govbus_core::catalog::line_of;
+use govbus_core::{CatalogError, Topics};
+
+use crate::config::GovbusConfig;
+
+/// One problem: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// `file:line` (or `file` when the line is not known).
+    pub(crate) at: String,
+    /// What is wrong.
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+fn at(file: &str, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{file}:{l}"),
+        None => file.to_string(),
+    }
+}
+
+fn from_catalog(e: &CatalogError) -> Problem {
+    match e {
+        CatalogError::Io { file, source } => Problem {
+            at: file.clone(),
+            message: format!("cannot read: {source}"),
+        },
+        CatalogError::Parse { file, message } => {
+            // toml's messages carry "at line N, column M".
+            let line = message
+                .split("line ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok());
+            Problem {
+                at: at(file, line),
+                message: message.lines().next().unwrap_or_default().to_string(),
+            }
+        }
+        CatalogError::Invalid {
+            file,
+            line,
+            message,
+        } => Problem {
+            at: at(file, *line),
+            message: message.clone(),
+        },
+    }
+}
+
+/// Every problem in `deploy` (schemas under `schemas`), and what was
+/// checked.
+pub(crate) fn check(deploy: &Path, schemas: &Path) -> (Vec<Problem>, String) {
+    let (catalog, errors) = govbus_core::Catalog::load_all(deploy, schemas);
+    let mut problems: Vec<Problem> = errors.iter().map(from_catalog).collect();
+    // Contract rules, each against its dataset's schema and lookups.
+    let mut rules = 0;
+    for ds in catalog.datasets.values() {
+        let file = deploy.join("datasets").join(format!("{}.toml", ds.id));
+        let file = file.display().to_string();
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let (entity, compiled) = govbus_producer::publisher::compile_rules(&catalog, ds);
+        if let Err(e) = entity {
+            problems.push(Problem {
+                at: at(&file, line_of(&text, "schema")),
+                message: e.to_string(),
+            });
+        }
+        for (i, r) in compiled.iter().enumerate() {
+            rules += 1;
+            if let Err(e) = r {
+                let name = ds.file.rules.get(i).map(|r| r.name.as_str()).unwrap_or("");
+                let line = text
+                    .lines()
+                    .position(|l| l.contains(&format!("\"{name}\"")) && !name.is_empty())
+                    .map(|n| n + 1);
+                problems.push(Problem {
+                    at: at(&file, line),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    // Each subscription's filter and drops against its dataset.
+    let topics = Topics::default();
+    for s in catalog
+        .subscriptions
+        .iter()
+        .filter(|s| catalog.dataset(&s.file.dataset).is_some())
+    {
+        if let Err(e) = govbus_router::views::compile_spec(&catalog, &topics, s) {
+            problems.push(from_catalog(&e));
+        }
+    }
+    // Agency files, as any agent would read them (no environment).
+    let mut agencies = 0;
+    if let Ok(entries) = std::fs::read_dir(deploy.join("agencies")) {
+        let mut files: Vec<_> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            agencies += 1;
+            if let Err(e) = GovbusConfig::load_from(Some(&f), None, &[]) {
+                let message = format!("{e:#}");
+                // "invalid configuration at `x` (set by FILE:LINE): …"
+                let place = message
+                    .split("set by ")
+                    .nth(1)
+                    .and_then(|r| r.split(')').next())
+                    .filter(|p| p.starts_with(&f.display().to_string()))
+                    .map(str::to_string);
+                problems.push(Problem {
+                    at: place.unwrap_or_else(|| f.display().to_string()),
+                    message,
+                });
+            }
+        }
+    }
+    let summary = format!(
+        "{} datasets, {} rules, {} subscriptions, {} agency files",
+        catalog.datasets.len(),
+        rules,
+        catalog.subscriptions.len(),
+        agencies
+    );
+    (problems, summary)
+}
+
+/// `govbus check DEPLOY`: prints every problem; fails if there is one.
+pub(crate) fn run(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
+    let (problems, summary) = check(deploy, schemas);
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        println!("ok: {summary}");
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} problems in {} ({summary})",
+            problems.len(),
+            deploy.display()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    #[test]
+    fn the_shipped_deploy_directory_is_valid() {
+        let (problems, summary) = check(&repo().join("deploy"), &repo().join("schemas"));
+        assert!(problems.is_empty(), "{problems:#?}");
+        assert!(summary.contains("subscriptions"), "{summary}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["datasets", "subscriptions", "agencies"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        let shipped = repo().join("deploy");
+        for f in ["bca.residents.toml", "moha.admin_units.toml"] {
+            std::fs::copy(shipped.join("datasets").join(f), d.join("datasets").join(f)).unwrap();
+        }
+        // A rule reading a field that does not exist.
+        let mut bca = std::fs::read_to_string(d.join("datasets/bca.residents.toml")).unwrap();
+        bca.push_str("\n[[rules]]\nname = \"nonsense\"\nfield = \"x\"\nexpr = 'no_such_field == 1'\nmessage = \"m\"\n");
+        std::fs::write(d.join("datasets/bca.residents.toml"), bca).unwrap();
+        // A subscription whose filter reads an unknown field, one for an
+        // unknown dataset, and one that is not TOML.
+        std::fs::write(
+            d.join("subscriptions/p01.toml"),
+            "subscriber = \"p01\"\ndataset = \"bca.residents\"\nfilter = 'nowhere == \"01\"'\nlegal_basis = \"t\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("subscriptions/p02.toml"),
+            "subscriber = \"p02\"\ndataset = \"bca.nobody\"\nfilter = 'true'\nlegal_basis = \"t\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("subscriptions/p03.toml"), "subscriber = \n").unwrap();
+        // An agency file with an unknown key.
+        std::fs::write(
+            d.join("agencies/x.toml"),
+            "[router]\nregistry = \"http://r\"\nbatchsize = 1\n[router.kafka]\nbootstrap = \"k\"\n",
+        )
+        .unwrap();
+        let (problems, _) = check(d, &repo().join("schemas"));
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let has =
+            |file: &str, what: &str| text.iter().any(|p| p.contains(file) && p.contains(what));
+        assert!(has("bca.residents.toml:", "nonsense"), "{text:#?}");
+        assert!(has("p01.toml:3", "nowhere"), "{text:#?}");
+        assert!(has("p02.toml:2", "bca.nobody"), "{text:#?}");
+        assert!(has("p03.toml:1", ""), "{text:#?}");
+        assert!(has("x.toml:3", "batchsize"), "{text:#?}");
+        assert_eq!(problems.len(), 5, "{text:#?}");
+    }
+}

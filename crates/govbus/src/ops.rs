@@ -1,0 +1,140 @@
+//! An agent's operations endpoint (`metrics_listen`): `/metrics`
+//! (Prometheus), `/healthz` (the process is alive) and `/readyz` (ready to
+//! do its work, or 503 with the reason). Every error is a JSON body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use govbus_core::health::Readiness;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+/// Installs the metrics recorder and, when `addr` is set, serves the
+/// endpoint there, answering `/readyz` from `ready`.
+pub(crate) async fn serve(addr: Option<SocketAddr>, ready: Arc<Readiness>) -> anyhow::Result<()> {
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("serving metrics and health on {addr}"))?;
+    let app = router(handle, ready);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics and health endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "metrics on /metrics, health on /healthz and /readyz");
+    Ok(())
+}
+
+fn router(handle: PrometheusHandle, ready: Arc<Readiness>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({"status": "alive"})) }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.get();
+                async move { readyz(r) }
+            }),
+        )
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint: /metrics, /healthz or /readyz",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use GET",
+            )
+        })
+}
+
+fn readyz(r: Result<(), String>) -> Response {
+    match r {
+        Ok(()) => Json(json!({"ready": true})).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// `govbus health URL`: exits 0 when `URL` answers 2xx, else prints the
+/// answer and fails (a healthcheck that needs no curl in the image).
+pub(crate) fn probe(url: &str) -> anyhow::Result<()> {
+    match ureq::get(url)
+        .timeout(std::time::Duration::from_secs(3))
+        .call()
+    {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::Status(code, r)) => {
+            anyhow::bail!(
+                "{url} answered {code}: {}",
+                r.into_string().unwrap_or_default()
+            )
+        }
+        Err(e) => anyhow::bail!("{url}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readyz_says_why_not_and_every_error_is_json() {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let ready = Arc::new(Readiness::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(handle, ready.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = move |path: &'static str| {
+            tokio::task::spawn_blocking(move || {
+                match ureq::get(&format!("http://{addr}{path}")).call() {
+                    Ok(r) => (r.status(), r.into_string().unwrap()),
+                    Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+                    Err(e) => panic!("{e}"),
+                }
+            })
+        };
+        assert_eq!(get("/healthz").await.unwrap().0, 200);
+        let (code, body) = get("/readyz").await.unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (503, r#"{"ready":false,"reason":"starting"}"#)
+        );
+        ready.not_ready("catching up: 20000 records behind");
+        assert!(get("/readyz").await.unwrap().1.contains("catching up"));
+        ready.ready();
+        assert_eq!(
+            get("/readyz").await.unwrap(),
+            (200, r#"{"ready":true}"#.into())
+        );
+        let (code, body) = get("/nope").await.unwrap();
+        assert_eq!(code, 404);
+        assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    }
+}

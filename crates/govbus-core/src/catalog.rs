@@ -644,4 +644,17 @@ mod tests {
         assert!("bca".parse::<DatasetId>().is_err());
         assert!("BCA.x".parse::<DatasetId>().is_err());
     }
+
+    #[test]
+    fn a_key_that_does_nothing_is_refused() {
+        // `routing` was parsed and never applied; it is gone.
+        let text = format!(
+            "{}routing = [\"permanent_address.province_code\"]\n",
+            BUILTIN_DATASETS[0].1.split("\n[").next().unwrap()
+        );
+        let e = parse_dataset("d.toml", &text, |_| Ok(BUILTIN_SCHEMAS[0].1.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `routing`"), "{e}");
+    }
 }

@@ -15,8 +15,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{ApplyFailed, BatchApplied, Stalled};
-use crate::sink::{self, Row, SinkConfig, SinkError};
+use crate::deadletter::{apply_one_by_one, dead_of, ApplyError, DeadLetters};
+use crate::events::{ApplyFailed, BatchApplied, DeadLettered, Stalled};
+use crate::sink::{self, Dead, Row, SinkConfig, SinkError};
 use crate::table::{table_def, value_at, TableDef};
 use govbus_core::health::Readiness;
 use govbus_core::InternalEvent;
@@ -137,19 +138,6 @@ pub enum ConsumerError {
         /// Records past the position.
         backlog: i64,
     },
-    /// A record of a view topic cannot be read: the consumer stops rather
-    /// than skip it.
-    #[error("cannot read {topic}[{partition}]@{offset}: {reason}")]
-    Poison {
-        /// Topic.
-        topic: String,
-        /// Partition.
-        partition: i32,
-        /// Offset.
-        offset: i64,
-        /// Why.
-        reason: String,
-    },
 }
 
 #[derive(Debug)]
@@ -198,10 +186,13 @@ pub fn run_reporting(
     if inputs.is_empty() {
         return Err(ConsumerError::NoSubscription(cfg.subscriber.clone()));
     }
-    let specs: Vec<TopicSpec> = inputs
+    let dlq = topics.dlq("consume", &cfg.subscriber);
+    let mut specs: Vec<TopicSpec> = inputs
         .keys()
         .map(|t| TopicSpec::compacted(t.clone(), cfg.partitions))
         .collect();
+    specs.push(TopicSpec::retained(dlq.clone(), 1));
+    let dead_letters = DeadLetters::new(&cfg.kafka, dlq)?;
     ensure_topics(&cfg.kafka, &specs)?;
     let mut sink = cfg.sink.build()?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
@@ -214,8 +205,11 @@ pub fn run_reporting(
             &mut *sink,
             &resolver,
             &mut tables,
-            &stop,
-            ready,
+            &Around {
+                stop: &stop,
+                ready,
+                dead_letters: &dead_letters,
+            },
         ) {
             Err(e @ ConsumerError::Stalled { .. }) => {
                 ready.not_ready(format!("{e}; starting a new session"));
@@ -234,6 +228,17 @@ pub fn run_reporting(
     }
 }
 
+/// What a session reports to and writes beside its sink.
+#[derive(Clone, Copy)]
+struct Around<'a> {
+    /// Set to stop.
+    stop: &'a AtomicBool,
+    /// `/readyz`.
+    ready: &'a Readiness,
+    /// The subscriber's DLQ.
+    dead_letters: &'a DeadLetters,
+}
+
 /// One consumer session: assigned at the sink's stored offsets, applying
 /// batches until `stop` (or a stall).
 fn session(
@@ -242,9 +247,13 @@ fn session(
     sink: &mut dyn sink::Sink,
     resolver: &SchemaCache,
     tables: &mut HashMap<u32, Arc<TableDef>>,
-    stop: &AtomicBool,
-    ready: &Readiness,
+    around: &Around<'_>,
 ) -> Result<(), ConsumerError> {
+    let Around {
+        stop,
+        ready,
+        dead_letters,
+    } = *around;
     let consumer: BaseConsumer = cfg
         .kafka
         .consumer(&format!("govbus-consumer-{}", cfg.subscriber))
@@ -285,44 +294,64 @@ fn session(
             continue;
         }
         let mut rows = Vec::with_capacity(batch.len());
+        // Per row: its record's index in `batch`.
+        let mut sources = Vec::with_capacity(batch.len());
+        let mut dead: Vec<(usize, Dead)> = Vec::new();
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
-        for m in &batch {
+        for (i, m) in batch.iter().enumerate() {
             next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             let Some(input) = inputs.get(m.topic()) else {
                 continue;
             };
-            let poison = |reason: String| ConsumerError::Poison {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                reason,
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let mut kill = |reason: &str, error: String| {
+                dead.push((i, dead_of(m, &key, reason, error)));
             };
             let (id, change) = loop {
                 match decode(
                     m.payload().unwrap_or_default(),
                     resolver as &dyn SchemaResolver,
                 ) {
-                    Ok(x) => break x,
+                    Ok(x) => break Some(x),
                     Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
                         tracing::warn!(error = %e, "schema registry unavailable; retrying");
                         std::thread::sleep(Duration::from_secs(1));
                     }
-                    Err(e) => return Err(poison(e.to_string())),
+                    Err(e) => {
+                        kill(e.reason(), e.to_string());
+                        break None;
+                    }
                 }
+            }
+            .unzip();
+            let (Some(id), Some(change)) = (id, change) else {
+                continue;
             };
             let table = match tables.get(&id) {
                 Some(t) => t.clone(),
                 None => {
-                    let schema = resolver.resolve(id).map_err(|e| poison(e.to_string()))?;
-                    let t = Arc::new(table_def(&input.table, &input.key, &schema).ok_or_else(
-                        || poison(format!("schema {id} has no entity keyed by {}", input.key)),
-                    )?);
-                    sink.ensure_table(&t)?;
-                    tables.insert(id, t.clone());
-                    t
+                    let def = resolver
+                        .resolve(id)
+                        .map_err(|e| e.to_string())
+                        .and_then(|schema| {
+                            table_def(&input.table, &input.key, &schema).ok_or_else(|| {
+                                format!("schema {id} has no entity keyed by {}", input.key)
+                            })
+                        });
+                    match def {
+                        Ok(t) => {
+                            let t = Arc::new(t);
+                            sink.ensure_table(&t)?;
+                            tables.insert(id, t.clone());
+                            t
+                        }
+                        Err(error) => {
+                            kill("not_a_table", error);
+                            continue;
+                        }
+                    }
                 }
             };
-            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
             let after = match change.op {
                 Op::Delete => None,
                 _ => change.after,
@@ -340,6 +369,25 @@ fn session(
                 op: change.op,
                 after,
             });
+            sources.push(i);
+        }
+        // Dead letters are on the DLQ (acknowledged) before the offsets
+        // move past them: nothing is lost, and a crash in between only
+        // dead-letters them again.
+        if !dead.is_empty() {
+            for (i, d) in &dead {
+                dead_letters.send(&batch[*i], d)?;
+            }
+            dead_letters.flush()?;
+            let records: Vec<Dead> = dead.into_iter().map(|(_, d)| d).collect();
+            sink.record_dead(&records)?;
+            for d in &records {
+                DeadLettered {
+                    subscriber: &cfg.subscriber,
+                    dead: d,
+                }
+                .emit();
+            }
         }
         let offsets: Vec<(String, i32, i64)> =
             next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
@@ -348,7 +396,19 @@ fn session(
         // Never skip: retry the same batch until it lands or we are stopped.
         let mut attempt = 0u32;
         loop {
-            match sink.apply(&rows, &offsets) {
+            let applied = match sink.apply(&rows, &offsets) {
+                Err(e) if e.refusal().is_some() => apply_one_by_one(
+                    &cfg.subscriber,
+                    sink,
+                    &rows,
+                    &sources,
+                    &batch,
+                    &offsets,
+                    dead_letters,
+                ),
+                other => other.map_err(ApplyError::Sink),
+            };
+            match applied {
                 Ok(done) => {
                     BatchApplied {
                         subscriber: &cfg.subscriber,
@@ -362,7 +422,8 @@ fn session(
                     .emit();
                     break;
                 }
-                Err(e) => {
+                Err(ApplyError::Kafka(e)) => return Err(e.into()),
+                Err(ApplyError::Sink(e)) => {
                     attempt += 1;
                     ApplyFailed {
                         subscriber: &cfg.subscriber,
@@ -437,6 +498,9 @@ pub struct Status {
     pub last_change_ms: Option<i64>,
     /// Records in the view not yet applied (from the cluster's watermarks).
     pub lag: Option<i64>,
+    /// Records dead-lettered (`dlq.consume.<subscriber>`): their entities
+    /// are stale until they are replayed.
+    pub dead: i64,
 }
 
 /// Reads the state of each of the subscriber's views from its sink and the cluster.
@@ -474,8 +538,10 @@ pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, Co
                 }
                 Some(lag)
             });
+        let dead = sink.dead(&topic)?;
         out.push(Status {
             subscription: s.name(),
+            dead,
             topic,
             rows,
             last_change_ms: last,

@@ -4,7 +4,7 @@
 
 use govbus_core::InternalEvent;
 
-use crate::sink::Applied;
+use crate::sink::{Applied, Dead};
 
 /// A batch applied with its offsets, in one transaction.
 #[derive(Debug)]
@@ -88,6 +88,34 @@ impl InternalEvent for Stalled<'_> {
     fn emit(self) {
         tracing::warn!(subscriber = self.subscriber, error = %self.error, was_ms = self.was_ms, now_ms = self.now_ms, "consumer stalled; starting a new session from the stored offsets, letting the broker hold a fetch longer");
         metrics::counter!("govbus_consumer_stalls_total", "subscriber" => self.subscriber.to_string())
+            .increment(1);
+    }
+}
+
+/// A record of a view went to `dlq.consume.<subscriber>`; the consumer goes
+/// on.
+#[derive(Debug)]
+pub struct DeadLettered<'a> {
+    /// The subscriber.
+    pub subscriber: &'a str,
+    /// The record and why.
+    pub dead: &'a Dead,
+}
+
+impl InternalEvent for DeadLettered<'_> {
+    fn emit(self) {
+        let d = self.dead;
+        tracing::warn!(
+            subscriber = self.subscriber,
+            topic = d.topic,
+            partition = d.partition,
+            offset = d.offset,
+            key = d.key,
+            reason = d.reason,
+            error = d.error,
+            "record sent to the DLQ; the entity is marked stale"
+        );
+        metrics::counter!("govbus_consumer_dlq_total", "subscriber" => self.subscriber.to_string(), "reason" => d.reason.clone())
             .increment(1);
     }
 }

@@ -4,6 +4,7 @@
 //! change whose entity sequence is not newer than the stored one is skipped.
 
 pub mod consumer;
+mod deadletter;
 pub mod events;
 pub mod sink;
 pub mod table;

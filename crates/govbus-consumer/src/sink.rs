@@ -46,9 +46,61 @@ pub enum SinkError {
     Webhook {
         /// The endpoint.
         url: String,
+        /// The HTTP status, when it answered.
+        status: Option<u16>,
         /// Status or transport error.
         reason: String,
     },
+}
+
+impl SinkError {
+    /// Why the sink refuses a change for good, when retrying cannot fix it
+    /// (a bounded reason: the change is dead-lettered); None for a failure
+    /// that may pass (the database or endpoint is away: retried, never
+    /// dead-lettered).
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            SinkError::Postgres(e) => {
+                let code = e.as_db_error()?.code().code();
+                if code.starts_with("23") {
+                    Some("constraint")
+                } else if code.starts_with("22") {
+                    Some("value")
+                } else {
+                    None
+                }
+            }
+            SinkError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => match e.code {
+                rusqlite::ErrorCode::ConstraintViolation => Some("constraint"),
+                rusqlite::ErrorCode::TypeMismatch => Some("value"),
+                _ => None,
+            },
+            // A receiver that refuses the content (4xx, except "too soon"
+            // and "too many") will refuse it again.
+            SinkError::Webhook {
+                status: Some(s), ..
+            } if (400..500).contains(s) && *s != 408 && *s != 429 => Some("refused"),
+            _ => None,
+        }
+    }
+}
+
+/// A record of a view that was dead-lettered (`dlq.consume.<subscriber>`):
+/// kept in the sink so that its entity shows as stale in the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dead {
+    /// The view topic.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The entity key (empty when the record had none).
+    pub key: String,
+    /// A bounded reason.
+    pub reason: String,
+    /// The error in words.
+    pub error: String,
 }
 
 /// One change to apply.
@@ -106,6 +158,13 @@ pub trait Sink: Send {
     /// Applies `rows` and stores `offsets` (topic, partition, next offset) atomically.
     fn apply(&mut self, rows: &[Row], offsets: &[(String, i32, i64)])
         -> Result<Applied, SinkError>;
+
+    /// Records dead-lettered records (idempotent: one per topic, partition
+    /// and offset).
+    fn record_dead(&mut self, dead: &[Dead]) -> Result<(), SinkError>;
+
+    /// How many records of `topic` were dead-lettered.
+    fn dead(&mut self, topic: &str) -> Result<i64, SinkError>;
 
     /// Rows held in `table` and the source time (ms) of the newest change
     /// applied, when the sink can tell (None: no such table yet, or a sink

@@ -40,11 +40,7 @@ impl RouteError {
     /// A bounded reason label for metrics and the DLQ header.
     pub fn reason(&self) -> &'static str {
         match self {
-            RouteError::Envelope(EnvelopeError::Wire(_)) => "not_wire_format",
-            RouteError::Envelope(EnvelopeError::UnknownSchema { .. }) => "unknown_schema",
-            RouteError::Envelope(EnvelopeError::Decode { .. }) => "avro_decode",
-            RouteError::Envelope(EnvelopeError::Shape(_)) => "not_an_envelope",
-            RouteError::Envelope(EnvelopeError::Encode(_)) => "encode",
+            RouteError::Envelope(e) => e.reason(),
             RouteError::Filter { .. } => "filter_error",
         }
     }

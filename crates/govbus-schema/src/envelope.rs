@@ -241,6 +241,17 @@ fn unwrap_optional(v: Value) -> Option<Value> {
 }
 
 impl EnvelopeError {
+    /// A bounded reason, for metrics and dead letters' `govbus.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EnvelopeError::Wire(_) => "not_wire_format",
+            EnvelopeError::UnknownSchema { .. } => "unknown_schema",
+            EnvelopeError::Decode { .. } => "avro_decode",
+            EnvelopeError::Shape(_) => "not_an_envelope",
+            EnvelopeError::Encode(_) => "encode",
+        }
+    }
+
     /// True when the same record may decode later (the registry was down).
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -226,8 +226,8 @@ pub(crate) async fn publish_file(
 pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         println!(
-            "{:<24} {:>10}  {:<24} {:>10} {:>8}",
-            "SUBSCRIPTION", "ROWS", "LAST CHANGE APPLIED", "AGE", "LAG"
+            "{:<24} {:>10}  {:<24} {:>10} {:>8} {:>6}",
+            "SUBSCRIPTION", "ROWS", "LAST CHANGE APPLIED", "AGE", "LAG", "DEAD"
         );
         for f in files {
             let cfg = GovbusConfig::load(Some(&f), Some(Agent::Consumer))?;
@@ -249,12 +249,13 @@ pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()>
                     None => ("-".into(), "-".into()),
                 };
                 println!(
-                    "{:<24} {:>10}  {:<24} {:>10} {:>8}",
+                    "{:<24} {:>10}  {:<24} {:>10} {:>8} {:>6}",
                     s.subscription,
                     s.rows.map_or("-".into(), |n| n.to_string()),
                     when,
                     age,
                     s.lag.map_or("-".into(), |n| n.to_string()),
+                    s.dead,
                 );
             }
         }

@@ -85,6 +85,14 @@ impl JsonLinesSink {
 }
 
 impl Sink for JsonLinesSink {
+    fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
+        self.ledger.record_dead(dead)
+    }
+
+    fn dead(&mut self, topic: &str) -> Result<i64, SinkError> {
+        self.ledger.dead(topic)
+    }
+
     fn ensure_table(&mut self, _t: &TableDef) -> Result<(), SinkError> {
         Ok(())
     }

@@ -26,9 +26,21 @@ impl Ledger {
              CREATE TABLE IF NOT EXISTS _govbus_offsets (
                  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
                  PRIMARY KEY (topic, partition));
-             CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _govbus_dead (
+                 topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
+                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (topic, partition, source_offset));",
         )?;
         Ok(Self { conn })
+    }
+
+    pub(super) fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
+        super::sqlite::record_dead(&mut self.conn, dead)
+    }
+
+    pub(super) fn dead(&self, topic: &str) -> Result<i64, SinkError> {
+        super::sqlite::dead(&self.conn, topic)
     }
 
     pub(super) fn offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {

@@ -60,7 +60,11 @@ impl PostgresSink {
                  tbl TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (tbl, key));
              CREATE TABLE IF NOT EXISTS {s}._govbus_offsets (
                  topic TEXT NOT NULL, partition INT NOT NULL, next_offset BIGINT NOT NULL,
-                 PRIMARY KEY (topic, partition));"
+                 PRIMARY KEY (topic, partition));
+             CREATE TABLE IF NOT EXISTS {s}._govbus_dead (
+                 topic TEXT NOT NULL, partition INT NOT NULL, source_offset BIGINT NOT NULL,
+                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms BIGINT NOT NULL,
+                 PRIMARY KEY (topic, partition, source_offset));"
         ))?;
         Ok(Self {
             client,
@@ -291,6 +295,41 @@ impl PostgresSink {
 }
 
 impl Sink for PostgresSink {
+    fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
+        let s = &self.schema;
+        let mut tx = self.client.transaction()?;
+        for d in dead {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_dead (topic, partition, source_offset, key, reason, error, at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+                ),
+                &[
+                    &d.topic,
+                    &d.partition,
+                    &d.offset,
+                    &d.key,
+                    &d.reason,
+                    &d.error,
+                    &govbus_core::now_ms(),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn dead(&mut self, topic: &str) -> Result<i64, SinkError> {
+        let s = &self.schema;
+        Ok(self
+            .client
+            .query_one(
+                &format!("SELECT count(*) FROM {s}._govbus_dead WHERE topic = $1"),
+                &[&topic],
+            )?
+            .get(0))
+    }
+
     fn table_status(&mut self, table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
         let exists: bool = self
             .client

@@ -41,7 +41,11 @@ impl SqliteSink {
                  tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key));
              CREATE TABLE IF NOT EXISTS _govbus_offsets (
                  topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition));",
+                 PRIMARY KEY (topic, partition));
+             CREATE TABLE IF NOT EXISTS _govbus_dead (
+                 topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
+                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (topic, partition, source_offset));",
         )?;
         Ok(Self { conn })
     }
@@ -70,7 +74,51 @@ impl SqliteSink {
     }
 }
 
+/// Records `dead` in `_govbus_dead` (SQLite sinks and ledgers).
+pub(super) fn record_dead(
+    conn: &mut rusqlite::Connection,
+    dead: &[super::Dead],
+) -> Result<(), SinkError> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare_cached(
+            "INSERT OR IGNORE INTO _govbus_dead (topic, partition, source_offset, key, reason, error, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for d in dead {
+            st.execute(rusqlite::params![
+                d.topic,
+                d.partition,
+                d.offset,
+                d.key,
+                d.reason,
+                d.error,
+                govbus_core::now_ms()
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// How many records of `topic` are in `_govbus_dead`.
+pub(super) fn dead(conn: &rusqlite::Connection, topic: &str) -> Result<i64, SinkError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM _govbus_dead WHERE topic = ?1",
+        [topic],
+        |r| r.get(0),
+    )?)
+}
+
 impl Sink for SqliteSink {
+    fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
+        record_dead(&mut self.conn, dead)
+    }
+
+    fn dead(&mut self, topic: &str) -> Result<i64, SinkError> {
+        dead(&self.conn, topic)
+    }
+
     fn table_status(&mut self, table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
         let exists: i64 = self.conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",

@@ -114,6 +114,7 @@ impl WebhookSink {
             Ok(_) => Ok(()),
             Err(ureq::Error::Status(code, r)) => Err(SinkError::Webhook {
                 url: self.url.clone(),
+                status: Some(code),
                 reason: format!(
                     "answered {code}: {}",
                     r.into_string()
@@ -125,6 +126,7 @@ impl WebhookSink {
             }),
             Err(e) => Err(SinkError::Webhook {
                 url: self.url.clone(),
+                status: None,
                 reason: e.to_string(),
             }),
         }
@@ -139,6 +141,14 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl Sink for WebhookSink {
+    fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
+        self.ledger.record_dead(dead)
+    }
+
+    fn dead(&mut self, topic: &str) -> Result<i64, SinkError> {
+        self.ledger.dead(topic)
+    }
+
     fn ensure_table(&mut self, _t: &TableDef) -> Result<(), SinkError> {
         Ok(())
     }

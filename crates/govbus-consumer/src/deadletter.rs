@@ -1,0 +1,138 @@
+//! A province's dead letters: a record of a view that cannot be applied
+//! for a reason retrying cannot fix — it does not decode, or the sink
+//! refuses it (a constraint, a value the column cannot hold) — goes to
+//! `dlq.consume.<subscriber>` with its reason and origin, is recorded in
+//! the sink (its entity shows as stale), and the consumer goes on. A
+//! failure that may pass (the database is down) is retried, never
+//! dead-lettered.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::Message;
+
+use crate::sink::{Applied, Dead, Row, Sink, SinkError};
+
+/// Writes dead letters to the subscriber's DLQ topic.
+pub(crate) struct DeadLetters {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeadLetters {
+    /// An idempotent producer (acks=all) to `topic`.
+    pub(crate) fn new(kafka: &govbus_core::KafkaConfig, topic: String) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: kafka.producer().create()?,
+            topic,
+        })
+    }
+
+    /// Sends `m` (its key and bytes as they were) with `d`'s reason and
+    /// origin as headers.
+    pub(crate) fn send(&self, m: &BorrowedMessage<'_>, d: &Dead) -> Result<(), KafkaError> {
+        let (partition, offset) = (d.partition.to_string(), d.offset.to_string());
+        let headers = [
+            ("govbus.reason", d.reason.as_str()),
+            ("govbus.error", d.error.as_str()),
+            ("govbus.source.topic", d.topic.as_str()),
+            ("govbus.source.partition", partition.as_str()),
+            ("govbus.source.offset", offset.as_str()),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(*value),
+            })
+        });
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = m.payload() {
+            record = record.payload(p);
+        }
+        self.producer.send(record).map_err(|(e, _)| e)
+    }
+
+    /// Waits until every dead letter sent is acknowledged.
+    pub(crate) fn flush(&self) -> Result<(), KafkaError> {
+        self.producer.flush(Duration::from_secs(30))
+    }
+}
+
+/// The dead letter of `m` (key `key`) for `reason`.
+pub(crate) fn dead_of(m: &BorrowedMessage<'_>, key: &str, reason: &str, error: String) -> Dead {
+    Dead {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: key.to_string(),
+        reason: reason.to_string(),
+        error,
+    }
+}
+
+/// Why applying a batch failed.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// The sink failed in a way that may pass: retried.
+    Sink(SinkError),
+    /// A dead letter could not be written: the session ends.
+    Kafka(KafkaError),
+}
+
+/// Applies `rows` one at a time, each with its own offset, after the sink
+/// refused the batch: a row it refuses for good is dead-lettered and its
+/// offset moves on; then the batch's `offsets` are stored. A row already
+/// applied before a retry is skipped by its sequence.
+pub(crate) fn apply_one_by_one(
+    subscriber: &str,
+    sink: &mut dyn Sink,
+    rows: &[Row],
+    sources: &[usize],
+    batch: &[BorrowedMessage<'_>],
+    offsets: &[(String, i32, i64)],
+    dead_letters: &DeadLetters,
+) -> Result<Applied, ApplyError> {
+    let mut total = Applied::default();
+    for (row, &i) in rows.iter().zip(sources) {
+        let m = &batch[i];
+        let at = [(m.topic().to_string(), m.partition(), m.offset() + 1)];
+        match sink.apply(std::slice::from_ref(row), &at) {
+            Ok(done) => {
+                total.upserts += done.upserts;
+                total.deletes += done.deletes;
+                total.stale += done.stale;
+            }
+            Err(e) => {
+                let Some(reason) = e.refusal() else {
+                    return Err(ApplyError::Sink(e));
+                };
+                let d = dead_of(m, &row.key, reason, e.to_string());
+                dead_letters.send(m, &d).map_err(ApplyError::Kafka)?;
+                dead_letters.flush().map_err(ApplyError::Kafka)?;
+                sink.record_dead(std::slice::from_ref(&d))
+                    .map_err(ApplyError::Sink)?;
+                sink.apply(&[], &at).map_err(ApplyError::Sink)?;
+                govbus_core::InternalEvent::emit(crate::events::DeadLettered {
+                    subscriber,
+                    dead: &d,
+                });
+            }
+        }
+    }
+    sink.apply(&[], offsets).map_err(ApplyError::Sink)?;
+    Ok(total)
+}

@@ -4,6 +4,7 @@ mod agents;
 mod check;
 mod config;
 mod demo;
+mod dlq;
 mod nisshi;
 mod ops;
 mod schema_check;
@@ -154,10 +155,38 @@ enum Cmd {
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
     },
+    /// Dead letters: what the DLQ topics hold, and why.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCmd,
+    },
     /// Agent configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCmd {
+    /// Every DLQ topic with its records counted per reason, per source and
+    /// per age (`[router]`: the cluster and topic prefix).
+    List {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print again every 5 s until stopped.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// One dead letter: its headers (reason, error, origin), key and value,
+    /// decoded where it decodes.
+    Show {
+        /// `TOPIC:PARTITION:OFFSET`.
+        at: String,
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -311,6 +340,12 @@ fn main() -> std::process::ExitCode {
                         empty_removed,
                     },
             } => agents::apply_subscriptions(&dir, config.as_deref(), dry_run, empty_removed),
+            Cmd::Dlq {
+                command: DlqCmd::List { config, follow },
+            } => tokio::task::spawn_blocking(move || dlq::list(config.as_deref(), follow)).await?,
+            Cmd::Dlq {
+                command: DlqCmd::Show { at, config },
+            } => tokio::task::spawn_blocking(move || dlq::show(config.as_deref(), &at)).await?,
             Cmd::Config {
                 command: ConfigCmd::Show { config, agent },
             } => {

@@ -38,10 +38,16 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
         }),
     ];
     for (i, (_, bytes)) in poison.iter().enumerate() {
+        // The record's own headers travel into its dead letter.
+        let own = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "origin",
+            value: Some(&format!("client-{i}")),
+        });
         raw.send(
             BaseRecord::to(&central)
                 .key(&format!("poison-{i}"))
-                .payload(bytes),
+                .payload(bytes)
+                .headers(own),
         )
         .unwrap();
     }
@@ -89,6 +95,11 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
         assert!(get("govbus.source.partition").parse::<i32>().is_ok());
         assert!(!get("govbus.error").is_empty());
         let key = String::from_utf8_lossy(m.key().unwrap()).into_owned();
+        assert_eq!(
+            get("origin"),
+            key.replace("poison", "client"),
+            "its own header kept"
+        );
         by_key.insert(key, (get("govbus.reason"), m.payload().unwrap().to_vec()));
     }
     for (i, (reason, bytes)) in poison.iter().enumerate() {

@@ -13,7 +13,7 @@ mod in_step;
 mod live;
 mod session;
 
-pub use batch::{Advance, Input};
+pub use batch::{Advance, Input, InputHeaders};
 pub use committer::DeadLetter;
 pub use in_step::Applied;
 

@@ -18,9 +18,36 @@ use crate::events::{DeadLettered, Refetched};
 use crate::fast::{FastOutputs, FastRoute, Tally};
 use crate::route::{route, RouteError};
 
-/// One input record, as the consumer returned it. The step reads no input
-/// headers: routing depends on the record's position, key and value only.
-#[derive(Debug, Clone, Copy)]
+/// A record's headers, read only when needed (a dead letter keeps them):
+/// librdkafka's as the consumer returned them, or a plain list in tests.
+pub trait InputHeaders {
+    /// Calls `f` with each header, in order.
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8]));
+}
+
+/// A polled record's headers are parsed only when asked for (librdkafka
+/// parses them on first access): routing never asks.
+impl InputHeaders for rdkafka::message::BorrowedMessage<'_> {
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        use rdkafka::message::{Headers, Message};
+        for h in self.headers().into_iter().flat_map(|h| h.iter()) {
+            f(h.key, h.value.unwrap_or_default());
+        }
+    }
+}
+
+impl<const N: usize> InputHeaders for [(&str, &[u8]); N] {
+    fn each(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        for (k, v) in self {
+            f(k, v);
+        }
+    }
+}
+
+/// One input record, as the consumer returned it. Routing depends on its
+/// position, key and value; its headers travel with it only into a dead
+/// letter.
+#[derive(Clone, Copy)]
 pub struct Input<'a> {
     /// The central topic.
     pub topic: &'a str,
@@ -32,17 +59,31 @@ pub struct Input<'a> {
     pub key: &'a [u8],
     /// The change, in the wire format.
     pub payload: &'a [u8],
+    /// Its headers, if any.
+    pub headers: Option<&'a dyn InputHeaders>,
+}
+
+impl std::fmt::Debug for Input<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Input<'a> {
     /// The fields of a record the consumer polled.
-    pub fn of(m: &'a impl rdkafka::Message) -> Self {
+    pub fn of(m: &'a rdkafka::message::BorrowedMessage<'_>) -> Self {
+        use rdkafka::Message;
         Self {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().unwrap_or_default(),
             payload: m.payload().unwrap_or_default(),
+            headers: Some(m as &dyn InputHeaders),
         }
     }
 }
@@ -142,6 +183,7 @@ impl<'l> Step<'_, 'l> {
                 offset,
                 key,
                 payload,
+                headers,
             } = m;
             if next
                 .get(at)
@@ -243,12 +285,17 @@ impl<'l> Step<'_, 'l> {
                     return Err(RouterError::RegistryUnavailable(e));
                 }
                 Err(e) => {
+                    let mut original = Vec::new();
+                    if let Some(h) = headers {
+                        h.each(&mut |k, v| original.push((k.to_string(), v.to_vec())));
+                    }
                     let dead = DeadLetter {
                         reason: e.reason(),
                         error: e.to_string(),
                         topic: topic.to_string(),
                         partition,
                         offset,
+                        original,
                     };
                     DeadLettered {
                         dataset,
@@ -364,12 +411,14 @@ mod tests {
     }
 
     fn input(offset: i64, payload: &[u8]) -> Input<'_> {
+        const HEADERS: &[(&str, &[u8]); 1] = &[("govbus.outbox", b"00000000000000ab:7")];
         Input {
             topic: INPUT,
             partition: 0,
             offset,
             key: b"079001000001",
             payload,
+            headers: Some(HEADERS as &dyn InputHeaders),
         }
     }
 
@@ -528,6 +577,11 @@ mod tests {
         assert_eq!(headers[2], ("govbus.source.topic", INPUT.into()));
         assert_eq!(headers[3], ("govbus.source.partition", "0".into()));
         assert_eq!(headers[4], ("govbus.source.offset", "11".into()));
+        assert_eq!(
+            dead[1].original,
+            [("govbus.outbox".to_string(), b"00000000000000ab:7".to_vec())],
+            "the record's own headers are kept"
+        );
     }
 
     #[test]

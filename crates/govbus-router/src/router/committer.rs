@@ -113,6 +113,8 @@ pub struct DeadLetter {
     pub partition: i32,
     /// The input offset.
     pub offset: i64,
+    /// The input record's own headers, kept after govbus's.
+    pub original: Vec<(String, Vec<u8>)>,
 }
 
 impl DeadLetter {
@@ -128,14 +130,21 @@ impl DeadLetter {
     }
 
     fn owned_headers(&self) -> OwnedHeaders {
-        self.headers()
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
+        let govbus = self.headers().iter().fold(
+            OwnedHeaders::new_with_capacity(5 + self.original.len()),
+            |h, (key, value)| {
                 h.insert(Header {
                     key,
                     value: Some(value.as_str()),
                 })
+            },
+        );
+        self.original.iter().fold(govbus, |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_slice()),
             })
+        })
     }
 }
 
@@ -555,6 +564,7 @@ mod tests {
                 topic: "gov.bca.residents.v1".into(),
                 partition: 0,
                 offset: 3,
+                original: vec![],
             })),
         );
         assert_eq!(record(&r, 0), ("sub.p01", &b"k1"[..], &b"value one"[..]));

@@ -304,7 +304,7 @@ fn session(
                 continue;
             };
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-            let mut kill = |reason: &str, error: String| {
+            let mut kill = |reason: &'static str, error: String| {
                 dead.push((i, dead_of(m, &key, reason, error)));
             };
             let (id, change) = loop {

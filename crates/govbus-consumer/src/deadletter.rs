@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
+use govbus_core::dead::DeadLetter;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
 
@@ -38,25 +39,26 @@ impl DeadLetters {
         })
     }
 
-    /// Sends `m` (its key and bytes as they were) with `d`'s reason and
-    /// origin as headers.
+    /// Sends `m` (its key, bytes and headers as they were) with `d`'s
+    /// reason and origin as headers.
     pub(crate) fn send(&self, m: &BorrowedMessage<'_>, d: &Dead) -> Result<(), KafkaError> {
-        let (partition, offset) = (d.partition.to_string(), d.offset.to_string());
-        let headers = [
-            ("govbus.reason", d.reason.as_str()),
-            ("govbus.error", d.error.as_str()),
-            ("govbus.source.topic", d.topic.as_str()),
-            ("govbus.source.partition", partition.as_str()),
-            ("govbus.source.offset", offset.as_str()),
-        ]
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(5), |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(*value),
+        let original = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                    .collect()
             })
-        });
-        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).headers(headers);
+            .unwrap_or_default();
+        let letter = DeadLetter {
+            reason: d.reason,
+            error: d.error.clone(),
+            topic: d.topic.clone(),
+            partition: d.partition,
+            offset: d.offset,
+            original,
+        };
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).headers(letter.owned_headers());
         if let Some(k) = m.key() {
             record = record.key(k);
         }
@@ -73,13 +75,18 @@ impl DeadLetters {
 }
 
 /// The dead letter of `m` (key `key`) for `reason`.
-pub(crate) fn dead_of(m: &BorrowedMessage<'_>, key: &str, reason: &str, error: String) -> Dead {
+pub(crate) fn dead_of(
+    m: &BorrowedMessage<'_>,
+    key: &str,
+    reason: &'static str,
+    error: String,
+) -> Dead {
     Dead {
         topic: m.topic().to_string(),
         partition: m.partition(),
         offset: m.offset(),
         key: key.to_string(),
-        reason: reason.to_string(),
+        reason,
         error,
     }
 }

@@ -115,7 +115,7 @@ impl InternalEvent for DeadLettered<'_> {
             error = d.error,
             "record sent to the DLQ; the entity is marked stale"
         );
-        metrics::counter!("govbus_consumer_dlq_total", "subscriber" => self.subscriber.to_string(), "reason" => d.reason.clone())
+        metrics::counter!("govbus_consumer_dlq_total", "subscriber" => self.subscriber.to_string(), "reason" => d.reason)
             .increment(1);
     }
 }

@@ -98,7 +98,7 @@ pub struct Dead {
     /// The entity key (empty when the record had none).
     pub key: String,
     /// A bounded reason.
-    pub reason: String,
+    pub reason: &'static str,
     /// The error in words.
     pub error: String,
 }

@@ -4,6 +4,7 @@
 //! Nothing here talks to the network; every other crate builds on these types.
 
 pub mod catalog;
+pub mod dead;
 pub mod event;
 pub mod health;
 pub mod kafka;

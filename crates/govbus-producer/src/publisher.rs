@@ -612,7 +612,13 @@ impl Writer {
     fn legacy_datum(&self, key: &str, text: &str) -> Result<Vec<u8>, SubmitError> {
         let bad = |why: String| SubmitError::Encode(format!("stored state of {key}: {why}"));
         let json: Json = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let value = to_avro(&self.entity, &json).map_err(|e| bad(format!("{e:?}")))?;
+        let value = to_avro(&self.entity, &json).map_err(|errors| {
+            bad(errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "))
+        })?;
         apache_avro::to_avro_datum(&self.entity, value).map_err(|e| bad(e.to_string()))
     }
 }

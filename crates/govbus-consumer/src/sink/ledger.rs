@@ -18,20 +18,11 @@ pub(super) struct Ledger {
 impl Ledger {
     pub(super) fn open(path: &str) -> Result<Self, SinkError> {
         let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS _govbus_seen (
-                 tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key));
-             CREATE TABLE IF NOT EXISTS _govbus_offsets (
-                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition));
-             CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS _govbus_dead (
-                 topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
-                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition, source_offset));",
-        )?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; {}
+             CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+            super::sqlite::BOOKKEEPING
+        ))?;
         Ok(Self { conn })
     }
 

@@ -33,20 +33,9 @@ impl SqliteSink {
     /// Opens (creating) the database file.
     pub fn open(path: &str) -> Result<Self, SinkError> {
         let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             PRAGMA busy_timeout=5000;
-             CREATE TABLE IF NOT EXISTS _govbus_seen (
-                 tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key));
-             CREATE TABLE IF NOT EXISTS _govbus_offsets (
-                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition));
-             CREATE TABLE IF NOT EXISTS _govbus_dead (
-                 topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
-                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
-                 PRIMARY KEY (topic, partition, source_offset));",
-        )?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; {BOOKKEEPING}"
+        ))?;
         Ok(Self { conn })
     }
 
@@ -73,6 +62,18 @@ impl SqliteSink {
         }
     }
 }
+
+/// The bookkeeping tables of a SQLite sink or ledger: per-entity sequences,
+/// offsets, dead letters.
+pub(super) const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _govbus_seen (
+                 tbl TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tbl, key));
+             CREATE TABLE IF NOT EXISTS _govbus_offsets (
+                 topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+                 PRIMARY KEY (topic, partition));
+             CREATE TABLE IF NOT EXISTS _govbus_dead (
+                 topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
+                 key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (topic, partition, source_offset));";
 
 /// Records `dead` in `_govbus_dead` (SQLite sinks and ledgers).
 pub(super) fn record_dead(

@@ -15,6 +15,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
+pub use govbus_core::dead::DeadLetter;
+
 use super::{CommitterError, RouterError};
 use crate::events::TransactionEnded;
 use crate::views::View;
@@ -97,55 +99,6 @@ pub(crate) struct Record<'l> {
     value: std::ops::Range<usize>,
     /// Set on a dead letter: why, and where the record came from.
     pub(crate) dead: Option<Box<DeadLetter>>,
-}
-
-/// A dead letter's reason and origin, written as its headers
-/// (`govbus.reason`, `govbus.error`, `govbus.source.{topic,partition,offset}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// A bounded reason (`RouteError::reason`).
-    pub reason: &'static str,
-    /// The error in words.
-    pub error: String,
-    /// The input topic.
-    pub topic: String,
-    /// The input partition.
-    pub partition: i32,
-    /// The input offset.
-    pub offset: i64,
-    /// The input record's own headers, kept after govbus's.
-    pub original: Vec<(String, Vec<u8>)>,
-}
-
-impl DeadLetter {
-    /// The headers, in the order they are written.
-    pub fn headers(&self) -> [(&'static str, String); 5] {
-        [
-            ("govbus.reason", self.reason.to_string()),
-            ("govbus.error", self.error.clone()),
-            ("govbus.source.topic", self.topic.clone()),
-            ("govbus.source.partition", self.partition.to_string()),
-            ("govbus.source.offset", self.offset.to_string()),
-        ]
-    }
-
-    fn owned_headers(&self) -> OwnedHeaders {
-        let govbus = self.headers().iter().fold(
-            OwnedHeaders::new_with_capacity(5 + self.original.len()),
-            |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value.as_str()),
-                })
-            },
-        );
-        self.original.iter().fold(govbus, |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value.as_slice()),
-            })
-        })
-    }
 }
 
 impl<'l> Routed<'l> {

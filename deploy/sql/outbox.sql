@@ -22,8 +22,11 @@ CREATE TABLE IF NOT EXISTS govbus.outbox (
     before     JSONB,
     after      JSONB,
     txid       BIGINT      NOT NULL DEFAULT txid_current(),
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- Set on a row `govbus dlq replay` put back: its earlier dead letters.
+    replay_history TEXT
 );
+ALTER TABLE govbus.outbox ADD COLUMN IF NOT EXISTS replay_history TEXT;
 
 -- govbus.capture(dataset, key_column): the trigger function.
 CREATE OR REPLACE FUNCTION govbus.capture() RETURNS trigger

@@ -140,7 +140,7 @@ pub enum ConsumerError {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Input {
     dataset: String,
     table: String,
@@ -164,6 +164,14 @@ pub fn run_reporting(
     stop: Arc<AtomicBool>,
     ready: &Readiness,
 ) -> Result<(), ConsumerError> {
+    // Exported from the start, so that alerts on their increase (or on
+    // its absence) see the first change.
+    let sub = cfg.subscriber.clone();
+    metrics::counter!("govbus_consumer_stalls_total", "subscriber" => sub.clone()).increment(0);
+    for op in ["upsert", "delete"] {
+        metrics::counter!("govbus_consumer_applied_total", "subscriber" => sub.clone(), "op" => op)
+            .increment(0);
+    }
     let topics = Topics::new(&cfg.topic_prefix);
     let mut inputs: HashMap<String, Input> = HashMap::new();
     for s in catalog
@@ -191,6 +199,16 @@ pub fn run_reporting(
         .keys()
         .map(|t| TopicSpec::compacted(t.clone(), cfg.partitions))
         .collect();
+    // Each view's replay topic (`govbus dlq replay`) is applied like the
+    // view itself, its offsets kept by the sink beside the view's.
+    let replays: Vec<(String, Input)> = inputs
+        .iter()
+        .map(|(t, i)| (Topics::replay(t), i.clone()))
+        .collect();
+    for (topic, input) in replays {
+        specs.push(TopicSpec::retained(topic.clone(), 1));
+        inputs.insert(topic, input);
+    }
     specs.push(TopicSpec::retained(dlq.clone(), 1));
     let dead_letters = DeadLetters::new(&cfg.kafka, dlq)?;
     ensure_topics(&cfg.kafka, &specs)?;
@@ -471,6 +489,7 @@ fn lag_watch(
 ) -> Result<govbus_core::kafka::LagWatch, ConsumerError> {
     let datasets: HashMap<String, String> = inputs
         .iter()
+        .filter(|(t, _)| !Topics::is_replay(t))
         .map(|(t, i)| (t.clone(), i.dataset.clone()))
         .collect();
     let subscriber = cfg.subscriber.clone();

@@ -3,6 +3,8 @@
 
 use crate::catalog::DatasetId;
 
+const REPLAY_SUFFIX: &str = ".replay";
+
 /// Builds topic names, optionally under a prefix (e.g. `t1234.`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topics {
@@ -40,6 +42,26 @@ impl Topics {
         format!("{}dlq.{}.{}", self.prefix, stage, agency)
     }
 
+    /// `<source>.replay`: the records `govbus dlq replay` sends back to the
+    /// stage that reads `source` (a central topic or a view), read by that
+    /// stage beside `source` itself. A record that fails again is replayed
+    /// to the same topic, never to `<source>.replay.replay`.
+    pub fn replay(source: &str) -> String {
+        let source = source.strip_suffix(REPLAY_SUFFIX).unwrap_or(source);
+        format!("{source}{REPLAY_SUFFIX}")
+    }
+
+    /// Whether `topic` is a replay topic.
+    pub fn is_replay(topic: &str) -> bool {
+        topic.ends_with(REPLAY_SUFFIX)
+    }
+
+    /// `_govbus.dlq.state`: what was replayed or discarded, keyed by
+    /// `<dlq topic>:<partition>:<offset>` (compacted).
+    pub fn dlq_state(&self) -> String {
+        format!("{}_govbus.dlq.state", self.prefix)
+    }
+
     /// `_schemas`: the registry's storage.
     pub fn schemas(&self) -> String {
         format!("{}_schemas", self.prefix)
@@ -74,6 +96,17 @@ mod tests {
         assert_eq!(t.view("p52", &ds, 1), "sub.p52.bca.residents.v1");
         assert_eq!(t.dlq("ingest", "bca"), "dlq.ingest.bca");
         assert_eq!(Topics::new("x.").schemas(), "x._schemas");
+        assert_eq!(Topics::new("x.").dlq_state(), "x._govbus.dlq.state");
+        assert_eq!(
+            Topics::replay("gov.bca.residents.v1"),
+            "gov.bca.residents.v1.replay"
+        );
+        assert_eq!(
+            Topics::replay("gov.bca.residents.v1.replay"),
+            "gov.bca.residents.v1.replay"
+        );
+        assert!(Topics::is_replay("sub.p52.bca.residents.v1.replay"));
+        assert!(!Topics::is_replay("sub.p52.bca.residents.v1"));
         assert_eq!(
             value_subject("gov.bca.residents.v1"),
             "gov.bca.residents.v1-value"

@@ -47,7 +47,8 @@ impl DeadLetters {
     }
 
     /// [`Self::send`], naming the contract rules the record failed
-    /// (header `govbus.rule`, comma-separated).
+    /// (header `govbus.rule`, comma-separated) and, for a replayed record,
+    /// its earlier dead letters (header `govbus.history`).
     pub fn send_rejected(
         &self,
         key: &str,
@@ -62,6 +63,15 @@ impl DeadLetters {
             headers = headers.insert(Header {
                 key: "govbus.rule",
                 value: Some(r),
+            });
+        }
+        let history = serde_json::from_slice::<serde_json::Value>(original)
+            .ok()
+            .and_then(|row| row.get("replay_history")?.as_str().map(str::to_string));
+        if let Some(h) = &history {
+            headers = headers.insert(Header {
+                key: "govbus.history",
+                value: Some(h.as_str()),
             });
         }
         let headers = headers

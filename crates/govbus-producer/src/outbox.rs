@@ -39,6 +39,49 @@ pub enum OutboxError {
     Submit(#[from] SubmitError),
 }
 
+/// A dead-lettered outbox row to put back ([`PgOutbox::put_back`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRow<'a> {
+    /// The dead letter (`topic:partition:offset`).
+    pub letter: &'a str,
+    /// The row's dataset.
+    pub dataset: String,
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub op: String,
+    /// The entity key.
+    pub key: String,
+    /// The before image (JSON text).
+    pub before: Option<String>,
+    /// The after image (JSON text).
+    pub after: Option<String>,
+    /// The row's earlier dead letters (JSON).
+    pub history: String,
+}
+
+impl<'a> ReplayRow<'a> {
+    /// The row of a dead letter's value (the row as `row_to_json` wrote it).
+    pub fn of(letter: &'a str, value: &[u8], history: String) -> Result<Self, String> {
+        let row: Map<String, Json> = serde_json::from_slice(value)
+            .map_err(|e| format!("{letter} is not an outbox row ({e})"))?;
+        let text = |k: &str| -> Result<String, String> {
+            row.get(k)
+                .and_then(Json::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| format!("{letter} is not an outbox row (no `{k}`)"))
+        };
+        let image = |k: &str| row.get(k).filter(|v| !v.is_null()).map(Json::to_string);
+        Ok(Self {
+            letter,
+            dataset: text("dataset")?,
+            op: text("op")?,
+            key: text("key")?,
+            before: image("before"),
+            after: image("after"),
+            history,
+        })
+    }
+}
+
 /// An agency database with `govbus.outbox`.
 pub struct PgOutbox {
     client: postgres::Client,
@@ -222,6 +265,43 @@ impl PgOutbox {
             publisher.forget_checkpoints(&marks)?;
         }
         Ok(taken.len())
+    }
+
+    /// Puts rows back that `govbus dlq replay` takes from the DLQ, each
+    /// with its history (`replay_history`), so that the relay takes them
+    /// through the rules and schema again. Exactly once: each letter is
+    /// recorded in `<schema>.outbox_replayed` in the same transaction, and a
+    /// letter recorded before is not put back twice. Returns, per letter,
+    /// whether it was put back now (false: it was before).
+    pub fn put_back(&mut self, rows: &[ReplayRow<'_>]) -> Result<Vec<bool>, OutboxError> {
+        let replayed = self.table.replace(".outbox", ".outbox_replayed");
+        self.client.batch_execute(&format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS replay_history TEXT;
+             CREATE TABLE IF NOT EXISTS {replayed} (
+                 letter TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now());",
+            t = self.table
+        ))?;
+        let mut tx = self.client.transaction()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let fresh = tx.execute(
+                &format!("INSERT INTO {replayed} (letter) VALUES ($1) ON CONFLICT DO NOTHING"),
+                &[&r.letter],
+            )? == 1;
+            if fresh {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {} (dataset, op, key, before, after, replay_history)
+                         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6)",
+                        self.table
+                    ),
+                    &[&r.dataset, &r.op, &r.key, &r.before, &r.after, &r.history],
+                )?;
+            }
+            out.push(fresh);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Relays until `stop`.

@@ -210,6 +210,9 @@ impl InternalEvent for AssignmentChanged<'_> {
     fn emit(self) {
         tracing::info!(partitions = ?self.held, "assignment changed");
         for (topic, (dataset, _)) in self.inputs {
+            if govbus_core::Topics::is_replay(topic) {
+                continue;
+            }
             let n = self.held.iter().filter(|(t, _)| t == topic).count();
             metrics::gauge!("govbus_router_partitions", "dataset" => dataset.clone()).set(n as f64);
         }

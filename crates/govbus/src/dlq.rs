@@ -1,10 +1,12 @@
-//! `govbus dlq list|show`: what the dead-letter topics hold and why —
+//! `govbus dlq list|show|replay|discard`: what the dead-letter topics hold
+//! and why, and what was done with them —
 //! `dlq.ingest.<agency>` (outbox rows a producer could not accept),
 //! `dlq.route.<dataset>` (central records the router could not route) and
 //! `dlq.consume.<subscriber>` (view records a province could not apply).
-//! Reading only: nothing is deleted from a DLQ topic.
+//! Nothing is ever deleted from a DLQ topic: `_govbus.dlq.state` records
+//! what was replayed or discarded, by whom, when and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +17,20 @@ use rdkafka::message::{Headers, Message};
 
 use crate::config::{Agent, GovbusConfig};
 
+mod replay;
+mod select;
+
+pub(crate) use replay::{discard, replay, Operator};
+use select::Handled;
+pub(crate) use select::{Selection, SelectionError};
+
+/// A time (ms) as UTC RFC 3339.
+pub(crate) fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// One dead letter as read.
 #[derive(Debug, Clone)]
 pub(crate) struct Letter {
@@ -24,15 +40,21 @@ pub(crate) struct Letter {
     pub(crate) timestamp_ms: Option<i64>,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) payload: Option<Vec<u8>>,
-    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Letter {
-    fn header(&self, key: &str) -> Option<&str> {
+    /// The first header `key`, when it is text.
+    pub(crate) fn header(&self, key: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// `topic:partition:offset`, as `show` takes it and the state keeps it.
+    pub(crate) fn id(&self) -> String {
+        format!("{}:{}:{}", self.topic, self.partition, self.offset)
     }
 }
 
@@ -52,7 +74,7 @@ fn dlq_topics(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<Vec<String>> 
 }
 
 /// Every record of `topic`, to its end.
-fn read(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Letter>> {
+pub(crate) fn read(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Letter>> {
     let c: BaseConsumer = kafka.client().create()?;
     let parts: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&c, topic)?
         .into_iter()
@@ -71,12 +93,7 @@ fn read(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Letter>> {
                 .headers()
                 .map(|h| {
                     h.iter()
-                        .map(|x| {
-                            (
-                                x.key.to_string(),
-                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
+                        .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -87,7 +104,12 @@ fn read(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Letter>> {
 }
 
 /// The counts `govbus dlq list` prints for one topic's letters, at `now_ms`.
-pub(crate) fn summary(topic: &str, letters: &[Letter], now_ms: i64) -> String {
+pub(crate) fn summary(
+    topic: &str,
+    letters: &[Letter],
+    state: &HashMap<String, Handled>,
+    now_ms: i64,
+) -> String {
     let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_source: BTreeMap<&str, usize> = BTreeMap::new();
     let mut by_age: BTreeMap<usize, usize> = BTreeMap::new();
@@ -119,9 +141,18 @@ pub(crate) fn summary(topic: &str, letters: &[Letter], now_ms: i64) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let (mut replayed, mut discarded) = (0usize, 0usize);
+    for l in letters {
+        match state.get(&l.id()).map(|h| h.action) {
+            Some(select::Action::Replayed) => replayed += 1,
+            Some(select::Action::Discarded) => discarded += 1,
+            None => {}
+        }
+    }
     format!(
-        "{topic}  {} records\n  by reason: {}\n  by source: {}\n  by age:    {}\n",
+        "{topic}  {} records, {} open\n  handled:   replayed {replayed}, discarded {discarded}\n  by reason: {}\n  by source: {}\n  by age:    {}\n",
         letters.len(),
+        letters.len() - replayed - discarded,
         join(
             by_reason
                 .into_iter()
@@ -153,8 +184,9 @@ pub(crate) fn list(file: Option<&Path>, follow: bool) -> anyhow::Result<()> {
             println!("no dead-letter topics");
         }
         let now = govbus_core::now_ms();
+        let state = replay::state_of(&kafka, &prefix)?;
         for t in topics {
-            print!("{}", summary(&t, &read(&kafka, &t)?, now));
+            print!("{}", summary(&t, &read(&kafka, &t)?, &state, now));
         }
         if !follow {
             return Ok(());
@@ -167,7 +199,7 @@ pub(crate) fn list(file: Option<&Path>, follow: bool) -> anyhow::Result<()> {
 /// `govbus dlq show TOPIC:PARTITION:OFFSET`: one record with its headers,
 /// key and value (a change envelope decoded to JSON where it decodes).
 pub(crate) fn show(file: Option<&Path>, at: &str) -> anyhow::Result<()> {
-    let (kafka, _, registry) = cluster(file)?;
+    let (kafka, prefix, registry) = cluster(file)?;
     let (rest, offset) = at.rsplit_once(':').context("give TOPIC:PARTITION:OFFSET")?;
     let (topic, partition) = rest
         .rsplit_once(':')
@@ -181,6 +213,19 @@ pub(crate) fn show(file: Option<&Path>, at: &str) -> anyhow::Result<()> {
         })?;
     let resolver = govbus_schema::SchemaCache::new(govbus_schema::RegistryClient::new(&registry));
     print!("{}", describe(&letter, &resolver));
+    match replay::state_of(&kafka, &prefix)?.get(&letter.id()) {
+        Some(h) => println!(
+            "  handled: {} by {} at {}{}{}",
+            h.action.as_str(),
+            h.by,
+            when(h.at_ms),
+            h.to.as_ref()
+                .map(|t| format!(" to {t}"))
+                .unwrap_or_default(),
+            h.why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+        ),
+        None => println!("  handled: not yet (replay or discard it)"),
+    }
     Ok(())
 }
 
@@ -188,7 +233,7 @@ pub(crate) fn show(file: Option<&Path>, at: &str) -> anyhow::Result<()> {
 pub(crate) fn describe(l: &Letter, resolver: &dyn govbus_schema::SchemaResolver) -> String {
     let mut out = format!("{}:{}:{}\n", l.topic, l.partition, l.offset);
     for (k, v) in &l.headers {
-        out.push_str(&format!("  {k}: {v}\n"));
+        out.push_str(&format!("  {k}: {}\n", String::from_utf8_lossy(v)));
     }
     let text = |b: &Option<Vec<u8>>| match b {
         None => "(none)".to_string(),
@@ -226,7 +271,7 @@ pub(crate) fn describe(l: &Letter, resolver: &dyn govbus_schema::SchemaResolver)
 
 /// The cluster, topic prefix and registry of `[router]` (the platform's
 /// file).
-fn cluster(file: Option<&Path>) -> anyhow::Result<(KafkaConfig, String, String)> {
+pub(crate) fn cluster(file: Option<&Path>) -> anyhow::Result<(KafkaConfig, String, String)> {
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     Ok((r.kafka.clone(), r.topic_prefix.clone(), r.registry.clone()))
@@ -245,8 +290,8 @@ mod tests {
             key: Some(b"k".to_vec()),
             payload: Some(vec![0xff]),
             headers: vec![
-                ("govbus.reason".into(), reason.into()),
-                ("govbus.source.topic".into(), source.into()),
+                ("govbus.reason".into(), reason.as_bytes().to_vec()),
+                ("govbus.source.topic".into(), source.as_bytes().to_vec()),
             ],
         }
     }
@@ -258,10 +303,23 @@ mod tests {
             letter("avro_decode", "gov.bca.residents.v1", 2 * 86_400_000),
             letter("unknown_schema", "gov.bca.residents.v1", 30 * 86_400_000),
         ];
-        let s = summary("dlq.route.bca.residents", &letters, 1_000_000_000);
+        let mut letters = letters;
+        letters[1].offset = 1;
+        letters[2].offset = 2;
+        let state = HashMap::from([(
+            "dlq.route.bca.residents:0:2".to_string(),
+            Handled {
+                action: select::Action::Discarded,
+                by: "ops".into(),
+                at_ms: 0,
+                why: Some("garbage".into()),
+                to: None,
+            },
+        )]);
+        let s = summary("dlq.route.bca.residents", &letters, &state, 1_000_000_000);
         assert_eq!(
             s,
-            "dlq.route.bca.residents  3 records\n  by reason: avro_decode 2, unknown_schema 1\n  by source: gov.bca.residents.v1 3\n  by age:    < 1 h 1, < 7 days 1, older 1\n"
+            "dlq.route.bca.residents  3 records, 2 open\n  handled:   replayed 0, discarded 1\n  by reason: avro_decode 2, unknown_schema 1\n  by source: gov.bca.residents.v1 3\n  by age:    < 1 h 1, < 7 days 1, older 1\n"
         );
         let d = describe(&letters[0], &govbus_schema::client::FixedResolver::new([]));
         assert!(

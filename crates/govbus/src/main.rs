@@ -155,7 +155,7 @@ enum Cmd {
         #[arg(long, default_value = "schemas")]
         schemas: PathBuf,
     },
-    /// Dead letters: what the DLQ topics hold, and why.
+    /// Dead letters: what the DLQ topics hold and why; replay or discard them.
     Dlq {
         #[command(subcommand)]
         command: DlqCmd,
@@ -188,6 +188,102 @@ enum DlqCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Send the selected letters back through the stage they failed, once:
+    /// a route or consume letter to its input's replay topic, an ingest
+    /// letter into the agency's outbox. One that fails again returns to the
+    /// DLQ with its history.
+    Replay {
+        #[command(flatten)]
+        pick: Pick,
+        /// The agency database an ingest letter's row came from.
+        #[arg(long)]
+        outbox: Option<String>,
+        /// Its outbox schema.
+        #[arg(long, default_value = "govbus")]
+        outbox_schema: String,
+        /// Recorded with the replay.
+        #[arg(long)]
+        why: Option<String>,
+    },
+    /// Mark the selected letters handled without sending them on, with who,
+    /// when and why.
+    Discard {
+        #[command(flatten)]
+        pick: Pick,
+        /// Why (required; kept for the audit).
+        #[arg(long)]
+        why: String,
+    },
+}
+
+/// Which dead letters of a DLQ topic an operation takes.
+#[derive(Debug, clap::Args)]
+struct Pick {
+    /// The DLQ topic (`govbus dlq list` names them).
+    topic: String,
+    /// Only letters with this `govbus.reason`.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only these offsets: N or FROM-TO (inclusive).
+    #[arg(long)]
+    offsets: Option<String>,
+    /// Only letters of this key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only letters written since: RFC 3339, or an age (30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only letters written before: RFC 3339, or an age.
+    #[arg(long)]
+    until: Option<String>,
+    /// Every letter of the topic not handled before.
+    #[arg(long)]
+    all: bool,
+    /// Recorded as who did it (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl Pick {
+    fn selection(&self) -> Result<dlq::Selection, dlq::SelectionError> {
+        let now = govbus_core::now_ms();
+        let time = |t: &Option<String>| {
+            t.as_deref()
+                .map(|t| dlq::Selection::parse_time(t, now))
+                .transpose()
+        };
+        Ok(dlq::Selection {
+            reason: self.reason.clone(),
+            partition: None,
+            offsets: self
+                .offsets
+                .as_deref()
+                .map(dlq::Selection::parse_offsets)
+                .transpose()?,
+            key: self.key.clone(),
+            since_ms: time(&self.since)?,
+            until_ms: time(&self.until)?,
+        })
+    }
+
+    fn operator(&self, why: Option<String>) -> dlq::Operator {
+        dlq::Operator {
+            by: self
+                .by
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into()),
+            why,
+            dry_run: self.dry_run,
+            all: self.all,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +442,38 @@ fn main() -> std::process::ExitCode {
             Cmd::Dlq {
                 command: DlqCmd::Show { at, config },
             } => tokio::task::spawn_blocking(move || dlq::show(config.as_deref(), &at)).await?,
+            Cmd::Dlq {
+                command:
+                    DlqCmd::Replay {
+                        pick,
+                        outbox,
+                        outbox_schema,
+                        why,
+                    },
+            } => {
+                let sel = pick.selection()?;
+                let op = pick.operator(why);
+                tokio::task::spawn_blocking(move || {
+                    dlq::replay(
+                        pick.config.as_deref(),
+                        &pick.topic,
+                        &sel,
+                        &op,
+                        outbox.as_deref().map(|u| (u, outbox_schema.as_str())),
+                    )
+                })
+                .await?
+            }
+            Cmd::Dlq {
+                command: DlqCmd::Discard { pick, why },
+            } => {
+                let sel = pick.selection()?;
+                let op = pick.operator(Some(why));
+                tokio::task::spawn_blocking(move || {
+                    dlq::discard(pick.config.as_deref(), &pick.topic, &sel, &op)
+                })
+                .await?
+            }
             Cmd::Config {
                 command: ConfigCmd::Show { config, agent },
             } => {

@@ -80,7 +80,7 @@ fn dlq_list_counts_the_letters_and_show_prints_one() {
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!(
-            "{dlq}  3 records\n  by reason: constraint 1, not_wire_format 2\n  by source: sub.p52.bca.residents.v1 3\n  by age:    < 1 h 3\n"
+            "{dlq}  3 records, 3 open\n  handled:   replayed 0, discarded 0\n  by reason: constraint 1, not_wire_format 2\n  by source: sub.p52.bca.residents.v1 3\n  by age:    < 1 h 3\n"
         )),
         "{out}"
     );

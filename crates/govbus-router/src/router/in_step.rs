@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cel_interpreter::Context;
-use govbus_core::{DatasetId, SubscriptionFile, SubscriptionSpec};
+use govbus_core::{DatasetId, SubscriptionFile, SubscriptionSpec, Topics};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -111,6 +111,9 @@ impl Router {
         let now = govbus_core::now_ms();
         let mut todo: Vec<((String, i32), Vec<Work<'_>>)> = Vec::new();
         for (topic, p) in parts {
+            if Topics::is_replay(topic) {
+                continue; // replayed records are routed as they come, never backfilled
+            }
             let Some((_, idx)) = live.inputs.get(topic) else {
                 continue;
             };

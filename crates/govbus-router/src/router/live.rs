@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use govbus_core::kafka::{ensure_topics, TopicSpec};
-use govbus_core::{DatasetId, SubscriptionSpec};
+use govbus_core::{DatasetId, SubscriptionSpec, Topics};
 
 use super::{Router, RouterError};
 use crate::control::ControlValue;
@@ -138,6 +138,19 @@ impl Router {
                 }
             }
         }
+        // Each input's replay topic (`govbus dlq replay`) is routed through
+        // the same views, dead-letters to the same DLQ, and is never
+        // brought in step from its beginning.
+        let replays: Vec<(String, (String, Vec<usize>), String)> = live
+            .inputs
+            .iter()
+            .map(|(t, v)| (Topics::replay(t), v.clone(), live.dlq[t].clone()))
+            .collect();
+        for (topic, input, dlq) in replays {
+            specs.push(TopicSpec::retained(topic.clone(), 1));
+            live.dlq.insert(topic.clone(), dlq);
+            live.inputs.insert(topic, input);
+        }
         for (topic, (dataset, idx)) in &live.inputs {
             live.consumed.insert(
                 topic.clone(),
@@ -155,6 +168,9 @@ impl Router {
         for v in &live.views {
             tracing::info!(view = v.name, topic = v.topic, filter = v.filter.source(), expires_ms = ?v.expires_ms, "subscription active");
             metrics::gauge!("govbus_subscription_active", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string()).set(1.0);
+            // Alerted on 30 days ahead (deploy/prometheus); 0 = no end.
+            metrics::gauge!("govbus_subscription_expires_timestamp_seconds", "subscriber" => v.subscriber.clone(), "dataset" => v.dataset.to_string())
+                .set(v.expires_ms.map_or(0.0, |ms| ms as f64 / 1e3));
         }
         for r in &live.removed {
             metrics::gauge!("govbus_subscription_active", "subscriber" => r.subscriber.clone(), "dataset" => r.dataset.to_string()).set(0.0);

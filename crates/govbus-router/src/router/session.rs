@@ -80,6 +80,7 @@ impl Router {
         let datasets: HashMap<String, String> = live
             .inputs
             .iter()
+            .filter(|(t, _)| !govbus_core::Topics::is_replay(t))
             .map(|(t, (d, _))| (t.clone(), d.clone()))
             .collect();
         let lag =

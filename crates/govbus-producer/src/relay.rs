@@ -429,6 +429,7 @@ impl Relay {
     /// `RING` changes in flight) and trims the store as the acknowledged
     /// prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
+        metrics::counter!("govbus_relay_stalls_total").increment(0);
         let _ = self.reports().relay.set(std::thread::current());
         while let Err(e) = self.relay_id() {
             tracing::error!(error = %e, "relay cannot read its id from the store; retrying");
@@ -474,6 +475,9 @@ impl Relay {
         let mut stall = govbus_core::stall::StallWatch::new(self.stall);
         // The outbox's backlog, read at most once a second (a query).
         let mut backlog: (Instant, Option<i64>) = (Instant::now(), None);
+        // `govbus_relay_backlog_events`: changes accepted and not yet
+        // acknowledged by the broker, every 5 s.
+        let mut last_gauge = Instant::now() - Duration::from_secs(5);
         loop {
             if stop.load(Ordering::Relaxed) {
                 let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
@@ -524,6 +528,12 @@ impl Relay {
                 Advance::Failed
             );
             let progressed = acked.len() - before;
+            if last_gauge.elapsed() >= Duration::from_secs(5) {
+                if let Ok(n) = self.store.backlog() {
+                    metrics::gauge!("govbus_relay_backlog_events").set(n as f64);
+                }
+                last_gauge = Instant::now();
+            }
             if progressed > 0 {
                 backlog.1 = None;
             } else if backlog.0.elapsed() >= Duration::from_secs(1) {

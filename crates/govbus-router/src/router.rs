@@ -225,6 +225,9 @@ impl Router {
     /// session with it; a failure aborts the open transaction and starts a
     /// new session from the last committed offsets.
     pub fn run(&self, stop: Arc<AtomicBool>) -> Result<(), RouterError> {
+        // Exported from the start, so that an alert on its increase sees
+        // the first stall.
+        metrics::counter!("govbus_router_stalls_total").increment(0);
         let mut failures = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let res = self.session(&stop);

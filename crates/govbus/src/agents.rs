@@ -98,6 +98,7 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
+    crate::ops::watch_registry(&r.registry);
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();
@@ -114,6 +115,7 @@ pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
     let ready = ops(&cfg).await?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
+    crate::ops::watch_registry(&p.registry);
     let catalog = cfg.catalog()?;
     govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;
     Ok(())
@@ -269,6 +271,7 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Consumer))?;
     let ready = ops(&cfg).await?;
     let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
+    crate::ops::watch_registry(&c.registry);
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();

@@ -36,6 +36,37 @@ pub(crate) async fn serve(addr: Option<SocketAddr>, ready: Arc<Readiness>) -> an
     Ok(())
 }
 
+/// Probes the schema registry an agent depends on every 5 s:
+/// `govbus_registry_reachable` is 1 while `GET /subjects` answers 200 and
+/// 0 otherwise (alerted on in deploy/prometheus).
+pub(crate) fn watch_registry(url: &str) {
+    let probe = format!("{}/subjects", url.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(3))
+        .build();
+    let spawned = std::thread::Builder::new()
+        .name("registry-probe".into())
+        .spawn(move || {
+            let mut was = None;
+            loop {
+                let up = matches!(agent.get(&probe).call(), Ok(r) if r.status() == 200);
+                metrics::gauge!("govbus_registry_reachable").set(if up { 1.0 } else { 0.0 });
+                if was != Some(up) {
+                    if up {
+                        tracing::info!(url = probe, "schema registry reachable");
+                    } else {
+                        tracing::warn!(url = probe, "schema registry unreachable");
+                    }
+                    was = Some(up);
+                }
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the registry probe");
+    }
+}
+
 fn router(handle: PrometheusHandle, ready: Arc<Readiness>) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))

@@ -29,6 +29,8 @@ fn govbus(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "govbus {args:?} failed:\n{text}");
+    // Shown with --nocapture: docs/OPERATIONS.md quotes this output.
+    println!("$ govbus {}\n{text}", args.join(" "));
     text
 }
 

@@ -126,23 +126,17 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         )
     };
     letters(1);
+    let url = pg_url();
+    let replay_ingest = |extra: &[&str]| {
+        let mut args = vec!["dlq", "replay", dlq.as_str()];
+        args.extend_from_slice(extra);
+        args.extend(["--outbox", &url, "--outbox-schema", &src, "-c", &cfg]);
+        govbus(&args)
+    };
 
     // Replayed while the rule still holds: it fails again, and its new
     // letter carries the first one in its history.
-    let dry = govbus(&[
-        "dlq",
-        "replay",
-        &dlq,
-        "--reason",
-        "contract",
-        "--dry-run",
-        "--outbox",
-        &pg_url(),
-        "--outbox-schema",
-        &src,
-        "-c",
-        &cfg,
-    ]);
+    let dry = replay_ingest(&["--reason", "contract", "--dry-run"]);
     assert!(
         dry.contains(&format!("would replay {dlq}:0:0 -> outbox {src}")),
         "{dry}"
@@ -153,21 +147,7 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "a dry run puts nothing back");
-    let out = govbus(&[
-        "dlq",
-        "replay",
-        &dlq,
-        "--offsets",
-        "0",
-        "--by",
-        "ops",
-        "--outbox",
-        &pg_url(),
-        "--outbox-schema",
-        &src,
-        "-c",
-        &cfg,
-    ]);
+    let out = replay_ingest(&["--offsets", "0", "--by", "ops"]);
     assert!(out.contains("replayed 1, 0 handled before"), "{out}");
     let again = letters(2);
     assert_eq!(again.len(), 2, "one new letter");
@@ -208,22 +188,13 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     let _agent = outbox_agent(&bus, p, &src);
 
     // Every contract letter: the first was replayed before, so only the second goes.
-    let out = govbus(&[
-        "dlq",
-        "replay",
-        &dlq,
+    let out = replay_ingest(&[
         "--reason",
         "contract",
         "--by",
         "ops",
         "--why",
         "rule relaxed",
-        "--outbox",
-        &pg_url(),
-        "--outbox-schema",
-        &src,
-        "-c",
-        &cfg,
     ]);
     assert!(
         out.contains(&format!("skip {dlq}:0:0: replayed by ops")),
@@ -245,18 +216,7 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         },
     );
     // Replayed again: nothing is sent, and the change is on the bus once.
-    let out = govbus(&[
-        "dlq",
-        "replay",
-        &dlq,
-        "--all",
-        "--outbox",
-        &pg_url(),
-        "--outbox-schema",
-        &src,
-        "-c",
-        &cfg,
-    ]);
+    let out = replay_ingest(&["--all"]);
     assert!(out.contains("replayed 0, 2 handled before"), "{out}");
     let central = format!("{}gov.bca.residents.v1", bus.prefix);
     let on_bus = |topic: &str| {

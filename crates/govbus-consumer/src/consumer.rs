@@ -323,7 +323,7 @@ fn session(
             };
             let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
             let mut kill = |reason: &'static str, error: String| {
-                dead.push((i, dead_of(m, &key, reason, error)));
+                dead.push((i, dead_of(m, &key, &input.table, reason, error)));
             };
             let (id, change) = loop {
                 match decode(

@@ -78,6 +78,7 @@ impl DeadLetters {
 pub(crate) fn dead_of(
     m: &BorrowedMessage<'_>,
     key: &str,
+    table: &str,
     reason: &'static str,
     error: String,
 ) -> Dead {
@@ -86,6 +87,7 @@ pub(crate) fn dead_of(
         partition: m.partition(),
         offset: m.offset(),
         key: key.to_string(),
+        table: table.to_string(),
         reason,
         error,
     }
@@ -127,7 +129,7 @@ pub(crate) fn apply_one_by_one(
                 let Some(reason) = e.refusal() else {
                     return Err(ApplyError::Sink(e));
                 };
-                let d = dead_of(m, &row.key, reason, e.to_string());
+                let d = dead_of(m, &row.key, &row.table.name, reason, e.to_string());
                 dead_letters.send(m, &d).map_err(ApplyError::Kafka)?;
                 dead_letters.flush().map_err(ApplyError::Kafka)?;
                 sink.record_dead(std::slice::from_ref(&d))

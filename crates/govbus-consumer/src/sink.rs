@@ -97,6 +97,8 @@ pub struct Dead {
     pub offset: i64,
     /// The entity key (empty when the record had none).
     pub key: String,
+    /// The table the view fills.
+    pub table: String,
     /// A bounded reason.
     pub reason: &'static str,
     /// The error in words.
@@ -163,7 +165,9 @@ pub trait Sink: Send {
     /// and offset).
     fn record_dead(&mut self, dead: &[Dead]) -> Result<(), SinkError>;
 
-    /// How many records of `topic` were dead-lettered.
+    /// How many entities of `topic` (or its replay topic) are stale: a
+    /// record of theirs was dead-lettered and no newer change of them has
+    /// been applied since (by a replay, or by the source's next change).
     fn dead(&mut self, topic: &str) -> Result<i64, SinkError>;
 
     /// Rows held in `table` and the source time (ms) of the newest change

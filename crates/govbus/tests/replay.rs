@@ -321,6 +321,7 @@ fn province_and_route_letters_go_back_through_their_stage_once_the_cause_is_fixe
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
     let schema = unique("p52_");
     let c = consumer_config(kafka, &bus.registry, prefix, "p52", &pg_url(), &schema);
+    let p52_cfg = c.clone();
     let catalog = bus.catalog.clone();
     let p52 = Worker::spawn("p52", move |stop| {
         govbus_consumer::run(&c, &catalog, stop).unwrap()
@@ -393,6 +394,9 @@ fn province_and_route_letters_go_back_through_their_stage_once_the_cause_is_fixe
     wait_until(Duration::from_secs(60), "the replayed row in p52", || {
         has("052090000200").then_some(())
     });
+    // Only the garbage's entity is still stale.
+    let status = govbus_consumer::status(&p52_cfg, &bus.catalog).unwrap();
+    assert_eq!(status[0].dead, 1, "{status:?}");
 
     // Garbage replayed is garbage still: back in the DLQ with its history,
     // read from the replay topic.

@@ -23,6 +23,7 @@ impl Ledger {
              CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
             super::sqlite::BOOKKEEPING
         ))?;
+        super::sqlite::upgrade_dead(&conn)?;
         Ok(Self { conn })
     }
 

@@ -64,7 +64,9 @@ impl PostgresSink {
              CREATE TABLE IF NOT EXISTS {s}._govbus_dead (
                  topic TEXT NOT NULL, partition INT NOT NULL, source_offset BIGINT NOT NULL,
                  key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms BIGINT NOT NULL,
-                 PRIMARY KEY (topic, partition, source_offset));"
+                 PRIMARY KEY (topic, partition, source_offset));
+             ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS tbl TEXT;
+             ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS seen_seq BIGINT;"
         ))?;
         Ok(Self {
             client,
@@ -301,8 +303,10 @@ impl Sink for PostgresSink {
         for d in dead {
             tx.execute(
                 &format!(
-                    "INSERT INTO {s}._govbus_dead (topic, partition, source_offset, key, reason, error, at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"
+                    "INSERT INTO {s}._govbus_dead (topic, partition, source_offset, key, reason, error, at_ms, tbl, seen_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+                             (SELECT seq FROM {s}._govbus_seen WHERE tbl = $8 AND key = $4))
+                     ON CONFLICT DO NOTHING"
                 ),
                 &[
                     &d.topic,
@@ -312,6 +316,7 @@ impl Sink for PostgresSink {
                     &d.reason,
                     &d.error,
                     &govbus_core::now_ms(),
+                    &d.table,
                 ],
             )?;
         }
@@ -324,7 +329,12 @@ impl Sink for PostgresSink {
         Ok(self
             .client
             .query_one(
-                &format!("SELECT count(*) FROM {s}._govbus_dead WHERE topic = $1"),
+                &format!(
+                    "SELECT count(DISTINCT coalesce(d.tbl, '') || '/' || d.key) FROM {s}._govbus_dead d
+                     WHERE (d.topic = $1 OR d.topic = $1 || '.replay')
+                       AND NOT EXISTS (SELECT 1 FROM {s}._govbus_seen x
+                                       WHERE x.tbl = d.tbl AND x.key = d.key AND x.seq > coalesce(d.seen_seq, -1))"
+                ),
                 &[&topic],
             )?
             .get(0))

@@ -36,6 +36,7 @@ impl SqliteSink {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; {BOOKKEEPING}"
         ))?;
+        upgrade_dead(&conn)?;
         Ok(Self { conn })
     }
 
@@ -73,7 +74,27 @@ pub(super) const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _govbus_seen (
              CREATE TABLE IF NOT EXISTS _govbus_dead (
                  topic TEXT NOT NULL, partition INTEGER NOT NULL, source_offset INTEGER NOT NULL,
                  key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                 tbl TEXT, seen_seq INTEGER,
                  PRIMARY KEY (topic, partition, source_offset));";
+
+/// Adds the columns a `_govbus_dead` of an earlier build lacks.
+pub(super) fn upgrade_dead(conn: &rusqlite::Connection) -> Result<(), SinkError> {
+    for col in ["tbl TEXT", "seen_seq INTEGER"] {
+        match conn.execute_batch(&format!("ALTER TABLE _govbus_dead ADD COLUMN {col}")) {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("duplicate column") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Stale entities of `topic`: dead-lettered, and nothing newer of them
+/// applied since (rows of an earlier build, without a table, count).
+const STALE: &str = "SELECT count(DISTINCT coalesce(d.tbl, '') || '/' || d.key) FROM _govbus_dead d
+     WHERE (d.topic = ?1 OR d.topic = ?1 || '.replay')
+       AND NOT EXISTS (SELECT 1 FROM _govbus_seen s
+                       WHERE s.tbl = d.tbl AND s.key = d.key AND s.seq > coalesce(d.seen_seq, -1))";
 
 /// Records `dead` in `_govbus_dead` (SQLite sinks and ledgers).
 pub(super) fn record_dead(
@@ -83,8 +104,9 @@ pub(super) fn record_dead(
     let tx = conn.transaction()?;
     {
         let mut st = tx.prepare_cached(
-            "INSERT OR IGNORE INTO _govbus_dead (topic, partition, source_offset, key, reason, error, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO _govbus_dead (topic, partition, source_offset, key, reason, error, at_ms, tbl, seen_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,
+                     (SELECT seq FROM _govbus_seen WHERE tbl = ?8 AND key = ?4))",
         )?;
         for d in dead {
             st.execute(rusqlite::params![
@@ -94,7 +116,8 @@ pub(super) fn record_dead(
                 d.key,
                 d.reason,
                 d.error,
-                govbus_core::now_ms()
+                govbus_core::now_ms(),
+                d.table
             ])?;
         }
     }
@@ -104,11 +127,7 @@ pub(super) fn record_dead(
 
 /// How many records of `topic` are in `_govbus_dead`.
 pub(super) fn dead(conn: &rusqlite::Connection, topic: &str) -> Result<i64, SinkError> {
-    Ok(conn.query_row(
-        "SELECT count(*) FROM _govbus_dead WHERE topic = ?1",
-        [topic],
-        |r| r.get(0),
-    )?)
+    Ok(conn.query_row(STALE, [topic], |r| r.get(0))?)
 }
 
 impl Sink for SqliteSink {

@@ -23,10 +23,14 @@ CREATE TABLE IF NOT EXISTS govbus.outbox (
     after      JSONB,
     txid       BIGINT      NOT NULL DEFAULT txid_current(),
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    -- Set on a row `govbus dlq replay` put back: its earlier dead letters.
-    replay_history TEXT
+    -- Set on a row `govbus dlq replay` put back: its earlier dead letters,
+    -- and the entity's sequence when it was refused (the relay refuses the
+    -- row as `superseded` if the entity has changed since).
+    replay_history TEXT,
+    replay_expect_seq BIGINT
 );
 ALTER TABLE govbus.outbox ADD COLUMN IF NOT EXISTS replay_history TEXT;
+ALTER TABLE govbus.outbox ADD COLUMN IF NOT EXISTS replay_expect_seq BIGINT;
 
 -- govbus.capture(dataset, key_column): the trigger function.
 CREATE OR REPLACE FUNCTION govbus.capture() RETURNS trigger

@@ -43,12 +43,14 @@ impl DeadLetters {
         error: &str,
         source: &str,
     ) -> Result<(), KafkaError> {
-        self.send_rejected(key, original, reason, error, source, None)
+        self.send_rejected(key, original, reason, error, source, None, None)
     }
 
     /// [`Self::send`], naming the contract rules the record failed
-    /// (header `govbus.rule`, comma-separated) and, for a replayed record,
-    /// its earlier dead letters (header `govbus.history`).
+    /// (header `govbus.rule`, comma-separated), the entity's sequence then
+    /// (`govbus.entity.seq`, which a replay must find it at) and, for a
+    /// replayed record, its earlier dead letters (`govbus.history`).
+    #[allow(clippy::too_many_arguments)]
     pub fn send_rejected(
         &self,
         key: &str,
@@ -57,12 +59,19 @@ impl DeadLetters {
         error: &str,
         source: &str,
         rules: Option<&str>,
+        entity_seq: Option<i64>,
     ) -> Result<(), KafkaError> {
         let mut headers = OwnedHeaders::new();
         if let Some(r) = rules {
             headers = headers.insert(Header {
                 key: "govbus.rule",
                 value: Some(r),
+            });
+        }
+        if let Some(seq) = entity_seq {
+            headers = headers.insert(Header {
+                key: "govbus.entity.seq",
+                value: Some(&seq.to_string()),
             });
         }
         let history = serde_json::from_slice::<serde_json::Value>(original)

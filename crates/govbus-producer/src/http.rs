@@ -278,6 +278,9 @@ async fn store(
                     msg,
                     vec![],
                 ),
+                SubmitError::Superseded { .. } => {
+                    reject(StatusCode::CONFLICT, &dataset, "superseded", msg, vec![])
+                }
                 SubmitError::Store(_) => {
                     tracing::error!(error = %msg, "store unavailable");
                     reject(

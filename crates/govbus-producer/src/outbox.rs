@@ -56,11 +56,19 @@ pub struct ReplayRow<'a> {
     pub after: Option<String>,
     /// The row's earlier dead letters (JSON).
     pub history: String,
+    /// The entity's sequence when the row was refused (`govbus.entity.seq`):
+    /// the relay accepts the row only while the entity is still there.
+    pub expect_seq: Option<i64>,
 }
 
 impl<'a> ReplayRow<'a> {
     /// The row of a dead letter's value (the row as `row_to_json` wrote it).
-    pub fn of(letter: &'a str, value: &[u8], history: String) -> Result<Self, String> {
+    pub fn of(
+        letter: &'a str,
+        value: &[u8],
+        history: String,
+        expect_seq: Option<i64>,
+    ) -> Result<Self, String> {
         let row: Map<String, Json> = serde_json::from_slice(value)
             .map_err(|e| format!("{letter} is not an outbox row ({e})"))?;
         let text = |k: &str| -> Result<String, String> {
@@ -78,6 +86,7 @@ impl<'a> ReplayRow<'a> {
             before: image("before"),
             after: image("after"),
             history,
+            expect_seq,
         })
     }
 }
@@ -152,7 +161,9 @@ impl PgOutbox {
     ) -> Result<usize, OutboxError> {
         let rows = self.client.query(
             &format!(
-                "SELECT id, dataset, op, key, after::text FROM {} ORDER BY id LIMIT $1",
+                "SELECT id, dataset, op, key, after::text,
+                        (to_jsonb(o) ->> 'replay_expect_seq')::bigint
+                 FROM {} o ORDER BY id LIMIT $1",
                 self.table
             ),
             &[&limit],
@@ -169,6 +180,9 @@ impl PgOutbox {
             let op: String = r.get(2);
             let key: String = r.get(3);
             let after: Option<String> = r.get(4);
+            // Set on a row `govbus dlq replay` put back: the entity's
+            // sequence when the row was refused.
+            let expect_seq: Option<i64> = r.get(5);
             let req = match (op.as_str(), after) {
                 ("DELETE", _) => Ok(ChangeRequest::Delete { key: key.clone() }),
                 (_, Some(text)) => match serde_json::from_str::<Json>(&text) {
@@ -190,7 +204,10 @@ impl PgOutbox {
             let mut rules: Option<String> = None;
             let res: Result<(), (&'static str, String)> = match req {
                 Err(reject) => Err(reject),
-                Ok(req) => match publisher.submit_from(&dataset, vec![req], &mark, id) {
+                Ok(req) => match match expect_seq {
+                    Some(then) => publisher.submit_replayed(&dataset, req, &mark, id, then),
+                    None => publisher.submit_from(&dataset, vec![req], &mark, id),
+                } {
                     Ok(_) => Ok(()),
                     Err(SubmitError::Invalid(errs)) => {
                         let named: Vec<&str> =
@@ -217,6 +234,7 @@ impl PgOutbox {
                     Err(e @ SubmitError::UnknownDataset(_)) => {
                         Err(("unknown_dataset", e.to_string()))
                     }
+                    Err(e @ SubmitError::Superseded { .. }) => Err(("superseded", e.to_string())),
                     // The store is down (or a bug): stop; the row is retried later.
                     Err(e) => return Err(e.into()),
                 },
@@ -240,6 +258,9 @@ impl PgOutbox {
                         reason,
                         error: &error,
                     });
+                    // What a replay must find the entity at (unknown when
+                    // the dataset is not this producer's).
+                    let entity_seq = publisher.entity_seq(&dataset, &key).ok();
                     dead.send_rejected(
                         &key,
                         original.unwrap_or_default().as_bytes(),
@@ -247,6 +268,7 @@ impl PgOutbox {
                         &error,
                         &format!("{}#{id}", self.source),
                         rules.as_deref(),
+                        entity_seq,
                     )?;
                     // Recorded so that a crash before the delete does not send it twice.
                     publisher.record_checkpoint(&mark, id)?;
@@ -277,6 +299,7 @@ impl PgOutbox {
         let replayed = self.table.replace(".outbox", ".outbox_replayed");
         self.client.batch_execute(&format!(
             "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS replay_history TEXT;
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS replay_expect_seq BIGINT;
              CREATE TABLE IF NOT EXISTS {replayed} (
                  letter TEXT PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now());",
             t = self.table
@@ -291,11 +314,11 @@ impl PgOutbox {
             if fresh {
                 tx.execute(
                     &format!(
-                        "INSERT INTO {} (dataset, op, key, before, after, replay_history)
-                         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6)",
+                        "INSERT INTO {} (dataset, op, key, before, after, replay_history, replay_expect_seq)
+                         VALUES ($1, $2, $3, $4::text::jsonb, $5::text::jsonb, $6, $7)",
                         self.table
                     ),
-                    &[&r.dataset, &r.op, &r.key, &r.before, &r.after, &r.history],
+                    &[&r.dataset, &r.op, &r.key, &r.before, &r.after, &r.history, &r.expect_seq],
                 )?;
             }
             out.push(fresh);

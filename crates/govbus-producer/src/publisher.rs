@@ -59,6 +59,19 @@ pub enum SubmitError {
         /// Key.
         key: String,
     },
+    /// A replayed change whose entity changed after it was refused: sending
+    /// it would take the entity back to an older state.
+    #[error("{dataset} `{key}` changed after this change was refused (now at sequence {now}, then {then}); replaying it would take the entity back")]
+    Superseded {
+        /// Dataset.
+        dataset: String,
+        /// Key.
+        key: String,
+        /// The entity's sequence when the change was refused (0: none).
+        then: i64,
+        /// Its sequence now.
+        now: i64,
+    },
     /// The store failed: retry later.
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
@@ -409,7 +422,7 @@ impl Publisher {
 
     /// Validates, sequences and stores one change. Blocking (database I/O).
     pub fn submit(&self, dataset: &str, req: ChangeRequest) -> Result<Accepted, SubmitError> {
-        let mut v = self.submit_all(dataset, vec![req], false, None)?;
+        let mut v = self.submit_all(dataset, vec![req], false, None, None)?;
         Ok(v.remove(0))
     }
 
@@ -420,7 +433,7 @@ impl Publisher {
         dataset: &str,
         reqs: Vec<ChangeRequest>,
     ) -> Result<Vec<Accepted>, SubmitError> {
-        self.submit_all(dataset, reqs, true, None)
+        self.submit_all(dataset, reqs, true, None, None)
     }
 
     /// Like [`Publisher::submit_batch`], recording `source`'s `position` in
@@ -432,7 +445,34 @@ impl Publisher {
         source: &str,
         position: i64,
     ) -> Result<Vec<Accepted>, SubmitError> {
-        self.submit_all(dataset, reqs, true, Some((source, position)))
+        self.submit_all(dataset, reqs, true, Some((source, position)), None)
+    }
+
+    /// Like [`Publisher::submit_from`] for a change `govbus dlq replay` put
+    /// back: accepted only while its entity is still at sequence `then` (0:
+    /// no entity), as it was when the change was refused; otherwise
+    /// [`SubmitError::Superseded`].
+    pub fn submit_replayed(
+        &self,
+        dataset: &str,
+        req: ChangeRequest,
+        source: &str,
+        position: i64,
+        then: i64,
+    ) -> Result<Vec<Accepted>, SubmitError> {
+        self.submit_all(
+            dataset,
+            vec![req],
+            true,
+            Some((source, position)),
+            Some(then),
+        )
+    }
+
+    /// The sequence of `key`'s last accepted change (0: none).
+    pub fn entity_seq(&self, dataset: &str, key: &str) -> Result<i64, SubmitError> {
+        let mut tx = self.store.begin()?;
+        Ok(tx.entity(dataset, key)?.map_or(0, |e| e.seq))
     }
 
     /// Records `source`'s position without a change (its input was rejected).
@@ -458,6 +498,7 @@ impl Publisher {
         reqs: Vec<ChangeRequest>,
         indexed: bool,
         checkpoint: Option<(&str, i64)>,
+        expect_seq: Option<i64>,
     ) -> Result<Vec<Accepted>, SubmitError> {
         let w = self
             .writers
@@ -552,7 +593,16 @@ impl Publisher {
         let mut tx = self.store.begin()?;
         for (key, after) in keys.into_iter().zip(&datums) {
             let prev = tx.entity(dataset, &key)?;
-            let seq = prev.as_ref().map_or(1, |e| e.seq + 1);
+            let last = prev.as_ref().map_or(0, |e| e.seq);
+            if let Some(then) = expect_seq.filter(|t| *t != last) {
+                return Err(SubmitError::Superseded {
+                    dataset: dataset.to_string(),
+                    key,
+                    then,
+                    now: last,
+                });
+            }
+            let seq = last + 1;
             let before = match prev.and_then(|e| e.state) {
                 Some(State::Avro(datum)) => Some(datum),
                 Some(State::Json(text)) => Some(w.legacy_datum(&key, &text)?),

@@ -1,7 +1,8 @@
 //! `govbus dlq replay` and `discard` on Apache Kafka: an outbox row refused
 //! by a contract rule is replayed after the rule is relaxed and arrives
 //! once; replayed while the rule still holds, it returns to the DLQ with its
-//! history; a discard is recorded with who, when and why; `--dry-run`
+//! history; one whose resident changed after it was refused returns as
+//! `superseded`; a discard is recorded with who, when and why; `--dry-run`
 //! changes nothing.
 
 use std::path::Path;
@@ -165,6 +166,26 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     assert_eq!(history[0]["reason"], "contract");
     assert_eq!(history.as_array().unwrap().len(), 1);
 
+    // Another refused row, then a good change of the same resident: the
+    // refused row is superseded.
+    db.batch_execute(&row("052090000011", "Sai", "2999-01-01"))
+        .unwrap();
+    letters(3);
+    db.batch_execute(&row("052090000011", "Đúng", "1990-01-01"))
+        .unwrap();
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    let mut name_in_p52 = |id: &str| -> Option<String> {
+        pg.query_one(
+            &format!("SELECT full_name FROM \"{p52_schema}\".bca_residents WHERE citizen_id = $1"),
+            &[&id],
+        )
+        .ok()
+        .map(|r| r.get(0))
+    };
+    wait_until(Duration::from_secs(60), "the good change in p52", || {
+        name_in_p52("052090000011")
+    });
+
     // The rule is relaxed (a producer restarted with the new contract).
     drop(agent);
     let mut relaxed = (*bus.catalog).clone();
@@ -174,11 +195,11 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         .unwrap();
     ds.file.rules.retain(|r| r.name != "date_of_birth_in_range");
     let relaxed = Arc::new(relaxed);
-    let store = dir.path().join("relaxed.db");
+    let store = bus.dir.path().join("bca-strict.db");
     let p = Publisher::new(
         &relaxed,
         "bca",
-        "relaxed",
+        "strict",
         topics,
         kafka,
         &govbus_schema::RegistryClient::new(&bus.registry),
@@ -187,7 +208,9 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     .unwrap();
     let _agent = outbox_agent(&bus, p, &src);
 
-    // Every contract letter: the first was replayed before, so only the second goes.
+    // Every contract letter: the first was replayed before; the second is
+    // accepted; the third is refused as superseded (its resident changed
+    // after it was refused) and returns with its history.
     let out = replay_ingest(&[
         "--reason",
         "contract",
@@ -200,24 +223,25 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         out.contains(&format!("skip {dlq}:0:0: replayed by ops")),
         "{out}"
     );
-    assert!(out.contains("replayed 1, 1 handled before"), "{out}");
+    assert!(out.contains("replayed 2, 1 handled before"), "{out}");
     let view = format!("{}sub.p52.bca.residents.v1", bus.prefix);
-    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
     wait_until(
         Duration::from_secs(60),
         "the replayed resident in p52",
-        || {
-            pg.query_one(
-            &format!("SELECT full_name FROM \"{p52_schema}\".bca_residents WHERE citizen_id = '052090000009'"),
-            &[],
-        )
-        .ok()
-        .map(|r| r.get::<_, String>(0))
-        },
+        || name_in_p52("052090000009"),
     );
+    let all = letters(4);
+    assert_eq!(
+        header(&all[3], "govbus.reason").as_deref(),
+        Some("superseded")
+    );
+    let history: serde_json::Value =
+        serde_json::from_str(&header(&all[3], "govbus.history").unwrap()).unwrap();
+    assert_eq!(history[0]["letter"], format!("{dlq}:0:2"));
+    assert_eq!(name_in_p52("052090000011").as_deref(), Some("Đúng"));
     // Replayed again: nothing is sent, and the change is on the bus once.
-    let out = replay_ingest(&["--all"]);
-    assert!(out.contains("replayed 0, 2 handled before"), "{out}");
+    let out = replay_ingest(&["--reason", "contract"]);
+    assert!(out.contains("replayed 0, 3 handled before"), "{out}");
     let central = format!("{}gov.bca.residents.v1", bus.prefix);
     let on_bus = |topic: &str| {
         read_all(kafka, topic)
@@ -231,13 +255,13 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     // A blank name is garbage: discarded, with who, when and why.
     db.batch_execute(&row("052090000010", " ", "1990-01-01"))
         .unwrap();
-    letters(3);
+    letters(5);
     let dry = govbus(&[
         "dlq",
         "discard",
         &dlq,
         "--offsets",
-        "2",
+        "4",
         "--why",
         "blank name",
         "--by",
@@ -248,7 +272,7 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     ]);
     assert!(
         dry.contains(&format!(
-            "would discard {dlq}:0:2 (contract, key 052090000010)"
+            "would discard {dlq}:0:4 (contract, key 052090000010)"
         )),
         "{dry}"
     );
@@ -257,7 +281,7 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
         "discard",
         &dlq,
         "--offsets",
-        "2",
+        "4",
         "--why",
         "blank name",
         "--by",
@@ -269,25 +293,25 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     let state = read_all(kafka, &topics.dlq_state());
     let discard = state
         .iter()
-        .find(|m| m.key() == Some(format!("{dlq}:0:2").as_bytes()))
+        .find(|m| m.key() == Some(format!("{dlq}:0:4").as_bytes()))
         .expect("the discard is recorded");
     let v: serde_json::Value = serde_json::from_slice(discard.payload().unwrap()).unwrap();
     assert_eq!(v["action"], "discarded");
     assert_eq!(v["by"], "ops");
     assert_eq!(v["why"], "blank name");
     assert!(v["at_ms"].as_i64().unwrap() > 0);
-    let shown = govbus(&["dlq", "show", &format!("{dlq}:0:2"), "-c", &cfg]);
+    let shown = govbus(&["dlq", "show", &format!("{dlq}:0:4"), "-c", &cfg]);
     assert!(shown.contains("handled: discarded by ops at "), "{shown}");
     assert!(shown.contains(": blank name"), "{shown}");
     let list = govbus(&["dlq", "list", "-c", &cfg]);
     assert!(
         list.contains(&format!(
-            "{dlq}  3 records, 0 open\n  handled:   replayed 2, discarded 1\n"
+            "{dlq}  5 records, 1 open\n  handled:   replayed 3, discarded 1\n"
         )),
         "{list}"
     );
     // Nothing was deleted from the DLQ topic.
-    assert_eq!(read_all(kafka, &dlq).len(), 3);
+    assert_eq!(read_all(kafka, &dlq).len(), 5);
     // An operation that changes state needs a selection.
     let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
         .args(["dlq", "discard", &dlq, "--why", "x", "-c", &cfg])

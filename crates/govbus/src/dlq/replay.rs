@@ -230,6 +230,7 @@ pub(crate) fn replay(
                 id,
                 l.payload.as_deref().unwrap_or_default(),
                 super::select::history_after(l),
+                l.header("govbus.entity.seq").and_then(|s| s.parse().ok()),
             );
             match row {
                 Ok(r) => {

@@ -175,7 +175,8 @@ pub(crate) fn history_after(l: &Letter) -> String {
 
 /// Headers a dead-lettering stage wrote; a replay leaves them off (the
 /// record's own headers follow them and are kept).
-const DLQ_HEADERS: [&str; 9] = [
+const DLQ_HEADERS: [&str; 10] = [
+    "govbus.entity.seq",
     "govbus.reason",
     "govbus.error",
     "govbus.rule",

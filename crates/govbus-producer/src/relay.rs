@@ -356,6 +356,32 @@ impl Relay {
         flight.rows.clear();
     }
 
+    /// Before the relay sends again from the lowest pending change (after
+    /// a stall or a failed send): waits for what is in flight, then marks
+    /// what the broker acknowledged as sent, so that it is not sent twice;
+    /// what landed unacknowledged is found by the recovery scan that
+    /// follows. False if the store could not be trimmed: nothing may be
+    /// sent again until it is.
+    fn settle(&self, flight: &mut InFlight, acked: &mut Vec<i64>, counts: &mut [u64]) -> bool {
+        self.drain(flight, Duration::from_secs(30));
+        if acked.is_empty() {
+            return true;
+        }
+        match self.store.mark_sent(acked) {
+            Ok(()) => {
+                self.save_offsets(flight);
+                Self::record(flight, counts);
+                acked.clear();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "relay cannot trim its store; not sending again until it can");
+                std::thread::sleep(Duration::from_millis(500));
+                false
+            }
+        }
+    }
+
     fn record(flight: &InFlight, counts: &mut [u64]) {
         for (ds, n) in flight.datasets.iter().zip(counts.iter_mut()) {
             if *n > 0 {
@@ -545,10 +571,10 @@ impl Relay {
                     backlog: s.backlog,
                     in_flight: flight.rows.len(),
                 });
-                self.drain(&mut flight, Duration::from_secs(30));
-                if acked.is_empty() {
-                    self.recover_or_wait(&stop);
+                if !self.settle(&mut flight, &mut acked, &mut counts) {
+                    continue;
                 }
+                self.recover_or_wait(&stop);
                 epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 continue;
@@ -574,10 +600,10 @@ impl Relay {
             if failed {
                 // Rewind: everything from the failed change on is sent again,
                 // but for what landed after it (found on the broker).
-                self.drain(&mut flight, Duration::from_secs(30));
-                if acked.is_empty() {
-                    self.recover_or_wait(&stop);
+                if !self.settle(&mut flight, &mut acked, &mut counts) {
+                    continue;
                 }
+                self.recover_or_wait(&stop);
                 epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));

@@ -448,5 +448,64 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
     // The healthy province is not alerted on.
     assert!(!active("GovbusConsumerStalled", ("subscriber", "p52")));
     assert!(!active("GovbusRegistryUnreachable", ("job", "govbus")));
+    assert!(!active("GovbusSubscriptionExpiring", ("subscriber", "p52")));
     drop(lock);
+
+    // p52's subscription is renewed to end in 10 days.
+    let subs = dir.path().join("subscriptions");
+    std::fs::create_dir_all(&subs).unwrap();
+    let ends = (chrono::Utc::now() + chrono::Duration::days(10)).format("%Y-%m-%d");
+    for f in ["p52.bca.residents.toml", "p94.bca.residents.toml"] {
+        let mut text = std::fs::read_to_string(deploy().join("subscriptions").join(f)).unwrap();
+        if f.starts_with("p52") {
+            text.push_str(&format!("expires = \"{ends}\"\n"));
+        }
+        std::fs::write(subs.join(f), text).unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
+        .args(["subscriptions", "apply"])
+        .arg(&subs)
+        .arg("--config")
+        .arg(up_dir.join("router.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    poll_until(Duration::from_secs(120), || {
+        active("GovbusSubscriptionExpiring", ("subscriber", "p52")).then_some(())
+    })
+    .expect("GovbusSubscriptionExpiring for p52 within 120 s");
+    assert!(!active("GovbusSubscriptionExpiring", ("subscriber", "p94")));
+
+    // The registry stops answering (frozen: `govbus up` would stop the
+    // whole stack if it died).
+    let registry = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            (cmd.contains("\0registry\0") && cmd.contains(&*up_dir.to_string_lossy()))
+                .then_some(pid)
+        })
+        .expect("the registry's process");
+    let signal = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &registry.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let unreachable = poll_until(Duration::from_secs(90), || {
+        active("GovbusRegistryUnreachable", ("job", "govbus")).then_some(())
+    });
+    assert!(signal("-CONT").success());
+    assert!(
+        unreachable.is_some(),
+        "GovbusRegistryUnreachable not active 90 s after the registry froze"
+    );
 }

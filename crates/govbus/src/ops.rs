@@ -117,14 +117,23 @@ pub(crate) fn probe(url: &str) -> anyhow::Result<()> {
         .timeout(std::time::Duration::from_secs(3))
         .call()
     {
-        Ok(_) => Ok(()),
+        Ok(r) => {
+            println!("{}", r.into_string().unwrap_or_default());
+            Ok(())
+        }
         Err(ureq::Error::Status(code, r)) => {
             anyhow::bail!(
                 "{url} answered {code}: {}",
                 r.into_string().unwrap_or_default()
             )
         }
-        Err(e) => anyhow::bail!("{url}: {e}"),
+        Err(ureq::Error::Transport(t)) => anyhow::bail!(
+            "{url}: no answer ({})",
+            t.message()
+                .map(str::to_string)
+                .or_else(|| std::error::Error::source(&t).map(|e| e.to_string()))
+                .unwrap_or_else(|| t.kind().to_string())
+        ),
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Nothing here talks to the network; every other crate builds on these types.
 
+pub mod admin_map;
 pub mod catalog;
 pub mod dead;
 pub mod event;

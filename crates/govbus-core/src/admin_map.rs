@@ -1,0 +1,642 @@
+//! Vietnam's administrative map with its history: every code with its
+//! dated meanings. The same code names different units before and after
+//! 1 July 2025, so a code means something only together with a date.
+//!
+//! Built from the statistics office's conversion table and the list of
+//! units before the reform (`data/vn-admin-units/`, with their provenance).
+//! A pure core: no Kafka, no I/O but the text it is given.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+
+/// The day the 2025 reorganisation took effect (districts abolished, 63
+/// provinces became 34, 10,033 communes became 3,321).
+pub fn reform_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2025, 7, 1).expect("a valid date")
+}
+
+/// From when the units before the reform are taken to be valid: the
+/// coding decision 124/2004/QĐ-TTg (8 July 2004). The reference data has
+/// no earlier dates.
+pub fn coding_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2004, 7, 8).expect("a valid date")
+}
+
+/// A unit's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// A province or centrally-run city.
+    Province,
+    /// A district (abolished on 1 July 2025).
+    District,
+    /// A commune, ward, township or special zone (đặc khu).
+    Commune,
+}
+
+impl Level {
+    /// As `moha.admin_units` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Province => "PROVINCE",
+            Level::District => "DISTRICT",
+            Level::Commune => "COMMUNE",
+        }
+    }
+}
+
+/// A unit a retired one went into.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Successor {
+    /// Its code (valid from the day the predecessor ended).
+    pub code: String,
+    /// Whether the whole of the predecessor's population went into it.
+    /// A unit merged in part has several successors, none of them whole.
+    pub whole: bool,
+}
+
+/// One meaning of a code, valid from `valid_from` until `valid_to`
+/// (exclusive; None: still valid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// The code.
+    pub code: String,
+    /// The unit's name.
+    pub name: String,
+    /// Its level.
+    pub level: Level,
+    /// The code of the unit it belongs to (a commune's district before the
+    /// reform, its province after; a district's province), valid on the
+    /// same dates.
+    pub parent: Option<String>,
+    /// First day valid.
+    pub valid_from: NaiveDate,
+    /// First day no longer valid.
+    pub valid_to: Option<NaiveDate>,
+    /// What it became when it ended.
+    pub successors: Vec<Successor>,
+}
+
+impl Version {
+    /// Whether the version is valid on `day`.
+    pub fn valid_on(&self, day: NaiveDate) -> bool {
+        self.valid_from <= day && self.valid_to.is_none_or(|t| day < t)
+    }
+}
+
+/// What a code given with a date is, in the map valid on that date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved<'m> {
+    /// The code was valid on the date.
+    Valid(&'m Version),
+    /// It had been retired by then and went whole into one unit: use it.
+    Succeeded {
+        /// The retired version.
+        retired: &'m Version,
+        /// The code valid on the date.
+        now: &'m Version,
+    },
+    /// It had been retired and went in part into several units: which one
+    /// cannot be told from the code.
+    Split {
+        /// The retired version.
+        retired: &'m Version,
+        /// The candidates.
+        candidates: Vec<&'m Version>,
+    },
+    /// It had been retired with no recorded successor.
+    Retired(&'m Version),
+    /// It was not yet valid on the date.
+    NotYet(&'m Version),
+    /// No such code, ever.
+    Unknown,
+}
+
+/// Something in the reference data that needed a decision (logged at load,
+/// counted in tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// A conversion row's old province differs from the list before the
+    /// reform, which wins.
+    OldProvinceMislabelled {
+        /// The old commune.
+        code: String,
+        /// What the row says.
+        row: String,
+        /// What the list says.
+        list: String,
+    },
+    /// An old code only the conversion table names.
+    OnlyInConversion(String),
+    /// An old commune with no conversion row: kept, with no successor.
+    NoSuccessor(String),
+    /// A code the list before the reform gives twice; the first is kept.
+    Duplicate(String),
+    /// A new unit formed from an area with no code of its own.
+    NoPredecessor(String),
+}
+
+/// The map could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// A file is not the CSV it should be.
+    #[error("{file}: {source}")]
+    Csv {
+        /// Which file.
+        file: &'static str,
+        /// Why.
+        source: csv::Error,
+    },
+    /// A row lacks something it must have.
+    #[error("{file} line {line}: {problem}")]
+    Row {
+        /// Which file.
+        file: &'static str,
+        /// Its line (1-based, as an editor shows it).
+        line: u64,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Every code with its dated meanings.
+#[derive(Debug, Clone, Default)]
+pub struct AdminMap {
+    /// Code → versions, oldest first, never overlapping.
+    versions: BTreeMap<String, Vec<Version>>,
+}
+
+const CONVERSION: &str = "conversion-2025-07-01.csv";
+const BEFORE: &str = "communes-before-2025-07-01.csv";
+
+/// `Name (code)` → (name, code).
+fn name_code(cell: &str) -> Option<(String, String)> {
+    let cell = cell.trim();
+    let open = cell.rfind('(')?;
+    let code = cell[open + 1..].strip_suffix(')')?.trim();
+    (!code.is_empty() && code.chars().all(|c| c.is_ascii_digit()))
+        .then(|| (cell[..open].trim().to_string(), code.to_string()))
+}
+
+fn clean(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A unit of the map before the reform (valid until the reform day).
+fn old_unit(code: &str, name: &str, level: Level, parent: Option<&str>) -> Version {
+    Version {
+        code: code.to_string(),
+        name: name.to_string(),
+        level,
+        parent: parent.map(str::to_string),
+        valid_from: coding_day(),
+        valid_to: Some(reform_day()),
+        successors: vec![],
+    }
+}
+
+/// A retired unit's rows in the conversion table: (new code, note).
+type Moves = BTreeMap<String, Vec<(String, String)>>;
+
+impl AdminMap {
+    /// Builds the map from the conversion table and the list before the
+    /// reform (their text), with what needed a decision.
+    pub fn from_reference(
+        conversion: &str,
+        before: &str,
+    ) -> Result<(Self, Vec<Finding>), MapError> {
+        let reform = reform_day();
+        let mut findings = Vec::new();
+        let mut old: BTreeMap<String, Version> = BTreeMap::new();
+        let mut new: BTreeMap<String, Version> = BTreeMap::new();
+
+        // The list before the reform: provinces, districts, communes.
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(true)
+            .from_reader(before.as_bytes());
+        for (i, rec) in rd.records().enumerate() {
+            let rec = rec.map_err(|source| MapError::Csv {
+                file: BEFORE,
+                source,
+            })?;
+            let line = i as u64 + 2;
+            let cell = |n: usize| rec.get(n).map(clean).unwrap_or_default();
+            let (pname, pcode, dname, dcode, cname, ccode) =
+                (cell(0), cell(1), cell(2), cell(3), cell(4), cell(5));
+            if pcode.is_empty() || dcode.is_empty() {
+                return Err(MapError::Row {
+                    file: BEFORE,
+                    line,
+                    problem: "no province or district code".into(),
+                });
+            }
+            let unit = old_unit;
+            old.entry(pcode.clone())
+                .or_insert_with(|| unit(&pcode, &pname, Level::Province, None));
+            old.entry(dcode.clone())
+                .or_insert_with(|| unit(&dcode, &dname, Level::District, Some(&pcode)));
+            if ccode.is_empty() {
+                continue; // a district with no commune level (an island)
+            }
+            if old.contains_key(&ccode) {
+                findings.push(Finding::Duplicate(ccode));
+                continue;
+            }
+            old.insert(
+                ccode.clone(),
+                unit(&ccode, &cname, Level::Commune, Some(&dcode)),
+            );
+        }
+
+        // The conversion table: new units, and where each old one went.
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(conversion.as_bytes());
+        let mut moves: Moves = BTreeMap::new();
+        for (i, rec) in rd.records().enumerate() {
+            let rec = rec.map_err(|source| MapError::Csv {
+                file: CONVERSION,
+                source,
+            })?;
+            let line = rec.position().map_or(i as u64 + 1, |p| p.line());
+            if i < 2 {
+                continue; // the two header lines
+            }
+            let cell = |n: usize| rec.get(n).map(clean).unwrap_or_default();
+            let new_code = cell(2);
+            let Some((pname, pcode)) = name_code(&cell(0)) else {
+                continue; // a province banner
+            };
+            if new_code.is_empty() {
+                continue; // a province named on its own line
+            }
+            new.entry(pcode.clone()).or_insert_with(|| Version {
+                code: pcode.clone(),
+                name: pname.clone(),
+                level: Level::Province,
+                parent: None,
+                valid_from: reform,
+                valid_to: None,
+                successors: vec![],
+            });
+            new.entry(new_code.clone()).or_insert_with(|| Version {
+                code: new_code.clone(),
+                name: cell(1),
+                level: Level::Commune,
+                parent: Some(pcode.clone()),
+                valid_from: reform,
+                valid_to: None,
+                successors: vec![],
+            });
+            let old_code = cell(4);
+            let note = cell(5);
+            if old_code.is_empty() {
+                // A whole district become a special zone, or an area with
+                // no code of its own.
+                match name_code(&cell(6)) {
+                    Some((_, dcode)) if note.contains("huyện") => {
+                        moves
+                            .entry(dcode)
+                            .or_default()
+                            .push((new_code.clone(), "toàn bộ".into()));
+                    }
+                    _ => findings.push(Finding::NoPredecessor(new_code.clone())),
+                }
+                continue;
+            }
+            let listed = old.get(&old_code).map(|v| v.level == Level::Commune);
+            if listed != Some(true) {
+                // Only the conversion table names it: its district and
+                // province come from the row.
+                let (dname, dcode) = name_code(&cell(6)).ok_or_else(|| MapError::Row {
+                    file: CONVERSION,
+                    line,
+                    problem: format!("old commune {old_code} with no district \"Name (code)\""),
+                })?;
+                let (opname, opcode) = name_code(&cell(7)).ok_or_else(|| MapError::Row {
+                    file: CONVERSION,
+                    line,
+                    problem: format!("old commune {old_code} with no province \"Name (code)\""),
+                })?;
+                if !old.contains_key(&old_code) {
+                    findings.push(Finding::OnlyInConversion(old_code.clone()));
+                    let unit = old_unit;
+                    old.entry(opcode.clone())
+                        .or_insert_with(|| unit(&opcode, &opname, Level::Province, None));
+                    old.entry(dcode.clone())
+                        .or_insert_with(|| unit(&dcode, &dname, Level::District, Some(&opcode)));
+                    old.insert(
+                        old_code.clone(),
+                        unit(&old_code, &cell(3), Level::Commune, Some(&dcode)),
+                    );
+                }
+            } else if let Some((_, row_province)) = name_code(&cell(7)) {
+                let listed_province = old
+                    .get(&old_code)
+                    .and_then(|c| c.parent.as_ref())
+                    .and_then(|d| old.get(d))
+                    .and_then(|d| d.parent.clone());
+                if let Some(list) = listed_province.filter(|p| *p != row_province) {
+                    findings.push(Finding::OldProvinceMislabelled {
+                        code: old_code.clone(),
+                        row: row_province,
+                        list,
+                    });
+                }
+            }
+            moves.entry(old_code).or_default().push((new_code, note));
+        }
+
+        // Successors: whole when the old unit's population went into one
+        // new unit only.
+        for (code, to) in &moves {
+            let Some(v) = old.get_mut(code) else {
+                continue;
+            };
+            let targets: BTreeSet<&String> = to.iter().map(|(c, _)| c).collect();
+            let partial_note = to.iter().any(|(_, note)| {
+                let n = note.to_lowercase();
+                n.contains("một phần") && !n.contains("toàn bộ dân số")
+            });
+            let whole = targets.len() == 1 && !partial_note;
+            v.successors = targets
+                .into_iter()
+                .map(|c| Successor {
+                    code: c.clone(),
+                    whole,
+                })
+                .collect();
+        }
+        for v in old.values() {
+            if v.level == Level::Commune && v.successors.is_empty() {
+                findings.push(Finding::NoSuccessor(v.code.clone()));
+            }
+        }
+        // An old province went into the new provinces its communes went
+        // into (whole when into one).
+        let mut province_to: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for v in old.values().filter(|v| v.level == Level::Commune) {
+            let Some(p) = v
+                .parent
+                .as_ref()
+                .and_then(|d| old.get(d))
+                .and_then(|d| d.parent.clone())
+            else {
+                continue;
+            };
+            for s in &v.successors {
+                if let Some(np) = new.get(&s.code).and_then(|n| n.parent.clone()) {
+                    province_to.entry(p.clone()).or_default().insert(np);
+                }
+            }
+        }
+        for (p, to) in province_to {
+            if let Some(v) = old.get_mut(&p) {
+                let whole = to.len() == 1;
+                v.successors = to
+                    .into_iter()
+                    .map(|code| Successor { code, whole })
+                    .collect();
+            }
+        }
+
+        let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();
+        for v in old.into_values().chain(new.into_values()) {
+            versions.entry(v.code.clone()).or_default().push(v);
+        }
+        for vs in versions.values_mut() {
+            vs.sort_by_key(|v| v.valid_from);
+        }
+        Ok((Self { versions }, findings))
+    }
+
+    /// Every version of `code`, oldest first.
+    pub fn versions(&self, code: &str) -> &[Version] {
+        self.versions.get(code).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every code with its versions.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Version])> {
+        self.versions
+            .iter()
+            .map(|(c, v)| (c.as_str(), v.as_slice()))
+    }
+
+    /// The version of `code` valid on `day`.
+    pub fn at(&self, code: &str, day: NaiveDate) -> Option<&Version> {
+        self.versions(code).iter().find(|v| v.valid_on(day))
+    }
+
+    /// What `code`, given with the date `day`, is on that date.
+    pub fn resolve(&self, code: &str, day: NaiveDate) -> Resolved<'_> {
+        let vs = self.versions(code);
+        if vs.is_empty() {
+            return Resolved::Unknown;
+        }
+        if let Some(v) = vs.iter().find(|v| v.valid_on(day)) {
+            return Resolved::Valid(v);
+        }
+        // The last version that ended on or before the day, following its
+        // successors while they too had ended.
+        let Some(retired) = vs
+            .iter()
+            .rev()
+            .find(|v| v.valid_to.is_some_and(|t| t <= day))
+        else {
+            return Resolved::NotYet(&vs[0]);
+        };
+        let mut current = retired;
+        for _ in 0..8 {
+            match current.successors.as_slice() {
+                [] => return Resolved::Retired(retired),
+                [one] if one.whole => {
+                    let Some(next) = self.at(&one.code, current.valid_to.unwrap_or(day)) else {
+                        return Resolved::Retired(retired);
+                    };
+                    if next.valid_on(day) {
+                        return Resolved::Succeeded { retired, now: next };
+                    }
+                    current = next;
+                }
+                many => {
+                    let from = current.valid_to.unwrap_or(day);
+                    let candidates = many.iter().filter_map(|s| self.at(&s.code, from)).collect();
+                    return Resolved::Split {
+                        retired,
+                        candidates,
+                    };
+                }
+            }
+        }
+        Resolved::Retired(retired)
+    }
+
+    /// The province `code` belonged to on `day` (itself for a province).
+    pub fn province_of(&self, code: &str, day: NaiveDate) -> Option<&Version> {
+        let mut v = self.at(code, day)?;
+        for _ in 0..4 {
+            if v.level == Level::Province {
+                return Some(v);
+            }
+            v = self.at(v.parent.as_deref()?, day)?;
+        }
+        None
+    }
+
+    /// How many versions of `level` are valid on `day`.
+    pub fn count(&self, level: Level, day: NaiveDate) -> usize {
+        self.versions
+            .values()
+            .flatten()
+            .filter(|v| v.level == level && v.valid_on(day))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map() -> (AdminMap, Vec<Finding>) {
+        AdminMap::from_reference(
+            include_str!("../../../data/vn-admin-units/conversion-2025-07-01.csv"),
+            include_str!("../../../data/vn-admin-units/communes-before-2025-07-01.csv"),
+        )
+        .expect("the shipped reference data builds")
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_real_map_has_the_official_counts_on_both_sides_of_the_reform() {
+        let (m, _) = map();
+        let before = day("2025-06-30");
+        let after = reform_day();
+        assert_eq!(m.count(Level::Province, before), 63);
+        assert_eq!(m.count(Level::Province, after), 34);
+        assert_eq!(m.count(Level::Commune, after), 3_321);
+        assert_eq!(m.count(Level::District, after), 0, "districts abolished");
+        assert_eq!(m.count(Level::District, before), 696);
+        // 10,033 communes went into new ones; 28 more of the list before
+        // the reform have no conversion row (dissolved earlier).
+        assert_eq!(m.count(Level::Commune, before), 10_061);
+        let converted = m
+            .iter()
+            .flat_map(|(_, vs)| vs)
+            .filter(|v| v.level == Level::Commune && v.valid_on(before))
+            .filter(|v| !v.successors.is_empty())
+            .count();
+        assert_eq!(converted, 10_033);
+    }
+
+    #[test]
+    fn the_same_code_means_different_units_before_and_after() {
+        let (m, _) = map();
+        let p52: Vec<&str> = m.versions("52").iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(p52, ["Tỉnh Bình Định", "Tỉnh Gia Lai"]);
+        assert_eq!(
+            m.at("52", day("2020-01-01")).unwrap().name,
+            "Tỉnh Bình Định"
+        );
+        assert_eq!(m.at("52", reform_day()).unwrap().name, "Tỉnh Gia Lai");
+        // Bình Định went whole into Gia Lai; Sóc Trăng into Cần Thơ.
+        assert_eq!(
+            m.versions("52")[0].successors,
+            [Successor {
+                code: "52".into(),
+                whole: true
+            }]
+        );
+        assert_eq!(
+            m.versions("94")[0].successors,
+            [Successor {
+                code: "92".into(),
+                whole: true
+            }]
+        );
+        assert_eq!(m.at("94", reform_day()), None, "94 is no longer a code");
+    }
+
+    #[test]
+    fn codes_resolve_by_their_date() {
+        let (m, _) = map();
+        let after = day("2025-09-01");
+        // Phường 5 of Sóc Trăng city went whole into Phường Sóc Trăng (Cần Thơ).
+        match m.resolve("31498", after) {
+            Resolved::Succeeded { retired, now } => {
+                assert_eq!(retired.name, "Phường 5");
+                assert_eq!(now.code, "31507");
+                assert_eq!(m.province_of(&now.code, after).unwrap().code, "92");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Before the reform it keeps its meaning then: in Sóc Trăng (94).
+        assert!(matches!(
+            m.resolve("31498", day("2024-05-01")),
+            Resolved::Valid(_)
+        ));
+        assert_eq!(
+            m.province_of("31498", day("2024-05-01")).unwrap().name,
+            "Tỉnh Sóc Trăng"
+        );
+        // A commune merged in part names its candidates.
+        match m.resolve("00016", after) {
+            Resolved::Split { candidates, .. } => {
+                assert!(candidates.len() > 1);
+                assert!(candidates.iter().any(|c| c.code == "00004"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(m.resolve("99999", after), Resolved::Unknown);
+        // A new code is not valid before it existed.
+        assert!(matches!(
+            m.resolve("11948", day("2024-01-01")),
+            Resolved::NotYet(_)
+        ));
+    }
+
+    #[test]
+    fn what_the_reference_data_gets_wrong_is_decided_and_reported() {
+        let (m, findings) = map();
+        let count = |f: fn(&Finding) -> bool| findings.iter().filter(|x| f(x)).count();
+        assert_eq!(
+            count(|f| matches!(f, Finding::OldProvinceMislabelled { .. })),
+            2
+        );
+        assert_eq!(count(|f| matches!(f, Finding::OnlyInConversion(_))), 10);
+        assert_eq!(count(|f| matches!(f, Finding::NoSuccessor(_))), 28);
+        assert_eq!(count(|f| matches!(f, Finding::NoPredecessor(_))), 1);
+        assert_eq!(count(|f| matches!(f, Finding::Duplicate(_))), 0);
+        assert!(findings.contains(&Finding::OldProvinceMislabelled {
+            code: "27691".into(),
+            row: "82".into(),
+            list: "80".into()
+        }));
+        // The Tân An wards of Long An (80) stay in Long An, which went into Tây Ninh (80).
+        let long_an = &m.versions("80")[0];
+        assert_eq!(long_an.name, "Tỉnh Long An");
+        assert!(
+            long_an.successors.iter().all(|s| s.code == "80"),
+            "{long_an:?}"
+        );
+        // An island district became a special zone.
+        let bach_long_vi = m.at("318", day("2024-01-01")).unwrap();
+        assert_eq!(bach_long_vi.level, Level::District);
+        assert_eq!(bach_long_vi.successors[0].code, "11948");
+        assert_eq!(m.province_of("11948", reform_day()).unwrap().code, "31");
+    }
+
+    #[test]
+    fn a_name_and_code_cell_is_read_or_not() {
+        assert_eq!(
+            name_code("Tỉnh Gia Lai (52) "),
+            Some(("Tỉnh Gia Lai".into(), "52".into()))
+        );
+        assert_eq!(name_code("GIA LAI"), None);
+        assert_eq!(name_code("Huyện X (ab)"), None);
+    }
+}

@@ -485,6 +485,48 @@ impl AdminMap {
         None
     }
 
+    /// Every code as a `moha.admin_units` (v2) row: its latest meaning,
+    /// with the earlier ones in `history`, in code order.
+    pub fn rows(&self) -> impl Iterator<Item = serde_json::Value> + '_ {
+        fn meaning(v: &Version) -> serde_json::Map<String, serde_json::Value> {
+            let date = |d: NaiveDate| serde_json::Value::String(d.format("%Y-%m-%d").to_string());
+            let mut m = serde_json::Map::new();
+            m.insert("name".into(), v.name.clone().into());
+            m.insert("level".into(), v.level.as_str().into());
+            m.insert(
+                "parent_code".into(),
+                v.parent.clone().map_or(serde_json::Value::Null, Into::into),
+            );
+            m.insert("valid_from".into(), date(v.valid_from));
+            m.insert(
+                "valid_to".into(),
+                v.valid_to.map_or(serde_json::Value::Null, date),
+            );
+            m.insert(
+                "successors".into(),
+                v.successors
+                    .iter()
+                    .map(|s| serde_json::json!({"code": s.code, "whole": s.whole}))
+                    .collect(),
+            );
+            m
+        }
+        self.versions.iter().filter_map(|(code, vs)| {
+            let (latest, earlier) = vs.split_last()?;
+            let mut row = serde_json::Map::new();
+            row.insert("code".into(), code.clone().into());
+            row.extend(meaning(latest));
+            row.insert(
+                "history".into(),
+                earlier
+                    .iter()
+                    .map(|v| serde_json::Value::Object(meaning(v)))
+                    .collect(),
+            );
+            Some(serde_json::Value::Object(row))
+        })
+    }
+
     /// How many versions of `level` are valid on `day`.
     pub fn count(&self, level: Level, day: NaiveDate) -> usize {
         self.versions
@@ -628,6 +670,27 @@ mod tests {
         assert_eq!(bach_long_vi.level, Level::District);
         assert_eq!(bach_long_vi.successors[0].code, "11948");
         assert_eq!(m.province_of("11948", reform_day()).unwrap().code, "31");
+    }
+
+    #[test]
+    fn each_code_is_one_row_with_its_latest_meaning_and_its_history() {
+        let (m, _) = map();
+        let rows: Vec<serde_json::Value> = m.rows().collect();
+        assert_eq!(rows.len(), m.iter().count());
+        let p52 = rows.iter().find(|r| r["code"] == "52").unwrap();
+        assert_eq!(p52["name"], "Tỉnh Gia Lai");
+        assert_eq!(p52["valid_from"], "2025-07-01");
+        assert_eq!(p52["valid_to"], serde_json::Value::Null);
+        assert_eq!(p52["history"][0]["name"], "Tỉnh Bình Định");
+        assert_eq!(p52["history"][0]["valid_to"], "2025-07-01");
+        assert_eq!(
+            p52["history"][0]["successors"],
+            serde_json::json!([{"code": "52", "whole": true}])
+        );
+        let phuong5 = rows.iter().find(|r| r["code"] == "31498").unwrap();
+        assert_eq!(phuong5["level"], "COMMUNE");
+        assert_eq!(phuong5["valid_to"], "2025-07-01");
+        assert_eq!(phuong5["history"], serde_json::json!([]));
     }
 
     #[test]

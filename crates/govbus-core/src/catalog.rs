@@ -270,6 +270,10 @@ const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
         "moha/admin_units.v1.avsc",
         include_str!("../../../schemas/moha/admin_units.v1.avsc"),
     ),
+    (
+        "moha/admin_units.v2.avsc",
+        include_str!("../../../schemas/moha/admin_units.v2.avsc"),
+    ),
 ];
 
 const BUILTIN_SUBSCRIPTIONS: &[(&str, &str)] = &[

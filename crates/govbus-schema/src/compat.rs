@@ -202,6 +202,18 @@ mod tests {
     }
 
     #[test]
+    fn admin_units_v2_reads_every_v1_unit() {
+        let v1 =
+            Schema::parse_str(include_str!("../../../schemas/moha/admin_units.v1.avsc")).unwrap();
+        let v2 =
+            Schema::parse_str(include_str!("../../../schemas/moha/admin_units.v2.avsc")).unwrap();
+        let r = Compatibility::Backward.check(&v2, std::slice::from_ref(&v1));
+        assert!(r.is_empty(), "{r:?}");
+        // A v1 reader meets DISTRICT, which it cannot read: not FORWARD.
+        assert!(!Compatibility::Forward.check(&v2, &[v1]).is_empty());
+    }
+
+    #[test]
     fn adding_a_required_field_is_not() {
         let v1 = rec(r#"{"name":"a","type":"string"}"#);
         let v2 = rec(r#"{"name":"a","type":"string"},{"name":"b","type":"string"}"#);

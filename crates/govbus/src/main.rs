@@ -1,5 +1,6 @@
 //! `govbus`: one binary for every part of the bus.
 
+mod admin_units;
 mod agents;
 mod check;
 mod config;
@@ -81,6 +82,12 @@ enum Cmd {
         /// Schema of the outbox table.
         #[arg(long, default_value = "govbus")]
         outbox_schema: String,
+    },
+    /// The real administrative map with its history, as `moha.admin_units`
+    /// rows (from the reference data in `data/vn-admin-units/`).
+    AdminUnits {
+        #[command(subcommand)]
+        command: AdminUnitsCmd,
     },
     /// Run a province's consumer (`[consumer]`).
     Consume {
@@ -213,6 +220,32 @@ enum DlqCmd {
         /// Why (required; kept for the audit).
         #[arg(long)]
         why: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminUnitsCmd {
+    /// Write every code's row (its latest meaning and its history) as JSON
+    /// lines, and a summary of the map to standard error.
+    Export {
+        /// A directory with the two reference files (default: the copy in
+        /// this binary).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Publish every row as the moha producer (`[producer]`): resumable,
+    /// exactly once, with progress.
+    Load {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A directory with the two reference files (default: the copy in
+        /// this binary).
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
 }
 
@@ -385,6 +418,12 @@ fn main() -> std::process::ExitCode {
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,
             Cmd::Consume { config } => agents::consume(config.as_deref()).await,
+            Cmd::AdminUnits {
+                command: AdminUnitsCmd::Export { data, out },
+            } => admin_units::export(data.as_deref(), out.as_deref()),
+            Cmd::AdminUnits {
+                command: AdminUnitsCmd::Load { config, data },
+            } => admin_units::load(config.as_deref(), data.as_deref()).await,
             Cmd::Publish {
                 config,
                 outbox,

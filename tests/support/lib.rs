@@ -28,6 +28,22 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{tail}")
 }
 
+/// Runs the binary `bin` with `args`; panics, with its output, unless it
+/// succeeds. Returns its standard output and error.
+pub fn run_ok(bin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{bin} {args:?} failed:\n{text}");
+    text
+}
+
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll_until(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))

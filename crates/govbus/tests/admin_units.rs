@@ -5,23 +5,12 @@
 //! nothing, and a producer whose contract looks codes up holds them all.
 //! The times are printed (docs/BENCHMARKS.md).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use govbus_e2e::{read_all, wait_until, Bus};
 
 fn govbus(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "govbus {args:?} failed:\n{text}");
-    text
+    govbus_e2e::run_ok(env!("CARGO_BIN_EXE_govbus"), args)
 }
 
 #[test]

@@ -20,16 +20,7 @@ use rdkafka::message::Headers;
 use rdkafka::Message;
 
 fn govbus(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "govbus {args:?} failed:\n{text}");
+    let text = govbus_e2e::run_ok(env!("CARGO_BIN_EXE_govbus"), args);
     // Shown with --nocapture: docs/OPERATIONS.md quotes this output.
     println!("$ govbus {}\n{text}", args.join(" "));
     text
@@ -256,39 +247,20 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
     db.batch_execute(&row("052090000010", " ", "1990-01-01"))
         .unwrap();
     letters(5);
-    let dry = govbus(&[
-        "dlq",
-        "discard",
-        &dlq,
-        "--offsets",
-        "4",
-        "--why",
-        "blank name",
-        "--by",
-        "ops",
-        "--dry-run",
-        "-c",
-        &cfg,
-    ]);
+    let discard = |extra: &[&str]| {
+        let mut args = vec!["dlq", "discard", dlq.as_str(), "--offsets", "4"];
+        args.extend(["--why", "blank name", "--by", "ops", "-c", &cfg]);
+        args.extend_from_slice(extra);
+        govbus(&args)
+    };
+    let dry = discard(&["--dry-run"]);
     assert!(
         dry.contains(&format!(
             "would discard {dlq}:0:4 (contract, key 052090000010)"
         )),
         "{dry}"
     );
-    let out = govbus(&[
-        "dlq",
-        "discard",
-        &dlq,
-        "--offsets",
-        "4",
-        "--why",
-        "blank name",
-        "--by",
-        "ops",
-        "-c",
-        &cfg,
-    ]);
+    let out = discard(&[]);
     assert!(out.contains("discarded 1, 0 handled before"), "{out}");
     let state = read_all(kafka, &topics.dlq_state());
     let discard = state

@@ -527,6 +527,105 @@ impl AdminMap {
         })
     }
 
+    /// The map back from `moha.admin_units` rows (as [`AdminMap::rows`]
+    /// writes them, and as a producer or router following the topic holds
+    /// them): what cannot be read is skipped and named.
+    pub fn from_rows<'r>(
+        rows: impl IntoIterator<Item = &'r serde_json::Value>,
+    ) -> (Self, Vec<String>) {
+        fn version(code: &str, m: &serde_json::Value) -> Result<Version, String> {
+            let text = |k: &str| m.get(k).and_then(serde_json::Value::as_str);
+            let date = |k: &str| -> Result<Option<NaiveDate>, String> {
+                match m.get(k) {
+                    None | Some(serde_json::Value::Null) => Ok(None),
+                    Some(v) => v
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .map(Some)
+                        .ok_or_else(|| format!("{code}: `{k}` is not a date: {v}")),
+                }
+            };
+            let level = match text("level") {
+                Some("PROVINCE") => Level::Province,
+                Some("DISTRICT") => Level::District,
+                Some("COMMUNE") => Level::Commune,
+                other => return Err(format!("{code}: unknown level {other:?}")),
+            };
+            Ok(Version {
+                code: code.to_string(),
+                name: text("name").unwrap_or_default().to_string(),
+                level,
+                parent: text("parent_code").map(str::to_string),
+                valid_from: date("valid_from")?
+                    .ok_or_else(|| format!("{code}: no `valid_from`"))?,
+                valid_to: date("valid_to")?,
+                successors: m
+                    .get("successors")
+                    .and_then(serde_json::Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| {
+                                Some(Successor {
+                                    code: s.get("code")?.as_str()?.to_string(),
+                                    whole: s.get("whole")?.as_bool()?,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        }
+        let mut versions: BTreeMap<String, Vec<Version>> = BTreeMap::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            let Some(code) = row.get("code").and_then(serde_json::Value::as_str) else {
+                skipped.push(format!("a row with no code: {row}"));
+                continue;
+            };
+            let earlier = row
+                .get("history")
+                .and_then(serde_json::Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut vs = Vec::with_capacity(earlier.len() + 1);
+            for m in earlier.iter().chain(std::iter::once(row)) {
+                match version(code, m) {
+                    Ok(v) => vs.push(v),
+                    Err(e) => skipped.push(e),
+                }
+            }
+            vs.sort_by_key(|v| v.valid_from);
+            versions.insert(code.to_string(), vs);
+        }
+        (Self { versions }, skipped)
+    }
+
+    /// Whether `code`, given with the date `day`, lies in `unit` (itself or
+    /// under it) on that date, following a retired code to its successor.
+    /// A code merged in part lies in `unit` only when every candidate does.
+    pub fn in_unit(&self, code: &str, unit: &str, day: NaiveDate) -> bool {
+        let within = |v: &Version| {
+            let mut v = v;
+            for _ in 0..4 {
+                if v.code == unit {
+                    return true;
+                }
+                let Some(up) = v.parent.as_deref().and_then(|p| self.at(p, day)) else {
+                    return false;
+                };
+                v = up;
+            }
+            false
+        };
+        match self.resolve(code, day) {
+            Resolved::Valid(v) | Resolved::Succeeded { now: v, .. } => within(v),
+            Resolved::Split { candidates, .. } => {
+                !candidates.is_empty() && candidates.iter().all(|v| within(v))
+            }
+            Resolved::Retired(_) | Resolved::NotYet(_) | Resolved::Unknown => false,
+        }
+    }
+
     /// How many versions of `level` are valid on `day`.
     pub fn count(&self, level: Level, day: NaiveDate) -> usize {
         self.versions
@@ -691,6 +790,40 @@ mod tests {
         assert_eq!(phuong5["level"], "COMMUNE");
         assert_eq!(phuong5["valid_to"], "2025-07-01");
         assert_eq!(phuong5["history"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn the_rows_give_back_the_same_map() {
+        let (m, _) = map();
+        let rows: Vec<serde_json::Value> = m.rows().collect();
+        let (back, skipped) = AdminMap::from_rows(&rows);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(back.versions, m.versions);
+        let (_, skipped) = AdminMap::from_rows(&[
+            serde_json::json!({"name": "no code"}),
+            serde_json::json!({"code": "1", "level": "TOWN", "valid_from": "2025-07-01"}),
+        ]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[1].contains("unknown level"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_code_lies_in_the_unit_it_belongs_to_on_the_date() {
+        let (m, _) = map();
+        let today = day("2026-12-02");
+        // A resident still carrying a former Sóc Trăng commune code lies in
+        // Cần Thơ today, and in Sóc Trăng on a date before the reform.
+        assert!(m.in_unit("31498", "92", today));
+        assert!(!m.in_unit("31498", "94", today));
+        assert!(m.in_unit("31498", "94", day("2025-06-30")));
+        assert!(m.in_unit("31507", "92", today));
+        assert!(m.in_unit("92", "92", today));
+        // Quy Nhơn's wards are in Gia Lai (52) now, as they were in Bình Định (52).
+        assert!(m.in_unit("21553", "52", today));
+        // A split commune: all its candidates are in Hà Nội.
+        assert!(m.in_unit("00016", "01", today));
+        assert!(!m.in_unit("00016", "79", today));
+        assert!(!m.in_unit("99999", "01", today));
     }
 
     #[test]

@@ -382,6 +382,33 @@ impl Relay {
         }
     }
 
+    /// `govbus_relay_backlog_events` (changes accepted and not yet
+    /// acknowledged by the broker), every 5 s until `stop`, on a thread of
+    /// its own: a count is a query, kept off the sending loop.
+    fn watch_backlog(&self, stop: Arc<AtomicBool>) {
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("relay-backlog".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() >= next {
+                        match store.backlog() {
+                            Ok(n) => metrics::gauge!("govbus_relay_backlog_events").set(n as f64),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot count the relay's backlog")
+                            }
+                        }
+                        next = Instant::now() + Duration::from_secs(5);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the relay's backlog gauge");
+        }
+    }
+
     fn record(flight: &InFlight, counts: &mut [u64]) {
         for (ds, n) in flight.datasets.iter().zip(counts.iter_mut()) {
             if *n > 0 {
@@ -456,6 +483,7 @@ impl Relay {
     /// prefix grows.
     pub fn run(self, stop: Arc<AtomicBool>) {
         metrics::counter!("govbus_relay_stalls_total").increment(0);
+        self.watch_backlog(stop.clone());
         let _ = self.reports().relay.set(std::thread::current());
         while let Err(e) = self.relay_id() {
             tracing::error!(error = %e, "relay cannot read its id from the store; retrying");
@@ -501,9 +529,6 @@ impl Relay {
         let mut stall = govbus_core::stall::StallWatch::new(self.stall);
         // The outbox's backlog, read at most once a second (a query).
         let mut backlog: (Instant, Option<i64>) = (Instant::now(), None);
-        // `govbus_relay_backlog_events`: changes accepted and not yet
-        // acknowledged by the broker, every 5 s.
-        let mut last_gauge = Instant::now() - Duration::from_secs(5);
         loop {
             if stop.load(Ordering::Relaxed) {
                 let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
@@ -554,12 +579,6 @@ impl Relay {
                 Advance::Failed
             );
             let progressed = acked.len() - before;
-            if last_gauge.elapsed() >= Duration::from_secs(5) {
-                if let Ok(n) = self.store.backlog() {
-                    metrics::gauge!("govbus_relay_backlog_events").set(n as f64);
-                }
-                last_gauge = Instant::now();
-            }
             if progressed > 0 {
                 backlog.1 = None;
             } else if backlog.0.elapsed() >= Duration::from_secs(1) {

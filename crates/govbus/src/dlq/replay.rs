@@ -49,6 +49,7 @@ fn read_state(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<HashMap<String
     let mut bad = 0usize;
     govbus_core::kafka::read_partitions(kafka, topic, &parts, Duration::from_secs(60), |m| {
         let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            bad += 1;
             return;
         };
         match m.payload().map(serde_json::from_slice::<Handled>) {
@@ -66,7 +67,7 @@ fn read_state(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<HashMap<String
         tracing::warn!(
             topic,
             records = bad,
-            "state records that do not parse were left out"
+            "state records that do not parse (no text key, or not a recorded action) were left out"
         );
     }
     Ok(state)

@@ -160,10 +160,18 @@ pub(crate) struct Failure {
 
 /// The history a replay of `l` carries: `l`'s own history, then `l`.
 pub(crate) fn history_after(l: &Letter) -> String {
-    let mut h: Vec<Failure> = l
-        .header("govbus.history")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
+    let mut h: Vec<Failure> = match l.header("govbus.history") {
+        None => vec![],
+        Some(s) => serde_json::from_str(s).unwrap_or_else(|e| {
+            // Kept as it was, not dropped: the history of a record is its audit.
+            vec![Failure {
+                letter: "(unreadable history)".into(),
+                reason: "unreadable_history".into(),
+                error: format!("{e}: {s}"),
+                at_ms: None,
+            }]
+        }),
+    };
     h.push(Failure {
         letter: l.id(),
         reason: l.header("govbus.reason").unwrap_or("(none)").to_string(),
@@ -383,6 +391,15 @@ mod tests {
                 .count(),
             1
         );
+
+        let mut garbled = letter(2, "x", "k", 0);
+        garbled
+            .headers
+            .push(("govbus.history".into(), b"not json".to_vec()));
+        let h: Vec<Failure> = serde_json::from_str(&history_after(&garbled)).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].reason, "unreadable_history");
+        assert!(h[0].error.ends_with(": not json"), "{:?}", h[0]);
 
         let mut lost = letter(1, "x", "k", 0);
         lost.headers.retain(|(k, _)| k != "govbus.source.topic");

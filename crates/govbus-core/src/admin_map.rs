@@ -231,11 +231,10 @@ impl AdminMap {
                     problem: "no province or district code".into(),
                 });
             }
-            let unit = old_unit;
             old.entry(pcode.clone())
-                .or_insert_with(|| unit(&pcode, &pname, Level::Province, None));
+                .or_insert_with(|| old_unit(&pcode, &pname, Level::Province, None));
             old.entry(dcode.clone())
-                .or_insert_with(|| unit(&dcode, &dname, Level::District, Some(&pcode)));
+                .or_insert_with(|| old_unit(&dcode, &dname, Level::District, Some(&pcode)));
             if ccode.is_empty() {
                 continue; // a district with no commune level (an island)
             }
@@ -245,7 +244,7 @@ impl AdminMap {
             }
             old.insert(
                 ccode.clone(),
-                unit(&ccode, &cname, Level::Commune, Some(&dcode)),
+                old_unit(&ccode, &cname, Level::Commune, Some(&dcode)),
             );
         }
 
@@ -322,14 +321,14 @@ impl AdminMap {
                 })?;
                 if !old.contains_key(&old_code) {
                     findings.push(Finding::OnlyInConversion(old_code.clone()));
-                    let unit = old_unit;
                     old.entry(opcode.clone())
-                        .or_insert_with(|| unit(&opcode, &opname, Level::Province, None));
-                    old.entry(dcode.clone())
-                        .or_insert_with(|| unit(&dcode, &dname, Level::District, Some(&opcode)));
+                        .or_insert_with(|| old_unit(&opcode, &opname, Level::Province, None));
+                    old.entry(dcode.clone()).or_insert_with(|| {
+                        old_unit(&dcode, &dname, Level::District, Some(&opcode))
+                    });
                     old.insert(
                         old_code.clone(),
-                        unit(&old_code, &cell(3), Level::Commune, Some(&dcode)),
+                        old_unit(&old_code, &cell(3), Level::Commune, Some(&dcode)),
                     );
                 }
             } else if let Some((_, row_province)) = name_code(&cell(7)) {

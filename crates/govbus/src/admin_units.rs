@@ -3,6 +3,7 @@
 //! the earlier ones), built from the reference data shipped in
 //! `data/vn-admin-units/` (compiled in; `--data` reads another copy).
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,18 +17,18 @@ const BEFORE: &str = include_str!("../../../data/vn-admin-units/communes-before-
 /// The map, from `data` (a directory holding the two reference files) or
 /// the copy compiled in.
 fn map(data: Option<&Path>) -> anyhow::Result<(AdminMap, Vec<Finding>)> {
-    let (conversion, before) = match data {
+    let (conversion, before): (Cow<'_, str>, Cow<'_, str>) = match data {
         Some(d) => {
             let read = |f: &str| {
                 std::fs::read_to_string(d.join(f))
                     .with_context(|| format!("reading {}", d.join(f).display()))
             };
             (
-                read("conversion-2025-07-01.csv")?,
-                read("communes-before-2025-07-01.csv")?,
+                read("conversion-2025-07-01.csv")?.into(),
+                read("communes-before-2025-07-01.csv")?.into(),
             )
         }
-        None => (CONVERSION.to_string(), BEFORE.to_string()),
+        None => (CONVERSION.into(), BEFORE.into()),
     };
     Ok(AdminMap::from_reference(&conversion, &before)?)
 }

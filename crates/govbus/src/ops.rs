@@ -49,13 +49,20 @@ pub(crate) fn watch_registry(url: &str) {
         .spawn(move || {
             let mut was = None;
             loop {
-                let up = matches!(agent.get(&probe).call(), Ok(r) if r.status() == 200);
+                let answer = match agent.get(&probe).call() {
+                    Ok(r) if r.status() == 200 => Ok(()),
+                    Ok(r) => Err(format!("answered {}", r.status())),
+                    Err(ureq::Error::Status(code, _)) => Err(format!("answered {code}")),
+                    Err(ureq::Error::Transport(t)) => Err(no_answer(&t)),
+                };
+                let up = answer.is_ok();
                 metrics::gauge!("govbus_registry_reachable").set(if up { 1.0 } else { 0.0 });
                 if was != Some(up) {
-                    if up {
-                        tracing::info!(url = probe, "schema registry reachable");
-                    } else {
-                        tracing::warn!(url = probe, "schema registry unreachable");
+                    match &answer {
+                        Ok(()) => tracing::info!(url = probe, "schema registry reachable"),
+                        Err(e) => {
+                            tracing::warn!(url = probe, error = %e, "schema registry unreachable")
+                        }
                     }
                     was = Some(up);
                 }
@@ -112,6 +119,17 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 /// `govbus health URL`: exits 0 when `URL` answers 2xx, else prints the
 /// answer and fails (a healthcheck that needs no curl in the image).
+/// Why an HTTP endpoint gave no answer, once (ureq's own message repeats
+/// the URL and the kind).
+fn no_answer(t: &ureq::Transport) -> String {
+    let why = t
+        .message()
+        .map(str::to_string)
+        .or_else(|| std::error::Error::source(t).map(|e| e.to_string()))
+        .unwrap_or_else(|| t.kind().to_string());
+    format!("no answer ({why})")
+}
+
 pub(crate) fn probe(url: &str) -> anyhow::Result<()> {
     match ureq::get(url)
         .timeout(std::time::Duration::from_secs(3))
@@ -127,13 +145,7 @@ pub(crate) fn probe(url: &str) -> anyhow::Result<()> {
                 r.into_string().unwrap_or_default()
             )
         }
-        Err(ureq::Error::Transport(t)) => anyhow::bail!(
-            "{url}: no answer ({})",
-            t.message()
-                .map(str::to_string)
-                .or_else(|| std::error::Error::source(&t).map(|e| e.to_string()))
-                .unwrap_or_else(|| t.kind().to_string())
-        ),
+        Err(ureq::Error::Transport(t)) => anyhow::bail!("{url}: {}", no_answer(&t)),
     }
 }
 

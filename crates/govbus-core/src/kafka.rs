@@ -407,15 +407,45 @@ pub fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
     max: usize,
     linger: std::time::Duration,
 ) {
+    poll_batch_fenced(consumer, batch, max, linger, &|| 0);
+}
+
+/// [`poll_batch`] for a consumer in a group: `rebalances` counts the
+/// group's rebalances (bumped by the consumer's context, whose callbacks
+/// run inside `poll`). The records taken before a rebalance are dropped
+/// from the batch: their partitions were revoked, and whoever holds them
+/// now (this consumer again, or another) starts from the committed offset
+/// and reads them again. Routing them too, with offsets committed under
+/// the new generation, delivered them twice.
+pub fn poll_batch_fenced<'c, C: rdkafka::consumer::ConsumerContext>(
+    consumer: &'c rdkafka::consumer::BaseConsumer<C>,
+    batch: &mut Vec<rdkafka::message::BorrowedMessage<'c>>,
+    max: usize,
+    linger: std::time::Duration,
+    rebalances: &dyn Fn() -> u64,
+) {
     batch.clear();
     let deadline = std::time::Instant::now() + linger;
+    let mut seen = rebalances();
     while batch.len() < max {
         let wait = if batch.is_empty() {
             deadline.saturating_duration_since(std::time::Instant::now())
         } else {
             std::time::Duration::ZERO
         };
-        match consumer.poll(wait) {
+        let polled = consumer.poll(wait);
+        let now = rebalances();
+        if now != seen {
+            seen = now;
+            if !batch.is_empty() {
+                tracing::info!(
+                    dropped = batch.len(),
+                    "a rebalance came while polling; the records taken before it are read again by their new owner"
+                );
+                batch.clear();
+            }
+        }
+        match polled {
             Some(Ok(m)) => batch.push(m),
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             None => break,

@@ -331,6 +331,9 @@ impl InFlight {
 /// is not something every broker has).
 pub(crate) struct RouterContext {
     pub(crate) in_flight: Arc<InFlight>,
+    /// Rebalances seen, for [`govbus_core::kafka::poll_batch_fenced`]: a
+    /// record polled before one is not routed.
+    pub(crate) rebalances: std::sync::atomic::AtomicU64,
 }
 
 impl rdkafka::ClientContext for RouterContext {}
@@ -341,6 +344,8 @@ impl rdkafka::consumer::ConsumerContext for RouterContext {
         _consumer: &BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let rdkafka::consumer::Rebalance::Revoke(_) = rebalance {
             // Longer than a transaction may take (transaction.timeout.ms).
             if !self.in_flight.wait_idle(Duration::from_secs(90)) {

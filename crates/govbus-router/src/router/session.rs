@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cel_interpreter::Context;
-use govbus_core::kafka::poll_batch;
+use govbus_core::kafka::poll_batch_fenced;
 use govbus_core::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -46,6 +46,7 @@ impl Router {
             .consumer(&self.cfg.group)
             .create_with_context(RouterContext {
                 in_flight: in_flight.clone(),
+                rebalances: Default::default(),
             })?;
         let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -190,11 +191,12 @@ impl Router {
                 });
             }
             let t_poll = std::time::Instant::now();
-            poll_batch(
+            poll_batch_fenced(
                 consumer,
                 &mut batch,
                 self.cfg.batch,
                 Duration::from_millis(100),
+                &|| consumer.context().rebalances.load(Ordering::SeqCst),
             );
             let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
             if let Some(s) = stall.observe(std::time::Instant::now(), batch.len(), lag.backlog()) {

@@ -220,6 +220,7 @@ pub fn router_config(
         partitions: 4,
         txn_header: false,
         stall_secs: 60,
+        map_dataset: "moha.admin_units".into(),
     }
 }
 

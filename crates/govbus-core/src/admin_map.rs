@@ -635,6 +635,187 @@ impl AdminMap {
     }
 }
 
+/// Where a code lies in the map valid on one day (see [`Hierarchy`]): the
+/// units it is in, itself first, and its province.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Place {
+    /// The codes of the units it lies in on the day (itself, its parent, …).
+    /// For a code merged in part: only the units every candidate lies in.
+    pub within: Vec<String>,
+    /// Its province on the day (None when candidates lie in different ones).
+    pub province: Option<String>,
+}
+
+/// A code's meaning from a day until another (exclusive; None: open), as
+/// the place it lies in on the index's day.
+type Period = (NaiveDate, Option<NaiveDate>, Option<std::sync::Arc<Place>>);
+
+/// The map's answers to hierarchy questions as of one day, indexed for the
+/// router (no scan per change): a code given with the date of its change
+/// means the unit valid on that date, followed through its successors to
+/// the map of `as_of`. Built once per map version and day.
+#[derive(Debug, Clone, Default)]
+pub struct Hierarchy {
+    as_of: Option<NaiveDate>,
+    /// Code → (from, until (exclusive; None: open), place on `as_of`),
+    /// the periods in order.
+    places: std::collections::HashMap<String, Vec<Period>>,
+}
+
+impl Hierarchy {
+    /// No map: every question is answered no.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The day the map is read as of (None: no map).
+    pub fn as_of(&self) -> Option<NaiveDate> {
+        self.as_of
+    }
+
+    /// The index of `map` as of `as_of`.
+    pub fn new(map: &AdminMap, as_of: NaiveDate) -> Self {
+        let mut places = std::collections::HashMap::new();
+        for (code, vs) in map.iter() {
+            let mut periods = Vec::with_capacity(vs.len() + 1);
+            for (i, v) in vs.iter().enumerate() {
+                let place = map.place(v, as_of).map(std::sync::Arc::new);
+                periods.push((v.valid_from, v.valid_to, place));
+                // After a version ends and before the next begins (or for
+                // ever): the code is retired; it means its successors.
+                if let Some(to) = v.valid_to {
+                    let next = vs.get(i + 1).map(|n| n.valid_from);
+                    if next != Some(to) {
+                        let retired = map
+                            .follow(v, as_of)
+                            .and_then(|vs| map.common(&vs, as_of))
+                            .map(std::sync::Arc::new);
+                        periods.push((to, next, retired));
+                    }
+                }
+            }
+            places.insert(code.to_string(), periods);
+        }
+        Self {
+            as_of: Some(as_of),
+            places,
+        }
+    }
+
+    /// Where `code`, given with a change of `day`, lies as of the index's day.
+    pub fn place(&self, code: &str, day: NaiveDate) -> Option<&Place> {
+        self.places
+            .get(code)?
+            .iter()
+            .find(|(from, to, _)| *from <= day && to.is_none_or(|t| day < t))?
+            .2
+            .as_deref()
+    }
+
+    /// Whether `code` (of a change of `day`) lies in `unit`.
+    pub fn in_unit(&self, code: &str, unit: &str, day: NaiveDate) -> bool {
+        self.place(code, day)
+            .is_some_and(|p| p.within.iter().any(|u| u == unit))
+    }
+
+    /// The province `code` (of a change of `day`) lies in.
+    pub fn province_of(&self, code: &str, day: NaiveDate) -> Option<&str> {
+        self.place(code, day)?.province.as_deref()
+    }
+}
+
+impl AdminMap {
+    /// The last day on or before `day` on which the map changed (a version
+    /// began or ended): two days with the same epoch have the same map.
+    pub fn epoch(&self, day: NaiveDate) -> Option<NaiveDate> {
+        self.versions
+            .values()
+            .flatten()
+            .flat_map(|v| [Some(v.valid_from), v.valid_to])
+            .flatten()
+            .filter(|d| *d <= day)
+            .max()
+    }
+
+    /// The first day after `day` on which the map changes.
+    pub fn next_change(&self, day: NaiveDate) -> Option<NaiveDate> {
+        self.versions
+            .values()
+            .flatten()
+            .flat_map(|v| [Some(v.valid_from), v.valid_to])
+            .flatten()
+            .filter(|d| *d > day)
+            .min()
+    }
+
+    /// The versions valid on `as_of` that `v` became: itself when valid
+    /// then; through its successors (or the same code's next version when
+    /// none are recorded) when it ended before; None when it begins later
+    /// or went nowhere.
+    fn follow<'a>(&'a self, v: &'a Version, as_of: NaiveDate) -> Option<Vec<&'a Version>> {
+        let mut out = Vec::new();
+        let mut todo = vec![(v, 0u8)];
+        while let Some((v, depth)) = todo.pop() {
+            if v.valid_on(as_of) {
+                out.push(v);
+                continue;
+            }
+            let end = v.valid_to.filter(|t| *t <= as_of)?;
+            if depth > 8 {
+                return None;
+            }
+            let next: Vec<&Version> = if v.successors.is_empty() {
+                self.at(&v.code, end).into_iter().collect()
+            } else {
+                v.successors
+                    .iter()
+                    .filter_map(|s| self.at(&s.code, end))
+                    .collect()
+            };
+            if next.is_empty() {
+                return None;
+            }
+            todo.extend(next.into_iter().map(|n| (n, depth + 1)));
+        }
+        Some(out)
+    }
+
+    /// Where `v` lies on `as_of` (followed there when it ended before).
+    fn place(&self, v: &Version, as_of: NaiveDate) -> Option<Place> {
+        let now = self.follow(v, as_of)?;
+        self.common(&now, as_of)
+    }
+
+    /// The units every one of `now` (valid on `as_of`) lies in.
+    fn common(&self, now: &[&Version], as_of: NaiveDate) -> Option<Place> {
+        let chain = |v: &Version| -> (Vec<String>, Option<String>) {
+            let (mut within, mut province) = (vec![v.code.clone()], None);
+            let mut cur = Some(v);
+            for _ in 0..4 {
+                let Some(c) = cur else { break };
+                if c.level == Level::Province {
+                    province = Some(c.code.clone());
+                }
+                cur = c.parent.as_deref().and_then(|p| self.at(p, as_of));
+                if let Some(up) = cur {
+                    within.push(up.code.clone());
+                }
+            }
+            (within, province)
+        };
+        let mut it = now.iter();
+        let (mut within, mut province) = chain(it.next()?);
+        for v in it {
+            let (w, p) = chain(v);
+            within.retain(|u| w.contains(u));
+            if province != p {
+                province = None;
+            }
+        }
+        Some(Place { within, province })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,5 +1014,48 @@ mod tests {
         );
         assert_eq!(name_code("GIA LAI"), None);
         assert_eq!(name_code("Huyện X (ab)"), None);
+    }
+
+    #[test]
+    fn the_hierarchy_follows_a_code_to_todays_map() {
+        let (m, _) = map();
+        let h = Hierarchy::new(&m, day("2026-11-30"));
+        let (old, new) = (day("2024-03-01"), day("2026-01-01"));
+        // A province code merged whole, given before and after the reform.
+        assert_eq!(h.province_of("94", old), Some("92"));
+        assert!(h.in_unit("94", "92", new));
+        // 52 before the reform (Bình Định) and after (Gia Lai): both Gia Lai.
+        assert_eq!(h.province_of("52", old), Some("52"));
+        assert_eq!(h.province_of("52", new), Some("52"));
+        // Every former Sóc Trăng commune lies in Cần Thơ today.
+        let soc_trang: Vec<&str> = m
+            .iter()
+            .filter(|(_, vs)| {
+                vs.iter().any(|v| {
+                    v.level == Level::Commune
+                        && v.valid_on(old)
+                        && m.province_of(&v.code, old).is_some_and(|p| p.code == "94")
+                })
+            })
+            .map(|(c, _)| c)
+            .collect();
+        assert!(soc_trang.len() > 50, "{}", soc_trang.len());
+        for c in &soc_trang {
+            assert!(h.in_unit(c, "92", old), "{c}");
+            assert!(!h.in_unit(c, "52", old), "{c}");
+        }
+        // A code that never existed lies nowhere.
+        assert_eq!(h.place("99999", new), None);
+        // No map: nothing lies anywhere.
+        assert!(!Hierarchy::empty().in_unit("94", "92", new));
+    }
+
+    #[test]
+    fn the_map_epoch_is_the_last_change_on_or_before_a_day() {
+        let (m, _) = map();
+        assert_eq!(m.epoch(day("2026-11-30")), Some(reform_day()));
+        assert_eq!(m.epoch(day("2025-06-30")), Some(coding_day()));
+        assert_eq!(m.next_change(day("2025-06-30")), Some(reform_day()));
+        assert_eq!(m.next_change(day("2026-11-30")), None);
     }
 }

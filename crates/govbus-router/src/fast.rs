@@ -10,9 +10,12 @@
 //! before. `tests` check byte for byte that both paths agree.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use apache_avro::schema::Schema;
+use govbus_core::admin_map::{Hierarchy, Place};
 use govbus_schema::bytes::{field_str, project, write_long, Reader};
+use govbus_schema::cel::Test;
 use govbus_schema::names::Names;
 use govbus_schema::Op;
 
@@ -34,11 +37,34 @@ pub struct FastRoute {
     paths: Vec<Vec<String>>,
     /// Per path: each literal a view tests it against → a small number.
     literals: Vec<HashMap<String, u32>>,
-    /// Per view (in the input's view order): its path index and literal's
-    /// number.
-    tests: Vec<(usize, u32)>,
+    /// Per view (in the input's view order): its path index and test.
+    tests: Vec<(usize, Check)>,
+    /// Per path: whether a view asks the hierarchy about it.
+    asks_map: Vec<bool>,
+    /// The administrative map as of the router's day.
+    hierarchy: Arc<Hierarchy>,
     /// Per view: dropped paths.
     drops: Vec<Vec<Vec<String>>>,
+}
+
+/// What a view tests its path's value for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Check {
+    /// Equal to the literal of this number.
+    Eq(u32),
+    /// The code lies in the unit.
+    InUnit(String),
+    /// The code's province.
+    Province(String),
+}
+
+/// What the walk read at one path of an image.
+#[derive(Debug, Clone, Copy, Default)]
+struct Found<'h> {
+    /// The number of the literal the value equals.
+    literal: Option<u32>,
+    /// Where the value, as a code, lies.
+    place: Option<&'h Place>,
 }
 
 /// One record for a view.
@@ -114,27 +140,37 @@ impl Tally {
 }
 
 impl FastRoute {
-    /// The fast path for `views` (one input's, in order), or None when a
-    /// filter is not an equality or they test more than eight distinct
-    /// fields (those take the general path).
-    pub fn new(views: &[&View]) -> Option<Self> {
+    /// The fast path for `views` (one input's, in order), with
+    /// `hierarchy` for the filters that ask the administrative map, or None
+    /// when a filter is not of a simple shape ([`Test`]) or they test more
+    /// than eight distinct fields (those take the general path).
+    pub fn new(views: &[&View], hierarchy: Arc<Hierarchy>) -> Option<Self> {
         let first = views.first()?;
         let entity = (*first.entity).clone();
         let canonical = entity.canonical_form();
         let mut paths: Vec<Vec<String>> = Vec::new();
         let mut literals: Vec<HashMap<String, u32>> = Vec::new();
+        let mut asks_map: Vec<bool> = Vec::new();
         let mut tests = Vec::new();
         let mut drops = Vec::new();
         for v in views {
-            let (path, literal) = v.filter.equality()?;
+            let (path, test) = v.filter.test()?;
             let i = paths.iter().position(|p| *p == path).unwrap_or_else(|| {
                 paths.push(path);
                 literals.push(HashMap::new());
+                asks_map.push(false);
                 paths.len() - 1
             });
-            let known = literals[i].len() as u32;
-            let n = *literals[i].entry(literal.to_string()).or_insert(known);
-            tests.push((i, n));
+            let check = match test {
+                Test::Eq(literal) => {
+                    let known = literals[i].len() as u32;
+                    Check::Eq(*literals[i].entry(literal.to_string()).or_insert(known))
+                }
+                Test::InUnit(u) => Check::InUnit(u.to_string()),
+                Test::ProvinceIs(p) => Check::Province(p.to_string()),
+            };
+            asks_map[i] |= !matches!(check, Check::Eq(_));
+            tests.push((i, check));
             drops.push(
                 v.drop
                     .iter()
@@ -153,6 +189,8 @@ impl FastRoute {
             paths,
             literals,
             tests,
+            asks_map,
+            hierarchy,
             drops,
         })
     }
@@ -253,29 +291,51 @@ impl FastRoute {
         r.skip_bytes()?; // source.agency
         r.skip_bytes()?; // source.system
         r.long()?; // source.seq
-        r.long()?; // ts_ms
+        let ts_ms = r.long()?;
         if r.pos() != payload.len() {
             return None;
         }
         let tail = &payload[tail_start..];
+        let day = crate::map::day_of_ms(ts_ms);
         // Per path, the number of the literal the image's field equals
-        // (None: no view's literal, or null).
-        let read = |img: Option<(usize, usize)>| -> Option<Option<[Option<u32>; MAX_PATHS]>> {
+        // (None: no view's literal, or null), and where it lies as a code
+        // when a view asks.
+        let read = |img: Option<(usize, usize)>| -> Option<Option<[Found<'_>; MAX_PATHS]>> {
             let Some((a, b)) = img else {
                 return Some(None);
             };
-            let mut found = [None; MAX_PATHS];
+            let mut found = [Found::default(); MAX_PATHS];
             for (i, p) in self.paths.iter().enumerate() {
-                found[i] = field_str(&self.entity, &self.names, &payload[a..b], p)?
-                    .and_then(|s| self.literals[i].get(s).copied());
+                let Some(s) = field_str(&self.entity, &self.names, &payload[a..b], p)? else {
+                    continue;
+                };
+                found[i] = Found {
+                    literal: self.literals[i].get(s).copied(),
+                    place: if self.asks_map[i] {
+                        self.hierarchy.place(s, day)
+                    } else {
+                        None
+                    },
+                };
             }
             Some(Some(found))
         };
         let (vb, va) = (read(before)?, read(after)?);
         for (nth, v) in idx.iter().map(|&i| &all[i]).enumerate() {
-            let (path, literal) = self.tests[nth];
-            let m = |vals: &Option<[Option<u32>; MAX_PATHS]>| {
-                vals.as_ref().map(|x| x[path] == Some(literal))
+            let (path, check) = &self.tests[nth];
+            let m = |vals: &Option<[Found<'_>; MAX_PATHS]>| {
+                vals.as_ref().map(|x| {
+                    let f = &x[*path];
+                    match check {
+                        Check::Eq(n) => f.literal == Some(*n),
+                        Check::InUnit(u) => {
+                            f.place.is_some_and(|p| p.within.iter().any(|w| w == u))
+                        }
+                        Check::Province(c) => f
+                            .place
+                            .is_some_and(|p| p.province.as_deref() == Some(c.as_str())),
+                    }
+                })
             };
             let decision = decide(op, m(&vb), m(&va));
             let Some(new_op) = decision.op() else {
@@ -418,7 +478,8 @@ mod tests {
         ]);
         let idx: Vec<usize> = (0..all.len()).collect();
         let refs: Vec<&View> = all.iter().collect();
-        let fast = FastRoute::new(&refs).expect("equality filters take the fast path");
+        let fast =
+            FastRoute::new(&refs, Default::default()).expect("equality filters take the fast path");
         let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
         assert!(
             fast.accepts(&writer),
@@ -431,7 +492,15 @@ mod tests {
         let (mut routed, mut moves) = (0, 0);
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         for payload in changes(600) {
-            let general = crate::route::route(&payload, &resolver, &base, &all, &idx, 0).unwrap();
+            let general = crate::route::route(
+                &payload,
+                &resolver,
+                crate::route::Scope::plain(&base),
+                &all,
+                &idx,
+                0,
+            )
+            .unwrap();
             assert!(fast.route(&payload, &all, &idx, 0, &mut out, &mut tally));
             let g: Vec<_> = general
                 .iter()
@@ -460,7 +529,7 @@ mod tests {
         ]);
         all[0].expires_ms = Some(10);
         let refs: Vec<&View> = all.iter().collect();
-        let fast = FastRoute::new(&refs).unwrap();
+        let fast = FastRoute::new(&refs, Default::default()).unwrap();
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         let (mut to_p94, n) = (0, 200);
         for payload in changes(n) {
@@ -479,7 +548,7 @@ mod tests {
     fn what_the_fast_path_cannot_read_goes_the_general_way() {
         let all = views(&[("p52", r#"permanent_address.province_code == "52""#, "")]);
         let refs: Vec<&View> = all.iter().collect();
-        let fast = FastRoute::new(&refs).unwrap();
+        let fast = FastRoute::new(&refs, Default::default()).unwrap();
         let payload = &changes(1)[0];
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         let mut route = |p: &[u8]| fast.route(p, &all, &[0], 0, &mut out, &mut tally);
@@ -502,6 +571,6 @@ mod tests {
         // A filter that is not an equality: no fast path for the input.
         let other = views(&[("p52", r#"permanent_address.province_code in ["52"]"#, "")]);
         let refs: Vec<&View> = other.iter().collect();
-        assert!(FastRoute::new(&refs).is_none());
+        assert!(FastRoute::new(&refs, Default::default()).is_none());
     }
 }

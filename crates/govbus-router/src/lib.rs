@@ -10,6 +10,7 @@ pub mod events;
 pub mod fast;
 pub use govbus_schema::cel as filter;
 pub mod guard;
+pub mod map;
 pub mod route;
 pub mod router;
 pub mod views;

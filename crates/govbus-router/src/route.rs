@@ -6,8 +6,45 @@ use govbus_schema::envelope::decode;
 use govbus_schema::{Change, EnvelopeError, SchemaResolver};
 
 use crate::decide::{decide, Decision};
-use crate::filter::{FilterError, Vars};
+use crate::filter::{At, FilterError, Vars};
 use crate::views::View;
+use govbus_core::admin_map::Hierarchy;
+
+/// What filters are evaluated in: CEL's functions (with the hierarchy
+/// functions over the same map, [`crate::filter::hierarchy_context`]) and
+/// the administrative map as of the router's day (None: no filter asks it).
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    /// CEL's functions.
+    pub base: &'a Context<'a>,
+    /// The map.
+    pub hierarchy: Option<&'a Hierarchy>,
+}
+
+impl std::fmt::Debug for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope")
+            .field("map_as_of", &self.hierarchy.and_then(|h| h.as_of()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Scope<'a> {
+    /// CEL's functions and no map.
+    pub fn plain(base: &'a Context<'a>) -> Self {
+        Self {
+            base,
+            hierarchy: None,
+        }
+    }
+
+    fn at(&self, ts_ms: i64) -> At<'a> {
+        At {
+            hierarchy: self.hierarchy,
+            day: crate::map::day_of_ms(ts_ms),
+        }
+    }
+}
 
 /// A record for a view topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +87,13 @@ impl RouteError {
 pub fn route(
     payload: &[u8],
     resolver: &dyn SchemaResolver,
-    base: &Context<'_>,
+    scope: Scope<'_>,
     all: &[View],
     views: &[usize],
     now_ms: i64,
 ) -> Result<Vec<Output>, RouteError> {
     let (_, change) = decode(payload, resolver)?;
-    route_change(&change, base, all, views, now_ms)
+    route_change(&change, scope, all, views, now_ms)
 }
 
 /// Whether `v` has exactly the record fields of `schema` (recursively), so
@@ -98,12 +135,13 @@ fn as_reader(
 /// the entity enters (a snapshot), leaves (a delete), is re-sent with the
 /// new projection (a snapshot), or nothing. `out` is the view written
 /// (`new`, or `old` when the view is being emptied). The records carry the
-/// entity's own sequence, so a province applies them exactly once.
+/// entity's own sequence, so a province applies them exactly once. Each
+/// side's filter is evaluated in its own scope: a view that follows the
+/// administrative map held what the map of its recorded day gave.
 pub fn backfill(
     current: &Change,
-    base: &Context<'_>,
-    old: Option<&View>,
-    new: Option<&View>,
+    old: Option<(&View, Scope<'_>)>,
+    new: Option<(&View, Scope<'_>)>,
     out: &View,
 ) -> Result<Option<(&'static str, Vec<u8>)>, RouteError> {
     let after = as_reader(&current.after, Some(&out.entity))?;
@@ -111,10 +149,10 @@ pub fn backfill(
         return Ok(None);
     };
     let vars = Vars::of(&after);
-    let matches = |v: Option<&View>| -> Result<bool, RouteError> {
-        v.map(|v| {
+    let matches = |v: Option<(&View, Scope<'_>)>| -> Result<bool, RouteError> {
+        v.map(|(v, scope)| {
             v.filter
-                .matches(base, &vars)
+                .matches_at(scope.base, &vars, scope.at(current.ts_ms))
                 .map_err(|source| RouteError::Filter {
                     view: v.name.clone(),
                     source,
@@ -124,6 +162,7 @@ pub fn backfill(
         .map(|m| m.unwrap_or(false))
     };
     let (was, is) = (matches(old)?, matches(new)?);
+    let (old, new) = (old.map(|o| o.0), new.map(|n| n.0));
     let reprojected = old.zip(new).is_some_and(|(o, n)| o.drop != n.drop);
     let (label, decision) = match (was, is) {
         (false, true) => ("enter", Decision::Snapshot),
@@ -149,7 +188,7 @@ pub fn backfill(
 /// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
 pub fn route_change(
     change: &Change,
-    base: &Context<'_>,
+    scope: Scope<'_>,
     all: &[View],
     views: &[usize],
     now_ms: i64,
@@ -165,6 +204,7 @@ pub fn route_change(
     };
     let before = change.before.as_ref().map(Vars::of);
     let after = change.after.as_ref().map(Vars::of);
+    let at = scope.at(change.ts_ms);
     let mut out = Vec::new();
     for &i in views {
         let v = &all[i];
@@ -174,7 +214,7 @@ pub fn route_change(
         }
         let eval = |vars: &Option<Vars>| -> Result<Option<bool>, RouteError> {
             vars.as_ref()
-                .map(|x| v.filter.matches(base, x))
+                .map(|x| v.filter.matches_at(scope.base, x, at))
                 .transpose()
                 .map_err(|source| RouteError::Filter {
                     view: v.name.clone(),
@@ -271,7 +311,8 @@ mod tests {
             ..create_in_52()
         };
         let views = views_with("");
-        let out = route_change(&change, &Context::default(), &views, &[0], 0).unwrap();
+        let out =
+            route_change(&change, Scope::plain(&Context::default()), &views, &[0], 0).unwrap();
         assert_eq!(out.len(), 1, "routed, not refused");
         let codec = views[0].codec.as_ref().unwrap();
         let resolver = govbus_schema::client::FixedResolver::new([(1, codec.schema.clone())]);
@@ -348,7 +389,13 @@ mod tests {
             (Some(&all52), None, &all52, Some(("leave", Op::Delete))),
         ];
         for (i, (old, new, out, want)) in cases.into_iter().enumerate() {
-            let got = backfill(&current, &base, old, new, out).unwrap();
+            let got = backfill(
+                &current,
+                old.map(|v| (v, Scope::plain(&base))),
+                new.map(|v| (v, Scope::plain(&base))),
+                out,
+            )
+            .unwrap();
             assert_eq!(
                 got.as_ref().map(|(l, v)| (*l, op_of(out, v))),
                 want,
@@ -360,9 +407,11 @@ mod tests {
             after: None,
             ..create_in_52()
         };
-        assert!(backfill(&deleted, &base, None, Some(&all52), &all52)
-            .unwrap()
-            .is_none());
+        assert!(
+            backfill(&deleted, None, Some((&all52, Scope::plain(&base))), &all52)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -372,17 +421,19 @@ mod tests {
         let live = views_with("expires = \"2026-12-31\"\n");
         let before_end = 1_798_761_599_999; // 2026-12-31T23:59:59.999Z
         assert_eq!(
-            route_change(&change, &base, &live, &[0], before_end)
+            route_change(&change, Scope::plain(&base), &live, &[0], before_end)
                 .unwrap()
                 .len(),
             1
         );
-        assert!(route_change(&change, &base, &live, &[0], before_end + 1)
-            .unwrap()
-            .is_empty());
+        assert!(
+            route_change(&change, Scope::plain(&base), &live, &[0], before_end + 1)
+                .unwrap()
+                .is_empty()
+        );
         let forever = views_with("");
         assert_eq!(
-            route_change(&change, &base, &forever, &[0], i64::MAX)
+            route_change(&change, Scope::plain(&base), &forever, &[0], i64::MAX)
                 .unwrap()
                 .len(),
             1

@@ -64,6 +64,14 @@ pub struct RouterConfig {
     /// new session.
     #[serde(default = "default_stall_secs")]
     pub stall_secs: u64,
+    /// The dataset that holds the administrative map, which filters ask
+    /// with `in_unit` and `province_of`; followed only when a filter does.
+    #[serde(default = "default_map_dataset")]
+    pub map_dataset: String,
+}
+
+fn default_map_dataset() -> String {
+    "moha.admin_units".into()
 }
 
 fn default_stall_secs() -> u64 {
@@ -119,6 +127,9 @@ pub enum RouterError {
     /// The committer thread cannot take or answer a batch.
     #[error("committer: {0}")]
     Committer(#[from] CommitterError),
+    /// The administrative map's topic could not be followed.
+    #[error("administrative map: {0}")]
+    Map(#[source] Box<govbus_core::tail::TailError>),
     /// A view's per-partition state record does not decode.
     #[error("view state {key}: {source}")]
     State {
@@ -162,6 +173,8 @@ pub struct Router {
     /// The consumer's fetch wait: the config's, longer after each stall
     /// ([`govbus_core::stall::longer_fetch_wait`]).
     fetch_wait_ms: std::sync::atomic::AtomicU32,
+    /// The administrative map, followed once a filter asks it.
+    map: std::sync::Mutex<Option<Arc<crate::map::MapWatch>>>,
 }
 
 /// The input partitions a router instance holds now, shared with whoever
@@ -188,7 +201,49 @@ impl Router {
             assigned: Assignment::default(),
             readiness: Arc::default(),
             fast_ids: Default::default(),
+            map: Default::default(),
         })
+    }
+
+    /// The administrative map's follower, started on first use (None: the
+    /// catalog has no such dataset; hierarchy questions are answered no).
+    fn map_watch(&self) -> Result<Option<Arc<crate::map::MapWatch>>, RouterError> {
+        let mut held = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = held.as_ref() {
+            return Ok(Some(w.clone()));
+        }
+        let Some(d) = self
+            .cfg
+            .map_dataset
+            .parse::<govbus_core::DatasetId>()
+            .ok()
+            .and_then(|id| self.catalog.dataset(&id))
+        else {
+            tracing::error!(
+                dataset = self.cfg.map_dataset,
+                "a filter asks the administrative map, but the catalog has no such dataset"
+            );
+            return Ok(None);
+        };
+        let topic = self.topics.central(&d.id, d.file.major);
+        ensure_topics(
+            &self.cfg.kafka,
+            &[TopicSpec::changes(
+                topic.clone(),
+                self.cfg.partitions,
+                d.file.retention_ms,
+            )],
+        )?;
+        let w = crate::map::MapWatch::follow(
+            &self.cfg.kafka,
+            &self.registry,
+            &topic,
+            Duration::from_secs(60),
+        )
+        .map_err(|e| RouterError::Map(Box::new(e)))?;
+        tracing::info!(topic, units = w.rows(), "following the administrative map");
+        *held = Some(w.clone());
+        Ok(Some(w))
     }
 
     /// Reports readiness to `ready` (an agent's `/readyz`) instead of its own.
@@ -260,5 +315,8 @@ impl Router {
 impl Drop for Router {
     fn drop(&mut self) {
         self.control.stop();
+        if let Some(m) = self.map.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            m.stop();
+        }
     }
 }

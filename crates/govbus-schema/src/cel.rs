@@ -17,17 +17,88 @@ use cel_parser::ast::{Expr, IdedExpr};
 pub struct Filter {
     source: String,
     program: Program,
-    /// `path == "literal"`: checked without the interpreter (the common
-    /// shape of a provincial filter; 34 of them run on every change).
+    /// `path == "literal"`, `in_unit(path, "unit")` or `province_of(path)
+    /// == "code"`: checked without the interpreter (the common shapes of a
+    /// provincial filter; 34 of them run on every change).
     fast: Option<FastEq>,
+    /// It asks hierarchy questions (`in_unit`, `province_of`).
+    hierarchy: bool,
 }
 
-/// `first.rest... == want`, with the map keys of `rest` built once.
+/// `first.rest...` tested by `test`, with the map keys of `rest` built once.
 #[derive(Debug)]
 struct FastEq {
     first: String,
     rest: Vec<Key>,
-    want: String,
+    test: Shape,
+}
+
+/// The shape of a filter the router checks without CEL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    Eq(String),
+    InUnit(String),
+    ProvinceIs(String),
+}
+
+/// What a simple filter tests its field for (see [`Filter::test`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test<'a> {
+    /// `path == "literal"`.
+    Eq(&'a str),
+    /// `in_unit(path, "unit")`: the code lies in the unit.
+    InUnit(&'a str),
+    /// `province_of(path) == "code"`.
+    ProvinceIs(&'a str),
+}
+
+/// The administrative map a filter's hierarchy questions are asked of, and
+/// the date of the change they are asked for (a code means the unit valid
+/// on that date, followed to the map's day).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    /// The map (None: not loaded; every hierarchy question is answered no).
+    pub hierarchy: Option<&'a govbus_core::admin_map::Hierarchy>,
+    /// The change's date.
+    pub day: chrono::NaiveDate,
+}
+
+/// The variable that carries the change's date (days from the common era)
+/// to the hierarchy functions.
+const DAY_VAR: &str = "__govbus_day";
+
+/// [`base_context`] with the hierarchy functions over `hierarchy`:
+/// `in_unit(code, unit)` (the code lies in the unit) and
+/// `province_of(code)` (its province's code, or null), a code meaning the
+/// unit valid on the change's date, followed to the map's day.
+pub fn hierarchy_context(hierarchy: Arc<govbus_core::admin_map::Hierarchy>) -> Context<'static> {
+    use cel_interpreter::FunctionContext;
+    let mut ctx = base_context();
+    let day = |ftx: &FunctionContext| -> Option<chrono::NaiveDate> {
+        match ftx.ptx.get_variable(DAY_VAR) {
+            Ok(Cel::Int(d)) => chrono::NaiveDate::from_num_days_from_ce_opt(d as i32),
+            _ => None,
+        }
+    };
+    let h = hierarchy.clone();
+    ctx.add_function(
+        "in_unit",
+        move |ftx: &FunctionContext, code: Arc<String>, unit: Arc<String>| -> bool {
+            day(ftx).is_some_and(|d| h.in_unit(&code, &unit, d))
+        },
+    );
+    let h = hierarchy;
+    ctx.add_function(
+        "province_of",
+        move |ftx: &FunctionContext,
+              code: Arc<String>|
+              -> Result<Cel, cel_interpreter::ExecutionError> {
+            Ok(day(ftx)
+                .and_then(|d| h.province_of(&code, d))
+                .map_or(Cel::Null, |p| Cel::String(Arc::new(p.to_string()))))
+        },
+    );
+    ctx
 }
 
 /// The filter could not be evaluated on an entity.
@@ -159,7 +230,7 @@ impl Filter {
         Ok(Self {
             source: source.to_string(),
             program,
-            fast: equality(&ast).and_then(|(path, want)| {
+            fast: shape(&ast).and_then(|(path, test)| {
                 let (first, rest) = path.split_first()?;
                 Some(FastEq {
                     first: first.clone(),
@@ -167,9 +238,10 @@ impl Filter {
                         .iter()
                         .map(|p| Key::String(Arc::new(p.clone())))
                         .collect(),
-                    want,
+                    test,
                 })
             }),
+            hierarchy: calls_hierarchy(&ast),
         })
     }
 
@@ -195,6 +267,15 @@ impl Filter {
     /// literal (a string field equal to it matches, null does not, anything
     /// else is left to CEL).
     pub fn equality(&self) -> Option<(Vec<String>, &str)> {
+        match self.test()? {
+            (path, Test::Eq(want)) => Some((path, want)),
+            _ => None,
+        }
+    }
+
+    /// For a filter of one of the simple shapes ([`Test`]): the field path
+    /// and what it is tested for.
+    pub fn test(&self) -> Option<(Vec<String>, Test<'_>)> {
         let f = self.fast.as_ref()?;
         let mut path = vec![f.first.clone()];
         for k in &f.rest {
@@ -203,21 +284,64 @@ impl Filter {
                 _ => return None,
             }
         }
-        Some((path, &f.want))
+        let test = match &f.test {
+            Shape::Eq(w) => Test::Eq(w),
+            Shape::InUnit(u) => Test::InUnit(u),
+            Shape::ProvinceIs(p) => Test::ProvinceIs(p),
+        };
+        Some((path, test))
     }
 
-    /// Whether `entity` matches, with `base` holding CEL's functions.
+    /// Whether the filter asks hierarchy questions (`in_unit`,
+    /// `province_of`): its view follows the administrative map.
+    pub fn uses_hierarchy(&self) -> bool {
+        self.hierarchy
+    }
+
+    /// Whether `entity` matches, with `base` holding CEL's functions (no
+    /// administrative map: hierarchy questions are answered no).
     pub fn matches(&self, base: &Context<'_>, entity: &Vars) -> Result<bool, FilterError> {
+        let at = At {
+            hierarchy: None,
+            day: chrono::NaiveDate::MIN,
+        };
+        self.matches_at(base, entity, at)
+    }
+
+    /// Whether `entity`, of a change on `at.day`, matches; `base` holds
+    /// CEL's functions ([`hierarchy_context`] over `at.hierarchy` for a
+    /// filter that asks hierarchy questions).
+    pub fn matches_at(
+        &self,
+        base: &Context<'_>,
+        entity: &Vars,
+        at: At<'_>,
+    ) -> Result<bool, FilterError> {
         if let Some(f) = &self.fast {
-            match lookup(entity, f) {
-                Some(Cel::String(s)) => return Ok(s.as_str() == f.want),
-                Some(Cel::Null) => return Ok(false),
+            match (lookup(entity, f), &f.test) {
+                (Some(Cel::Null), _) => return Ok(false),
+                (Some(Cel::String(s)), Shape::Eq(want)) => return Ok(s.as_str() == want),
+                (Some(Cel::String(s)), Shape::InUnit(unit)) => {
+                    return Ok(at.hierarchy.is_some_and(|h| h.in_unit(s, unit, at.day)))
+                }
+                (Some(Cel::String(s)), Shape::ProvinceIs(p)) => {
+                    return Ok(at
+                        .hierarchy
+                        .and_then(|h| h.province_of(s, at.day))
+                        .is_some_and(|q| q == p))
+                }
                 _ => {} // anything else: as CEL says
             }
         }
         let mut ctx = base.new_inner_scope();
         for (k, v) in entity.0.iter() {
             ctx.add_variable_from_value(k.clone(), v.clone());
+        }
+        if self.hierarchy {
+            ctx.add_variable_from_value(
+                DAY_VAR,
+                i64::from(chrono::Datelike::num_days_from_ce(&at.day)),
+            );
         }
         match self.program.execute(&ctx) {
             Ok(Cel::Bool(b)) => Ok(b),
@@ -281,33 +405,107 @@ fn map(entries: impl Iterator<Item = (String, Cel)>) -> Cel {
     Cel::Map(Map { map: Arc::new(m) })
 }
 
-/// `a.b.c == "literal"` (either side), as (path, literal).
-fn equality(e: &IdedExpr) -> Option<(Vec<String>, String)> {
-    fn chain(e: &IdedExpr) -> Option<Vec<String>> {
-        match &e.expr {
-            Expr::Ident(n) => Some(vec![n.clone()]),
-            Expr::Select(s) if !s.test => {
-                let mut v = chain(&s.operand)?;
-                v.push(s.field.clone());
-                Some(v)
-            }
-            _ => None,
+/// `a.b.c`, as its path.
+fn chain(e: &IdedExpr) -> Option<Vec<String>> {
+    match &e.expr {
+        Expr::Ident(n) => Some(vec![n.clone()]),
+        Expr::Select(s) if !s.test => {
+            let mut v = chain(&s.operand)?;
+            v.push(s.field.clone());
+            Some(v)
         }
+        _ => None,
     }
-    let literal = |e: &IdedExpr| match &e.expr {
-        Expr::Literal(cel_parser::reference::Val::String(s)) => Some(s.clone()),
+}
+
+/// A string literal.
+fn literal(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Literal(cel_parser::reference::Val::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// `f(a.b.c, …)` with no target: the call's arguments.
+fn call<'e>(e: &'e IdedExpr, name: &str, arity: usize) -> Option<&'e [IdedExpr]> {
+    match &e.expr {
+        Expr::Call(c) if c.func_name == name && c.target.is_none() && c.args.len() == arity => {
+            Some(&c.args)
+        }
+        _ => None,
+    }
+}
+
+/// `a.b.c == "literal"` (either side), `in_unit(a.b.c, "unit")` or
+/// `province_of(a.b.c) == "code"` (either side), as (path, shape).
+fn shape(e: &IdedExpr) -> Option<(Vec<String>, Shape)> {
+    if let Some([code, unit]) = call(e, "in_unit", 2) {
+        return chain(code).zip(literal(unit).map(Shape::InUnit));
+    }
+    let [a, b] = call(e, "_==_", 2)? else {
+        return None;
+    };
+    let province = |e: &IdedExpr| match call(e, "province_of", 1) {
+        Some([code]) => chain(code),
         _ => None,
     };
-    let Expr::Call(c) = &e.expr else {
-        return None;
-    };
-    if c.func_name != "_==_" || c.target.is_some() || c.args.len() != 2 {
-        return None;
-    }
-    let (a, b) = (&c.args[0], &c.args[1]);
     chain(a)
-        .zip(literal(b))
-        .or_else(|| chain(b).zip(literal(a)))
+        .zip(literal(b).map(Shape::Eq))
+        .or_else(|| chain(b).zip(literal(a).map(Shape::Eq)))
+        .or_else(|| province(a).zip(literal(b).map(Shape::ProvinceIs)))
+        .or_else(|| province(b).zip(literal(a).map(Shape::ProvinceIs)))
+}
+
+/// Whether the expression calls `in_unit` or `province_of`.
+fn calls_hierarchy(e: &IdedExpr) -> bool {
+    let mut found = false;
+    visit(e, &mut |x| {
+        if let Expr::Call(c) = &x.expr {
+            found |= c.func_name == "in_unit" || c.func_name == "province_of";
+        }
+    });
+    found
+}
+
+/// Calls `f` on `e` and every expression under it.
+fn visit(e: &IdedExpr, f: &mut dyn FnMut(&IdedExpr)) {
+    f(e);
+    match &e.expr {
+        Expr::Call(c) => {
+            if let Some(t) = &c.target {
+                visit(t, f);
+            }
+            c.args.iter().for_each(|a| visit(a, f));
+        }
+        Expr::Select(s) => visit(&s.operand, f),
+        Expr::List(l) => l.elements.iter().for_each(|a| visit(a, f)),
+        Expr::Map(m) => m.entries.iter().for_each(|en| match &en.expr {
+            cel_parser::ast::EntryExpr::MapEntry(me) => {
+                visit(&me.key, f);
+                visit(&me.value, f);
+            }
+            cel_parser::ast::EntryExpr::StructField(sf) => visit(&sf.value, f),
+        }),
+        Expr::Struct(st) => st.entries.iter().for_each(|en| match &en.expr {
+            cel_parser::ast::EntryExpr::MapEntry(me) => {
+                visit(&me.key, f);
+                visit(&me.value, f);
+            }
+            cel_parser::ast::EntryExpr::StructField(sf) => visit(&sf.value, f),
+        }),
+        Expr::Comprehension(c) => {
+            for x in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                visit(x, f);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The value at `f`'s path in an entity's fields.
@@ -634,5 +832,108 @@ mod tests {
             assert!(g.matches(&base, &Vars::of(&name(&n.to_string()))).unwrap());
         }
         REGEXES.with(|c| assert!(c.borrow().len() <= REGEX_CACHE));
+    }
+
+    /// Hierarchy questions over the real map: the fast shapes and CEL agree,
+    /// and a former Sóc Trăng code lies in Cần Thơ.
+    #[test]
+    fn hierarchy_filters_agree_with_cel_on_the_real_map() {
+        use govbus_core::admin_map::{AdminMap, Hierarchy};
+        let (map, _) = AdminMap::from_reference(
+            include_str!("../../../data/vn-admin-units/conversion-2025-07-01.csv"),
+            include_str!("../../../data/vn-admin-units/communes-before-2025-07-01.csv"),
+        )
+        .unwrap();
+        let today: chrono::NaiveDate = "2026-11-30".parse().unwrap();
+        let h = Arc::new(Hierarchy::new(&map, today));
+        let base = hierarchy_context(h.clone());
+        let s = residents();
+        let entity = |c: &str| {
+            Vars::of(&AvroValue::Record(vec![(
+                "permanent_address".into(),
+                AvroValue::Record(vec![("commune_code".into(), AvroValue::String(c.into()))]),
+            )]))
+        };
+        // Commune codes: one of Sóc Trăng before the reform, one of Quy
+        // Nhơn (Bình Định, now Gia Lai), and one that never existed.
+        let soc_trang = map
+            .iter()
+            .find(|(c, vs)| {
+                vs.len() == 1
+                    && map
+                        .province_of(c, "2024-01-01".parse().unwrap())
+                        .is_some_and(|p| p.code == "94")
+                    && vs[0].level == govbus_core::admin_map::Level::Commune
+            })
+            .map(|(c, _)| c.to_string())
+            .unwrap();
+        let at = |d: &str| At {
+            hierarchy: Some(&h),
+            day: d.parse().unwrap(),
+        };
+        for (src, code, day, want) in [
+            (
+                r#"in_unit(permanent_address.commune_code, "92")"#,
+                soc_trang.as_str(),
+                "2024-01-01",
+                true,
+            ),
+            (
+                r#"in_unit(permanent_address.commune_code, "92")"#,
+                soc_trang.as_str(),
+                "2026-01-01",
+                true,
+            ),
+            (
+                r#"province_of(permanent_address.commune_code) == "92""#,
+                soc_trang.as_str(),
+                "2026-01-01",
+                true,
+            ),
+            (
+                r#""52" == province_of(permanent_address.commune_code)"#,
+                soc_trang.as_str(),
+                "2026-01-01",
+                false,
+            ),
+            (
+                r#"in_unit(permanent_address.commune_code, "92")"#,
+                "99999",
+                "2026-01-01",
+                false,
+            ),
+        ] {
+            let fast = Filter::compile(src, &s).unwrap();
+            assert!(fast.fast.is_some() && fast.uses_hierarchy(), "{src}");
+            let mut slow = Filter::compile(src, &s).unwrap();
+            slow.fast = None;
+            let e = entity(code);
+            assert_eq!(
+                fast.matches_at(&base, &e, at(day)).unwrap(),
+                want,
+                "{src} {code} {day}"
+            );
+            assert_eq!(
+                slow.matches_at(&base, &e, at(day)).unwrap(),
+                want,
+                "CEL: {src} {code} {day}"
+            );
+            // With no map, nothing lies anywhere.
+            assert!(!fast.matches(&base, &e).unwrap());
+        }
+        let both = Filter::compile(
+            r#"in_unit(permanent_address.commune_code, "92") || province_of(permanent_address.commune_code) == "52""#,
+            &s,
+        )
+        .unwrap();
+        assert!(both.fast.is_none() && both.uses_hierarchy());
+        assert!(both
+            .matches_at(&base, &entity(&soc_trang), at("2026-01-01"))
+            .unwrap());
+        assert!(
+            !Filter::compile(r#"permanent_address.commune_code == "1""#, &s)
+                .unwrap()
+                .uses_hierarchy()
+        );
     }
 }

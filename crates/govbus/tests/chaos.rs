@@ -224,6 +224,7 @@ fn chaos(routers: usize) {
         // is found twice.
         txn_header: true,
         stall_secs: 60,
+        map_dataset: "moha.admin_units".into(),
     };
     govbus_e2e::apply_subscriptions(&kafka, &prefix, &govbus_core::Catalog::builtin(), false);
     let schemas: Vec<String> = ["p52", "p94"]

@@ -268,7 +268,7 @@ impl<'l> Step<'_, 'l> {
             match route(
                 payload,
                 self.resolver,
-                self.base,
+                live.scope(self.base),
                 &live.views,
                 idx,
                 self.now_ms,

@@ -5,7 +5,10 @@
 //! changed, the others again; a removed view is emptied when asked.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use govbus_core::admin_map::Hierarchy;
 
 use cel_interpreter::Context;
 use govbus_core::{DatasetId, SubscriptionFile, SubscriptionSpec, Topics};
@@ -19,7 +22,7 @@ use super::committer::{commit, send, with_txn, RouterContext, Txn};
 use super::live::Live;
 use super::{Router, RouterError};
 use crate::events::BackfillSkipped;
-use crate::route::{self, RouteError};
+use crate::route::{self, RouteError, Scope};
 use crate::views::{self, View};
 use govbus_core::InternalEvent;
 
@@ -31,6 +34,11 @@ pub struct Applied {
     pub filter: String,
     /// The dropped fields.
     pub drop: Vec<String>,
+    /// For a filter that asks the administrative map: the map's epoch it
+    /// was evaluated with (`YYYY-MM-DD`, or `none` before there was a map).
+    /// A new epoch brings the view in step like a changed filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,8 @@ struct Work<'a> {
     key: String,
     view: String,
     old: Option<View>,
+    /// The map the old spec was evaluated with, for a filter that asks it.
+    old_map: Option<(Context<'static>, Arc<Hierarchy>)>,
     new: Option<&'a View>,
     /// Write `old`'s leaves when there is no `new`.
     empty: bool,
@@ -126,12 +136,14 @@ impl Router {
                 let target = (!v.expired(now)).then(|| Applied {
                     filter: v.filter.source().to_string(),
                     drop: v.drop.clone(),
+                    map: live.map_tag(v),
                 });
                 let old = held(&v.name);
                 if old != target {
                     work.push(Work {
                         key: state_key(&v.name, topic, *p),
                         view: v.name.clone(),
+                        old_map: old.as_ref().and_then(|a| self.applied_map(a)),
                         old: old.and_then(|a| self.compile_applied(&v.subscriber, &v.dataset, &a)),
                         new: target.is_some().then_some(v),
                         // An expired view keeps its rows (delivery stops).
@@ -153,6 +165,11 @@ impl Router {
                 work.push(Work {
                     key: state_key(&r.name, topic, *p),
                     view: r.name.clone(),
+                    old_map: self.applied_map(&held(&r.name).unwrap_or_else(|| Applied {
+                        filter: String::new(),
+                        drop: vec![],
+                        map: None,
+                    })),
                     old,
                     new: None,
                     empty: r.empty_view,
@@ -186,7 +203,7 @@ impl Router {
             for ((topic, p), work) in &todo {
                 let p = *p;
                 let until = until(topic, p);
-                self.backfill(topic, p, until, work, producer, base)?;
+                self.backfill(topic, p, until, work, producer, live.scope(base))?;
                 for w in work {
                     let value = serde_json::to_vec(&StateValue {
                         applied: w.target.clone(),
@@ -220,6 +237,18 @@ impl Router {
         Ok(())
     }
 
+    /// The map a recorded spec was evaluated with (None when its filter does
+    /// not ask the map): as of its recorded epoch, or empty for `none`.
+    fn applied_map(&self, a: &Applied) -> Option<(Context<'static>, Arc<Hierarchy>)> {
+        let tag = a.map.as_deref()?;
+        let h = match (tag.parse::<chrono::NaiveDate>(), self.map_watch()) {
+            (Ok(day), Ok(Some(w))) => w.hierarchy(Some(day)),
+            _ => Hierarchy::empty(),
+        };
+        let h = Arc::new(h);
+        Some((govbus_schema::cel::hierarchy_context(h.clone()), h))
+    }
+
     /// A view of `subscriber` compiled from a recorded spec (None when it
     /// no longer compiles: its leaves cannot be computed, which is logged).
     fn compile_applied(&self, subscriber: &str, dataset: &DatasetId, a: &Applied) -> Option<View> {
@@ -251,7 +280,7 @@ impl Router {
         until: i64,
         work: &[Work<'_>],
         producer: &Txn<'_>,
-        base: &Context<'_>,
+        scope: Scope<'_>,
     ) -> Result<(), RouterError> {
         let sends = work
             .iter()
@@ -306,7 +335,17 @@ impl Router {
                 let Some(out) = w.new.or(w.old.as_ref().filter(|_| w.empty)) else {
                     continue;
                 };
-                match route::backfill(&change, base, w.old.as_ref(), w.new, out) {
+                let old = w.old.as_ref().map(|v| {
+                    let s = match &w.old_map {
+                        Some((base, h)) => Scope {
+                            base,
+                            hierarchy: Some(h),
+                        },
+                        None => scope,
+                    };
+                    (v, s)
+                });
+                match route::backfill(&change, old, w.new.map(|v| (v, scope)), out) {
                     Ok(Some((label, value))) => {
                         metrics::counter!("govbus_router_backfill_total", "subscriber" => out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(1);
                         send(

@@ -3,7 +3,9 @@
 //! and the topics they need created.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use govbus_core::admin_map::Hierarchy;
 use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{DatasetId, SubscriptionSpec, Topics};
 
@@ -11,6 +13,7 @@ use super::{Router, RouterError};
 use crate::control::ControlValue;
 use crate::events::{Refusal, SubscriptionRefused};
 use crate::fast::FastRoute;
+use crate::route::Scope;
 use crate::views::{self, View};
 use govbus_core::InternalEvent;
 
@@ -37,6 +40,41 @@ pub(crate) struct Live {
     pub(crate) fast: HashMap<String, FastRoute>,
     /// Input topic → `govbus_router_consumed_total{dataset}`.
     pub(crate) consumed: HashMap<String, metrics::Counter>,
+    /// Whether a view's filter asks the administrative map.
+    pub(crate) uses_map: bool,
+    /// The map's epoch the views are routed with (None: no map).
+    pub(crate) map_epoch: Option<chrono::NaiveDate>,
+    /// The map as of that epoch.
+    pub(crate) hierarchy: Arc<Hierarchy>,
+}
+
+impl Live {
+    /// The CEL functions filters are evaluated with: the standard ones,
+    /// and the hierarchy functions over this set's map when a filter asks it.
+    pub(crate) fn base(&self) -> cel_interpreter::Context<'static> {
+        if self.uses_map {
+            govbus_schema::cel::hierarchy_context(self.hierarchy.clone())
+        } else {
+            govbus_schema::cel::base_context()
+        }
+    }
+
+    /// What the views' filters are evaluated in, with `base` from [`Live::base`].
+    pub(crate) fn scope<'a>(&'a self, base: &'a cel_interpreter::Context<'a>) -> Scope<'a> {
+        Scope {
+            base,
+            hierarchy: Some(&self.hierarchy),
+        }
+    }
+
+    /// The map epoch recorded with a view's spec (`_govbus.views`): None
+    /// when its filter does not ask the map, `none` when there is no map.
+    pub(crate) fn map_tag(&self, view: &View) -> Option<String> {
+        view.filter.uses_hierarchy().then(|| {
+            self.map_epoch
+                .map_or_else(|| "none".into(), |d| d.to_string())
+        })
+    }
 }
 
 impl Router {
@@ -151,13 +189,21 @@ impl Router {
             live.dlq.insert(topic.clone(), dlq);
             live.inputs.insert(topic, input);
         }
+        live.uses_map = live.views.iter().any(|v| v.filter.uses_hierarchy());
+        if live.uses_map {
+            if let Some(w) = self.map_watch()? {
+                live.map_epoch = w.epoch(crate::map::today());
+                live.hierarchy = Arc::new(w.hierarchy(live.map_epoch));
+                tracing::info!(epoch = ?live.map_epoch, units = w.rows(), "views follow the administrative map");
+            }
+        }
         for (topic, (dataset, idx)) in &live.inputs {
             live.consumed.insert(
                 topic.clone(),
                 metrics::counter!("govbus_router_consumed_total", "dataset" => dataset.clone()),
             );
             let views: Vec<&View> = idx.iter().map(|&i| &live.views[i]).collect();
-            if let Some(f) = FastRoute::new(&views) {
+            if let Some(f) = FastRoute::new(&views, live.hierarchy.clone()) {
                 live.fast.insert(topic.clone(), f);
             }
         }
@@ -200,7 +246,7 @@ impl Live {
             ..Live::default()
         };
         let refs: Vec<&View> = live.views.iter().collect();
-        if let Some(f) = FastRoute::new(&refs) {
+        if let Some(f) = FastRoute::new(&refs, live.hierarchy.clone()) {
             live.fast.insert(input.to_string(), f);
         }
         live

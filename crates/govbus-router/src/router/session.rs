@@ -27,7 +27,19 @@ use super::{CommitterError, Router, RouterError};
 impl Router {
     pub(super) fn session(&self, stop: &AtomicBool) -> Result<(), RouterError> {
         let live = self.live()?;
-        let changed = || self.control.generation() != live.generation;
+        let map = if live.uses_map {
+            self.map_watch()?
+        } else {
+            None
+        };
+        // A new subscription set, or a new day of the administrative map
+        // (a change taking effect): a new session brings every view in step.
+        let changed = || {
+            self.control.generation() != live.generation
+                || map
+                    .as_ref()
+                    .is_some_and(|w| w.epoch(crate::map::today()) != live.map_epoch)
+        };
         if live.inputs.is_empty() {
             tracing::info!("no subscriptions; waiting for the control topic");
             // Nothing to route is not a reason to hold traffic back.
@@ -69,7 +81,7 @@ impl Router {
         let producer: ThreadedProducer<DefaultProducerContext> = pc.create()?;
         producer.init_transactions(Duration::from_secs(30))?;
         let mut lineage = Lineage::new(&tid);
-        let base = govbus_schema::cel::base_context();
+        let base = live.base();
         tracing::info!(
             transactional_id = tid,
             ?topics,
@@ -171,7 +183,7 @@ impl Router {
             govbus_core::stall::StallWatch::new(Duration::from_secs(self.cfg.stall_secs));
         while !stop.load(Ordering::Relaxed) {
             if changed() {
-                tracing::info!("the subscription set changed; starting a session with it");
+                tracing::info!("the subscription set or the administrative map changed; starting a session with it");
                 return Ok(());
             }
             // Positions handed over often (a local call): the lag measured

@@ -1,0 +1,233 @@
+//! The administrative map that hierarchy filters (`in_unit`, `province_of`)
+//! ask: `moha.admin_units`, followed live from its central topic (every
+//! partition from the beginning, no group). Each batch of changes rebuilds
+//! the map ([`AdminMap::from_rows`]) and the list of days on which it
+//! changes; the router reads it as of today and starts a new session when
+//! that changes ([`MapWatch::epoch`]), so every view follows the map at its
+//! effective date.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use govbus_core::admin_map::{AdminMap, Hierarchy};
+use govbus_core::tail::{Tail, TailError, Tailed};
+use govbus_core::KafkaConfig;
+use govbus_schema::envelope::decode;
+use govbus_schema::{RegistryClient, SchemaCache};
+use rdkafka::message::Message;
+
+/// The map as last rebuilt.
+#[derive(Debug, Default)]
+struct Current {
+    map: Arc<AdminMap>,
+    /// Every day on which a version begins or ends, in order.
+    days: Vec<NaiveDate>,
+    rows: usize,
+}
+
+/// A live copy of the administrative map.
+#[derive(Debug)]
+pub struct MapWatch {
+    topic: String,
+    current: RwLock<Current>,
+    caught_up: (Mutex<bool>, Condvar),
+    stop: Arc<AtomicBool>,
+}
+
+/// Today in Vietnam (UTC+7, no daylight saving): the day the map is read as of.
+pub fn today() -> NaiveDate {
+    day_of_ms(govbus_core::now_ms())
+}
+
+/// The Vietnamese calendar day of a time (ms since the epoch).
+pub fn day_of_ms(ms: i64) -> NaiveDate {
+    chrono::DateTime::from_timestamp_millis(ms + 7 * 3_600_000)
+        .map(|t| t.date_naive())
+        .unwrap_or(NaiveDate::MIN)
+}
+
+impl MapWatch {
+    /// Starts following `topic` (the map dataset's central topic, which
+    /// must exist) and waits up to `catch_up` for its end to be read once;
+    /// a map still loading is used as far as it has come.
+    pub fn follow(
+        kafka: &KafkaConfig,
+        registry: &RegistryClient,
+        topic: &str,
+        catch_up: Duration,
+    ) -> Result<Arc<Self>, TailError> {
+        let tail = Tail::open(
+            kafka.consumer(&format!("govbus-map-{}", uuid::Uuid::new_v4())),
+            topic,
+            catch_up,
+        )?;
+        let watch = Arc::new(Self {
+            topic: topic.to_string(),
+            current: RwLock::default(),
+            caught_up: (Mutex::new(false), Condvar::new()),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+        let w = watch.clone();
+        let resolver = SchemaCache::new(registry.clone());
+        let mut rows: HashMap<String, serde_json::Value> = HashMap::new();
+        let (mut changed, mut since) = (false, Instant::now());
+        tail.spawn(
+            "router-map",
+            watch.stop.clone(),
+            Duration::from_millis(100),
+            move |t| {
+                let caught_up = matches!(t, Tailed::CaughtUp);
+                if let Tailed::Record(m) = t {
+                    changed |= apply(&mut rows, &resolver, m.key(), m.payload(), &w.stop);
+                }
+                if changed && (caught_up || since.elapsed() >= Duration::from_millis(200)) {
+                    w.rebuild(&rows);
+                    changed = false;
+                    since = Instant::now();
+                }
+                if caught_up {
+                    *w.caught_up.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    w.caught_up.1.notify_all();
+                }
+            },
+        )?;
+        let g = watch.caught_up.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, _) = watch
+            .caught_up
+            .1
+            .wait_timeout_while(g, catch_up, |done| !*done)
+            .unwrap_or_else(|p| p.into_inner());
+        if !*g {
+            tracing::warn!(
+                topic,
+                rows = watch.rows(),
+                "the administrative map is not read to its end yet; routing with what has come"
+            );
+        }
+        drop(g);
+        Ok(watch)
+    }
+
+    fn rebuild(&self, rows: &HashMap<String, serde_json::Value>) {
+        let (map, skipped) = AdminMap::from_rows(rows.values());
+        for s in skipped.iter().take(5) {
+            tracing::warn!(topic = self.topic, problem = %s, "administrative map row left out");
+        }
+        let mut days: Vec<NaiveDate> = map
+            .iter()
+            .flat_map(|(_, vs)| vs)
+            .flat_map(|v| [Some(v.valid_from), v.valid_to])
+            .flatten()
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        let n = rows.len();
+        if let Ok(mut c) = self.current.write() {
+            *c = Current {
+                map: Arc::new(map),
+                days,
+                rows: n,
+            };
+        }
+        metrics::gauge!("govbus_router_map_units").set(n as f64);
+    }
+
+    /// Units (codes) held.
+    pub fn rows(&self) -> usize {
+        self.current.read().map(|c| c.rows).unwrap_or(0)
+    }
+
+    /// The map's epoch on `day`: the last day on or before it on which the
+    /// map changed (None: no map yet). Views that ask the hierarchy are
+    /// brought in step again when it changes.
+    pub fn epoch(&self, day: NaiveDate) -> Option<NaiveDate> {
+        let c = self.current.read().ok()?;
+        let i = c.days.partition_point(|d| *d <= day);
+        i.checked_sub(1).map(|i| c.days[i])
+    }
+
+    /// The hierarchy as of `epoch` (an empty one for None).
+    pub fn hierarchy(&self, epoch: Option<NaiveDate>) -> Hierarchy {
+        match (epoch, self.current.read()) {
+            (Some(day), Ok(c)) => Hierarchy::new(&c.map, day),
+            _ => Hierarchy::empty(),
+        }
+    }
+
+    /// Stops following (within a poll interval).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Applies one record of the map's topic to `rows`; true when it changed
+/// them. A record that cannot be read is logged and left out; while the
+/// registry is away it is retried, never skipped.
+fn apply(
+    rows: &mut HashMap<String, serde_json::Value>,
+    resolver: &SchemaCache,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    stop: &AtomicBool,
+) -> bool {
+    let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+        tracing::warn!("administrative map record with no UTF-8 key left out");
+        return false;
+    };
+    let Some(payload) = payload else {
+        return rows.remove(key).is_some();
+    };
+    let mut tries = 0u32;
+    let change = loop {
+        match decode(payload, resolver) {
+            Ok((_, c)) => break c,
+            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                tries += 1;
+                if tries == 1 || tries % 30 == 0 {
+                    tracing::warn!(error = %e, "the map follower waits for the registry");
+                }
+                std::thread::sleep(Duration::from_millis(200 * u64::from(tries.min(10))));
+            }
+            Err(e) => {
+                tracing::warn!(key, error = %e, "administrative map record left out");
+                return false;
+            }
+        }
+    };
+    match change.after {
+        Some(after) => {
+            rows.insert(key.to_string(), govbus_schema::json::to_json(&after));
+        }
+        None => {
+            rows.remove(key);
+        }
+    }
+    true
+}
+
+impl Drop for MapWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_day_is_vietnams() {
+        // 2025-06-30 17:00 UTC is 1 July, 00:00 in Hanoi.
+        let ms = chrono::NaiveDate::from_ymd_opt(2025, 6, 30)
+            .unwrap()
+            .and_hms_opt(17, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        assert_eq!(day_of_ms(ms), govbus_core::admin_map::reform_day());
+        assert_eq!(day_of_ms(ms - 1).to_string(), "2025-06-30");
+    }
+}

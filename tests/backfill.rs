@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 fn resident(id: &str, province: &str) -> Value {
     // A commune of that province in the demo's admin units (the contract checks).
-    let commune = if province == "94" { "31507" } else { "21550" };
+    let commune = if province == "92" { "31507" } else { "21553" };
     json!({
         "citizen_id": id, "full_name": "Đỗ Minh Quân", "date_of_birth": "1979-09-02",
         "sex": "MALE", "ethnicity": "Kinh",
@@ -80,7 +80,7 @@ fn jsonl_backfill_rejects_bad_lines_and_resumes_without_duplicates() {
     writeln!(f, "{}", resident("052079000002", "52")).unwrap(); // 3
     writeln!(f, "{bad}").unwrap(); // 4 schema violation
     f.write_all(b"{\"citizen_id\": \"\xff\xfe\"}\n").unwrap(); // 5 not UTF-8
-    writeln!(f, "{}", resident("094079000003", "94")).unwrap(); // 6
+    writeln!(f, "{}", resident("094079000003", "92")).unwrap(); // 6
     writeln!(f, "{{\"full_name\": \"{}\"}}", "x".repeat(50 << 20)).unwrap(); // 7: 50 MB
     writeln!(f).unwrap(); // 8 blank: ignored
     writeln!(f, "{}", json!({"op": "delete", "key": "052079000001"})).unwrap(); // 9

@@ -17,8 +17,8 @@ fn resident(id: &str, name: &str) -> ChangeRequest {
     ChangeRequest::Upsert(json!({
         "citizen_id": id, "full_name": name, "date_of_birth": "1990-01-01",
         "sex": "FEMALE", "ethnicity": "Kinh",
-        "permanent_address": {"province_code": "52", "commune_code": "21550"},
-        "updated_at": 1
+        "permanent_address": {"province_code": "52", "commune_code": "21553"},
+        "updated_at": 1_764_230_400_000i64
     }))
 }
 

@@ -32,7 +32,7 @@ fn resident(id: &str, name: &str, phone: Option<&str>) -> ChangeRequest {
     let mut r = json!({
         "citizen_id": id, "full_name": name, "date_of_birth": "1990-01-01",
         "sex": "FEMALE", "ethnicity": "Kinh",
-        "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null},
+        "permanent_address": {"province_code": "52", "commune_code": "21553", "street": null},
         "updated_at": 1_764_230_400_000i64
     });
     if let Some(p) = phone {

@@ -26,7 +26,7 @@ fn resident(id: &str) -> Value {
     json!({
         "citizen_id": id, "full_name": "Trần Thị Lan", "date_of_birth": "1988-02-29",
         "sex": "FEMALE", "ethnicity": "Kinh",
-        "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null},
+        "permanent_address": {"province_code": "52", "commune_code": "21553", "street": null},
         "updated_at": 1_764_230_400_000i64
     })
 }

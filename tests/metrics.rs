@@ -33,7 +33,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 fn resident(province: &str, updated_at: i64) -> ChangeRequest {
-    let commune = if province == "94" { "31507" } else { "21550" };
+    let commune = if province == "92" { "31507" } else { "21553" };
     ChangeRequest::Upsert(json!({
         "citizen_id": "052090000888", "full_name": "Lan Anh", "date_of_birth": "1990-01-01",
         "sex": "FEMALE", "ethnicity": "Kinh",
@@ -52,27 +52,27 @@ fn the_router_counts_what_it_consumes_routes_filters_and_dead_letters() {
     let publisher = bus.publisher("t");
     let router = bus.router();
 
-    // One resident enters p52's view, moves to p94 (a leave for p52, an
-    // enter for p94), and is updated there; one poison record.
+    // One resident enters p52's view, moves to p92 (a leave for p52, an
+    // enter for p92), and is updated there; one poison record.
     let central = format!("{prefix}gov.bca.residents.v1");
     let raw: BaseProducer = kafka.producer().create().unwrap();
     raw.send(BaseRecord::to(&central).key("poison").payload("{}"))
         .unwrap();
     raw.flush(Duration::from_secs(10)).unwrap();
-    for (i, province) in ["52", "94", "94"].into_iter().enumerate() {
+    for (i, province) in ["52", "92", "92"].into_iter().enumerate() {
         publisher
             .submit("bca.residents", resident(province, i as i64 + 1))
             .unwrap();
     }
     let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
-    let (p52, p94) = (
+    let (p52, p92) = (
         format!("{prefix}sub.p52.bca.residents.v1"),
-        format!("{prefix}sub.p94.bca.residents.v1"),
+        format!("{prefix}sub.p92.bca.residents.v1"),
     );
     wait_until(Duration::from_secs(60), "both views routed", || {
         assert!(!router.finished(), "the router stopped");
-        (read_all(kafka, &p52).len() == 2 && read_all(kafka, &p94).len() == 2).then_some(())
+        (read_all(kafka, &p52).len() == 2 && read_all(kafka, &p92).len() == 2).then_some(())
     });
 
     let ds = ("dataset", "bca.residents");
@@ -93,16 +93,16 @@ fn the_router_counts_what_it_consumes_routes_filters_and_dead_letters() {
     };
     assert_eq!(routed("p52", "enter"), 1.0);
     assert_eq!(routed("p52", "leave"), 1.0);
-    assert_eq!(routed("p94", "enter"), 1.0);
-    assert_eq!(routed("p94", "update"), 1.0);
-    // p52 does not see the update in 94; p94 does not see the first
+    assert_eq!(routed("p92", "enter"), 1.0);
+    assert_eq!(routed("p92", "update"), 1.0);
+    // p52 does not see the update in 94; p92 does not see the first
     // version, in 52; other provinces see none of the three.
     assert_eq!(
         get("govbus_router_filtered_total", &[("subscriber", "p52"), ds]),
         1.0
     );
     assert_eq!(
-        get("govbus_router_filtered_total", &[("subscriber", "p94"), ds]),
+        get("govbus_router_filtered_total", &[("subscriber", "p92"), ds]),
         1.0
     );
     assert_eq!(

@@ -25,31 +25,31 @@ fn changes_reach_a_province_on_nisshi() {
         &bus.catalog,
     );
     let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
-    let db = bus.dir.path().join("p94.db");
+    let db = bus.dir.path().join("p92.db");
     let cfg = consumer_config(
         &kafka,
         &bus.registry,
         &bus.prefix,
-        "p94",
+        "p92",
         db.to_str().unwrap(),
         "",
     );
     let catalog = bus.catalog.clone();
-    let _p94 = Worker::spawn("p94", move |stop| {
+    let _p92 = Worker::spawn("p92", move |stop| {
         govbus_consumer::run(&cfg, &catalog, stop).unwrap()
     });
 
     let mut world = DemoWorld::new(94);
     let changes: Vec<_> = (0..200).map(|_| world.next_change()).collect();
     publisher.submit_batch("bca.residents", changes).unwrap();
-    let want: Vec<(String, String)> = expected_rows(&world, "94")
+    let want: Vec<(String, String)> = expected_rows(&world, "92")
         .into_iter()
         .map(|(k, v)| (k, v[4].clone()))
         .collect();
     assert!(!want.is_empty());
     wait_until(
         Duration::from_secs(120),
-        "p94's table to equal its view on nisshi",
+        "p92's table to equal its view on nisshi",
         || {
             let conn = rusqlite::Connection::open(&db).ok()?;
             let mut st = conn

@@ -94,11 +94,11 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
     let want: BTreeMap<String, (String, String)> = [
         (
             "052090000001".to_string(),
-            ("Lê Văn Bình An".to_string(), "21550".to_string()),
+            ("Lê Văn Bình An".to_string(), "21553".to_string()),
         ),
         (
             "094090000003".to_string(),
-            ("Thạch Sơn".to_string(), "21556".to_string()),
+            ("Thạch Sơn".to_string(), "21583".to_string()),
         ),
     ]
     .into();

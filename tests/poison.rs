@@ -60,8 +60,8 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
             ChangeRequest::Upsert(json!({
                 "citizen_id": "052090000777", "full_name": "Mai Anh", "date_of_birth": "1990-01-01",
                 "sex": "FEMALE", "ethnicity": "Kinh",
-                "permanent_address": {"province_code": "52", "commune_code": "21550"},
-                "updated_at": 1
+                "permanent_address": {"province_code": "52", "commune_code": "21553"},
+                "updated_at": 1_764_230_400_000i64
             })),
         )
         .unwrap();

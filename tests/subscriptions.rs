@@ -78,14 +78,14 @@ fn subscriptions_are_added_changed_and_removed_live() {
 
     // Only p52 at first.
     let p52 = spec("p52", r#"permanent_address.province_code == "52""#);
-    let p94 = spec("p94", r#"permanent_address.province_code == "94""#);
+    let p92 = spec("p92", r#"permanent_address.province_code == "92""#);
     let router = govbus_e2e::router(
         router_config(kafka, registry, prefix),
         &with(catalog, vec![p52.clone()]),
     );
     let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
-    let schemas = [unique("p52_"), unique("p94_")];
-    let consumers: Vec<Worker> = ["p52", "p94"]
+    let schemas = [unique("p52_"), unique("p92_")];
+    let consumers: Vec<Worker> = ["p52", "p92"]
         .iter()
         .zip(&schemas)
         .map(|(p, schema)| {
@@ -119,47 +119,47 @@ fn subscriptions_are_added_changed_and_removed_live() {
 
     post(&mut world, 400);
     wait_rows(&schemas[0], &expected_rows(&world, "52"), "p52's rows");
-    let want94 = expected_rows(&world, "94");
-    assert!(want94.len() > 20, "p94 has rows to backfill");
+    let want92 = expected_rows(&world, "92");
+    assert!(want92.len() > 20, "p92 has rows to backfill");
 
     // A dry run shows the diff and writes nothing.
-    let both = with(catalog, vec![p52.clone(), p94.clone()]);
+    let both = with(catalog, vec![p52.clone(), p92.clone()]);
     let dry = govbus_router::control::apply(kafka, &bus.topics, &both, false, true).unwrap();
     assert!(
-        matches!(&dry[..], [Step::Add(s)] if s.name() == "p94/bca.residents"),
+        matches!(&dry[..], [Step::Add(s)] if s.name() == "p92/bca.residents"),
         "{dry:?}"
     );
     assert!(
-        dry[0].to_string().starts_with("+ p94/bca.residents"),
+        dry[0].to_string().starts_with("+ p92/bca.residents"),
         "{}",
         dry[0]
     );
     let on_topic = govbus_router::control::read(kafka, &bus.topics.subscriptions()).unwrap();
     assert_eq!(on_topic.keys().collect::<Vec<_>>(), ["p52/bca.residents"]);
 
-    // p94 is added while the router runs: its current rows are backfilled,
+    // p92 is added while the router runs: its current rows are backfilled,
     // and changes made meanwhile arrive live.
     let steps = apply_subscriptions(
         kafka,
         prefix,
-        &with(catalog, vec![p52.clone(), p94.clone()]),
+        &with(catalog, vec![p52.clone(), p92.clone()]),
         false,
     );
     assert!(
-        matches!(&steps[..], [Step::Add(s)] if s.name() == "p94/bca.residents"),
+        matches!(&steps[..], [Step::Add(s)] if s.name() == "p92/bca.residents"),
         "{steps:?}"
     );
     post(&mut world, 200);
     wait_rows(
         &schemas[1],
-        &expected_rows(&world, "94"),
-        "p94 backfilled, then live",
+        &expected_rows(&world, "92"),
+        "p92 backfilled, then live",
     );
     wait_rows(&schemas[0], &expected_rows(&world, "52"), "p52 still right");
     // Where backfill and live meet: every entity's sequences rise strictly
-    // on p94's topic — nothing missing (the table equals the view) and
+    // on p92's topic — nothing missing (the table equals the view) and
     // nothing twice.
-    let view94 = format!("{prefix}sub.p94.bca.residents.v1");
+    let view94 = format!("{prefix}sub.p92.bca.residents.v1");
     let seqs = sequences(&bus, &view94);
     let snapshots = seqs
         .values()
@@ -167,13 +167,13 @@ fn subscriptions_are_added_changed_and_removed_live() {
         .filter(|(_, op)| op == "Snapshot")
         .count();
     assert!(
-        snapshots >= want94.len() / 2,
+        snapshots >= want92.len() / 2,
         "backfilled as snapshots: {snapshots}"
     );
     for (k, s) in &seqs {
         assert!(
             s.windows(2).all(|w| w[0].0 < w[1].0),
-            "entity {} twice or out of order on p94's topic: {s:?}",
+            "entity {} twice or out of order on p92's topic: {s:?}",
             String::from_utf8_lossy(k)
         );
     }
@@ -203,7 +203,7 @@ fn subscriptions_are_added_changed_and_removed_live() {
     let steps = apply_subscriptions(
         kafka,
         prefix,
-        &with(catalog, vec![narrower, p94.clone()]),
+        &with(catalog, vec![narrower, p92.clone()]),
         false,
     );
     assert!(
@@ -220,7 +220,7 @@ fn subscriptions_are_added_changed_and_removed_live() {
         "p52 without the commune",
     );
 
-    // p94 is removed and its view emptied; later changes do not reach it.
+    // p92 is removed and its view emptied; later changes do not reach it.
     let p52_now = spec(
         "p52",
         &format!(
@@ -238,7 +238,7 @@ fn subscriptions_are_added_changed_and_removed_live() {
         ),
         "{steps:?}"
     );
-    wait_rows(&schemas[1], &BTreeMap::new(), "p94's view emptied");
+    wait_rows(&schemas[1], &BTreeMap::new(), "p92's view emptied");
     let before = records(kafka, &view94).len();
     post(&mut world, 100);
     wait_rows(
@@ -249,6 +249,6 @@ fn subscriptions_are_added_changed_and_removed_live() {
     assert_eq!(
         records(kafka, &view94).len(),
         before,
-        "nothing more for p94"
+        "nothing more for p92"
     );
 }

@@ -58,7 +58,7 @@ def produce(bootstrap, registry, topic, subject, count):
                 "date_of_birth": dob,
                 "sex": "MALE",
                 "ethnicity": "Kinh",
-                "permanent_address": {"province_code": "94", "commune_code": "31471", "street": None},
+                "permanent_address": {"province_code": "92", "commune_code": "31507", "street": None},
                 "updated_at": now,
             },
             "source": {"agency": "bca", "system": "python", "seq": 1},

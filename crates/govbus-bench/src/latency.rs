@@ -140,7 +140,7 @@ pub(crate) fn run(
         serde_json::json!({"op": "upsert", "data": {
             "citizen_id": format!("052{n:09}"), "full_name": "Nguyễn Văn An",
             "date_of_birth": "1990-05-01", "sex": "MALE", "ethnicity": "Kinh",
-            "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null},
+            "permanent_address": {"province_code": "52", "commune_code": "21553", "street": null},
             "updated_at": 1764230400000i64}})
     };
     let agent = ureq::AgentBuilder::new().build();

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release -p govbus-bench -- relay --changes 200000
 //! cargo run --release -p govbus-bench -- route --changes 300000
+//! cargo run --release -p govbus-bench -- route --changes 300000 --hierarchy
 //! cargo run --release -p govbus-bench -- backfill --residents 1000000
 //! cargo run --release -p govbus-bench -- sink --rows 100000
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
@@ -52,6 +53,11 @@ enum Cmd {
         /// Most changes per router transaction (default: the router's).
         #[arg(long)]
         batch: Option<usize>,
+        /// Subscriptions ask the administrative map (`in_unit(commune,
+        /// province)` for the 34 provinces of today's map, the whole real
+        /// map loaded) instead of comparing the province code.
+        #[arg(long)]
+        hierarchy: bool,
     },
     /// Backfill of a new subscription over N residents, to its topic and
     /// to the province's table, against a plain read of the same records.
@@ -99,7 +105,11 @@ fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
         Cmd::Relay { changes } => relay(changes),
-        Cmd::Route { changes, batch } => route::run(changes, batch),
+        Cmd::Route {
+            changes,
+            batch,
+            hierarchy,
+        } => route::run(changes, batch, hierarchy),
         Cmd::Sink { rows, batch } => sink(rows, batch),
         Cmd::Backfill { residents } => backfill::run(residents),
         Cmd::Ingest {
@@ -355,7 +365,7 @@ fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
                     SqlValue::Date("1990-05-01".into()),
                     SqlValue::Text("MALE".into()),
                     SqlValue::Text("52".into()),
-                    SqlValue::Text("21550".into()),
+                    SqlValue::Text("21553".into()),
                     SqlValue::Text(format!("{} Lê Lợi", i % 400)),
                     SqlValue::Timestamp(1_764_230_400_000 + i as i64),
                 ]),
@@ -439,7 +449,7 @@ fn ingest(seconds: u32, connections: u32) -> anyhow::Result<()> {
     );
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
-    let resident = r#"{"citizen_id": ID, "full_name": "Nguyễn Văn An", "date_of_birth": "1990-05-01", "sex": "MALE", "ethnicity": "Kinh", "permanent_address": {"province_code": "52", "commune_code": "21550", "street": null}, "updated_at": 1764230400000}"#;
+    let resident = r#"{"citizen_id": ID, "full_name": "Nguyễn Văn An", "date_of_birth": "1990-05-01", "sex": "MALE", "ethnicity": "Kinh", "permanent_address": {"province_code": "52", "commune_code": "21553", "street": null}, "updated_at": 1764230400000}"#;
     let single = format!(
         "counter = 0\nrequest = function()\n  counter = counter + 1\n  local id = string.format('\"052%09d\"', counter)\n  local body = '{{\"op\": \"upsert\", \"data\": ' .. string.gsub('{}', 'ID', id) .. '}}'\n  return wrk.format('POST', nil, {{['Content-Type'] = 'application/json'}}, body)\nend\n",
         resident.replace('\'', "\\'")

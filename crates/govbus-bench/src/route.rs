@@ -38,26 +38,49 @@ fn default_batch() -> usize {
     d.batch
 }
 
-/// 34 subscriptions: the five demo provinces and 29 others, each by
-/// province code, dropping ethnicity.
-fn catalog() -> anyhow::Result<Catalog> {
+/// 34 subscriptions, dropping ethnicity: with `hierarchy`, one per
+/// province of today's map by `in_unit(commune, province)`; otherwise the
+/// five demo provinces and 29 other codes by `province_code == code`.
+fn catalog(hierarchy: bool) -> anyhow::Result<Catalog> {
     let mut c = Catalog::builtin();
-    let mut codes: Vec<String> = PROVINCES.iter().map(|(p, _)| p.to_string()).collect();
-    let mut n = 1;
-    while codes.len() < 34 {
-        let code = format!("{n:02}");
-        if !codes.contains(&code) {
-            codes.push(code);
+    let codes: Vec<String> = if hierarchy {
+        let map = govbus_core::admin_map::reference();
+        let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms());
+        map.iter()
+            .filter(|(_, vs)| {
+                vs.iter().any(|v| {
+                    v.valid_on(today) && v.level == govbus_core::admin_map::Level::Province
+                })
+            })
+            .map(|(c, _)| c.to_string())
+            .collect()
+    } else {
+        let mut codes: Vec<String> = PROVINCES.iter().map(|(p, _)| p.to_string()).collect();
+        let mut n = 1;
+        while codes.len() < 34 {
+            let code = format!("{n:02}");
+            if !codes.contains(&code) {
+                codes.push(code);
+            }
+            n += 1;
         }
-        n += 1;
+        codes
+    };
+    if codes.len() != 34 {
+        bail!("{} provinces, not 34", codes.len());
     }
     c.subscriptions = codes
         .iter()
         .map(|code| {
+            let filter = if hierarchy {
+                format!("in_unit(permanent_address.commune_code, \"{code}\")")
+            } else {
+                format!("permanent_address.province_code == \"{code}\"")
+            };
             parse_subscription(
                 &format!("p{code}.toml"),
                 &format!(
-                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = 'permanent_address.province_code == \"{code}\"'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\n"
+                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\n"
                 ),
             )
         })
@@ -65,15 +88,27 @@ fn catalog() -> anyhow::Result<Catalog> {
     Ok(c)
 }
 
-pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
+pub(crate) fn run(n: usize, batch: Option<usize>, hierarchy: bool) -> anyhow::Result<()> {
     let broker = Broker::start();
     let kafka = broker.kafka();
     let rt = runtime();
     let prefix = format!("{}.", unique("bench"));
     let topics = Topics::new(&prefix);
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
-    let catalog = Arc::new(catalog()?);
+    let catalog = Arc::new(catalog(hierarchy)?);
     let dir = tempfile::tempdir()?;
+    if hierarchy {
+        // The whole real map, as `govbus admin-units load` publishes it.
+        let units = govbus_producer::demo::seed_units(
+            &catalog,
+            &topics,
+            &kafka,
+            &govbus_schema::RegistryClient::new(&registry),
+            dir.path().join("moha-map.db").to_str().context("path")?,
+            govbus_core::admin_map::reference().rows().collect(),
+        )?;
+        println!("route: the administrative map loaded ({units} units)");
+    }
     let publisher = crate::bca_publisher(&catalog, &topics, &kafka, &registry, dir.path())?;
     let central = publisher
         .topics()
@@ -100,8 +135,13 @@ pub(crate) fn run(n: usize, batch: Option<usize>) -> anyhow::Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = h.join();
     println!(
-        "route: {n} changes of {avg} bytes on average, {} subscriptions, broker {}",
+        "route: {n} changes of {avg} bytes on average, {} subscriptions ({}), broker {}",
         catalog.subscriptions.len(),
+        if hierarchy {
+            "in_unit over the administrative map"
+        } else {
+            "province code equality"
+        },
         kafka.bootstrap
     );
 

@@ -336,9 +336,9 @@ mod tests {
             }))
         );
         assert_eq!(
-            parse("[sink]\ntype = \"sqlite\"\npath = \"p94.db\"\n"),
+            parse("[sink]\ntype = \"sqlite\"\npath = \"p92.db\"\n"),
             Ok(SinkConfig::Sqlite(SqliteConfig {
-                path: "p94.db".into()
+                path: "p92.db".into()
             }))
         );
         let w = parse("[sink]\ntype = \"webhook\"\nurl = \"https://x/h\"\nsecret = \"k\"\nper_change = true\n").unwrap();
@@ -370,8 +370,8 @@ mod tests {
             e.contains("[consumer.sink]\ntype = \"postgres\"\nurl = \"postgres://govbus:secret@127.0.0.1:5432/test\"\nschema = \"public\"\n"),
             "{e}"
         );
-        let e = parse("sink = \"sqlite://p94.db\"\n").unwrap_err();
-        assert!(e.contains("type = \"sqlite\"\npath = \"p94.db\"\n"), "{e}");
+        let e = parse("sink = \"sqlite://p92.db\"\n").unwrap_err();
+        assert!(e.contains("type = \"sqlite\"\npath = \"p92.db\"\n"), "{e}");
     }
 
     #[test]

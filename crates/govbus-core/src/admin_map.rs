@@ -16,6 +16,31 @@ pub fn reform_day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2025, 7, 1).expect("a valid date")
 }
 
+/// The reference data shipped with govbus (`data/vn-admin-units/`, with its
+/// provenance), compiled in: the conversion table and the list before.
+pub const REFERENCE: (&str, &str) = (
+    include_str!("../../../data/vn-admin-units/conversion-2025-07-01.csv"),
+    include_str!("../../../data/vn-admin-units/communes-before-2025-07-01.csv"),
+);
+
+/// The real map built from [`REFERENCE`], once per process.
+pub fn reference() -> &'static AdminMap {
+    static MAP: std::sync::OnceLock<AdminMap> = std::sync::OnceLock::new();
+    MAP.get_or_init(|| {
+        AdminMap::from_reference(REFERENCE.0, REFERENCE.1)
+            .map(|(m, _)| m)
+            .unwrap_or_default()
+    })
+}
+
+/// The Vietnamese calendar day (UTC+7, no daylight saving) of a time in
+/// ms since the epoch: the day a change's codes are read on.
+pub fn day_of_ms(ms: i64) -> NaiveDate {
+    chrono::DateTime::from_timestamp_millis(ms.saturating_add(7 * 3_600_000))
+        .map(|t| t.date_naive())
+        .unwrap_or(NaiveDate::MIN)
+}
+
 /// From when the units before the reform are taken to be valid: the
 /// coding decision 124/2004/QĐ-TTg (8 July 2004). The reference data has
 /// no earlier dates.
@@ -702,8 +727,11 @@ impl Hierarchy {
         }
     }
 
-    /// Where `code`, given with a change of `day`, lies as of the index's day.
+    /// Where `code`, given with a change of `day`, lies as of the index's
+    /// day. A change dated after that day is read on it: the index answers
+    /// as the map stood then (what a view held before a later change).
     pub fn place(&self, code: &str, day: NaiveDate) -> Option<&Place> {
+        let day = self.as_of.map_or(day, |a| day.min(a));
         self.places
             .get(code)?
             .iter()
@@ -725,6 +753,18 @@ impl Hierarchy {
 }
 
 impl AdminMap {
+    /// The map restricted to `codes` (each with its whole history): a
+    /// consistent slice of the real one, for a demo or a test.
+    pub fn slice<'c>(&self, codes: impl IntoIterator<Item = &'c str>) -> AdminMap {
+        let mut versions = BTreeMap::new();
+        for c in codes {
+            if let Some(vs) = self.versions.get(c) {
+                versions.insert(c.to_string(), vs.clone());
+            }
+        }
+        AdminMap { versions }
+    }
+
     /// The last day on or before `day` on which the map changed (a version
     /// began or ended): two days with the same epoch have the same map.
     pub fn epoch(&self, day: NaiveDate) -> Option<NaiveDate> {

@@ -123,6 +123,68 @@ pub struct DatasetFile {
     /// dataset's central topic live to keep it current.
     #[serde(default)]
     pub lookups: BTreeMap<String, DatasetId>,
+    /// Administrative codes cleaned at the edge, against the map a lookup
+    /// holds ([`crate::codes`]): normalised, refused or kept by the date of
+    /// the change.
+    #[serde(default)]
+    pub codes: Vec<CodeRule>,
+}
+
+/// How a dataset's producer treats one field holding an administrative
+/// unit's code (`[[codes]]`): the code means the unit valid on the change's
+/// date; one retired by then is normalised to its successor or refused.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRule {
+    /// The field (dotted path) holding the code.
+    pub field: String,
+    /// The `[lookups]` name of the administrative map (`admin_units`).
+    pub catalog: String,
+    /// The field holding the change's date (a date, or a timestamp read in
+    /// Vietnam's time); none: the day the change is received.
+    #[serde(default)]
+    pub date: Option<String>,
+    /// The level the code must have on that date (`PROVINCE`, `COMMUNE`).
+    #[serde(default)]
+    pub level: Option<String>,
+    /// A field holding the unit the code must lie in on that date (a
+    /// commune's province), after that field's own rule has run.
+    #[serde(default)]
+    pub within: Option<String>,
+    /// The field that keeps the code as sent when it is normalised.
+    #[serde(default)]
+    pub as_sent: Option<String>,
+    /// A code retired and merged whole into one unit: `normalise` (the
+    /// default) or `refuse`.
+    #[serde(default = "normalise")]
+    pub merged: CodeAction,
+    /// A code retired and merged in part into several units: `refuse` (the
+    /// default, naming the candidates) or `keep`.
+    #[serde(default = "refuse")]
+    pub split: CodeAction,
+    /// A code that never existed, was not yet valid, or was retired with
+    /// no successor: `refuse` (the default) or `keep`.
+    #[serde(default = "refuse")]
+    pub unknown: CodeAction,
+}
+
+/// What a code rule does with one kind of code.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeAction {
+    /// Replace it with its successor, keeping it as sent.
+    Normalise,
+    /// Refuse the change, saying why.
+    Refuse,
+    /// Accept it unchanged.
+    Keep,
+}
+
+fn normalise() -> CodeAction {
+    CodeAction::Normalise
+}
+fn refuse() -> CodeAction {
+    CodeAction::Refuse
 }
 
 /// A data-quality rule of a dataset's contract.
@@ -267,6 +329,10 @@ const BUILTIN_SCHEMAS: &[(&str, &str)] = &[
         include_str!("../../../schemas/bca/residents.v1.avsc"),
     ),
     (
+        "bca/residents.v2.avsc",
+        include_str!("../../../schemas/bca/residents.v2.avsc"),
+    ),
+    (
         "moha/admin_units.v1.avsc",
         include_str!("../../../schemas/moha/admin_units.v1.avsc"),
     ),
@@ -282,8 +348,8 @@ const BUILTIN_SUBSCRIPTIONS: &[(&str, &str)] = &[
         include_str!("../../../deploy/subscriptions/p52.bca.residents.toml"),
     ),
     (
-        "deploy/subscriptions/p94.bca.residents.toml",
-        include_str!("../../../deploy/subscriptions/p94.bca.residents.toml"),
+        "deploy/subscriptions/p92.bca.residents.toml",
+        include_str!("../../../deploy/subscriptions/p92.bca.residents.toml"),
     ),
 ];
 

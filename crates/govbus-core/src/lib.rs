@@ -5,6 +5,7 @@
 
 pub mod admin_map;
 pub mod catalog;
+pub mod codes;
 pub mod dead;
 pub mod event;
 pub mod health;

@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "date_of_birth": "1990-05-01",
             "sex": "MALE",
             "ethnicity": "Kinh",
-            "permanent_address": {"province_code": "52", "commune_code": "21550", "street": "12 Lê Lợi"},
+            "permanent_address": {"province_code": "52", "commune_code": "21553", "street": "12 Lê Lợi"},
             "updated_at": govbus_core::now_ms()
         })),
     )?;

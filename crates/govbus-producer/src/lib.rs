@@ -14,6 +14,7 @@
 //! ```
 
 pub mod backfill;
+pub mod codes;
 pub mod deadletter;
 pub mod demo;
 pub mod events;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::Value as Cel;
+use govbus_core::admin_map::AdminMap;
 use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::{DatasetId, KafkaConfig};
 use govbus_schema::envelope::decode;
@@ -62,6 +63,9 @@ pub struct Lookup {
     dataset: DatasetId,
     /// The rows as one CEL map (shared by every evaluation until the next batch).
     snapshot: RwLock<(Cel, usize)>,
+    /// The rows as an administrative map, for `[[codes]]` rules (kept only
+    /// when one names this lookup).
+    map: Option<RwLock<Arc<AdminMap>>>,
     ready: Ready,
     stop: Arc<AtomicBool>,
 }
@@ -78,6 +82,13 @@ impl Lookup {
             .read()
             .map(|s| s.0.clone())
             .unwrap_or(Cel::Null)
+    }
+
+    /// The rows as an administrative map (None: not kept for this lookup).
+    pub fn admin_map(&self) -> Option<Arc<AdminMap>> {
+        self.map
+            .as_ref()
+            .and_then(|m| m.read().ok().map(|m| m.clone()))
     }
 
     /// How many rows it holds.
@@ -107,13 +118,15 @@ impl Lookup {
 
     /// Starts following `dataset`'s central `topic` (its owner's producer
     /// creates it) and waits until the end of the topic has been read once,
-    /// at most `catch_up`.
+    /// at most `catch_up`; `as_map`: also keep the rows as an
+    /// administrative map.
     pub fn follow(
         kafka: &KafkaConfig,
         registry: &RegistryClient,
         dataset: DatasetId,
         topic: String,
         catch_up: Duration,
+        as_map: bool,
     ) -> Result<Arc<Self>, LookupError> {
         let follow_err = |source| LookupError::Follow {
             dataset: dataset.clone(),
@@ -134,6 +147,7 @@ impl Lookup {
                 }),
                 0,
             )),
+            map: as_map.then(RwLock::default),
             ready: Ready::default(),
             stop: Arc::new(AtomicBool::new(false)),
         });
@@ -141,6 +155,7 @@ impl Lookup {
             lookup: lookup.clone(),
             resolver: SchemaCache::new(registry.clone()),
             rows: HashMap::new(),
+            json: as_map.then(HashMap::new),
         };
         let (mut changed, mut since) = (0u64, Instant::now());
         let span = tracing::info_span!("lookup", dataset = %dataset, topic = %topic);
@@ -190,6 +205,8 @@ struct Rows {
     lookup: Arc<Lookup>,
     resolver: SchemaCache,
     rows: HashMap<Key, Cel>,
+    /// The rows as JSON, when the lookup keeps an administrative map.
+    json: Option<HashMap<String, serde_json::Value>>,
 }
 
 impl Rows {
@@ -201,6 +218,15 @@ impl Rows {
         });
         if let Ok(mut s) = self.lookup.snapshot.write() {
             *s = (map, rows);
+        }
+        if let (Some(json), Some(held)) = (&self.json, &self.lookup.map) {
+            let (m, skipped) = AdminMap::from_rows(json.values());
+            for problem in skipped.iter().take(5) {
+                tracing::warn!(%problem, "administrative map row left out");
+            }
+            if let Ok(mut h) = held.write() {
+                *h = Arc::new(m);
+            }
         }
         let dataset = self.lookup.dataset.to_string();
         metrics::counter!("govbus_lookup_changes_total", "dataset" => dataset.clone())
@@ -230,6 +256,9 @@ impl Rows {
             return skip("no_key", "the record has no UTF-8 key".into());
         };
         let Some(payload) = payload else {
+            if let Some(j) = self.json.as_mut() {
+                j.remove(key);
+            }
             return self.rows.remove(&Key::from(key.to_string())).is_some(); // tombstone
         };
         let mut tries = 0u32;
@@ -251,8 +280,14 @@ impl Rows {
         match (change.op, change.after) {
             (Op::Delete, _) | (_, None) => {
                 self.rows.remove(&k);
+                if let Some(j) = self.json.as_mut() {
+                    j.remove(key);
+                }
             }
             (_, Some(after)) => {
+                if let Some(j) = self.json.as_mut() {
+                    j.insert(key.to_string(), govbus_schema::json::to_json(&after));
+                }
                 self.rows.insert(k, govbus_schema::cel::to_cel(&after));
             }
         }
@@ -275,11 +310,16 @@ impl Lookups {
         dataset: &DatasetId,
         topic: String,
         catch_up: Duration,
+        as_map: bool,
     ) -> Result<Arc<Lookup>, LookupError> {
-        if let Some(l) = self.by_dataset.get(dataset) {
+        if let Some(l) = self
+            .by_dataset
+            .get(dataset)
+            .filter(|l| !as_map || l.map.is_some())
+        {
             return Ok(l.clone());
         }
-        let l = Lookup::follow(kafka, registry, dataset.clone(), topic, catch_up)?;
+        let l = Lookup::follow(kafka, registry, dataset.clone(), topic, catch_up, as_map)?;
         self.by_dataset.insert(dataset.clone(), l.clone());
         Ok(l)
     }

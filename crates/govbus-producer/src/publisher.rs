@@ -118,6 +118,8 @@ struct Writer {
     rules: Vec<Rule>,
     /// The catalogs the rules look values up in, by CEL variable name.
     lookups: Vec<(String, Arc<Lookup>)>,
+    /// The `[[codes]]` rules, each with the lookup holding its map.
+    codes: Vec<(govbus_core::catalog::CodeRule, Arc<Lookup>)>,
 }
 
 /// `ds`'s entity schema and its contract's rules, each compiled against it
@@ -147,6 +149,11 @@ pub fn compile_rules(
             Err(e) => problems.push(Err(bad(format!("lookup {name}: {e}")))),
         }
     }
+    problems.extend(
+        crate::codes::check(&ds.file, &entity)
+            .into_iter()
+            .map(|p| Err(bad(p))),
+    );
     let lookup_refs: Vec<(&str, &Schema)> = lookup_schemas.iter().map(|(n, s)| (*n, s)).collect();
     let rules = ds
         .file
@@ -337,15 +344,26 @@ impl Publisher {
             let mut lookups = Vec::new();
             for (name, target) in &ds.file.lookups {
                 let major = catalog.dataset(target).map_or(1, |t| t.file.major);
+                let as_map = ds.file.codes.iter().any(|c| &c.catalog == name);
                 let l = followers.get_or_follow(
                     kafka,
                     registry,
                     target,
                     topics.central(target, major),
                     LOOKUP_CATCH_UP,
+                    as_map,
                 )?;
                 lookups.push((name.clone(), l));
             }
+            let codes = ds
+                .file
+                .codes
+                .iter()
+                .filter_map(|c| {
+                    let l = lookups.iter().find(|(n, _)| *n == c.catalog)?;
+                    Some((c.clone(), l.1.clone()))
+                })
+                .collect();
             writers.insert(
                 ds.id.to_string(),
                 Writer {
@@ -356,6 +374,7 @@ impl Publisher {
                     codec: EnvelopeCodec::new(env, id),
                     rules,
                     lookups,
+                    codes,
                 },
             );
         }
@@ -507,6 +526,8 @@ impl Publisher {
         let mut keys = Vec::with_capacity(reqs.len());
         let mut afters = Vec::with_capacity(reqs.len());
         let mut errors = Vec::new();
+        // The day codes are read on when a change gives no date of its own.
+        let received = govbus_core::admin_map::day_of_ms(govbus_core::now_ms());
         // The contract rules' context (functions, `today`): once per submission.
         let mut rule_ctx = govbus_schema::cel::base_context();
         if !w.rules.is_empty() {
@@ -531,13 +552,22 @@ impl Publisher {
             };
             match req {
                 ChangeRequest::Upsert(json) => match to_avro(&w.entity, json) {
-                    Ok(v) => match key_of(&v, &w.key_field) {
+                    Ok(mut v) => match key_of(&v, &w.key_field) {
                         Some(k) => {
+                            let refused = crate::codes::clean(&w.codes, &mut v, received);
                             let broken = w.violations(dataset, &rule_ctx, &v);
-                            if broken.is_empty() {
+                            if broken.is_empty() && refused.is_empty() {
                                 keys.push(k);
                                 afters.push(Some(v));
                             }
+                            errors.extend(refused.into_iter().map(|e| FieldError {
+                                field: if indexed {
+                                    format!("changes[{i}].data.{}", e.field)
+                                } else {
+                                    e.field
+                                },
+                                problem: e.problem,
+                            }));
                             errors.extend(broken.into_iter().map(|(r, eval)| FieldError {
                                 field: if indexed {
                                     format!("changes[{i}].data.{}", r.spec.field)

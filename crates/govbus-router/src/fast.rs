@@ -468,7 +468,7 @@ mod tests {
                 r#"permanent_address.province_code == "52""#,
                 "\"ethnicity\"",
             ),
-            ("p94", r#"permanent_address.province_code == "94""#, ""),
+            ("p92", r#"permanent_address.province_code == "94""#, ""),
             (
                 "p01",
                 r#"permanent_address.province_code == "01""#,
@@ -525,21 +525,21 @@ mod tests {
     fn an_expired_view_gets_nothing_and_is_counted_as_expired() {
         let mut all = views(&[
             ("p52", r#"permanent_address.province_code == "52""#, ""),
-            ("p94", r#"permanent_address.province_code == "94""#, ""),
+            ("p92", r#"permanent_address.province_code == "94""#, ""),
         ]);
         all[0].expires_ms = Some(10);
         let refs: Vec<&View> = all.iter().collect();
         let fast = FastRoute::new(&refs, Default::default()).unwrap();
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
-        let (mut to_p94, n) = (0, 200);
+        let (mut to_p92, n) = (0, 200);
         for payload in changes(n) {
             assert!(fast.route(&payload, &all, &[0, 1], 11, &mut out, &mut tally));
             assert!(out.iter().all(|o| o.nth == 1));
-            to_p94 += out.iter().count();
+            to_p92 += out.iter().count();
         }
         assert_eq!(tally.expired, vec![n as u64]);
         assert_eq!(
-            tally.filtered.get(1).copied().unwrap_or(0) as usize + to_p94,
+            tally.filtered.get(1).copied().unwrap_or(0) as usize + to_p92,
             n
         );
     }

@@ -42,12 +42,7 @@ pub fn today() -> NaiveDate {
     day_of_ms(govbus_core::now_ms())
 }
 
-/// The Vietnamese calendar day of a time (ms since the epoch).
-pub fn day_of_ms(ms: i64) -> NaiveDate {
-    chrono::DateTime::from_timestamp_millis(ms + 7 * 3_600_000)
-        .map(|t| t.date_naive())
-        .unwrap_or(NaiveDate::MIN)
-}
+pub use govbus_core::admin_map::day_of_ms;
 
 impl MapWatch {
     /// Starts following `topic` (the map dataset's central topic, which

@@ -642,6 +642,12 @@ fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
     }
 }
 
+/// Checks that the field `path` exists in `entity` (the message names what
+/// is missing).
+pub fn check_field(entity: &Schema, names: &Names, path: &[String]) -> Result<(), String> {
+    check_path(entity, names, path)
+}
+
 fn check_path(entity: &Schema, names: &Names, path: &[String]) -> Result<(), String> {
     let mut cur = names.resolve(entity);
     for (i, part) in path.iter().enumerate() {

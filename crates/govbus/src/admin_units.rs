@@ -11,8 +11,8 @@ use anyhow::Context;
 use govbus_core::admin_map::{AdminMap, Finding, Level};
 
 /// The reference data compiled into this binary.
-const CONVERSION: &str = include_str!("../../../data/vn-admin-units/conversion-2025-07-01.csv");
-const BEFORE: &str = include_str!("../../../data/vn-admin-units/communes-before-2025-07-01.csv");
+const CONVERSION: &str = govbus_core::admin_map::REFERENCE.0;
+const BEFORE: &str = govbus_core::admin_map::REFERENCE.1;
 
 /// The map, from `data` (a directory holding the two reference files) or
 /// the copy compiled in.

@@ -314,7 +314,7 @@ fn run_blocking(
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
 
-    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p94, m_registry, m_moha] =
+    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p92, m_registry, m_moha] =
         free_ports()?;
     let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
@@ -399,7 +399,7 @@ fn run_blocking(
     let ingest = producer(&mut stack, "bca", ingest_port, m_producer)?;
     println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
 
-    // The subscriptions (p52, p94), as `govbus subscriptions apply` writes them.
+    // The subscriptions (p52, p92), as `govbus subscriptions apply` writes them.
     let steps = tokio::task::block_in_place(|| {
         govbus_router::control::apply(
             &govbus_core::KafkaConfig::new(&bootstrap),
@@ -426,7 +426,7 @@ fn run_blocking(
     stack.spawn("router", cmd, &dir)?;
     stack.wait_ready("router", || readyz(m_router))?;
 
-    for (name, p, port) in [("p52", "p52", m_p52), ("p94", "p94", m_p94)] {
+    for (name, p, port) in [("p52", "p52", m_p52), ("p92", "p92", m_p92)] {
         let cfg = write_config(
             &dir.join(format!("{p}.toml")),
             &section(
@@ -440,7 +440,7 @@ fn run_blocking(
         )?;
         let mut cmd = Command::new(&exe);
         cmd.arg("consume").arg("--config").arg(&cfg);
-        stack.spawn(if name == "p52" { "p52" } else { "p94" }, cmd, &dir)?;
+        stack.spawn(if name == "p52" { "p52" } else { "p92" }, cmd, &dir)?;
         stack.wait_ready(name, || readyz(port))?;
         println!(
             "  province  {p} → {}",
@@ -452,7 +452,7 @@ fn run_blocking(
     cmd.args(["demo", "--ingest", &ingest, "--rate", &rate.to_string()]);
     stack.spawn("demo", cmd, &dir)?;
     println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
-    println!("  metrics   router :{m_router}  producer :{m_producer}  moha :{m_moha}  p52 :{m_p52}  p94 :{m_p94}  registry :{m_registry}");
+    println!("  metrics   router :{m_router}  producer :{m_producer}  moha :{m_moha}  p52 :{m_p52}  p92 :{m_p92}  registry :{m_registry}");
     println!(
         "  Ctrl-C stops everything. Logs: {}",
         dir.join("logs").display()
@@ -491,7 +491,7 @@ fn run_blocking(
         let total = |m: BTreeMap<String, f64>| m.values().map(|v| *v as u64).sum::<u64>();
         let applied = |port| total(scrape(port, "govbus_consumer_applied_total", ""));
         let lag = |port| total(scrape(port, "govbus_consumer_lag_events", ""));
-        let now = hops.read(applied(m_p52), lag(m_p52), applied(m_p94), lag(m_p94));
+        let now = hops.read(applied(m_p52), lag(m_p52), applied(m_p92), lag(m_p92));
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
         last_published = now.published;
         println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
@@ -561,7 +561,7 @@ impl Hops {
         })
     }
 
-    fn read(&self, a52: u64, l52: u64, a94: u64, l94: u64) -> HopsNow {
+    fn read(&self, a52: u64, l52: u64, a92: u64, l92: u64) -> HopsNow {
         use rdkafka::consumer::Consumer;
         let t = Duration::from_secs(2);
         let parts =
@@ -602,11 +602,11 @@ impl Hops {
             watch("router", consumed, lag);
         }
         watch("p52", a52, l52);
-        watch("p94", a94, l94);
+        watch("p92", a92, l92);
         HopsNow {
             published,
             routed,
-            provinces: [("p52", a52, l52), ("p94", a94, l94)],
+            provinces: [("p52", a52, l52), ("p92", a92, l92)],
             stalled,
         }
     }

@@ -230,8 +230,8 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
         .iter()
         .find_map(|l| l.split("bca ingest on ").nth(1).map(str::to_string))
         .expect("the ingest URL");
-    wait_until(Duration::from_secs(120), "changes applied at p94", || {
-        let a = ureq::get(&format!("http://127.0.0.1:{}/metrics", ports["p94"]))
+    wait_until(Duration::from_secs(120), "changes applied at p92", || {
+        let a = ureq::get(&format!("http://127.0.0.1:{}/metrics", ports["p92"]))
             .call()
             .ok()?;
         let text = a.into_string().ok()?;
@@ -296,7 +296,7 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
     let r = ureq::post(&ingest).send_string(
         r#"{"op": "upsert", "data": {"citizen_id": "052090000999", "full_name": "Tương Lai",
             "date_of_birth": "2999-01-01", "sex": "MALE", "ethnicity": "Kinh",
-            "permanent_address": {"province_code": "52", "commune_code": "21550"}, "updated_at": 1}}"#,
+            "permanent_address": {"province_code": "52", "commune_code": "21553"}, "updated_at": 1764230400000}}"#,
     );
     assert!(
         matches!(r, Err(ureq::Error::Status(422, _))),
@@ -361,8 +361,8 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
         std::fs::read_to_string(up_dir.join("logs/legacy.log")).unwrap_or_default()
     );
 
-    // p94's database is locked: it applies nothing while changes wait.
-    let lock = rusqlite::Connection::open(up_dir.join("p94.db")).unwrap();
+    // p92's database is locked: it applies nothing while changes wait.
+    let lock = rusqlite::Connection::open(up_dir.join("p92.db")).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let applied = |p: u16| -> Option<f64> {
         let t = ureq::get(&format!("http://127.0.0.1:{p}/metrics"))
@@ -377,9 +377,9 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
                 .sum(),
         )
     };
-    let mut last = (applied(ports["p94"]), std::time::Instant::now());
-    wait_until(Duration::from_secs(60), "p94 to stop applying", || {
-        let now = applied(ports["p94"]);
+    let mut last = (applied(ports["p92"]), std::time::Instant::now());
+    wait_until(Duration::from_secs(60), "p92 to stop applying", || {
+        let now = applied(ports["p92"]);
         if now != last.0 {
             last = (now, std::time::Instant::now());
             return None;
@@ -428,8 +428,8 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
         })
     };
     let want = [
-        ("GovbusConsumerStalled", ("subscriber", "p94")),
-        ("GovbusConsumerLagGrowing", ("subscriber", "p94")),
+        ("GovbusConsumerStalled", ("subscriber", "p92")),
+        ("GovbusConsumerLagGrowing", ("subscriber", "p92")),
         ("GovbusDeadLettersGrowing", ("subscriber", "p52")),
         ("GovbusDeadLettersGrowing", ("dataset", "bca.residents")),
     ];
@@ -455,7 +455,7 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
     let subs = dir.path().join("subscriptions");
     std::fs::create_dir_all(&subs).unwrap();
     let ends = (chrono::Utc::now() + chrono::Duration::days(10)).format("%Y-%m-%d");
-    for f in ["p52.bca.residents.toml", "p94.bca.residents.toml"] {
+    for f in ["p52.bca.residents.toml", "p92.bca.residents.toml"] {
         let mut text = std::fs::read_to_string(deploy().join("subscriptions").join(f)).unwrap();
         if f.starts_with("p52") {
             text.push_str(&format!("expires = \"{ends}\"\n"));
@@ -478,7 +478,7 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
         active("GovbusSubscriptionExpiring", ("subscriber", "p52")).then_some(())
     })
     .expect("GovbusSubscriptionExpiring for p52 within 120 s");
-    assert!(!active("GovbusSubscriptionExpiring", ("subscriber", "p94")));
+    assert!(!active("GovbusSubscriptionExpiring", ("subscriber", "p92")));
 
     // The registry stops answering (frozen: `govbus up` would stop the
     // whole stack if it died).

@@ -227,7 +227,7 @@ fn chaos(routers: usize) {
         map_dataset: "moha.admin_units".into(),
     };
     govbus_e2e::apply_subscriptions(&kafka, &prefix, &govbus_core::Catalog::builtin(), false);
-    let schemas: Vec<String> = ["p52", "p94"]
+    let schemas: Vec<String> = ["p52", "p92"]
         .iter()
         .map(|p| format!("{}_{p}", unique("chaos")))
         .collect();
@@ -236,7 +236,7 @@ fn chaos(routers: usize) {
         c.batch = 200;
         c
     };
-    let (c52, c94) = (consumer("p52", &schemas[0]), consumer("p94", &schemas[1]));
+    let (c52, c94) = (consumer("p52", &schemas[0]), consumer("p92", &schemas[1]));
     let cfg = |name: &str, f: ConfigFile<'_>| write_config(dir.path(), name, &f);
     let none = || ConfigFile {
         producer: None,
@@ -274,11 +274,11 @@ fn chaos(routers: usize) {
             dir.path(),
         ),
         Agent::start(
-            "p94",
+            "p92",
             args(
                 "consume",
                 cfg(
-                    "p94",
+                    "p92",
                     ConfigFile {
                         consumer: Some(&c94),
                         ..none()
@@ -425,7 +425,7 @@ fn chaos(routers: usize) {
     // for the rows in question (below), then fails the test.
     let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).expect("postgres");
     let mut unsettled: HashMap<String, Vec<String>> = HashMap::new();
-    for (p, schema) in [("52", &schemas[0]), ("94", &schemas[1])] {
+    for (p, schema) in [("52", &schemas[0]), ("92", &schemas[1])] {
         let want = expected_rows(&world, p);
         let mut last = None;
         let settle = Instant::now();
@@ -532,7 +532,7 @@ fn chaos(routers: usize) {
     );
 
     // 3. No event twice on a province topic; per entity, sequences rise.
-    for p in ["p52", "p94"] {
+    for p in ["p52", "p92"] {
         let topic = topics.view(p, &ds, 1);
         let records = read_all(&kafka, &topic);
         let mut events: HashMap<String, String> = HashMap::new();

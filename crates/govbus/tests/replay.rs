@@ -101,7 +101,7 @@ fn a_row_refused_by_a_rule_is_replayed_once_the_rule_is_relaxed_and_arrives_once
             "INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '{id}',
              '{{\"citizen_id\": \"{id}\", \"full_name\": \"{name}\", \"date_of_birth\": \"{dob}\", \"sex\": \"MALE\",
                \"ethnicity\": \"Kinh\", \"permanent_address_province_code\": \"52\",
-               \"permanent_address_commune_code\": \"21550\", \"updated_at\": 1}}')"
+               \"permanent_address_commune_code\": \"21553\", \"updated_at\": 1764230400000}}')"
         )
     };
     db.batch_execute(&row("052090000009", "Đỗ Văn Tương Lai", "2999-01-01"))
@@ -297,8 +297,8 @@ fn resident(id: &str, name: &str) -> govbus_producer::ChangeRequest {
     govbus_producer::ChangeRequest::Upsert(serde_json::json!({
         "citizen_id": id, "full_name": name, "date_of_birth": "1990-01-01",
         "sex": "FEMALE", "ethnicity": "Kinh",
-        "permanent_address": {"province_code": "52", "commune_code": "21550"},
-        "updated_at": 1
+        "permanent_address": {"province_code": "52", "commune_code": "21553"},
+        "updated_at": 1_764_230_400_000i64
     }))
 }
 

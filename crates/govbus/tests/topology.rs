@@ -3,7 +3,7 @@
 //! settings, and every govbus service started as a process with the compose
 //! file's command and environment — host names and container paths mapped
 //! to loopback ports and scratch directories, nothing else changed. Changes
-//! posted to bca's ingest then reach p52's PostgreSQL and p94's SQLite
+//! posted to bca's ingest then reach p52's PostgreSQL and p92's SQLite
 //! exactly as the source says. So the compose file and the tested setup
 //! cannot drift apart: the test has no configuration of its own.
 
@@ -361,7 +361,7 @@ fn the_compose_topology_runs_natively_and_delivers() {
         start.elapsed().as_secs_f64()
     );
 
-    // p52 into PostgreSQL (the compose file's schema), p94 into SQLite.
+    // p52 into PostgreSQL (the compose file's schema), p92 into SQLite.
     let p52_schema = {
         let text = std::fs::read_to_string(repo().join("deploy/agencies/p52.toml")).unwrap();
         let t: toml::Value = toml::from_str(&text).unwrap();
@@ -390,10 +390,10 @@ fn the_compose_topology_runs_natively_and_delivers() {
         "p52's table did not equal its view:\n{}",
         tails("p52")
     );
-    let p94_db = dir.path().join("p94/p94.db");
-    let want94 = expected_rows(&world, "94");
+    let p92_db = dir.path().join("p92/p92.db");
+    let want92 = expected_rows(&world, "92");
     let settled = poll_until(Duration::from_secs(120), || {
-        let conn = rusqlite::Connection::open(&p94_db).ok()?;
+        let conn = rusqlite::Connection::open(&p92_db).ok()?;
         let mut st = conn
             .prepare("SELECT citizen_id, permanent_address_province_code, permanent_address_commune_code FROM bca_residents")
             .ok()?;
@@ -402,7 +402,7 @@ fn the_compose_topology_runs_natively_and_delivers() {
             .ok()?
             .collect::<Result<_, _>>()
             .ok()?;
-        let want: BTreeMap<String, (String, String)> = want94
+        let want: BTreeMap<String, (String, String)> = want92
             .iter()
             .map(|(k, v)| (k.clone(), (v[3].clone(), v[4].clone())))
             .collect();
@@ -410,13 +410,13 @@ fn the_compose_topology_runs_natively_and_delivers() {
     });
     assert!(
         settled.is_some(),
-        "p94's table did not equal its view:\n{}",
-        tails("p94")
+        "p92's table did not equal its view:\n{}",
+        tails("p92")
     );
     eprintln!(
-        "topology: p52 {} rows, p94 {} rows, equal to their views",
+        "topology: p52 {} rows, p92 {} rows, equal to their views",
         want52.len(),
-        want94.len()
+        want92.len()
     );
     let restarts: Vec<(String, usize)> = procs
         .lock()

@@ -12,7 +12,7 @@ use std::time::Duration;
 use govbus_e2e::{poll_until, Broker};
 use rdkafka::message::{Headers, Message};
 
-/// `p52 applied N` and `p94 applied N` of a live line.
+/// `p52 applied N` and `p92 applied N` of a live line.
 fn applied(line: &str, province: &str) -> Option<u64> {
     let at = line.find(&format!("{province} applied"))?;
     line[at..].split_whitespace().nth(2)?.parse().ok()
@@ -52,7 +52,7 @@ fn up_runs_the_stack_and_a_router_only_variable_reaches_the_router_only() {
             panic!("govbus up exited ({status}):\n{}", seen.join("\n"));
         }
         let last = seen.iter().rev().find(|l| l.contains("p52 applied"))?;
-        (applied(last, "p52")? > 0 && applied(last, "p94")? > 0).then_some(())
+        (applied(last, "p52")? > 0 && applied(last, "p92")? > 0).then_some(())
     });
     let logs = dir.path().join("up/logs");
     let read =

@@ -355,11 +355,11 @@ mod tests {
     /// The writer schema id of the input's changes.
     const WRITER: u32 = 7;
 
-    /// Views of p52 and p94 by province code (p52 without ethnicity); the
+    /// Views of p52 and p92 by province code (p52 without ethnicity); the
     /// resolver knows the writer and every view schema.
     fn world(filter: &str) -> (Live, FixedResolver) {
         let mut c = Catalog::builtin();
-        c.subscriptions = [("p52", "52", "\"ethnicity\""), ("p94", "94", "")]
+        c.subscriptions = [("p52", "52", "\"ethnicity\""), ("p92", "94", "")]
             .iter()
             .map(|(p, code, drop)| {
                 let f = filter.replace("CODE", code);
@@ -506,8 +506,8 @@ mod tests {
                     rec("sub.p52.bca.residents.v1", "Create before=false after=true"),
                     rec("sub.p52.bca.residents.v1", "Update before=true after=true"),
                     rec("sub.p52.bca.residents.v1", "Delete before=true after=false"),
-                    rec("sub.p94.bca.residents.v1", "Create before=false after=true"),
-                    rec("sub.p94.bca.residents.v1", "Delete before=true after=false"),
+                    rec("sub.p92.bca.residents.v1", "Create before=false after=true"),
+                    rec("sub.p92.bca.residents.v1", "Delete before=true after=false"),
                 ],
                 "{filter}"
             );
@@ -539,8 +539,8 @@ mod tests {
         assert_eq!(
             records,
             vec![
-                rec("sub.p94.bca.residents.v1", "Create before=false after=true"),
-                rec("sub.p94.bca.residents.v1", "Create before=false after=true"),
+                rec("sub.p92.bca.residents.v1", "Create before=false after=true"),
+                rec("sub.p92.bca.residents.v1", "Create before=false after=true"),
             ]
         );
         assert_eq!(advances[0].next, 5);
@@ -567,7 +567,7 @@ mod tests {
                 rec(DLQ, "not_wire_format"),
                 rec(DLQ, "unknown_schema"),
                 rec(DLQ, "not_wire_format"),
-                rec("sub.p94.bca.residents.v1", "Create before=false after=true"),
+                rec("sub.p92.bca.residents.v1", "Create before=false after=true"),
             ]
         );
         assert_eq!(advances[0].next, 14, "dead letters advance the offsets too");
@@ -602,7 +602,7 @@ mod tests {
             assert_eq!(
                 records,
                 vec![rec(
-                    "sub.p94.bca.residents.v1",
+                    "sub.p92.bca.residents.v1",
                     "Create before=false after=true"
                 )],
                 "{filter}"

@@ -399,7 +399,7 @@ mod tests {
     use govbus_schema::envelope::envelope_schema;
     use govbus_schema::{Change, EnvelopeCodec, Source};
 
-    const RESIDENTS: &str = include_str!("../../../schemas/bca/residents.v1.avsc");
+    const RESIDENTS: &str = include_str!("../../../schemas/bca/residents.v2.avsc");
 
     fn views(subs: &[(&str, &str, &str)]) -> Vec<View> {
         let mut c = Catalog::builtin();
@@ -572,5 +572,68 @@ mod tests {
         let other = views(&[("p52", r#"permanent_address.province_code in ["52"]"#, "")]);
         let refs: Vec<&View> = other.iter().collect();
         assert!(FastRoute::new(&refs, Default::default()).is_none());
+    }
+
+    /// Hierarchy filters on the fast path: the same records as the general
+    /// path (CEL with the hierarchy functions), with the demo's map, whose
+    /// changes carry codes from before the reform too.
+    #[test]
+    fn hierarchy_filters_take_the_fast_path_and_agree_with_the_general_path() {
+        use govbus_core::admin_map::{AdminMap, Hierarchy};
+        let all = views(&[
+            (
+                "p52",
+                r#"in_unit(permanent_address.commune_code, "52")"#,
+                "\"ethnicity\"",
+            ),
+            (
+                "p92",
+                r#"in_unit(permanent_address.commune_code, "92")"#,
+                "",
+            ),
+            (
+                "p01",
+                r#"province_of(permanent_address.commune_code) == "01""#,
+                "",
+            ),
+            ("p79", r#"permanent_address.province_code == "79""#, ""),
+        ]);
+        let (map, skipped) = AdminMap::from_rows(&govbus_producer::demo::admin_units());
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let h = std::sync::Arc::new(Hierarchy::new(&map, "2026-11-30".parse().unwrap()));
+        let idx: Vec<usize> = (0..all.len()).collect();
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs, h.clone()).expect("hierarchy filters take the fast path");
+        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
+        let resolver = FixedResolver::new([(7, writer)]);
+        let base = govbus_schema::cel::hierarchy_context(h.clone());
+        let scope = crate::route::Scope {
+            base: &base,
+            hierarchy: Some(&h),
+        };
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
+        let mut per_view = [0usize; 4];
+        for payload in changes(600) {
+            let general = crate::route::route(&payload, &resolver, scope, &all, &idx, 0).unwrap();
+            assert!(fast.route(&payload, &all, &idx, 0, &mut out, &mut tally));
+            let g: Vec<_> = general
+                .iter()
+                .map(|o| (o.view, o.decision, o.value.as_slice()))
+                .collect();
+            let q: Vec<_> = out
+                .iter()
+                .map(|o| (idx[o.nth], o.decision, o.value))
+                .collect();
+            assert_eq!(g, q);
+            for o in &q {
+                per_view[o.0] += 1;
+            }
+        }
+        assert!(per_view.iter().all(|n| *n > 20), "{per_view:?}");
+        // No map: nothing lies anywhere.
+        let blind = FastRoute::new(&refs, Default::default()).unwrap();
+        let payload = &changes(1)[0];
+        assert!(blind.route(payload, &all, &idx, 0, &mut out, &mut tally));
+        assert!(out.iter().all(|o| idx[o.nth] == 3));
     }
 }

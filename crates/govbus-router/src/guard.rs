@@ -208,12 +208,12 @@ mod tests {
     use super::*;
 
     fn residents() -> Schema {
-        Schema::parse_str(include_str!("../../../schemas/bca/residents.v1.avsc")).unwrap()
+        Schema::parse_str(include_str!("../../../schemas/bca/residents.v2.avsc")).unwrap()
     }
 
     fn edit(f: impl FnOnce(&mut serde_json::Value)) -> Schema {
         let mut j: serde_json::Value =
-            serde_json::from_str(include_str!("../../../schemas/bca/residents.v1.avsc")).unwrap();
+            serde_json::from_str(include_str!("../../../schemas/bca/residents.v2.avsc")).unwrap();
         f(&mut j);
         Schema::parse_str(&j.to_string()).unwrap()
     }
@@ -260,14 +260,14 @@ mod tests {
         let ds: DatasetId = "bca.residents".parse().unwrap();
         let v2 = edit(|j| {
             let addr = &mut j["fields"][5]["type"]["fields"];
-            addr[0]["name"] = "province".into();
+            addr[1]["name"] = "commune".into();
             j["fields"][1]["type"] = serde_json::json!(["null", "string"]);
         });
         let b = breaks(&c, &ds, &residents(), &v2);
         let text: Vec<String> = b.iter().map(ToString::to_string).collect();
         assert!(
             text.iter().any(|t| t.contains("p52/bca.residents")
-                && t.contains("permanent_address.province_code")
+                && t.contains("permanent_address.commune_code")
                 && t.contains("filter")),
             "{text:#?}"
         );

@@ -92,6 +92,28 @@ fn the_whole_map_is_loaded_once_and_a_producer_looks_it_up() {
         },
     );
     let lookup_s = t.elapsed().as_secs_f64();
+    // Its codes rules read the whole map: a Quy Nhơn ward merged whole on
+    // 1 July 2025 (21550, Phường Nhơn Bình → 21601, Phường Quy Nhơn Đông)
+    // is normalised; a code that never existed is refused.
+    let resident = |commune: &str| {
+        govbus_producer::ChangeRequest::Upsert(serde_json::json!({
+            "citizen_id": "052090000001", "full_name": "Lê Thị Hoa", "date_of_birth": "1990-01-01",
+            "sex": "FEMALE", "ethnicity": "Kinh",
+            "permanent_address": {"province_code": "52", "commune_code": commune, "street": null},
+            "updated_at": 1_764_230_400_000i64
+        }))
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "the map built from every row",
+        || bca.submit("bca.residents", resident("21550")).ok(),
+    );
+    match bca.submit("bca.residents", resident("99999")) {
+        Err(govbus_producer::SubmitError::Invalid(e)) => {
+            assert!(e[0].problem.contains("not a unit"), "{e:?}")
+        }
+        other => panic!("99999 never existed: {other:?}"),
+    }
     eprintln!(
         "admin-units: {rows} rows loaded in {load_s:.1} s ({:.0} rows/s); bca's lookup held them {lookup_s:.1} s after it started",
         rows as f64 / load_s

@@ -349,7 +349,7 @@ mod tests {
     use govbus_schema::envelope::envelope_schema;
     use govbus_schema::{Change, EnvelopeCodec, Op, Source};
 
-    const RESIDENTS: &str = include_str!("../../../../schemas/bca/residents.v1.avsc");
+    const RESIDENTS: &str = include_str!("../../../../schemas/bca/residents.v2.avsc");
     const INPUT: &str = "gov.bca.residents.v1";
     const DLQ: &str = "dlq.route.bca.residents";
     /// The writer schema id of the input's changes.

@@ -129,7 +129,7 @@ fn csv_backfill_types_cells_and_rejects_malformed_rows() {
     writeln!(f, "citizen_id,full_name,date_of_birth,sex,ethnicity,permanent_address_province_code,permanent_address_commune_code,permanent_address_street,updated_at").unwrap();
     writeln!(
         f,
-        "052079000001,Võ Thị Mai,1979-09-02,FEMALE,Kinh,52,21550,,1764230400000"
+        "052079000001,Võ Thị Mai,1979-09-02,FEMALE,Kinh,52,21553,,1764230400000"
     )
     .unwrap(); // 2
     writeln!(f, "052079000002,\"Hồ, Văn Nam\",1980-01-01,MALE,Kinh,52,21553,\"3 Quang Trung\",2026-11-27T08:00:00+07:00").unwrap(); // 3
@@ -137,16 +137,28 @@ fn csv_backfill_types_cells_and_rejects_malformed_rows() {
     writeln!(f, "052079000004,Lý Văn,1980-13-45,MALE,Kinh,52,21553,,1").unwrap(); // 5 bad date
     f.write_all(b"052079000005,\xc3\x28,1980-01-01,MALE,Kinh,52,21553,,1\n")
         .unwrap(); // 6 not UTF-8
+                   // 7: a commune code that never existed: the contract's codes refuse it.
+    writeln!(
+        f,
+        "052079000006,Lý Văn Tư,1980-01-01,MALE,Kinh,52,99999,,1764230400000"
+    )
+    .unwrap();
     drop(f);
     let p = backfill::run(&publisher, "bca.residents", &path, 100, |_| true).unwrap();
-    assert_eq!((p.stored, p.rejected), (2, 3));
+    assert_eq!((p.stored, p.rejected), (2, 4));
     assert_eq!(store.backlog().unwrap(), 2);
     assert_eq!(
         rejects(&path),
         [
             (4, "malformed".to_string()),
             (5, "schema".to_string()),
-            (6, "not_utf8".to_string())
+            (6, "not_utf8".to_string()),
+            (7, "contract".to_string())
         ]
+    );
+    let text = std::fs::read_to_string(govbus_producer::backfill::reject_path(&path)).unwrap();
+    assert!(
+        text.contains("code 99999 is not a unit of the administrative map"),
+        "{text}"
     );
 }

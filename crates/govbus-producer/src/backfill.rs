@@ -122,26 +122,40 @@ pub fn run(
         let n = reqs.len() as u64;
         match publisher.submit_from(dataset, reqs.clone(), &source, last as i64) {
             Ok(_) => p.stored += n,
-            Err(SubmitError::UnknownEntity { .. }) => {
-                // A delete of an unknown entity in this batch: store line by line.
+            Err(SubmitError::UnknownEntity { .. } | SubmitError::Invalid(_)) => {
+                // A delete of an unknown entity, or a line the contract
+                // refuses, in this batch: store line by line, each refused
+                // line to the reject file with its reasons.
                 for (i, r) in reqs.into_iter().enumerate() {
                     let line = last + 1 - n + i as u64;
-                    match publisher.submit_from(dataset, vec![r], &source, line as i64) {
-                        Ok(_) => p.stored += 1,
-                        Err(e @ SubmitError::UnknownEntity { .. }) => {
-                            write_reject(
-                                rejects,
-                                &rejects_path,
-                                line,
-                                "unknown_entity",
-                                &[],
-                                &e.to_string(),
-                            )?;
-                            publisher.record_checkpoint(&source, line as i64)?;
-                            p.rejected += 1;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    let text = match &r {
+                        ChangeRequest::Upsert(j) => j.to_string(),
+                        ChangeRequest::Delete { key } => format!("delete {key}"),
+                    };
+                    let (reason, errors, text) =
+                        match publisher.submit_from(dataset, vec![r], &source, line as i64) {
+                            Ok(_) => {
+                                p.stored += 1;
+                                continue;
+                            }
+                            Err(e @ SubmitError::UnknownEntity { .. }) => {
+                                ("unknown_entity", vec![], e.to_string())
+                            }
+                            Err(SubmitError::Invalid(errors)) => {
+                                let named = errors
+                                    .iter()
+                                    .all(|e| crate::publisher::rule_of(e).is_some());
+                                (if named { "contract" } else { "schema" }, errors, text)
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                    write_reject(rejects, &rejects_path, line, reason, &errors, &text)?;
+                    govbus_core::InternalEvent::emit(crate::events::BackfillRejected {
+                        line,
+                        reason,
+                    });
+                    publisher.record_checkpoint(&source, line as i64)?;
+                    p.rejected += 1;
                 }
             }
             Err(e) => return Err(e.into()),

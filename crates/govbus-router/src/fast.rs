@@ -460,6 +460,29 @@ mod tests {
             .collect()
     }
 
+    /// Routes `payload` to every view of `all` both ways, asserts that the
+    /// records are the same, and returns them as (view, decision).
+    fn agree(
+        fast: &FastRoute,
+        payload: &[u8],
+        resolver: &FixedResolver,
+        scope: crate::route::Scope<'_>,
+        all: &[View],
+        out: &mut FastOutputs,
+        tally: &mut Tally,
+    ) -> Vec<(usize, Decision)> {
+        let idx: Vec<usize> = (0..all.len()).collect();
+        let general = crate::route::route(payload, resolver, scope, all, &idx, 0).unwrap();
+        assert!(fast.route(payload, all, &idx, 0, out, tally));
+        let g: Vec<_> = general
+            .iter()
+            .map(|o| (o.view, o.decision, o.value.as_slice()))
+            .collect();
+        let q: Vec<_> = out.iter().map(|o| (o.nth, o.decision, o.value)).collect();
+        assert_eq!(g, q);
+        q.into_iter().map(|(v, d, _)| (v, d)).collect()
+    }
+
     #[test]
     fn the_fast_path_writes_the_same_bytes_as_the_general_path() {
         let all = views(&[
@@ -476,7 +499,6 @@ mod tests {
             ),
             ("pm", r#"sex == "MALE""#, "\"full_name\""),
         ]);
-        let idx: Vec<usize> = (0..all.len()).collect();
         let refs: Vec<&View> = all.iter().collect();
         let fast =
             FastRoute::new(&refs, Default::default()).expect("equality filters take the fast path");
@@ -492,25 +514,10 @@ mod tests {
         let (mut routed, mut moves) = (0, 0);
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         for payload in changes(600) {
-            let general = crate::route::route(
-                &payload,
-                &resolver,
-                crate::route::Scope::plain(&base),
-                &all,
-                &idx,
-                0,
-            )
-            .unwrap();
-            assert!(fast.route(&payload, &all, &idx, 0, &mut out, &mut tally));
-            let g: Vec<_> = general
-                .iter()
-                .map(|o| (o.view, o.decision, o.value.as_slice()))
-                .collect();
-            let q: Vec<_> = out
-                .iter()
-                .map(|o| (idx[o.nth], o.decision, o.value))
-                .collect();
-            assert_eq!(g, q);
+            let scope = crate::route::Scope::plain(&base);
+            let q = agree(
+                &fast, &payload, &resolver, scope, &all, &mut out, &mut tally,
+            );
             routed += q.len();
             moves += q.iter().filter(|o| o.1 == Decision::Delete).count();
         }
@@ -614,17 +621,9 @@ mod tests {
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         let mut per_view = [0usize; 4];
         for payload in changes(600) {
-            let general = crate::route::route(&payload, &resolver, scope, &all, &idx, 0).unwrap();
-            assert!(fast.route(&payload, &all, &idx, 0, &mut out, &mut tally));
-            let g: Vec<_> = general
-                .iter()
-                .map(|o| (o.view, o.decision, o.value.as_slice()))
-                .collect();
-            let q: Vec<_> = out
-                .iter()
-                .map(|o| (idx[o.nth], o.decision, o.value))
-                .collect();
-            assert_eq!(g, q);
+            let q = agree(
+                &fast, &payload, &resolver, scope, &all, &mut out, &mut tally,
+            );
             for o in &q {
                 per_view[o.0] += 1;
             }

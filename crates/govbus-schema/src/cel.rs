@@ -608,7 +608,12 @@ fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
         }
         _ => false,
     };
-    if let Expr::Select(sel) = &e.expr {
+    // Every `var[k].a.b` chain (and, visited on the way, its prefixes,
+    // which exist whenever it does).
+    visit(e, &mut |x| {
+        let Expr::Select(sel) = &x.expr else {
+            return;
+        };
         let mut chain = vec![sel.field.clone()];
         let mut cur = &sel.operand;
         while let Expr::Select(inner) = &cur.expr {
@@ -619,27 +624,7 @@ fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
             chain.reverse();
             out.push(chain);
         }
-        return row_paths(cur, var, out);
-    }
-    match &e.expr {
-        Expr::Call(c) => {
-            c.target.iter().for_each(|t| row_paths(t, var, out));
-            c.args.iter().for_each(|a| row_paths(a, var, out));
-        }
-        Expr::List(l) => l.elements.iter().for_each(|x| row_paths(x, var, out)),
-        Expr::Comprehension(c) => {
-            for x in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
-                row_paths(x, var, out);
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// Checks that the field `path` exists in `entity` (the message names what

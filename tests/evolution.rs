@@ -113,7 +113,7 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
 
     let mut want: Rows = BTreeMap::new();
     for i in 0..5 {
-        let (a, b) = (format!("05209100000{i}"), format!("05209200000{i}"));
+        let (a, b) = (format!("05299100000{i}"), format!("05299200000{i}"));
         old.submit("bca.residents", resident(&a, &format!("Cũ {i}"), None))
             .unwrap();
         new.submit(
@@ -124,7 +124,8 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
         want.insert(a, (format!("Cũ {i}"), None));
         want.insert(b, (format!("Mới {i}"), Some(format!("090000000{i}"))));
     }
-    // Some demo traffic from both, in other provinces too.
+    // Some demo traffic, in other provinces too (the demo never makes a
+    // citizen id with century digit 9, so it never touches those above).
     let mut world = DemoWorld::new(5);
     for _ in 0..50 {
         old.submit("bca.residents", world.next_change()).unwrap();
@@ -163,7 +164,7 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
     drop(agents);
     let _agents = start(&v2);
     for i in 0..5 {
-        let b = format!("05209200000{i}");
+        let b = format!("05299200000{i}");
         let phone = format!("091111111{i}");
         new.submit(
             "bca.residents",
@@ -172,9 +173,9 @@ fn v1_and_v2_producers_at_once_and_the_table_gains_the_column() {
         .unwrap();
         want.insert(b, (format!("Mới {i}"), Some(phone)));
     }
-    old.submit("bca.residents", resident("052091000009", "Cũ 9", None))
+    old.submit("bca.residents", resident("052991000009", "Cũ 9", None))
         .unwrap();
-    want.insert("052091000009".into(), ("Cũ 9".into(), None));
+    want.insert("052991000009".into(), ("Cũ 9".into(), None));
 
     wait_until(
         Duration::from_secs(90),

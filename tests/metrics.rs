@@ -61,7 +61,10 @@ fn the_router_counts_what_it_consumes_routes_filters_and_dead_letters() {
     raw.flush(Duration::from_secs(10)).unwrap();
     for (i, province) in ["52", "92", "92"].into_iter().enumerate() {
         publisher
-            .submit("bca.residents", resident(province, i as i64 + 1))
+            .submit(
+                "bca.residents",
+                resident(province, 1_764_230_400_000 + i as i64),
+            )
             .unwrap();
     }
     let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();

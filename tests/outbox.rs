@@ -69,11 +69,11 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
     db.batch_execute(&format!(
         "INSERT INTO {src}.residents (citizen_id, full_name, date_of_birth, sex, ethnicity,
              permanent_address_province_code, permanent_address_commune_code, permanent_address_street, internal_note)
-         VALUES ('052090000001', 'Lê Văn Bình', '1990-01-02', 'MALE', 'Kinh', '52', '21550', '1 Lê Lợi', 'x'),
+         VALUES ('052090000001', 'Lê Văn Bình', '1990-01-02', 'MALE', 'Kinh', '52', '21553', '1 Lê Lợi', 'x'),
                 ('052090000002', 'Phạm Thị Hà', '1991-03-04', 'FEMALE', 'Kinh', '52', '21553', NULL, 'y'),
                 ('094090000003', 'Thạch Sơn', '1985-07-08', 'MALE', 'Khmer', '94', '31507', NULL, 'z');
          UPDATE {src}.residents SET full_name = 'Lê Văn Bình An' WHERE citizen_id = '052090000001';
-         UPDATE {src}.residents SET permanent_address_province_code = '52', permanent_address_commune_code = '21556'
+         UPDATE {src}.residents SET permanent_address_province_code = '52', permanent_address_commune_code = '21583'
              WHERE citizen_id = '094090000003';
          DELETE FROM {src}.residents WHERE citizen_id = '052090000002';
          BEGIN;
@@ -82,7 +82,7 @@ fn plain_sql_on_a_legacy_table_reaches_the_province() {
          -- A row the contract refuses (born in the future): DLQ, reason `contract`.
          INSERT INTO {src}.residents (citizen_id, full_name, date_of_birth, sex, ethnicity,
              permanent_address_province_code, permanent_address_commune_code, permanent_address_street, internal_note)
-         VALUES ('052090000009', 'Đỗ Văn Tương Lai', '2999-01-01', 'MALE', 'Kinh', '52', '21550', NULL, 'w');
+         VALUES ('052090000009', 'Đỗ Văn Tương Lai', '2999-01-01', 'MALE', 'Kinh', '52', '21553', NULL, 'w');
          -- A row the relay cannot turn into a change: it must reach the DLQ, not vanish.
          INSERT INTO {src}.outbox (dataset, op, key, after) VALUES ('bca.residents', 'INSERT', '1', '{{\"citizen_id\": 1}}');
          -- An after image that is JSON but not a row (a hand-edited outbox).

@@ -544,18 +544,18 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
         200
     );
 
-    // Renaming the province code (with a default, so Avro alone would allow
+    // Renaming the commune code (with a default, so Avro alone would allow
     // it) breaks p52's and p92's filters.
     let mut renamed = v1.clone();
-    renamed["fields"][5]["type"]["fields"][0] =
-        serde_json::json!({"name": "province", "type": "string", "default": ""});
+    renamed["fields"][5]["type"]["fields"][1] =
+        serde_json::json!({"name": "commune", "type": "string", "default": ""});
     let (s, b) = call("POST", &versions, Some(&schema_body(&envelope(&renamed))));
     assert_eq!((s, b["error_code"].as_u64()), (409, Some(409)), "{b}");
     let msg = b["message"].as_str().unwrap();
     for needle in [
         "p52/bca.residents",
         "p92/bca.residents",
-        "permanent_address.province_code",
+        "permanent_address.commune_code",
     ] {
         assert!(msg.contains(needle), "{needle} not in {msg}");
     }

@@ -66,23 +66,25 @@ pub const FORMER: &[(&str, &str, &str)] = &[
     ("20242", "48", "20236"), // Phường Hải Châu I → Phường Hải Châu
 ];
 
-/// A commune of Sóc Trăng before the reform that was merged in part into
-/// several communes, and those communes: a code the producer refuses,
-/// naming them (the first such code in the real map).
+/// A commune before the reform that was merged in part into several
+/// communes, and those communes: a code the producer refuses, naming them
+/// (the first such code of Sóc Trăng in the real map, else of any province).
 pub fn split_example() -> (&'static str, Vec<String>) {
     let map = govbus_core::admin_map::reference();
     let before = govbus_core::admin_map::reform_day()
         .pred_opt()
         .unwrap_or_default();
-    map.iter()
-        .filter_map(|(c, vs)| {
+    let split = |province: Option<&str>| {
+        map.iter().find_map(|(c, vs)| {
             let v = vs.iter().find(|v| v.valid_on(before))?;
             (v.level == govbus_core::admin_map::Level::Commune
                 && v.successors.len() > 1
-                && map.province_of(c, before).is_some_and(|p| p.code == "94"))
+                && province.is_none_or(|p| map.province_of(c, before).is_some_and(|q| q.code == p)))
             .then(|| (c, v.successors.iter().map(|s| s.code.clone()).collect()))
         })
-        .next()
+    };
+    split(Some("94"))
+        .or_else(|| split(None))
         .unwrap_or(("", vec![]))
 }
 
@@ -121,6 +123,8 @@ pub fn admin_units() -> Vec<Json> {
     let (split, candidates) = split_example();
     codes.push(split);
     codes.extend(candidates.iter().map(String::as_str));
+    let split_province = map.province_of(split, before).map(|p| p.code.clone());
+    codes.extend(split_province.as_deref());
     let districts: Vec<String> = FORMER
         .iter()
         .map(|(_, _, c)| *c)

@@ -491,7 +491,8 @@ fn run_blocking(
         let total = |m: BTreeMap<String, f64>| m.values().map(|v| *v as u64).sum::<u64>();
         let applied = |port| total(scrape(port, "govbus_consumer_applied_total", ""));
         let lag = |port| total(scrape(port, "govbus_consumer_lag_events", ""));
-        let now = hops.read(applied(m_p52), lag(m_p52), applied(m_p92), lag(m_p92));
+        let mut now = hops.read(applied(m_p52), lag(m_p52), applied(m_p92), lag(m_p92));
+        now.normalised = total(scrape(m_producer, "govbus_codes_normalised_total", ""));
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
         last_published = now.published;
         println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
@@ -521,6 +522,8 @@ struct Hops {
 /// One reading of [`Hops`].
 struct HopsNow {
     published: u64,
+    /// Codes the producer normalised (pre-reform codes the demo still sends).
+    normalised: u64,
     routed: Option<(u64, u64)>,
     provinces: [(&'static str, u64, u64); 2],
     stalled: Vec<(&'static str, u64)>,
@@ -533,8 +536,9 @@ impl HopsNow {
             None => "router consumed        ? lag      ?".to_string(),
         };
         let mut line = format!(
-            "published {:>8} ({rate:>5.0}/s) │ {router} │ {}",
+            "published {:>8} ({rate:>5.0}/s, {:>6} codes normalised) │ {router} │ {}",
             self.published,
+            self.normalised,
             self.provinces
                 .iter()
                 .map(|(p, applied, lag)| format!("{p} applied {applied:>7} lag {lag:>6}"))
@@ -605,6 +609,7 @@ impl Hops {
         watch("p92", a92, l92);
         HopsNow {
             published,
+            normalised: 0,
             routed,
             provinces: [("p52", a52, l52), ("p92", a92, l92)],
             stalled,

@@ -278,3 +278,108 @@ fn a_map_change_moves_residents_between_two_provinces_live_and_exactly_once() {
     );
     assert!(!v52.iter().any(|(k, _)| k == "092190000014"));
 }
+
+#[test]
+fn a_unit_that_ceases_to_exist_empties_or_keeps_its_views_as_their_subscriptions_say() {
+    let bus = Bus::start();
+    let publisher = bus.publisher("end");
+    let relay = Relay::new(&bus.kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    // Two subscriptions to the residents of one commune: one keeps its rows
+    // when the commune ceases to exist, one follows the map.
+    let mut catalog = (*bus.catalog).clone();
+    for (who, when) in [("pkeep", "keep"), ("pleave", "leave")] {
+        catalog.subscriptions.push(
+            govbus_core::catalog::parse_subscription(
+                &format!("{who}.toml"),
+                &format!(
+                    "subscriber = \"{who}\"\ndataset = \"bca.residents\"\nfilter = 'in_unit(permanent_address.commune_code, \"31540\")'\nunit_ended = \"{when}\"\n"
+                ),
+            )
+            .unwrap(),
+        );
+    }
+    let router = govbus_e2e::router(
+        govbus_e2e::router_config(&bus.kafka, &bus.registry, &bus.prefix),
+        &catalog,
+    );
+    let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+    let residents = ["092190000021", "092190000022"];
+    for id in residents {
+        publisher
+            .submit(
+                "bca.residents",
+                ChangeRequest::Upsert(resident(id, "92", "31540", AFTER)),
+            )
+            .unwrap();
+    }
+    let topic = |who: &str| bus.topics.view(who, &"bca.residents".parse().unwrap(), 1);
+    let resolver = SchemaCache::new(govbus_schema::RegistryClient::new(&bus.registry));
+    let probe: rdkafka::consumer::BaseConsumer = bus
+        .kafka
+        .consumer(&govbus_e2e::unique("probe-"))
+        .create()
+        .unwrap();
+    let ops = |who: &str| -> Vec<(String, Op)> {
+        // Nothing yet while the router has not created the view's topic.
+        if govbus_core::kafka::partitions_of(&probe, &topic(who)).map_or(true, |p| p.is_empty()) {
+            return vec![];
+        }
+        read_all(&bus.kafka, &topic(who))
+            .iter()
+            .map(|m| {
+                let (_, c) = envelope::decode(m.payload().unwrap(), &resolver).unwrap();
+                (String::from_utf8_lossy(m.key().unwrap()).into_owned(), c.op)
+            })
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "both views to hold both residents",
+        || (ops("pkeep").len() == 2 && ops("pleave").len() == 2).then_some(()),
+    );
+
+    // moha merges Xã Thới An Hội whole into Phường Sóc Trăng from today.
+    let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms()).to_string();
+    let store =
+        govbus_producer::open_store(bus.dir.path().join("moha-end.db").to_str().unwrap(), "")
+            .unwrap();
+    let moha = Publisher::new(
+        &bus.catalog,
+        "moha",
+        "danh-muc",
+        &bus.topics,
+        &bus.kafka,
+        &govbus_schema::RegistryClient::new(&bus.registry),
+        store,
+    )
+    .unwrap();
+    let relay = Relay::new(&bus.kafka, moha.store(), moha.wakeup()).unwrap();
+    let _moha_relay = Worker::spawn("moha relay", move |stop| relay.run(stop));
+    moha.submit(
+        "moha.admin_units",
+        ChangeRequest::Upsert(json!({
+            "code": "31540", "name": "Xã Thới An Hội", "level": "COMMUNE", "parent_code": "92",
+            "valid_from": "2025-07-01", "valid_to": today,
+            "successors": [{"code": "31507", "whole": true}], "history": []
+        })),
+    )
+    .unwrap();
+
+    // `leave`: each resident leaves once. `keep`: nothing more is sent, in
+    // the same transaction that sent the leaves (one partition's step).
+    wait_until(
+        Duration::from_secs(120),
+        "the leaves in pleave's view",
+        || {
+            let v = ops("pleave");
+            residents
+                .iter()
+                .all(|r| v.iter().filter(|(k, o)| k == r && *o == Op::Delete).count() == 1)
+                .then_some(())
+        },
+    );
+    let kept = ops("pkeep");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(kept.iter().all(|(_, o)| *o != Op::Delete), "{kept:?}");
+}

@@ -256,6 +256,30 @@ pub struct SubscriptionFile {
     /// Last day of delivery (`YYYY-MM-DD`, inclusive); none = no end.
     #[serde(default)]
     pub expires: Option<String>,
+    /// What happens to the view's rows when the unit its filter names
+    /// (`in_unit(…, "94")`, `province_of(…) == "94"`) ceases to exist in
+    /// the administrative map: `leave` (the default: nothing lies in it any
+    /// more, so every row leaves) or `keep` (delivery stops on that day and
+    /// the rows stay, as when a subscription expires).
+    #[serde(default, skip_serializing_if = "UnitEnded::is_leave")]
+    pub unit_ended: UnitEnded,
+}
+
+/// What a subscription's view does when the unit it follows ceases to exist.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitEnded {
+    /// Every row leaves (a delete each), as the map says.
+    #[default]
+    Leave,
+    /// Delivery stops and the rows stay.
+    Keep,
+}
+
+impl UnitEnded {
+    fn is_leave(&self) -> bool {
+        *self == UnitEnded::Leave
+    }
 }
 
 impl SubscriptionFile {

@@ -152,6 +152,14 @@ impl MapWatch {
         }
     }
 
+    /// The day `unit` ceased to exist (its last meaning ended), if it has
+    /// by `day`.
+    pub fn ended(&self, unit: &str, day: NaiveDate) -> Option<NaiveDate> {
+        let c = self.current.read().ok()?;
+        let last = c.map.versions(unit).last()?;
+        last.valid_to.filter(|t| *t <= day)
+    }
+
     /// Stops following (within a poll interval).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -37,6 +37,8 @@ pub struct View {
     pub codec: Option<EnvelopeCodec>,
     /// Delivery stops at this instant (ms since the epoch), if set.
     pub expires_ms: Option<i64>,
+    /// What its rows do when the unit its filter follows ceases to exist.
+    pub unit_ended: govbus_core::catalog::UnitEnded,
     /// Whether the expiry has been logged (once per view).
     pub expiry_reported: std::sync::atomic::AtomicBool,
     /// The view's metric handles (registered once, not per change).
@@ -163,6 +165,7 @@ pub fn compile_spec(
         schema,
         codec: None,
         expires_ms: s.file.expires_ms().map_err(|m| s.invalid(m))?,
+        unit_ended: s.file.unit_ended,
         expiry_reported: std::sync::atomic::AtomicBool::new(false),
         counters: ViewCounters::new(&s.file.subscriber, &ds.id),
     })

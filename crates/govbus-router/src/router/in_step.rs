@@ -262,6 +262,7 @@ impl Router {
                 legal_reference: String::new(),
                 requested_by: String::new(),
                 expires: None,
+                unit_ended: Default::default(),
             },
             origin: self.topics.view_state(),
             filter_line: None,

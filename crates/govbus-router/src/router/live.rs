@@ -16,6 +16,7 @@ use crate::fast::FastRoute;
 use crate::route::Scope;
 use crate::views::{self, View};
 use govbus_core::InternalEvent;
+use govbus_schema::cel::Test;
 
 /// A removed subscription whose view may still need emptying.
 #[derive(Debug)]
@@ -194,6 +195,25 @@ impl Router {
             if let Some(w) = self.map_watch()? {
                 live.map_epoch = w.epoch(crate::map::today());
                 live.hierarchy = Arc::new(w.hierarchy(live.map_epoch));
+                // A view that keeps its rows when its unit ceases to exist
+                // stops on that day, as if it had expired then.
+                for v in live.views.iter_mut() {
+                    if v.unit_ended != govbus_core::catalog::UnitEnded::Keep {
+                        continue;
+                    }
+                    let unit = match v.filter.test() {
+                        Some((_, Test::InUnit(u) | Test::ProvinceIs(u))) => u.to_string(),
+                        _ => continue,
+                    };
+                    if let Some(end) = live.map_epoch.and_then(|e| w.ended(&unit, e)) {
+                        let end_ms = end
+                            .and_hms_opt(0, 0, 0)
+                            .map_or(i64::MAX, |t| t.and_utc().timestamp_millis())
+                            - 7 * 3_600_000;
+                        v.expires_ms = Some(v.expires_ms.map_or(end_ms, |e| e.min(end_ms)));
+                        tracing::info!(view = v.name, unit, %end, "the unit this view follows has ceased to exist; its rows are kept and delivery stops");
+                    }
+                }
                 tracing::info!(epoch = ?live.map_epoch, units = w.rows(), "views follow the administrative map");
             }
         }

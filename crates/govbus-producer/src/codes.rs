@@ -39,6 +39,14 @@ pub fn check(file: &DatasetFile, entity: &Schema) -> Vec<String> {
                 out.push(format!("{}: {e}", at("field", path)));
             }
         }
+        if let Some(level) = r.level.as_deref() {
+            if !["PROVINCE", "DISTRICT", "COMMUNE"].contains(&level) {
+                out.push(format!(
+                    "codes {}: `level = \"{level}\"` is not PROVINCE, DISTRICT or COMMUNE",
+                    r.field
+                ));
+            }
+        }
         for (what, action) in [("split", r.split), ("unknown", r.unknown)] {
             if action == CodeAction::Normalise {
                 out.push(format!(
@@ -203,5 +211,31 @@ mod tests {
         // 2025-06-30 17:00 UTC is 1 July in Vietnam.
         assert_eq!(day_at(&v, "updated_at").unwrap().to_string(), "2025-07-01");
         assert_eq!(day_at(&v, "born").unwrap().to_string(), "1970-01-02");
+    }
+
+    #[test]
+    fn code_rules_that_cannot_work_are_named_at_load() {
+        let c = govbus_core::Catalog::builtin();
+        let ds = c.dataset(&"bca.residents".parse().unwrap()).unwrap();
+        let entity = Schema::parse_str(&ds.entity_schema).unwrap();
+        assert_eq!(check(&ds.file, &entity), Vec::<String>::new());
+        let mut file = ds.file.clone();
+        file.codes[0].catalog = "units".into();
+        file.codes[0].split = CodeAction::Normalise;
+        file.codes[1].level = Some("COMUNE".into());
+        file.codes[1].as_sent = Some("permanent_address.kept".into());
+        let problems = check(&file, &entity);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        for needle in [
+            "[lookups]",
+            "split = \"normalise\"",
+            "COMUNE",
+            "permanent_address.kept",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "{needle}: {problems:#?}"
+            );
+        }
     }
 }

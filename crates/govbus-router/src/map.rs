@@ -26,6 +26,24 @@ struct Current {
     /// Every day on which a version begins or ends, in order.
     days: Vec<NaiveDate>,
     rows: usize,
+    /// A digest of the rows: a correction or a unit added with a past date
+    /// changes it without changing the epoch.
+    digest: String,
+    /// Rebuilds so far (a new session follows each).
+    generation: u64,
+}
+
+/// The map as one session reads it.
+#[derive(Debug, Clone, Default)]
+pub struct MapView {
+    /// The epoch as of today (None: no map yet).
+    pub epoch: Option<NaiveDate>,
+    /// The map as of that epoch.
+    pub hierarchy: Hierarchy,
+    /// The rows' digest.
+    pub digest: String,
+    /// Which rebuild this is.
+    pub generation: u64,
 }
 
 /// A live copy of the administrative map.
@@ -120,11 +138,23 @@ impl MapWatch {
         days.sort_unstable();
         days.dedup();
         let n = rows.len();
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut keys: Vec<(&String, String)> =
+                rows.iter().map(|(k, v)| (k, v.to_string())).collect();
+            keys.sort();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            keys.hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
         if let Ok(mut c) = self.current.write() {
+            let generation = c.generation + 1;
             *c = Current {
                 map: Arc::new(map),
                 days,
                 rows: n,
+                digest,
+                generation,
             };
         }
         metrics::gauge!("govbus_router_map_units").set(n as f64);
@@ -142,6 +172,27 @@ impl MapWatch {
         let c = self.current.read().ok()?;
         let i = c.days.partition_point(|d| *d <= day);
         i.checked_sub(1).map(|i| c.days[i])
+    }
+
+    /// Which rebuild the map is at.
+    pub fn generation(&self) -> u64 {
+        self.current.read().map(|c| c.generation).unwrap_or(0)
+    }
+
+    /// The map as of `today`, read at one instant: its epoch, the hierarchy
+    /// as of that epoch, the rows' digest and the rebuild it comes from.
+    pub fn view(&self, today: NaiveDate) -> MapView {
+        let Ok(c) = self.current.read() else {
+            return MapView::default();
+        };
+        let i = c.days.partition_point(|d| *d <= today);
+        let epoch = i.checked_sub(1).map(|i| c.days[i]);
+        MapView {
+            epoch,
+            hierarchy: epoch.map_or_else(Hierarchy::empty, |d| Hierarchy::new(&c.map, d)),
+            digest: c.digest.clone(),
+            generation: c.generation,
+        }
     }
 
     /// The hierarchy as of `epoch` (an empty one for None).

@@ -137,12 +137,15 @@ fn as_reader(
 /// (`new`, or `old` when the view is being emptied). The records carry the
 /// entity's own sequence, so a province applies them exactly once. Each
 /// side's filter is evaluated in its own scope: a view that follows the
-/// administrative map held what the map of its recorded day gave.
+/// administrative map held what the map of its recorded day gave. With
+/// `resend`, an entity in both is sent again (the map's rows changed, so
+/// what the view holds is not known for sure).
 pub fn backfill(
     current: &Change,
     old: Option<(&View, Scope<'_>)>,
     new: Option<(&View, Scope<'_>)>,
     out: &View,
+    resend: bool,
 ) -> Result<Option<(&'static str, Vec<u8>)>, RouteError> {
     let after = as_reader(&current.after, Some(&out.entity))?;
     let Some(after) = after else {
@@ -163,7 +166,7 @@ pub fn backfill(
     };
     let (was, is) = (matches(old)?, matches(new)?);
     let (old, new) = (old.map(|o| o.0), new.map(|n| n.0));
-    let reprojected = old.zip(new).is_some_and(|(o, n)| o.drop != n.drop);
+    let reprojected = resend || old.zip(new).is_some_and(|(o, n)| o.drop != n.drop);
     let (label, decision) = match (was, is) {
         (false, true) => ("enter", Decision::Snapshot),
         (true, false) => ("leave", Decision::Delete),
@@ -394,6 +397,7 @@ mod tests {
                 old.map(|v| (v, Scope::plain(&base))),
                 new.map(|v| (v, Scope::plain(&base))),
                 out,
+                false,
             )
             .unwrap();
             assert_eq!(
@@ -407,11 +411,26 @@ mod tests {
             after: None,
             ..create_in_52()
         };
-        assert!(
-            backfill(&deleted, None, Some((&all52, Scope::plain(&base))), &all52)
-                .unwrap()
-                .is_none()
+        assert!(backfill(
+            &deleted,
+            None,
+            Some((&all52, Scope::plain(&base))),
+            &all52,
+            false
+        )
+        .unwrap()
+        .is_none());
+        // The map's rows changed: an entity in the view before and after
+        // is sent again.
+        let scoped = Some((&all52, Scope::plain(&base)));
+        let got = backfill(&current, scoped, scoped, &all52, true).unwrap();
+        assert_eq!(
+            got.map(|(l, v)| (l, op_of(&all52, &v))),
+            Some(("resend", Op::Snapshot))
         );
+        assert!(backfill(&current, scoped, scoped, &all52, false)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -59,6 +59,11 @@ struct Work<'a> {
     old: Option<View>,
     /// The map the old spec was evaluated with, for a filter that asks it.
     old_map: Option<(Context<'static>, Arc<Hierarchy>)>,
+    /// The map's rows changed since the view was brought in step: what it
+    /// holds cannot be told from the map as it is now, so every entity
+    /// that belongs is sent again (a snapshot each; a province skips those
+    /// it has).
+    resend: bool,
     new: Option<&'a View>,
     /// Write `old`'s leaves when there is no `new`.
     empty: bool,
@@ -140,7 +145,15 @@ impl Router {
                 });
                 let old = held(&v.name);
                 if old != target {
+                    // Same epoch, other rows (a unit added with a past date,
+                    // a map still loading when the view was last in step).
+                    let day = |a: &str| a.split('/').next().map(str::to_string);
+                    let resend = matches!(
+                        (old.as_ref().and_then(|a| a.map.as_deref()), target.as_ref().and_then(|a| a.map.as_deref())),
+                        (Some(a), Some(b)) if a != "none" && a != b && day(a) == day(b)
+                    );
                     work.push(Work {
+                        resend,
                         key: state_key(&v.name, topic, *p),
                         view: v.name.clone(),
                         old_map: old.as_ref().and_then(|a| self.applied_map(a)),
@@ -163,6 +176,7 @@ impl Router {
                     }
                 }
                 work.push(Work {
+                    resend: false,
                     key: state_key(&r.name, topic, *p),
                     view: r.name.clone(),
                     old_map: self.applied_map(&held(&r.name).unwrap_or_else(|| Applied {
@@ -241,7 +255,8 @@ impl Router {
     /// not ask the map): as of its recorded epoch, or empty for `none`.
     fn applied_map(&self, a: &Applied) -> Option<(Context<'static>, Arc<Hierarchy>)> {
         let tag = a.map.as_deref()?;
-        let h = match (tag.parse::<chrono::NaiveDate>(), self.map_watch()) {
+        let day = tag.split('/').next().unwrap_or_default();
+        let h = match (day.parse::<chrono::NaiveDate>(), self.map_watch()) {
             (Ok(day), Ok(Some(w))) => w.hierarchy(Some(day)),
             _ => Hierarchy::empty(),
         };
@@ -346,7 +361,7 @@ impl Router {
                     };
                     (v, s)
                 });
-                match route::backfill(&change, old, w.new.map(|v| (v, scope)), out) {
+                match route::backfill(&change, old, w.new.map(|v| (v, scope)), out, w.resend) {
                     Ok(Some((label, value))) => {
                         metrics::counter!("govbus_router_backfill_total", "subscriber" => out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(1);
                         send(

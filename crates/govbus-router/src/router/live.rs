@@ -45,6 +45,9 @@ pub(crate) struct Live {
     pub(crate) uses_map: bool,
     /// The map's epoch the views are routed with (None: no map).
     pub(crate) map_epoch: Option<chrono::NaiveDate>,
+    /// The map's rebuild and rows' digest the views are routed with.
+    pub(crate) map_generation: u64,
+    pub(crate) map_digest: String,
     /// The map as of that epoch.
     pub(crate) hierarchy: Arc<Hierarchy>,
 }
@@ -71,9 +74,9 @@ impl Live {
     /// The map epoch recorded with a view's spec (`_govbus.views`): None
     /// when its filter does not ask the map, `none` when there is no map.
     pub(crate) fn map_tag(&self, view: &View) -> Option<String> {
-        view.filter.uses_hierarchy().then(|| {
-            self.map_epoch
-                .map_or_else(|| "none".into(), |d| d.to_string())
+        view.filter.uses_hierarchy().then(|| match self.map_epoch {
+            None => "none".into(),
+            Some(d) => format!("{d}/{}", self.map_digest),
         })
     }
 }
@@ -193,8 +196,11 @@ impl Router {
         live.uses_map = live.views.iter().any(|v| v.filter.uses_hierarchy());
         if live.uses_map {
             if let Some(w) = self.map_watch()? {
-                live.map_epoch = w.epoch(crate::map::today());
-                live.hierarchy = Arc::new(w.hierarchy(live.map_epoch));
+                let m = w.view(crate::map::today());
+                live.map_epoch = m.epoch;
+                live.map_generation = m.generation;
+                live.map_digest = m.digest;
+                live.hierarchy = Arc::new(m.hierarchy);
                 // A view that keeps its rows when its unit ceases to exist
                 // stops on that day, as if it had expired then.
                 for v in live.views.iter_mut() {

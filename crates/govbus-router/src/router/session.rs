@@ -32,13 +32,15 @@ impl Router {
         } else {
             None
         };
-        // A new subscription set, or a new day of the administrative map
-        // (a change taking effect): a new session brings every view in step.
+        // A new subscription set, a new day of the administrative map (a
+        // change taking effect) or new rows of it: a new session brings
+        // every view in step.
         let changed = || {
             self.control.generation() != live.generation
-                || map
-                    .as_ref()
-                    .is_some_and(|w| w.epoch(crate::map::today()) != live.map_epoch)
+                || map.as_ref().is_some_and(|w| {
+                    w.generation() != live.map_generation
+                        || w.epoch(crate::map::today()) != live.map_epoch
+                })
         };
         if live.inputs.is_empty() {
             tracing::info!("no subscriptions; waiting for the control topic");

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use govbus_e2e::{wait_until, Bus, Worker};
-use govbus_producer::{ChangeRequest, Publisher, Relay, SubmitError};
+use govbus_e2e::{wait_until, Bus};
+use govbus_producer::{ChangeRequest, Publisher, SubmitError};
 use serde_json::{json, Value};
 
 fn resident(id: &str, province: &str, commune: &str) -> ChangeRequest {
@@ -94,20 +94,7 @@ fn admin_unit_rules_follow_the_catalog_live() {
     );
 
     // moha publishes a new commune of 52 and retires 21553.
-    let moha_store =
-        govbus_producer::open_store(bus.dir.path().join("moha.db").to_str().unwrap(), "").unwrap();
-    let moha = Publisher::new(
-        &bus.catalog,
-        "moha",
-        "danh-muc",
-        &bus.topics,
-        &bus.kafka,
-        &govbus_schema::RegistryClient::new(&bus.registry),
-        moha_store,
-    )
-    .unwrap();
-    let relay = Relay::new(&bus.kafka, moha.store(), moha.wakeup()).unwrap();
-    let _relay = Worker::spawn("moha relay", move |stop| relay.run(stop));
+    let (moha, _relay) = bus.moha("danh-muc");
     let unit = |code: &str, valid_to: Value| {
         ChangeRequest::Upsert(json!({
             "code": code, "name": "Xã Mới", "level": "COMMUNE", "parent_code": "52",

@@ -217,23 +217,7 @@ fn a_map_change_moves_residents_between_two_provinces_live_and_exactly_once() {
 
     // moha moves Thới An Hội to Gia Lai from today, with the bus running.
     let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms()).to_string();
-    let moha_store = govbus_producer::open_store(
-        bus.bus.dir.path().join("moha-change.db").to_str().unwrap(),
-        "",
-    )
-    .unwrap();
-    let moha = Publisher::new(
-        &bus.bus.catalog,
-        "moha",
-        "danh-muc",
-        &bus.bus.topics,
-        &bus.bus.kafka,
-        &govbus_schema::RegistryClient::new(&bus.bus.registry),
-        moha_store,
-    )
-    .unwrap();
-    let relay = Relay::new(&bus.bus.kafka, moha.store(), moha.wakeup()).unwrap();
-    let _moha_relay = Worker::spawn("moha relay", move |stop| relay.run(stop));
+    let (moha, _moha_relay) = bus.bus.moha("danh-muc");
     moha.submit(
         "moha.admin_units",
         ChangeRequest::Upsert(json!({
@@ -341,21 +325,7 @@ fn a_unit_that_ceases_to_exist_empties_or_keeps_its_views_as_their_subscriptions
 
     // moha merges Xã Thới An Hội whole into Phường Sóc Trăng from today.
     let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms()).to_string();
-    let store =
-        govbus_producer::open_store(bus.dir.path().join("moha-end.db").to_str().unwrap(), "")
-            .unwrap();
-    let moha = Publisher::new(
-        &bus.catalog,
-        "moha",
-        "danh-muc",
-        &bus.topics,
-        &bus.kafka,
-        &govbus_schema::RegistryClient::new(&bus.registry),
-        store,
-    )
-    .unwrap();
-    let relay = Relay::new(&bus.kafka, moha.store(), moha.wakeup()).unwrap();
-    let _moha_relay = Worker::spawn("moha relay", move |stop| relay.run(stop));
+    let (moha, _moha_relay) = bus.moha("end");
     moha.submit(
         "moha.admin_units",
         ChangeRequest::Upsert(json!({

@@ -309,6 +309,29 @@ impl Bus {
         Worker::spawn("router", move |stop| router.run(stop).unwrap())
     }
 
+    /// moha's publisher (system `system`, a SQLite store in the scratch
+    /// directory) with its relay running until the worker is dropped: for
+    /// a test that changes the administrative map while the bus runs.
+    pub fn moha(&self, system: &str) -> (govbus_producer::Publisher, Worker) {
+        let path = self.dir.path().join(format!("moha-{system}.db"));
+        let store =
+            govbus_producer::open_store(path.to_str().expect("utf-8 path"), "").expect("store");
+        let moha = govbus_producer::Publisher::new(
+            &self.catalog,
+            "moha",
+            system,
+            &self.topics,
+            &self.kafka,
+            &govbus_schema::RegistryClient::new(&self.registry),
+            store,
+        )
+        .expect("moha's publisher");
+        let relay = govbus_producer::Relay::new(&self.kafka, moha.store(), moha.wakeup())
+            .expect("moha's relay");
+        let worker = Worker::spawn("moha relay", move |stop| relay.run(stop));
+        (moha, worker)
+    }
+
     /// The bca publisher with a SQLite store in the scratch directory, its
     /// central topics created, the demo's admin units published first (its
     /// contract looks codes up in moha.admin_units).

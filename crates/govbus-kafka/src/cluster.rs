@@ -74,10 +74,17 @@ pub struct Cluster {
     nodes: Vec<Node>,
 }
 
-fn free_port() -> Result<u16, KafkaError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+/// `n` distinct free loopback ports. Each listener is held until all are
+/// bound: a port freed at once can be handed out again by the next bind, and
+/// a node's listener and controller on one port fail to start.
+fn free_ports(n: usize) -> Result<Vec<u16>, KafkaError> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(KafkaError::io("finding a free loopback port"))?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
         .map_err(KafkaError::io("finding a free loopback port"))
 }
 
@@ -86,12 +93,13 @@ impl Cluster {
     /// logged that it started.
     pub fn start(dist: &Dist, cfg: ClusterConfig) -> Result<Self, KafkaError> {
         let mut nodes = Vec::with_capacity(cfg.nodes);
-        for i in 0..cfg.nodes {
+        let ports = free_ports(2 * cfg.nodes)?;
+        for (i, pair) in ports.chunks_exact(2).enumerate() {
             let id = i as u32 + 1;
             nodes.push(Node {
                 id,
-                port: free_port()?,
-                controller_port: free_port()?,
+                port: pair[0],
+                controller_port: pair[1],
                 dir: cfg.dir.join(format!("node-{id}")),
                 child: None,
                 pid: None,

@@ -20,7 +20,6 @@ use cel_interpreter::Value as Cel;
 use govbus_core::admin_map::AdminMap;
 use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::{DatasetId, KafkaConfig};
-use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache};
 use rdkafka::message::Message;
 
@@ -261,20 +260,14 @@ impl Rows {
             }
             return self.rows.remove(&Key::from(key.to_string())).is_some(); // tombstone
         };
-        let mut tries = 0u32;
-        let change = loop {
-            match decode(payload, &self.resolver) {
-                Ok((_, c)) => break c,
-                Err(e) if e.is_transient() && !self.lookup.stop.load(Ordering::Relaxed) => {
-                    // The registry is away: wait for it, never skip a row.
-                    tries += 1;
-                    if tries == 1 || tries % 30 == 0 {
-                        tracing::warn!(error = %e, "lookup waits for the registry");
-                    }
-                    std::thread::sleep(Duration::from_millis(200 * u64::from(tries.min(10))));
-                }
-                Err(e) => return skip("decode", e.to_string()),
-            }
+        let change = match govbus_schema::envelope::decode_waiting(
+            payload,
+            &self.resolver,
+            &self.lookup.stop,
+            "lookup",
+        ) {
+            Ok((_, c)) => c,
+            Err(e) => return skip("decode", e.to_string()),
         };
         let k = Key::from(key.to_string());
         match (change.op, change.after) {

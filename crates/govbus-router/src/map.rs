@@ -15,7 +15,6 @@ use chrono::NaiveDate;
 use govbus_core::admin_map::{AdminMap, Hierarchy};
 use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::KafkaConfig;
-use govbus_schema::envelope::decode;
 use govbus_schema::{RegistryClient, SchemaCache};
 use rdkafka::message::Message;
 
@@ -234,21 +233,11 @@ fn apply(
     let Some(payload) = payload else {
         return rows.remove(key).is_some();
     };
-    let mut tries = 0u32;
-    let change = loop {
-        match decode(payload, resolver) {
-            Ok((_, c)) => break c,
-            Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
-                tries += 1;
-                if tries == 1 || tries % 30 == 0 {
-                    tracing::warn!(error = %e, "the map follower waits for the registry");
-                }
-                std::thread::sleep(Duration::from_millis(200 * u64::from(tries.min(10))));
-            }
-            Err(e) => {
-                tracing::warn!(key, error = %e, "administrative map record left out");
-                return false;
-            }
+    let change = match govbus_schema::envelope::decode_waiting(payload, resolver, stop, "map") {
+        Ok((_, c)) => c,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "administrative map record left out");
+            return false;
         }
     };
     match change.after {

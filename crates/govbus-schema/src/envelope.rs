@@ -346,6 +346,33 @@ impl EnvelopeCodec {
     }
 }
 
+/// [`decode`], waiting while the registry is unreachable (never giving up
+/// on a record for that) until `stop`: for followers that must not skip a
+/// row. `what` names the follower in the warning logged on the first try
+/// and every 30th.
+pub fn decode_waiting(
+    payload: &[u8],
+    resolver: &dyn crate::SchemaResolver,
+    stop: &std::sync::atomic::AtomicBool,
+    what: &str,
+) -> Result<(u32, Change), EnvelopeError> {
+    let mut tries = 0u32;
+    loop {
+        match decode(payload, resolver) {
+            Err(e) if e.is_transient() && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
+                tries += 1;
+                if tries == 1 || tries % 30 == 0 {
+                    tracing::warn!(error = %e, follower = what, "waiting for the schema registry");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(
+                    200 * u64::from(tries.min(10)),
+                ));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Decodes a wire-format payload into a change, fetching the writer schema
 /// through `resolver`.
 pub fn decode(

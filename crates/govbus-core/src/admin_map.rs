@@ -29,8 +29,20 @@ pub fn reference() -> &'static AdminMap {
     MAP.get_or_init(|| {
         AdminMap::from_reference(REFERENCE.0, REFERENCE.1)
             .map(|(m, _)| m)
-            .unwrap_or_default()
+            .unwrap_or_else(|e| {
+                // The data is compiled in and tested; this is a broken build.
+                tracing::error!(error = %e, "the compiled-in administrative map does not build; using an empty one");
+                AdminMap::default()
+            })
     })
+}
+
+/// The map's epoch on `day`, from its [`AdminMap::change_days`]: the last
+/// day on or before it on which the map changed (None: no map then). Two
+/// days with the same epoch have the same map.
+pub fn epoch_in(days: &[NaiveDate], day: NaiveDate) -> Option<NaiveDate> {
+    let i = days.partition_point(|d| *d <= day);
+    i.checked_sub(1).map(|i| days[i])
 }
 
 /// The Vietnamese calendar day (UTC+7, no daylight saving) of a time in
@@ -765,27 +777,19 @@ impl AdminMap {
         AdminMap { versions }
     }
 
-    /// The last day on or before `day` on which the map changed (a version
-    /// began or ended): two days with the same epoch have the same map.
-    pub fn epoch(&self, day: NaiveDate) -> Option<NaiveDate> {
-        self.versions
+    /// Every day on which a version begins or ends, in order: the map is
+    /// the same between two of them.
+    pub fn change_days(&self) -> Vec<NaiveDate> {
+        let mut days: Vec<NaiveDate> = self
+            .versions
             .values()
             .flatten()
             .flat_map(|v| [Some(v.valid_from), v.valid_to])
             .flatten()
-            .filter(|d| *d <= day)
-            .max()
-    }
-
-    /// The first day after `day` on which the map changes.
-    pub fn next_change(&self, day: NaiveDate) -> Option<NaiveDate> {
-        self.versions
-            .values()
-            .flatten()
-            .flat_map(|v| [Some(v.valid_from), v.valid_to])
-            .flatten()
-            .filter(|d| *d > day)
-            .min()
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        days
     }
 
     /// The versions valid on `as_of` that `v` became: itself when valid
@@ -1093,9 +1097,11 @@ mod tests {
     #[test]
     fn the_map_epoch_is_the_last_change_on_or_before_a_day() {
         let (m, _) = map();
-        assert_eq!(m.epoch(day("2026-11-30")), Some(reform_day()));
-        assert_eq!(m.epoch(day("2025-06-30")), Some(coding_day()));
-        assert_eq!(m.next_change(day("2025-06-30")), Some(reform_day()));
-        assert_eq!(m.next_change(day("2026-11-30")), None);
+        let days = m.change_days();
+        assert_eq!(days, [coding_day(), reform_day()]);
+        assert_eq!(epoch_in(&days, day("2026-11-30")), Some(reform_day()));
+        assert_eq!(epoch_in(&days, reform_day()), Some(reform_day()));
+        assert_eq!(epoch_in(&days, day("2025-06-30")), Some(coding_day()));
+        assert_eq!(epoch_in(&days, day("2000-01-01")), None);
     }
 }

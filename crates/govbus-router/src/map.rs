@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use govbus_core::admin_map::{AdminMap, Hierarchy};
+use govbus_core::admin_map::{epoch_in, AdminMap, Hierarchy};
 use govbus_core::tail::{Tail, TailError, Tailed};
 use govbus_core::KafkaConfig;
 use govbus_schema::{RegistryClient, SchemaCache};
@@ -128,14 +128,7 @@ impl MapWatch {
         for s in skipped.iter().take(5) {
             tracing::warn!(topic = self.topic, problem = %s, "administrative map row left out");
         }
-        let mut days: Vec<NaiveDate> = map
-            .iter()
-            .flat_map(|(_, vs)| vs)
-            .flat_map(|v| [Some(v.valid_from), v.valid_to])
-            .flatten()
-            .collect();
-        days.sort_unstable();
-        days.dedup();
+        let days = map.change_days();
         let n = rows.len();
         let digest = {
             use std::hash::{Hash, Hasher};
@@ -169,8 +162,7 @@ impl MapWatch {
     /// brought in step again when it changes.
     pub fn epoch(&self, day: NaiveDate) -> Option<NaiveDate> {
         let c = self.current.read().ok()?;
-        let i = c.days.partition_point(|d| *d <= day);
-        i.checked_sub(1).map(|i| c.days[i])
+        epoch_in(&c.days, day)
     }
 
     /// Which rebuild the map is at.
@@ -184,8 +176,7 @@ impl MapWatch {
         let Ok(c) = self.current.read() else {
             return MapView::default();
         };
-        let i = c.days.partition_point(|d| *d <= today);
-        let epoch = i.checked_sub(1).map(|i| c.days[i]);
+        let epoch = epoch_in(&c.days, today);
         MapView {
             epoch,
             hierarchy: epoch.map_or_else(Hierarchy::empty, |d| Hierarchy::new(&c.map, d)),

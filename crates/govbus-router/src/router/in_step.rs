@@ -125,6 +125,9 @@ impl Router {
         );
         let now = govbus_core::now_ms();
         let mut todo: Vec<((String, i32), Vec<Work<'_>>)> = Vec::new();
+        // The map as of each recorded epoch, built once per call (every view
+        // on every partition names one when the epoch moves).
+        let mut maps: HashMap<String, Arc<Hierarchy>> = HashMap::new();
         for (topic, p) in parts {
             if Topics::is_replay(topic) {
                 continue; // replayed records are routed as they come, never backfilled
@@ -156,7 +159,10 @@ impl Router {
                         resend,
                         key: state_key(&v.name, topic, *p),
                         view: v.name.clone(),
-                        old_map: old.as_ref().and_then(|a| self.applied_map(a)),
+                        old_map: match old.as_ref() {
+                            Some(a) => self.applied_map(a, &mut maps)?,
+                            None => None,
+                        },
                         old: old.and_then(|a| self.compile_applied(&v.subscriber, &v.dataset, &a)),
                         new: target.is_some().then_some(v),
                         // An expired view keeps its rows (delivery stops).
@@ -166,10 +172,11 @@ impl Router {
                 }
             }
             for r in live.removed.iter().filter(|r| &r.input == topic) {
-                let Some(old) = held(&r.name) else {
+                let Some(applied) = held(&r.name) else {
                     continue;
                 };
-                let mut old = self.compile_applied(&r.subscriber, &r.dataset, &old);
+                let old_map = self.applied_map(&applied, &mut maps)?;
+                let mut old = self.compile_applied(&r.subscriber, &r.dataset, &applied);
                 if r.empty_view {
                     if let Some(v) = old.as_mut() {
                         views::register_one(v, &self.registry)?;
@@ -179,11 +186,7 @@ impl Router {
                     resend: false,
                     key: state_key(&r.name, topic, *p),
                     view: r.name.clone(),
-                    old_map: self.applied_map(&held(&r.name).unwrap_or_else(|| Applied {
-                        filter: String::new(),
-                        drop: vec![],
-                        map: None,
-                    })),
+                    old_map,
                     old,
                     new: None,
                     empty: r.empty_view,
@@ -252,16 +255,32 @@ impl Router {
     }
 
     /// The map a recorded spec was evaluated with (None when its filter does
-    /// not ask the map): as of its recorded epoch, or empty for `none`.
-    fn applied_map(&self, a: &Applied) -> Option<(Context<'static>, Arc<Hierarchy>)> {
-        let tag = a.map.as_deref()?;
-        let day = tag.split('/').next().unwrap_or_default();
-        let h = match (day.parse::<chrono::NaiveDate>(), self.map_watch()) {
-            (Ok(day), Ok(Some(w))) => w.hierarchy(Some(day)),
-            _ => Hierarchy::empty(),
+    /// not ask the map): as of its recorded epoch, or empty for `none`; an
+    /// epoch already built in this call (`maps`) is not built again.
+    fn applied_map(
+        &self,
+        a: &Applied,
+        maps: &mut HashMap<String, Arc<Hierarchy>>,
+    ) -> Result<Option<(Context<'static>, Arc<Hierarchy>)>, RouterError> {
+        let Some(tag) = a.map.as_deref() else {
+            return Ok(None);
         };
-        let h = Arc::new(h);
-        Some((govbus_schema::cel::hierarchy_context(h.clone()), h))
+        let day = tag.split('/').next().unwrap_or_default().to_string();
+        let h = match maps.get(&day) {
+            Some(h) => h.clone(),
+            None => {
+                let h = Arc::new(
+                    match (day.parse::<chrono::NaiveDate>(), self.map_watch()?) {
+                        (Ok(d), Some(w)) => w.hierarchy(Some(d)),
+                        // `none`: the view was brought in step before there was a map.
+                        _ => Hierarchy::empty(),
+                    },
+                );
+                maps.insert(day, h.clone());
+                h
+            }
+        };
+        Ok(Some((govbus_schema::cel::hierarchy_context(h.clone()), h)))
     }
 
     /// A view of `subscriber` compiled from a recorded spec (None when it

@@ -295,7 +295,9 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    /// The follower of `dataset`, started (and caught up) on first use.
+    /// The follower of `dataset`, started (and caught up) on first use;
+    /// `as_map` is the same for every call of one dataset (the publisher
+    /// decides it once for all its datasets).
     pub fn get_or_follow(
         &mut self,
         kafka: &KafkaConfig,
@@ -305,11 +307,7 @@ impl Lookups {
         catch_up: Duration,
         as_map: bool,
     ) -> Result<Arc<Lookup>, LookupError> {
-        if let Some(l) = self
-            .by_dataset
-            .get(dataset)
-            .filter(|l| !as_map || l.map.is_some())
-        {
+        if let Some(l) = self.by_dataset.get(dataset) {
             return Ok(l.clone());
         }
         let l = Lookup::follow(kafka, registry, dataset.clone(), topic, catch_up, as_map)?;

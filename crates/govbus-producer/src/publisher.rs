@@ -325,6 +325,19 @@ impl Publisher {
     ) -> Result<Self, SetupError> {
         let mut writers = HashMap::new();
         let mut followers = Lookups::default();
+        // The catalogs some `[[codes]]` read as a map: their one follower
+        // keeps the map for every dataset of the agency.
+        let as_maps: std::collections::HashSet<&DatasetId> = catalog
+            .datasets
+            .values()
+            .filter(|d| d.id.owner == agency)
+            .flat_map(|d| {
+                d.file
+                    .codes
+                    .iter()
+                    .filter_map(|c| d.file.lookups.get(&c.catalog))
+            })
+            .collect();
         for ds in catalog.datasets.values().filter(|d| d.id.owner == agency) {
             let bad = |reason: String| SetupError::Schema {
                 dataset: ds.id.clone(),
@@ -344,7 +357,7 @@ impl Publisher {
             let mut lookups = Vec::new();
             for (name, target) in &ds.file.lookups {
                 let major = catalog.dataset(target).map_or(1, |t| t.file.major);
-                let as_map = ds.file.codes.iter().any(|c| &c.catalog == name);
+                let as_map = as_maps.contains(target);
                 let l = followers.get_or_follow(
                     kafka,
                     registry,

@@ -350,8 +350,11 @@ async fn register(
     let reg = schema_body(&body)?;
     let _guard = s.lock().await;
     // Another instance may claim the same id or version at the same time;
-    // the log's order decides, and the loser plans again.
-    for _ in 0..10 {
+    // the log's order decides, and the loser plans again after a short,
+    // growing and uneven pause, so that two instances retrying in step do
+    // not collide every time (two writers on a loaded machine did, ten
+    // times in a row).
+    for attempt in 0..REGISTER_ATTEMPTS {
         match s.read(|st| st.plan_register(&subject, &reg))? {
             Plan::Existing(id) => return Ok(ok(json!({ "id": id }))),
             Plan::Write(rec) => {
@@ -387,12 +390,27 @@ async fn register(
                                 }
                             }
                         }
+                        tokio::time::sleep(retry_pause(attempt)).await;
                     }
                 }
             }
         }
     }
-    Err(ApiError::Store(StoreFailure::Contended(10)))
+    Err(ApiError::Store(StoreFailure::Contended(REGISTER_ATTEMPTS)))
+}
+
+/// How many times a registration is planned again after losing to another
+/// instance before the client is told to retry (500).
+const REGISTER_ATTEMPTS: u32 = 30;
+
+/// The pause before planning again after the `attempt`th loss: up to
+/// 5 ms × (attempt + 1), spread by the clock's nanoseconds.
+fn retry_pause(attempt: u32) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let cap = 5_000 * (u64::from(attempt.min(20)) + 1);
+    std::time::Duration::from_micros(u64::from(nanos) % cap)
 }
 
 async fn lookup(

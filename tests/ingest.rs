@@ -194,7 +194,12 @@ fn bad_changes_get_4xx_naming_the_problem_and_nothing_is_produced() {
     };
     assert_eq!(status, 405, "{body}");
     assert!(body["error"].is_string(), "{body}");
-    let huge = format!("{{\"op\":\"upsert\",\"data\":\"{}\"}}", "x".repeat(3 << 20));
+    // 16 MiB: more than the sockets buffer, so the client is still writing
+    // when the answer is ready; it must read the 413, not a broken pipe.
+    let huge = format!(
+        "{{\"op\":\"upsert\",\"data\":\"{}\"}}",
+        "x".repeat(16 << 20)
+    );
     let (status, body) = post(&url, &huge);
     assert_eq!(status, 413, "{body}");
     assert!(

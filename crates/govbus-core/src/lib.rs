@@ -9,6 +9,7 @@ pub mod codes;
 pub mod dead;
 pub mod event;
 pub mod health;
+pub mod http_body;
 pub mod kafka;
 pub mod stall;
 pub mod tail;

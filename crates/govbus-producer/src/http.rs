@@ -14,15 +14,19 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use govbus_core::http_body::{self, BodyLimit};
 use govbus_schema::FieldError;
 use serde_json::{json, Value};
 
 use crate::publisher::{ChangeRequest, Publisher, SubmitError};
+
+/// The largest request body ingest takes (a batch of changes).
+pub const MAX_BODY: usize = 2 << 20;
 
 /// The ingest routes.
 pub fn router(publisher: Arc<Publisher>) -> Router {
@@ -35,6 +39,11 @@ pub fn router(publisher: Arc<Publisher>) -> Router {
             get(|| async { Json(json!({"status": "alive"})) }),
         )
         .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimit::new(MAX_BODY),
+            http_body::limit,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(publisher)
 }

@@ -7,6 +7,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use govbus_core::http_body::{self, BodyLimit};
 use govbus_schema::Compatibility;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -79,7 +80,11 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
                 .delete(delete_subject_mode),
         )
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimit::new(MAX_BODY),
+            http_body::limit,
+        ))
         .layer(axum::middleware::map_response(confluent_errors))
         .with_state(store)
 }

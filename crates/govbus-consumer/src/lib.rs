@@ -6,6 +6,7 @@
 pub mod consumer;
 mod deadletter;
 pub mod events;
+pub mod report;
 pub mod sink;
 pub mod table;
 

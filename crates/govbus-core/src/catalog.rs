@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::report::{load_reports, parse_report, ReportSpec};
 use serde::{Deserialize, Serialize};
 
 /// A problem with a deploy file. Always names the file.
@@ -334,6 +335,8 @@ pub struct Catalog {
     pub datasets: BTreeMap<DatasetId, DatasetSpec>,
     /// Subscriptions, in file-name order.
     pub subscriptions: Vec<SubscriptionSpec>,
+    /// Reports over subscribers' views (`deploy/reports/*.toml`).
+    pub reports: Vec<ReportSpec>,
 }
 
 const BUILTIN_DATASETS: &[(&str, &str)] = &[
@@ -377,6 +380,17 @@ const BUILTIN_SUBSCRIPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+const BUILTIN_REPORTS: &[(&str, &str)] = &[
+    (
+        "deploy/reports/p52.population.toml",
+        include_str!("../../../deploy/reports/p52.population.toml"),
+    ),
+    (
+        "deploy/reports/p92.population.toml",
+        include_str!("../../../deploy/reports/p92.population.toml"),
+    ),
+];
+
 impl Catalog {
     /// The datasets and subscriptions shipped in this repository, compiled in
     /// (the embedded defaults of `govbus up`).
@@ -399,6 +413,10 @@ impl Catalog {
             let s = parse_subscription(file, text).expect("built-in subscriptions are valid");
             c.subscriptions.push(s);
         }
+        for (file, text) in BUILTIN_REPORTS {
+            c.reports
+                .push(parse_report(file, text).expect("built-in reports are valid"));
+        }
         c
     }
 
@@ -415,6 +433,10 @@ impl Catalog {
         }
         c.check_lookups()?;
         c.subscriptions = load_subscriptions(&deploy.join("subscriptions"))?;
+        c.reports = load_reports(&deploy.join("reports"))?;
+        if let Some(e) = c.report_problems().into_iter().next() {
+            return Err(e);
+        }
         Ok(c)
     }
 
@@ -456,6 +478,11 @@ impl Catalog {
             Err(e) => problems.push(e),
         }
         problems.extend(c.subscription_problems());
+        match load_reports(&deploy.join("reports")) {
+            Ok(r) => c.reports = r,
+            Err(e) => problems.push(e),
+        }
+        problems.extend(c.report_problems());
         (c, problems)
     }
 
@@ -551,6 +578,36 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The reports over `subscriber`'s views.
+    pub fn reports_of<'a>(&'a self, subscriber: &'a str) -> impl Iterator<Item = &'a ReportSpec> {
+        self.reports
+            .iter()
+            .filter(move |r| r.file.subscriber == subscriber)
+    }
+
+    /// Every report whose subscriber has no subscription to its dataset.
+    pub fn report_problems(&self) -> Vec<CatalogError> {
+        self.reports
+            .iter()
+            .filter(|r| {
+                !self.subscriptions.iter().any(|s| {
+                    s.file.subscriber == r.file.subscriber && s.file.dataset == r.file.dataset
+                })
+            })
+            .map(|r| {
+                r.invalid(
+                    "dataset",
+                    format!(
+                        "{} has no subscription to {}: a report counts a subscriber's view",
+                        r.file.subscriber, r.file.dataset
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Loads every `*.toml` subscription file in `dir`, in name order.
 pub fn load_subscriptions(dir: &Path) -> Result<Vec<SubscriptionSpec>, CatalogError> {
     let mut out = Vec::new();
@@ -565,7 +622,7 @@ fn read_or_empty(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
+pub(crate) fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, CatalogError> {
     let entries = std::fs::read_dir(dir).map_err(|source| CatalogError::Io {
         file: dir.display().to_string(),
         source,

@@ -11,6 +11,7 @@ pub mod event;
 pub mod health;
 pub mod http_body;
 pub mod kafka;
+pub mod report;
 pub mod stall;
 pub mod tail;
 pub mod topics;

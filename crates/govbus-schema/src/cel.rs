@@ -10,6 +10,9 @@ use crate::AvroValue;
 use apache_avro::Schema;
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::{Context, Program, Value as Cel};
+
+/// A CEL value (what [`Vars`] hold).
+pub use cel_interpreter::Value as CelValue;
 use cel_parser::ast::{Expr, IdedExpr};
 
 /// A compiled filter.
@@ -372,6 +375,55 @@ impl Vars {
             AvroValue::Union(_, inner) => Self::of(inner),
             _ => Vars::default(),
         }
+    }
+}
+
+impl Vars {
+    /// An entity from its fields' values by path (a table's columns):
+    /// `["permanent_address", "commune_code"]` becomes a field of the
+    /// `permanent_address` map.
+    pub fn from_paths<'a>(fields: impl IntoIterator<Item = (&'a [String], Cel)>) -> Self {
+        #[derive(Default)]
+        struct Node(Vec<(String, Result<Cel, Node>)>);
+        fn put(node: &mut Node, path: &[String], v: Cel) {
+            let Some((first, rest)) = path.split_first() else {
+                return;
+            };
+            let at = match node.0.iter().position(|(k, _)| k == first) {
+                Some(i) => i,
+                None => {
+                    let slot = if rest.is_empty() {
+                        Ok(Cel::Null)
+                    } else {
+                        Err(Node::default())
+                    };
+                    node.0.push((first.clone(), slot));
+                    node.0.len() - 1
+                }
+            };
+            match (&mut node.0[at].1, rest.is_empty()) {
+                (slot, true) => *slot = Ok(v),
+                (Err(inner), false) => put(inner, rest, v),
+                (slot @ Ok(_), false) => {
+                    let mut inner = Node::default();
+                    put(&mut inner, rest, v);
+                    *slot = Err(inner);
+                }
+            }
+        }
+        fn cel(n: Node) -> Cel {
+            map(n.0.into_iter().map(|(k, v)| (k, v.unwrap_or_else(cel))))
+        }
+        let mut root = Node::default();
+        for (path, v) in fields {
+            put(&mut root, path, v);
+        }
+        Vars(Arc::new(
+            root.0
+                .into_iter()
+                .map(|(k, v)| (k, v.unwrap_or_else(cel)))
+                .collect(),
+        ))
     }
 }
 

@@ -15,8 +15,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::build;
 use crate::deadletter::{apply_one_by_one, dead_of, ApplyError, DeadLetters};
 use crate::events::{ApplyFailed, BatchApplied, DeadLettered, Stalled};
+use crate::publish::ReportFeed;
+use crate::report::Report;
 use crate::sink::{self, Dead, Row, SinkConfig, SinkError};
 use crate::table::{table_def, value_at, TableDef};
 use govbus_core::health::Readiness;
@@ -126,6 +129,15 @@ pub enum ConsumerError {
     /// The sink could not be opened.
     #[error("sink: {0}")]
     Sink(#[from] SinkError),
+    /// A report over the subscriber's view cannot be kept.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+    /// A report could not be built from the table.
+    #[error("report: {0}")]
+    Build(#[from] crate::build::BuildError),
+    /// A report's figures could not be published.
+    #[error("report figures: {0}")]
+    Publish(#[from] crate::publish::PublishError),
     /// The subscriber has no subscription in the catalog.
     #[error("subscriber {0} has no subscription")]
     NoSubscription(String),
@@ -214,6 +226,39 @@ pub fn run_reporting(
     ensure_topics(&cfg.kafka, &specs)?;
     let mut sink = cfg.sink.build()?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
+    let reports: Vec<Arc<Report>> = catalog
+        .reports_of(&cfg.subscriber)
+        .map(|r| Report::compile(r, catalog).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    sink.set_reports(reports.clone())?;
+    for r in &reports {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let table = loop {
+            match build::view_table(r, catalog, &topics, resolver.client()) {
+                Err(build::BuildError::Schema {
+                    transient: true,
+                    reason,
+                    ..
+                }) if Instant::now() < deadline && !stop.load(Ordering::Relaxed) => {
+                    tracing::warn!(report = %r.id(), reason, "schema registry unavailable; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => break other?,
+            }
+        };
+        build::build_if_changed(r, table.as_ref(), &mut *sink)?;
+    }
+    let mut feed = if reports.is_empty() {
+        None
+    } else {
+        Some(ReportFeed::start(
+            &cfg.kafka,
+            &topics,
+            resolver.client(),
+            &reports,
+            &mut *sink,
+        )?)
+    };
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
     let mut session_cfg = cfg.clone();
     loop {
@@ -223,6 +268,7 @@ pub fn run_reporting(
             &mut *sink,
             &resolver,
             &mut tables,
+            &mut feed,
             &Around {
                 stop: &stop,
                 ready,
@@ -265,6 +311,7 @@ fn session(
     sink: &mut dyn sink::Sink,
     resolver: &SchemaCache,
     tables: &mut HashMap<u32, Arc<TableDef>>,
+    feed: &mut Option<ReportFeed>,
     around: &Around<'_>,
 ) -> Result<(), ConsumerError> {
     let Around {
@@ -438,6 +485,9 @@ fn session(
                         apply_ms: t_apply.elapsed().as_secs_f64() * 1e3,
                     }
                     .emit();
+                    if let Some(f) = feed.as_mut() {
+                        f.apply(sink.take_touched())?;
+                    }
                     break;
                 }
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),

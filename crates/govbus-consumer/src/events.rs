@@ -119,3 +119,54 @@ impl InternalEvent for DeadLettered<'_> {
             .increment(1);
     }
 }
+
+/// A row a report's filter failed on: it is left out of the report (a
+/// rebuild leaves it out too).
+#[derive(Debug)]
+pub struct Uncounted<'a> {
+    /// The report.
+    pub report: &'a crate::report::Report,
+    /// The row's key.
+    pub key: &'a str,
+    /// Why.
+    pub error: &'a crate::report::ReportError,
+}
+
+impl InternalEvent for Uncounted<'_> {
+    fn emit(self) {
+        tracing::warn!(report = %self.report.id(), key = self.key, error = %self.error, "a row could not be counted; it is left out of the report");
+        metrics::counter!("govbus_report_uncounted_total", "report" => self.report.id())
+            .increment(1);
+    }
+}
+
+/// Report figures published on `report.<subscriber>.<name>`.
+#[derive(Debug)]
+pub struct ReportPublished<'a> {
+    /// The report.
+    pub report: &'a str,
+    /// Figures (records) published.
+    pub figures: usize,
+    /// Whether every figure was sent (at start) or only those a batch changed.
+    pub all: bool,
+}
+
+impl InternalEvent for ReportPublished<'_> {
+    fn emit(self) {
+        if self.all {
+            tracing::info!(
+                report = self.report,
+                figures = self.figures,
+                "report published in full"
+            );
+        } else {
+            tracing::debug!(
+                report = self.report,
+                figures = self.figures,
+                "report figures published"
+            );
+        }
+        metrics::counter!("govbus_report_published_total", "report" => self.report.to_string())
+            .increment(self.figures as u64);
+    }
+}

@@ -3,9 +3,11 @@
 //! entity: offsets live in the same database transaction as the rows, and a
 //! change whose entity sequence is not newer than the stored one is skipped.
 
+pub mod build;
 pub mod consumer;
 mod deadletter;
 pub mod events;
+pub mod publish;
 pub mod report;
 pub mod sink;
 pub mod table;

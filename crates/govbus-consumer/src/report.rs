@@ -9,7 +9,7 @@
 //! change moves one count from the row's old cell to its new one, a delete
 //! subtracts, and a row sent again (a snapshot) adds nothing twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{Datelike, NaiveDate};
@@ -204,6 +204,24 @@ impl Report {
         self.file.id()
     }
 
+    /// What the figures depend on (the dataset, the dimensions' fields and
+    /// bands, the filter), as text: figures built for another definition
+    /// are built again from the table.
+    pub fn definition(&self) -> String {
+        let dims: Vec<serde_json::Value> = self
+            .file
+            .dimensions
+            .iter()
+            .map(|d| serde_json::json!([d.name, d.field, d.age_bands]))
+            .collect();
+        serde_json::json!({
+            "dataset": self.file.dataset.to_string(),
+            "dimensions": dims,
+            "filter": self.file.filter,
+        })
+        .to_string()
+    }
+
     /// The cell `row` counts in, or None when the filter leaves it out.
     pub fn cell(&self, row: &dyn Columns) -> Result<Option<Cell>, ReportError> {
         if let Some(f) = &self.filter {
@@ -300,6 +318,41 @@ pub fn deltas<'a>(
     out
 }
 
+/// What a batch does to one report: the rows' cells to keep, the rows no
+/// longer counted, and the counts' changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Keys counted, with their (new) cell.
+    pub members: Vec<(String, Cell)>,
+    /// Keys no longer counted.
+    pub gone: Vec<String>,
+    /// Changes of counts per cell.
+    pub deltas: BTreeMap<Cell, i64>,
+}
+
+/// The plan for rows whose new cells are `new` (the last per key wins;
+/// None: not counted), given the cells `old` keeps for them.
+pub fn plan(new: &[(String, Option<Cell>)], old: &HashMap<String, Cell>) -> Plan {
+    let mut last: HashMap<&str, Option<&Cell>> = HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for (k, c) in new {
+        if last.insert(k.as_str(), c.as_ref()).is_none() {
+            order.push(k.as_str());
+        }
+    }
+    let mut out = Plan::default();
+    let moves = order.iter().map(|k| (old.get(*k), last[k]));
+    out.deltas = deltas(moves);
+    for k in order {
+        match (old.get(k), last[k]) {
+            (o, Some(n)) if o != Some(n) => out.members.push((k.to_string(), n.clone())),
+            (Some(_), None) => out.gone.push(k.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// A cell as one text (a JSON array of its labels), as the sinks store it.
 pub fn cell_text(cell: &Cell) -> String {
     serde_json::to_string(cell).unwrap_or_default()
@@ -381,6 +434,36 @@ mod tests {
             d.into_iter().collect::<Vec<_>>(),
             [(after.clone().unwrap(), -1)]
         );
+    }
+
+    #[test]
+    fn a_plan_keeps_each_rows_cell_and_counts_each_row_once() {
+        let a: Cell = vec!["1".into()];
+        let b: Cell = vec!["2".into()];
+        let old: HashMap<String, Cell> =
+            [("k1".to_string(), a.clone()), ("k2".to_string(), a.clone())]
+                .into_iter()
+                .collect();
+        let new = vec![
+            ("k1".to_string(), Some(b.clone())), // moves
+            ("k2".to_string(), None),            // leaves
+            ("k3".to_string(), Some(a.clone())), // arrives
+            ("k3".to_string(), Some(b.clone())), // and moves in the same batch
+            ("k4".to_string(), None),            // never counted
+        ];
+        let p = plan(&new, &old);
+        assert_eq!(
+            p.members,
+            [("k1".to_string(), b.clone()), ("k3".to_string(), b.clone())]
+        );
+        assert_eq!(p.gone, ["k2"]);
+        assert_eq!(
+            p.deltas.into_iter().collect::<Vec<_>>(),
+            [(a.clone(), -2), (b.clone(), 2)]
+        );
+        // Sent again (a snapshot of what is already counted): nothing.
+        let again = plan(&[("k1".to_string(), Some(a.clone()))], &old);
+        assert_eq!(again, Plan::default());
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::{Cell, Report, TableRow};
 use crate::table::{SqlValue, TableDef};
+use govbus_core::InternalEvent;
 
 /// A sink failure. The consumer stops (or retries); it never skips.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,14 @@ pub enum SinkError {
         path: String,
         /// Why.
         source: std::io::Error,
+    },
+    /// A report was declared for a sink that holds no rows.
+    #[error("report {report}: a {sink} sink holds no rows to count; reports need a postgres or sqlite sink")]
+    NoReports {
+        /// The report.
+        report: String,
+        /// The sink's kind.
+        sink: &'static str,
     },
     /// The webhook did not accept the delivery.
     #[error("webhook {url}: {reason}")]
@@ -170,12 +180,109 @@ pub trait Sink: Send {
     /// been applied since (by a replay, or by the source's next change).
     fn dead(&mut self, topic: &str) -> Result<i64, SinkError>;
 
+    /// Keeps `reports` beside the rows from now on, in the same
+    /// transactions. A sink that holds no rows refuses any report.
+    fn set_reports(&mut self, reports: Vec<Arc<Report>>) -> Result<(), SinkError> {
+        match reports.first() {
+            None => Ok(()),
+            Some(r) => Err(SinkError::NoReports {
+                report: r.id(),
+                sink: self.kind(),
+            }),
+        }
+    }
+
+    /// A report's stored cells and their counts.
+    fn report_cells(&mut self, _report: &str) -> Result<Vec<(Cell, i64)>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    /// What the last applied batch changed in the reports (report id,
+    /// cell, change of its count), once: the next call gives the next
+    /// batch's.
+    fn take_touched(&mut self) -> Vec<(String, Cell, i64)> {
+        Vec::new()
+    }
+
+    /// Every row `table` holds, as values in `table.columns` order, and
+    /// the cells of `report` (when given), read in one snapshot. None: the
+    /// sink holds no rows, or no such table.
+    fn scan(
+        &mut self,
+        _table: &TableDef,
+        _report: Option<&str>,
+        _each: &mut dyn FnMut(&[SqlValue]),
+    ) -> Result<Option<Vec<(Cell, i64)>>, SinkError> {
+        Ok(None)
+    }
+
+    /// What the report's figures were built for (its definition as text),
+    /// if they were.
+    fn report_definition(&mut self, _report: &str) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
+
+    /// Replaces a report's members and counts with `members` (key, cell),
+    /// built for `definition`, in one transaction.
+    fn replace_report(
+        &mut self,
+        report: &str,
+        _definition: &str,
+        _members: &[(String, Cell)],
+    ) -> Result<(), SinkError> {
+        Err(SinkError::NoReports {
+            report: report.to_string(),
+            sink: self.kind(),
+        })
+    }
+
+    /// The sink's kind in words (`postgres`, `sqlite`, …).
+    fn kind(&self) -> &'static str;
+
     /// Rows held in `table` and the source time (ms) of the newest change
     /// applied, when the sink can tell (None: no such table yet, or a sink
     /// that holds no rows, like a webhook).
     fn table_status(&mut self, _table: &str) -> Result<Option<(i64, Option<i64>)>, SinkError> {
         Ok(None)
     }
+}
+
+/// A report and, per key a batch applied, its new cell (None: not counted).
+pub(crate) type ReportRows<'a> = (&'a Arc<Report>, Vec<(String, Option<Cell>)>);
+
+/// Per report over one of the tables of `applied` (changes applied in a
+/// batch), each applied key's new cell (None: not counted). A row the
+/// filter fails on is not counted, with a warning and
+/// `govbus_report_uncounted_total` (a rebuild decides the same).
+pub(crate) fn report_rows<'a>(reports: &'a [Arc<Report>], applied: &[&Row]) -> Vec<ReportRows<'a>> {
+    reports
+        .iter()
+        .filter_map(|rep| {
+            let rows: Vec<(String, Option<Cell>)> = applied
+                .iter()
+                .filter(|r| r.table.name == rep.table)
+                .map(|r| {
+                    let cell = r.values.as_ref().and_then(|values| {
+                        let row = TableRow {
+                            table: &r.table,
+                            values,
+                        };
+                        rep.cell(&row).unwrap_or_else(|e| {
+                            crate::events::Uncounted {
+                                report: rep,
+                                key: &r.key,
+                                error: &e,
+                            }
+                            .emit();
+                            None
+                        })
+                    });
+                    (r.key.clone(), cell)
+                })
+                .collect();
+            (!rows.is_empty()).then_some((rep, rows))
+        })
+        .collect()
 }
 
 fn q(name: &str) -> String {

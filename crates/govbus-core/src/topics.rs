@@ -37,6 +37,13 @@ impl Topics {
         )
     }
 
+    /// `report.<subscriber>.<name>`: a report's figures, one record per
+    /// cell keyed by its labels (compacted; a cell that empties gets a
+    /// tombstone).
+    pub fn report(&self, subscriber: &str, name: &str) -> String {
+        format!("{}report.{}.{}", self.prefix, subscriber, name)
+    }
+
     /// `dlq.<stage>.<agency>`: rejected input of one stage.
     pub fn dlq(&self, stage: &str, agency: &str) -> String {
         format!("{}dlq.{}.{}", self.prefix, stage, agency)

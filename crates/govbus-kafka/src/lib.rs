@@ -88,9 +88,31 @@ impl KafkaError {
     }
 }
 
-/// The last `n` lines of the file at `path` (empty if unreadable).
+/// The first ERROR or FATAL lines of the file at `path` (each with the
+/// lines of its exception), then its last `n` lines: why a node stopped is
+/// logged before the many lines of its shutdown (empty if unreadable).
 pub(crate) fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let mut errors: Vec<&str> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if errors.len() >= 12 {
+            break;
+        }
+        if l.contains(" ERROR ") || l.contains(" FATAL ") {
+            errors.push(l);
+            errors.extend(
+                lines[i + 1..]
+                    .iter()
+                    .take(3)
+                    .take_while(|x| !x.starts_with('[')),
+            );
+        }
+    }
+    let last = lines[lines.len().saturating_sub(n)..].join("\n");
+    if errors.is_empty() {
+        last
+    } else {
+        format!("{}\n...\n{last}", errors.join("\n"))
+    }
 }

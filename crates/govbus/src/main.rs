@@ -8,6 +8,7 @@ mod demo;
 mod dlq;
 mod nisshi;
 mod ops;
+mod report;
 mod schema_check;
 mod up;
 
@@ -171,6 +172,33 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
+    },
+    /// A province's reports (`deploy/reports/*.toml`): their figures, and
+    /// a check against the table.
+    Report {
+        #[command(subcommand)]
+        command: ReportCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCmd {
+    /// The figures of a report, as the consumer keeps them now.
+    Show {
+        #[command(flatten)]
+        pick: report::Which,
+        /// Headings in `vi` (Vietnamese) or `en` (English).
+        #[arg(long, default_value = "vi")]
+        lang: String,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Count the table's rows again and compare with the maintained
+    /// figures; exits 1 naming each cell that differs.
+    Check {
+        #[command(flatten)]
+        pick: report::Which,
     },
 }
 
@@ -460,6 +488,13 @@ fn main() -> std::process::ExitCode {
                     .await?
             }
             Cmd::Status { config } => agents::status(config).await,
+            Cmd::Report { command } => {
+                tokio::task::spawn_blocking(move || match command {
+                    ReportCmd::Show { pick, lang, csv } => report::show(&pick, &lang, csv),
+                    ReportCmd::Check { pick } => report::check(&pick),
+                })
+                .await?
+            }
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Health { url } => tokio::task::spawn_blocking(move || ops::probe(&url)).await?,
             Cmd::Subscriptions {

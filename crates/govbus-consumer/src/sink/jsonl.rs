@@ -85,6 +85,10 @@ impl JsonLinesSink {
 }
 
 impl Sink for JsonLinesSink {
+    fn kind(&self) -> &'static str {
+        "jsonl"
+    }
+
     fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
         self.ledger.record_dead(dead)
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{q, Applied, Row, Sink, SinkError};
+use super::{q, report_rows, Applied, Row, Sink, SinkError};
+use crate::report::{cell_of, cell_text, plan, Cell, Report};
 use crate::table::{ColType, SqlValue, TableDef};
 
 /// `[consumer.sink] type = "postgres"`.
@@ -39,6 +40,8 @@ pub struct PostgresSink {
     upserts: HashMap<String, postgres::Statement>,
     batched: HashMap<(String, usize), postgres::Statement>,
     row_by_row: bool,
+    reports: Vec<Arc<Report>>,
+    touched: Vec<(String, Cell, i64)>,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -54,7 +57,7 @@ impl PostgresSink {
     pub fn open(url: &str, schema: &str) -> Result<Self, SinkError> {
         let mut client = postgres::Client::connect(url, postgres::NoTls)?;
         let s = q(schema);
-        client.batch_execute(&format!(
+        let ddl = format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}._govbus_seen (
                  tbl TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (tbl, key));
@@ -66,8 +69,26 @@ impl PostgresSink {
                  key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms BIGINT NOT NULL,
                  PRIMARY KEY (topic, partition, source_offset));
              ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS tbl TEXT;
-             ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS seen_seq BIGINT;"
-        ))?;
+             ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS seen_seq BIGINT;
+             CREATE TABLE IF NOT EXISTS {s}._govbus_report_members (
+                 report TEXT NOT NULL, key TEXT NOT NULL, cell TEXT NOT NULL, PRIMARY KEY (report, key));
+             CREATE TABLE IF NOT EXISTS {s}._govbus_report_cells (
+                 report TEXT NOT NULL, cell TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (report, cell));
+             CREATE TABLE IF NOT EXISTS {s}._govbus_reports (
+                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms BIGINT NOT NULL);"
+        );
+        // `CREATE … IF NOT EXISTS` is not safe against itself: a second
+        // agent creating the same schema or table at the same moment gets
+        // a unique violation. The other one created it; do it again.
+        let mut attempt = 0;
+        while let Err(e) = client.batch_execute(&ddl) {
+            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+            attempt += 1;
+            if attempt >= 5 || !(code == "23505" || code == "42P07") {
+                return Err(e.into());
+            }
+            tracing::debug!(schema, error = %e, "created at the same moment by another agent; again");
+        }
         Ok(Self {
             client,
             url: url.to_string(),
@@ -75,6 +96,8 @@ impl PostgresSink {
             upserts: HashMap::new(),
             batched: HashMap::new(),
             row_by_row: false,
+            reports: Vec::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -148,6 +171,8 @@ impl PostgresSink {
             }
         }
         let batched = &mut self.batched;
+        let reports = &self.reports;
+        let mut touched = Vec::new();
         let mut tx = self.client.transaction()?;
         for (t, trs) in &runs {
             let keys: Vec<&str> = trs.iter().map(|r| r.key.as_str()).collect();
@@ -228,6 +253,7 @@ impl PostgresSink {
                     params.iter().map(|b| b.as_ref()).collect();
                 tx.execute(&batched[&k], &refs)?;
             }
+            write_reports(&mut tx, &s, reports, &finals, &mut touched)?;
             let keys: Vec<&str> = finals.iter().map(|r| r.key.as_str()).collect();
             let seqs: Vec<i64> = finals.iter().map(|r| r.seq).collect();
             if !keys.is_empty() {
@@ -254,6 +280,7 @@ impl PostgresSink {
             )?;
         }
         tx.commit()?;
+        self.touched.extend(touched);
         Ok(done)
     }
 
@@ -444,6 +471,7 @@ impl Sink for PostgresSink {
         ))?;
         let mut done = Applied::default();
         let mut deletes: HashMap<String, postgres::Statement> = HashMap::new();
+        let mut applied: Vec<&Row> = Vec::new();
         for r in rows {
             let prev: Option<i64> = tx
                 .query_opt(&seen, &[&r.table.name, &r.key])?
@@ -484,7 +512,10 @@ impl Sink for PostgresSink {
                 }
             }
             tx.execute(&mark, &[&r.table.name, &r.key, &r.seq])?;
+            applied.push(r);
         }
+        let mut touched = Vec::new();
+        write_reports(&mut tx, &s, &self.reports, &applied, &mut touched)?;
         for (topic, partition, next) in offsets {
             tx.execute(
                 &format!(
@@ -495,6 +526,254 @@ impl Sink for PostgresSink {
             )?;
         }
         tx.commit()?;
+        self.touched.extend(touched);
         Ok(done)
     }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn set_reports(&mut self, reports: Vec<Arc<Report>>) -> Result<(), SinkError> {
+        self.reports = reports;
+        Ok(())
+    }
+
+    fn take_touched(&mut self) -> Vec<(String, Cell, i64)> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn report_cells(&mut self, report: &str) -> Result<Vec<(Cell, i64)>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT cell, n FROM {}._govbus_report_cells WHERE report = $1 ORDER BY cell",
+                    self.schema
+                ),
+                &[&report],
+            )?
+            .iter()
+            .filter_map(|r| Some((cell_of(r.get(0))?, r.get(1))))
+            .collect())
+    }
+
+    fn scan(
+        &mut self,
+        t: &TableDef,
+        report: Option<&str>,
+        each: &mut dyn FnMut(&[SqlValue]),
+    ) -> Result<Option<Vec<(Cell, i64)>>, SinkError> {
+        self.reconnect_if_closed()?;
+        let exists: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+                &[&self.schema.trim_matches('"'), &t.name],
+            )?
+            .get(0);
+        if !exists {
+            return Ok(None);
+        }
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                let n = q(&c.name);
+                match c.ty {
+                    ColType::Date => format!("{n}::text"),
+                    ColType::Timestamp => format!("(extract(epoch FROM {n}) * 1000)::int8"),
+                    _ => n,
+                }
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {}.{}",
+            cols.join(", "),
+            self.schema,
+            q(&t.name)
+        );
+        // One snapshot for the rows and the figures.
+        let mut tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let cells = match report {
+            None => Vec::new(),
+            Some(r) => tx
+                .query(
+                    &format!(
+                        "SELECT cell, n FROM {}._govbus_report_cells WHERE report = $1",
+                        self.schema
+                    ),
+                    &[&r],
+                )?
+                .iter()
+                .filter_map(|x| Some((cell_of(x.get(0))?, x.get(1))))
+                .collect(),
+        };
+        let portal = tx.bind(&sql, &[])?;
+        loop {
+            let rows = tx.query_portal(&portal, 10_000)?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in &rows {
+                let values: Vec<SqlValue> = t
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Self::value(r, i, c.ty))
+                    .collect();
+                each(&values);
+            }
+        }
+        tx.commit()?;
+        Ok(Some(cells))
+    }
+
+    fn report_definition(&mut self, report: &str) -> Result<Option<String>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT definition FROM {}._govbus_reports WHERE report = $1",
+                    self.schema
+                ),
+                &[&report],
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn replace_report(
+        &mut self,
+        report: &str,
+        definition: &str,
+        members: &[(String, Cell)],
+    ) -> Result<(), SinkError> {
+        self.reconnect_if_closed()?;
+        let s = self.schema.clone();
+        let mut tx = self.client.transaction()?;
+        tx.execute(
+            &format!("DELETE FROM {s}._govbus_report_members WHERE report = $1"),
+            &[&report],
+        )?;
+        tx.execute(
+            &format!("DELETE FROM {s}._govbus_report_cells WHERE report = $1"),
+            &[&report],
+        )?;
+        for chunk in members.chunks(50_000) {
+            let ks: Vec<&str> = chunk.iter().map(|m| m.0.as_str()).collect();
+            let cs: Vec<String> = chunk.iter().map(|m| cell_text(&m.1)).collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_report_members (report, key, cell) \
+                     SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS u(k, c)"
+                ),
+                &[&report, &ks, &cs],
+            )?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}._govbus_report_cells (report, cell, n) \
+                 SELECT report, cell, count(*) FROM {s}._govbus_report_members WHERE report = $1 GROUP BY report, cell"
+            ),
+            &[&report],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}._govbus_reports (report, definition, built_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (report) DO UPDATE SET definition = EXCLUDED.definition, built_ms = EXCLUDED.built_ms"
+            ),
+            &[&report, &definition, &govbus_core::now_ms()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl PostgresSink {
+    fn value(r: &postgres::Row, i: usize, t: ColType) -> SqlValue {
+        let v = match t {
+            ColType::Text => r.get::<_, Option<String>>(i).map(SqlValue::Text),
+            ColType::Date => r.get::<_, Option<String>>(i).map(SqlValue::Date),
+            ColType::Int => r.get::<_, Option<i64>>(i).map(SqlValue::Int),
+            ColType::Timestamp => r.get::<_, Option<i64>>(i).map(SqlValue::Timestamp),
+            ColType::Float => r.get::<_, Option<f64>>(i).map(SqlValue::Float),
+            ColType::Bool => r.get::<_, Option<bool>>(i).map(SqlValue::Bool),
+        };
+        v.unwrap_or(SqlValue::Null)
+    }
+}
+
+/// Moves each report over the tables of `applied` (changes applied in this
+/// transaction, the last per key) to their new cells: members and counts
+/// in the same transaction as the rows; the cells changed go to `touched`.
+fn write_reports(
+    tx: &mut postgres::Transaction<'_>,
+    s: &str,
+    reports: &[Arc<Report>],
+    applied: &[&Row],
+    touched: &mut Vec<(String, Cell, i64)>,
+) -> Result<(), SinkError> {
+    for (rep, rows) in report_rows(reports, applied) {
+        let id = rep.id();
+        let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        let old: HashMap<String, Cell> = tx
+            .query(
+                &format!(
+                    "SELECT m.key, m.cell FROM unnest($2::text[]) AS u(k) \
+                     JOIN {s}._govbus_report_members m ON m.report = $1 AND m.key = u.k"
+                ),
+                &[&id, &keys],
+            )?
+            .iter()
+            .filter_map(|r| Some((r.get(0), cell_of(r.get(1))?)))
+            .collect();
+        let p = plan(&rows, &old);
+        if !p.gone.is_empty() {
+            tx.execute(
+                &format!(
+                    "DELETE FROM {s}._govbus_report_members WHERE report = $1 AND key = ANY($2)"
+                ),
+                &[&id, &p.gone],
+            )?;
+        }
+        if !p.members.is_empty() {
+            let ks: Vec<&str> = p.members.iter().map(|m| m.0.as_str()).collect();
+            let cs: Vec<String> = p.members.iter().map(|m| cell_text(&m.1)).collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_report_members (report, key, cell) \
+                     SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS u(k, c) \
+                     ON CONFLICT (report, key) DO UPDATE SET cell = EXCLUDED.cell"
+                ),
+                &[&id, &ks, &cs],
+            )?;
+        }
+        if !p.deltas.is_empty() {
+            let cs: Vec<String> = p.deltas.keys().map(cell_text).collect();
+            let ds: Vec<i64> = p.deltas.values().copied().collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}._govbus_report_cells AS c (report, cell, n) \
+                     SELECT $1, x, d FROM unnest($2::text[], $3::int8[]) AS u(x, d) \
+                     ON CONFLICT (report, cell) DO UPDATE SET n = c.n + EXCLUDED.n"
+                ),
+                &[&id, &cs, &ds],
+            )?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM {s}._govbus_report_cells WHERE report = $1 AND n = 0 AND cell = ANY($2)"
+                ),
+                &[&id, &cs],
+            )?;
+            touched.extend(p.deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{q, Applied, Row, Sink, SinkError};
+use std::sync::Arc;
+
+use super::{q, report_rows, Applied, Row, Sink, SinkError};
+use crate::report::{cell_of, cell_text, plan, Cell, Report};
 use crate::table::{ColType, SqlValue, TableDef};
 
 /// `[consumer.sink] type = "sqlite"`.
@@ -27,6 +30,8 @@ impl SqliteConfig {
 #[derive(Debug)]
 pub struct SqliteSink {
     conn: rusqlite::Connection,
+    reports: Vec<Arc<Report>>,
+    touched: Vec<(String, Cell, i64)>,
 }
 
 impl SqliteSink {
@@ -37,7 +42,12 @@ impl SqliteSink {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; {BOOKKEEPING}"
         ))?;
         upgrade_dead(&conn)?;
-        Ok(Self { conn })
+        conn.execute_batch(REPORTS)?;
+        Ok(Self {
+            conn,
+            reports: Vec::new(),
+            touched: Vec::new(),
+        })
     }
 
     fn sqlite_type(t: ColType) -> &'static str {
@@ -76,6 +86,72 @@ pub(super) const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _govbus_seen (
                  key TEXT NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, at_ms INTEGER NOT NULL,
                  tbl TEXT, seen_seq INTEGER,
                  PRIMARY KEY (topic, partition, source_offset));";
+
+/// The tables that keep reports: each counted row's cell, and the counts.
+const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
+                 report TEXT NOT NULL, key TEXT NOT NULL, cell TEXT NOT NULL, PRIMARY KEY (report, key));
+             CREATE TABLE IF NOT EXISTS _govbus_report_cells (
+                 report TEXT NOT NULL, cell TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (report, cell));
+             CREATE TABLE IF NOT EXISTS _govbus_reports (
+                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);";
+
+/// Moves each report over the tables of `applied` to their new cells, in
+/// `tx`; the cells changed go to `touched`.
+fn write_reports(
+    tx: &rusqlite::Transaction<'_>,
+    reports: &[Arc<Report>],
+    applied: &[&Row],
+    touched: &mut Vec<(String, Cell, i64)>,
+) -> Result<(), SinkError> {
+    for (rep, rows) in report_rows(reports, applied) {
+        let id = rep.id();
+        let mut old: HashMap<String, Cell> = HashMap::new();
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT cell FROM _govbus_report_members WHERE report = ?1 AND key = ?2",
+            )?;
+            for (k, _) in &rows {
+                let cell: Option<String> =
+                    st.query_row((&id, k), |r| r.get(0))
+                        .map(Some)
+                        .or_else(|e| match e {
+                            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                            e => Err(e),
+                        })?;
+                if let Some(c) = cell.as_deref().and_then(cell_of) {
+                    old.insert(k.clone(), c);
+                }
+            }
+        }
+        let p = plan(&rows, &old);
+        let mut gone =
+            tx.prepare_cached("DELETE FROM _govbus_report_members WHERE report = ?1 AND key = ?2")?;
+        for k in &p.gone {
+            gone.execute((&id, k))?;
+        }
+        let mut keep = tx.prepare_cached(
+            "INSERT INTO _govbus_report_members (report, key, cell) VALUES (?1, ?2, ?3)
+             ON CONFLICT (report, key) DO UPDATE SET cell = excluded.cell",
+        )?;
+        for (k, c) in &p.members {
+            keep.execute((&id, k, cell_text(c)))?;
+        }
+        let mut count = tx.prepare_cached(
+            "INSERT INTO _govbus_report_cells (report, cell, n) VALUES (?1, ?2, ?3)
+             ON CONFLICT (report, cell) DO UPDATE SET n = n + excluded.n",
+        )?;
+        let mut empty = tx.prepare_cached(
+            "DELETE FROM _govbus_report_cells WHERE report = ?1 AND cell = ?2 AND n = 0",
+        )?;
+        for (c, d) in &p.deltas {
+            let text = cell_text(c);
+            count.execute((&id, &text, d))?;
+            empty.execute((&id, &text))?;
+        }
+        touched.extend(p.deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
+    }
+    Ok(())
+}
 
 /// Adds the columns a `_govbus_dead` of an earlier build lacks.
 pub(super) fn upgrade_dead(conn: &rusqlite::Connection) -> Result<(), SinkError> {
@@ -195,6 +271,7 @@ impl Sink for SqliteSink {
     ) -> Result<Applied, SinkError> {
         let tx = self.conn.transaction()?;
         let mut done = Applied::default();
+        let mut applied: Vec<&Row> = Vec::new();
         for r in rows {
             let prev: Option<i64> = tx
                 .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?
@@ -249,7 +326,10 @@ impl Sink for SqliteSink {
                  ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq",
             )?
             .execute((&t.name, &r.key, r.seq))?;
+            applied.push(r);
         }
+        let mut touched = Vec::new();
+        write_reports(&tx, &self.reports, &applied, &mut touched)?;
         for (topic, partition, next) in offsets {
             tx.prepare_cached(
                 "INSERT INTO _govbus_offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
@@ -258,7 +338,150 @@ impl Sink for SqliteSink {
             .execute((topic, partition, next))?;
         }
         tx.commit()?;
+        self.touched.extend(touched);
         Ok(done)
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn set_reports(&mut self, reports: Vec<Arc<Report>>) -> Result<(), SinkError> {
+        self.reports = reports;
+        Ok(())
+    }
+
+    fn take_touched(&mut self) -> Vec<(String, Cell, i64)> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn report_cells(&mut self, report: &str) -> Result<Vec<(Cell, i64)>, SinkError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT cell, n FROM _govbus_report_cells WHERE report = ?1 ORDER BY cell")?;
+        let rows = st.query_map([report], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (c, n) = r?;
+            if let Some(c) = cell_of(&c) {
+                out.push((c, n));
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan(
+        &mut self,
+        t: &TableDef,
+        report: Option<&str>,
+        each: &mut dyn FnMut(&[SqlValue]),
+    ) -> Result<Option<Vec<(Cell, i64)>>, SinkError> {
+        if self.table_status(&t.name)?.is_none() {
+            return Ok(None);
+        }
+        // One snapshot (a read transaction) for the rows and the figures.
+        let tx = self.conn.transaction()?;
+        let mut cells = Vec::new();
+        if let Some(r) = report {
+            let mut st =
+                tx.prepare("SELECT cell, n FROM _govbus_report_cells WHERE report = ?1")?;
+            let rows = st.query_map([r], |x| Ok((x.get::<_, String>(0)?, x.get(1)?)))?;
+            for x in rows {
+                let (c, n) = x?;
+                if let Some(c) = cell_of(&c) {
+                    cells.push((c, n));
+                }
+            }
+        }
+        {
+            let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+            let mut st = tx.prepare(&format!("SELECT {} FROM {}", cols.join(", "), q(&t.name)))?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let mut values = Vec::with_capacity(t.columns.len());
+                for (i, c) in t.columns.iter().enumerate() {
+                    values.push(Self::value(r.get_ref(i)?, c.ty));
+                }
+                each(&values);
+            }
+        }
+        tx.commit()?;
+        Ok(Some(cells))
+    }
+
+    fn report_definition(&mut self, report: &str) -> Result<Option<String>, SinkError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT definition FROM _govbus_reports WHERE report = ?1",
+                [report],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?)
+    }
+
+    fn replace_report(
+        &mut self,
+        report: &str,
+        definition: &str,
+        members: &[(String, Cell)],
+    ) -> Result<(), SinkError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM _govbus_report_members WHERE report = ?1",
+            [report],
+        )?;
+        tx.execute(
+            "DELETE FROM _govbus_report_cells WHERE report = ?1",
+            [report],
+        )?;
+        {
+            let mut st = tx.prepare(
+                "INSERT INTO _govbus_report_members (report, key, cell) VALUES (?1, ?2, ?3)",
+            )?;
+            for (k, c) in members {
+                st.execute((report, k, cell_text(c)))?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO _govbus_report_cells (report, cell, n)
+             SELECT report, cell, count(*) FROM _govbus_report_members WHERE report = ?1 GROUP BY report, cell",
+            [report],
+        )?;
+        tx.execute(
+            "INSERT INTO _govbus_reports (report, definition, built_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (report) DO UPDATE SET definition = excluded.definition, built_ms = excluded.built_ms",
+            (report, definition, govbus_core::now_ms()),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+impl SqliteSink {
+    /// A stored value as the column's type says (the reverse of `param`).
+    fn value(v: rusqlite::types::ValueRef<'_>, t: ColType) -> SqlValue {
+        use rusqlite::types::ValueRef as V;
+        match (v, t) {
+            (V::Null, _) => SqlValue::Null,
+            (V::Integer(i), ColType::Bool) => SqlValue::Bool(i != 0),
+            (V::Integer(i), ColType::Timestamp) => SqlValue::Timestamp(i),
+            (V::Text(s), ColType::Timestamp) => {
+                chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(s))
+                    .map_or(SqlValue::Null, |d| {
+                        SqlValue::Timestamp(d.timestamp_millis())
+                    })
+            }
+            (V::Integer(i), _) => SqlValue::Int(i),
+            (V::Real(f), _) => SqlValue::Float(f),
+            (V::Text(s), ColType::Date) => SqlValue::Date(String::from_utf8_lossy(s).into_owned()),
+            (V::Text(s), _) => SqlValue::Text(String::from_utf8_lossy(s).into_owned()),
+            (V::Blob(b), _) => SqlValue::Text(String::from_utf8_lossy(b).into_owned()),
+        }
     }
 }
 
@@ -375,5 +598,126 @@ mod tests {
             .unwrap();
         assert_eq!(c, 0);
         assert_eq!(s.offsets("x").unwrap()[&0], 3);
+    }
+
+    /// The residents' table of p52's view, and p52's population report.
+    fn residents() -> (Arc<TableDef>, Arc<Report>) {
+        let catalog = govbus_core::Catalog::builtin();
+        let entity = govbus_schema::project::project_schema(
+            include_str!("../../../../schemas/bca/residents.v2.avsc"),
+            &["ethnicity".into()],
+            "citizen_id",
+        )
+        .unwrap();
+        let env = apache_avro::Schema::parse_str(
+            &govbus_schema::envelope::envelope_schema(&entity).unwrap(),
+        )
+        .unwrap();
+        let t = crate::table::table_def("bca_residents", "citizen_id", &env).unwrap();
+        let spec = catalog.reports_of("p52").next().unwrap();
+        let r = Report::compile(spec, &catalog).unwrap();
+        (Arc::new(t), Arc::new(r))
+    }
+
+    fn resident(t: &Arc<TableDef>, key: &str, seq: i64, at: Option<(&str, &str)>) -> Row {
+        let values = at.map(|(commune, born)| {
+            t.columns
+                .iter()
+                .map(|c| match c.name.as_str() {
+                    "citizen_id" => SqlValue::Text(key.into()),
+                    "sex" => SqlValue::Text("FEMALE".into()),
+                    "date_of_birth" => SqlValue::Date(born.into()),
+                    "permanent_address_commune_code" => SqlValue::Text(commune.into()),
+                    _ => SqlValue::Null,
+                })
+                .collect()
+        });
+        Row {
+            table: t.clone(),
+            key: key.into(),
+            seq,
+            source_ts: 0,
+            op: if values.is_some() {
+                govbus_schema::Op::Update
+            } else {
+                govbus_schema::Op::Delete
+            },
+            values,
+            event_id: format!("{key}-{seq}"),
+            after: None,
+        }
+    }
+
+    fn figures(s: &mut SqliteSink, r: &Report) -> Vec<(Cell, i64)> {
+        let mut cells = s.report_cells(&r.id()).unwrap();
+        cells.sort();
+        cells
+    }
+
+    fn cell(commune: &str, year: &str) -> Cell {
+        vec![commune.into(), "FEMALE".into(), year.into()]
+    }
+
+    #[test]
+    fn sqlite_keeps_a_report_beside_the_rows_and_builds_it_from_the_table() {
+        let (t, r) = residents();
+        let mut s = SqliteSink::open(":memory:").unwrap();
+        s.ensure_table(&t).unwrap();
+        s.set_reports(vec![r.clone()]).unwrap();
+        s.apply(
+            &[
+                resident(&t, "a", 1, Some(("21553", "1990-01-01"))),
+                resident(&t, "b", 1, Some(("21553", "1990-05-05"))),
+                resident(&t, "c", 1, Some(("21583", "1950-01-01"))),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            figures(&mut s, &r),
+            [(cell("21553", "1990"), 2), (cell("21583", "1950"), 1)]
+        );
+        assert_eq!(s.take_touched().len(), 2);
+        // A move, a delete, a stale change and a snapshot of what is counted.
+        let mut again = resident(&t, "b", 1, Some(("21553", "1990-05-05")));
+        again.op = govbus_schema::Op::Snapshot;
+        s.apply(
+            &[
+                resident(&t, "a", 2, Some(("21583", "1990-01-01"))),
+                resident(&t, "c", 2, None),
+                resident(&t, "c", 1, Some(("21592", "1950-01-01"))),
+                again,
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            figures(&mut s, &r),
+            [(cell("21553", "1990"), 1), (cell("21583", "1990"), 1)]
+        );
+        let mut touched = s.take_touched();
+        touched.sort();
+        assert_eq!(
+            touched,
+            [
+                (r.id(), cell("21553", "1990"), -1),
+                (r.id(), cell("21583", "1950"), -1),
+                (r.id(), cell("21583", "1990"), 1),
+            ]
+        );
+        // Built from the table: the same figures.
+        let (members, kept) = crate::build::count_table(&r, &t, &mut s).unwrap().unwrap();
+        assert!(crate::build::compare(&kept, &members)
+            .differences
+            .is_empty());
+        s.conn
+            .execute_batch("DELETE FROM _govbus_report_cells; DELETE FROM _govbus_report_members;")
+            .unwrap();
+        assert!(crate::build::build_if_changed(&r, Some(&t), &mut s).unwrap());
+        assert!(!crate::build::build_if_changed(&r, Some(&t), &mut s).unwrap());
+        assert_eq!(
+            figures(&mut s, &r),
+            [(cell("21553", "1990"), 1), (cell("21583", "1990"), 1)]
+        );
     }
 }

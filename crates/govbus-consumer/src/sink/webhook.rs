@@ -141,6 +141,10 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 impl Sink for WebhookSink {
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
     fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
         self.ledger.record_dead(dead)
     }

@@ -1,0 +1,331 @@
+//! A report's figures on `report.<subscriber>.<name>`: a compacted topic,
+//! one Avro record (registered under the topic's value subject) per cell as
+//! shown today, keyed by the cell's labels (a JSON array); a cell that
+//! empties gets a tombstone. An IOC system reads it with any Kafka client.
+//!
+//! The province's database is the truth; the topic follows it. At start
+//! every figure is sent again and every key the topic holds that is no
+//! longer a figure gets a tombstone, so a crash between a commit and its
+//! figures, or a lost delivery, is repaired by the next start (a failed
+//! delivery also makes the next batch send everything again).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::types::Value as AvroValue;
+use apache_avro::Schema;
+use chrono::NaiveDate;
+use govbus_core::kafka::{ensure_topics, read_partitions, TopicSpec};
+use govbus_core::{InternalEvent, KafkaConfig, Topics};
+use govbus_schema::RegistryClient;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use serde_json::json;
+
+use crate::events::ReportPublished;
+use crate::report::{cell_text, Cell, Report};
+use crate::sink::Sink;
+
+/// Why figures could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The report topic could not be created.
+    #[error(transparent)]
+    Setup(#[from] govbus_core::kafka::KafkaSetupError),
+    /// The report's schema could not be registered.
+    #[error("registering the schema of {topic}: {source}")]
+    Registry {
+        /// The topic.
+        topic: String,
+        /// Why.
+        source: govbus_schema::RegistryError,
+    },
+    /// The sink could not give the stored figures.
+    #[error("sink: {0}")]
+    Sink(#[from] crate::sink::SinkError),
+    /// A figure could not be encoded.
+    #[error("encoding a figure of {topic}: {message}")]
+    Encode {
+        /// The topic.
+        topic: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Logs failed deliveries and asks for a full send at the next batch.
+struct Deliveries {
+    failed: Arc<AtomicBool>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            tracing::warn!(topic = m.topic(), error = %e, "a report figure was not delivered; every figure will be sent again");
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The Avro schema of a report's records.
+pub fn schema_of(report: &Report) -> String {
+    let f = &report.file;
+    let mut name: Vec<char> = f.name.chars().collect();
+    if let Some(c) = name.first_mut() {
+        *c = c.to_ascii_uppercase();
+    }
+    let name: String = name.into_iter().filter(|c| *c != '_').collect();
+    let mut fields: Vec<serde_json::Value> = f
+        .dimensions
+        .iter()
+        .map(|d| json!({"name": d.name, "type": "string", "doc": format!("{} / {}", d.title.vi, d.title.en)}))
+        .collect();
+    fields.push(json!({"name": "count", "type": "long", "doc": "Số lượng / Count"}));
+    fields.push(json!({"name": "as_of", "type": "string", "doc": "The day (Vietnam) the age bands are counted for, YYYY-MM-DD"}));
+    fields.push(json!({"name": "updated_at", "type": {"type": "long", "logicalType": "timestamp-millis"}, "doc": "When the consumer last changed the figure"}));
+    json!({
+        "type": "record",
+        "name": name,
+        "namespace": format!("gov.report.{}", f.subscriber),
+        "doc": format!("{} / {}", f.title.vi, f.title.en),
+        "fields": fields,
+    })
+    .to_string()
+}
+
+struct Feed {
+    report: Arc<Report>,
+    topic: String,
+    id: u32,
+    schema: Schema,
+    stored: BTreeMap<Cell, i64>,
+    shown: BTreeMap<Cell, i64>,
+    day: NaiveDate,
+}
+
+impl Feed {
+    fn fold(&mut self, day: NaiveDate) {
+        self.day = day;
+        let cells: Vec<(Cell, i64)> = self.stored.iter().map(|(c, n)| (c.clone(), *n)).collect();
+        self.shown = self.report.figures(&cells, day);
+    }
+
+    fn encode(&self, cell: &Cell, n: i64) -> Result<Vec<u8>, PublishError> {
+        let mut fields: Vec<(String, AvroValue)> = self
+            .report
+            .file
+            .dimensions
+            .iter()
+            .zip(cell)
+            .map(|(d, l)| (d.name.clone(), AvroValue::String(l.clone())))
+            .collect();
+        fields.push(("count".into(), AvroValue::Long(n)));
+        fields.push(("as_of".into(), AvroValue::String(self.day.to_string())));
+        fields.push((
+            "updated_at".into(),
+            AvroValue::TimestampMillis(govbus_core::now_ms()),
+        ));
+        let body =
+            apache_avro::to_avro_datum(&self.schema, AvroValue::Record(fields)).map_err(|e| {
+                PublishError::Encode {
+                    topic: self.topic.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(govbus_schema::wire::encode(self.id, &body))
+    }
+}
+
+/// Publishes a subscriber's reports.
+pub struct ReportFeed {
+    producer: ThreadedProducer<Deliveries>,
+    failed: Arc<AtomicBool>,
+    feeds: Vec<Feed>,
+    kafka: KafkaConfig,
+}
+
+impl std::fmt::Debug for ReportFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportFeed")
+            .field(
+                "topics",
+                &self.feeds.iter().map(|x| &x.topic).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn today() -> NaiveDate {
+    govbus_core::admin_map::day_of_ms(govbus_core::now_ms())
+}
+
+impl ReportFeed {
+    /// Creates the report topics, registers their schemas, and sends every
+    /// figure the sink holds (with tombstones for keys that are no longer
+    /// figures).
+    pub fn start(
+        kafka: &KafkaConfig,
+        topics: &Topics,
+        registry: &RegistryClient,
+        reports: &[Arc<Report>],
+        sink: &mut dyn Sink,
+    ) -> Result<Self, PublishError> {
+        let failed = Arc::new(AtomicBool::new(false));
+        let producer = kafka.producer().create_with_context(Deliveries {
+            failed: failed.clone(),
+        })?;
+        let mut feeds = Vec::new();
+        for r in reports {
+            let topic = topics.report(&r.file.subscriber, &r.file.name);
+            ensure_topics(kafka, &[TopicSpec::compacted(topic.clone(), 1)])?;
+            let text = schema_of(r);
+            let schema = Schema::parse_str(&text).map_err(|e| PublishError::Encode {
+                topic: topic.clone(),
+                message: e.to_string(),
+            })?;
+            let id = registry
+                .register(&govbus_core::topics::value_subject(&topic), &text)
+                .map_err(|source| PublishError::Registry {
+                    topic: topic.clone(),
+                    source,
+                })?;
+            let stored: BTreeMap<Cell, i64> = sink.report_cells(&r.id())?.into_iter().collect();
+            let mut feed = Feed {
+                report: r.clone(),
+                topic,
+                id,
+                schema,
+                stored,
+                shown: BTreeMap::new(),
+                day: today(),
+            };
+            feed.fold(today());
+            feeds.push(feed);
+        }
+        let mut me = Self {
+            producer,
+            failed,
+            feeds,
+            kafka: kafka.clone(),
+        };
+        me.send_all()?;
+        Ok(me)
+    }
+
+    /// Every figure, and tombstones for the keys the topic holds that are
+    /// not figures.
+    fn send_all(&mut self) -> Result<(), PublishError> {
+        for i in 0..self.feeds.len() {
+            let f = &self.feeds[i];
+            let mut keys: BTreeSet<Vec<u8>> = BTreeSet::new();
+            read_partitions(
+                &self.kafka,
+                &f.topic,
+                &[(0, None)],
+                Duration::from_secs(60),
+                |m| {
+                    if let Some(k) = m.key() {
+                        if m.payload().is_some() {
+                            keys.insert(k.to_vec());
+                        } else {
+                            keys.remove(k);
+                        }
+                    }
+                },
+            )?;
+            for (cell, n) in &f.shown {
+                let key = cell_text(cell);
+                keys.remove(key.as_bytes());
+                self.send(i, &key, Some(f.encode(cell, *n)?))?;
+            }
+            for k in keys {
+                self.send(i, &String::from_utf8_lossy(&k), None)?;
+            }
+            ReportPublished {
+                report: &f.report.id(),
+                figures: f.shown.len(),
+                all: true,
+            }
+            .emit();
+        }
+        self.producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    fn send(&self, feed: usize, key: &str, value: Option<Vec<u8>>) -> Result<(), PublishError> {
+        let topic = &self.feeds[feed].topic;
+        let mut record = BaseRecord::<str, [u8]>::to(topic).key(key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        self.producer.send(record).map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    /// Follows a batch's changes of counts (report id, stored cell,
+    /// change): sends the figures they change. A new day (a new year for
+    /// the age bands) or a failed delivery sends everything again.
+    pub fn apply(&mut self, deltas: Vec<(String, Cell, i64)>) -> Result<(), PublishError> {
+        let day = today();
+        let mut again = self.failed.swap(false, Ordering::Relaxed);
+        let mut touched: Vec<(usize, Cell)> = Vec::new();
+        for (report, cell, d) in deltas {
+            let Some(i) = self.feeds.iter().position(|f| f.report.id() == report) else {
+                continue;
+            };
+            let f = &mut self.feeds[i];
+            let n = f.stored.entry(cell.clone()).or_default();
+            *n += d;
+            if *n == 0 {
+                f.stored.remove(&cell);
+            }
+            let shown = f.report.shown(&cell, f.day);
+            let s = f.shown.entry(shown.clone()).or_default();
+            *s += d;
+            touched.push((i, shown));
+        }
+        for f in &mut self.feeds {
+            if f.day != day {
+                f.fold(day);
+                again = true;
+            }
+        }
+        if again {
+            return self.send_all();
+        }
+        touched.sort();
+        touched.dedup();
+        let mut sent = vec![0usize; self.feeds.len()];
+        for (i, cell) in touched {
+            let n = self.feeds[i].shown.get(&cell).copied().unwrap_or(0);
+            let value = if n == 0 {
+                self.feeds[i].shown.remove(&cell);
+                None
+            } else {
+                Some(self.feeds[i].encode(&cell, n)?)
+            };
+            self.send(i, &cell_text(&cell), value)?;
+            sent[i] += 1;
+        }
+        for (f, n) in self.feeds.iter().zip(sent) {
+            if n > 0 {
+                ReportPublished {
+                    report: &f.report.id(),
+                    figures: n,
+                    all: false,
+                }
+                .emit();
+            }
+        }
+        Ok(())
+    }
+}

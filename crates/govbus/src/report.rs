@@ -1,0 +1,208 @@
+//! `govbus report show|check`: a province's report figures, read from its
+//! database, and a count of its table compared with them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use govbus_consumer::build::{compare, count_table, view_table};
+use govbus_consumer::report::{Cell, Report};
+use govbus_core::Topics;
+use govbus_schema::RegistryClient;
+
+use crate::config::{Agent, GovbusConfig};
+
+/// Which report: the consumer's configuration, and the report's name.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Which {
+    /// The province consumer's configuration file (`[consumer]`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The subscriber (must be the configuration's, when given).
+    #[arg(long)]
+    subscriber: Option<String>,
+    /// The report's name (needed when the subscriber has several).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+struct Opened {
+    report: Arc<Report>,
+    sink: Box<dyn govbus_consumer::Sink>,
+    catalog: govbus_core::Catalog,
+    consumer: govbus_consumer::ConsumerConfig,
+}
+
+fn open(w: &Which) -> anyhow::Result<Opened> {
+    let cfg = GovbusConfig::load(w.config.as_deref(), Some(Agent::Consumer))?;
+    let c = GovbusConfig::section(&cfg.consumer, "consumer", w.config.as_deref())?.clone();
+    if let Some(s) = &w.subscriber {
+        if *s != c.subscriber {
+            bail!(
+                "the configuration is {}'s consumer, not {s}'s: give {s}'s configuration with -c",
+                c.subscriber
+            );
+        }
+    }
+    let catalog = cfg.catalog()?;
+    let mine: Vec<_> = catalog.reports_of(&c.subscriber).collect();
+    let spec = match (&w.name, mine.as_slice()) {
+        (Some(n), _) => mine.iter().find(|r| r.file.name == *n).with_context(|| {
+            format!(
+                "{} has no report `{n}` (declared: {})",
+                c.subscriber,
+                names(&mine)
+            )
+        })?,
+        (None, [one]) => one,
+        (None, []) => bail!(
+            "{} has no report: declare one in deploy/reports/",
+            c.subscriber
+        ),
+        (None, _) => bail!(
+            "{} has several reports; pick one with --name ({})",
+            c.subscriber,
+            names(&mine)
+        ),
+    };
+    let report = Arc::new(Report::compile(spec, &catalog)?);
+    let sink = c.sink.build()?;
+    Ok(Opened {
+        report,
+        sink,
+        catalog,
+        consumer: c,
+    })
+}
+
+fn names(r: &[&govbus_core::report::ReportSpec]) -> String {
+    r.iter()
+        .map(|r| r.file.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn today() -> chrono::NaiveDate {
+    govbus_core::admin_map::day_of_ms(govbus_core::now_ms())
+}
+
+/// `govbus report show`.
+pub(crate) fn show(w: &Which, lang: &str, csv: bool) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let day = today();
+    let cells = o.sink.report_cells(&o.report.id())?;
+    let figures = o.report.figures(&cells, day);
+    let en = match lang {
+        "en" => true,
+        "vi" => false,
+        other => bail!("--lang {other}: give vi or en"),
+    };
+    let f = &o.report.file;
+    let mut heads: Vec<String> = f
+        .dimensions
+        .iter()
+        .map(|d| {
+            if en {
+                d.title.en.clone()
+            } else {
+                d.title.vi.clone()
+            }
+        })
+        .collect();
+    heads.push(if en { "Count" } else { "Số lượng" }.to_string());
+    let total: i64 = figures.values().sum();
+    let rows: Vec<(Cell, i64)> = figures.into_iter().collect();
+    if csv {
+        let mut out = csv::Writer::from_writer(std::io::stdout());
+        out.write_record(&heads)?;
+        for (c, n) in &rows {
+            let mut r = c.clone();
+            r.push(n.to_string());
+            out.write_record(&r)?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    println!(
+        "{} ({}) — {} {day}",
+        if en { &f.title.en } else { &f.title.vi },
+        o.report.id(),
+        if en { "as of" } else { "tính đến ngày" }
+    );
+    let widths: Vec<usize> = (0..heads.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(c, n)| c.get(i).map_or(n.to_string().len(), |l| l.chars().count()))
+                .chain([heads[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cols: &[String]| {
+        cols.iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    println!("{}", line(&heads));
+    for (c, n) in &rows {
+        let mut r: Vec<String> = c
+            .iter()
+            .map(|l| if l.is_empty() { "-".into() } else { l.clone() })
+            .collect();
+        r.push(n.to_string());
+        println!("{}", line(&r));
+    }
+    println!("{}: {total}", if en { "Total" } else { "Tổng cộng" });
+    Ok(())
+}
+
+/// `govbus report check`.
+pub(crate) fn check(w: &Which) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let topics = Topics::new(&o.consumer.topic_prefix);
+    let registry = RegistryClient::new(&o.consumer.registry);
+    let Some(table) = view_table(&o.report, &o.catalog, &topics, &registry)? else {
+        println!(
+            "{}: the view has no schema yet; nothing to count",
+            o.report.id()
+        );
+        return Ok(());
+    };
+    let Some((members, maintained)) = count_table(&o.report, &table, &mut *o.sink)? else {
+        println!(
+            "{}: no table {} yet; nothing to count",
+            o.report.id(),
+            table.name
+        );
+        return Ok(());
+    };
+    let c = compare(&maintained, &members);
+    if c.differences.is_empty() {
+        println!(
+            "{}: the figures equal a count of {} ({} rows counted, {} cells)",
+            o.report.id(),
+            table.name,
+            c.rows,
+            maintained.len()
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: {} cells differ from a count of {} ({} rows counted):",
+        o.report.id(),
+        c.differences.len(),
+        table.name,
+        c.rows
+    );
+    println!("{:<40} {:>12} {:>12}", "CELL", "MAINTAINED", "COUNTED");
+    for (cell, kept, counted) in &c.differences {
+        println!("{:<40} {kept:>12} {counted:>12}", cell.join(" / "));
+    }
+    bail!(
+        "{}: the maintained figures differ from the table in {} cells",
+        o.report.id(),
+        c.differences.len()
+    )
+}

@@ -21,6 +21,7 @@ use crate::events::{ApplyFailed, BatchApplied, DeadLettered, Stalled};
 use crate::publish::ReportFeed;
 use crate::report::Report;
 use crate::sink::{self, Dead, Row, SinkConfig, SinkError};
+use crate::snapshot::Freezer;
 use crate::table::{table_def, value_at, TableDef};
 use govbus_core::health::Readiness;
 use govbus_core::InternalEvent;
@@ -248,6 +249,7 @@ pub fn run_reporting(
         };
         build::build_if_changed(r, table.as_ref(), &mut *sink)?;
     }
+    let mut freezer = Freezer::new(&reports, catalog, &topics, &mut *sink)?;
     let mut feed = if reports.is_empty() {
         None
     } else {
@@ -268,7 +270,10 @@ pub fn run_reporting(
             &mut *sink,
             &resolver,
             &mut tables,
-            &mut feed,
+            &mut Reporting {
+                feed: &mut feed,
+                freezer: &mut freezer,
+            },
             &Around {
                 stop: &stop,
                 ready,
@@ -303,6 +308,13 @@ struct Around<'a> {
     dead_letters: &'a DeadLetters,
 }
 
+/// The reports a session keeps beside the rows: their figures' topic, and
+/// their dated snapshots.
+struct Reporting<'a> {
+    feed: &'a mut Option<ReportFeed>,
+    freezer: &'a mut Freezer,
+}
+
 /// One consumer session: assigned at the sink's stored offsets, applying
 /// batches until `stop` (or a stall).
 fn session(
@@ -311,7 +323,7 @@ fn session(
     sink: &mut dyn sink::Sink,
     resolver: &SchemaCache,
     tables: &mut HashMap<u32, Arc<TableDef>>,
-    feed: &mut Option<ReportFeed>,
+    reporting: &mut Reporting<'_>,
     around: &Around<'_>,
 ) -> Result<(), ConsumerError> {
     let Around {
@@ -355,6 +367,7 @@ fn session(
                 backlog: s.backlog,
             });
         }
+        reporting.freezer.tick(sink, govbus_core::now_ms())?;
         if batch.is_empty() {
             continue;
         }
@@ -485,7 +498,7 @@ fn session(
                         apply_ms: t_apply.elapsed().as_secs_f64() * 1e3,
                     }
                     .emit();
-                    if let Some(f) = feed.as_mut() {
+                    if let Some(f) = reporting.feed.as_mut() {
                         f.apply(sink.take_touched())?;
                     }
                     break;

@@ -170,3 +170,23 @@ impl InternalEvent for ReportPublished<'_> {
             .increment(self.figures as u64);
     }
 }
+
+/// A report frozen at the end of its period.
+#[derive(Debug)]
+pub struct SnapshotFrozen<'a> {
+    /// The snapshot.
+    pub snapshot: &'a crate::snapshot::Snapshot,
+    /// Whether it was stored now (false: one of that date was stored).
+    pub stored: bool,
+}
+
+impl InternalEvent for SnapshotFrozen<'_> {
+    fn emit(self) {
+        let s = self.snapshot;
+        tracing::info!(report = s.report, at = %s.at, total = s.total, digest = s.digest, stored = self.stored, "report frozen at the end of its period");
+        if self.stored {
+            metrics::counter!("govbus_report_snapshots_total", "report" => s.report.clone())
+                .increment(1);
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod events;
 pub mod publish;
 pub mod report;
 pub mod sink;
+pub mod snapshot;
 pub mod table;
 
 pub use consumer::{run, run_reporting, status, ConsumerConfig, ConsumerError, Status};

@@ -17,12 +17,13 @@ pub use postgres::{PostgresConfig, PostgresSink};
 pub use sqlite::{SqliteConfig, SqliteSink};
 pub use webhook::{signature, WebhookConfig, WebhookSink};
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::report::{Cell, Report, TableRow};
+use crate::snapshot::Snapshot;
 use crate::table::{SqlValue, TableDef};
 use govbus_core::InternalEvent;
 
@@ -236,6 +237,33 @@ pub trait Sink: Send {
         })
     }
 
+    /// A report's stored cells and the next offsets of `topics`, read in
+    /// one snapshot: what a dated snapshot freezes (None: the sink keeps
+    /// no reports).
+    #[allow(clippy::type_complexity)]
+    fn figures_and_offsets(
+        &mut self,
+        _report: &str,
+        _topics: &[String],
+    ) -> Result<Option<(Vec<(Cell, i64)>, BTreeMap<String, BTreeMap<i32, i64>>)>, SinkError> {
+        Ok(None)
+    }
+
+    /// Stores a dated snapshot unless one of that report and date is
+    /// stored already (true: stored now).
+    fn save_snapshot(&mut self, s: &Snapshot) -> Result<bool, SinkError> {
+        Err(SinkError::NoReports {
+            report: s.report.clone(),
+            sink: self.kind(),
+        })
+    }
+
+    /// A report's dated snapshots, oldest first, as stored (their digests
+    /// as stored, so that [`Snapshot::verify`] finds a change).
+    fn snapshots(&mut self, _report: &str) -> Result<Vec<Snapshot>, SinkError> {
+        Ok(Vec::new())
+    }
+
     /// The sink's kind in words (`postgres`, `sqlite`, …).
     fn kind(&self) -> &'static str;
 
@@ -283,6 +311,14 @@ pub(crate) fn report_rows<'a>(reports: &'a [Arc<Report>], applied: &[&Row]) -> V
             (!rows.is_empty()).then_some((rep, rows))
         })
         .collect()
+}
+
+/// A stored snapshot from its columns: the content as JSON, the digest
+/// as stored (None: the content does not read as a snapshot).
+pub(crate) fn stored_snapshot(body: &str, digest: String) -> Option<Snapshot> {
+    let mut s: Snapshot = serde_json::from_str(body).ok()?;
+    s.digest = digest;
+    Some(s)
 }
 
 fn q(name: &str) -> String {

@@ -190,6 +190,10 @@ pub struct ReportFile {
     pub dataset: DatasetId,
     /// Its heading.
     pub title: Text,
+    /// The body the report is issued by, as its printable page heads it
+    /// (`Ủy ban nhân dân tỉnh Gia Lai`); none: the subscriber's code.
+    #[serde(default)]
+    pub issuer: Option<Text>,
     /// A CEL expression over the view's fields; only rows it holds true for
     /// are counted (none: every row).
     #[serde(default)]

@@ -183,16 +183,53 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum ReportCmd {
-    /// The figures of a report, as the consumer keeps them now.
+    /// The figures of a report, as the consumer keeps them now, or as a
+    /// dated snapshot froze them (`--at`).
     Show {
         #[command(flatten)]
         pick: report::Which,
+        /// The date of a snapshot (`YYYY-MM-DD`).
+        #[arg(long)]
+        at: Option<String>,
         /// Headings in `vi` (Vietnamese) or `en` (English).
         #[arg(long, default_value = "vi")]
         lang: String,
         /// Print CSV instead of a table.
         #[arg(long)]
         csv: bool,
+    },
+    /// Freeze the figures now as the snapshot of a date (the end of a
+    /// period the schedule missed, or one it does not have); a snapshot of
+    /// that date that exists is kept.
+    Freeze {
+        #[command(flatten)]
+        pick: report::Which,
+        /// The date (`YYYY-MM-DD`).
+        #[arg(long)]
+        at: String,
+    },
+    /// A report's dated snapshots: date, when frozen, total, digest, and
+    /// whether the content still matches the digest (exits 1 if not).
+    Snapshots {
+        #[command(flatten)]
+        pick: report::Which,
+    },
+    /// Write a dated snapshot as CSV or as a printable page (HTML).
+    Export {
+        #[command(flatten)]
+        pick: report::Which,
+        /// The date of the snapshot (`YYYY-MM-DD`).
+        #[arg(long)]
+        at: String,
+        /// `csv` or `html`.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Headings in `vi` or `en`.
+        #[arg(long, default_value = "vi")]
+        lang: String,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Count the table's rows again and compare with the maintained
     /// figures; exits 1 naming each cell that differs.
@@ -490,7 +527,21 @@ fn main() -> std::process::ExitCode {
             Cmd::Status { config } => agents::status(config).await,
             Cmd::Report { command } => {
                 tokio::task::spawn_blocking(move || match command {
-                    ReportCmd::Show { pick, lang, csv } => report::show(&pick, &lang, csv),
+                    ReportCmd::Show {
+                        pick,
+                        at,
+                        lang,
+                        csv,
+                    } => report::show(&pick, at.as_deref(), &lang, csv),
+                    ReportCmd::Freeze { pick, at } => report::freeze(&pick, &at),
+                    ReportCmd::Snapshots { pick } => report::snapshots(&pick),
+                    ReportCmd::Export {
+                        pick,
+                        at,
+                        format,
+                        lang,
+                        out,
+                    } => report::export(&pick, &at, &format, &lang, out.as_deref()),
                     ReportCmd::Check { pick } => report::check(&pick),
                 })
                 .await?

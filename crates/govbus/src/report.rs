@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use govbus_consumer::build::{compare, count_table, view_table};
 use govbus_consumer::report::{Cell, Report};
+use govbus_consumer::snapshot::{freeze_now, view_topics, Snapshot, Verified};
 use govbus_core::Topics;
 use govbus_schema::RegistryClient;
 
@@ -86,16 +87,60 @@ fn today() -> chrono::NaiveDate {
     govbus_core::admin_map::day_of_ms(govbus_core::now_ms())
 }
 
-/// `govbus report show`.
-pub(crate) fn show(w: &Which, lang: &str, csv: bool) -> anyhow::Result<()> {
-    let mut o = open(w)?;
-    let day = today();
-    let cells = o.sink.report_cells(&o.report.id())?;
-    let figures = o.report.figures(&cells, day);
-    let en = match lang {
-        "en" => true,
-        "vi" => false,
+fn english(lang: &str) -> anyhow::Result<bool> {
+    match lang {
+        "en" => Ok(true),
+        "vi" => Ok(false),
         other => bail!("--lang {other}: give vi or en"),
+    }
+}
+
+fn date(at: &str) -> anyhow::Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(at, "%Y-%m-%d")
+        .with_context(|| format!("--at {at}: give a date as YYYY-MM-DD"))
+}
+
+/// The stored snapshot of `at`, refused if its content no longer matches
+/// its digest.
+fn stored(o: &mut Opened, at: &str) -> anyhow::Result<Snapshot> {
+    let day = date(at)?;
+    let all = o.sink.snapshots(&o.report.id())?;
+    let dates: Vec<String> = all.iter().map(|s| s.at.to_string()).collect();
+    let snap = all.into_iter().find(|s| s.at == day).with_context(|| {
+        format!(
+            "{} has no snapshot of {at} (it has: {})",
+            o.report.id(),
+            if dates.is_empty() {
+                "none".to_string()
+            } else {
+                dates.join(", ")
+            }
+        )
+    })?;
+    if let Verified::Altered { stored, computed } = snap.verify() {
+        bail!(
+            "the snapshot {} of {at} was changed after it was frozen: its digest is {stored}, its content gives {computed}",
+            o.report.id()
+        );
+    }
+    Ok(snap)
+}
+
+/// `govbus report show`.
+pub(crate) fn show(w: &Which, at: Option<&str>, lang: &str, csv: bool) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let en = english(lang)?;
+    let (day, figures, frozen) = match at {
+        None => {
+            let day = today();
+            let cells = o.sink.report_cells(&o.report.id())?;
+            (day, o.report.figures(&cells, day), None)
+        }
+        Some(at) => {
+            let snap = stored(&mut o, at)?;
+            let f = snap.figures.iter().cloned().collect();
+            (snap.at, f, Some(snap))
+        }
     };
     let f = &o.report.file;
     let mut heads: Vec<String> = f
@@ -155,6 +200,102 @@ pub(crate) fn show(w: &Which, lang: &str, csv: bool) -> anyhow::Result<()> {
         println!("{}", line(&r));
     }
     println!("{}: {total}", if en { "Total" } else { "Tổng cộng" });
+    if let Some(s) = frozen {
+        println!(
+            "SHA-256 {} ({})",
+            s.digest,
+            if en { "intact" } else { "nguyên vẹn" }
+        );
+    }
+    Ok(())
+}
+
+/// `govbus report freeze`.
+pub(crate) fn freeze(w: &Which, at: &str) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let day = date(at)?;
+    let topics = view_topics(
+        &o.report,
+        &o.catalog,
+        &Topics::new(&o.consumer.topic_prefix),
+    );
+    let (snap, now) = freeze_now(&o.report, day, &topics, &mut *o.sink)?;
+    println!(
+        "{} {at}: {} (total {}, {} figures, SHA-256 {})",
+        o.report.id(),
+        if now {
+            "frozen now"
+        } else {
+            "already frozen; kept"
+        },
+        snap.total,
+        snap.figures.len(),
+        snap.digest
+    );
+    Ok(())
+}
+
+/// `govbus report snapshots`.
+pub(crate) fn snapshots(w: &Which) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let all = o.sink.snapshots(&o.report.id())?;
+    println!(
+        "{:<12} {:<20} {:>10}  {:<64}  CHECK",
+        "DATE", "FROZEN AT (UTC+7)", "TOTAL", "SHA-256"
+    );
+    let mut altered = Vec::new();
+    for s in &all {
+        let taken = chrono::DateTime::from_timestamp_millis(s.taken_ms + 7 * 3_600_000)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let check = match s.verify() {
+            Verified::Intact => "intact".to_string(),
+            Verified::Altered { computed, .. } => {
+                altered.push(s.at.to_string());
+                format!("ALTERED (content gives {computed})")
+            }
+        };
+        println!(
+            "{:<12} {:<20} {:>10}  {:<64}  {check}",
+            s.at.to_string(),
+            taken,
+            s.total,
+            s.digest
+        );
+    }
+    if !altered.is_empty() {
+        bail!(
+            "{}: snapshots changed after they were frozen: {}",
+            o.report.id(),
+            altered.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `govbus report export`.
+pub(crate) fn export(
+    w: &Which,
+    at: &str,
+    format: &str,
+    lang: &str,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut o = open(w)?;
+    let en = english(lang)?;
+    let snap = stored(&mut o, at)?;
+    let text = match format {
+        "csv" => snap.to_csv(&o.report, en),
+        "html" => snap.to_html(&o.report, en),
+        other => bail!("--format {other}: give csv or html"),
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("{} {at} written to {}", o.report.id(), path.display());
+        }
+        None => print!("{text}"),
+    }
     Ok(())
 }
 

@@ -1,13 +1,14 @@
 //! The PostgreSQL sink: tables in one schema, rows and offsets in one
 //! transaction, applied set-based per run of changes that share a table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{q, report_rows, Applied, Row, Sink, SinkError};
 use crate::report::{cell_of, cell_text, plan, Cell, Report};
+use crate::snapshot::Snapshot;
 use crate::table::{ColType, SqlValue, TableDef};
 
 /// `[consumer.sink] type = "postgres"`.
@@ -75,7 +76,10 @@ impl PostgresSink {
              CREATE TABLE IF NOT EXISTS {s}._govbus_report_cells (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS {s}._govbus_reports (
-                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms BIGINT NOT NULL);"
+                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}._govbus_report_snapshots (
+                 report TEXT NOT NULL, at DATE NOT NULL, taken_ms BIGINT NOT NULL, total BIGINT NOT NULL,
+                 digest TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (report, at));"
         );
         // `CREATE … IF NOT EXISTS` is not safe against itself: a second
         // agent creating the same schema or table at the same moment gets
@@ -633,6 +637,78 @@ impl Sink for PostgresSink {
         }
         tx.commit()?;
         Ok(Some(cells))
+    }
+
+    fn figures_and_offsets(
+        &mut self,
+        report: &str,
+        topics: &[String],
+    ) -> Result<Option<(Vec<(Cell, i64)>, BTreeMap<String, BTreeMap<i32, i64>>)>, SinkError> {
+        self.reconnect_if_closed()?;
+        let s = self.schema.clone();
+        let mut tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let cells = tx
+            .query(
+                &format!("SELECT cell, n FROM {s}._govbus_report_cells WHERE report = $1"),
+                &[&report],
+            )?
+            .iter()
+            .filter_map(|x| Some((cell_of(x.get(0))?, x.get(1))))
+            .collect();
+        let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        for r in tx.query(
+            &format!("SELECT topic, partition, next_offset FROM {s}._govbus_offsets WHERE topic = ANY($1)"),
+            &[&topics],
+        )? {
+            offsets
+                .entry(r.get(0))
+                .or_default()
+                .insert(r.get(1), r.get(2));
+        }
+        tx.commit()?;
+        Ok(Some((cells, offsets)))
+    }
+
+    fn save_snapshot(&mut self, snap: &Snapshot) -> Result<bool, SinkError> {
+        self.reconnect_if_closed()?;
+        let body = serde_json::to_string(snap).unwrap_or_default();
+        let n = self.client.execute(
+            &format!(
+                "INSERT INTO {}._govbus_report_snapshots (report, at, taken_ms, total, digest, body) \
+                 VALUES ($1, $2::text::date, $3, $4, $5, $6) ON CONFLICT (report, at) DO NOTHING",
+                self.schema
+            ),
+            &[
+                &snap.report,
+                &snap.at.to_string(),
+                &snap.taken_ms,
+                &snap.total,
+                &snap.digest,
+                &body,
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn snapshots(&mut self, report: &str) -> Result<Vec<Snapshot>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT body, digest FROM {}._govbus_report_snapshots WHERE report = $1 ORDER BY at",
+                    self.schema
+                ),
+                &[&report],
+            )?
+            .iter()
+            .filter_map(|r| super::stored_snapshot(r.get(0), r.get(1)))
+            .collect())
     }
 
     fn report_definition(&mut self, report: &str) -> Result<Option<String>, SinkError> {

@@ -1,7 +1,7 @@
 //! The SQLite sink, the embedded default: rows and offsets in one
 //! transaction in a local file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{q, report_rows, Applied, Row, Sink, SinkError};
 use crate::report::{cell_of, cell_text, plan, Cell, Report};
+use crate::snapshot::Snapshot;
 use crate::table::{ColType, SqlValue, TableDef};
 
 /// `[consumer.sink] type = "sqlite"`.
@@ -93,7 +94,10 @@ const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
              CREATE TABLE IF NOT EXISTS _govbus_report_cells (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS _govbus_reports (
-                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);";
+                 report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _govbus_report_snapshots (
+                 report TEXT NOT NULL, at TEXT NOT NULL, taken_ms INTEGER NOT NULL, total INTEGER NOT NULL,
+                 digest TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (report, at));";
 
 /// Moves each report over the tables of `applied` to their new cells, in
 /// `tx`; the cells changed go to `touched`.
@@ -407,6 +411,72 @@ impl Sink for SqliteSink {
         }
         tx.commit()?;
         Ok(Some(cells))
+    }
+
+    fn figures_and_offsets(
+        &mut self,
+        report: &str,
+        topics: &[String],
+    ) -> Result<Option<(Vec<(Cell, i64)>, BTreeMap<String, BTreeMap<i32, i64>>)>, SinkError> {
+        let tx = self.conn.transaction()?;
+        let mut cells = Vec::new();
+        let mut offsets: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+        {
+            let mut st =
+                tx.prepare("SELECT cell, n FROM _govbus_report_cells WHERE report = ?1")?;
+            let rows = st.query_map([report], |x| Ok((x.get::<_, String>(0)?, x.get(1)?)))?;
+            for x in rows {
+                let (c, n) = x?;
+                if let Some(c) = cell_of(&c) {
+                    cells.push((c, n));
+                }
+            }
+            let mut st =
+                tx.prepare("SELECT partition, next_offset FROM _govbus_offsets WHERE topic = ?1")?;
+            for t in topics {
+                let rows = st.query_map([t], |x| Ok((x.get::<_, i32>(0)?, x.get::<_, i64>(1)?)))?;
+                for x in rows {
+                    let (p, o) = x?;
+                    offsets.entry(t.clone()).or_default().insert(p, o);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(Some((cells, offsets)))
+    }
+
+    fn save_snapshot(&mut self, snap: &Snapshot) -> Result<bool, SinkError> {
+        let body = serde_json::to_string(snap).unwrap_or_default();
+        let n = self.conn.execute(
+            "INSERT INTO _govbus_report_snapshots (report, at, taken_ms, total, digest, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (report, at) DO NOTHING",
+            (
+                &snap.report,
+                snap.at.to_string(),
+                snap.taken_ms,
+                snap.total,
+                &snap.digest,
+                &body,
+            ),
+        )?;
+        Ok(n == 1)
+    }
+
+    fn snapshots(&mut self, report: &str) -> Result<Vec<Snapshot>, SinkError> {
+        let mut st = self.conn.prepare(
+            "SELECT body, digest FROM _govbus_report_snapshots WHERE report = ?1 ORDER BY at",
+        )?;
+        let rows = st.query_map([report], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (body, digest) = r?;
+            if let Some(s) = super::stored_snapshot(&body, digest) {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 
     fn report_definition(&mut self, report: &str) -> Result<Option<String>, SinkError> {

@@ -4,7 +4,9 @@
 //! deletes, and after the router re-sends every row as a snapshot; it is
 //! published on `report.p52.population` (compacted, Avro, registered); and
 //! figures that were tampered with or never built are built again from the
-//! table when the consumer starts.
+//! table when the consumer starts. `govbus report` shows the figures,
+//! checks them against the table, freezes a dated snapshot, lists and
+//! verifies the snapshots, and exports one as CSV and as a printable page.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -176,11 +178,167 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
     for _ in 0..3 {
         want = wave(&publisher, &mut world, 30, &report, &mut sink, &p52);
     }
+    cli(&bus, &cfg, &schema, &mut pg, &report, &want);
     wait_until(
         Duration::from_secs(60),
         "the report topic after more changes",
         || (on_topic(&bus, &topic) == want).then_some(()),
     );
+}
+
+fn govbus(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_govbus"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The figures of CSV printed by `govbus report show --csv` or `export`.
+fn from_csv(text: &str) -> BTreeMap<Cell, i64> {
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("Tổng cộng") && !l.starts_with("Total"))
+        .map(|l| {
+            let mut f: Vec<String> = l.split(',').map(str::to_string).collect();
+            let n = f.pop().unwrap().parse().unwrap();
+            (f, n)
+        })
+        .collect()
+}
+
+/// `govbus report …` on p52's consumer configuration.
+fn cli(
+    bus: &Bus,
+    cfg: &govbus_consumer::ConsumerConfig,
+    schema: &str,
+    pg: &mut postgres::Client,
+    report: &Report,
+    want: &BTreeMap<Cell, i64>,
+) {
+    let file = bus.dir.path().join("p52.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[consumer]\nsubscriber = \"p52\"\nregistry = \"{}\"\ntopic_prefix = \"{}\"\n\
+             [consumer.sink]\ntype = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\n\
+             [consumer.kafka]\nbootstrap = \"{}\"\n",
+            cfg.registry,
+            cfg.topic_prefix,
+            pg_url(),
+            cfg.kafka.bootstrap
+        ),
+    )
+    .unwrap();
+    let c = file.to_str().unwrap();
+    let (ok, out) = govbus(&["report", "show", "-c", c, "--csv"]);
+    assert!(ok, "{out}");
+    assert_eq!(&from_csv(&out), want, "{out}");
+    let (ok, out) = govbus(&["report", "show", "-c", c, "--subscriber", "p52"]);
+    assert!(
+        ok && out.contains("Dân số theo xã") && out.contains("Tổng cộng: "),
+        "{out}"
+    );
+    let (ok, out) = govbus(&["report", "show", "-c", c, "--subscriber", "p92"]);
+    assert!(!ok && out.contains("p52's consumer, not p92's"), "{out}");
+    let (ok, out) = govbus(&["report", "check", "-c", c]);
+    assert!(
+        ok && out.contains("the figures equal a count of bca_residents"),
+        "{out}"
+    );
+
+    // A snapshot frozen at a date: once; shown and exported as frozen.
+    let (ok, out) = govbus(&["report", "freeze", "-c", c, "--at", "2026-11-30"]);
+    assert!(ok && out.contains("frozen now"), "{out}");
+    let (ok, out) = govbus(&["report", "freeze", "-c", c, "--at", "2026-11-30"]);
+    assert!(ok && out.contains("already frozen; kept"), "{out}");
+    let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let cells: Vec<(Cell, i64)> = want.iter().map(|(c, n)| (c.clone(), *n)).collect();
+    let frozen_want = report.figures(&cells, at);
+    let (ok, out) = govbus(&["report", "show", "-c", c, "--at", "2026-11-30", "--csv"]);
+    assert!(ok, "{out}");
+    assert_eq!(from_csv(&out), frozen_want, "{out}");
+    let html = bus.dir.path().join("p52-2026-11.html");
+    let (ok, out) = govbus(&[
+        "report",
+        "export",
+        "-c",
+        c,
+        "--at",
+        "2026-11-30",
+        "--format",
+        "html",
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    let total: i64 = want.values().sum();
+    assert!(page.contains("ỦY BAN NHÂN DÂN TỈNH GIA LAI"), "{page}");
+    // The grand total, with the Vietnamese thousands separator.
+    let digits = total.to_string();
+    let shown: String = digits
+        .chars()
+        .enumerate()
+        .flat_map(|(i, ch)| {
+            let dot = i > 0 && (digits.len() - i) % 3 == 0;
+            dot.then_some('.').into_iter().chain([ch])
+        })
+        .collect();
+    assert!(
+        page.contains(&format!("<td class=n><b>{shown}</b></td></tr></tfoot>")),
+        "{page}"
+    );
+    let (ok, out) = govbus(&["report", "export", "-c", c, "--at", "2026-10-31"]);
+    assert!(
+        !ok && out.contains("no snapshot of 2026-10-31 (it has: 2026-11-30)"),
+        "{out}"
+    );
+    let (ok, out) = govbus(&["report", "snapshots", "-c", c]);
+    assert!(
+        ok && out.contains("2026-11-30") && out.contains("intact"),
+        "{out}"
+    );
+
+    // A snapshot changed in the database is named, and not shown.
+    pg.batch_execute(&format!(
+        "UPDATE \"{schema}\"._govbus_report_snapshots SET body = replace(body, '\"total\":{total}', '\"total\":{}')",
+        total + 1
+    ))
+    .unwrap();
+    let (ok, out) = govbus(&["report", "snapshots", "-c", c]);
+    assert!(
+        !ok && out.contains("ALTERED")
+            && out.contains("changed after they were frozen: 2026-11-30"),
+        "{out}"
+    );
+    let (ok, out) = govbus(&["report", "show", "-c", c, "--at", "2026-11-30"]);
+    assert!(
+        !ok && out.contains("was changed after it was frozen"),
+        "{out}"
+    );
+
+    // Figures that drift from the table: `check` names the cell and fails.
+    pg.batch_execute(&format!(
+        "UPDATE \"{schema}\"._govbus_report_cells SET n = n + 2 WHERE cell = (SELECT max(cell) FROM \"{schema}\"._govbus_report_cells)"
+    ))
+    .unwrap();
+    let (ok, out) = govbus(&["report", "check", "-c", c]);
+    assert!(
+        !ok && out.contains("1 cells differ") && out.contains("differ from the table in 1 cells"),
+        "{out}"
+    );
+    pg.batch_execute(&format!(
+        "UPDATE \"{schema}\"._govbus_report_cells SET n = n - 2 WHERE cell = (SELECT max(cell) FROM \"{schema}\"._govbus_report_cells)"
+    ))
+    .unwrap();
 }
 
 /// Sends `n` changes of `world` and waits until p52's figures are those of

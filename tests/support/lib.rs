@@ -14,9 +14,11 @@ use govbus_core::{Catalog, KafkaConfig};
 use rand::Rng;
 
 mod broker;
+mod browser;
 mod proxy;
 
 pub use broker::{ensure_nisshi, free_port, kafka_dist, nisshi_path, Broker};
+pub use browser::{Browser, Page};
 pub use proxy::TcpProxy;
 
 /// A unique lowercase name: `<prefix><12 random chars>`.

@@ -264,6 +264,23 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
 
+    /// Changes applied per day (Vietnam's), oldest first, over the last
+    /// `days` days.
+    fn applied_days(&mut self, _days: u32) -> Result<Vec<(String, i64)>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    /// The `n` rows of `table` changed last: key (read from `key_column`)
+    /// and the source time of the change (ms), newest first.
+    fn recent(
+        &mut self,
+        _table: &str,
+        _key_column: &str,
+        _n: u32,
+    ) -> Result<Vec<(String, i64)>, SinkError> {
+        Ok(Vec::new())
+    }
+
     /// The sink's kind in words (`postgres`, `sqlite`, …).
     fn kind(&self) -> &'static str;
 
@@ -319,6 +336,18 @@ pub(crate) fn stored_snapshot(body: &str, digest: String) -> Option<Snapshot> {
     let mut s: Snapshot = serde_json::from_str(body).ok()?;
     s.digest = digest;
     Some(s)
+}
+
+/// The day (Vietnam's, `YYYY-MM-DD`) a batch applied now counts in.
+pub(crate) fn applied_day() -> String {
+    govbus_core::admin_map::day_of_ms(govbus_core::now_ms()).to_string()
+}
+
+/// The first day of the last `days` days, as text.
+pub(crate) fn first_day(days: u32) -> String {
+    (govbus_core::admin_map::day_of_ms(govbus_core::now_ms())
+        - chrono::Duration::days(i64::from(days.saturating_sub(1))))
+    .to_string()
 }
 
 fn q(name: &str) -> String {

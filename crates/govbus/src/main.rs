@@ -4,6 +4,7 @@ mod admin_units;
 mod agents;
 mod check;
 mod config;
+mod dashboard;
 mod demo;
 mod dlq;
 mod nisshi;
@@ -172,6 +173,19 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         command: ConfigCmd,
+    },
+    /// Serve the operations board: each province's reports, freshness,
+    /// backlog per hop, last changes and dated snapshots, live.
+    Dashboard {
+        /// Province consumer configurations (`[consumer]`), one per province.
+        #[arg(long, short, required = true)]
+        config: Vec<PathBuf>,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// The router's consumer group (its backlog on the central topics).
+        #[arg(long, default_value = "govbus-router")]
+        router_group: String,
     },
     /// A province's reports (`deploy/reports/*.toml`): their figures, and
     /// a check against the table.
@@ -525,6 +539,11 @@ fn main() -> std::process::ExitCode {
                     .await?
             }
             Cmd::Status { config } => agents::status(config).await,
+            Cmd::Dashboard {
+                config,
+                listen,
+                router_group,
+            } => dashboard::run(config, listen, router_group).await,
             Cmd::Report { command } => {
                 tokio::task::spawn_blocking(move || match command {
                     ReportCmd::Show {

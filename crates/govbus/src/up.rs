@@ -314,7 +314,7 @@ fn run_blocking(
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
 
-    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p92, m_registry, m_moha] =
+    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p92, m_registry, m_moha, dashboard_port] =
         free_ports()?;
     let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
@@ -447,6 +447,24 @@ fn run_blocking(
             dir.join(format!("{p}.db")).display()
         );
     }
+
+    let mut cmd = Command::new(&exe);
+    let dashboard = format!("127.0.0.1:{dashboard_port}");
+    cmd.args([
+        "dashboard",
+        "--listen",
+        &dashboard,
+        "--router-group",
+        ROUTER_GROUP,
+    ]);
+    for p in ["p52", "p92"] {
+        cmd.arg("--config").arg(dir.join(format!("{p}.toml")));
+    }
+    stack.spawn("dashboard", cmd, &dir)?;
+    stack.wait_ready("dashboard", || {
+        http_ok(&format!("http://{dashboard}/state"))
+    })?;
+    println!("  dashboard http://{dashboard}/  (p52 and p92, live; ?lang=en for English)");
 
     let mut cmd = Command::new(&exe);
     cmd.args(["demo", "--ingest", &ingest, "--rate", &rate.to_string()]);

@@ -77,6 +77,8 @@ impl PostgresSink {
                  report TEXT NOT NULL, cell TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS {s}._govbus_reports (
                  report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}._govbus_applied_days (
+                 day DATE PRIMARY KEY, n BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}._govbus_report_snapshots (
                  report TEXT NOT NULL, at DATE NOT NULL, taken_ms BIGINT NOT NULL, total BIGINT NOT NULL,
                  digest TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (report, at));"
@@ -283,6 +285,7 @@ impl PostgresSink {
                 &[&topics, &parts, &nexts],
             )?;
         }
+        count_day(&mut tx, &s, &done)?;
         tx.commit()?;
         self.touched.extend(touched);
         Ok(done)
@@ -529,9 +532,52 @@ impl Sink for PostgresSink {
                 &[topic, partition, next],
             )?;
         }
+        count_day(&mut tx, &s, &done)?;
         tx.commit()?;
         self.touched.extend(touched);
         Ok(done)
+    }
+
+    fn applied_days(&mut self, days: u32) -> Result<Vec<(String, i64)>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT day::text, n FROM {}._govbus_applied_days WHERE day >= $1::text::date ORDER BY day",
+                    self.schema
+                ),
+                &[&super::first_day(days)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn recent(
+        &mut self,
+        table: &str,
+        key_column: &str,
+        n: u32,
+    ) -> Result<Vec<(String, i64)>, SinkError> {
+        self.reconnect_if_closed()?;
+        if self.table_status(table)?.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT {}::text, _govbus_source_ts FROM {}.{} ORDER BY _govbus_source_ts DESC LIMIT $1",
+                    q(key_column),
+                    self.schema,
+                    q(table)
+                ),
+                &[&i64::from(n)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
     }
 
     fn kind(&self) -> &'static str {
@@ -784,6 +830,22 @@ impl PostgresSink {
         };
         v.unwrap_or(SqlValue::Null)
     }
+}
+
+/// Counts the changes a batch applied in the day's total, in its
+/// transaction.
+fn count_day(tx: &mut postgres::Transaction<'_>, s: &str, done: &Applied) -> Result<(), SinkError> {
+    let n = (done.upserts + done.deletes) as i64;
+    if n > 0 {
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}._govbus_applied_days AS d (day, n) VALUES ($1::text::date, $2) \
+                 ON CONFLICT (day) DO UPDATE SET n = d.n + EXCLUDED.n"
+            ),
+            &[&super::applied_day(), &n],
+        )?;
+    }
+    Ok(())
 }
 
 /// Moves each report over the tables of `applied` (changes applied in this

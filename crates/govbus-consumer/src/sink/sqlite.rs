@@ -95,6 +95,8 @@ const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS _govbus_reports (
                  report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _govbus_applied_days (
+                 day TEXT PRIMARY KEY, n INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS _govbus_report_snapshots (
                  report TEXT NOT NULL, at TEXT NOT NULL, taken_ms INTEGER NOT NULL, total INTEGER NOT NULL,
                  digest TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (report, at));";
@@ -334,6 +336,14 @@ impl Sink for SqliteSink {
         }
         let mut touched = Vec::new();
         write_reports(&tx, &self.reports, &applied, &mut touched)?;
+        let n = (done.upserts + done.deletes) as i64;
+        if n > 0 {
+            tx.prepare_cached(
+                "INSERT INTO _govbus_applied_days (day, n) VALUES (?1, ?2)
+                 ON CONFLICT (day) DO UPDATE SET n = n + excluded.n",
+            )?
+            .execute((super::applied_day(), n))?;
+        }
         for (topic, partition, next) in offsets {
             tx.prepare_cached(
                 "INSERT INTO _govbus_offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
@@ -411,6 +421,32 @@ impl Sink for SqliteSink {
         }
         tx.commit()?;
         Ok(Some(cells))
+    }
+
+    fn applied_days(&mut self, days: u32) -> Result<Vec<(String, i64)>, SinkError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT day, n FROM _govbus_applied_days WHERE day >= ?1 ORDER BY day")?;
+        let rows = st.query_map([super::first_day(days)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recent(
+        &mut self,
+        table: &str,
+        key_column: &str,
+        n: u32,
+    ) -> Result<Vec<(String, i64)>, SinkError> {
+        if self.table_status(table)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut st = self.conn.prepare(&format!(
+            "SELECT CAST({} AS TEXT), _govbus_source_ts FROM {} ORDER BY _govbus_source_ts DESC LIMIT ?1",
+            q(key_column),
+            q(table)
+        ))?;
+        let rows = st.query_map([n], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn figures_and_offsets(

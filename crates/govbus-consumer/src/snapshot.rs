@@ -137,10 +137,27 @@ impl Snapshot {
         let f = &report.file;
         let t = |vi: &str, en_: &str| if en { en_.to_string() } else { vi.to_string() };
         let (rows, cols, grid) = pivot(&self.figures);
+        // Values as their names: a commune code as its name in the map of
+        // the report's date, others as the report file names them.
+        let named = |dim: usize, v: &str| -> String {
+            if let Some(t) = f.dimensions.get(dim).and_then(|d| d.labels.get(v)) {
+                return if en { t.en.clone() } else { t.vi.clone() };
+            }
+            if dim == 0 {
+                if let Some(u) = govbus_core::admin_map::reference().at(v, self.at) {
+                    return format!("{} ({v})", u.name);
+                }
+            }
+            if v.is_empty() {
+                "-".into()
+            } else {
+                v.to_string()
+            }
+        };
         let mut col_totals: BTreeMap<&Cell, i64> = BTreeMap::new();
         let mut body = String::new();
         for (i, r) in rows.iter().enumerate() {
-            let mut line = format!("<tr><td>{}</td><td>{}</td>", i + 1, esc(r));
+            let mut line = format!("<tr><td>{}</td><td>{}</td>", i + 1, esc(&named(0, r)));
             let mut sum = 0;
             for c in &cols {
                 let n = grid.get(&(r.clone(), c.clone())).copied().unwrap_or(0);
@@ -153,7 +170,11 @@ impl Snapshot {
         }
         let head_cols: String = cols
             .iter()
-            .map(|c| format!("<th>{}</th>", esc(&c.join(" · "))))
+            .map(|c| {
+                let parts: Vec<String> =
+                    c.iter().enumerate().map(|(i, v)| named(i + 1, v)).collect();
+                format!("<th>{}</th>", esc(&parts.join(" · ")))
+            })
             .collect();
         let foot_cols: String = cols
             .iter()

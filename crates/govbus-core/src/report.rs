@@ -58,6 +58,11 @@ pub struct Dimension {
     /// so a figure changes only with a change of the data or with the year.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub age_bands: Vec<u32>,
+    /// How values are named on pages (`FEMALE = { vi = "Nữ", en =
+    /// "Female" }`); a value not named is shown as it is. Data (CSV, the
+    /// report topic) keep the values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, Text>,
 }
 
 impl Dimension {
@@ -412,6 +417,7 @@ mod tests {
                 en: "Age band".into(),
             },
             age_bands: vec![0, 6, 15, 60],
+            labels: Default::default(),
         };
         assert_eq!(dim.band_of(0), "0-5");
         assert_eq!(dim.band_of(14), "6-14");

@@ -235,7 +235,7 @@ fn province_state(
             "id": r.id(),
             "name": r.file.name,
             "title": r.file.title,
-            "dimensions": r.file.dimensions.iter().map(|d| json!({"name": d.name, "title": d.title})).collect::<Vec<_>>(),
+            "dimensions": r.file.dimensions.iter().map(|d| json!({"name": d.name, "title": d.title, "labels": d.labels})).collect::<Vec<_>>(),
             "total": figures.values().sum::<i64>(),
             "figures": figures.iter().map(|(c, n)| json!([c, n])).collect::<Vec<_>>(),
             "by_first": by_first.iter().map(|(k, n)| json!([k, n])).collect::<Vec<_>>(),

@@ -281,6 +281,26 @@ pub trait Sink: Send {
         Ok(Vec::new())
     }
 
+    /// Bucket digests of `table`'s rows ([`crate::reconcile`]), computed
+    /// where the rows are (None: the sink holds no rows, or no such table).
+    fn bucket_digests(
+        &mut self,
+        _table: &TableDef,
+        _buckets: u32,
+    ) -> Result<Option<BTreeMap<u32, crate::reconcile::Digest>>, SinkError> {
+        Ok(None)
+    }
+
+    /// The rows of `table` in the buckets `which`: key → (sequence, hash).
+    fn bucket_rows(
+        &mut self,
+        _table: &TableDef,
+        _buckets: u32,
+        _which: &[u32],
+    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+        Ok(BTreeMap::new())
+    }
+
     /// The sink's kind in words (`postgres`, `sqlite`, …).
     fn kind(&self) -> &'static str;
 

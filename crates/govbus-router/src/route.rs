@@ -188,6 +188,28 @@ pub fn backfill(
     Ok(Some((label, out.encode(&routed)?)))
 }
 
+/// The entity `view` holds for `current` (an entity's current state): its
+/// projection when the view's filter takes it in `scope` on the change's
+/// day, None when it does not (or the entity was deleted).
+pub fn view_entity(
+    current: &Change,
+    view: &View,
+    scope: Scope<'_>,
+) -> Result<Option<govbus_schema::AvroValue>, RouteError> {
+    let Some(after) = as_reader(&current.after, Some(&view.entity))? else {
+        return Ok(None);
+    };
+    let vars = Vars::of(&after);
+    let keep = view
+        .filter
+        .matches_at(scope.base, &vars, scope.at(current.ts_ms))
+        .map_err(|source| RouteError::Filter {
+            view: view.name.clone(),
+            source,
+        })?;
+    Ok(keep.then(|| view.projection.apply(after)))
+}
+
 /// Routes a decoded change at `now_ms` (expired subscriptions get nothing).
 pub fn route_change(
     change: &Change,

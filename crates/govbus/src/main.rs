@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod nisshi;
 mod ops;
+mod reconcile;
 mod report;
 mod schema_check;
 mod up;
@@ -186,6 +187,14 @@ enum Cmd {
         /// The router's consumer group (its backlog on the central topics).
         #[arg(long, default_value = "govbus-router")]
         router_group: String,
+    },
+    /// Compare what a subscription should hold with the province's table
+    /// (counts, bucket digests, then only the differing buckets' rows);
+    /// exits 1 naming the missing, extra and stale keys. `--repair`
+    /// re-sends exactly those keys through the view.
+    Reconcile {
+        #[command(flatten)]
+        args: reconcile::Args,
     },
     /// A province's reports (`deploy/reports/*.toml`): their figures, and
     /// a check against the table.
@@ -544,6 +553,9 @@ fn main() -> std::process::ExitCode {
                 listen,
                 router_group,
             } => dashboard::run(config, listen, router_group).await,
+            Cmd::Reconcile { args } => {
+                tokio::task::spawn_blocking(move || reconcile::run(&args)).await?
+            }
             Cmd::Report { command } => {
                 tokio::task::spawn_blocking(move || match command {
                     ReportCmd::Show {

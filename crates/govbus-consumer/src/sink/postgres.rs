@@ -538,6 +538,54 @@ impl Sink for PostgresSink {
         Ok(done)
     }
 
+    fn bucket_digests(
+        &mut self,
+        t: &TableDef,
+        buckets: u32,
+    ) -> Result<Option<BTreeMap<u32, crate::reconcile::Digest>>, SinkError> {
+        self.reconnect_if_closed()?;
+        if self.table_status(&t.name)?.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "{} SELECT b, count(*), coalesce(sum(e), 0)::text FROM r GROUP BY b",
+            self.reconcile_rows(t)
+        );
+        let mut out = BTreeMap::new();
+        for r in self.client.query(&sql, &[&i64::from(buckets)])? {
+            let b: i64 = r.get(0);
+            let sum: String = r.get(2);
+            out.insert(
+                b as u32,
+                crate::reconcile::Digest {
+                    count: r.get(1),
+                    sum: sum.parse().unwrap_or(0),
+                },
+            );
+        }
+        Ok(Some(out))
+    }
+
+    fn bucket_rows(
+        &mut self,
+        t: &TableDef,
+        buckets: u32,
+        which: &[u32],
+    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+        self.reconnect_if_closed()?;
+        let which: Vec<i64> = which.iter().map(|b| i64::from(*b)).collect();
+        let sql = format!(
+            "{} SELECT k, s, h FROM r WHERE b = ANY($2)",
+            self.reconcile_rows(t)
+        );
+        Ok(self
+            .client
+            .query(&sql, &[&i64::from(buckets), &which])?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
     fn applied_days(&mut self, days: u32) -> Result<Vec<(String, i64)>, SinkError> {
         self.reconnect_if_closed()?;
         Ok(self
@@ -819,6 +867,37 @@ impl Sink for PostgresSink {
 }
 
 impl PostgresSink {
+    /// `WITH r AS (…)`: per row of `t`, its key `k`, sequence `s`, hash
+    /// `h`, bucket `b` (modulo `$1`) and digest entry `e`, computed by
+    /// PostgreSQL as [`crate::reconcile`] does in Rust.
+    fn reconcile_rows(&self, t: &TableDef) -> String {
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| {
+                let n = q(&c.name);
+                let text = match c.ty {
+                    ColType::Timestamp => format!("((extract(epoch FROM {n}) * 1000)::int8)::text"),
+                    _ => format!("{n}::text"),
+                };
+                format!("coalesce({text}, '\\N')")
+            })
+            .collect();
+        let sha = |x: &str| format!("encode(sha256(convert_to({x}, 'UTF8')), 'hex')");
+        format!(
+            "WITH t AS (SELECT {key}::text AS k, _govbus_seq AS s, {h} AS h FROM {schema}.{table}), \
+             r AS (SELECT k, s, h, \
+                   (('x' || substr({kb}, 1, 8))::bit(32)::bigint % $1) AS b, \
+                   ('x' || substr({eb}, 1, 15))::bit(60)::bigint AS e FROM t)",
+            key = q(&t.columns[0].name),
+            h = sha(&format!("concat_ws(chr(31), {})", cols.join(", "))),
+            schema = self.schema,
+            table = q(&t.name),
+            kb = sha("k"),
+            eb = sha("k || chr(31) || s::text || chr(31) || h"),
+        )
+    }
+
     fn value(r: &postgres::Row, i: usize, t: ColType) -> SqlValue {
         let v = match t {
             ColType::Text => r.get::<_, Option<String>>(i).map(SqlValue::Text),

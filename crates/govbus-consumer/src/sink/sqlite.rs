@@ -423,6 +423,27 @@ impl Sink for SqliteSink {
         Ok(Some(cells))
     }
 
+    fn bucket_digests(
+        &mut self,
+        t: &TableDef,
+        buckets: u32,
+    ) -> Result<Option<BTreeMap<u32, crate::reconcile::Digest>>, SinkError> {
+        if self.table_status(&t.name)?.is_none() {
+            return Ok(None);
+        }
+        let rows = self.reconcile_rows(t, buckets, None)?;
+        Ok(Some(crate::reconcile::digests(&rows, buckets)))
+    }
+
+    fn bucket_rows(
+        &mut self,
+        t: &TableDef,
+        buckets: u32,
+        which: &[u32],
+    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+        self.reconcile_rows(t, buckets, Some(which))
+    }
+
     fn applied_days(&mut self, days: u32) -> Result<Vec<(String, i64)>, SinkError> {
         let mut st = self
             .conn
@@ -569,6 +590,37 @@ impl Sink for SqliteSink {
 }
 
 impl SqliteSink {
+    /// Every row of `t` (of the buckets `which`, when given): key →
+    /// (sequence, hash). A local file: read here, no network to spare.
+    fn reconcile_rows(
+        &mut self,
+        t: &TableDef,
+        buckets: u32,
+        which: Option<&[u32]>,
+    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+        let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+        let mut st = self.conn.prepare(&format!(
+            "SELECT _govbus_seq, {} FROM {}",
+            cols.join(", "),
+            q(&t.name)
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            let mut values = Vec::with_capacity(t.columns.len());
+            for (i, c) in t.columns.iter().enumerate() {
+                values.push(Self::value(r.get_ref(i + 1)?, c.ty));
+            }
+            let key = crate::reconcile::value_text(&values[0]);
+            if which.is_some_and(|w| !w.contains(&crate::reconcile::bucket_of(&key, buckets))) {
+                continue;
+            }
+            out.insert(key, (seq, crate::reconcile::row_hash(&values)));
+        }
+        Ok(out)
+    }
+
     /// A stored value as the column's type says (the reverse of `param`).
     fn value(v: rusqlite::types::ValueRef<'_>, t: ColType) -> SqlValue {
         use rusqlite::types::ValueRef as V;

@@ -120,6 +120,7 @@ fn row(t: &Arc<TableDef>, key: &str, seq: i64, name: Option<&str>) -> Row {
             ]
         }),
         event_id: format!("e-{key}-{seq}"),
+        record: None,
         op: if name.is_some() {
             govbus_schema::Op::Update
         } else {

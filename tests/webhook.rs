@@ -90,6 +90,7 @@ fn rows(n: i64) -> Vec<Row> {
                 "citizen_id".into(),
                 AvroValue::String("052090000001".into()),
             )])),
+            record: None,
         })
         .collect()
 }

@@ -372,6 +372,7 @@ fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
                 event_id: format!("e{i}"),
                 op: if seq == 1 { Op::Create } else { Op::Update },
                 after: None,
+                record: Some((Arc::from("sub.p52.bca.residents.v1"), 0, i as i64)),
             }
         })
         .collect()

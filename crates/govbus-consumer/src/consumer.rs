@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::build;
 use crate::deadletter::{apply_one_by_one, dead_of, ApplyError, DeadLetters};
 use crate::events::{ApplyFailed, BatchApplied, DeadLettered, Stalled};
-use crate::publish::ReportFeed;
+use crate::publish::{ReceiptFeed, ReportFeed};
 use crate::report::Report;
 use crate::sink::{self, Dead, Row, SinkConfig, SinkError};
 use crate::snapshot::Freezer;
@@ -232,6 +232,8 @@ pub fn run_reporting(
         .map(|r| Report::compile(r, catalog).map(Arc::new))
         .collect::<Result<_, _>>()?;
     sink.set_reports(reports.clone())?;
+    sink.set_receipts(&cfg.subscriber)?;
+    let mut receipts = ReceiptFeed::start(&cfg.kafka, &topics, &cfg.subscriber, &mut *sink)?;
     for r in &reports {
         let deadline = Instant::now() + Duration::from_secs(60);
         let table = loop {
@@ -273,6 +275,7 @@ pub fn run_reporting(
             &mut Reporting {
                 feed: &mut feed,
                 freezer: &mut freezer,
+                receipts: &mut receipts,
             },
             &Around {
                 stop: &stop,
@@ -313,6 +316,7 @@ struct Around<'a> {
 struct Reporting<'a> {
     feed: &'a mut Option<ReportFeed>,
     freezer: &'a mut Freezer,
+    receipts: &'a mut ReceiptFeed,
 }
 
 /// One consumer session: assigned at the sink's stored offsets, applying
@@ -446,6 +450,7 @@ fn session(
                 event_id: change.event_id,
                 op: change.op,
                 after,
+                record: Some((Arc::from(m.topic()), m.partition(), m.offset())),
             });
             sources.push(i);
         }
@@ -501,6 +506,8 @@ fn session(
                     if let Some(f) = reporting.feed.as_mut() {
                         f.apply(sink.take_touched())?;
                     }
+                    let written = sink.take_receipts();
+                    reporting.receipts.publish(written, sink)?;
                     break;
                 }
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),

@@ -8,6 +8,7 @@ pub mod consumer;
 mod deadletter;
 pub mod events;
 pub mod publish;
+pub mod receipt;
 pub mod reconcile;
 pub mod report;
 pub mod sink;

@@ -25,6 +25,7 @@ use rdkafka::{ClientContext, Message};
 use serde_json::json;
 
 use crate::events::ReportPublished;
+use crate::receipt::Receipt;
 use crate::report::{cell_text, Cell, Report};
 use crate::sink::Sink;
 
@@ -327,5 +328,123 @@ impl ReportFeed {
             }
         }
         Ok(())
+    }
+}
+
+/// Publishes a subscriber's receipts on `_govbus.receipts` (keyed by the
+/// subscriber, the receipt as JSON), after each batch's commit. The sink
+/// keeps which receipt was last acknowledged: at start, or after a failed
+/// delivery, every receipt after it is sent again (a reader counts a
+/// receipt once by subscriber and number).
+pub struct ReceiptFeed {
+    producer: ThreadedProducer<Deliveries>,
+    failed: Arc<AtomicBool>,
+    topic: String,
+    subscriber: String,
+    /// The last receipt acknowledged by the cluster.
+    published: i64,
+}
+
+impl std::fmt::Debug for ReceiptFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptFeed")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiptFeed {
+    /// Creates `_govbus.receipts` if needed and sends the receipts the
+    /// topic may lack.
+    pub fn start(
+        kafka: &KafkaConfig,
+        topics: &Topics,
+        subscriber: &str,
+        sink: &mut dyn Sink,
+    ) -> Result<Self, PublishError> {
+        let topic = topics.receipts();
+        ensure_topics(kafka, &[TopicSpec::retained(topic.clone(), 4)])?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let producer = kafka.producer().create_with_context(Deliveries {
+            failed: failed.clone(),
+        })?;
+        let mut me = Self {
+            producer,
+            failed,
+            topic,
+            subscriber: subscriber.to_string(),
+            published: sink.receipts_published()?,
+        };
+        me.catch_up(sink)?;
+        Ok(me)
+    }
+
+    /// Sends every stored receipt after the last acknowledged one.
+    fn catch_up(&mut self, sink: &mut dyn Sink) -> Result<(), PublishError> {
+        loop {
+            let from = self.published + 1;
+            let batch: Vec<Receipt> = sink
+                .receipts(from, 1000)?
+                .into_iter()
+                .filter(|r| r.subscriber == self.subscriber)
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if !self.send_all(&batch, sink)? {
+                return Err(PublishError::Kafka(
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// Sends `receipts`; true when every one was acknowledged.
+    fn send_all(
+        &mut self,
+        receipts: &[Receipt],
+        sink: &mut dyn Sink,
+    ) -> Result<bool, PublishError> {
+        let Some(last) = receipts.last() else {
+            return Ok(true);
+        };
+        for r in receipts {
+            let value = serde_json::to_vec(r).unwrap_or_default();
+            self.producer
+                .send(
+                    BaseRecord::<str, [u8]>::to(&self.topic)
+                        .key(&self.subscriber)
+                        .payload(&value),
+                )
+                .map_err(|(e, _)| e)?;
+        }
+        self.producer.flush(Duration::from_secs(30))?;
+        if self.failed.swap(false, Ordering::Relaxed) {
+            // Not all acknowledged: the next call sends them again.
+            return Ok(false);
+        }
+        sink.mark_receipts_published(last.seq)?;
+        self.published = last.seq;
+        Ok(true)
+    }
+
+    /// Sends the receipts a batch wrote (and, after a failed delivery,
+    /// those the topic may lack).
+    pub fn publish(
+        &mut self,
+        receipts: Vec<Receipt>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), PublishError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        if receipts[0].seq > self.published + 1 {
+            return self.catch_up(sink);
+        }
+        // A failed delivery is logged by the context and sent again with
+        // the next batch's receipts.
+        self.send_all(&receipts, sink).map(|_| ())
     }
 }

@@ -135,6 +135,9 @@ pub struct Row {
     pub op: govbus_schema::Op,
     /// The entity after the change, as the view holds it (None for a delete).
     pub after: Option<govbus_schema::AvroValue>,
+    /// The record it was read from (topic, partition, offset), for its
+    /// receipt.
+    pub record: Option<(Arc<str>, i32, i64)>,
 }
 
 impl Row {
@@ -301,6 +304,38 @@ pub trait Sink: Send {
         Ok(BTreeMap::new())
     }
 
+    /// Writes a receipt of each applied batch for `subscriber` from now on
+    /// ([`crate::receipt`]), in the batch's transaction. A sink that keeps
+    /// no database (jsonl, webhook) keeps none.
+    fn set_receipts(&mut self, _subscriber: &str) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// The receipts written since the last call, once committed.
+    fn take_receipts(&mut self) -> Vec<crate::receipt::Receipt> {
+        Vec::new()
+    }
+
+    /// The stored receipts numbered `from` and after, in order (at most
+    /// `limit`).
+    fn receipts(
+        &mut self,
+        _from: i64,
+        _limit: i64,
+    ) -> Result<Vec<crate::receipt::Receipt>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    /// The number of the last receipt known to be on `_govbus.receipts`.
+    fn receipts_published(&mut self) -> Result<i64, SinkError> {
+        Ok(0)
+    }
+
+    /// Records that receipts up to `seq` are on `_govbus.receipts`.
+    fn mark_receipts_published(&mut self, _seq: i64) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// The sink's kind in words (`postgres`, `sqlite`, …).
     fn kind(&self) -> &'static str;
 
@@ -356,6 +391,76 @@ pub(crate) fn stored_snapshot(body: &str, digest: String) -> Option<Snapshot> {
     let mut s: Snapshot = serde_json::from_str(body).ok()?;
     s.digest = digest;
     Some(s)
+}
+
+/// What a sink keeps to write receipts: whose, and the last one written
+/// (loaded from the store on first use).
+#[derive(Debug, Default)]
+pub(crate) struct ReceiptState {
+    pub(crate) subscriber: Option<String>,
+    pub(crate) last: Option<Option<(i64, String)>>,
+    pub(crate) out: Vec<crate::receipt::Receipt>,
+}
+
+impl ReceiptState {
+    /// The receipt of `applied` (None: receipts are off, or nothing was
+    /// applied), given the last receipt written.
+    pub(crate) fn next(
+        &self,
+        last: Option<(i64, String)>,
+        applied: &[&Row],
+    ) -> Option<crate::receipt::Receipt> {
+        let sub = self.subscriber.as_deref()?;
+        let events: Vec<crate::receipt::Applied> = applied
+            .iter()
+            .map(|r| {
+                let (topic, partition, offset) =
+                    r.record.clone().unwrap_or_else(|| (Arc::from(""), -1, -1));
+                crate::receipt::Applied {
+                    event_id: r.event_id.clone(),
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                }
+            })
+            .collect();
+        if events.is_empty() {
+            return None;
+        }
+        Some(crate::receipt::Receipt::next(
+            sub,
+            last,
+            events,
+            govbus_core::now_ms(),
+        ))
+    }
+
+    /// After the commit: the receipt is the last, and goes out.
+    pub(crate) fn committed(&mut self, r: Option<crate::receipt::Receipt>) {
+        if let Some(r) = r {
+            self.last = Some(Some((r.seq, r.hash.clone())));
+            self.out.push(r);
+        }
+    }
+}
+
+/// A stored receipt from its columns (None: the events do not read).
+pub(crate) fn stored_receipt(
+    subscriber: String,
+    seq: i64,
+    applied_at_ms: i64,
+    prev: String,
+    hash: String,
+    events: &str,
+) -> Option<crate::receipt::Receipt> {
+    Some(crate::receipt::Receipt {
+        subscriber,
+        seq,
+        events: serde_json::from_str(events).ok()?,
+        applied_at_ms,
+        prev,
+        hash,
+    })
 }
 
 /// The day (Vietnam's, `YYYY-MM-DD`) a batch applied now counts in.

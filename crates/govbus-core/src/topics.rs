@@ -69,6 +69,12 @@ impl Topics {
         format!("{}_govbus.dlq.state", self.prefix)
     }
 
+    /// `_govbus.receipts`: every subscriber's delivery receipts, keyed by
+    /// subscriber (retained, not compacted: an audit log).
+    pub fn receipts(&self) -> String {
+        format!("{}_govbus.receipts", self.prefix)
+    }
+
     /// `_schemas`: the registry's storage.
     pub fn schemas(&self) -> String {
         format!("{}_schemas", self.prefix)

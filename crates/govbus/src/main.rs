@@ -9,6 +9,7 @@ mod demo;
 mod dlq;
 mod nisshi;
 mod ops;
+mod receipts;
 mod reconcile;
 mod report;
 mod schema_check;
@@ -196,11 +197,33 @@ enum Cmd {
         #[command(flatten)]
         args: reconcile::Args,
     },
+    /// Which subscribers applied an event, and when (`_govbus.receipts`);
+    /// `verify` checks a province's chain of receipts.
+    #[command(args_conflicts_with_subcommands = true)]
+    Receipts {
+        #[command(subcommand)]
+        command: Option<ReceiptsCmd>,
+        /// The event id (a change's `event_id`).
+        event_id: Option<String>,
+        /// A configuration naming the cluster (`[router]` or `[consumer]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// A province's reports (`deploy/reports/*.toml`): their figures, and
     /// a check against the table.
     Report {
         #[command(subcommand)]
         command: ReportCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptsCmd {
+    /// Check a province's chain of receipts in its database: every hash,
+    /// every link; exits 1 naming the receipt where it breaks.
+    Verify {
+        #[command(flatten)]
+        args: receipts::VerifyArgs,
     },
 }
 
@@ -555,6 +578,20 @@ fn main() -> std::process::ExitCode {
             } => dashboard::run(config, listen, router_group).await,
             Cmd::Reconcile { args } => {
                 tokio::task::spawn_blocking(move || reconcile::run(&args)).await?
+            }
+            Cmd::Receipts {
+                command,
+                event_id,
+                config,
+            } => {
+                tokio::task::spawn_blocking(move || match (command, event_id) {
+                    (Some(ReceiptsCmd::Verify { args }), _) => receipts::verify(&args),
+                    (None, Some(id)) => receipts::find(&id, config.as_deref()),
+                    (None, None) => Err(anyhow::anyhow!(
+                        "give an event id (govbus receipts EVENT_ID -c FILE) or `verify`"
+                    )),
+                })
+                .await?
             }
             Cmd::Report { command } => {
                 tokio::task::spawn_blocking(move || match command {

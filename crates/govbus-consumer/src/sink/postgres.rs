@@ -43,6 +43,7 @@ pub struct PostgresSink {
     row_by_row: bool,
     reports: Vec<Arc<Report>>,
     touched: Vec<(String, Cell, i64)>,
+    receipts: super::ReceiptState,
 }
 
 impl std::fmt::Debug for PostgresSink {
@@ -77,6 +78,11 @@ impl PostgresSink {
                  report TEXT NOT NULL, cell TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS {s}._govbus_reports (
                  report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}._govbus_receipts (
+                 subscriber TEXT NOT NULL, seq BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL,
+                 prev TEXT NOT NULL, hash TEXT NOT NULL, events TEXT NOT NULL, PRIMARY KEY (subscriber, seq));
+             CREATE TABLE IF NOT EXISTS {s}._govbus_receipts_published (
+                 subscriber TEXT PRIMARY KEY, seq BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}._govbus_applied_days (
                  day DATE PRIMARY KEY, n BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}._govbus_report_snapshots (
@@ -104,6 +110,7 @@ impl PostgresSink {
             row_by_row: false,
             reports: Vec::new(),
             touched: Vec::new(),
+            receipts: Default::default(),
         })
     }
 
@@ -176,9 +183,11 @@ impl PostgresSink {
                 _ => runs.push((r.table.clone(), vec![r])),
             }
         }
+        self.load_last_receipt()?;
         let batched = &mut self.batched;
         let reports = &self.reports;
         let mut touched = Vec::new();
+        let mut applied: Vec<&Row> = Vec::new();
         let mut tx = self.client.transaction()?;
         for (t, trs) in &runs {
             let keys: Vec<&str> = trs.iter().map(|r| r.key.as_str()).collect();
@@ -212,6 +221,7 @@ impl PostgresSink {
                     continue;
                 }
                 seq.insert(r.key.as_str(), r.seq);
+                applied.push(r);
                 if last.insert(r.key.as_str(), r).is_none() {
                     order.push(r.key.as_str());
                 }
@@ -286,9 +296,28 @@ impl PostgresSink {
             )?;
         }
         count_day(&mut tx, &s, &done)?;
+        let receipt = write_receipt(&mut tx, &s, &self.receipts, &applied)?;
         tx.commit()?;
         self.touched.extend(touched);
+        self.receipts.committed(receipt);
         Ok(done)
+    }
+
+    fn load_last_receipt(&mut self) -> Result<(), SinkError> {
+        if let (Some(sub), None) = (&self.receipts.subscriber, &self.receipts.last) {
+            let last = self
+                .client
+                .query_opt(
+                    &format!(
+                        "SELECT seq, hash FROM {}._govbus_receipts WHERE subscriber = $1 ORDER BY seq DESC LIMIT 1",
+                        self.schema
+                    ),
+                    &[sub],
+                )?
+                .map(|r| (r.get(0), r.get(1)));
+            self.receipts.last = Some(last);
+        }
+        Ok(())
     }
 
     fn pg_type(t: ColType) -> &'static str {
@@ -438,6 +467,7 @@ impl Sink for PostgresSink {
             return self.apply_batched(rows, offsets);
         }
         let s = self.schema.clone();
+        self.load_last_receipt()?;
         for r in rows {
             if !self.upserts.contains_key(&r.table.name) {
                 let t = &r.table;
@@ -533,9 +563,71 @@ impl Sink for PostgresSink {
             )?;
         }
         count_day(&mut tx, &s, &done)?;
+        let receipt = write_receipt(&mut tx, &s, &self.receipts, &applied)?;
         tx.commit()?;
         self.touched.extend(touched);
+        self.receipts.committed(receipt);
         Ok(done)
+    }
+
+    fn set_receipts(&mut self, subscriber: &str) -> Result<(), SinkError> {
+        self.receipts.subscriber = Some(subscriber.to_string());
+        self.receipts.last = None;
+        Ok(())
+    }
+
+    fn take_receipts(&mut self) -> Vec<crate::receipt::Receipt> {
+        std::mem::take(&mut self.receipts.out)
+    }
+
+    fn receipts(
+        &mut self,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::receipt::Receipt>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT subscriber, seq, applied_at_ms, prev, hash, events FROM {}._govbus_receipts \
+                     WHERE seq >= $1 ORDER BY subscriber, seq LIMIT $2",
+                    self.schema
+                ),
+                &[&from, &limit],
+            )?
+            .iter()
+            .filter_map(|r| {
+                super::stored_receipt(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+            })
+            .collect())
+    }
+
+    fn receipts_published(&mut self) -> Result<i64, SinkError> {
+        let sub = self.receipts.subscriber.clone().unwrap_or_default();
+        Ok(self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT seq FROM {}._govbus_receipts_published WHERE subscriber = $1",
+                    self.schema
+                ),
+                &[&sub],
+            )?
+            .map_or(0, |r| r.get(0)))
+    }
+
+    fn mark_receipts_published(&mut self, seq: i64) -> Result<(), SinkError> {
+        let sub = self.receipts.subscriber.clone().unwrap_or_default();
+        self.client.execute(
+            &format!(
+                "INSERT INTO {s}._govbus_receipts_published AS p (subscriber, seq) VALUES ($1, $2) \
+                 ON CONFLICT (subscriber) DO UPDATE SET seq = greatest(EXCLUDED.seq, p.seq)",
+                s = self.schema
+            ),
+            &[&sub, &seq],
+        )?;
+        Ok(())
     }
 
     fn bucket_digests(
@@ -909,6 +1001,34 @@ impl PostgresSink {
         };
         v.unwrap_or(SqlValue::Null)
     }
+}
+
+/// Writes the receipt of `applied` in the transaction (None: receipts are
+/// off or nothing was applied).
+fn write_receipt(
+    tx: &mut postgres::Transaction<'_>,
+    s: &str,
+    state: &super::ReceiptState,
+    applied: &[&Row],
+) -> Result<Option<crate::receipt::Receipt>, SinkError> {
+    let receipt = state.next(state.last.clone().flatten(), applied);
+    if let Some(r) = &receipt {
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}._govbus_receipts (subscriber, seq, applied_at_ms, prev, hash, events) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
+            &[
+                &r.subscriber,
+                &r.seq,
+                &r.applied_at_ms,
+                &r.prev,
+                &r.hash,
+                &serde_json::to_string(&r.events).unwrap_or_default(),
+            ],
+        )?;
+    }
+    Ok(receipt)
 }
 
 /// Counts the changes a batch applied in the day's total, in its

@@ -33,6 +33,7 @@ pub struct SqliteSink {
     conn: rusqlite::Connection,
     reports: Vec<Arc<Report>>,
     touched: Vec<(String, Cell, i64)>,
+    receipts: super::ReceiptState,
 }
 
 impl SqliteSink {
@@ -48,6 +49,7 @@ impl SqliteSink {
             conn,
             reports: Vec::new(),
             touched: Vec::new(),
+            receipts: Default::default(),
         })
     }
 
@@ -95,6 +97,11 @@ const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS _govbus_reports (
                  report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS _govbus_receipts (
+                 subscriber TEXT NOT NULL, seq INTEGER NOT NULL, applied_at_ms INTEGER NOT NULL,
+                 prev TEXT NOT NULL, hash TEXT NOT NULL, events TEXT NOT NULL, PRIMARY KEY (subscriber, seq));
+             CREATE TABLE IF NOT EXISTS _govbus_receipts_published (
+                 subscriber TEXT PRIMARY KEY, seq INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS _govbus_applied_days (
                  day TEXT PRIMARY KEY, n INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS _govbus_report_snapshots (
@@ -275,6 +282,10 @@ impl Sink for SqliteSink {
         rows: &[Row],
         offsets: &[(String, i32, i64)],
     ) -> Result<Applied, SinkError> {
+        if self.receipts.subscriber.is_some() && self.receipts.last.is_none() {
+            let last = self.last_receipt()?;
+            self.receipts.last = Some(last);
+        }
         let tx = self.conn.transaction()?;
         let mut done = Applied::default();
         let mut applied: Vec<&Row> = Vec::new();
@@ -336,6 +347,23 @@ impl Sink for SqliteSink {
         }
         let mut touched = Vec::new();
         write_reports(&tx, &self.reports, &applied, &mut touched)?;
+        let receipt = self
+            .receipts
+            .next(self.receipts.last.clone().flatten(), &applied);
+        if let Some(r) = &receipt {
+            tx.prepare_cached(
+                "INSERT INTO _govbus_receipts (subscriber, seq, applied_at_ms, prev, hash, events)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute((
+                &r.subscriber,
+                r.seq,
+                r.applied_at_ms,
+                &r.prev,
+                &r.hash,
+                serde_json::to_string(&r.events).unwrap_or_default(),
+            ))?;
+        }
         let n = (done.upserts + done.deletes) as i64;
         if n > 0 {
             tx.prepare_cached(
@@ -353,11 +381,73 @@ impl Sink for SqliteSink {
         }
         tx.commit()?;
         self.touched.extend(touched);
+        self.receipts.committed(receipt);
         Ok(done)
     }
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn receipts_published(&mut self) -> Result<i64, SinkError> {
+        let sub = self.receipts.subscriber.clone().unwrap_or_default();
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq FROM _govbus_receipts_published WHERE subscriber = ?1",
+                [sub],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                e => Err(e),
+            })?)
+    }
+
+    fn mark_receipts_published(&mut self, seq: i64) -> Result<(), SinkError> {
+        let sub = self.receipts.subscriber.clone().unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO _govbus_receipts_published (subscriber, seq) VALUES (?1, ?2)
+             ON CONFLICT (subscriber) DO UPDATE SET seq = max(excluded.seq, seq)",
+            (sub, seq),
+        )?;
+        Ok(())
+    }
+
+    fn set_receipts(&mut self, subscriber: &str) -> Result<(), SinkError> {
+        self.receipts.subscriber = Some(subscriber.to_string());
+        self.receipts.last = None;
+        Ok(())
+    }
+
+    fn take_receipts(&mut self) -> Vec<crate::receipt::Receipt> {
+        std::mem::take(&mut self.receipts.out)
+    }
+
+    fn receipts(
+        &mut self,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::receipt::Receipt>, SinkError> {
+        let mut st = self.conn.prepare(
+            "SELECT subscriber, seq, applied_at_ms, prev, hash, events FROM _govbus_receipts
+             WHERE seq >= ?1 ORDER BY subscriber, seq LIMIT ?2",
+        )?;
+        let rows = st.query_map((from, limit), |r| {
+            Ok(super::stored_receipt(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                &r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.extend(r?);
+        }
+        Ok(out)
     }
 
     fn set_reports(&mut self, reports: Vec<Arc<Report>>) -> Result<(), SinkError> {
@@ -590,6 +680,22 @@ impl Sink for SqliteSink {
 }
 
 impl SqliteSink {
+    fn last_receipt(&self) -> Result<Option<(i64, String)>, SinkError> {
+        let sub = self.receipts.subscriber.clone().unwrap_or_default();
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM _govbus_receipts WHERE subscriber = ?1 ORDER BY seq DESC LIMIT 1",
+                [sub],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?)
+    }
+
     /// Every row of `t` (of the buckets `which`, when given): key →
     /// (sequence, hash). A local file: read here, no network to spare.
     fn reconcile_rows(
@@ -676,6 +782,7 @@ mod tests {
             source_ts: 0,
             values: n.map(|n| vec![SqlValue::Text(key.into()), SqlValue::Int(n)]),
             event_id: format!("{key}-{seq}"),
+            record: None,
             op: if n.is_some() {
                 govbus_schema::Op::Update
             } else {
@@ -803,6 +910,7 @@ mod tests {
             values,
             event_id: format!("{key}-{seq}"),
             after: None,
+            record: None,
         }
     }
 
@@ -877,5 +985,34 @@ mod tests {
             figures(&mut s, &r),
             [(cell("21553", "1990"), 1), (cell("21583", "1990"), 1)]
         );
+    }
+
+    #[test]
+    fn sqlite_writes_a_chained_receipt_per_applied_batch() {
+        let t = table();
+        let mut s = SqliteSink::open(":memory:").unwrap();
+        s.ensure_table(&t).unwrap();
+        s.set_receipts("p52").unwrap();
+        let mut a = row(&t, "a", 1, Some(1));
+        a.record = Some((Arc::from("v"), 0, 10));
+        s.apply(&[a.clone(), row(&t, "b", 1, Some(2))], &[])
+            .unwrap();
+        // All stale: nothing applied, no receipt.
+        s.apply(&[a], &[]).unwrap();
+        s.apply(&[row(&t, "a", 2, None)], &[]).unwrap();
+        let out = s.take_receipts();
+        assert_eq!(out.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(out[0].events.len(), 2);
+        assert_eq!(
+            (out[0].events[0].topic.as_str(), out[0].events[0].offset),
+            ("v", 10)
+        );
+        let stored = s.receipts(1, 10).unwrap();
+        assert_eq!(stored, out);
+        assert_eq!(crate::receipt::verify(&stored), Ok((2, 3)));
+        assert_eq!(s.receipts_published().unwrap(), 0);
+        s.mark_receipts_published(2).unwrap();
+        s.mark_receipts_published(1).unwrap();
+        assert_eq!(s.receipts_published().unwrap(), 2);
     }
 }

@@ -64,6 +64,87 @@ fn count_until(
     Ok(last.duration_since(t).as_secs_f64())
 }
 
+/// `govbus reconcile` over the backfilled table: once as it is, once with
+/// three differences (a row deleted, a value changed, a stranger added).
+fn reconcile(
+    kafka: &govbus_core::KafkaConfig,
+    registry: &str,
+    prefix: &str,
+    schema: &str,
+    pg: &mut postgres::Client,
+    residents: usize,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?.with_file_name("govbus");
+    if !exe.exists() {
+        println!(
+            "  reconcile: skipped ({} missing: cargo build --release -p govbus)",
+            exe.display()
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("pall.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[consumer]\nsubscriber = \"pall\"\nregistry = \"{registry}\"\ntopic_prefix = \"{prefix}\"\n\
+             [consumer.sink]\ntype = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\n\
+             [consumer.kafka]\nbootstrap = \"{}\"\n",
+            pg_url(),
+            kafka.bootstrap
+        ),
+    )?;
+    let run = || -> anyhow::Result<(f64, bool, String)> {
+        let t = Instant::now();
+        let out = std::process::Command::new(&exe)
+            .args(["reconcile", "-c"])
+            .arg(&cfg)
+            .args(["--dataset", "bca.residents", "--settle", "0"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        Ok((t.elapsed().as_secs_f64(), out.status.success(), text))
+    };
+    let (clean_s, ok, out) = run()?;
+    if !ok {
+        bail!("reconcile found differences in a table just backfilled:\n{out}");
+    }
+    let keys: Vec<String> = pg
+        .query(
+            &format!(
+                "SELECT citizen_id FROM \"{schema}\".bca_residents ORDER BY citizen_id LIMIT 3"
+            ),
+            &[],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    pg.batch_execute(&format!(
+        "DELETE FROM \"{schema}\".bca_residents WHERE citizen_id = '{}';
+         UPDATE \"{schema}\".bca_residents SET full_name = 'X' WHERE citizen_id = '{}';
+         CREATE TEMP TABLE x AS SELECT * FROM \"{schema}\".bca_residents WHERE citizen_id = '{}';
+         UPDATE x SET citizen_id = '099999999999';
+         INSERT INTO \"{schema}\".bca_residents SELECT * FROM x; DROP TABLE x;",
+        keys[0], keys[1], keys[2]
+    ))?;
+    let (diff_s, ok, out) = run()?;
+    if ok || !out.contains("1 missing, 1 extra, 1 stale") {
+        bail!("reconcile did not find the three differences:\n{out}");
+    }
+    let compared = out
+        .lines()
+        .next()
+        .and_then(|l| l.split(" rows compared").next())
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("?")
+        .to_string();
+    println!("  govbus reconcile, {residents} rows, clean           : {clean_s:>7.1} s");
+    println!(
+        "  govbus reconcile, {residents} rows, 3 differences   : {diff_s:>7.1} s (found all three; {compared} rows compared)"
+    );
+    Ok(())
+}
+
 pub(crate) fn run(residents: usize) -> anyhow::Result<()> {
     let broker = Broker::start();
     let kafka = broker.kafka();
@@ -211,6 +292,7 @@ pub(crate) fn run(residents: usize) -> anyhow::Result<()> {
         "  backfill to the province's table       : {table_s:>7.1} s {:>9.0} rows/s",
         rate(table_s)
     );
+    reconcile(&kafka, &registry, &prefix, &schema, &mut pg, residents)?;
     let _ = pg.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"));
     for s in [&stop, &rstop, &cstop] {
         s.store(true, Ordering::Relaxed);

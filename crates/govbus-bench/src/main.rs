@@ -13,6 +13,7 @@
 //! ```
 
 mod backfill;
+mod costs;
 mod latency;
 mod route;
 
@@ -72,6 +73,17 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// What reports and receipts cost per applied change: the PostgreSQL
+    /// sink alone, with p52's population report, with receipts, and with
+    /// both (runs alternated, medians).
+    Costs {
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// HTTP ingest under wrk (keep-alive): the single and the batch endpoint.
     Ingest {
         #[arg(long, default_value_t = 10)]
@@ -111,6 +123,11 @@ fn main() -> anyhow::Result<()> {
             hierarchy,
         } => route::run(changes, batch, hierarchy),
         Cmd::Sink { rows, batch } => sink(rows, batch),
+        Cmd::Costs {
+            rows,
+            batch,
+            rounds,
+        } => costs::run(rows, batch, rounds),
         Cmd::Backfill { residents } => backfill::run(residents),
         Cmd::Ingest {
             seconds,
@@ -326,7 +343,7 @@ fn raw_produce(
     Ok(secs)
 }
 
-fn table() -> Arc<TableDef> {
+pub(crate) fn table() -> Arc<TableDef> {
     let col = |n: &str, ty| Column {
         name: n.into(),
         path: vec![n.into()],
@@ -349,7 +366,7 @@ fn table() -> Arc<TableDef> {
 }
 
 /// `n` changes over n/2 residents: creates, then updates.
-fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
+pub(crate) fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
     (0..n)
         .map(|i| {
             let id = format!("0520900{:05}", i % (n / 2).max(1));
@@ -365,7 +382,8 @@ fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
                     SqlValue::Date("1990-05-01".into()),
                     SqlValue::Text("MALE".into()),
                     SqlValue::Text("52".into()),
-                    SqlValue::Text("21553".into()),
+                    // Each update moves the resident to another commune.
+                    SqlValue::Text(["21553", "21583", "21592", "21589"][i % 4].into()),
                     SqlValue::Text(format!("{} Lê Lợi", i % 400)),
                     SqlValue::Timestamp(1_764_230_400_000 + i as i64),
                 ]),

@@ -19,8 +19,14 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// Process CPU time (user + system), from /proc/self/stat, in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+pub(crate) fn cpu_seconds() -> f64 {
+    cpu_seconds_of("self")
+}
+
+/// CPU time (user + system) of the process `pid` (`self` for this one),
+/// from /proc, in seconds.
+pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which ends with ')').
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();

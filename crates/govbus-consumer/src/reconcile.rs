@@ -103,6 +103,55 @@ impl Findings {
     }
 }
 
+/// A row as the table holds it: its sequence, hash, and the source time
+/// of the change that wrote it (ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The entity's sequence in the row.
+    pub seq: i64,
+    /// The row's hash.
+    pub hash: String,
+    /// When the change that wrote it happened at the source.
+    pub source_ts: i64,
+}
+
+/// Compares the rows of the differing buckets on a live bus: `expected`
+/// was read up to changes made at `horizon_ms`, while the table kept
+/// applying. A key the table holds at a later sequence, or holds from a
+/// change made after the horizon, or whose entity the table has applied
+/// past (`seen`: the sequence the sink last applied per key), is newer
+/// than what was read, not a difference. Returns the findings and how many
+/// keys were newer.
+pub fn compare_live(
+    expected: &BTreeMap<String, Entry>,
+    actual: &BTreeMap<String, Held>,
+    seen: &BTreeMap<String, i64>,
+    horizon_ms: i64,
+) -> (Findings, usize) {
+    let mut f = Findings::default();
+    let mut newer = 0;
+    for (k, (seq, hash)) in expected {
+        match actual.get(k) {
+            None if seen.get(k).is_some_and(|s| s > seq) => newer += 1,
+            None => f.missing.push(k.clone()),
+            Some(a) if a.seq > *seq => newer += 1,
+            Some(a) if (a.seq, &a.hash) != (*seq, hash) => f.stale.push(k.clone()),
+            Some(_) => {}
+        }
+    }
+    for (k, a) in actual {
+        if expected.contains_key(k) {
+            continue;
+        }
+        if a.source_ts > horizon_ms || seen.get(k).is_some_and(|s| *s > a.seq) {
+            newer += 1;
+        } else {
+            f.extra.push(k.clone());
+        }
+    }
+    (f, newer)
+}
+
 /// Compares the rows of the differing buckets.
 pub fn compare(expected: &BTreeMap<String, Entry>, actual: &BTreeMap<String, Entry>) -> Findings {
     let mut f = Findings::default();
@@ -166,6 +215,39 @@ mod tests {
         assert_eq!(f.stale, ["k7"]);
         assert_eq!(f.extra, ["stranger"]);
         assert!(differing(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn on_a_live_bus_what_the_table_applied_after_the_read_is_no_difference() {
+        let e: BTreeMap<String, Entry> = [
+            ("a".to_string(), (3, "h3".to_string())),
+            ("b".to_string(), (1, "h".to_string())),
+            ("c".to_string(), (2, "h".to_string())),
+        ]
+        .into_iter()
+        .collect();
+        let held = |seq, hash: &str, ts| Held {
+            seq,
+            hash: hash.into(),
+            source_ts: ts,
+        };
+        let actual: BTreeMap<String, Held> = [
+            ("a".to_string(), held(4, "h4", 50)), // updated after the read
+            ("n".to_string(), held(1, "h", 200)), // created after the read
+            ("x".to_string(), held(7, "h", 10)),  // a stranger
+            ("c".to_string(), held(2, "changed", 10)), // changed in the table
+        ]
+        .into_iter()
+        .collect();
+        // b left the view after the read: the sink applied its sequence 2.
+        let seen: BTreeMap<String, i64> = [("b".to_string(), 2)].into_iter().collect();
+        let (f, newer) = compare_live(&e, &actual, &seen, 100);
+        assert_eq!(newer, 3);
+        assert_eq!(f.extra, ["x"]);
+        assert_eq!(f.stale, ["c"]);
+        assert!(f.missing.is_empty());
+        let (f, _) = compare_live(&e, &actual, &BTreeMap::new(), 100);
+        assert_eq!(f.missing, ["b"]);
     }
 
     #[test]

@@ -294,13 +294,23 @@ pub trait Sink: Send {
         Ok(None)
     }
 
-    /// The rows of `table` in the buckets `which`: key → (sequence, hash).
+    /// The rows of `table` in the buckets `which`.
     fn bucket_rows(
         &mut self,
         _table: &TableDef,
         _buckets: u32,
         _which: &[u32],
-    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+    ) -> Result<BTreeMap<String, crate::reconcile::Held>, SinkError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// The sequence last applied for each of `keys` of `table` (deleted
+    /// entities included).
+    fn seen_seqs(
+        &mut self,
+        _table: &str,
+        _keys: &[String],
+    ) -> Result<BTreeMap<String, i64>, SinkError> {
         Ok(BTreeMap::new())
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use govbus_consumer::reconcile::{
-    bucket_of, compare, differing, digests, row_hash, Entry, Findings, BUCKETS,
+    bucket_of, compare_live, differing, digests, row_hash, Entry, Findings, BUCKETS,
 };
 use govbus_consumer::table::{table_def, value_at, TableDef};
 use govbus_core::catalog::SubscriptionSpec;
@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// missing and stale, deletes for the extra), once.
     #[arg(long)]
     repair: bool,
+    /// On a live bus, how long the keys that differ are read again from
+    /// the table (each second) before they count: changes in flight arrive.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
     /// Also write the result as Prometheus metrics to this file (for
     /// node_exporter's textfile collector).
     #[arg(long)]
@@ -57,6 +61,8 @@ pub(crate) struct Args {
 /// The expected side: per key, its entry, and the changes that gave them.
 struct Expected {
     rows: BTreeMap<String, Entry>,
+    /// The source time of the newest change read (ms).
+    horizon_ms: i64,
     records: usize,
     filter_errors: Vec<String>,
 }
@@ -147,23 +153,65 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
     let expected_digests = digests(&expected.rows, BUCKETS);
     let buckets = differing(&expected_digests, &actual_digests);
     let held: i64 = actual_digests.values().map(|d| d.count).sum();
-    let actual = sink.bucket_rows(&table, BUCKETS, &buckets)?;
     let wanted: BTreeMap<String, Entry> = expected
         .rows
         .iter()
         .filter(|(k, _)| buckets.contains(&bucket_of(k, BUCKETS)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let f = compare(&wanted, &actual);
+    // The table keeps applying while the central topic is read: what it
+    // applied after the read is newer, not a difference (compare_live).
+    // What it has not applied yet (the province's lag) is read again from
+    // the table each second, for up to `--settle` seconds.
+    let judge = |sink: &mut dyn govbus_consumer::Sink,
+                 which: &[u32],
+                 only: Option<&BTreeSet<String>>|
+     -> anyhow::Result<(Findings, usize, usize)> {
+        let actual = sink.bucket_rows(&table, BUCKETS, which)?;
+        let keep = |k: &String| only.is_none_or(|o| o.contains(k));
+        let wanted: BTreeMap<String, Entry> = wanted
+            .iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let actual: BTreeMap<_, _> = actual.into_iter().filter(|(k, _)| keep(k)).collect();
+        let keys: Vec<String> = wanted.keys().chain(actual.keys()).cloned().collect();
+        let seen = sink.seen_seqs(&table.name, &keys)?;
+        let (f, newer) = compare_live(&wanted, &actual, &seen, expected.horizon_ms);
+        Ok((f, newer, wanted.len() + actual.len()))
+    };
+    let (mut f, newer, compared) = judge(&mut *sink, &buckets, None)?;
+    let first = f.missing.len() + f.extra.len() + f.stale.len();
+    let settle = Instant::now();
+    while !f.is_clean() && settle.elapsed() < Duration::from_secs(a.settle) {
+        std::thread::sleep(Duration::from_secs(1));
+        let keys: BTreeSet<String> = f
+            .missing
+            .iter()
+            .chain(&f.extra)
+            .chain(&f.stale)
+            .cloned()
+            .collect();
+        let mut which: Vec<u32> = keys.iter().map(|k| bucket_of(k, BUCKETS)).collect();
+        which.sort_unstable();
+        which.dedup();
+        f = judge(&mut *sink, &which, Some(&keys))?.0;
+    }
+    let settled = first - (f.missing.len() + f.extra.len() + f.stale.len());
     println!(
         "{name}: the subscription holds {} rows ({} changes read from {central}), the table {held}; \
-         {} of {BUCKETS} buckets differ, {} rows compared; {:.1} s",
+         {} of {BUCKETS} buckets differ, {compared} rows compared; {:.1} s",
         expected.rows.len(),
         expected.records,
         buckets.len(),
-        wanted.len() + actual.len(),
         started.elapsed().as_secs_f64()
     );
+    if newer > 0 {
+        println!("  {newer} keys were changed again after the read: the table holds newer rows");
+    }
+    if settled > 0 {
+        println!("  {settled} keys were in flight and arrived while they were read again");
+    }
     for e in &expected.filter_errors {
         println!("  filter error: {e}");
     }
@@ -191,6 +239,10 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
     }
     if a.repair {
         views_register(&mut view, &registry)?;
+        let mut which: Vec<u32> = f.extra.iter().map(|k| bucket_of(k, BUCKETS)).collect();
+        which.sort_unstable();
+        which.dedup();
+        let actual = sink.bucket_rows(&table, BUCKETS, &which)?;
         let sent = repair(&c.kafka, &central, &resolver, &view, scope, &f, &actual)?;
         println!(
             "  repaired: {} snapshots and {} deletes sent on {} in one transaction; the consumer applies them once",
@@ -255,7 +307,11 @@ fn expected_side(
 ) -> anyhow::Result<Expected> {
     let mut rows: BTreeMap<String, Entry> = BTreeMap::new();
     let mut filter_errors = Vec::new();
+    let mut horizon_ms = 0;
     let records = read_changes(kafka, central, resolver, |key, change| {
+        if let Some(c) = &change {
+            horizon_ms = horizon_ms.max(c.ts_ms);
+        }
         let Some(change) = change.filter(|c| c.op != Op::Delete) else {
             rows.remove(&key);
             return;
@@ -282,6 +338,7 @@ fn expected_side(
     })?;
     Ok(Expected {
         rows,
+        horizon_ms,
         records,
         filter_errors,
     })
@@ -296,7 +353,7 @@ fn repair(
     view: &View,
     scope: Scope<'_>,
     f: &Findings,
-    actual: &BTreeMap<String, Entry>,
+    actual: &BTreeMap<String, govbus_consumer::reconcile::Held>,
 ) -> anyhow::Result<(usize, usize)> {
     let resend: BTreeSet<&String> = f.missing.iter().chain(&f.stale).collect();
     let mut latest: BTreeMap<String, Change> = BTreeMap::new();
@@ -320,7 +377,7 @@ fn repair(
     }
     let snapshots = records.len();
     for key in &f.extra {
-        let seq = actual.get(key).map_or(0, |e| e.0);
+        let seq = actual.get(key).map_or(0, |e| e.seq);
         let delete = Change {
             event_id: uuid::Uuid::new_v4().to_string(),
             op: Op::Delete,

@@ -78,6 +78,8 @@ fn reconcile_finds_missing_extra_and_stale_keys_and_repair_sends_exactly_them() 
             "bca.residents",
             "--metrics-file",
             m,
+            "--settle",
+            "1",
         ];
         args.extend_from_slice(extra);
         govbus(&args)

@@ -663,18 +663,47 @@ impl Sink for PostgresSink {
         t: &TableDef,
         buckets: u32,
         which: &[u32],
-    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+    ) -> Result<BTreeMap<String, crate::reconcile::Held>, SinkError> {
         self.reconnect_if_closed()?;
         let which: Vec<i64> = which.iter().map(|b| i64::from(*b)).collect();
         let sql = format!(
-            "{} SELECT k, s, h FROM r WHERE b = ANY($2)",
+            "{} SELECT k, s, h, ts FROM r WHERE b = ANY($2)",
             self.reconcile_rows(t)
         );
         Ok(self
             .client
             .query(&sql, &[&i64::from(buckets), &which])?
             .iter()
-            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .map(|r| {
+                (
+                    r.get(0),
+                    crate::reconcile::Held {
+                        seq: r.get(1),
+                        hash: r.get(2),
+                        source_ts: r.get(3),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn seen_seqs(
+        &mut self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, i64>, SinkError> {
+        self.reconnect_if_closed()?;
+        Ok(self
+            .client
+            .query(
+                &format!(
+                    "SELECT key, seq FROM {}._govbus_seen WHERE tbl = $1 AND key = ANY($2)",
+                    self.schema
+                ),
+                &[&table, &keys],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
             .collect())
     }
 
@@ -977,8 +1006,8 @@ impl PostgresSink {
             .collect();
         let sha = |x: &str| format!("encode(sha256(convert_to({x}, 'UTF8')), 'hex')");
         format!(
-            "WITH t AS (SELECT {key}::text AS k, _govbus_seq AS s, {h} AS h FROM {schema}.{table}), \
-             r AS (SELECT k, s, h, \
+            "WITH t AS (SELECT {key}::text AS k, _govbus_seq AS s, _govbus_source_ts AS ts, {h} AS h FROM {schema}.{table}), \
+             r AS (SELECT k, s, h, ts, \
                    (('x' || substr({kb}, 1, 8))::bit(32)::bigint % $1) AS b, \
                    ('x' || substr({eb}, 1, 15))::bit(60)::bigint AS e FROM t)",
             key = q(&t.columns[0].name),

@@ -521,7 +521,11 @@ impl Sink for SqliteSink {
         if self.table_status(&t.name)?.is_none() {
             return Ok(None);
         }
-        let rows = self.reconcile_rows(t, buckets, None)?;
+        let rows: BTreeMap<String, crate::reconcile::Entry> = self
+            .reconcile_rows(t, buckets, None)?
+            .into_iter()
+            .map(|(k, h)| (k, (h.seq, h.hash)))
+            .collect();
         Ok(Some(crate::reconcile::digests(&rows, buckets)))
     }
 
@@ -530,8 +534,32 @@ impl Sink for SqliteSink {
         t: &TableDef,
         buckets: u32,
         which: &[u32],
-    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+    ) -> Result<BTreeMap<String, crate::reconcile::Held>, SinkError> {
         self.reconcile_rows(t, buckets, Some(which))
+    }
+
+    fn seen_seqs(
+        &mut self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, i64>, SinkError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?;
+        let mut out = BTreeMap::new();
+        for k in keys {
+            if let Some(s) = st
+                .query_row((table, k), |r| r.get::<_, i64>(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })?
+            {
+                out.insert(k.clone(), s);
+            }
+        }
+        Ok(out)
     }
 
     fn applied_days(&mut self, days: u32) -> Result<Vec<(String, i64)>, SinkError> {
@@ -696,17 +724,17 @@ impl SqliteSink {
             })?)
     }
 
-    /// Every row of `t` (of the buckets `which`, when given): key →
-    /// (sequence, hash). A local file: read here, no network to spare.
+    /// Every row of `t` (of the buckets `which`, when given). A local
+    /// file: read here, no network to spare.
     fn reconcile_rows(
         &mut self,
         t: &TableDef,
         buckets: u32,
         which: Option<&[u32]>,
-    ) -> Result<BTreeMap<String, crate::reconcile::Entry>, SinkError> {
+    ) -> Result<BTreeMap<String, crate::reconcile::Held>, SinkError> {
         let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
         let mut st = self.conn.prepare(&format!(
-            "SELECT _govbus_seq, {} FROM {}",
+            "SELECT _govbus_seq, _govbus_source_ts, {} FROM {}",
             cols.join(", "),
             q(&t.name)
         ))?;
@@ -714,15 +742,23 @@ impl SqliteSink {
         let mut out = BTreeMap::new();
         while let Some(r) = rows.next()? {
             let seq: i64 = r.get(0)?;
+            let source_ts: i64 = r.get(1)?;
             let mut values = Vec::with_capacity(t.columns.len());
             for (i, c) in t.columns.iter().enumerate() {
-                values.push(Self::value(r.get_ref(i + 1)?, c.ty));
+                values.push(Self::value(r.get_ref(i + 2)?, c.ty));
             }
             let key = crate::reconcile::value_text(&values[0]);
             if which.is_some_and(|w| !w.contains(&crate::reconcile::bucket_of(&key, buckets))) {
                 continue;
             }
-            out.insert(key, (seq, crate::reconcile::row_hash(&values)));
+            out.insert(
+                key,
+                crate::reconcile::Held {
+                    seq,
+                    hash: crate::reconcile::row_hash(&values),
+                    source_ts,
+                },
+            );
         }
         Ok(out)
     }

@@ -46,6 +46,23 @@ pub fn run_ok(bin: &str, args: &[&str]) -> String {
     text
 }
 
+/// Runs the binary `bin` with `args`: whether it succeeded, and its
+/// standard output then error.
+pub fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll_until(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))

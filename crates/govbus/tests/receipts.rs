@@ -13,18 +13,7 @@ use govbus_producer::{ChangeRequest, Relay};
 use serde_json::json;
 
 fn govbus(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    govbus_e2e::run(env!("CARGO_BIN_EXE_govbus"), args)
 }
 
 fn resident(id: &str, province: &str, commune: &str) -> ChangeRequest {

@@ -187,18 +187,7 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
 }
 
 fn govbus(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    govbus_e2e::run(env!("CARGO_BIN_EXE_govbus"), args)
 }
 
 /// The figures of CSV printed by `govbus report show --csv` or `export`.

@@ -192,6 +192,23 @@ impl GovbusConfig {
         }
     }
 
+    /// A province consumer's configuration and its `[consumer]` section,
+    /// refused when `subscriber` is given and is not the section's.
+    pub(crate) fn consumer_for(
+        file: Option<&Path>,
+        subscriber: Option<&str>,
+    ) -> anyhow::Result<(Self, govbus_consumer::ConsumerConfig)> {
+        let cfg = Self::load(file, Some(Agent::Consumer))?;
+        let c = Self::section(&cfg.consumer, "consumer", file)?.clone();
+        if let Some(s) = subscriber.filter(|s| *s != c.subscriber) {
+            anyhow::bail!(
+                "the configuration is {}'s consumer, not {s}'s: give {s}'s configuration with -c",
+                c.subscriber
+            );
+        }
+        Ok((cfg, c))
+    }
+
     /// A section, or an error naming it.
     pub(crate) fn section<'a, T>(
         v: &'a Option<T>,

@@ -11,7 +11,7 @@ use govbus_consumer::receipt::{verify as verify_chain, Receipt};
 use govbus_core::Topics;
 use rdkafka::Message;
 
-use crate::config::{Agent, GovbusConfig};
+use crate::config::GovbusConfig;
 
 /// `govbus receipts verify`.
 #[derive(Debug, clap::Args)]
@@ -85,16 +85,7 @@ pub(crate) fn find(event_id: &str, config: Option<&std::path::Path>) -> anyhow::
 
 /// `govbus receipts verify`.
 pub(crate) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(a.config.as_deref(), Some(Agent::Consumer))?;
-    let c = GovbusConfig::section(&cfg.consumer, "consumer", a.config.as_deref())?.clone();
-    if let Some(s) = &a.subscriber {
-        if *s != c.subscriber {
-            bail!(
-                "the configuration is {}'s consumer, not {s}'s: give {s}'s configuration with -c",
-                c.subscriber
-            );
-        }
-    }
+    let (_, c) = GovbusConfig::consumer_for(a.config.as_deref(), a.subscriber.as_deref())?;
     let mut sink = c.sink.build()?;
     let mut chain: Vec<Receipt> = Vec::new();
     let mut from = 1;

@@ -29,7 +29,7 @@ use govbus_schema::{Change, Op, RegistryClient, Schema, SchemaCache, Source};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::Message;
 
-use crate::config::{Agent, GovbusConfig};
+use crate::config::GovbusConfig;
 
 /// What `govbus reconcile` was asked.
 #[derive(Debug, clap::Args)]
@@ -69,16 +69,7 @@ struct Expected {
 
 /// `govbus reconcile`.
 pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(a.config.as_deref(), Some(Agent::Consumer))?;
-    let c = GovbusConfig::section(&cfg.consumer, "consumer", a.config.as_deref())?.clone();
-    if let Some(s) = &a.subscriber {
-        if *s != c.subscriber {
-            bail!(
-                "the configuration is {}'s consumer, not {s}'s: give {s}'s configuration with -c",
-                c.subscriber
-            );
-        }
-    }
+    let (cfg, c) = GovbusConfig::consumer_for(a.config.as_deref(), a.subscriber.as_deref())?;
     let catalog = cfg.catalog()?;
     let id: DatasetId = a
         .dataset

@@ -11,7 +11,7 @@ use govbus_consumer::snapshot::{freeze_now, view_topics, Snapshot, Verified};
 use govbus_core::Topics;
 use govbus_schema::RegistryClient;
 
-use crate::config::{Agent, GovbusConfig};
+use crate::config::GovbusConfig;
 
 /// Which report: the consumer's configuration, and the report's name.
 #[derive(Debug, clap::Args)]
@@ -35,16 +35,7 @@ struct Opened {
 }
 
 fn open(w: &Which) -> anyhow::Result<Opened> {
-    let cfg = GovbusConfig::load(w.config.as_deref(), Some(Agent::Consumer))?;
-    let c = GovbusConfig::section(&cfg.consumer, "consumer", w.config.as_deref())?.clone();
-    if let Some(s) = &w.subscriber {
-        if *s != c.subscriber {
-            bail!(
-                "the configuration is {}'s consumer, not {s}'s: give {s}'s configuration with -c",
-                c.subscriber
-            );
-        }
-    }
+    let (cfg, c) = GovbusConfig::consumer_for(w.config.as_deref(), w.subscriber.as_deref())?;
     let catalog = cfg.catalog()?;
     let mine: Vec<_> = catalog.reports_of(&c.subscriber).collect();
     let spec = match (&w.name, mine.as_slice()) {

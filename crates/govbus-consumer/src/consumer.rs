@@ -371,7 +371,7 @@ fn session(
                 backlog: s.backlog,
             });
         }
-        reporting.freezer.tick(sink, govbus_core::now_ms())?;
+        reporting.freezer.tick(sink, govbus_core::now_ms());
         if batch.is_empty() {
             continue;
         }
@@ -463,7 +463,22 @@ fn session(
             }
             dead_letters.flush()?;
             let records: Vec<Dead> = dead.into_iter().map(|(_, d)| d).collect();
-            sink.record_dead(&records)?;
+            // The database may be unavailable for a moment: wait for it
+            // like for a batch, never give up on the ledger.
+            let mut attempt = 0u32;
+            while let Err(e) = sink.record_dead(&records) {
+                attempt += 1;
+                ApplyFailed {
+                    subscriber: &cfg.subscriber,
+                    attempt,
+                    error: &e,
+                }
+                .emit();
+                if stop.load(Ordering::Relaxed) {
+                    return Err(e.into());
+                }
+                std::thread::sleep(back_off(attempt));
+            }
             for d in &records {
                 DeadLettered {
                     subscriber: &cfg.subscriber,
@@ -507,7 +522,7 @@ fn session(
                         f.apply(sink.take_touched())?;
                     }
                     let written = sink.take_receipts();
-                    reporting.receipts.publish(written, sink)?;
+                    reporting.receipts.publish(written, sink);
                     break;
                 }
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),
@@ -522,10 +537,7 @@ fn session(
                     if stop.load(Ordering::Relaxed) {
                         return Err(e.into());
                     }
-                    // Exponential back-off: 100 ms, 200 ms, … capped at 30 s.
-                    let wait = Duration::from_millis(100u64 << attempt.min(9))
-                        .min(Duration::from_secs(30));
-                    std::thread::sleep(wait);
+                    std::thread::sleep(back_off(attempt));
                 }
             }
         }
@@ -638,6 +650,12 @@ pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, Co
         });
     }
     Ok(out)
+}
+
+/// Exponential back-off after a failed write: 100 ms, 200 ms, … capped at
+/// 30 s.
+fn back_off(attempt: u32) -> Duration {
+    Duration::from_millis(100u64 << attempt.min(9)).min(Duration::from_secs(30))
 }
 
 #[cfg(test)]

@@ -171,6 +171,45 @@ impl InternalEvent for ReportPublished<'_> {
     }
 }
 
+/// A report's snapshot was due but could not be stored yet; it is tried
+/// again in a few seconds.
+#[derive(Debug)]
+pub struct SnapshotDeferred<'a> {
+    /// The report.
+    pub report: &'a str,
+    /// The period end it freezes.
+    pub at: chrono::NaiveDate,
+    /// Why.
+    pub error: &'a crate::sink::SinkError,
+}
+
+impl InternalEvent for SnapshotDeferred<'_> {
+    fn emit(self) {
+        tracing::warn!(report = self.report, at = %self.at, error = %self.error, "snapshot not stored yet; trying again in 5 s");
+        metrics::counter!("govbus_report_snapshot_failures_total", "report" => self.report.to_string())
+            .increment(1);
+    }
+}
+
+/// Receipts committed with their rows could not be published yet (the
+/// cluster or the database failed for a moment); the next batch sends
+/// them from the last acknowledged one.
+#[derive(Debug)]
+pub struct ReceiptsDeferred<'a> {
+    /// The subscriber.
+    pub subscriber: &'a str,
+    /// Why.
+    pub error: &'a crate::publish::PublishError,
+}
+
+impl InternalEvent for ReceiptsDeferred<'_> {
+    fn emit(self) {
+        tracing::warn!(subscriber = self.subscriber, error = %self.error, "receipts not published yet; the next batch sends them again");
+        metrics::counter!("govbus_consumer_receipts_deferred_total", "subscriber" => self.subscriber.to_string())
+            .increment(1);
+    }
+}
+
 /// A report frozen at the end of its period.
 #[derive(Debug)]
 pub struct SnapshotFrozen<'a> {

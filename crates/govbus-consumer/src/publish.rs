@@ -24,7 +24,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientContext, Message};
 use serde_json::json;
 
-use crate::events::ReportPublished;
+use crate::events::{ReceiptsDeferred, ReportPublished};
 use crate::receipt::Receipt;
 use crate::report::{cell_text, Cell, Report};
 use crate::sink::Sink;
@@ -343,6 +343,9 @@ pub struct ReceiptFeed {
     subscriber: String,
     /// The last receipt acknowledged by the cluster.
     published: i64,
+    /// A send or its bookkeeping failed: the next batch first sends every
+    /// receipt after `published`.
+    behind: bool,
 }
 
 impl std::fmt::Debug for ReceiptFeed {
@@ -374,8 +377,9 @@ impl ReceiptFeed {
             topic,
             subscriber: subscriber.to_string(),
             published: sink.receipts_published()?,
+            behind: true,
         };
-        me.catch_up(sink)?;
+        me.publish(Vec::new(), sink);
         Ok(me)
     }
 
@@ -430,21 +434,30 @@ impl ReceiptFeed {
         Ok(true)
     }
 
-    /// Sends the receipts a batch wrote (and, after a failed delivery,
-    /// those the topic may lack).
-    pub fn publish(
-        &mut self,
-        receipts: Vec<Receipt>,
-        sink: &mut dyn Sink,
-    ) -> Result<(), PublishError> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        if receipts[0].seq > self.published + 1 {
-            return self.catch_up(sink);
-        }
-        // A failed delivery is logged by the context and sent again with
-        // the next batch's receipts.
-        self.send_all(&receipts, sink).map(|_| ())
+    /// Sends the receipts a batch wrote (and, after a failure, those the
+    /// topic may lack). The receipts are committed with their rows, so a
+    /// failure here (the cluster or the database unavailable for a moment)
+    /// loses nothing: it is logged, counted, and the next batch sends
+    /// again from the last acknowledged receipt. It never stops the
+    /// consumer.
+    pub fn publish(&mut self, receipts: Vec<Receipt>, sink: &mut dyn Sink) {
+        let done = if self.behind || receipts.first().is_some_and(|r| r.seq > self.published + 1) {
+            self.catch_up(sink).map(|()| true)
+        } else if receipts.is_empty() {
+            Ok(true)
+        } else {
+            self.send_all(&receipts, sink)
+        };
+        self.behind = match done {
+            Ok(acknowledged) => !acknowledged,
+            Err(error) => {
+                ReceiptsDeferred {
+                    subscriber: &self.subscriber,
+                    error: &error,
+                }
+                .emit();
+                true
+            }
+        };
     }
 }

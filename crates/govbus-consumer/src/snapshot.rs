@@ -370,15 +370,13 @@ impl Freezer {
         })
     }
 
-    /// Freezes what is due at `now_ms`.
-    pub fn tick(
-        &mut self,
-        sink: &mut dyn crate::sink::Sink,
-        now_ms: i64,
-    ) -> Result<(), crate::sink::SinkError> {
+    /// Freezes what is due at `now_ms`. A snapshot that cannot be stored
+    /// now (the database unavailable for a moment) is logged and tried
+    /// again at the next check; it never stops the consumer.
+    pub fn tick(&mut self, sink: &mut dyn crate::sink::Sink, now_ms: i64) {
         let now = std::time::Instant::now();
         if now < self.next_check {
-            return Ok(());
+            return;
         }
         self.next_check = now + std::time::Duration::from_secs(30);
         for (r, topics, newest) in &mut self.reports {
@@ -390,14 +388,24 @@ impl Freezer {
             else {
                 continue;
             };
-            let (snap, stored) = freeze_now(r, due, topics, sink)?;
-            *newest = Some(due);
-            govbus_core::InternalEvent::emit(crate::events::SnapshotFrozen {
-                snapshot: &snap,
-                stored,
-            });
+            match freeze_now(r, due, topics, sink) {
+                Ok((snap, stored)) => {
+                    *newest = Some(due);
+                    govbus_core::InternalEvent::emit(crate::events::SnapshotFrozen {
+                        snapshot: &snap,
+                        stored,
+                    });
+                }
+                Err(error) => {
+                    self.next_check = now + std::time::Duration::from_secs(5);
+                    govbus_core::InternalEvent::emit(crate::events::SnapshotDeferred {
+                        report: &r.id(),
+                        at: due,
+                        error: &error,
+                    });
+                }
+            }
         }
-        Ok(())
     }
 }
 

@@ -450,6 +450,12 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
     assert!(!active("GovbusRegistryUnreachable", ("job", "govbus")));
     assert!(!active("GovbusSubscriptionExpiring", ("subscriber", "p52")));
     drop(lock);
+    // The lock only delayed p92: its consumer is still running, and it
+    // applies the changes that waited.
+    let stalled_at = last.0;
+    wait_until(Duration::from_secs(60), "p92 to apply again", || {
+        (applied(ports["p92"]) > stalled_at).then_some(())
+    });
 
     // p52's subscription is renewed to end in 10 days.
     let subs = dir.path().join("subscriptions");

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use govbus_consumer::report::{Cell, Report};
 use govbus_consumer::sink::{Row, Sink};
 use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
 use govbus_consumer::{PostgresSink, SqliteSink};
@@ -402,4 +403,160 @@ fn a_store_written_before_datums_reads_its_json_states_and_replaces_them() {
             state: Some(State::Avro(b"datum".to_vec()))
         })
     );
+}
+
+/// p52's population report over its residents' table.
+fn residents() -> (Arc<TableDef>, Arc<Report>) {
+    let catalog = govbus_core::Catalog::builtin();
+    let entity = govbus_schema::project::project_schema(
+        include_str!("../schemas/bca/residents.v2.avsc"),
+        &["ethnicity".into()],
+        "citizen_id",
+    )
+    .unwrap();
+    let env = govbus_schema::Schema::parse_str(
+        &govbus_schema::envelope::envelope_schema(&entity).unwrap(),
+    )
+    .unwrap();
+    let t = govbus_consumer::table::table_def("bca_residents", "citizen_id", &env).unwrap();
+    let spec = catalog.reports_of("p52").next().unwrap();
+    let r = Report::compile(spec, &catalog).unwrap();
+    (Arc::new(t), Arc::new(r))
+}
+
+fn resident(t: &Arc<TableDef>, key: &str, seq: i64, at: Option<(&str, &str)>) -> Row {
+    let values = at.map(|(commune, born)| {
+        t.columns
+            .iter()
+            .map(|c| match c.name.as_str() {
+                "citizen_id" => SqlValue::Text(key.into()),
+                "full_name" => SqlValue::Text("Lê Thị Hoa".into()),
+                "sex" => SqlValue::Text("FEMALE".into()),
+                "date_of_birth" => SqlValue::Date(born.into()),
+                "permanent_address_commune_code" => SqlValue::Text(commune.into()),
+                _ => SqlValue::Null,
+            })
+            .collect()
+    });
+    Row {
+        table: t.clone(),
+        key: key.into(),
+        seq,
+        source_ts: 0,
+        op: if values.is_some() {
+            govbus_schema::Op::Update
+        } else {
+            govbus_schema::Op::Delete
+        },
+        values,
+        event_id: format!("{key}-{seq}"),
+        after: None,
+        record: None,
+    }
+}
+
+/// A report kept beside the rows: each change moves its row from the cell
+/// it was counted in to its new one, in the rows' transaction; a stale
+/// change and a re-sent row move nothing; a rebuild from the table gives
+/// the same figures.
+fn report_scenario(s: &mut dyn Sink) {
+    let (t, r) = residents();
+    let cell =
+        |commune: &str, year: &str| -> Cell { vec![commune.into(), "FEMALE".into(), year.into()] };
+    let figures = |s: &mut dyn Sink| {
+        let mut cells = s.report_cells(&r.id()).unwrap();
+        cells.sort();
+        cells
+    };
+    s.ensure_table(&t).unwrap();
+    s.set_reports(vec![r.clone()]).unwrap();
+    s.apply(
+        &[
+            resident(&t, "a", 1, Some(("21553", "1990-01-01"))),
+            resident(&t, "b", 1, Some(("21553", "1990-05-05"))),
+            resident(&t, "c", 1, Some(("21583", "1950-01-01"))),
+            // Created and moved in the same batch: counted once, where it ends.
+            resident(&t, "d", 1, Some(("21553", "2001-01-01"))),
+            resident(&t, "d", 2, Some(("21592", "2001-01-01"))),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        figures(s),
+        [
+            (cell("21553", "1990"), 2),
+            (cell("21583", "1950"), 1),
+            (cell("21592", "2001"), 1)
+        ]
+    );
+    assert_eq!(s.take_touched().len(), 3);
+    // A move, a delete, a stale change, a snapshot of what is counted, and
+    // a change that leaves the cell as it was.
+    let mut again = resident(&t, "b", 1, Some(("21553", "1990-05-05")));
+    again.op = govbus_schema::Op::Snapshot;
+    s.apply(
+        &[
+            resident(&t, "a", 2, Some(("21583", "1990-01-01"))),
+            resident(&t, "c", 2, None),
+            resident(&t, "c", 1, Some(("21592", "1950-01-01"))),
+            again,
+            resident(&t, "d", 3, Some(("21592", "2001-12-31"))),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        figures(s),
+        [
+            (cell("21553", "1990"), 1),
+            (cell("21583", "1990"), 1),
+            (cell("21592", "2001"), 1)
+        ]
+    );
+    let mut touched = s.take_touched();
+    touched.sort();
+    assert_eq!(
+        touched,
+        [
+            (r.id(), cell("21553", "1990"), -1),
+            (r.id(), cell("21583", "1950"), -1),
+            (r.id(), cell("21583", "1990"), 1),
+        ]
+    );
+    // A deleted row that comes back is counted again.
+    s.apply(&[resident(&t, "c", 3, Some(("21553", "1950-01-01")))], &[])
+        .unwrap();
+    assert_eq!(figures(s)[0], (cell("21553", "1950"), 1));
+    // Built from the table: the same figures.
+    let (members, kept) = govbus_consumer::build::count_table(&r, &t, s)
+        .unwrap()
+        .unwrap();
+    assert!(govbus_consumer::build::compare(&kept, &members)
+        .differences
+        .is_empty());
+    let expected = figures(s);
+    s.replace_report(&r.id(), "an earlier definition", &[])
+        .unwrap();
+    assert!(figures(s).is_empty());
+    assert!(govbus_consumer::build::build_if_changed(&r, Some(&t), s).unwrap());
+    assert!(!govbus_consumer::build::build_if_changed(&r, Some(&t), s).unwrap());
+    assert_eq!(figures(s), expected);
+}
+
+#[test]
+fn a_report_follows_its_rows_on_sqlite() {
+    report_scenario(&mut SqliteSink::open(":memory:").unwrap());
+}
+
+#[test]
+fn a_report_follows_its_rows_on_postgres() {
+    report_scenario(&mut PostgresSink::open(&pg_url(), &unique("report_")).unwrap());
+}
+
+#[test]
+fn a_report_follows_its_rows_on_postgres_row_by_row() {
+    let mut sink = PostgresSink::open(&pg_url(), &unique("report_")).unwrap();
+    sink.set_row_by_row(true);
+    report_scenario(&mut sink);
 }

@@ -10,7 +10,7 @@ use govbus_schema::{RegistryClient, Schema};
 
 use crate::report::{Cell, Report};
 use crate::sink::{Sink, SinkError};
-use crate::table::{table_def, SqlValue, TableDef};
+use crate::table::{table_def, TableDef};
 
 /// Why a report could not be built or checked.
 #[derive(Debug, thiserror::Error)]
@@ -68,14 +68,6 @@ pub fn view_table(
         })
 }
 
-fn key_of(v: &SqlValue) -> String {
-    match v {
-        SqlValue::Text(s) | SqlValue::Date(s) => s.clone(),
-        SqlValue::Int(i) | SqlValue::Timestamp(i) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// Counts `table`'s rows for `report`: each counted row's key and cell,
 /// and the report's maintained cells read in the same snapshot (None: no
 /// such table).
@@ -91,13 +83,13 @@ pub fn count_table(
         let cell = report.cell(&row).unwrap_or_else(|e| {
             govbus_core::InternalEvent::emit(crate::events::Uncounted {
                 report,
-                key: &key_of(&values[0]),
+                key: &crate::sink::key_text(&values[0]),
                 error: &e,
             });
             None
         });
         if let Some(c) = cell {
-            members.push((key_of(&values[0]), c));
+            members.push((crate::sink::key_text(&values[0]), c));
         }
     })?;
     Ok(cells.map(|c| (members, c)))
@@ -120,7 +112,12 @@ pub fn build_if_changed(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    sink.replace_report(&report.id(), &def, &members)?;
+    let mut cells: BTreeMap<Cell, i64> = BTreeMap::new();
+    for (_, c) in &members {
+        *cells.entry(c.clone()).or_default() += 1;
+    }
+    let cells: Vec<(Cell, i64)> = cells.into_iter().collect();
+    sink.replace_report(&report.id(), &def, &cells)?;
     tracing::info!(report = %report.id(), rows = members.len(), "report built from the table");
     Ok(true)
 }

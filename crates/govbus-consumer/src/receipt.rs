@@ -67,17 +67,40 @@ impl Receipt {
     }
 
     /// The hash of the content (everything but the hash), over a canonical
-    /// JSON text.
+    /// JSON text: `[subscriber, seq, events, applied_at_ms, prev]`, compact,
+    /// each event's keys in alphabetical order.
     pub fn compute_hash(&self) -> String {
-        let canonical = serde_json::json!([
-            self.subscriber,
+        let events: Vec<CanonicalEvent<'_>> = self
+            .events
+            .iter()
+            .map(|e| CanonicalEvent {
+                event_id: &e.event_id,
+                offset: e.offset,
+                partition: e.partition,
+                topic: &e.topic,
+            })
+            .collect();
+        let canonical = serde_json::to_vec(&(
+            &self.subscriber,
             self.seq,
-            self.events,
+            events,
             self.applied_at_ms,
-            self.prev
-        ]);
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+            &self.prev,
+        ))
+        .unwrap_or_default();
+        hex::encode(Sha256::digest(&canonical))
     }
+}
+
+/// An event as the hash reads it (the keys in alphabetical order, as a
+/// JSON object with sorted keys writes them; written directly, with no
+/// intermediate JSON tree, as it is hashed for every applied batch).
+#[derive(Serialize)]
+struct CanonicalEvent<'a> {
+    event_id: &'a str,
+    offset: i64,
+    partition: i32,
+    topic: &'a str,
 }
 
 /// Where a chain of receipts breaks.
@@ -180,6 +203,26 @@ mod tests {
             ));
         }
         out
+    }
+
+    #[test]
+    fn the_hash_reads_the_canonical_text_of_a_sorted_json_tree() {
+        let r = Receipt::next(
+            "p52 \"Gia Lai\"",
+            Some((6, "ab\u{1}".into())),
+            vec![Applied {
+                event_id: "é\n\\".into(),
+                topic: "sub.p52.bca.residents.v1".into(),
+                partition: -1,
+                offset: i64::MAX,
+            }],
+            -5,
+        );
+        let tree = serde_json::json!([r.subscriber, r.seq, r.events, r.applied_at_ms, r.prev]);
+        assert_eq!(
+            r.hash,
+            hex::encode(Sha256::digest(tree.to_string().as_bytes()))
+        );
     }
 
     #[test]

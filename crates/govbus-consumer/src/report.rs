@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{Datelike, NaiveDate};
 use govbus_core::report::{ReportFile, ReportSpec};
 use govbus_core::Catalog;
-use govbus_schema::cel::{base_context, check_field, CelValue, Filter, Vars};
+use govbus_schema::cel::{base_context, check_field, BaseContext, CelValue, Filter, Vars};
 use govbus_schema::names::Names;
 use govbus_schema::Schema;
 
@@ -63,8 +63,14 @@ pub struct Report {
 
 /// A row's values by column name.
 pub trait Columns {
-    /// The value of a column (Null when the row has none).
-    fn get(&self, column: &str) -> SqlValue;
+    /// The value of a column (None when the row has none).
+    fn get(&self, column: &str) -> Option<&SqlValue>;
+}
+
+thread_local! {
+    /// CEL's functions for report filters, made once per thread rather
+    /// than for every row counted.
+    static BASE: BaseContext = base_context();
 }
 
 /// A row of a table, by its definition.
@@ -77,21 +83,18 @@ pub struct TableRow<'a> {
 }
 
 impl Columns for TableRow<'_> {
-    fn get(&self, column: &str) -> SqlValue {
+    fn get(&self, column: &str) -> Option<&SqlValue> {
         self.table
             .columns
             .iter()
             .position(|c| c.name == column)
-            .and_then(|i| self.values.get(i).cloned())
-            .unwrap_or(SqlValue::Null)
+            .and_then(|i| self.values.get(i))
     }
 }
 
 impl Columns for BTreeMap<String, SqlValue> {
-    fn get(&self, column: &str) -> SqlValue {
+    fn get(&self, column: &str) -> Option<&SqlValue> {
         BTreeMap::get(self, column)
-            .cloned()
-            .unwrap_or(SqlValue::Null)
     }
 }
 
@@ -222,21 +225,32 @@ impl Report {
         .to_string()
     }
 
+    /// Whether the report reads `column` (a dimension, or the filter).
+    pub fn reads(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+            || self.filter_columns.iter().any(|(c, _)| c == column)
+    }
+
     /// The cell `row` counts in, or None when the filter leaves it out.
     pub fn cell(&self, row: &dyn Columns) -> Result<Option<Cell>, ReportError> {
         if let Some(f) = &self.filter {
             let values: Vec<(&[String], CelValue)> = self
                 .filter_columns
                 .iter()
-                .map(|(c, p)| (p.as_slice(), cel(row.get(c))))
+                .map(|(c, p)| {
+                    (
+                        p.as_slice(),
+                        cel(row.get(c).cloned().unwrap_or(SqlValue::Null)),
+                    )
+                })
                 .collect();
             let vars = Vars::from_paths(values);
-            let keep = f
-                .matches(&base_context(), &vars)
-                .map_err(|source| ReportError::Filter {
-                    report: self.id(),
-                    source,
-                })?;
+            let keep =
+                BASE.with(|base| f.matches(base, &vars))
+                    .map_err(|source| ReportError::Filter {
+                        report: self.id(),
+                        source,
+                    })?;
             if !keep {
                 return Ok(None);
             }
@@ -245,7 +259,7 @@ impl Report {
             self.columns
                 .iter()
                 .zip(&self.ages)
-                .map(|(c, &age)| label(&row.get(c), age))
+                .map(|(c, &age)| label(row.get(c).unwrap_or(&SqlValue::Null), age))
                 .collect(),
         ))
     }
@@ -318,21 +332,10 @@ pub fn deltas<'a>(
     out
 }
 
-/// What a batch does to one report: the rows' cells to keep, the rows no
-/// longer counted, and the counts' changes.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Keys counted, with their (new) cell.
-    pub members: Vec<(String, Cell)>,
-    /// Keys no longer counted.
-    pub gone: Vec<String>,
-    /// Changes of counts per cell.
-    pub deltas: BTreeMap<Cell, i64>,
-}
-
-/// The plan for rows whose new cells are `new` (the last per key wins;
-/// None: not counted), given the cells `old` keeps for them.
-pub fn plan(new: &[(String, Option<Cell>)], old: &HashMap<String, Cell>) -> Plan {
+/// The changes of counts per cell for rows whose new cells are `new` (the
+/// last per key wins; None: not counted), given the cells `old` they were
+/// counted in before.
+pub fn plan(new: &[(String, Option<Cell>)], old: &HashMap<String, Cell>) -> BTreeMap<Cell, i64> {
     let mut last: HashMap<&str, Option<&Cell>> = HashMap::new();
     let mut order: Vec<&str> = Vec::new();
     for (k, c) in new {
@@ -340,17 +343,7 @@ pub fn plan(new: &[(String, Option<Cell>)], old: &HashMap<String, Cell>) -> Plan
             order.push(k.as_str());
         }
     }
-    let mut out = Plan::default();
-    let moves = order.iter().map(|k| (old.get(*k), last[k]));
-    out.deltas = deltas(moves);
-    for k in order {
-        match (old.get(k), last[k]) {
-            (o, Some(n)) if o != Some(n) => out.members.push((k.to_string(), n.clone())),
-            (Some(_), None) => out.gone.push(k.to_string()),
-            _ => {}
-        }
-    }
-    out
+    deltas(order.iter().map(|k| (old.get(*k), last[k])))
 }
 
 /// A cell as one text (a JSON array of its labels), as the sinks store it.
@@ -437,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_keeps_each_rows_cell_and_counts_each_row_once() {
+    fn a_plan_moves_each_row_from_its_old_cell_to_its_last_one_once() {
         let a: Cell = vec!["1".into()];
         let b: Cell = vec!["2".into()];
         let old: HashMap<String, Cell> =
@@ -453,17 +446,12 @@ mod tests {
         ];
         let p = plan(&new, &old);
         assert_eq!(
-            p.members,
-            [("k1".to_string(), b.clone()), ("k3".to_string(), b.clone())]
-        );
-        assert_eq!(p.gone, ["k2"]);
-        assert_eq!(
-            p.deltas.into_iter().collect::<Vec<_>>(),
+            p.into_iter().collect::<Vec<_>>(),
             [(a.clone(), -2), (b.clone(), 2)]
         );
         // Sent again (a snapshot of what is already counted): nothing.
         let again = plan(&[("k1".to_string(), Some(a.clone()))], &old);
-        assert_eq!(again, Plan::default());
+        assert!(again.is_empty());
     }
 
     #[test]

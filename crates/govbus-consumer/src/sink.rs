@@ -226,13 +226,13 @@ pub trait Sink: Send {
         Ok(None)
     }
 
-    /// Replaces a report's members and counts with `members` (key, cell),
-    /// built for `definition`, in one transaction.
+    /// Replaces a report's counts with `cells`, built for `definition`,
+    /// in one transaction.
     fn replace_report(
         &mut self,
         report: &str,
         _definition: &str,
-        _members: &[(String, Cell)],
+        _cells: &[(Cell, i64)],
     ) -> Result<(), SinkError> {
         Err(SinkError::NoReports {
             report: report.to_string(),
@@ -357,14 +357,39 @@ pub trait Sink: Send {
     }
 }
 
-/// A report and, per key a batch applied, its new cell (None: not counted).
-pub(crate) type ReportRows<'a> = (&'a Arc<Report>, Vec<(String, Option<Cell>)>);
+/// A key as text, from its column's value (as the view's record key
+/// gives it).
+pub(crate) fn key_text(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Text(s) | SqlValue::Date(s) => s.clone(),
+        SqlValue::Int(i) | SqlValue::Timestamp(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
 
-/// Per report over one of the tables of `applied` (changes applied in a
-/// batch), each applied key's new cell (None: not counted). A row the
-/// filter fails on is not counted, with a warning and
+/// Rows as a batch found them before it wrote, by table and key, with
+/// the definition they were read by; a key absent had no row.
+pub(crate) type Before = HashMap<(String, String), (Arc<TableDef>, Vec<SqlValue>)>;
+
+/// Whether a report counts the rows of `table` (a sink then reads the
+/// rows a batch replaces, before it writes them).
+pub(crate) fn reported(reports: &[Arc<Report>], table: &str) -> bool {
+    reports.iter().any(|r| r.table == table)
+}
+
+/// Per report over a table of `applied` (changes applied in a batch), the
+/// change of count per cell: each applied key leaves the cell its row had
+/// before the batch (`before`) and enters the cell of its last change
+/// (none for a delete, or a row the filter leaves out). A row's cell is a
+/// function of its values, and the figures move in the rows'
+/// transaction, so the row before the batch is what was counted. A new
+/// row the filter fails on is not counted, with a warning and
 /// `govbus_report_uncounted_total` (a rebuild decides the same).
-pub(crate) fn report_rows<'a>(reports: &'a [Arc<Report>], applied: &[&Row]) -> Vec<ReportRows<'a>> {
+pub(crate) fn report_deltas<'a>(
+    reports: &'a [Arc<Report>],
+    applied: &[&Row],
+    before: &Before,
+) -> Vec<(&'a Arc<Report>, BTreeMap<Cell, i64>)> {
     reports
         .iter()
         .filter_map(|rep| {
@@ -390,7 +415,19 @@ pub(crate) fn report_rows<'a>(reports: &'a [Arc<Report>], applied: &[&Row]) -> V
                     (r.key.clone(), cell)
                 })
                 .collect();
-            (!rows.is_empty()).then_some((rep, rows))
+            if rows.is_empty() {
+                return None;
+            }
+            let old: HashMap<String, Cell> = rows
+                .iter()
+                .filter_map(|(k, _)| {
+                    let (table, values) = before.get(&(rep.table.clone(), k.clone()))?;
+                    // Warned of when it was applied.
+                    let cell = rep.cell(&TableRow { table, values }).ok()??;
+                    Some((k.clone(), cell))
+                })
+                .collect();
+            Some((rep, crate::report::plan(&rows, &old)))
         })
         .collect()
 }

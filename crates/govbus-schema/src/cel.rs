@@ -13,6 +13,8 @@ use cel_interpreter::{Context, Program, Value as Cel};
 
 /// A CEL value (what [`Vars`] hold).
 pub use cel_interpreter::Value as CelValue;
+/// The functions an expression may call (see [`base_context`]).
+pub type BaseContext = Context<'static>;
 use cel_parser::ast::{Expr, IdedExpr};
 
 /// A compiled filter.

@@ -1,13 +1,13 @@
 //! The PostgreSQL sink: tables in one schema, rows and offsets in one
 //! transaction, applied set-based per run of changes that share a table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{q, report_rows, Applied, Row, Sink, SinkError};
-use crate::report::{cell_of, cell_text, plan, Cell, Report};
+use super::{q, report_deltas, reported, Applied, Before, Row, Sink, SinkError};
+use crate::report::{cell_of, cell_text, Cell, Report};
 use crate::snapshot::Snapshot;
 use crate::table::{ColType, SqlValue, TableDef};
 
@@ -72,8 +72,6 @@ impl PostgresSink {
                  PRIMARY KEY (topic, partition, source_offset));
              ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS tbl TEXT;
              ALTER TABLE {s}._govbus_dead ADD COLUMN IF NOT EXISTS seen_seq BIGINT;
-             CREATE TABLE IF NOT EXISTS {s}._govbus_report_members (
-                 report TEXT NOT NULL, key TEXT NOT NULL, cell TEXT NOT NULL, PRIMARY KEY (report, key));
              CREATE TABLE IF NOT EXISTS {s}._govbus_report_cells (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n BIGINT NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS {s}._govbus_reports (
@@ -197,17 +195,37 @@ impl PostgresSink {
             // one), as a scan of every row of `tbl` with `key` as a filter
             // — 43 million rows fetched for 100,000 changes, half a core
             // of PostgreSQL at 5,000 changes/s (docs/BENCHMARKS.md).
-            let known: HashMap<String, i64> = tx
-                .query(
-                    &format!(
-                        "SELECT u.k, x.seq FROM unnest($2::text[]) AS u(k) CROSS JOIN LATERAL \
-                         (SELECT seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = u.k LIMIT 1) AS x"
-                    ),
-                    &[&t.name, &keys],
-                )?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
+            // A report over the table also needs the rows the batch
+            // replaces (the cells they are counted in), read in the same
+            // statement, key by key for the same reason.
+            let reading = reported(reports, &t.name);
+            let rows_before = if reading {
+                format!(
+                    " LEFT JOIN LATERAL (SELECT true AS found, {} FROM {s}.{} WHERE {}::text = u.k LIMIT 1) AS r ON true",
+                    report_select_list(t, reports),
+                    q(&t.name),
+                    q(&t.columns[0].name)
+                )
+            } else {
+                String::new()
+            };
+            let mut known: HashMap<String, i64> = HashMap::new();
+            let mut before = Before::new();
+            for r in tx.query(
+                &format!(
+                    "SELECT u.k, x.seq{} FROM unnest($2::text[]) AS u(k) CROSS JOIN LATERAL \
+                     (SELECT seq FROM {s}._govbus_seen WHERE tbl = $1 AND key = u.k LIMIT 1) AS x{rows_before}",
+                    if reading { ", r.*" } else { "" }
+                ),
+                &[&t.name, &keys],
+            )? {
+                let k: String = r.get(0);
+                // A key with no row (deleted) reads as NULLs.
+                if reading && r.get::<_, Option<bool>>(2).is_some() {
+                    before.insert((t.name.clone(), k.clone()), (t.clone(), Self::values(&r, t, 3)));
+                }
+                known.insert(k, r.get(1));
+            }
             let mut seq: HashMap<&str, i64> = HashMap::new();
             let mut last: HashMap<&str, &Row> = HashMap::new();
             let mut order: Vec<&str> = Vec::new();
@@ -269,7 +287,7 @@ impl PostgresSink {
                     params.iter().map(|b| b.as_ref()).collect();
                 tx.execute(&batched[&k], &refs)?;
             }
-            write_reports(&mut tx, &s, reports, &finals, &mut touched)?;
+            write_reports(&mut tx, &s, reports, &finals, &before, &mut touched)?;
             let keys: Vec<&str> = finals.iter().map(|r| r.key.as_str()).collect();
             let seqs: Vec<i64> = finals.iter().map(|r| r.seq).collect();
             if !keys.is_empty() {
@@ -509,6 +527,8 @@ impl Sink for PostgresSink {
         let mut done = Applied::default();
         let mut deletes: HashMap<String, postgres::Statement> = HashMap::new();
         let mut applied: Vec<&Row> = Vec::new();
+        let mut before = Before::new();
+        let mut visited: HashSet<(String, String)> = HashSet::new();
         for r in rows {
             let prev: Option<i64> = tx
                 .query_opt(&seen, &[&r.table.name, &r.key])?
@@ -516,6 +536,22 @@ impl Sink for PostgresSink {
             if r.is_stale(prev) {
                 done.stale += 1;
                 continue;
+            }
+            let at = (r.table.name.clone(), r.key.clone());
+            if reported(&self.reports, &r.table.name) && visited.insert(at.clone()) {
+                let t = &r.table;
+                let found = tx.query_opt(
+                    &format!(
+                        "SELECT {} FROM {s}.{} WHERE {}::text = $1",
+                        report_select_list(t, &self.reports),
+                        q(&t.name),
+                        q(&t.columns[0].name)
+                    ),
+                    &[&r.key],
+                )?;
+                if let Some(row) = found {
+                    before.insert(at, (t.clone(), Self::values(&row, t, 0)));
+                }
             }
             match &r.values {
                 Some(values) => {
@@ -552,7 +588,7 @@ impl Sink for PostgresSink {
             applied.push(r);
         }
         let mut touched = Vec::new();
-        write_reports(&mut tx, &s, &self.reports, &applied, &mut touched)?;
+        write_reports(&mut tx, &s, &self.reports, &applied, &before, &mut touched)?;
         for (topic, partition, next) in offsets {
             tx.execute(
                 &format!(
@@ -795,21 +831,9 @@ impl Sink for PostgresSink {
         if !exists {
             return Ok(None);
         }
-        let cols: Vec<String> = t
-            .columns
-            .iter()
-            .map(|c| {
-                let n = q(&c.name);
-                match c.ty {
-                    ColType::Date => format!("{n}::text"),
-                    ColType::Timestamp => format!("(extract(epoch FROM {n}) * 1000)::int8"),
-                    _ => n,
-                }
-            })
-            .collect();
         let sql = format!(
             "SELECT {} FROM {}.{}",
-            cols.join(", "),
+            select_list(t),
             self.schema,
             q(&t.name)
         );
@@ -841,13 +865,7 @@ impl Sink for PostgresSink {
                 break;
             }
             for r in &rows {
-                let values: Vec<SqlValue> = t
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| Self::value(r, i, c.ty))
-                    .collect();
-                each(&values);
+                each(&Self::values(r, t, 0));
             }
         }
         tx.commit()?;
@@ -944,36 +962,23 @@ impl Sink for PostgresSink {
         &mut self,
         report: &str,
         definition: &str,
-        members: &[(String, Cell)],
+        cells: &[(Cell, i64)],
     ) -> Result<(), SinkError> {
         self.reconnect_if_closed()?;
         let s = self.schema.clone();
         let mut tx = self.client.transaction()?;
         tx.execute(
-            &format!("DELETE FROM {s}._govbus_report_members WHERE report = $1"),
-            &[&report],
-        )?;
-        tx.execute(
             &format!("DELETE FROM {s}._govbus_report_cells WHERE report = $1"),
             &[&report],
         )?;
-        for chunk in members.chunks(50_000) {
-            let ks: Vec<&str> = chunk.iter().map(|m| m.0.as_str()).collect();
-            let cs: Vec<String> = chunk.iter().map(|m| cell_text(&m.1)).collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}._govbus_report_members (report, key, cell) \
-                     SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS u(k, c)"
-                ),
-                &[&report, &ks, &cs],
-            )?;
-        }
+        let cs: Vec<String> = cells.iter().map(|c| cell_text(&c.0)).collect();
+        let ns: Vec<i64> = cells.iter().map(|c| c.1).collect();
         tx.execute(
             &format!(
                 "INSERT INTO {s}._govbus_report_cells (report, cell, n) \
-                 SELECT report, cell, count(*) FROM {s}._govbus_report_members WHERE report = $1 GROUP BY report, cell"
+                 SELECT $1, c, n FROM unnest($2::text[], $3::int8[]) AS u(c, n)"
             ),
-            &[&report],
+            &[&report, &cs, &ns],
         )?;
         tx.execute(
             &format!(
@@ -1017,6 +1022,16 @@ impl PostgresSink {
             kb = sha("k"),
             eb = sha("k || chr(31) || s::text || chr(31) || h"),
         )
+    }
+
+    /// A row read with [`select_list`] from column `from` on, in
+    /// `t.columns` order.
+    fn values(r: &postgres::Row, t: &TableDef, from: usize) -> Vec<SqlValue> {
+        t.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Self::value(r, from + i, c.ty))
+            .collect()
     }
 
     fn value(r: &postgres::Row, i: usize, t: ColType) -> SqlValue {
@@ -1076,69 +1091,79 @@ fn count_day(tx: &mut postgres::Transaction<'_>, s: &str, done: &Applied) -> Res
     Ok(())
 }
 
-/// Moves each report over the tables of `applied` (changes applied in this
-/// transaction, the last per key) to their new cells: members and counts
-/// in the same transaction as the rows; the cells changed go to `touched`.
+/// The columns of `t` as [`PostgresSink::values`] reads them.
+fn select_list(t: &TableDef) -> String {
+    select_only(t, |_| true)
+}
+
+/// [`select_list`] with only the columns a report over `t` reads (a NULL
+/// of the column's type for the others).
+fn report_select_list(t: &TableDef, reports: &[Arc<Report>]) -> String {
+    select_only(t, |c| {
+        reports.iter().any(|r| r.table == t.name && r.reads(c))
+    })
+}
+
+fn select_only(t: &TableDef, read: impl Fn(&str) -> bool) -> String {
+    t.columns
+        .iter()
+        .map(|c| {
+            let n = q(&c.name);
+            match (read(&c.name), c.ty) {
+                (true, ColType::Date) => format!("{n}::text"),
+                (true, ColType::Timestamp) => format!("(extract(epoch FROM {n}) * 1000)::int8"),
+                (true, _) => n,
+                (false, ColType::Text | ColType::Date) => "NULL::text".into(),
+                (false, ColType::Int | ColType::Timestamp) => "NULL::int8".into(),
+                (false, ColType::Float) => "NULL::float8".into(),
+                (false, ColType::Bool) => "NULL::bool".into(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Moves each report's counts over the tables of `applied` (changes
+/// applied in this transaction), from the cells of the rows `before` them
+/// to their new ones, in the same transaction as the rows; the cells
+/// changed go to `touched`.
 fn write_reports(
     tx: &mut postgres::Transaction<'_>,
     s: &str,
     reports: &[Arc<Report>],
     applied: &[&Row],
+    before: &Before,
     touched: &mut Vec<(String, Cell, i64)>,
 ) -> Result<(), SinkError> {
-    for (rep, rows) in report_rows(reports, applied) {
+    for (rep, deltas) in report_deltas(reports, applied, before) {
         let id = rep.id();
-        let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-        let old: HashMap<String, Cell> = tx
-            .query(
-                &format!(
-                    "SELECT m.key, m.cell FROM unnest($2::text[]) AS u(k) \
-                     JOIN {s}._govbus_report_members m ON m.report = $1 AND m.key = u.k"
-                ),
-                &[&id, &keys],
-            )?
-            .iter()
-            .filter_map(|r| Some((r.get(0), cell_of(r.get(1))?)))
-            .collect();
-        let p = plan(&rows, &old);
-        if !p.gone.is_empty() {
-            tx.execute(
-                &format!(
-                    "DELETE FROM {s}._govbus_report_members WHERE report = $1 AND key = ANY($2)"
-                ),
-                &[&id, &p.gone],
-            )?;
-        }
-        if !p.members.is_empty() {
-            let ks: Vec<&str> = p.members.iter().map(|m| m.0.as_str()).collect();
-            let cs: Vec<String> = p.members.iter().map(|m| cell_text(&m.1)).collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}._govbus_report_members (report, key, cell) \
-                     SELECT $1, k, c FROM unnest($2::text[], $3::text[]) AS u(k, c) \
-                     ON CONFLICT (report, key) DO UPDATE SET cell = EXCLUDED.cell"
-                ),
-                &[&id, &ks, &cs],
-            )?;
-        }
-        if !p.deltas.is_empty() {
-            let cs: Vec<String> = p.deltas.keys().map(cell_text).collect();
-            let ds: Vec<i64> = p.deltas.values().copied().collect();
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}._govbus_report_cells AS c (report, cell, n) \
-                     SELECT $1, x, d FROM unnest($2::text[], $3::int8[]) AS u(x, d) \
-                     ON CONFLICT (report, cell) DO UPDATE SET n = c.n + EXCLUDED.n"
-                ),
-                &[&id, &cs, &ds],
-            )?;
-            tx.execute(
-                &format!(
-                    "DELETE FROM {s}._govbus_report_cells WHERE report = $1 AND n = 0 AND cell = ANY($2)"
-                ),
-                &[&id, &cs],
-            )?;
-            touched.extend(p.deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
+        if !deltas.is_empty() {
+            let cs: Vec<String> = deltas.keys().map(cell_text).collect();
+            let ds: Vec<i64> = deltas.values().copied().collect();
+            // Cells that empty are removed (a second statement only then).
+            let empty: Vec<String> = tx
+                .query(
+                    &format!(
+                        "INSERT INTO {s}._govbus_report_cells AS c (report, cell, n) \
+                         SELECT $1, x, d FROM unnest($2::text[], $3::int8[]) AS u(x, d) \
+                         ON CONFLICT (report, cell) DO UPDATE SET n = c.n + EXCLUDED.n \
+                         RETURNING cell, n"
+                    ),
+                    &[&id, &cs, &ds],
+                )?
+                .iter()
+                .filter(|r| r.get::<_, i64>(1) == 0)
+                .map(|r| r.get(0))
+                .collect();
+            if !empty.is_empty() {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {s}._govbus_report_cells WHERE report = $1 AND n = 0 AND cell = ANY($2)"
+                    ),
+                    &[&id, &empty],
+                )?;
+            }
+            touched.extend(deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
         }
     }
     Ok(())

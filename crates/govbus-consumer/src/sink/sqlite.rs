@@ -1,14 +1,14 @@
 //! The SQLite sink, the embedded default: rows and offsets in one
 //! transaction in a local file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use super::{q, report_rows, Applied, Row, Sink, SinkError};
-use crate::report::{cell_of, cell_text, plan, Cell, Report};
+use super::{q, report_deltas, reported, Applied, Before, Row, Sink, SinkError};
+use crate::report::{cell_of, cell_text, Cell, Report};
 use crate::snapshot::Snapshot;
 use crate::table::{ColType, SqlValue, TableDef};
 
@@ -90,10 +90,9 @@ pub(super) const BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _govbus_seen (
                  tbl TEXT, seen_seq INTEGER,
                  PRIMARY KEY (topic, partition, source_offset));";
 
-/// The tables that keep reports: each counted row's cell, and the counts.
-const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
-                 report TEXT NOT NULL, key TEXT NOT NULL, cell TEXT NOT NULL, PRIMARY KEY (report, key));
-             CREATE TABLE IF NOT EXISTS _govbus_report_cells (
+/// The tables that keep reports (the counts, definitions and snapshots)
+/// and receipts.
+const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_cells (
                  report TEXT NOT NULL, cell TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (report, cell));
              CREATE TABLE IF NOT EXISTS _govbus_reports (
                  report TEXT PRIMARY KEY, definition TEXT NOT NULL, built_ms INTEGER NOT NULL);
@@ -108,47 +107,18 @@ const REPORTS: &str = "CREATE TABLE IF NOT EXISTS _govbus_report_members (
                  report TEXT NOT NULL, at TEXT NOT NULL, taken_ms INTEGER NOT NULL, total INTEGER NOT NULL,
                  digest TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (report, at));";
 
-/// Moves each report over the tables of `applied` to their new cells, in
-/// `tx`; the cells changed go to `touched`.
+/// Moves each report's counts over the tables of `applied`, from the
+/// cells of the rows `before` them to their new ones, in `tx`; the cells
+/// changed go to `touched`.
 fn write_reports(
     tx: &rusqlite::Transaction<'_>,
     reports: &[Arc<Report>],
     applied: &[&Row],
+    before: &Before,
     touched: &mut Vec<(String, Cell, i64)>,
 ) -> Result<(), SinkError> {
-    for (rep, rows) in report_rows(reports, applied) {
+    for (rep, deltas) in report_deltas(reports, applied, before) {
         let id = rep.id();
-        let mut old: HashMap<String, Cell> = HashMap::new();
-        {
-            let mut st = tx.prepare_cached(
-                "SELECT cell FROM _govbus_report_members WHERE report = ?1 AND key = ?2",
-            )?;
-            for (k, _) in &rows {
-                let cell: Option<String> =
-                    st.query_row((&id, k), |r| r.get(0))
-                        .map(Some)
-                        .or_else(|e| match e {
-                            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                            e => Err(e),
-                        })?;
-                if let Some(c) = cell.as_deref().and_then(cell_of) {
-                    old.insert(k.clone(), c);
-                }
-            }
-        }
-        let p = plan(&rows, &old);
-        let mut gone =
-            tx.prepare_cached("DELETE FROM _govbus_report_members WHERE report = ?1 AND key = ?2")?;
-        for k in &p.gone {
-            gone.execute((&id, k))?;
-        }
-        let mut keep = tx.prepare_cached(
-            "INSERT INTO _govbus_report_members (report, key, cell) VALUES (?1, ?2, ?3)
-             ON CONFLICT (report, key) DO UPDATE SET cell = excluded.cell",
-        )?;
-        for (k, c) in &p.members {
-            keep.execute((&id, k, cell_text(c)))?;
-        }
         let mut count = tx.prepare_cached(
             "INSERT INTO _govbus_report_cells (report, cell, n) VALUES (?1, ?2, ?3)
              ON CONFLICT (report, cell) DO UPDATE SET n = n + excluded.n",
@@ -156,12 +126,12 @@ fn write_reports(
         let mut empty = tx.prepare_cached(
             "DELETE FROM _govbus_report_cells WHERE report = ?1 AND cell = ?2 AND n = 0",
         )?;
-        for (c, d) in &p.deltas {
+        for (c, d) in &deltas {
             let text = cell_text(c);
             count.execute((&id, &text, d))?;
             empty.execute((&id, &text))?;
         }
-        touched.extend(p.deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
+        touched.extend(deltas.into_iter().map(|(c, d)| (id.clone(), c, d)));
     }
     Ok(())
 }
@@ -289,6 +259,8 @@ impl Sink for SqliteSink {
         let tx = self.conn.transaction()?;
         let mut done = Applied::default();
         let mut applied: Vec<&Row> = Vec::new();
+        let mut before = Before::new();
+        let mut visited: HashSet<(String, String)> = HashSet::new();
         for r in rows {
             let prev: Option<i64> = tx
                 .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?
@@ -303,6 +275,21 @@ impl Sink for SqliteSink {
                 continue;
             }
             let t = &r.table;
+            let at = (t.name.clone(), r.key.clone());
+            if reported(&self.reports, &t.name) && visited.insert(at.clone()) {
+                let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+                let mut st = tx.prepare_cached(&format!(
+                    "SELECT {} FROM {} WHERE {} = ?1",
+                    cols.join(", "),
+                    q(&t.name),
+                    cols[0]
+                ))?;
+                let mut found = st.query([&r.key])?;
+                if let Some(row) = found.next()? {
+                    let values = Self::values(row, t)?;
+                    before.insert(at, (t.clone(), values));
+                }
+            }
             match &r.values {
                 Some(values) => {
                     let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
@@ -346,7 +333,7 @@ impl Sink for SqliteSink {
             applied.push(r);
         }
         let mut touched = Vec::new();
-        write_reports(&tx, &self.reports, &applied, &mut touched)?;
+        write_reports(&tx, &self.reports, &applied, &before, &mut touched)?;
         let receipt = self
             .receipts
             .next(self.receipts.last.clone().flatten(), &applied);
@@ -502,11 +489,7 @@ impl Sink for SqliteSink {
             let mut st = tx.prepare(&format!("SELECT {} FROM {}", cols.join(", "), q(&t.name)))?;
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
-                let mut values = Vec::with_capacity(t.columns.len());
-                for (i, c) in t.columns.iter().enumerate() {
-                    values.push(Self::value(r.get_ref(i)?, c.ty));
-                }
-                each(&values);
+                each(&Self::values(r, t)?);
             }
         }
         tx.commit()?;
@@ -673,30 +656,21 @@ impl Sink for SqliteSink {
         &mut self,
         report: &str,
         definition: &str,
-        members: &[(String, Cell)],
+        cells: &[(Cell, i64)],
     ) -> Result<(), SinkError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "DELETE FROM _govbus_report_members WHERE report = ?1",
-            [report],
-        )?;
         tx.execute(
             "DELETE FROM _govbus_report_cells WHERE report = ?1",
             [report],
         )?;
         {
             let mut st = tx.prepare(
-                "INSERT INTO _govbus_report_members (report, key, cell) VALUES (?1, ?2, ?3)",
+                "INSERT INTO _govbus_report_cells (report, cell, n) VALUES (?1, ?2, ?3)",
             )?;
-            for (k, c) in members {
-                st.execute((report, k, cell_text(c)))?;
+            for (c, n) in cells {
+                st.execute((report, cell_text(c), n))?;
             }
         }
-        tx.execute(
-            "INSERT INTO _govbus_report_cells (report, cell, n)
-             SELECT report, cell, count(*) FROM _govbus_report_members WHERE report = ?1 GROUP BY report, cell",
-            [report],
-        )?;
         tx.execute(
             "INSERT INTO _govbus_reports (report, definition, built_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (report) DO UPDATE SET definition = excluded.definition, built_ms = excluded.built_ms",
@@ -764,6 +738,15 @@ impl SqliteSink {
     }
 
     /// A stored value as the column's type says (the reverse of `param`).
+    /// A row of `t` selected column by column, in `t.columns` order.
+    fn values(r: &rusqlite::Row<'_>, t: &TableDef) -> Result<Vec<SqlValue>, SinkError> {
+        let mut values = Vec::with_capacity(t.columns.len());
+        for (i, c) in t.columns.iter().enumerate() {
+            values.push(Self::value(r.get_ref(i)?, c.ty));
+        }
+        Ok(values)
+    }
+
     fn value(v: rusqlite::types::ValueRef<'_>, t: ColType) -> SqlValue {
         use rusqlite::types::ValueRef as V;
         match (v, t) {
@@ -902,127 +885,6 @@ mod tests {
     }
 
     /// The residents' table of p52's view, and p52's population report.
-    fn residents() -> (Arc<TableDef>, Arc<Report>) {
-        let catalog = govbus_core::Catalog::builtin();
-        let entity = govbus_schema::project::project_schema(
-            include_str!("../../../../schemas/bca/residents.v2.avsc"),
-            &["ethnicity".into()],
-            "citizen_id",
-        )
-        .unwrap();
-        let env = apache_avro::Schema::parse_str(
-            &govbus_schema::envelope::envelope_schema(&entity).unwrap(),
-        )
-        .unwrap();
-        let t = crate::table::table_def("bca_residents", "citizen_id", &env).unwrap();
-        let spec = catalog.reports_of("p52").next().unwrap();
-        let r = Report::compile(spec, &catalog).unwrap();
-        (Arc::new(t), Arc::new(r))
-    }
-
-    fn resident(t: &Arc<TableDef>, key: &str, seq: i64, at: Option<(&str, &str)>) -> Row {
-        let values = at.map(|(commune, born)| {
-            t.columns
-                .iter()
-                .map(|c| match c.name.as_str() {
-                    "citizen_id" => SqlValue::Text(key.into()),
-                    "sex" => SqlValue::Text("FEMALE".into()),
-                    "date_of_birth" => SqlValue::Date(born.into()),
-                    "permanent_address_commune_code" => SqlValue::Text(commune.into()),
-                    _ => SqlValue::Null,
-                })
-                .collect()
-        });
-        Row {
-            table: t.clone(),
-            key: key.into(),
-            seq,
-            source_ts: 0,
-            op: if values.is_some() {
-                govbus_schema::Op::Update
-            } else {
-                govbus_schema::Op::Delete
-            },
-            values,
-            event_id: format!("{key}-{seq}"),
-            after: None,
-            record: None,
-        }
-    }
-
-    fn figures(s: &mut SqliteSink, r: &Report) -> Vec<(Cell, i64)> {
-        let mut cells = s.report_cells(&r.id()).unwrap();
-        cells.sort();
-        cells
-    }
-
-    fn cell(commune: &str, year: &str) -> Cell {
-        vec![commune.into(), "FEMALE".into(), year.into()]
-    }
-
-    #[test]
-    fn sqlite_keeps_a_report_beside_the_rows_and_builds_it_from_the_table() {
-        let (t, r) = residents();
-        let mut s = SqliteSink::open(":memory:").unwrap();
-        s.ensure_table(&t).unwrap();
-        s.set_reports(vec![r.clone()]).unwrap();
-        s.apply(
-            &[
-                resident(&t, "a", 1, Some(("21553", "1990-01-01"))),
-                resident(&t, "b", 1, Some(("21553", "1990-05-05"))),
-                resident(&t, "c", 1, Some(("21583", "1950-01-01"))),
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            figures(&mut s, &r),
-            [(cell("21553", "1990"), 2), (cell("21583", "1950"), 1)]
-        );
-        assert_eq!(s.take_touched().len(), 2);
-        // A move, a delete, a stale change and a snapshot of what is counted.
-        let mut again = resident(&t, "b", 1, Some(("21553", "1990-05-05")));
-        again.op = govbus_schema::Op::Snapshot;
-        s.apply(
-            &[
-                resident(&t, "a", 2, Some(("21583", "1990-01-01"))),
-                resident(&t, "c", 2, None),
-                resident(&t, "c", 1, Some(("21592", "1950-01-01"))),
-                again,
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(
-            figures(&mut s, &r),
-            [(cell("21553", "1990"), 1), (cell("21583", "1990"), 1)]
-        );
-        let mut touched = s.take_touched();
-        touched.sort();
-        assert_eq!(
-            touched,
-            [
-                (r.id(), cell("21553", "1990"), -1),
-                (r.id(), cell("21583", "1950"), -1),
-                (r.id(), cell("21583", "1990"), 1),
-            ]
-        );
-        // Built from the table: the same figures.
-        let (members, kept) = crate::build::count_table(&r, &t, &mut s).unwrap().unwrap();
-        assert!(crate::build::compare(&kept, &members)
-            .differences
-            .is_empty());
-        s.conn
-            .execute_batch("DELETE FROM _govbus_report_cells; DELETE FROM _govbus_report_members;")
-            .unwrap();
-        assert!(crate::build::build_if_changed(&r, Some(&t), &mut s).unwrap());
-        assert!(!crate::build::build_if_changed(&r, Some(&t), &mut s).unwrap());
-        assert_eq!(
-            figures(&mut s, &r),
-            [(cell("21553", "1990"), 1), (cell("21583", "1990"), 1)]
-        );
-    }
-
     #[test]
     fn sqlite_writes_a_chained_receipt_per_applied_batch() {
         let t = table();

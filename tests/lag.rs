@@ -68,3 +68,64 @@ fn lag_is_the_records_between_position_and_high_watermark() {
     })
     .expect("lag 0 once all are read");
 }
+
+#[test]
+fn a_consumer_that_starts_at_the_end_of_a_quiet_topic_has_no_lag() {
+    let broker = Broker::start();
+    let kafka = broker.kafka();
+    let topic = unique("lag");
+    ensure_topics(&kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka.producer().create().unwrap();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        producer
+            .send(BaseRecord::to(&topic).key(&key).payload("v").partition(0))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let reported: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
+    let r = reported.clone();
+    let watch = LagWatch::start(&kafka, Duration::from_millis(200), move |t, n| {
+        r.lock().unwrap().push((t.to_string(), n));
+    })
+    .unwrap();
+    // A restarted consumer, at the offset it stored after the fifth record:
+    // nothing arrives, so the client never learns a position.
+    let consumer: BaseConsumer = kafka.consumer(&unique("lag-group")).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(5))
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    watch.starts_at(&tpl);
+    assert!(consumer.poll(Duration::from_millis(500)).is_none());
+    watch.update(&consumer);
+    let lag = poll_until(Duration::from_secs(30), || {
+        reported.lock().unwrap().last().cloned()
+    })
+    .expect("a report");
+    assert_eq!(lag, (topic.clone(), 0), "counted from where it started");
+
+    // A record arrives: one to go, then none once it is read.
+    producer
+        .send(BaseRecord::to(&topic).key("k5").payload("v").partition(0))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    reported.lock().unwrap().clear();
+    poll_until(Duration::from_secs(30), || {
+        (reported.lock().unwrap().last() == Some(&(topic.clone(), 1))).then_some(())
+    })
+    .expect("lag 1 before the new record is read");
+    poll_until(Duration::from_secs(30), || {
+        consumer.poll(Duration::from_millis(100))
+    })
+    .expect("the new record")
+    .unwrap();
+    watch.update(&consumer);
+    poll_until(Duration::from_secs(30), || {
+        (reported.lock().unwrap().last() == Some(&(topic.clone(), 0))).then_some(())
+    })
+    .expect("lag 0 once it is read");
+}

@@ -353,6 +353,7 @@ fn session(
     tracing::info!(subscriber = cfg.subscriber, sink = %cfg.sink.describe(), topics = ?inputs.keys().collect::<Vec<_>>(), "consumer started");
 
     let lag = lag_watch(cfg, inputs)?;
+    lag.starts_at(&tpl);
     let mut last_lag = Instant::now();
     let mut stall = govbus_core::stall::StallWatch::new(Duration::from_secs(cfg.stall_secs));
     let mut batch = Vec::with_capacity(cfg.batch);

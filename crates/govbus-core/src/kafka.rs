@@ -1,6 +1,6 @@
 //! Kafka client settings shared by every agent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
@@ -460,8 +460,13 @@ pub fn poll_batch_fenced<'c, C: rdkafka::consumer::ConsumerContext>(
 /// connection: the agent hands over its positions (a local call) with
 /// [`LagWatch::update`], and a thread of the watch asks for the high
 /// watermarks on a client of its own, then reports, per topic, the records
-/// not yet consumed (high watermark − position; a partition with no
-/// position yet counts from its low watermark).
+/// not yet consumed (high watermark − position). Until a consumer has
+/// consumed a record of a partition, the client knows no position for it:
+/// the partition counts from where the consumer started on it (its
+/// committed or stored offset, handed over with [`LagWatch::starts_at`]),
+/// or else from its low watermark. Counted from the low watermark, a router
+/// restarted at the end of a quiet topic read as a backlog of the whole
+/// topic that it never consumed, a stall every `stall_secs`.
 ///
 /// Why not ask on the consumer itself: its ListOffsets requests queue behind
 /// its fetch on the same connection, and a timed-out request makes
@@ -472,6 +477,9 @@ pub fn poll_batch_fenced<'c, C: rdkafka::consumer::ConsumerContext>(
 /// any broker slow to answer a fetch.
 pub struct LagWatch {
     positions: std::sync::Arc<std::sync::Mutex<Vec<(String, i32, rdkafka::Offset)>>>,
+    /// Where the consumer started on each partition, for those it has
+    /// consumed nothing from yet.
+    starts: std::sync::Mutex<HashMap<(String, i32), i64>>,
     /// The last complete measurement: when, and the records past the
     /// positions over every topic.
     total: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
@@ -554,6 +562,7 @@ impl LagWatch {
             .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
         Ok(Self {
             positions,
+            starts: std::sync::Mutex::new(HashMap::new()),
             total,
             every,
             stop,
@@ -569,6 +578,19 @@ impl LagWatch {
         (at.elapsed() <= self.every * 3).then_some(n)
     }
 
+    /// Notes where a consumer starts on partitions (their committed or
+    /// stored offsets; other offsets in `tpl` are left out): the position
+    /// of a partition it has consumed nothing from yet.
+    pub fn starts_at(&self, tpl: &rdkafka::TopicPartitionList) {
+        if let Ok(mut s) = self.starts.lock() {
+            for e in tpl.elements() {
+                if let rdkafka::Offset::Offset(o) = e.offset() {
+                    s.insert((e.topic().to_string(), e.partition()), o);
+                }
+            }
+        }
+    }
+
     /// Hands over `consumer`'s current positions (no request to the broker).
     pub fn update<C: rdkafka::consumer::ConsumerContext>(
         &self,
@@ -578,10 +600,20 @@ impl LagWatch {
         let Ok(tpl) = consumer.position() else {
             return;
         };
+        let starts = self.starts.lock().map(|s| s.clone()).unwrap_or_default();
         let now = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_string(), e.partition(), e.offset()))
+            .map(|e| {
+                let (t, p) = (e.topic().to_string(), e.partition());
+                let offset = match e.offset() {
+                    rdkafka::Offset::Offset(o) => rdkafka::Offset::Offset(o),
+                    other => starts
+                        .get(&(t.clone(), p))
+                        .map_or(other, |o| rdkafka::Offset::Offset(*o)),
+                };
+                (t, p, offset)
+            })
             .collect();
         if let Ok(mut p) = self.positions.lock() {
             *p = now;

@@ -35,6 +35,13 @@ impl StallWatch {
         self.limit
     }
 
+    /// Notes work that is not consuming (a backfill that brings views in
+    /// step, however long it takes): the hop was busy, not stalled, so the
+    /// idle time starts again at the next poll.
+    pub fn busy(&mut self) {
+        self.since = None;
+    }
+
     /// Notes one poll at `now` that consumed `consumed` records while the
     /// backlog was `backlog` (None: not known). Reports a stall once the
     /// hop has held a backlog and consumed nothing for the limit; the watch
@@ -76,6 +83,18 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn work_between_polls_is_not_idle_time() {
+        let t0 = Instant::now();
+        let mut w = StallWatch::new(S);
+        assert_eq!(w.observe(t0, 0, Some(10)), None);
+        // A backfill of 5 s between two polls that consume nothing.
+        w.busy();
+        assert_eq!(w.observe(t0 + 5 * S, 0, Some(10)), None);
+        assert_eq!(w.observe(t0 + 5 * S + S / 2, 0, Some(10)), None);
+        assert!(w.observe(t0 + 6 * S, 0, Some(10)).is_some());
+    }
 
     #[test]
     fn a_backlog_with_no_progress_for_the_limit_is_a_stall() {

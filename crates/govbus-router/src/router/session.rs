@@ -240,6 +240,13 @@ impl Router {
                 .cloned()
                 .collect();
             if !fresh.is_empty() {
+                // Where the group committed: the lag counts from there
+                // until a record of the partition is consumed.
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &fresh {
+                    tpl.add_partition(t, *p);
+                }
+                lag.starts_at(&consumer.committed_offsets(tpl, Duration::from_secs(30))?);
                 // Backfill reads up to the committed offsets and writes in
                 // a transaction of its own: nothing may be in flight.
                 pipe.wait()?;
@@ -249,6 +256,7 @@ impl Router {
                 };
                 self.in_step(live, consumer, &tx, base, &fresh)?;
                 in_step.extend(fresh);
+                stall.busy();
             }
             if batch.is_empty() {
                 continue;

@@ -10,7 +10,7 @@
 //! delivery also makes the next batch send everything again).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -331,18 +331,54 @@ impl ReportFeed {
     }
 }
 
-/// Publishes a subscriber's receipts on `_govbus.receipts` (keyed by the
-/// subscriber, the receipt as JSON), after each batch's commit. The sink
-/// keeps which receipt was last acknowledged: at start, or after a failed
-/// delivery, every receipt after it is sent again (a reader counts a
-/// receipt once by subscriber and number).
-pub struct ReceiptFeed {
-    producer: ThreadedProducer<Deliveries>,
+/// Receipts' deliveries: the highest receipt the cluster acknowledged,
+/// and whether one failed since the last look.
+struct ReceiptDeliveries {
     failed: Arc<AtomicBool>,
+    acked: Arc<AtomicI64>,
+}
+
+impl ClientContext for ReceiptDeliveries {}
+
+impl ProducerContext for ReceiptDeliveries {
+    /// The receipt's number.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_max(seq as i64, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                tracing::warn!(receipt = seq, error = %e, "a receipt was not delivered; it is sent again");
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// How often the last acknowledged receipt is written down (a write of its
+/// own; after a restart the receipts after it are sent again).
+const MARK_EVERY: Duration = Duration::from_secs(5);
+
+/// Publishes a subscriber's receipts on `_govbus.receipts` (keyed by the
+/// subscriber, the receipt as JSON), after each batch's commit, without
+/// waiting for the cluster: the batch after it does not wait either. The
+/// sink keeps which receipt was last acknowledged (written every few
+/// seconds): at start, or after a failed delivery, every receipt after it
+/// is sent again (a reader counts a receipt once by subscriber and number).
+pub struct ReceiptFeed {
+    producer: ThreadedProducer<ReceiptDeliveries>,
+    failed: Arc<AtomicBool>,
+    acked: Arc<AtomicI64>,
     topic: String,
     subscriber: String,
-    /// The last receipt acknowledged by the cluster.
+    /// The last receipt written down as acknowledged.
     published: i64,
+    /// The last receipt handed to the producer.
+    sent: i64,
+    /// When `published` was last written.
+    marked: std::time::Instant,
     /// A send or its bookkeeping failed: the next batch first sends every
     /// receipt after `published`.
     behind: bool,
@@ -368,70 +404,86 @@ impl ReceiptFeed {
         let topic = topics.receipts();
         ensure_topics(kafka, &[TopicSpec::retained(topic.clone(), 4)])?;
         let failed = Arc::new(AtomicBool::new(false));
-        let producer = kafka.producer().create_with_context(Deliveries {
+        let acked = Arc::new(AtomicI64::new(0));
+        let producer = kafka.producer().create_with_context(ReceiptDeliveries {
             failed: failed.clone(),
+            acked: acked.clone(),
         })?;
+        let published = sink.receipts_published()?;
         let mut me = Self {
             producer,
             failed,
+            acked,
             topic,
             subscriber: subscriber.to_string(),
-            published: sink.receipts_published()?,
+            published,
+            sent: published,
+            marked: std::time::Instant::now(),
             behind: true,
         };
         me.publish(Vec::new(), sink);
         Ok(me)
     }
 
-    /// Sends every stored receipt after the last acknowledged one.
+    /// Sends every stored receipt after the last acknowledged one, and
+    /// waits for the cluster to acknowledge them.
     fn catch_up(&mut self, sink: &mut dyn Sink) -> Result<(), PublishError> {
+        self.sent = self.published;
         loop {
-            let from = self.published + 1;
             let batch: Vec<Receipt> = sink
-                .receipts(from, 1000)?
+                .receipts(self.sent + 1, 1000)?
                 .into_iter()
                 .filter(|r| r.subscriber == self.subscriber)
                 .collect();
             if batch.is_empty() {
-                return Ok(());
+                break;
             }
-            if !self.send_all(&batch, sink)? {
-                return Err(PublishError::Kafka(
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
-                    ),
-                ));
-            }
+            self.send(&batch)?;
         }
+        self.producer.flush(Duration::from_secs(30))?;
+        if self.failed.swap(false, Ordering::Relaxed) {
+            return Err(PublishError::Kafka(
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+                ),
+            ));
+        }
+        self.mark(sink, true)
     }
 
-    /// Sends `receipts`; true when every one was acknowledged.
-    fn send_all(
-        &mut self,
-        receipts: &[Receipt],
-        sink: &mut dyn Sink,
-    ) -> Result<bool, PublishError> {
-        let Some(last) = receipts.last() else {
-            return Ok(true);
-        };
+    /// Hands `receipts` to the producer.
+    fn send(&mut self, receipts: &[Receipt]) -> Result<(), PublishError> {
         for r in receipts {
             let value = serde_json::to_vec(r).unwrap_or_default();
             self.producer
                 .send(
-                    BaseRecord::<str, [u8]>::to(&self.topic)
+                    BaseRecord::<str, [u8], usize>::with_opaque_to(&self.topic, r.seq as usize)
                         .key(&self.subscriber)
                         .payload(&value),
                 )
                 .map_err(|(e, _)| e)?;
+            self.sent = r.seq;
         }
-        self.producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    }
+
+    /// Writes down the last receipt acknowledged (every [`MARK_EVERY`], or
+    /// now), unless a delivery failed: then the next batch sends again
+    /// from the last one written down.
+    fn mark(&mut self, sink: &mut dyn Sink, now: bool) -> Result<(), PublishError> {
+        // Read before the failure flag: deliveries are reported in order,
+        // so a failure before the acknowledged receipt is already flagged.
+        let acked = self.acked.load(Ordering::Relaxed).min(self.sent);
         if self.failed.swap(false, Ordering::Relaxed) {
-            // Not all acknowledged: the next call sends them again.
-            return Ok(false);
+            self.behind = true;
+            return Ok(());
         }
-        sink.mark_receipts_published(last.seq)?;
-        self.published = last.seq;
-        Ok(true)
+        if acked > self.published && (now || self.marked.elapsed() >= MARK_EVERY) {
+            sink.mark_receipts_published(acked)?;
+            self.published = acked;
+            self.marked = std::time::Instant::now();
+        }
+        Ok(())
     }
 
     /// Sends the receipts a batch wrote (and, after a failure, those the
@@ -441,23 +493,20 @@ impl ReceiptFeed {
     /// again from the last acknowledged receipt. It never stops the
     /// consumer.
     pub fn publish(&mut self, receipts: Vec<Receipt>, sink: &mut dyn Sink) {
-        let done = if self.behind || receipts.first().is_some_and(|r| r.seq > self.published + 1) {
-            self.catch_up(sink).map(|()| true)
-        } else if receipts.is_empty() {
-            Ok(true)
+        let gap = receipts.first().is_some_and(|r| r.seq > self.sent + 1);
+        let done = if self.behind || gap {
+            self.behind = false;
+            self.catch_up(sink)
         } else {
-            self.send_all(&receipts, sink)
+            self.send(&receipts).and_then(|()| self.mark(sink, false))
         };
-        self.behind = match done {
-            Ok(acknowledged) => !acknowledged,
-            Err(error) => {
-                ReceiptsDeferred {
-                    subscriber: &self.subscriber,
-                    error: &error,
-                }
-                .emit();
-                true
+        if let Err(error) = done {
+            ReceiptsDeferred {
+                subscriber: &self.subscriber,
+                error: &error,
             }
-        };
+            .emit();
+            self.behind = true;
+        }
     }
 }

@@ -98,7 +98,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs every way `rounds` times, alternated, and prints the medians.
+/// Runs every way `rounds` times, alternated (each way first in turn),
+/// and prints the medians.
 pub(crate) fn run(n: usize, batch: usize, rounds: usize) -> anyhow::Result<()> {
     let catalog = Catalog::builtin();
     let spec = catalog
@@ -113,8 +114,12 @@ pub(crate) fn run(n: usize, batch: usize, rounds: usize) -> anyhow::Result<()> {
     );
     let ways = [Way::Plain, Way::Report, Way::Receipts, Way::Both];
     let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); ways.len()];
-    for _ in 0..rounds {
-        for (i, w) in ways.iter().enumerate() {
+    for round in 0..rounds {
+        // Each way takes each place in the order in turn: a run after
+        // others meets their checkpoints and dirty pages.
+        for k in 0..ways.len() {
+            let i = (k + round) % ways.len();
+            let w = &ways[i];
             let (rate, us) = once(*w, n, batch, &report)?;
             got[i].0.push(rate);
             got[i].1.push(us);

@@ -59,6 +59,11 @@ impl PostgresSink {
     pub fn open(url: &str, schema: &str) -> Result<Self, SinkError> {
         let mut client = postgres::Client::connect(url, postgres::NoTls)?;
         let s = q(schema);
+        // A receipt's events (about 100 bytes per applied change) are
+        // stored uncompressed: compressing them cost PostgreSQL 1 µs of
+        // CPU per change, twice the rest of the receipt (docs/BENCHMARKS.md).
+        // The schema as it appears in a string literal.
+        let lit = s.replace('\'', "''");
         let ddl = format!(
             "CREATE SCHEMA IF NOT EXISTS {s};
              CREATE TABLE IF NOT EXISTS {s}._govbus_seen (
@@ -79,6 +84,12 @@ impl PostgresSink {
              CREATE TABLE IF NOT EXISTS {s}._govbus_receipts (
                  subscriber TEXT NOT NULL, seq BIGINT NOT NULL, applied_at_ms BIGINT NOT NULL,
                  prev TEXT NOT NULL, hash TEXT NOT NULL, events TEXT NOT NULL, PRIMARY KEY (subscriber, seq));
+             DO $$ BEGIN
+                 IF (SELECT attstorage FROM pg_attribute
+                     WHERE attrelid = '{lit}._govbus_receipts'::regclass AND attname = 'events') <> 'e' THEN
+                     ALTER TABLE {s}._govbus_receipts ALTER COLUMN events SET STORAGE EXTERNAL;
+                 END IF;
+             END $$;
              CREATE TABLE IF NOT EXISTS {s}._govbus_receipts_published (
                  subscriber TEXT PRIMARY KEY, seq BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS {s}._govbus_applied_days (

@@ -11,30 +11,44 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+type Sender = ThreadedProducer<DefaultProducerContext>;
+type Reports = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// A topic of one partition holding five records, its producer, and a
+/// watch every 200 ms with what it reported.
+fn five_records_and_a_watch(
+    kafka: &govbus_core::KafkaConfig,
+) -> (String, Sender, LagWatch, Reports) {
+    let topic = unique("lag");
+    ensure_topics(kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();
+    // Five records, one request each (nisshi's high watermark counts
+    // requests' batches, see docs/ARCHITECTURE.md).
+    let producer: Sender = kafka.producer().create().unwrap();
+    for i in 0..5 {
+        send(&producer, &topic, &format!("k{i}"));
+    }
+    let reported: Reports = Arc::default();
+    let r = reported.clone();
+    let watch = LagWatch::start(kafka, Duration::from_millis(200), move |t, n| {
+        r.lock().unwrap().push((t.to_string(), n));
+    })
+    .unwrap();
+    (topic, producer, watch, reported)
+}
+
+fn send(producer: &Sender, topic: &str, key: &str) {
+    producer
+        .send(BaseRecord::to(topic).key(key).payload("v").partition(0))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
 #[test]
 fn lag_is_the_records_between_position_and_high_watermark() {
     let broker = Broker::start();
     let kafka = broker.kafka();
-    let topic = unique("lag");
-    ensure_topics(&kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();
-    // Five records, one request each (nisshi's high watermark counts
-    // requests' batches, see docs/ARCHITECTURE.md).
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.producer().create().unwrap();
-    for i in 0..5 {
-        let key = format!("k{i}");
-        producer
-            .send(BaseRecord::to(&topic).key(&key).payload("v").partition(0))
-            .map_err(|(e, _)| e)
-            .unwrap();
-        producer.flush(Duration::from_secs(10)).unwrap();
-    }
-
-    let reported: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
-    let r = reported.clone();
-    let watch = LagWatch::start(&kafka, Duration::from_millis(200), move |t, n| {
-        r.lock().unwrap().push((t.to_string(), n));
-    })
-    .unwrap();
+    let (topic, _producer, watch, reported) = five_records_and_a_watch(&kafka);
 
     // A consumer that has read two of the five: three to go.
     let consumer: BaseConsumer = kafka.consumer(&unique("lag-group")).create().unwrap();
@@ -73,24 +87,7 @@ fn lag_is_the_records_between_position_and_high_watermark() {
 fn a_consumer_that_starts_at_the_end_of_a_quiet_topic_has_no_lag() {
     let broker = Broker::start();
     let kafka = broker.kafka();
-    let topic = unique("lag");
-    ensure_topics(&kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();
-    let producer: ThreadedProducer<DefaultProducerContext> = kafka.producer().create().unwrap();
-    for i in 0..5 {
-        let key = format!("k{i}");
-        producer
-            .send(BaseRecord::to(&topic).key(&key).payload("v").partition(0))
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(10)).unwrap();
-
-    let reported: Arc<Mutex<Vec<(String, i64)>>> = Arc::default();
-    let r = reported.clone();
-    let watch = LagWatch::start(&kafka, Duration::from_millis(200), move |t, n| {
-        r.lock().unwrap().push((t.to_string(), n));
-    })
-    .unwrap();
+    let (topic, producer, watch, reported) = five_records_and_a_watch(&kafka);
     // A restarted consumer, at the offset it stored after the fifth record:
     // nothing arrives, so the client never learns a position.
     let consumer: BaseConsumer = kafka.consumer(&unique("lag-group")).create().unwrap();
@@ -108,11 +105,7 @@ fn a_consumer_that_starts_at_the_end_of_a_quiet_topic_has_no_lag() {
     assert_eq!(lag, (topic.clone(), 0), "counted from where it started");
 
     // A record arrives: one to go, then none once it is read.
-    producer
-        .send(BaseRecord::to(&topic).key("k5").payload("v").partition(0))
-        .map_err(|(e, _)| e)
-        .unwrap();
-    producer.flush(Duration::from_secs(10)).unwrap();
+    send(&producer, &topic, "k5");
     reported.lock().unwrap().clear();
     poll_until(Duration::from_secs(30), || {
         (reported.lock().unwrap().last() == Some(&(topic.clone(), 1))).then_some(())

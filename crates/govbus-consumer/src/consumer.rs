@@ -468,17 +468,7 @@ fn session(
             // like for a batch, never give up on the ledger.
             let mut attempt = 0u32;
             while let Err(e) = sink.record_dead(&records) {
-                attempt += 1;
-                ApplyFailed {
-                    subscriber: &cfg.subscriber,
-                    attempt,
-                    error: &e,
-                }
-                .emit();
-                if stop.load(Ordering::Relaxed) {
-                    return Err(e.into());
-                }
-                std::thread::sleep(back_off(attempt));
+                retry_after(&cfg.subscriber, &mut attempt, e, stop)?;
             }
             for d in &records {
                 DeadLettered {
@@ -527,19 +517,7 @@ fn session(
                     break;
                 }
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),
-                Err(ApplyError::Sink(e)) => {
-                    attempt += 1;
-                    ApplyFailed {
-                        subscriber: &cfg.subscriber,
-                        attempt,
-                        error: &e,
-                    }
-                    .emit();
-                    if stop.load(Ordering::Relaxed) {
-                        return Err(e.into());
-                    }
-                    std::thread::sleep(back_off(attempt));
-                }
+                Err(ApplyError::Sink(e)) => retry_after(&cfg.subscriber, &mut attempt, e, stop)?,
             }
         }
     }
@@ -653,10 +631,29 @@ pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, Co
     Ok(out)
 }
 
-/// Exponential back-off after a failed write: 100 ms, 200 ms, … capped at
-/// 30 s.
-fn back_off(attempt: u32) -> Duration {
-    Duration::from_millis(100u64 << attempt.min(9)).min(Duration::from_secs(30))
+/// After a failed write to the sink: logs and counts it, then waits before
+/// the next attempt (100 ms, 200 ms, … capped at 30 s); the error itself
+/// once the consumer is asked to stop.
+fn retry_after(
+    subscriber: &str,
+    attempt: &mut u32,
+    error: SinkError,
+    stop: &AtomicBool,
+) -> Result<(), ConsumerError> {
+    *attempt += 1;
+    ApplyFailed {
+        subscriber,
+        attempt: *attempt,
+        error: &error,
+    }
+    .emit();
+    if stop.load(Ordering::Relaxed) {
+        return Err(error.into());
+    }
+    std::thread::sleep(
+        Duration::from_millis(100u64 << (*attempt).min(9)).min(Duration::from_secs(30)),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -368,8 +368,39 @@ pub(crate) fn key_text(v: &SqlValue) -> String {
 }
 
 /// Rows as a batch found them before it wrote, by table and key, with
-/// the definition they were read by; a key absent had no row.
-pub(crate) type Before = HashMap<(String, String), (Arc<TableDef>, Vec<SqlValue>)>;
+/// the definition they were read by (None: there was no row).
+#[derive(Debug, Default)]
+pub(crate) struct Before(HashMap<String, HashMap<String, Option<Found>>>);
+
+/// A row read, with the definition it was read by.
+type Found = (Arc<TableDef>, Vec<SqlValue>);
+
+impl Before {
+    /// Whether the row of `key` in `table` was read already.
+    pub(crate) fn has(&self, table: &str, key: &str) -> bool {
+        self.0.get(table).is_some_and(|m| m.contains_key(key))
+    }
+
+    /// The row of `key` in `table` as the batch found it (`values` None:
+    /// there was none).
+    pub(crate) fn found(
+        &mut self,
+        table: &Arc<TableDef>,
+        key: &str,
+        values: Option<Vec<SqlValue>>,
+    ) {
+        let rows = match self.0.get_mut(&table.name) {
+            Some(m) => m,
+            None => self.0.entry(table.name.clone()).or_default(),
+        };
+        rows.insert(key.to_string(), values.map(|v| (table.clone(), v)));
+    }
+
+    fn row(&self, table: &str, key: &str) -> Option<(&TableDef, &[SqlValue])> {
+        let (t, v) = self.0.get(table)?.get(key)?.as_ref()?;
+        Some((t, v))
+    }
+}
 
 /// Whether a report counts the rows of `table` (a sink then reads the
 /// rows a batch replaces, before it writes them).
@@ -421,7 +452,7 @@ pub(crate) fn report_deltas<'a>(
             let old: HashMap<String, Cell> = rows
                 .iter()
                 .filter_map(|(k, _)| {
-                    let (table, values) = before.get(&(rep.table.clone(), k.clone()))?;
+                    let (table, values) = before.row(&rep.table, k)?;
                     // Warned of when it was applied.
                     let cell = rep.cell(&TableRow { table, values }).ok()??;
                     Some((k.clone(), cell))

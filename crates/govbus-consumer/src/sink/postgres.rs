@@ -1,7 +1,7 @@
 //! The PostgreSQL sink: tables in one schema, rows and offsets in one
 //! transaction, applied set-based per run of changes that share a table.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -221,7 +221,7 @@ impl PostgresSink {
                 String::new()
             };
             let mut known: HashMap<String, i64> = HashMap::new();
-            let mut before = Before::new();
+            let mut before = Before::default();
             for r in tx.query(
                 &format!(
                     "SELECT u.k, x.seq{} FROM unnest($2::text[]) AS u(k) CROSS JOIN LATERAL \
@@ -233,7 +233,7 @@ impl PostgresSink {
                 let k: String = r.get(0);
                 // A key with no row (deleted) reads as NULLs.
                 if reading && r.get::<_, Option<bool>>(2).is_some() {
-                    before.insert((t.name.clone(), k.clone()), (t.clone(), Self::values(&r, t, 3)));
+                    before.found(t, &k, Some(Self::values(&r, t, 3)));
                 }
                 known.insert(k, r.get(1));
             }
@@ -538,8 +538,8 @@ impl Sink for PostgresSink {
         let mut done = Applied::default();
         let mut deletes: HashMap<String, postgres::Statement> = HashMap::new();
         let mut applied: Vec<&Row> = Vec::new();
-        let mut before = Before::new();
-        let mut visited: HashSet<(String, String)> = HashSet::new();
+        let mut before = Before::default();
+        let mut reads: HashMap<String, postgres::Statement> = HashMap::new();
         for r in rows {
             let prev: Option<i64> = tx
                 .query_opt(&seen, &[&r.table.name, &r.key])?
@@ -548,21 +548,23 @@ impl Sink for PostgresSink {
                 done.stale += 1;
                 continue;
             }
-            let at = (r.table.name.clone(), r.key.clone());
-            if reported(&self.reports, &r.table.name) && visited.insert(at.clone()) {
-                let t = &r.table;
-                let found = tx.query_opt(
-                    &format!(
-                        "SELECT {} FROM {s}.{} WHERE {}::text = $1",
-                        report_select_list(t, &self.reports),
-                        q(&t.name),
-                        q(&t.columns[0].name)
-                    ),
-                    &[&r.key],
-                )?;
-                if let Some(row) = found {
-                    before.insert(at, (t.clone(), Self::values(&row, t, 0)));
-                }
+            let t = &r.table;
+            if reported(&self.reports, &t.name) && !before.has(&t.name, &r.key) {
+                let st = match reads.get(&t.name) {
+                    Some(st) => st.clone(),
+                    None => {
+                        let st = tx.prepare(&format!(
+                            "SELECT {} FROM {s}.{} WHERE {}::text = $1",
+                            report_select_list(t, &self.reports),
+                            q(&t.name),
+                            q(&t.columns[0].name)
+                        ))?;
+                        reads.insert(t.name.clone(), st.clone());
+                        st
+                    }
+                };
+                let found = tx.query_opt(&st, &[&r.key])?;
+                before.found(t, &r.key, found.map(|row| Self::values(&row, t, 0)));
             }
             match &r.values {
                 Some(values) => {

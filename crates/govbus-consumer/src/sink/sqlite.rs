@@ -1,7 +1,7 @@
 //! The SQLite sink, the embedded default: rows and offsets in one
 //! transaction in a local file.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -259,8 +259,7 @@ impl Sink for SqliteSink {
         let tx = self.conn.transaction()?;
         let mut done = Applied::default();
         let mut applied: Vec<&Row> = Vec::new();
-        let mut before = Before::new();
-        let mut visited: HashSet<(String, String)> = HashSet::new();
+        let mut before = Before::default();
         for r in rows {
             let prev: Option<i64> = tx
                 .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?
@@ -275,8 +274,7 @@ impl Sink for SqliteSink {
                 continue;
             }
             let t = &r.table;
-            let at = (t.name.clone(), r.key.clone());
-            if reported(&self.reports, &t.name) && visited.insert(at.clone()) {
+            if reported(&self.reports, &t.name) && !before.has(&t.name, &r.key) {
                 let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
                 let mut st = tx.prepare_cached(&format!(
                     "SELECT {} FROM {} WHERE {} = ?1",
@@ -285,10 +283,11 @@ impl Sink for SqliteSink {
                     cols[0]
                 ))?;
                 let mut found = st.query([&r.key])?;
-                if let Some(row) = found.next()? {
-                    let values = Self::values(row, t)?;
-                    before.insert(at, (t.clone(), values));
-                }
+                let values = match found.next()? {
+                    Some(row) => Some(Self::values(row, t)?),
+                    None => None,
+                };
+                before.found(t, &r.key, values);
             }
             match &r.values {
                 Some(values) => {

@@ -5,7 +5,7 @@ COPY . .
 RUN cargo build --release -p govbus
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/govbus /usr/local/bin/govbus
 COPY deploy /etc/govbus/deploy
 COPY schemas /etc/govbus/schemas

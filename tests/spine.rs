@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use govbus_e2e::{
-    consumer_config, expected_rows, pg_rows, pg_url, read_all, router_config, unique, wait_until,
-    Bus, Worker,
+    consumer_config, expected_rows, pg_rows, pg_url, read_all, unique, wait_until, Bus, Worker,
 };
 use govbus_producer::demo::{DemoWorld, ETHNICITIES};
 use govbus_producer::{ChangeRequest, Relay};
@@ -68,7 +67,17 @@ fn sqlite_rows(path: &std::path::Path) -> Option<BTreeMap<String, Vec<String>>> 
 
 #[test]
 fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
-    let bus = Bus::start();
+    spine(Bus::start());
+}
+
+/// The same with TLS, SCRAM and the authorizer on: every agent on its own
+/// principal, allowed only what `govbus acl apply` grants it.
+#[test]
+fn the_spine_runs_with_every_agent_on_its_own_principal_over_tls() {
+    spine(Bus::secured());
+}
+
+fn spine(bus: Bus) {
     let (rt, kafka, prefix, registry, catalog, dir) = (
         &bus.rt,
         &bus.kafka,
@@ -80,7 +89,7 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
 
     // The ministry: durable store, relay, HTTP ingest.
     let publisher = Arc::new(bus.publisher("e2e"));
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let relay = Relay::new(&bus.kafka_of("bca"), publisher.store(), publisher.wakeup()).unwrap();
     let relay = Worker::spawn("relay", move |stop| relay.run(stop));
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -92,13 +101,19 @@ fn a_thousand_changes_reach_each_province_exactly_as_the_source_says() {
     rt.spawn(govbus_producer::http::serve(listener, publisher.clone()));
 
     // The router.
-    let router = govbus_e2e::router(router_config(kafka, registry, prefix), catalog);
-    let router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+    let router = bus.router();
 
     // Two provinces: p52 into PostgreSQL, p92 into SQLite.
     let pg_schema = unique("p52_");
     let consumer = |subscriber: &str, sink: String| {
-        let cfg = consumer_config(kafka, registry, prefix, subscriber, &sink, &pg_schema);
+        let cfg = consumer_config(
+            &bus.kafka_of(subscriber),
+            registry,
+            prefix,
+            subscriber,
+            &sink,
+            &pg_schema,
+        );
         let catalog = catalog.clone();
         let c = cfg.clone();
         let w = Worker::spawn(subscriber, move |stop| {

@@ -41,6 +41,38 @@ pub struct Broker {
     /// `host:port[,host:port]`.
     pub bootstrap: String,
     kind: Kind,
+    /// A secured cluster's CA and users (None: plaintext, anonymous).
+    secured: Option<Secured>,
+}
+
+/// What a client of a secured cluster needs: the CA that signed the
+/// brokers' certificates, and each SCRAM user's password file.
+#[derive(Debug)]
+pub struct Secured {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// The certificate authority, to issue further certificates.
+    pub authority: govbus_kafka::tls::Authority,
+    /// Password files by user name (`admin` included).
+    pub passwords: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl Secured {
+    /// Kafka settings connecting to `bootstrap` as `user` (SASL_SSL,
+    /// SCRAM-SHA-512, the broker verified against the CA).
+    pub fn kafka_as(&self, bootstrap: &str, user: &str) -> KafkaConfig {
+        let file = self
+            .passwords
+            .get(user)
+            .unwrap_or_else(|| panic!("no SCRAM user {user} on this cluster"));
+        let password = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
+            file.clone(),
+        ))
+        .expect("password file");
+        KafkaConfig::new(bootstrap).with_security(govbus_core::kafka::KafkaSecurity::scram(
+            &self.ca, user, password,
+        ))
+    }
 }
 
 impl Drop for Broker {
@@ -137,6 +169,7 @@ impl Broker {
             return Self {
                 bootstrap: b,
                 kind: Kind::External,
+                secured: None,
             };
         }
         if std::env::var("GOVBUS_TEST_BROKER").as_deref() == Ok("nisshi") {
@@ -154,6 +187,7 @@ impl Broker {
         Self {
             bootstrap: cluster.bootstrap(),
             kind: Kind::Shared,
+            secured: None,
         }
     }
 
@@ -176,7 +210,63 @@ impl Broker {
         Self {
             bootstrap: cluster.bootstrap(),
             kind: Kind::Own(Box::new(cluster), dir),
+            secured: None,
         }
+    }
+
+    /// An Apache Kafka node of this test's own that clients reach only
+    /// over SASL_SSL with SCRAM-SHA-512, as `admin` (the super user) or one
+    /// of `users`, each with a random password; the authorizer denies what
+    /// no ACL allows. Its CA is made for it. Never an external cluster.
+    pub fn secured(users: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("govbus-kafka-")
+            .disable_cleanup(std::env::var_os("GOVBUS_KEEP_BROKER").is_some())
+            .tempdir()
+            .expect("tempdir");
+        let authority =
+            govbus_kafka::tls::Authority::create(dir.path().join("tls")).expect("a test CA");
+        let mut passwords = std::collections::BTreeMap::new();
+        let mut pairs = Vec::new();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets).expect("secrets dir");
+        for user in std::iter::once(&"admin").chain(users) {
+            let pw = crate::unique("pw");
+            let file = secrets.join(user);
+            std::fs::write(&file, format!("{pw}\n")).expect("password file");
+            passwords.insert(user.to_string(), file);
+            if *user != "admin" {
+                pairs.push((user.to_string(), pw));
+            }
+        }
+        let admin_pw = std::fs::read_to_string(&passwords["admin"]).expect("admin password");
+        let sec = govbus_kafka::Secured::new(&authority, admin_pw.trim(), pairs)
+            .expect("broker certificate");
+        let cluster =
+            govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(1, dir.path()).secured(sec))
+                .unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            bootstrap: cluster.bootstrap(),
+            kind: Kind::Own(Box::new(cluster), dir),
+            secured: Some(Secured {
+                ca: authority.ca(),
+                authority,
+                passwords,
+            }),
+        }
+    }
+
+    /// A secured cluster's CA and users.
+    pub fn secure(&self) -> Option<&Secured> {
+        self.secured.as_ref()
+    }
+
+    /// Kafka settings connecting as `user` (a secured cluster only).
+    pub fn kafka_as(&self, user: &str) -> KafkaConfig {
+        self.secured
+            .as_ref()
+            .expect("a secured cluster")
+            .kafka_as(&self.bootstrap, user)
     }
 
     /// This test's own Kafka nodes (None for a shared or external broker).
@@ -202,6 +292,7 @@ impl Broker {
                 storage,
                 _dir: dir,
             },
+            secured: None,
         }
     }
 
@@ -266,8 +357,11 @@ impl Broker {
         }
     }
 
-    /// Kafka settings for this broker.
+    /// Kafka settings for this broker (on a secured cluster, as `admin`).
     pub fn kafka(&self) -> KafkaConfig {
-        KafkaConfig::new(&self.bootstrap)
+        match &self.secured {
+            Some(s) => s.kafka_as(&self.bootstrap, "admin"),
+            None => KafkaConfig::new(&self.bootstrap),
+        }
     }
 }

@@ -17,7 +17,7 @@ mod broker;
 mod browser;
 mod proxy;
 
-pub use broker::{ensure_nisshi, free_port, kafka_dist, nisshi_path, Broker};
+pub use broker::{ensure_nisshi, free_port, kafka_dist, nisshi_path, Broker, Secured};
 pub use browser::{Browser, Page};
 pub use proxy::TcpProxy;
 
@@ -287,9 +287,15 @@ pub struct Bus {
     pub dir: tempfile::TempDir,
     /// How many admin units were published (once, on first use).
     pub seeded: std::sync::OnceLock<usize>,
+    /// The router's consumer group (its transactional ids derive from it).
+    pub router_group: String,
     /// The broker (dropped last).
     pub broker: Broker,
 }
+
+/// The users of a secured bus: each agent its own principal, as `deploy/`
+/// names them, and an operator.
+pub const PRINCIPALS: &[&str] = &["bca", "moha", "router", "registry", "p52", "p92", "ops"];
 
 impl Bus {
     /// Starts the broker and the registry.
@@ -297,14 +303,32 @@ impl Bus {
         Self::on(Broker::start())
     }
 
-    /// Starts the registry on `broker`.
+    /// A bus on a Kafka node of its own that speaks only SASL_SSL with the
+    /// authorizer on: every agent connects as its own user
+    /// ([`PRINCIPALS`], [`Bus::kafka_of`]), and the ACLs `govbus acl apply`
+    /// derives from the catalog are applied before anything starts.
+    pub fn secured() -> Self {
+        Self::on(Broker::secured(PRINCIPALS))
+    }
+
+    /// Starts the registry on `broker` (on a secured broker, once the ACLs
+    /// are applied, as `registry`).
     pub fn on(broker: Broker) -> Self {
         init_logs();
         let kafka = broker.kafka();
         let rt = runtime();
         let prefix = format!("{}.", unique("t"));
         let topics = govbus_core::Topics::new(&prefix);
-        let (registry, registry_task) = start_registry(&rt, &kafka, &topics.schemas());
+        let catalog = Arc::new(govbus_core::Catalog::builtin());
+        let router_group = unique("router-");
+        if broker.secure().is_some() {
+            apply_acls(&kafka, &catalog, &topics, &router_group);
+        }
+        let as_registry = match broker.secure() {
+            Some(_) => broker.kafka_as("registry"),
+            None => kafka.clone(),
+        };
+        let (registry, registry_task) = start_registry(&rt, &as_registry, &topics.schemas());
         Self {
             rt,
             registry_task,
@@ -312,19 +336,36 @@ impl Bus {
             prefix,
             topics,
             registry,
-            catalog: Arc::new(govbus_core::Catalog::builtin()),
+            catalog,
             dir: tempfile::tempdir().expect("tempdir"),
             seeded: std::sync::OnceLock::new(),
+            router_group,
             broker,
         }
     }
 
-    /// A router with the catalog's subscriptions, running until dropped.
+    /// Kafka settings for agent `user` (`bca`, `router`, `p52`, …): its own
+    /// principal on a secured bus, the plain settings otherwise.
+    pub fn kafka_of(&self, user: &str) -> KafkaConfig {
+        match self.broker.secure() {
+            Some(_) => self.broker.kafka_as(user),
+            None => self.kafka.clone(),
+        }
+    }
+
+    /// The router's settings: as `router`, in [`Bus::router_group`].
+    pub fn router_config(&self) -> govbus_router::RouterConfig {
+        let mut cfg = router_config(&self.kafka_of("router"), &self.registry, &self.prefix);
+        cfg.group = self.router_group.clone();
+        cfg
+    }
+
+    /// A router with the catalog's subscriptions (written to the control
+    /// topic as the operator), running until dropped.
     pub fn router(&self) -> Worker {
-        let router = router(
-            router_config(&self.kafka, &self.registry, &self.prefix),
-            &self.catalog,
-        );
+        apply_subscriptions(&self.kafka_of("ops"), &self.prefix, &self.catalog, false);
+        let router =
+            govbus_router::Router::new(self.router_config(), &self.catalog).expect("router starts");
         Worker::spawn("router", move |stop| router.run(stop).unwrap())
     }
 
@@ -335,18 +376,19 @@ impl Bus {
         let path = self.dir.path().join(format!("moha-{system}.db"));
         let store =
             govbus_producer::open_store(path.to_str().expect("utf-8 path"), "").expect("store");
+        let kafka = self.kafka_of("moha");
         let moha = govbus_producer::Publisher::new(
             &self.catalog,
             "moha",
             system,
             &self.topics,
-            &self.kafka,
+            &kafka,
             &govbus_schema::RegistryClient::new(&self.registry),
             store,
         )
         .expect("moha's publisher");
-        let relay = govbus_producer::Relay::new(&self.kafka, moha.store(), moha.wakeup())
-            .expect("moha's relay");
+        let relay =
+            govbus_producer::Relay::new(&kafka, moha.store(), moha.wakeup()).expect("moha's relay");
         let worker = Worker::spawn("moha relay", move |stop| relay.run(stop));
         (moha, worker)
     }
@@ -356,24 +398,56 @@ impl Bus {
     /// contract looks codes up in moha.admin_units).
     pub fn publisher(&self, system: &str) -> govbus_producer::Publisher {
         self.seeded.get_or_init(|| {
-            seed_admin_units(&self.kafka, &self.topics, &self.registry, self.dir.path())
+            seed_admin_units(
+                &self.kafka_of("moha"),
+                &self.topics,
+                &self.registry,
+                self.dir.path(),
+            )
         });
         let path = self.dir.path().join(format!("bca-{system}.db"));
         let store =
             govbus_producer::open_store(path.to_str().expect("utf-8 path"), "").expect("store");
+        let kafka = self.kafka_of("bca");
         let p = govbus_producer::Publisher::new(
             &self.catalog,
             "bca",
             system,
             &self.topics,
-            &self.kafka,
+            &kafka,
             &govbus_schema::RegistryClient::new(&self.registry),
             store,
         )
         .expect("publisher");
-        govbus_producer::ensure_topics(&self.kafka, &p, 4).expect("topics");
+        govbus_producer::ensure_topics(&kafka, &p, 4).expect("topics");
         p
     }
+}
+
+/// Makes the broker's ACLs match what the catalog implies under `topics`
+/// (router `router`, registry `registry`, operator `ops`), as `govbus acl
+/// apply` does; `kafka` must be a super user.
+pub fn apply_acls(
+    kafka: &KafkaConfig,
+    catalog: &Catalog,
+    topics: &govbus_core::Topics,
+    router_group: &str,
+) -> govbus_core::acl::AclDiff {
+    use govbus_core::acl::{managed, plan, AclAdmin, AclDiff, Principals};
+    let p = Principals {
+        router: "router".into(),
+        registry: "registry".into(),
+        operators: vec!["ops".into()],
+        router_group: router_group.into(),
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let wanted = plan(catalog, topics, &p, now);
+    let admin = AclAdmin::new(kafka).expect("ACL admin");
+    let current = admin.describe().expect("describe ACLs");
+    let diff = AclDiff::between(&wanted, &current, &managed(&wanted, catalog, &p));
+    admin.create(&diff.create).expect("create ACLs");
+    admin.delete(&diff.delete).expect("delete ACLs");
+    diff
 }
 
 /// Publishes the demo's admin units (moha.admin_units) through a moha

@@ -127,6 +127,9 @@ pub enum ConsumerError {
     /// Topics could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The broker's ACLs do not let this province read its views.
+    #[error(transparent)]
+    Access(#[from] govbus_core::acl::AccessError),
     /// The sink could not be opened.
     #[error("sink: {0}")]
     Sink(#[from] SinkError),
@@ -224,7 +227,28 @@ pub fn run_reporting(
     }
     specs.push(TopicSpec::retained(dlq.clone(), 1));
     let dead_letters = DeadLetters::new(&cfg.kafka, dlq)?;
-    ensure_topics(&cfg.kafka, &specs)?;
+    // Under ACLs the router creates the views; until it has, wait, saying so.
+    let mut said = Instant::now() - Duration::from_secs(60);
+    loop {
+        match ensure_topics(&cfg.kafka, &specs) {
+            Err(govbus_core::kafka::KafkaSetupError::NotAllowed { topic })
+                if inputs.contains_key(&topic) && !stop.load(Ordering::Relaxed) =>
+            {
+                if said.elapsed() >= Duration::from_secs(10) {
+                    tracing::warn!(
+                        subscriber = cfg.subscriber,
+                        topic,
+                        "waiting for the topic to be created by its owner (this province may not create it)"
+                    );
+                    said = Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            r => break r?,
+        }
+    }
+    let views: Vec<String> = inputs.keys().cloned().collect();
+    govbus_core::acl::require(&cfg.kafka, govbus_core::acl::Operation::Read, &views)?;
     let mut sink = cfg.sink.build()?;
     let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
     let reports: Vec<Arc<Report>> = catalog

@@ -18,10 +18,177 @@ pub struct KafkaConfig {
     /// sets 10 on nisshi.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
-    /// Raw librdkafka properties (`security.protocol`, `sasl.*`, ...), applied last.
+    /// TLS and SASL: how this agent encrypts its connections and proves
+    /// who it is (`[*.kafka.security]`; none: plaintext, anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecurity>,
+    /// Raw librdkafka properties, applied last. Secrets are refused here:
+    /// they belong in `[kafka.security]`, read from a file or the
+    /// environment.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
+
+/// How an agent connects: TLS to the brokers, verified against `ca`, and
+/// SASL/SCRAM as `username`.
+///
+/// ```toml
+/// [consumer.kafka.security]
+/// protocol = "sasl_ssl"
+/// ca = "/etc/govbus/ca.pem"
+/// username = "p52"
+/// password = { file = "/run/secrets/p52.kafka" }   # or { env = "GOVBUS_KAFKA_PASSWORD" }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `ssl`, `sasl_ssl` or `sasl_plaintext`.
+    pub protocol: Protocol,
+    /// PEM file of the authority that signed the brokers' certificates
+    /// (none: the system's trust store). Brokers' host names are verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The SCRAM mechanism.
+    #[serde(default)]
+    pub mechanism: ScramMechanism,
+    /// The SASL user: the agent's principal (`User:<username>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The SASL password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<crate::secret::Secret>,
+    /// A client certificate (PEM) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// `security.protocol` other than plaintext.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// TLS, no SASL (mutual TLS, or anonymous).
+    Ssl,
+    /// SASL over TLS: what govbus deploys.
+    SaslSsl,
+    /// SASL without TLS: test clusters only.
+    SaslPlaintext,
+}
+
+impl Protocol {
+    fn librdkafka(self) -> &'static str {
+        match self {
+            Self::Ssl => "ssl",
+            Self::SaslSsl => "sasl_ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+        }
+    }
+    fn sasl(self) -> bool {
+        !matches!(self, Self::Ssl)
+    }
+}
+
+/// The SCRAM mechanism (Kafka supports both; govbus deploys SHA-512).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ScramMechanism {
+    /// SCRAM-SHA-512.
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    Sha512,
+    /// SCRAM-SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    Sha256,
+}
+
+impl ScramMechanism {
+    /// Kafka's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha512 => "SCRAM-SHA-512",
+            Self::Sha256 => "SCRAM-SHA-256",
+        }
+    }
+}
+
+impl KafkaSecurity {
+    /// SASL/SCRAM over TLS as `username`, verifying brokers against `ca`.
+    pub fn scram(
+        ca: impl Into<std::path::PathBuf>,
+        username: impl Into<String>,
+        password: crate::secret::Secret,
+    ) -> Self {
+        Self {
+            protocol: Protocol::SaslSsl,
+            ca: Some(ca.into()),
+            mechanism: ScramMechanism::Sha512,
+            username: Some(username.into()),
+            password: Some(password),
+            certificate: None,
+            key: None,
+        }
+    }
+
+    /// The principal the broker will see (`User:<name>`), when SASL names it.
+    pub fn principal(&self) -> Option<String> {
+        self.username.as_ref().map(|u| format!("User:{u}"))
+    }
+
+    fn apply(&self, c: &mut ClientConfig) {
+        c.set("security.protocol", self.protocol.librdkafka());
+        if let Some(ca) = &self.ca {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let (Some(cert), Some(key)) = (&self.certificate, &self.key) {
+            c.set("ssl.certificate.location", cert.display().to_string())
+                .set("ssl.key.location", key.display().to_string());
+        }
+        if self.protocol.sasl() {
+            c.set("sasl.mechanisms", self.mechanism.name());
+            if let Some(u) = &self.username {
+                c.set("sasl.username", u);
+            }
+            if let Some(p) = &self.password {
+                c.set("sasl.password", p.expose());
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), OptionError> {
+        let bad = |why: &str| {
+            Err(OptionError::Security {
+                why: why.to_string(),
+            })
+        };
+        if self.protocol.sasl() && (self.username.is_none() || self.password.is_none()) {
+            return bad("a SASL protocol needs `username` and `password`");
+        }
+        if self.certificate.is_some() != self.key.is_some() {
+            return bad("mutual TLS needs both `certificate` and `key`");
+        }
+        for path in [&self.ca, &self.certificate, &self.key]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = std::fs::metadata(path) {
+                return bad(&format!("cannot read {}: {e}", path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka options that carry a secret: refused in `[kafka.options]`,
+/// where the value would sit in the config file and in its error messages.
+pub const SECRET_OPTIONS: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+];
 
 fn default_fetch_wait_ms() -> u32 {
     100
@@ -48,8 +215,15 @@ impl KafkaConfig {
         Self {
             bootstrap: bootstrap.into(),
             fetch_wait_ms: default_fetch_wait_ms(),
+            security: None,
             options: BTreeMap::new(),
         }
+    }
+
+    /// This config, connecting with `security`.
+    pub fn with_security(mut self, security: KafkaSecurity) -> Self {
+        self.security = Some(security);
+        self
     }
 
     /// Base client config: bootstrap servers and the pass-through options.
@@ -67,6 +241,9 @@ impl KafkaConfig {
         // Keepalive: a connection through a NAT or firewall that drops idle
         // flows is noticed (consumers' own timeouts are set in `consumer`).
         c.set("socket.keepalive.enable", "true");
+        if let Some(sec) = &self.security {
+            sec.apply(&mut c);
+        }
         c
     }
 
@@ -76,10 +253,32 @@ impl KafkaConfig {
     /// of accepting it and connecting without it.
     pub fn check(&self) -> Result<(), OptionError> {
         let features = builtin_features();
-        for (k, v) in &self.options {
+        let mut wanted: Vec<(String, String)> = self
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(sec) = &self.security {
+            sec.check()?;
+            wanted.push(("security.protocol".into(), sec.protocol.librdkafka().into()));
+            if sec.protocol.sasl() {
+                wanted.push(("sasl.mechanisms".into(), sec.mechanism.name().into()));
+            }
+        }
+        for k in self.options.keys() {
             if PINNED.contains(&k.as_str()) {
                 return Err(OptionError::Pinned { key: k.clone() });
             }
+            if SECRET_OPTIONS.contains(&k.as_str()) {
+                return Err(OptionError::SecretInOptions { key: k.clone() });
+            }
+            if self.security.is_some()
+                && (k == "security.protocol" || k.starts_with("sasl.") || k == "ssl.ca.location")
+            {
+                return Err(OptionError::Twice { key: k.clone() });
+            }
+        }
+        for (k, v) in &wanted {
             let needs: Vec<&str> = match (k.as_str(), v.to_ascii_lowercase().as_str()) {
                 ("security.protocol", "ssl") => vec!["ssl"],
                 ("security.protocol", "sasl_ssl") => vec!["ssl", "sasl"],
@@ -256,10 +455,23 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let res = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
     let mut existing = Vec::new();
+    let mut missing = None;
     for r in res {
         match r {
             Ok(_) => {}
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
+            // Under ACLs an agent may create only the topics it owns; one
+            // it reads (a view, another ministry's dataset) is created by
+            // its owner, and only its existence matters here. A topic it
+            // may not even see is an error at once; one not created yet
+            // is reported after every other.
+            Err((topic, RDKafkaErrorCode::TopicAuthorizationFailed)) => {
+                match topic_exists(&admin, &topic)? {
+                    Some(true) => {}
+                    Some(false) => missing = missing.or(Some(topic)),
+                    None => return Err(KafkaSetupError::NotAuthorized { topic }),
+                }
+            }
             Err((topic, e)) => {
                 return Err(KafkaSetupError::CreateTopic {
                     topic,
@@ -268,11 +480,34 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
             }
         }
     }
+    if let Some(topic) = missing {
+        return Err(KafkaSetupError::NotAllowed { topic });
+    }
     let existing: Vec<&TopicSpec> = specs
         .iter()
         .filter(|s| !s.configs.is_empty() && existing.contains(&s.name))
         .collect();
     correct_settings(&admin, &opts, &existing)
+}
+
+/// Whether `topic` exists, as this client's principal may see it (None:
+/// the principal may not even describe it).
+fn topic_exists(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    topic: &str,
+) -> Result<Option<bool>, KafkaSetupError> {
+    use rdkafka::types::RDKafkaRespErr;
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(Some(false));
+    };
+    Ok(match t.error() {
+        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) => None,
+        Some(_) => Some(false),
+        None => Some(!t.partitions().is_empty()),
+    })
 }
 
 /// Sets the configs of `specs` (existing topics) that differ from what the
@@ -341,6 +576,78 @@ fn correct_settings(
     Ok(())
 }
 
+/// Connects to the cluster as `kafka` says and asks for its metadata: an
+/// agent's first step, so that a wrong password, an untrusted certificate
+/// or a wrong address stops it at once with librdkafka's own words instead
+/// of retrying in the background for ever.
+pub fn connect(kafka: &KafkaConfig, limit: std::time::Duration) -> Result<(), KafkaSetupError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer<Probe> = kafka.client().create_with_context(Probe::default())?;
+    let res = probe.fetch_metadata(None, limit);
+    if res.is_err() {
+        // The errors librdkafka logged arrive as events: serve them.
+        for _ in 0..10 {
+            let _ = probe.poll(std::time::Duration::from_millis(50));
+            if probe
+                .context()
+                .decisive
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                break;
+            }
+        }
+    }
+    let heard = probe
+        .context()
+        .first
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) => Err(KafkaSetupError::Connect {
+            bootstrap: kafka.bootstrap.clone(),
+            principal: kafka
+                .security
+                .as_ref()
+                .and_then(|s| s.principal())
+                .unwrap_or_else(|| "an anonymous client".into()),
+            reason: heard.unwrap_or_else(|| e.to_string()),
+        }),
+    }
+}
+
+/// Keeps the first error librdkafka reports, preferring an authentication
+/// or TLS failure over the connection errors that follow it.
+#[derive(Default)]
+struct Probe {
+    first: std::sync::Mutex<Option<String>>,
+    decisive: std::sync::atomic::AtomicBool,
+}
+
+impl rdkafka::ClientContext for Probe {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let decisive = matches!(
+            error.rdkafka_error_code(),
+            Some(C::Authentication | C::SaslAuthenticationFailed | C::SSL)
+        ) || reason.contains("SASL authentication")
+            || reason.contains("SSL handshake");
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        let first_decisive = decisive
+            && !self
+                .decisive
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if first_decisive || first.is_none() {
+            *first = Some(reason.to_string());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Probe {}
+
 /// librdkafka's compiled-in features (`builtin.features`: `ssl`, `sasl`,
 /// `sasl_scram`, `zstd`, …).
 pub fn builtin_features() -> Vec<String> {
@@ -362,6 +669,24 @@ pub enum OptionError {
         /// The option.
         key: String,
     },
+    /// It carries a secret.
+    #[error("kafka option `{key}` carries a secret, which does not belong in a config file: set `[kafka.security] password = {{ file = \"…\" }}` (or `{{ env = \"…\" }}`) instead")]
+    SecretInOptions {
+        /// The option.
+        key: String,
+    },
+    /// `[kafka.security]` sets it already.
+    #[error("kafka option `{key}` is set by `[kafka.security]`; remove it from `[kafka.options]`")]
+    Twice {
+        /// The option.
+        key: String,
+    },
+    /// `[kafka.security]` is incomplete or names a missing file.
+    #[error("kafka security: {why}")]
+    Security {
+        /// What is wrong.
+        why: String,
+    },
     /// It needs a librdkafka feature this binary was built without.
     #[error("kafka option `{key} = {value}` needs librdkafka's `{feature}` feature, which this govbus binary was built without (it has: {features}); remove it, or use a build with TLS and SASL")]
     Unsupported {
@@ -382,6 +707,28 @@ pub enum KafkaSetupError {
     /// The client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The cluster could not be reached, or refused this client.
+    #[error("cannot connect to Kafka at {bootstrap} as {principal}: {reason}")]
+    Connect {
+        /// Where.
+        bootstrap: String,
+        /// As whom.
+        principal: String,
+        /// librdkafka's words.
+        reason: String,
+    },
+    /// The agent may not even see the topic.
+    #[error("not authorized to describe topic {topic} (TopicAuthorizationFailed): this agent's principal has no grant on it (`govbus acl plan` shows the grants)")]
+    NotAuthorized {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic does not exist, and this agent may not create it.
+    #[error("topic {topic} does not exist, and this agent's principal may not create it (TopicAuthorizationFailed): its owner creates it, or an operator with `govbus topics`")]
+    NotAllowed {
+        /// The topic.
+        topic: String,
+    },
     /// The broker refused a topic.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic {
@@ -662,7 +1009,18 @@ pub fn partitions_of<C: rdkafka::consumer::ConsumerContext>(
     topic: &str,
 ) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
     use rdkafka::consumer::Consumer;
+    use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
     let md = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    // A topic this principal may not describe is not a missing topic: no
+    // wait will make it appear.
+    if md.topics().iter().any(|t| {
+        t.name() == topic
+            && t.error() == Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+    }) {
+        return Err(rdkafka::error::KafkaError::MetadataFetch(
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+        ));
+    }
     Ok(md
         .topics()
         .iter()

@@ -10,8 +10,12 @@ pub mod dead;
 pub mod event;
 pub mod health;
 pub mod http_body;
+// The one module that calls C: librdkafka's ACL admin API (see its docs).
+#[allow(unsafe_code)]
+pub mod acl;
 pub mod kafka;
 pub mod report;
+pub mod secret;
 pub mod stall;
 pub mod tail;
 pub mod topics;

@@ -23,6 +23,89 @@ pub struct ClusterConfig {
     pub overrides: Vec<(String, String)>,
     /// How long a node may take to start.
     pub start_timeout: Duration,
+    /// TLS, SCRAM and the authorizer (none: plaintext, anonymous, no ACLs).
+    pub secured: Option<Secured>,
+}
+
+/// A cluster whose clients must connect with SASL_SSL: SCRAM-SHA-512 users
+/// created when the nodes are formatted, an authorizer that denies what no
+/// ACL allows, and `admin` as the only super user. The brokers talk to one
+/// another as `admin` over SASL_SSL; the controller listener stays
+/// plaintext on loopback (SCRAM is not supported between controllers), and
+/// its principal, `User:ANONYMOUS`, must be a super user too (as in
+/// Kafka's own authorizer tests).
+#[derive(Debug, Clone)]
+pub struct Secured {
+    /// The brokers' key and certificate in one PEM file.
+    pub keystore: PathBuf,
+    /// The CA that signed it (the brokers' truststore, for mutual TLS).
+    pub ca: PathBuf,
+    /// The super user's password (user `admin`).
+    pub admin_password: String,
+    /// Further SCRAM users: (name, password).
+    pub users: Vec<(String, String)>,
+}
+
+impl Secured {
+    /// Issues the brokers' certificate (for 127.0.0.1 and localhost) from
+    /// `ca`; SCRAM users `admin` and `users`.
+    pub fn new(
+        ca: &crate::tls::Authority,
+        admin_password: &str,
+        users: Vec<(String, String)>,
+    ) -> Result<Self, KafkaError> {
+        let broker = ca.issue("broker", &["127.0.0.1", "localhost"])?;
+        Ok(Self {
+            keystore: broker.bundle,
+            ca: ca.ca(),
+            admin_password: admin_password.into(),
+            users,
+        })
+    }
+
+    fn properties(&self) -> Vec<(String, String)> {
+        let jaas = format!(
+            "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"{}\";",
+            self.admin_password
+        );
+        [
+            ("sasl.enabled.mechanisms", "SCRAM-SHA-512".to_string()),
+            (
+                "sasl.mechanism.inter.broker.protocol",
+                "SCRAM-SHA-512".into(),
+            ),
+            (
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config",
+                jaas,
+            ),
+            ("ssl.keystore.type", "PEM".into()),
+            ("ssl.keystore.location", self.keystore.display().to_string()),
+            ("ssl.truststore.type", "PEM".into()),
+            ("ssl.truststore.location", self.ca.display().to_string()),
+            (
+                "authorizer.class.name",
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer".into(),
+            ),
+            ("super.users", "User:admin;User:ANONYMOUS".into()),
+            ("allow.everyone.if.no.acl.found", "false".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// `--add-scram` arguments for the storage tool: every user.
+    fn scram_args(&self) -> Vec<String> {
+        std::iter::once(("admin", self.admin_password.as_str()))
+            .chain(self.users.iter().map(|(u, p)| (u.as_str(), p.as_str())))
+            .flat_map(|(u, p)| {
+                [
+                    "--add-scram".to_string(),
+                    format!("SCRAM-SHA-512=[name={u},password={p}]"),
+                ]
+            })
+            .collect()
+    }
 }
 
 impl ClusterConfig {
@@ -34,7 +117,14 @@ impl ClusterConfig {
             heap_mb: 512,
             overrides: Vec::new(),
             start_timeout: Duration::from_secs(90),
+            secured: None,
         }
+    }
+
+    /// Clients must connect as `secured` says.
+    pub fn secured(mut self, secured: Secured) -> Self {
+        self.secured = Some(secured);
+        self
     }
 
     /// Adds a broker setting.
@@ -116,17 +206,19 @@ impl Cluster {
             cluster.write_properties(i)?;
             let node = &cluster.nodes[i];
             let props = node.properties();
-            cluster.dist.tool(
-                tools::STORAGE,
-                &[
-                    "format",
-                    "-c",
-                    &props.display().to_string(),
-                    // `=`: an id may start with `-`, which would read as an option.
-                    &format!("--cluster-id={cluster_id}"),
-                    "--ignore-formatted",
-                ],
-            )?;
+            let mut args = vec![
+                "format".to_string(),
+                "-c".into(),
+                props.display().to_string(),
+                // `=`: an id may start with `-`, which would read as an option.
+                format!("--cluster-id={cluster_id}"),
+                "--ignore-formatted".into(),
+            ];
+            if let Some(sec) = &cluster.cfg.secured {
+                args.extend(sec.scram_args());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cluster.dist.tool(tools::STORAGE, &args)?;
         }
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
@@ -188,6 +280,34 @@ impl Cluster {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(sec) = &self.cfg.secured {
+            let client = [
+                (
+                    "listeners",
+                    format!(
+                        "SASL_SSL://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                        n.port, n.controller_port
+                    ),
+                ),
+                (
+                    "advertised.listeners",
+                    format!("SASL_SSL://127.0.0.1:{}", n.port),
+                ),
+                (
+                    "listener.security.protocol.map",
+                    "CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL".into(),
+                ),
+                ("inter.broker.listener.name", "SASL_SSL".into()),
+            ];
+            for (k, v) in client
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .chain(sec.properties())
+            {
+                props.retain(|(pk, _)| *pk != k);
+                props.push((k, v));
+            }
+        }
         for (k, v) in &self.cfg.overrides {
             props.retain(|(pk, _)| pk != k);
             props.push((k.clone(), v.clone()));

@@ -8,6 +8,9 @@
 //!   three for failover), each formatted with `kafka.tools.StorageTool` and
 //!   started with `kafka.Kafka`; a node can be stopped, killed with SIGKILL
 //!   and started again on the same ports and data.
+//! - [`Secured`]: a cluster that only speaks SASL_SSL (SCRAM-SHA-512) to
+//!   clients, with KRaft's `StandardAuthorizer` enforcing ACLs; its
+//!   certificates come from a [`tls::Authority`] of the caller's own.
 //!
 //! Every JVM this crate starts dies with the process that started it: a
 //! small shell wrapper watches the parent and kills the JVM when it is
@@ -15,8 +18,9 @@
 
 mod cluster;
 mod dist;
+pub mod tls;
 
-pub use cluster::{Cluster, ClusterConfig};
+pub use cluster::{Cluster, ClusterConfig, Secured};
 pub use dist::{java_major, tools, Dist, Missing, Progress, VERSION};
 
 /// What can go wrong installing or running Kafka.

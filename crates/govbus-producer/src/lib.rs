@@ -120,6 +120,9 @@ pub enum AgentError {
     /// Kafka client creation.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    /// The broker's ACLs do not let this agent write its topics.
+    #[error(transparent)]
+    Access(#[from] govbus_core::acl::AccessError),
     /// A change was refused.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -166,6 +169,9 @@ pub fn open_publisher(
         store,
     )?;
     ensure_topics(&cfg.kafka, &p, cfg.partitions)?;
+    // Refused at start, not change by change after ingest has accepted them.
+    let own: Vec<String> = p.topic_retention().into_iter().map(|(t, _)| t).collect();
+    govbus_core::acl::require(&cfg.kafka, govbus_core::acl::Operation::Write, &own)?;
     Ok(p)
 }
 

@@ -78,6 +78,7 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Registry))?;
     let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
+    connect(&r.kafka).await?;
     // New versions of a dataset's schema must not break its subscriptions.
     let guard = govbus_router::guard::SubscriptionGuard::new(
         std::sync::Arc::new(cfg.catalog()?),
@@ -93,11 +94,23 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reaches the cluster as `kafka` says, or stops the agent saying why
+/// (a wrong password, an untrusted certificate, a wrong address).
+pub(crate) async fn connect(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<()> {
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        govbus_core::kafka::connect(&k, std::time::Duration::from_secs(15))
+    })
+    .await??;
+    Ok(())
+}
+
 /// `govbus route`.
 pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
+    connect(&r.kafka).await?;
     crate::ops::watch_registry(&r.registry);
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
@@ -115,6 +128,7 @@ pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
     let ready = ops(&cfg).await?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
+    connect(&p.kafka).await?;
     crate::ops::watch_registry(&p.registry);
     let catalog = cfg.catalog()?;
     govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;
@@ -271,6 +285,7 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Consumer))?;
     let ready = ops(&cfg).await?;
     let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
+    connect(&c.kafka).await?;
     crate::ops::watch_registry(&c.registry);
     let catalog = cfg.catalog()?;
     let stop = stop_flag();

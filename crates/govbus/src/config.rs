@@ -46,6 +46,23 @@ pub(crate) struct GovbusConfig {
     /// `govbus consume`.
     #[serde(default)]
     pub(crate) consumer: Option<ConsumerConfig>,
+    /// `govbus acl plan|apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) acl: Option<AclConfig>,
+}
+
+/// `[acl]`: who operates the bus, and how `govbus acl` reaches the broker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AclConfig {
+    /// Operators' user names: they apply subscriptions, replay DLQs and
+    /// describe every topic and group.
+    #[serde(default)]
+    pub(crate) operators: Vec<String>,
+    /// The cluster as a super user, who may change ACLs (default:
+    /// `[router.kafka]`).
+    #[serde(default)]
+    pub(crate) kafka: Option<govbus_core::KafkaConfig>,
 }
 
 /// The agents, each reading its own section.
@@ -162,11 +179,14 @@ impl GovbusConfig {
         for (name, kafka) in sections {
             let Some(kafka) = kafka else { continue };
             if let Err(e) = kafka.check() {
-                let key = match &e {
-                    govbus_core::kafka::OptionError::Pinned { key }
-                    | govbus_core::kafka::OptionError::Unsupported { key, .. } => key,
+                use govbus_core::kafka::OptionError as E;
+                let at = match &e {
+                    E::Pinned { key }
+                    | E::SecretInOptions { key }
+                    | E::Twice { key }
+                    | E::Unsupported { key, .. } => format!("{name}.kafka.options.{key}"),
+                    E::Security { .. } => format!("{name}.kafka.security"),
                 };
-                let at = format!("{name}.kafka.options.{key}");
                 anyhow::bail!(
                     "invalid configuration at `{at}` ({}): {e}",
                     origins.describe(&at, file)

@@ -1,5 +1,6 @@
 //! `govbus`: one binary for every part of the bus.
 
+mod acl;
 mod admin_units;
 mod agents;
 mod check;
@@ -144,6 +145,11 @@ enum Cmd {
         /// The command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Kafka ACLs derived from the files: who may read and write what.
+    Acl {
+        #[command(subcommand)]
+        command: AclCmd,
     },
     /// Subscription files.
     Subscriptions {
@@ -471,6 +477,27 @@ enum SchemaCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum AclCmd {
+    /// Print how the broker's ACLs differ from what DEPLOY and the
+    /// platform's config imply (`+` to create, `-` to delete).
+    Plan {
+        /// The deploy directory (default: the config's `deploy`).
+        deploy: Option<PathBuf>,
+        /// The platform's configuration (`[router]`, `[registry]`, `[acl]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Make the broker's ACLs match the plan.
+    Apply {
+        /// The deploy directory (default: the config's `deploy`).
+        deploy: Option<PathBuf>,
+        /// The platform's configuration (`[router]`, `[registry]`, `[acl]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SubCmd {
     /// Validate the subscription files in DIR and write them to the control
     /// topic `_govbus.subscriptions` (every router follows it): new ones are
@@ -616,6 +643,17 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Health { url } => tokio::task::spawn_blocking(move || ops::probe(&url)).await?,
+            Cmd::Acl { command } => {
+                tokio::task::spawn_blocking(move || match command {
+                    AclCmd::Plan { deploy, config } => {
+                        acl::run(config.as_deref(), deploy.as_deref(), false)
+                    }
+                    AclCmd::Apply { deploy, config } => {
+                        acl::run(config.as_deref(), deploy.as_deref(), true)
+                    }
+                })
+                .await?
+            }
             Cmd::Subscriptions {
                 command: SubCmd::Check { deploy, schemas },
             } => check::run(&deploy, &schemas),

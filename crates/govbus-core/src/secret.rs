@@ -1,0 +1,165 @@
+//! Secrets read from a file or the environment, never from a config file
+//! itself, and never printed.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where a secret comes from: `{ file = "…" }` (its contents, without a
+/// trailing newline) or `{ env = "…" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum SecretSource {
+    /// A file's contents (rotation: replace the file, restart the agent).
+    File(PathBuf),
+    /// An environment variable's value.
+    Env(String),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file {}", p.display()),
+            Self::Env(v) => write!(f, "environment variable {v}"),
+        }
+    }
+}
+
+/// A password or token, read when its config is loaded. `Debug` and
+/// `Display` show where it came from, never its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    source: SecretSource,
+    value: String,
+}
+
+/// A secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file is missing or unreadable.
+    #[error("cannot read the secret in {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The variable is unset or not UTF-8.
+    #[error("the secret's environment variable {0} is not set")]
+    Env(String),
+    /// The value is empty.
+    #[error("the secret in {0} is empty")]
+    Empty(String),
+}
+
+impl Secret {
+    /// Reads the secret from `source`.
+    pub fn load(source: SecretSource) -> Result<Self, SecretError> {
+        let value = match &source {
+            SecretSource::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| SecretError::File {
+                    path: p.display().to_string(),
+                    source: e,
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            SecretSource::Env(v) => std::env::var(v).map_err(|_| SecretError::Env(v.clone()))?,
+        };
+        if value.is_empty() {
+            return Err(SecretError::Empty(source.to_string()));
+        }
+        Ok(Self { source, value })
+    }
+
+    /// A secret held in memory (tests, generated credentials).
+    pub fn literal(value: impl Into<String>) -> Self {
+        Self {
+            source: SecretSource::Env("(given in memory)".into()),
+            value: value.into(),
+        }
+    }
+
+    /// The value, for the one call that needs it.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// Where it came from.
+    pub fn source(&self) -> &SecretSource {
+        &self.source
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({}, value hidden)", self.source)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(secret from {})", self.source)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.source.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let source = SecretSource::deserialize(d)?;
+        Secret::load(source).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Conf {
+        password: Secret,
+    }
+
+    #[test]
+    fn a_secret_is_read_from_its_file_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("govbus-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        std::fs::write(&f, "s3cr3t-value\n").unwrap();
+        let text = format!("password = {{ file = {:?} }}", f.display().to_string());
+        let c: Conf = toml::from_str(&text).unwrap();
+        assert_eq!(c.password.expose(), "s3cr3t-value");
+        let shown = format!("{c:?} {}", c.password);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains(&f.display().to_string()), "{shown}");
+        // Written back as where it comes from, not its value.
+        let back = toml::to_string(&c.password).unwrap_or_default()
+            + &serde_json::to_string(&c.password).unwrap();
+        assert!(!back.contains("s3cr3t"), "{back}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_secret_is_refused_naming_where_it_was_looked_for() {
+        let e = toml::from_str::<Conf>("password = { env = \"GOVBUS_TEST_UNSET_SECRET_VAR\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GOVBUS_TEST_UNSET_SECRET_VAR is not set"), "{e}");
+        let e = toml::from_str::<Conf>("password = { file = \"/nonexistent/pw\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read the secret in /nonexistent/pw"),
+            "{e}"
+        );
+        let e = toml::from_str::<Conf>("password = \"plain\"")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.is_empty());
+    }
+}

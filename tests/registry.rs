@@ -506,8 +506,9 @@ fn a_registration_is_served_by_the_other_instance_within_a_second() {
 }
 
 /// A registry running with govbus's subscription guard refuses a new
-/// version of a dataset's schema that breaks a subscription, naming it and
-/// the field, and accepts one that adds an optional field.
+/// version of a dataset's schema that breaks a subscription in force (on
+/// the control topic, not merely in the files), naming it and the field,
+/// and accepts one that adds an optional field.
 #[test]
 fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
     init_logs();
@@ -523,7 +524,20 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
         listen: "127.0.0.1:0".parse().unwrap(),
         topic_prefix: prefix.clone(),
     };
-    let guard = govbus_router::guard::SubscriptionGuard::new(catalog.clone(), topics.clone());
+    // Only p52's subscription is in force: p92's is in the files alone.
+    let mut in_force = govbus_core::Catalog::builtin();
+    in_force
+        .subscriptions
+        .retain(|s| s.file.subscriber == "p52");
+    govbus_e2e::apply_subscriptions(&broker.kafka(), &prefix, &in_force, false);
+    let follower = govbus_router::control::Follower::start(
+        &broker.kafka(),
+        &topics.subscriptions(),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let guard =
+        govbus_router::guard::SubscriptionGuard::live(catalog.clone(), topics.clone(), follower);
     let running = rt
         .block_on(govbus_registry::start_with(
             &cfg,
@@ -545,20 +559,17 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
     );
 
     // Renaming the commune code (with a default, so Avro alone would allow
-    // it) breaks p52's and p92's filters.
+    // it) breaks p52's filter; p92's subscription is not in force.
     let mut renamed = v1.clone();
     renamed["fields"][5]["type"]["fields"][1] =
         serde_json::json!({"name": "commune", "type": "string", "default": ""});
     let (s, b) = call("POST", &versions, Some(&schema_body(&envelope(&renamed))));
     assert_eq!((s, b["error_code"].as_u64()), (409, Some(409)), "{b}");
     let msg = b["message"].as_str().unwrap();
-    for needle in [
-        "p52/bca.residents",
-        "p92/bca.residents",
-        "permanent_address.commune_code",
-    ] {
+    for needle in ["p52/bca.residents", "permanent_address.commune_code"] {
         assert!(msg.contains(needle), "{needle} not in {msg}");
     }
+    assert!(!msg.contains("p92/bca.residents"), "{msg}");
     // An optional field is fine.
     let mut v2 = v1.clone();
     v2["fields"]

@@ -254,6 +254,10 @@ pub struct SubscriptionFile {
     /// Who asked for the subscription (person, office).
     #[serde(default)]
     pub requested_by: String,
+    /// The fields tagged SENSITIVE that the view keeps, each named on
+    /// purpose (a SENSITIVE field not dropped must be listed here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitive: Vec<String>,
     /// Last day of delivery (`YYYY-MM-DD`, inclusive); none = no end.
     #[serde(default)]
     pub expires: Option<String>,
@@ -284,6 +288,72 @@ impl UnitEnded {
 }
 
 impl SubscriptionFile {
+    /// Whether the view keeps `field` (a dotted path): neither it nor a
+    /// record holding it is dropped.
+    pub fn keeps(&self, field: &str) -> bool {
+        !self
+            .drop
+            .iter()
+            .any(|d| field == d || field.starts_with(&format!("{d}.")))
+    }
+
+    /// What the dataset's tags require of this subscription and it does
+    /// not give: `(fields, key to set, rule)` for each rule broken. A view
+    /// that keeps a PII or SENSITIVE field must name its legal basis and
+    /// reference; one that keeps a SENSITIVE field must also name that
+    /// field in `sensitive`.
+    pub fn tag_violations(
+        &self,
+        dataset: &DatasetFile,
+    ) -> Vec<(Vec<String>, &'static str, String)> {
+        let has = |tags: &[String], t: &str| tags.iter().any(|x| x.eq_ignore_ascii_case(t));
+        let kept: Vec<(&String, &Vec<String>)> =
+            dataset.tags.iter().filter(|(f, _)| self.keeps(f)).collect();
+        let tagged: Vec<(&String, &Vec<String>)> = kept
+            .iter()
+            .copied()
+            .filter(|(_, t)| has(t, "PII") || has(t, "SENSITIVE"))
+            .collect();
+        let mut out = Vec::new();
+        if !tagged.is_empty() {
+            let listed = tagged
+                .iter()
+                .map(|(f, t)| format!("`{f}` ({})", t.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for (key, value) in [
+                ("legal_basis", &self.legal_basis),
+                ("legal_reference", &self.legal_reference),
+            ] {
+                if value.trim().is_empty() {
+                    out.push((
+                        tagged.iter().map(|(f, _)| f.to_string()).collect(),
+                        key,
+                        format!("the view keeps {listed}, so it must name its `{key}` (or drop those fields)"),
+                    ));
+                }
+            }
+        }
+        let unnamed: Vec<String> = kept
+            .iter()
+            .filter(|(f, t)| has(t, "SENSITIVE") && !self.sensitive.contains(f))
+            .map(|(f, _)| f.to_string())
+            .collect();
+        if !unnamed.is_empty() {
+            let quoted: Vec<String> = unnamed.iter().map(|f| format!("\"{f}\"")).collect();
+            out.push((
+                unnamed.clone(),
+                "sensitive",
+                format!(
+                    "the view keeps `{}`, tagged SENSITIVE, so it must name it in `sensitive = [{}]` (or drop it)",
+                    unnamed.join("`, `"),
+                    quoted.join(", ")
+                ),
+            ));
+        }
+        out
+    }
+
     /// The first instant after the subscription ends (ms since the epoch), if it ends.
     pub fn expires_ms(&self) -> Result<Option<i64>, String> {
         let Some(d) = &self.expires else {
@@ -561,6 +631,16 @@ impl Catalog {
     pub fn subscription_problems(&self) -> Vec<CatalogError> {
         let mut problems = Vec::new();
         for s in &self.subscriptions {
+            if let Some(ds) = self.datasets.get(&s.file.dataset) {
+                let text = read_or_empty(&s.origin);
+                for (_, key, rule) in s.file.tag_violations(&ds.file) {
+                    problems.push(CatalogError::Invalid {
+                        file: s.origin.clone(),
+                        line: line_of(&text, key),
+                        message: rule,
+                    });
+                }
+            }
             if !self.datasets.contains_key(&s.file.dataset) {
                 let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
                 problems.push(CatalogError::Invalid {
@@ -720,6 +800,60 @@ pub fn parse_subscription(file: &str, text: &str) -> Result<SubscriptionSpec, Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_policy_pii_needs_a_legal_basis_and_sensitive_a_named_field() {
+        let c = Catalog::builtin();
+        c.check_subscriptions().unwrap();
+        let residents = &c.datasets[&"bca.residents".parse().unwrap()].file;
+        let sub = |extra: &str| {
+            parse_subscription(
+                "s.toml",
+                &format!(
+                    "subscriber = \"p1\"\ndataset = \"bca.residents\"\nfilter = \"true\"\n{extra}"
+                ),
+            )
+            .unwrap()
+            .file
+        };
+        // Keeps PII fields and ethnicity, names nothing.
+        let v = sub("").tag_violations(residents);
+        assert!(
+            v.iter()
+                .any(|(f, k, r)| f.contains(&"full_name".to_string())
+                    && *k == "legal_basis"
+                    && r.contains("`full_name` (PII)")),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|(f, k, _)| f == &vec!["ethnicity".to_string()] && *k == "sensitive"),
+            "{v:?}"
+        );
+        // A basis and reference, ethnicity named: nothing left.
+        let ok = sub("legal_basis = \"b\"\nlegal_reference = \"r\"\nsensitive = [\"ethnicity\"]\n");
+        assert_eq!(ok.tag_violations(residents), vec![]);
+        // Dropping every tagged field needs no basis (the address record
+        // drops its street with it).
+        let none = sub(
+            "drop = [\"full_name\", \"date_of_birth\", \"ethnicity\", \"permanent_address\"]\n",
+        );
+        assert_eq!(none.tag_violations(residents), vec![]);
+        // In a catalog, the refusal names the file, the field and the rule.
+        let mut c2 = Catalog::builtin();
+        c2.subscriptions.push(SubscriptionSpec {
+            file: sub("legal_basis = \"b\"\nlegal_reference = \"r\"\n"),
+            origin: "deploy/subscriptions/p1.bca.residents.toml".into(),
+            filter_line: None,
+        });
+        let e = c2.check_subscriptions().unwrap_err().to_string();
+        assert!(
+            e.contains("p1.bca.residents.toml")
+                && e.contains("`ethnicity`")
+                && e.contains("sensitive = [\"ethnicity\"]"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn builtin_catalog_loads_and_matches_the_files() {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use apache_avro::schema::RecordSchema;
 use apache_avro::Schema;
+use govbus_core::catalog::SubscriptionFile;
 use govbus_core::{Catalog, DatasetId, Topics};
 use govbus_schema::names::Names;
 
@@ -76,39 +77,42 @@ fn walk(
 /// How replacing `old` by `new` (entity schemas of `dataset`) breaks the
 /// subscriptions of `catalog` to it.
 pub fn breaks(catalog: &Catalog, dataset: &DatasetId, old: &Schema, new: &Schema) -> Vec<Break> {
+    let subs: Vec<&SubscriptionFile> = catalog.subscriptions.iter().map(|s| &s.file).collect();
+    breaks_of(&subs, dataset, old, new)
+}
+
+/// How replacing `old` by `new` breaks `subs` (those to `dataset`).
+pub fn breaks_of(
+    subs: &[&SubscriptionFile],
+    dataset: &DatasetId,
+    old: &Schema,
+    new: &Schema,
+) -> Vec<Break> {
     let (was, now) = (leaves(old), leaves(new));
     let mut out = Vec::new();
-    for s in catalog
-        .subscriptions
-        .iter()
-        .filter(|s| &s.file.dataset == dataset)
-    {
-        for path in Filter::paths(&s.file.filter) {
+    for s in subs.iter().filter(|s| &s.dataset == dataset) {
+        let name = format!("{}/{}", s.subscriber, s.dataset);
+        for path in Filter::paths(&s.filter) {
             let field = path.join(".");
             if was.contains_key(&field) && !now.contains_key(&field) {
                 out.push(Break {
-                    subscription: s.name(),
+                    subscription: name.clone(),
                     field: field.clone(),
                     why: format!(
                         "is read by its filter `{}` and the new schema removes or renames it",
-                        s.file.filter
+                        s.filter
                     ),
                 });
             }
         }
         for (field, ty) in &was {
-            let dropped = s
-                .file
-                .drop
-                .iter()
-                .any(|d| field == d || field.starts_with(&format!("{d}.")));
-            if dropped {
+            if !s.keeps(field) {
                 continue;
             }
             if let Some(new_ty) = now.get(field) {
                 if new_ty != ty {
                     out.push(Break {
-                        subscription: s.name(),
+                        subscription: name.clone(),
                         field: field.clone(),
                         why: format!("is kept by its view and changes type from {ty} to {new_ty}"),
                     });
@@ -174,17 +178,38 @@ pub fn dataset_of_subject(catalog: &Catalog, topics: &Topics, subject: &str) -> 
 }
 
 /// The registry's guard: refuses a new version of a dataset's central
-/// schema that breaks one of the catalog's subscriptions.
+/// schema that breaks a subscription in force: those of the control topic
+/// it follows (the live truth, what `govbus subscriptions apply` wrote),
+/// or the catalog's files when it follows none.
 #[derive(Debug)]
 pub struct SubscriptionGuard {
     catalog: std::sync::Arc<Catalog>,
     topics: Topics,
+    live: Option<std::sync::Arc<crate::control::Follower>>,
 }
 
 impl SubscriptionGuard {
     /// A guard over `catalog`'s subscriptions, topics named with `topics`.
     pub fn new(catalog: std::sync::Arc<Catalog>, topics: Topics) -> Self {
-        Self { catalog, topics }
+        Self {
+            catalog,
+            topics,
+            live: None,
+        }
+    }
+
+    /// A guard over the subscriptions in force on the control topic that
+    /// `follower` follows (the catalog gives the datasets).
+    pub fn live(
+        catalog: std::sync::Arc<Catalog>,
+        topics: Topics,
+        follower: std::sync::Arc<crate::control::Follower>,
+    ) -> Self {
+        Self {
+            catalog,
+            topics,
+            live: Some(follower),
+        }
     }
 }
 
@@ -196,10 +221,16 @@ impl govbus_schema::Guard for SubscriptionGuard {
         let (Some(old), Some(new)) = (entity_of_envelope(latest), entity_of_envelope(new)) else {
             return vec![];
         };
-        breaks(&self.catalog, &ds, &old, &new)
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let found = match &self.live {
+            Some(f) => {
+                let (_, set) = f.snapshot();
+                let subs: Vec<&SubscriptionFile> =
+                    set.values().filter_map(|v| v.active()).collect();
+                breaks_of(&subs, &ds, &old, &new)
+            }
+            None => breaks(&self.catalog, &ds, &old, &new),
+        };
+        found.iter().map(ToString::to_string).collect()
     }
 }
 

@@ -79,10 +79,22 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
     let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
     connect(&r.kafka).await?;
-    // New versions of a dataset's schema must not break its subscriptions.
-    let guard = govbus_router::guard::SubscriptionGuard::new(
+    // New versions of a dataset's schema must not break the subscriptions
+    // in force: those on the control topic, which the registry follows.
+    let topics = govbus_core::Topics::new(&r.topic_prefix);
+    let (kafka, control) = (r.kafka.clone(), topics.subscriptions());
+    let follower = tokio::task::spawn_blocking(move || {
+        govbus_router::control::Follower::start(
+            &kafka,
+            &control,
+            std::time::Duration::from_secs(60),
+        )
+    })
+    .await??;
+    let guard = govbus_router::guard::SubscriptionGuard::live(
         std::sync::Arc::new(cfg.catalog()?),
-        govbus_core::Topics::new(&r.topic_prefix),
+        topics,
+        follower,
     );
     let running = govbus_registry::start_with(r, Some(std::sync::Arc::new(guard))).await?;
     println!("registry listening on http://{}", running.addr);
@@ -308,6 +320,9 @@ pub(crate) fn apply_subscriptions(
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let mut catalog = cfg.catalog()?;
     catalog.subscriptions = govbus_core::catalog::load_subscriptions(dir)?;
+    // Refused before anything is written: an unknown dataset, a view that
+    // keeps a PII field without a legal basis, or a SENSITIVE one unnamed.
+    catalog.check_subscriptions()?;
     let topics = govbus_core::Topics::new(&r.topic_prefix);
     let steps = govbus_router::control::apply(&r.kafka, &topics, &catalog, empty_removed, dry_run)?;
     for s in &steps {

@@ -217,6 +217,13 @@ mod tests {
         assert!(has("p02.toml:2", "bca.nobody"), "{text:#?}");
         assert!(has("p03.toml:1", ""), "{text:#?}");
         assert!(has("x.toml:3", "batchsize"), "{text:#?}");
-        assert_eq!(problems.len(), 5, "{text:#?}");
+        // p01 keeps PII and SENSITIVE fields with a basis but no reference,
+        // and does not name ethnicity.
+        assert!(
+            has("p01.toml", "must name its `legal_reference`"),
+            "{text:#?}"
+        );
+        assert!(has("p01.toml", "sensitive = [\"ethnicity\"]"), "{text:#?}");
+        assert_eq!(problems.len(), 7, "{text:#?}");
     }
 }

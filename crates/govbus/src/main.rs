@@ -473,6 +473,11 @@ enum SchemaCmd {
         /// Prefix of the bus's topic names.
         #[arg(long, default_value = "")]
         topic_prefix: String,
+        /// A configuration with `[router]` (its cluster and topic prefix):
+        /// the subscriptions checked are those in force on the control
+        /// topic, not the files under `--deploy`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -722,6 +727,7 @@ fn main() -> std::process::ExitCode {
                         deploy,
                         schemas,
                         topic_prefix,
+                        config,
                     },
             } => {
                 let against = match (registry, git) {
@@ -730,7 +736,13 @@ fn main() -> std::process::ExitCode {
                     (None, None) => anyhow::bail!("give --registry or --git"),
                 };
                 tokio::task::spawn_blocking(move || {
-                    schema_check::run(&deploy, &schemas, &topic_prefix, &against)
+                    schema_check::run(
+                        &deploy,
+                        &schemas,
+                        &topic_prefix,
+                        &against,
+                        config.as_deref(),
+                    )
                 })
                 .await?
             }

@@ -22,9 +22,34 @@ pub(crate) fn run(
     schemas: &Path,
     prefix: &str,
     against: &Against,
+    live: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let catalog = Catalog::load(deploy, schemas)?;
-    let topics = Topics::new(prefix);
+    let mut catalog = Catalog::load(deploy, schemas)?;
+    let mut prefix = prefix.to_string();
+    // With a config, the subscriptions in force are the control topic's
+    // (what `govbus subscriptions apply` wrote), not the files'.
+    if let Some(file) = live {
+        let cfg =
+            crate::config::GovbusConfig::load(Some(file), Some(crate::config::Agent::Router))?;
+        let r = crate::config::GovbusConfig::section(&cfg.router, "router", Some(file))?;
+        prefix = r.topic_prefix.clone();
+        let topic = Topics::new(&prefix).subscriptions();
+        let set = govbus_router::control::read(&r.kafka, &topic)?;
+        catalog.subscriptions = set
+            .values()
+            .filter_map(|v| v.active())
+            .map(|f| govbus_core::catalog::SubscriptionSpec {
+                file: f.clone(),
+                origin: topic.clone(),
+                filter_line: None,
+            })
+            .collect();
+        println!(
+            "subscriptions in force: {} (from {topic})",
+            catalog.subscriptions.len()
+        );
+    }
+    let topics = Topics::new(&prefix);
     let mut failed = 0;
     for ds in catalog.datasets.values() {
         let file = schemas.join(&ds.file.schema);

@@ -151,6 +151,13 @@ pub fn plan(catalog: &Catalog, topics: &Topics, p: &Principals, now_ms: i64) -> 
         g.topic(Pattern::Literal, &topics.schemas(), OWN);
         g.idempotent();
         g.scratch_group("govbus-registry-reader-");
+        // Its guard follows the subscriptions in force.
+        g.topic(
+            Pattern::Literal,
+            &topics.subscriptions(),
+            &[Read, Describe, Create, DescribeConfigs, AlterConfigs],
+        );
+        g.scratch_group("govbus-control-");
     }
     // Provinces: each live subscription's view, their own group, reports
     // and DLQ, and the shared receipts topic.

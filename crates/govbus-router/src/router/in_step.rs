@@ -295,6 +295,7 @@ impl Router {
                 legal_basis: String::new(),
                 legal_reference: String::new(),
                 requested_by: String::new(),
+                sensitive: Vec::new(),
                 expires: None,
                 unit_ended: Default::default(),
             },

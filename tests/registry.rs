@@ -523,6 +523,8 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
         replication: 1,
         listen: "127.0.0.1:0".parse().unwrap(),
         topic_prefix: prefix.clone(),
+        tls: None,
+        auth: None,
     };
     // Only p52's subscription is in force: p92's is in the files alone.
     let mut in_force = govbus_core::Catalog::builtin();

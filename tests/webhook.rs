@@ -12,6 +12,10 @@ use govbus_consumer::table::{ColType, Column, TableDef};
 use govbus_schema::{AvroValue, Op};
 use serde_json::Value;
 
+/// A connection, plain or TLS.
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
 /// (signature header, body) of one request.
 type Delivery = (Option<String>, Vec<u8>);
 
@@ -24,17 +28,41 @@ struct Endpoint {
 }
 
 fn endpoint() -> Endpoint {
+    endpoint_with(None)
+}
+
+/// The endpoint over HTTPS, with a certificate for 127.0.0.1 from `ca`.
+fn https_endpoint(ca: &govbus_kafka::tls::Authority) -> Endpoint {
+    let issued = ca.issue("hook", &["127.0.0.1"]).unwrap();
+    let mut b =
+        openssl::ssl::SslAcceptor::mozilla_intermediate_v5(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_certificate_chain_file(&issued.cert).unwrap();
+    b.set_private_key_file(&issued.key, openssl::ssl::SslFiletype::PEM)
+        .unwrap();
+    endpoint_with(Some(Arc::new(b.build())))
+}
+
+fn endpoint_with(tls: Option<Arc<openssl::ssl::SslAcceptor>>) -> Endpoint {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
     let status = Arc::new(AtomicU16::new(200));
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (st, sn) = (status.clone(), seen.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let (st, sn) = (st.clone(), sn.clone());
+            let Ok(stream) = stream else { continue };
+            let (st, sn, tls) = (st.clone(), sn.clone(), tls.clone());
             std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let stream: Box<dyn ReadWrite> = match tls {
+                    // A client that refuses the certificate ends here.
+                    Some(a) => match a.accept(stream) {
+                        Ok(s) => Box::new(s),
+                        Err(_) => return,
+                    },
+                    None => Box::new(stream),
+                };
+                let mut reader = BufReader::new(stream);
                 let (mut len, mut sig) = (0usize, None);
                 loop {
                     let mut line = String::new();
@@ -56,7 +84,7 @@ fn endpoint() -> Endpoint {
                     0 => std::thread::sleep(Duration::from_secs(5)), // never answers in time
                     code => {
                         let _ = write!(
-                            stream,
+                            reader.get_mut(),
                             "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                         );
                     }
@@ -102,7 +130,7 @@ fn webhook_signs_and_never_advances_while_the_endpoint_fails() {
     let state = dir.path().join("hook.db");
     let mut sink = WebhookConfig {
         state: Some(state.to_str().unwrap().into()),
-        secret: Some("s3cret".into()),
+        secret: Some(govbus_core::secret::Secret::literal("s3cret")),
         timeout_ms: 500,
         ..WebhookConfig::new(&ep.url)
     }
@@ -148,4 +176,39 @@ fn webhook_signs_and_never_advances_while_the_endpoint_fails() {
     let again = sink.apply(&rows(2), &offsets).unwrap();
     assert_eq!(again.stale, 2);
     assert_eq!(ep.seen.lock().unwrap().len(), before);
+}
+
+#[test]
+fn a_webhook_over_https_verifies_the_endpoints_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = govbus_kafka::tls::Authority::create(dir.path().join("ca")).unwrap();
+    let ep = https_endpoint(&ca);
+    let offsets = [("sub.p52.bca.residents.v1".to_string(), 0, 1)];
+    // Trusting the endpoint's CA: delivered.
+    let mut sink = WebhookConfig {
+        state: Some(dir.path().join("ok.db").to_str().unwrap().into()),
+        ca: Some(ca.ca()),
+        timeout_ms: 5_000,
+        ..WebhookConfig::new(&ep.url)
+    }
+    .build()
+    .unwrap();
+    sink.apply(&rows(1), &offsets).unwrap();
+    assert_eq!(ep.seen.lock().unwrap().len(), 1);
+    // Trusting only the system's roots: the certificate is refused, the
+    // batch fails saying why, and nothing is delivered.
+    let mut sink = WebhookConfig {
+        state: Some(dir.path().join("no.db").to_str().unwrap().into()),
+        timeout_ms: 5_000,
+        ..WebhookConfig::new(&ep.url)
+    }
+    .build()
+    .unwrap();
+    let e = sink.apply(&rows(1), &offsets).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert_eq!(
+        ep.seen.lock().unwrap().len(),
+        1,
+        "nothing reached the endpoint"
+    );
 }

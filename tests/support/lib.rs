@@ -156,6 +156,8 @@ pub fn start_registry(
         replication: 1,
         listen: "127.0.0.1:0".parse().expect("addr"),
         topic_prefix: String::new(),
+        tls: None,
+        auth: None,
     };
     let running = rt
         .block_on(govbus_registry::start(&cfg))
@@ -232,6 +234,7 @@ pub fn router_config(
     govbus_router::RouterConfig {
         kafka: kafka.clone(),
         registry: registry.to_string(),
+        registry_access: None,
         group: unique("router-"),
         instance: "0".into(),
         topic_prefix: prefix.to_string(),
@@ -255,6 +258,7 @@ pub fn consumer_config(
     govbus_consumer::ConsumerConfig {
         kafka: kafka.clone(),
         registry: registry.to_string(),
+        registry_access: None,
         subscriber: subscriber.to_string(),
         topic_prefix: prefix.to_string(),
         sink: govbus_consumer::SinkConfig::from_url(sink, pg_schema),

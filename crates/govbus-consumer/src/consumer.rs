@@ -34,6 +34,10 @@ pub struct ConsumerConfig {
     pub kafka: KafkaConfig,
     /// Schema registry URL.
     pub registry: String,
+    /// How to reach an HTTPS registry that requires credentials: its CA,
+    /// this agency's name and token (none: plain HTTP, anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_access: Option<govbus_core::https::ClientAccess>,
     /// The subscribing agency (`p52`).
     pub subscriber: String,
     /// Prefix of every topic name (empty in production).
@@ -61,6 +65,8 @@ pub struct ConsumerConfig {
 struct RawConsumerConfig {
     kafka: KafkaConfig,
     registry: String,
+    #[serde(default)]
+    registry_access: Option<govbus_core::https::ClientAccess>,
     subscriber: String,
     #[serde(default)]
     topic_prefix: String,
@@ -98,6 +104,7 @@ impl TryFrom<RawConsumerConfig> for ConsumerConfig {
         Ok(Self {
             kafka: r.kafka,
             registry: r.registry,
+            registry_access: r.registry_access,
             subscriber: r.subscriber,
             topic_prefix: r.topic_prefix,
             sink: r.sink,
@@ -127,6 +134,9 @@ pub enum ConsumerError {
     /// Topics could not be created.
     #[error(transparent)]
     Setup(#[from] KafkaSetupError),
+    /// The registry client's settings are unusable.
+    #[error("registry: {0}")]
+    Registry(#[from] govbus_schema::RegistryError),
     /// The broker's ACLs do not let this province read its views.
     #[error(transparent)]
     Access(#[from] govbus_core::acl::AccessError),
@@ -250,7 +260,10 @@ pub fn run_reporting(
     let views: Vec<String> = inputs.keys().cloned().collect();
     govbus_core::acl::require(&cfg.kafka, govbus_core::acl::Operation::Read, &views)?;
     let mut sink = cfg.sink.build()?;
-    let resolver = SchemaCache::new(RegistryClient::new(&cfg.registry));
+    let resolver = SchemaCache::new(RegistryClient::with_access(
+        &cfg.registry,
+        cfg.registry_access.as_ref(),
+    )?);
     let reports: Vec<Arc<Report>> = catalog
         .reports_of(&cfg.subscriber)
         .map(|r| Report::compile(r, catalog).map(Arc::new))

@@ -33,6 +33,9 @@ pub enum SinkError {
     /// PostgreSQL failed.
     #[error("postgres: {0}")]
     Postgres(#[from] ::postgres::Error),
+    /// PostgreSQL could not be reached as the URL says (TLS, sslmode).
+    #[error("postgres: {0}")]
+    Connect(#[from] govbus_core::pg::PgError),
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -716,12 +719,27 @@ mod tests {
                 path: "p92.db".into()
             }))
         );
-        let w = parse("[sink]\ntype = \"webhook\"\nurl = \"https://x/h\"\nsecret = \"k\"\nper_change = true\n").unwrap();
+        std::env::set_var("GOVBUS_TEST_WEBHOOK_SECRET_K", "k-secret");
+        let w = parse("[sink]\ntype = \"webhook\"\nurl = \"https://x/h\"\nsecret = { env = \"GOVBUS_TEST_WEBHOOK_SECRET_K\" }\nper_change = true\n").unwrap();
         let SinkConfig::Webhook(w) = w else {
             panic!("{w:?}")
         };
-        assert!(w.per_change && w.secret.as_deref() == Some("k") && w.timeout_ms == 10_000);
-        assert!(!format!("{w:?}").contains("\"k\""), "the secret is masked");
+        assert!(
+            w.per_change
+                && w.secret.as_ref().map(|s| s.expose()) == Some("k-secret")
+                && w.timeout_ms == 10_000
+        );
+        assert!(
+            !format!("{w:?}").contains("k-secret"),
+            "the secret is masked"
+        );
+        // A secret written in the file itself is refused, and not repeated.
+        let e = parse("[sink]\ntype = \"webhook\"\nurl = \"https://x/h\"\nsecret = \"inline-k\"\n")
+            .unwrap_err();
+        assert!(
+            e.contains("not written in a config file") && !e.contains("inline-k"),
+            "{e}"
+        );
     }
 
     #[test]

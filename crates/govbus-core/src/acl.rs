@@ -615,6 +615,20 @@ pub fn require(
     Ok(())
 }
 
+/// Whether `acls` let `principal` (`User:…`) do `op` on topic `topic`, as
+/// the authorizer decides: a literal name (or `*`) or a prefix.
+pub fn allows(acls: &[Acl], principal: &str, op: Operation, topic: &str) -> bool {
+    acls.iter().any(|a| {
+        a.principal == principal
+            && a.resource == Resource::Topic
+            && (a.operation == op || a.operation == Operation::All)
+            && match a.pattern {
+                Pattern::Literal => a.name == topic || a.name == "*",
+                Pattern::Prefixed => topic.starts_with(&a.name),
+            }
+    })
+}
+
 /// What `apply` would change: ACLs to create and to delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AclDiff {

@@ -13,7 +13,9 @@ pub mod http_body;
 // The one module that calls C: librdkafka's ACL admin API (see its docs).
 #[allow(unsafe_code)]
 pub mod acl;
+pub mod https;
 pub mod kafka;
+pub mod pg;
 pub mod report;
 pub mod secret;
 pub mod stall;

@@ -110,8 +110,47 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let source = SecretSource::deserialize(d)?;
-        Secret::load(source).map_err(serde::de::Error::custom)
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Reads `{ file = … }` or `{ env = … }`; refuses a secret written in the
+/// config itself without repeating it in the error.
+struct SecretVisitor;
+
+const WRITE_IT: &str =
+    "a secret is not written in a config file: write `{ file = \"…\" }` or `{ env = \"…\" }`";
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("{ file = \"…\" } or { env = \"…\" }")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Secret, E> {
+        Err(E::custom(WRITE_IT))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(A::Error::custom(WRITE_IT));
+        };
+        let value: String = map.next_value()?;
+        if map.next_key::<String>()?.is_some() {
+            return Err(A::Error::custom("a secret has one source: `file` or `env`"));
+        }
+        let source = match key.as_str() {
+            "file" => SecretSource::File(value.into()),
+            "env" => SecretSource::Env(value),
+            other => {
+                return Err(A::Error::custom(format!(
+                    "a secret comes from `file` or `env`, not `{other}`"
+                )))
+            }
+        };
+        Secret::load(source).map_err(A::Error::custom)
     }
 }
 
@@ -157,9 +196,12 @@ mod tests {
             e.contains("cannot read the secret in /nonexistent/pw"),
             "{e}"
         );
-        let e = toml::from_str::<Conf>("password = \"plain\"")
+        let e = toml::from_str::<Conf>("password = \"plain-secret\"")
             .unwrap_err()
             .to_string();
-        assert!(!e.is_empty());
+        assert!(
+            e.contains("not written in a config file") && !e.contains("plain-secret"),
+            "{e}"
+        );
     }
 }

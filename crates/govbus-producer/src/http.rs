@@ -28,24 +28,40 @@ use crate::publisher::{ChangeRequest, Publisher, SubmitError};
 /// The largest request body ingest takes (a batch of changes).
 pub const MAX_BODY: usize = 2 << 20;
 
-/// The ingest routes.
+/// The ingest routes, open to anyone.
 pub fn router(publisher: Arc<Publisher>) -> Router {
-    Router::new()
+    router_with(publisher, None)
+}
+
+/// The ingest routes; with `credentials`, every `/v1` call must carry a
+/// known token (401 otherwise, with the reason); `/healthz` stays open.
+pub fn router_with(
+    publisher: Arc<Publisher>,
+    credentials: Option<Arc<govbus_core::https::Credentials>>,
+) -> Router {
+    let v1 = Router::new()
         .route("/v1/datasets/{dataset}/changes", post(ingest))
         .route("/v1/datasets/{dataset}/changes/batch", post(ingest_batch))
-        .route("/v1/datasets", get(datasets))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({"status": "alive"})) }),
-        )
-        .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            BodyLimit::new(MAX_BODY),
-            http_body::limit,
-        ))
-        .layer(axum::middleware::map_response(json_errors))
-        .with_state(publisher)
+        .route("/v1/datasets", get(datasets));
+    let v1 = match credentials {
+        Some(c) => v1.layer(axum::middleware::from_fn_with_state(
+            c,
+            govbus_core::https::authenticate,
+        )),
+        None => v1,
+    };
+    v1.route(
+        "/healthz",
+        get(|| async { Json(json!({"status": "alive"})) }),
+    )
+    .fallback(|| async { StatusCode::NOT_FOUND })
+    .layer(DefaultBodyLimit::disable())
+    .layer(axum::middleware::from_fn_with_state(
+        BodyLimit::new(MAX_BODY),
+        http_body::limit,
+    ))
+    .layer(axum::middleware::map_response(json_errors))
+    .with_state(publisher)
 }
 
 /// Gives every error the ingest's JSON shape (`{"error": …, "errors": []}`):

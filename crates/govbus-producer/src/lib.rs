@@ -67,6 +67,10 @@ pub struct ProducerConfig {
     pub kafka: govbus_core::KafkaConfig,
     /// Schema registry URL.
     pub registry: String,
+    /// How to reach an HTTPS registry that requires credentials: its CA,
+    /// this agency's name and token (none: plain HTTP, anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_access: Option<govbus_core::https::ClientAccess>,
     /// The publishing agency (`bca`): it publishes the datasets it owns.
     pub agency: String,
     /// Name of the source system, written in every change's `source.system`.
@@ -74,6 +78,12 @@ pub struct ProducerConfig {
     pub system: String,
     /// Where the HTTP ingest listens.
     pub listen: std::net::SocketAddr,
+    /// HTTPS for the ingest: its certificate and key (none: plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<govbus_core::https::ServerTls>,
+    /// Who may post changes (none: anyone): the source systems' tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<govbus_core::https::HttpAuth>,
     /// The durable store: `sqlite://<path>` or `postgres://...`.
     pub store: String,
     /// PostgreSQL schema of the store's tables.
@@ -120,6 +130,12 @@ pub enum AgentError {
     /// Kafka client creation.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    /// The registry client's settings are unusable.
+    #[error("registry: {0}")]
+    Registry(#[from] govbus_schema::RegistryError),
+    /// HTTPS or the credentials file is unusable.
+    #[error(transparent)]
+    Https(#[from] govbus_core::https::HttpsError),
     /// The broker's ACLs do not let this agent write its topics.
     #[error(transparent)]
     Access(#[from] govbus_core::acl::AccessError),
@@ -158,7 +174,8 @@ pub fn open_publisher(
 ) -> Result<Publisher, AgentError> {
     let store = open_store(&cfg.store, &cfg.pg_schema)?;
     let topics = govbus_core::Topics::new(&cfg.topic_prefix);
-    let registry = govbus_schema::RegistryClient::new(&cfg.registry);
+    let registry =
+        govbus_schema::RegistryClient::with_access(&cfg.registry, cfg.registry_access.as_ref())?;
     let p = Publisher::new(
         catalog,
         &cfg.agency,
@@ -201,14 +218,30 @@ pub async fn run_agent(
             what: "relay thread",
             how: format!("could not start: {e}"),
         })?;
+    let tls = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let credentials = cfg
+        .auth
+        .as_ref()
+        .map(govbus_core::https::Credentials::load)
+        .transpose()?
+        .map(Arc::new);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AgentError::Listen(cfg.listen, e))?;
-    tracing::info!(listen = %cfg.listen, agency = cfg.agency, datasets = ?publisher.datasets(), "ingest listening");
+    tracing::info!(listen = %cfg.listen, agency = cfg.agency, datasets = ?publisher.datasets(), https = tls.is_some(), auth = credentials.is_some(), "ingest listening");
     ready.ready();
-    let served = axum::serve(listener, http::router(publisher))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = http::router_with(publisher, credentials);
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => tokio::select! {
+            r = govbus_core::https::serve(listener, app, Some(tls)) => r,
+            () = shutdown => Ok(()),
+        },
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = relay_thread.join();
     served.map_err(|e| AgentError::Serve(cfg.listen, e))

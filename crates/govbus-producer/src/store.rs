@@ -24,6 +24,9 @@ pub enum StoreError {
     /// PostgreSQL failed.
     #[error("postgres: {0}")]
     Postgres(#[from] ::postgres::Error),
+    /// PostgreSQL could not be reached as the URL says (TLS, sslmode).
+    #[error("postgres: {0}")]
+    Connect(#[from] govbus_core::pg::PgError),
 }
 
 /// An entity as the store holds it.

@@ -30,9 +30,15 @@ fn ok(body: Json) -> Response {
     ([("content-type", CONTENT_TYPE)], body.to_string()).into_response()
 }
 
-/// The API's routes over `store`.
+/// The API's routes over `store`, open to anyone.
 pub fn router(store: Arc<KafkaStore>) -> Router {
-    Router::new()
+    router_with(store, None)
+}
+
+/// The API's routes over `store`; with `access`, each request must
+/// authenticate, and a change to a subject must come from its owner.
+pub fn router_with(store: Arc<KafkaStore>, access: Option<crate::access::Access>) -> Router {
+    let routes = Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
         .route("/schemas/ids/{id}", get(schema_by_id))
@@ -84,7 +90,22 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             BodyLimit::new(MAX_BODY),
             http_body::limit,
-        ))
+        ));
+    // Authentication runs first, then the owner check (outer layers run
+    // first), and their refusals get Confluent's error shape too.
+    let routes = match access {
+        Some(a) => routes
+            .layer(axum::middleware::from_fn_with_state(
+                a.clone(),
+                crate::access::authorize,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                a.credentials.clone(),
+                govbus_core::https::authenticate,
+            )),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::map_response(confluent_errors))
         .with_state(store)
 }

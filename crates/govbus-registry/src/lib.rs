@@ -2,6 +2,7 @@
 //! stateless, with the compacted `_schemas` Kafka topic as its only storage
 //! (Confluent's record layout, so a cluster can move between the two).
 
+pub mod access;
 pub mod error;
 pub mod http;
 pub mod log;
@@ -36,6 +37,13 @@ pub struct RegistryConfig {
     /// dataset's, for the subscription guard).
     #[serde(default)]
     pub topic_prefix: String,
+    /// HTTPS: the registry's certificate and key (none: plain HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<govbus_core::https::ServerTls>,
+    /// Who may call it (none: anyone). Reads need any known principal; a
+    /// change to a subject needs the agency that writes its topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<govbus_core::https::HttpAuth>,
 }
 
 pub use govbus_schema::Guard;
@@ -67,6 +75,23 @@ pub async fn start_with(
     cfg: &RegistryConfig,
     guard: Option<Arc<dyn Guard>>,
 ) -> Result<RunningRegistry, StartError> {
+    start_with_policy(cfg, guard, None).await
+}
+
+/// [`start_with`], with who may change which subject (under `[auth]`).
+pub async fn start_with_policy(
+    cfg: &RegistryConfig,
+    guard: Option<Arc<dyn Guard>>,
+    policy: Option<Arc<dyn access::SubjectPolicy>>,
+) -> Result<RunningRegistry, StartError> {
+    let tls = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let access = match &cfg.auth {
+        Some(a) => Some(access::Access {
+            credentials: Arc::new(govbus_core::https::Credentials::load(a)?),
+            policy,
+        }),
+        None => None,
+    };
     let store = Arc::new(KafkaStore::open(&cfg.kafka, &cfg.topic, cfg.replication).await?);
     if let Some(g) = guard {
         store.set_guard(g);
@@ -77,9 +102,9 @@ pub async fn start_with(
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
-    tracing::info!(%addr, topic = cfg.topic, "schema registry listening");
-    let app = http::router(store);
-    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    tracing::info!(%addr, topic = cfg.topic, https = tls.is_some(), auth = access.is_some(), "schema registry listening");
+    let app = http::router_with(store, access);
+    let task = tokio::spawn(govbus_core::https::serve(listener, app, tls));
     Ok(RunningRegistry { addr, task })
 }
 
@@ -92,4 +117,7 @@ pub enum StartError {
     /// The port could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// TLS or the credentials are unusable.
+    #[error(transparent)]
+    Https(#[from] govbus_core::https::HttpsError),
 }

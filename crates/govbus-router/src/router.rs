@@ -38,6 +38,10 @@ pub struct RouterConfig {
     pub kafka: KafkaConfig,
     /// Schema registry URL.
     pub registry: String,
+    /// How to reach an HTTPS registry that requires credentials: its CA,
+    /// this agency's name and token (none: plain HTTP, anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_access: Option<govbus_core::https::ClientAccess>,
     /// Consumer group shared by router instances.
     #[serde(default = "default_group")]
     pub group: String,
@@ -189,7 +193,7 @@ impl Router {
         ensure_topics(&cfg.kafka, &[TopicSpec::compacted(topics.view_state(), 1)])?;
         let control =
             control::Follower::start(&cfg.kafka, &topics.subscriptions(), Duration::from_secs(60))?;
-        let registry = RegistryClient::new(&cfg.registry);
+        let registry = RegistryClient::with_access(&cfg.registry, cfg.registry_access.as_ref())?;
         Ok(Self {
             fetch_wait_ms: std::sync::atomic::AtomicU32::new(cfg.kafka.fetch_wait_ms),
             resolver: SchemaCache::new(registry.clone()),

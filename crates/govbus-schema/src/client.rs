@@ -33,6 +33,9 @@ pub enum RegistryError {
     /// The answer or the schema could not be read.
     #[error("unreadable registry answer: {0}")]
     Decode(String),
+    /// The client's TLS settings are unusable.
+    #[error("registry client: {0}")]
+    Setup(String),
 }
 
 impl RegistryError {
@@ -41,7 +44,7 @@ impl RegistryError {
         match self {
             RegistryError::Transport { .. } => true,
             RegistryError::Api { status, .. } => *status >= 500,
-            RegistryError::Decode(_) => false,
+            RegistryError::Decode(_) | RegistryError::Setup(_) => false,
         }
     }
 }
@@ -66,13 +69,25 @@ pub struct SubjectVersion {
 }
 
 /// A blocking registry client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryClient {
     base: String,
     agent: ureq::Agent,
+    /// The `Authorization` header sent with every call.
+    authorization: Option<String>,
 }
 
 const CT: &str = "application/vnd.schemaregistry.v1+json";
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credentials are never shown.
+        f.debug_struct("RegistryClient")
+            .field("base", &self.base)
+            .field("authenticated", &self.authorization.is_some())
+            .finish()
+    }
+}
 
 impl RegistryClient {
     /// A client for the registry at `base` (`http://host:port`).
@@ -84,7 +99,32 @@ impl RegistryClient {
         Self {
             base: base.into().trim_end_matches('/').to_string(),
             agent,
+            authorization: None,
         }
+    }
+
+    /// A client for the registry at `base` (`https://…`), verifying its
+    /// certificate against `access.ca` and sending `access`'s credentials;
+    /// [`RegistryClient::new`] when `access` is None.
+    pub fn with_access(
+        base: impl Into<String>,
+        access: Option<&govbus_core::https::ClientAccess>,
+    ) -> Result<Self, RegistryError> {
+        let Some(access) = access else {
+            return Ok(Self::new(base));
+        };
+        let agent = access
+            .agent(
+                ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(5))
+                    .timeout(Duration::from_secs(30)),
+            )
+            .map_err(|e| RegistryError::Setup(e.to_string()))?;
+        Ok(Self {
+            base: base.into().trim_end_matches('/').to_string(),
+            agent,
+            authorization: access.authorization(),
+        })
     }
 
     /// The registry's base URL.
@@ -99,7 +139,10 @@ impl RegistryClient {
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, RegistryError> {
         let url = format!("{}{}", self.base, path);
-        let req = self.agent.request(method, &url).set("Accept", CT);
+        let mut req = self.agent.request(method, &url).set("Accept", CT);
+        if let Some(a) = &self.authorization {
+            req = req.set("Authorization", a);
+        }
         let res = match body {
             Some(b) => req.set("Content-Type", CT).send_string(&b.to_string()),
             None => req.call(),

@@ -10,6 +10,73 @@ use govbus_core::Topics;
 
 use crate::config::{Agent, GovbusConfig};
 
+/// The platform's principals as its config names them: the router's and
+/// the registry's SASL users (`router`, `registry` by default), the
+/// operators of `[acl]`, the router's group.
+pub(crate) fn principals(cfg: &GovbusConfig) -> Principals {
+    let name_of = |k: &govbus_core::KafkaConfig, default: &str| {
+        k.security
+            .as_ref()
+            .and_then(|s| s.username.clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    Principals {
+        router: cfg
+            .router
+            .as_ref()
+            .map(|r| name_of(&r.kafka, "router"))
+            .unwrap_or_else(|| "router".into()),
+        registry: cfg
+            .registry
+            .as_ref()
+            .map(|g| name_of(&g.kafka, "registry"))
+            .unwrap_or_else(|| "registry".into()),
+        operators: cfg
+            .acl
+            .as_ref()
+            .map(|a| a.operators.clone())
+            .unwrap_or_default(),
+        router_group: cfg
+            .router
+            .as_ref()
+            .map(|r| r.group.clone())
+            .unwrap_or_else(|| "govbus-router".into()),
+    }
+}
+
+/// The registry's subject policy: an agency may change the subjects of
+/// the topics the ACL plan lets it write (`<topic>-value`, `<topic>-key`).
+#[derive(Debug)]
+pub(crate) struct WritersOwnSubjects {
+    acls: Vec<govbus_core::acl::Acl>,
+}
+
+impl WritersOwnSubjects {
+    /// The policy of `catalog`'s plan.
+    pub(crate) fn new(catalog: &govbus_core::Catalog, topics: &Topics, p: &Principals) -> Self {
+        Self {
+            acls: plan(catalog, topics, p, chrono::Utc::now().timestamp_millis()),
+        }
+    }
+}
+
+impl govbus_registry::access::SubjectPolicy for WritersOwnSubjects {
+    fn may_write(&self, principal: &str, subject: &str) -> bool {
+        let Some(topic) = subject
+            .strip_suffix("-value")
+            .or_else(|| subject.strip_suffix("-key"))
+        else {
+            return false;
+        };
+        govbus_core::acl::allows(
+            &self.acls,
+            &format!("User:{principal}"),
+            govbus_core::acl::Operation::Write,
+            topic,
+        )
+    }
+}
+
 /// `govbus acl plan|apply`.
 pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> anyhow::Result<()> {
     let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
@@ -19,22 +86,7 @@ pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> an
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let catalog = cfg.catalog()?;
     let acl = cfg.acl.clone().unwrap_or_default();
-    let name_of = |k: &govbus_core::KafkaConfig, default: &str| {
-        k.security
-            .as_ref()
-            .and_then(|s| s.username.clone())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let principals = Principals {
-        router: name_of(&r.kafka, "router"),
-        registry: cfg
-            .registry
-            .as_ref()
-            .map(|g| name_of(&g.kafka, "registry"))
-            .unwrap_or_else(|| "registry".into()),
-        operators: acl.operators.clone(),
-        router_group: r.group.clone(),
-    };
+    let principals = principals(&cfg);
     let topics = Topics::new(&r.topic_prefix);
     let now = chrono::Utc::now().timestamp_millis();
     let wanted = plan(&catalog, &topics, &principals, now);

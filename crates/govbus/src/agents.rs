@@ -91,13 +91,17 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
         )
     })
     .await??;
-    let guard = govbus_router::guard::SubscriptionGuard::live(
-        std::sync::Arc::new(cfg.catalog()?),
-        topics,
-        follower,
+    let catalog = std::sync::Arc::new(cfg.catalog()?);
+    // Under `[registry.auth]`, an agency changes only its own subjects.
+    let policy: std::sync::Arc<dyn govbus_registry::access::SubjectPolicy> = std::sync::Arc::new(
+        crate::acl::WritersOwnSubjects::new(&catalog, &topics, &crate::acl::principals(&cfg)),
     );
-    let running = govbus_registry::start_with(r, Some(std::sync::Arc::new(guard))).await?;
-    println!("registry listening on http://{}", running.addr);
+    let guard = govbus_router::guard::SubscriptionGuard::live(catalog, topics, follower);
+    let running =
+        govbus_registry::start_with_policy(r, Some(std::sync::Arc::new(guard)), Some(policy))
+            .await?;
+    let scheme = if r.tls.is_some() { "https" } else { "http" };
+    println!("registry listening on {scheme}://{}", running.addr);
     ready.ready();
     tokio::select! {
         res = running.task => { res??; }
@@ -123,7 +127,7 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
     let ready = ops(&cfg).await?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
     connect(&r.kafka).await?;
-    crate::ops::watch_registry(&r.registry);
+    crate::ops::watch_registry(&r.registry, r.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();
@@ -141,7 +145,7 @@ pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
     let ready = ops(&cfg).await?;
     let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
     connect(&p.kafka).await?;
-    crate::ops::watch_registry(&p.registry);
+    crate::ops::watch_registry(&p.registry, p.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;
     Ok(())
@@ -298,7 +302,7 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     let ready = ops(&cfg).await?;
     let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
     connect(&c.kafka).await?;
-    crate::ops::watch_registry(&c.registry);
+    crate::ops::watch_registry(&c.registry, c.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
     let s = stop.clone();

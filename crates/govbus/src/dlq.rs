@@ -211,7 +211,7 @@ pub(crate) fn show(file: Option<&Path>, at: &str) -> anyhow::Result<()> {
         .with_context(|| {
             format!("{topic} has no record at partition {partition}, offset {offset}")
         })?;
-    let resolver = govbus_schema::SchemaCache::new(govbus_schema::RegistryClient::new(&registry));
+    let resolver = govbus_schema::SchemaCache::new(registry);
     print!("{}", describe(&letter, &resolver));
     match replay::state_of(&kafka, &prefix)?.get(&letter.id()) {
         Some(h) => println!(
@@ -271,10 +271,14 @@ pub(crate) fn describe(l: &Letter, resolver: &dyn govbus_schema::SchemaResolver)
 
 /// The cluster, topic prefix and registry of `[router]` (the platform's
 /// file).
-pub(crate) fn cluster(file: Option<&Path>) -> anyhow::Result<(KafkaConfig, String, String)> {
+pub(crate) fn cluster(
+    file: Option<&Path>,
+) -> anyhow::Result<(KafkaConfig, String, govbus_schema::RegistryClient)> {
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
-    Ok((r.kafka.clone(), r.topic_prefix.clone(), r.registry.clone()))
+    let registry =
+        govbus_schema::RegistryClient::with_access(&r.registry, r.registry_access.as_ref())?;
+    Ok((r.kafka.clone(), r.topic_prefix.clone(), registry))
 }
 
 #[cfg(test)]

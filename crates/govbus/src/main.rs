@@ -146,6 +146,11 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Tokens for the registry's and ingest's HTTPS APIs.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
+    },
     /// Kafka ACLs derived from the files: who may read and write what.
     Acl {
         #[command(subcommand)]
@@ -482,6 +487,17 @@ enum SchemaCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Print a new random token for NAME (an agency or source system) and
+    /// the line that lets it in, for a `[registry.auth]` or
+    /// `[producer.auth]` credentials file (which stores only its hash).
+    New {
+        /// The principal: `bca`, `moha`, a source system's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum AclCmd {
     /// Print how the broker's ACLs differ from what DEPLOY and the
     /// platform's config imply (`+` to create, `-` to delete).
@@ -648,6 +664,17 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Health { url } => tokio::task::spawn_blocking(move || ops::probe(&url)).await?,
+            Cmd::Token {
+                command: TokenCmd::New { name },
+            } => {
+                let token = govbus_core::https::new_token()?;
+                println!("token for {name} (hand it over; it is stored nowhere):\n  {token}");
+                println!(
+                    "line for the credentials file:\n  {}",
+                    govbus_core::https::credential_line(&name, &token)
+                );
+                Ok(())
+            }
             Cmd::Acl { command } => {
                 tokio::task::spawn_blocking(move || match command {
                     AclCmd::Plan { deploy, config } => {

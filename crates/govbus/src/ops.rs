@@ -39,17 +39,27 @@ pub(crate) async fn serve(addr: Option<SocketAddr>, ready: Arc<Readiness>) -> an
 /// Probes the schema registry an agent depends on every 5 s:
 /// `govbus_registry_reachable` is 1 while `GET /subjects` answers 200 and
 /// 0 otherwise (alerted on in deploy/prometheus).
-pub(crate) fn watch_registry(url: &str) {
+pub(crate) fn watch_registry(
+    url: &str,
+    access: Option<&govbus_core::https::ClientAccess>,
+) -> anyhow::Result<()> {
     let probe = format!("{}/subjects", url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new()
-        .timeout(std::time::Duration::from_secs(3))
-        .build();
+    let builder = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(3));
+    let agent = match access {
+        Some(a) => a.agent(builder)?,
+        None => builder.build(),
+    };
+    let authorization = access.and_then(|a| a.authorization());
     let spawned = std::thread::Builder::new()
         .name("registry-probe".into())
         .spawn(move || {
             let mut was = None;
             loop {
-                let answer = match agent.get(&probe).call() {
+                let mut req = agent.get(&probe);
+                if let Some(a) = &authorization {
+                    req = req.set("Authorization", a);
+                }
+                let answer = match req.call() {
                     Ok(r) if r.status() == 200 => Ok(()),
                     Ok(r) => Err(format!("answered {}", r.status())),
                     Err(ureq::Error::Status(code, _)) => Err(format!("answered {code}")),
@@ -72,6 +82,7 @@ pub(crate) fn watch_registry(url: &str) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the registry probe");
     }
+    Ok(())
 }
 
 fn router(handle: PrometheusHandle, ready: Arc<Readiness>) -> axum::Router {

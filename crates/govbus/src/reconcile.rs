@@ -79,7 +79,7 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
         .dataset(&id)
         .with_context(|| format!("unknown dataset {id}"))?;
     let topics = Topics::new(&c.topic_prefix);
-    let registry = RegistryClient::new(&c.registry);
+    let registry = RegistryClient::with_access(&c.registry, c.registry_access.as_ref())?;
     let name = format!("{}/{id}", c.subscriber);
 
     // The subscription in force, as the router reads it.

@@ -294,7 +294,8 @@ pub(crate) fn export(
 pub(crate) fn check(w: &Which) -> anyhow::Result<()> {
     let mut o = open(w)?;
     let topics = Topics::new(&o.consumer.topic_prefix);
-    let registry = RegistryClient::new(&o.consumer.registry);
+    let registry =
+        RegistryClient::with_access(&o.consumer.registry, o.consumer.registry_access.as_ref())?;
     let Some(table) = view_table(&o.report, &o.catalog, &topics, &registry)? else {
         println!(
             "{}: the view has no schema yet; nothing to count",

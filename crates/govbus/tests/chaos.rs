@@ -203,9 +203,12 @@ fn chaos(routers: usize) {
     let producer = govbus_producer::ProducerConfig {
         kafka: kafka.clone(),
         registry: registry.clone(),
+        registry_access: None,
         agency: "bca".into(),
         system: "chaos".into(),
         listen: format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        tls: None,
+        auth: None,
         store: format!("sqlite://{}", dir.path().join("bca.db").display()),
         pg_schema: "govbus".into(),
         topic_prefix: prefix.clone(),
@@ -215,6 +218,7 @@ fn chaos(routers: usize) {
     let router = govbus_router::RouterConfig {
         kafka: kafka.clone(),
         registry: registry.clone(),
+        registry_access: None,
         group: unique("router-"),
         instance: "0".into(),
         topic_prefix: prefix.clone(),

@@ -241,3 +241,296 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A govbus agent process, killed when dropped; its output in `log`.
+struct Agent {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn spawn(args: &[&str], log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics, with the agent's output, if it exited.
+    fn alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the agent exited ({status}):\n{}", self.output());
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A ureq agent trusting only `ca`.
+fn https_client(ca: &Path) -> ureq::Agent {
+    govbus_core::https::ClientAccess {
+        ca: Some(ca.to_path_buf()),
+        user: None,
+        token: None,
+    }
+    .agent(ureq::AgentBuilder::new().timeout(Duration::from_secs(10)))
+    .unwrap()
+}
+
+/// `(status, body)` of a call, whatever the status.
+fn call(req: ureq::Request, body: Option<&str>) -> (u16, String) {
+    let res = match body {
+        Some(b) => req.set("content-type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[test]
+fn the_registry_and_ingest_speak_https_and_refuse_strangers_and_other_ministries() {
+    let bus = Bus::secured();
+    let dir = bus.dir.path();
+    let sec = bus.broker.secure().unwrap();
+    let ca = sec.ca.clone();
+    let registry_cert = sec
+        .authority
+        .issue("registry", &["127.0.0.1", "localhost"])
+        .unwrap();
+    let ingest_cert = sec
+        .authority
+        .issue("ingest", &["127.0.0.1", "localhost"])
+        .unwrap();
+    // Tokens: each ministry's for the registry, a source system's for moha's ingest.
+    let tokens: Vec<(&str, String)> = ["bca", "moha", "ops", "danh-muc-dvhc"]
+        .iter()
+        .map(|n| (*n, govbus_core::https::new_token().unwrap()))
+        .collect();
+    let token = |n: &str| tokens.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+    let line = |n: &str| govbus_core::https::credential_line(n, &token(n));
+    let registry_creds = write(
+        dir,
+        "registry.credentials",
+        &format!("{}\n{}\n{}\n", line("bca"), line("moha"), line("ops")),
+    );
+    let ingest_creds = write(
+        dir,
+        "ingest.credentials",
+        &format!("{}\n", line("danh-muc-dvhc")),
+    );
+    for n in ["bca", "moha"] {
+        write(
+            dir,
+            &format!("{n}.registry-token"),
+            &format!("{}\n", token(n)),
+        );
+    }
+
+    // The registry, as the platform runs it: HTTPS, credentials, on Kafka as `registry`.
+    let port = govbus_e2e::free_port();
+    let platform = write(
+        dir,
+        "platform.toml",
+        &format!(
+            "[registry]\nlisten = \"127.0.0.1:{port}\"\ntopic = \"{}\"\ntopic_prefix = \"{}\"\n\
+             [registry.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
+             [registry.auth]\ncredentials = \"{registry_creds}\"\nadmins = [\"ops\"]\n{}",
+            bus.topics.schemas(),
+            bus.prefix,
+            registry_cert.cert.display(),
+            registry_cert.key.display(),
+            kafka_section(&bus, "registry", "registry", &password_of(&bus, "registry")),
+        ),
+    );
+    let mut registry = Agent::spawn(&["registry", "-c", &platform], dir.join("registry.log"));
+    let url = format!("https://127.0.0.1:{port}");
+    let client = https_client(&ca);
+    // Without credentials: refused, saying how to authenticate.
+    let (status, body) = wait_until(
+        Duration::from_secs(60),
+        "the registry to answer over HTTPS",
+        || {
+            registry.alive();
+            let (s, b) = call(client.get(&format!("{url}/subjects")), None);
+            (s != 0).then_some((s, b))
+        },
+    );
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("\"error_code\":401") && body.contains("authentication required"),
+        "{body}"
+    );
+    // Plain HTTP to it gets nothing.
+    let (s, _) = call(
+        ureq::get(&format!("http://127.0.0.1:{port}/subjects")),
+        None,
+    );
+    assert_eq!(s, 0, "plain HTTP must not be served");
+    // A known principal reads.
+    let (s, body) = call(
+        client
+            .get(&format!("{url}/subjects"))
+            .set("authorization", &format!("Bearer {}", token("bca"))),
+        None,
+    );
+    assert_eq!(s, 200, "{body}");
+
+    // moha's producer, as moha runs it: registers its subjects over HTTPS
+    // as `moha`, serves its ingest over HTTPS to its source system.
+    let ingest_port = govbus_e2e::free_port();
+    let producer = |name: &str, agency: &str, user: &str, ingest: u16| {
+        format!(
+            "[producer]\nagency = \"{agency}\"\nsystem = \"t\"\nregistry = \"{url}\"\ntopic_prefix = \"{}\"\n\
+             listen = \"127.0.0.1:{ingest}\"\nstore = \"sqlite://{}\"\n\
+             [producer.registry_access]\nca = \"{}\"\nuser = \"{user}\"\ntoken = {{ file = \"{}\" }}\n\
+             [producer.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\
+             [producer.auth]\ncredentials = \"{ingest_creds}\"\n{}",
+            bus.prefix,
+            dir.join(format!("{name}.db")).display(),
+            ca.display(),
+            dir.join(format!("{user}.registry-token")).display(),
+            ingest_cert.cert.display(),
+            ingest_cert.key.display(),
+            kafka_section(&bus, "producer", user, &password_of(&bus, user)),
+        )
+    };
+    let moha_toml = write(
+        dir,
+        "moha.toml",
+        &producer("moha", "moha", "moha", ingest_port),
+    );
+    let mut moha = Agent::spawn(&["produce", "-c", &moha_toml], dir.join("moha.log"));
+    let changes = format!("https://127.0.0.1:{ingest_port}/v1/datasets/moha.admin_units/changes");
+    let unit = r#"{"op": "upsert", "data": {"code": "52", "name": "Gia Lai", "level": "PROVINCE", "parent_code": null, "valid_from": "2025-07-01", "valid_to": null, "successors": [], "history": []}}"#;
+    let (s, body) = wait_until(
+        Duration::from_secs(90),
+        "moha's ingest to answer over HTTPS",
+        || {
+            moha.alive();
+            let (s, b) = call(client.post(&changes), Some(unit));
+            (s != 0).then_some((s, b))
+        },
+    );
+    // Posting without credentials: refused, the reason in the ingest's JSON shape.
+    assert_eq!(s, 401, "{body}");
+    assert!(
+        body.contains("\"error\":\"authentication required"),
+        "{body}"
+    );
+    let (s, body) = call(
+        client
+            .post(&changes)
+            .set("authorization", "Bearer not-a-token"),
+        Some(unit),
+    );
+    assert_eq!(
+        (s, body.contains("unknown credentials")),
+        (401, true),
+        "{body}"
+    );
+    let (s, body) = call(
+        client.post(&changes).set(
+            "authorization",
+            &format!("Bearer {}", token("danh-muc-dvhc")),
+        ),
+        Some(unit),
+    );
+    assert_eq!(s, 202, "{body}");
+
+    // bca registering moha's subject: refused by the registry, and
+    // `govbus produce` stops saying so.
+    let bca_as_moha = write(
+        dir,
+        "bca-as-moha-https.toml",
+        &producer("bca-as-moha", "moha", "bca", govbus_e2e::free_port()),
+    );
+    let (ok, out) = govbus(&["produce", "-c", &bca_as_moha]);
+    assert!(!ok, "{out}");
+    let subject = format!("{}gov.moha.admin_units.v1-value", bus.prefix);
+    assert!(
+        out.contains(&format!("bca may not change subject {subject}")),
+        "{out}"
+    );
+    assert!(!out.contains(&token("bca")), "a token leaked: {out}");
+    drop(moha);
+    drop(registry);
+}
+
+/// The CA that signed the test PostgreSQL's certificate (`.ci/run` makes
+/// it): `GOVBUS_TEST_PG_CA`, else the cache `.ci/run` writes it to.
+fn pg_ca() -> PathBuf {
+    std::env::var_os("GOVBUS_TEST_PG_CA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/govbus/pg-tls/ca.pem")
+        })
+}
+
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+#[test]
+fn postgres_connections_honour_sslmode_and_verify_the_server() {
+    let ca = pg_ca();
+    assert!(ca.exists(), "{} is missing: run .ci/run's PostgreSQL step (it gives PostgreSQL a certificate for 127.0.0.1)", ca.display());
+    let base = govbus_e2e::pg_url();
+    let tls_of = |c: &mut postgres::Client| -> bool {
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // verify-full: encrypted, the certificate checked against the CA and the host.
+    let full = with_params(
+        &base,
+        &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
+    let mut c = govbus_core::pg::connect(&full).unwrap();
+    assert!(tls_of(&mut c));
+    // disable: plain.
+    let mut c = govbus_core::pg::connect(&with_params(&base, "sslmode=disable")).unwrap();
+    assert!(!tls_of(&mut c));
+    // A CA that did not sign the server's certificate: refused, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let other = govbus_kafka::tls::Authority::create(dir.path()).unwrap();
+    let wrong = with_params(
+        &base,
+        &format!("sslmode=verify-full&sslrootcert={}", other.ca().display()),
+    );
+    let e = govbus_core::pg::connect(&wrong)
+        .err()
+        .expect("an unknown CA must be refused")
+        .to_string();
+    assert!(e.contains("certificate verify failed"), "{e}");
+    // require encrypts without verifying: the same wrong CA is not read.
+    let mut c = govbus_core::pg::connect(&with_params(&base, "sslmode=require")).unwrap();
+    assert!(tls_of(&mut c));
+    // A province's sink on verify-full applies over TLS.
+    let schema = unique("p52_tls_");
+    let sink = govbus_consumer::SinkConfig::from_url(&full, &schema).build();
+    assert!(sink.is_ok(), "{:?}", sink.err());
+    let mut c = govbus_core::pg::connect(&full).unwrap();
+    c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+}

@@ -25,10 +25,16 @@ pub struct WebhookConfig {
     /// `webhook.state.db`).
     #[serde(default)]
     pub state: Option<String>,
-    /// HMAC-SHA256 key; the body's signature is sent as
+    /// HMAC-SHA256 key, from a file or the environment (`{ file = "…" }`,
+    /// `{ env = "…" }`); the body's signature is sent as
     /// `X-Govbus-Signature: sha256=<hex>`.
     #[serde(default)]
-    pub secret: Option<String>,
+    pub secret: Option<govbus_core::secret::Secret>,
+    /// PEM file of the CA that signed an `https://` endpoint's certificate
+    /// (none: the system's roots). The certificate and the host name are
+    /// always verified.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
     /// One POST per change instead of one per batch.
     #[serde(default)]
     pub per_change: bool,
@@ -46,7 +52,8 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("url", &self.url)
             .field("state", &self.state)
-            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("secret", &self.secret)
+            .field("ca", &self.ca)
             .field("per_change", &self.per_change)
             .field("timeout_ms", &self.timeout_ms)
             .finish()
@@ -60,6 +67,7 @@ impl WebhookConfig {
             url: url.to_string(),
             state: None,
             secret: None,
+            ca: None,
             per_change: false,
             timeout_ms: default_timeout_ms(),
         }
@@ -91,10 +99,22 @@ impl WebhookSink {
             0 => Duration::from_secs(10),
             ms => Duration::from_millis(ms),
         };
+        let access = govbus_core::https::ClientAccess {
+            ca: cfg.ca.clone(),
+            user: None,
+            token: None,
+        };
+        let agent = access
+            .agent(ureq::AgentBuilder::new().timeout(timeout))
+            .map_err(|e| SinkError::Webhook {
+                url: cfg.url.clone(),
+                status: None,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             url: cfg.url.clone(),
-            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
-            secret: cfg.secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            agent,
+            secret: cfg.secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
             per_change: cfg.per_change,
             ledger: Ledger::open(cfg.state.as_deref().unwrap_or("webhook.state.db"))?,
         })

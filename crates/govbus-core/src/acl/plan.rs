@@ -294,18 +294,8 @@ mod tests {
         })
     }
 
-    /// Whether `principal` may do `op` on topic `topic` under `acls` (as
-    /// the authorizer decides: a literal name or a prefix).
     fn allowed(acls: &[Acl], principal: &str, op: Operation, topic: &str) -> bool {
-        acls.iter().any(|a| {
-            a.principal == principal
-                && a.resource == Resource::Topic
-                && (a.operation == op || a.operation == Operation::All)
-                && match a.pattern {
-                    Pattern::Literal => a.name == topic,
-                    Pattern::Prefixed => topic.starts_with(&a.name),
-                }
-        })
+        crate::acl::allows(acls, principal, op, topic)
     }
 
     #[test]

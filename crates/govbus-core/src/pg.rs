@@ -1,0 +1,206 @@
+//! Connecting to PostgreSQL as libpq would: `sslmode` (`disable`,
+//! `prefer`, the default, `require`, `verify-ca`, `verify-full`) and
+//! `sslrootcert` honoured, in a URL's query or a key=value string.
+
+use std::str::FromStr;
+
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, unverified (libpq's default).
+    Prefer,
+    /// TLS, unverified.
+    Require,
+    /// TLS, the server's certificate verified against `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the host name must match the certificate.
+    VerifyFull,
+}
+
+/// A connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The URL or one of its TLS settings is wrong.
+    #[error("PostgreSQL URL: {0}")]
+    Url(String),
+    /// TLS could not be set up (the CA file).
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(String),
+    /// PostgreSQL refused, or the TLS handshake failed (with the causes:
+    /// the client's own message is only "error performing TLS handshake").
+    #[error("{}", with_causes(.0))]
+    Connect(#[from] postgres::Error),
+}
+
+fn with_causes(e: &postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// `url` without libpq's TLS settings that the Rust client does not
+/// parse, and those settings.
+fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |k: &str, v: &str| -> Result<bool, PgError> {
+        match k {
+            "sslmode" => {
+                mode = Some(match v {
+                    "disable" => SslMode::Disable,
+                    "allow" | "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(PgError::Url(format!(
+                            "sslmode `{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                        )))
+                    }
+                });
+                Ok(true)
+            }
+            "sslrootcert" => {
+                root = Some(v.to_string());
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let mut kept = Vec::new();
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if !take(k, &percent_decode(v))? {
+                        kept.push(pair);
+                    }
+                }
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let mut kept = Vec::new();
+        for part in url.split_whitespace() {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            if !take(k, v)? {
+                kept.push(part);
+            }
+        }
+        kept.join(" ")
+    };
+    let mode = mode.unwrap_or(SslMode::Prefer);
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root.is_none() {
+        return Err(PgError::Url(
+            "sslmode verify-ca and verify-full need `sslrootcert` (the CA that signed the server's certificate)".into(),
+        ));
+    }
+    Ok((rest, mode, root))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Connects to `url` as libpq would with its `sslmode` and `sslrootcert`.
+pub fn connect(url: &str) -> Result<postgres::Client, PgError> {
+    let (rest, mode, root) = split(url)?;
+    let mut cfg = postgres::Config::from_str(&rest).map_err(PgError::Connect)?;
+    if mode == SslMode::Disable {
+        cfg.ssl_mode(postgres::config::SslMode::Disable);
+        return Ok(cfg.connect(postgres::NoTls)?);
+    }
+    cfg.ssl_mode(if mode == SslMode::Prefer {
+        postgres::config::SslMode::Prefer
+    } else {
+        postgres::config::SslMode::Require
+    });
+    let tls_err = |e: openssl::error::ErrorStack| PgError::Tls(e.to_string());
+    let mut b = SslConnector::builder(SslMethod::tls()).map_err(tls_err)?;
+    match &root {
+        Some(ca) if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) => {
+            b.set_ca_file(ca)
+                .map_err(|e| PgError::Tls(format!("sslrootcert {ca}: {e}")))?;
+            b.set_verify(SslVerifyMode::PEER);
+        }
+        _ => b.set_verify(SslVerifyMode::NONE),
+    }
+    let mut tls = MakeTlsConnector::new(b.build());
+    if mode != SslMode::VerifyFull {
+        // verify-ca checks the chain only; the others check nothing.
+        tls.set_callback(|c, _| {
+            c.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(cfg.connect(tls)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_read_from_a_url_and_from_key_values() {
+        let (rest, mode, root) =
+            split("postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x")
+                .unwrap();
+        assert_eq!(rest, "postgres://u:p@h:5432/db?application_name=x");
+        assert_eq!(
+            (mode, root.as_deref()),
+            (SslMode::VerifyFull, Some("/etc/ca.pem"))
+        );
+        let (rest, mode, _) = split("postgres://u:p@h/db").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("postgres://u:p@h/db", SslMode::Prefer)
+        );
+        let (rest, mode, _) = split("host=h user=u sslmode=require dbname=d").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("host=h user=u dbname=d", SslMode::Require)
+        );
+        assert!(split("postgres://h/db?sslmode=verify-full")
+            .unwrap_err()
+            .to_string()
+            .contains("sslrootcert"));
+        assert!(split("postgres://h/db?sslmode=sometimes")
+            .unwrap_err()
+            .to_string()
+            .contains("sometimes"));
+    }
+}

@@ -277,7 +277,8 @@ fn a_unit_that_ceases_to_exist_empties_or_keeps_its_views_as_their_subscriptions
             govbus_core::catalog::parse_subscription(
                 &format!("{who}.toml"),
                 &format!(
-                    "subscriber = \"{who}\"\ndataset = \"bca.residents\"\nfilter = 'in_unit(permanent_address.commune_code, \"31540\")'\nunit_ended = \"{when}\"\n"
+                    "subscriber = \"{who}\"\ndataset = \"bca.residents\"\nfilter = 'in_unit(permanent_address.commune_code, \"31540\")'\nunit_ended = \"{when}\"\n\
+                     legal_basis = \"test\"\nlegal_reference = \"test\"\nsensitive = [\"ethnicity\"]\n"
                 ),
             )
             .unwrap(),

@@ -20,7 +20,7 @@ fn subscription(name: &str, filter: &str) -> anyhow::Result<govbus_core::Subscri
     Ok(parse_subscription(
         &format!("{name}.toml"),
         &format!(
-            "subscriber = \"{name}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\n"
+            "subscriber = \"{name}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\nlegal_reference = \"bench\"\n"
         ),
     )?)
 }

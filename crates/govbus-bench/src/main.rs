@@ -46,6 +46,10 @@ enum Cmd {
     Relay {
         #[arg(long, default_value_t = 200_000)]
         changes: usize,
+        /// On a node of its own that speaks only SASL_SSL (SCRAM-SHA-512)
+        /// with the authorizer on, as a user its ACLs allow everything.
+        #[arg(long)]
+        secure: bool,
     },
     /// Router (34 subscriptions, exactly once) against a raw pass-through.
     Route {
@@ -59,6 +63,9 @@ enum Cmd {
         /// map loaded) instead of comparing the province code.
         #[arg(long)]
         hierarchy: bool,
+        /// As for `relay --secure`.
+        #[arg(long)]
+        secure: bool,
     },
     /// Backfill of a new subscription over N residents, to its topic and
     /// to the province's table, against a plain read of the same records.
@@ -116,12 +123,13 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
-        Cmd::Relay { changes } => relay(changes),
+        Cmd::Relay { changes, secure } => relay(changes, secure),
         Cmd::Route {
             changes,
             batch,
             hierarchy,
-        } => route::run(changes, batch, hierarchy),
+            secure,
+        } => route::run(changes, batch, hierarchy, secure),
         Cmd::Sink { rows, batch } => sink(rows, batch),
         Cmd::Costs {
             rows,
@@ -190,9 +198,43 @@ pub(crate) fn fill(publisher: &Publisher, seed: u64, n: usize) -> anyhow::Result
     Ok(())
 }
 
-fn relay(n: usize) -> anyhow::Result<()> {
-    let broker = Broker::start();
-    let kafka = broker.kafka();
+/// The broker a benchmark runs on and how it connects: the shared
+/// plaintext node, or (`secure`) a node of its own with TLS, SCRAM and the
+/// authorizer on, as user `bench`, whom ACLs allow every topic, group and
+/// transactional id (so the authorizer evaluates ACLs: a super user would
+/// skip them).
+pub(crate) fn broker(secure: bool) -> anyhow::Result<(Broker, govbus_core::KafkaConfig)> {
+    use govbus_core::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
+    if !secure {
+        let b = Broker::start();
+        let k = b.kafka();
+        return Ok((b, k));
+    }
+    let b = Broker::secured(&["bench"]);
+    let acl = |resource, name: &str, operation| Acl {
+        principal: "User:bench".into(),
+        resource,
+        pattern: Pattern::Literal,
+        name: name.into(),
+        operation,
+    };
+    AclAdmin::new(&b.kafka())?.create(&[
+        acl(Resource::Topic, "*", Operation::All),
+        acl(Resource::Group, "*", Operation::All),
+        acl(Resource::TransactionalId, "*", Operation::All),
+        acl(
+            Resource::Cluster,
+            "kafka-cluster",
+            Operation::IdempotentWrite,
+        ),
+    ])?;
+    let k = b.kafka_as("bench");
+    println!("broker: SASL_SSL, SCRAM-SHA-512, StandardAuthorizer; as User:bench");
+    Ok((b, k))
+}
+
+fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
+    let (_broker, kafka) = broker(secure)?;
     let rt = runtime();
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());

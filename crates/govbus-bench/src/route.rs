@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use govbus_core::catalog::parse_subscription;
 use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{Catalog, Topics};
-use govbus_e2e::{router_config, runtime, start_registry, unique, Broker};
+use govbus_e2e::{router_config, runtime, start_registry, unique};
 use govbus_producer::demo::PROVINCES;
 use govbus_producer::Relay;
 use govbus_router::Router;
@@ -86,7 +86,7 @@ fn catalog(hierarchy: bool) -> anyhow::Result<Catalog> {
             parse_subscription(
                 &format!("p{code}.toml"),
                 &format!(
-                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\n"
+                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\nlegal_reference = \"bench\"\n"
                 ),
             )
         })
@@ -94,9 +94,13 @@ fn catalog(hierarchy: bool) -> anyhow::Result<Catalog> {
     Ok(c)
 }
 
-pub(crate) fn run(n: usize, batch: Option<usize>, hierarchy: bool) -> anyhow::Result<()> {
-    let broker = Broker::start();
-    let kafka = broker.kafka();
+pub(crate) fn run(
+    n: usize,
+    batch: Option<usize>,
+    hierarchy: bool,
+    secure: bool,
+) -> anyhow::Result<()> {
+    let (_broker, kafka) = crate::broker(secure)?;
     let rt = runtime();
     let prefix = format!("{}.", unique("bench"));
     let topics = Topics::new(&prefix);

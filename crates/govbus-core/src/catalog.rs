@@ -548,6 +548,7 @@ impl Catalog {
             Err(e) => problems.push(e),
         }
         problems.extend(c.subscription_problems());
+        problems.extend(c.policy_problems());
         match load_reports(&deploy.join("reports")) {
             Ok(r) => c.reports = r,
             Err(e) => problems.push(e),
@@ -631,16 +632,6 @@ impl Catalog {
     pub fn subscription_problems(&self) -> Vec<CatalogError> {
         let mut problems = Vec::new();
         for s in &self.subscriptions {
-            if let Some(ds) = self.datasets.get(&s.file.dataset) {
-                let text = read_or_empty(&s.origin);
-                for (_, key, rule) in s.file.tag_violations(&ds.file) {
-                    problems.push(CatalogError::Invalid {
-                        file: s.origin.clone(),
-                        line: line_of(&text, key),
-                        message: rule,
-                    });
-                }
-            }
             if !self.datasets.contains_key(&s.file.dataset) {
                 let known: Vec<String> = self.datasets.keys().map(|d| d.to_string()).collect();
                 problems.push(CatalogError::Invalid {
@@ -659,6 +650,36 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// Refuses a subscription that breaks its dataset's tag policy
+    /// ([`SubscriptionFile::tag_violations`]), naming the file, the
+    /// fields and the rule: what `govbus subscriptions apply` and `check`
+    /// enforce before a subscription is put in force.
+    pub fn check_policy(&self) -> Result<(), CatalogError> {
+        match self.policy_problems().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem [`Catalog::check_policy`] would report.
+    pub fn policy_problems(&self) -> Vec<CatalogError> {
+        let mut problems = Vec::new();
+        for s in &self.subscriptions {
+            let Some(ds) = self.datasets.get(&s.file.dataset) else {
+                continue;
+            };
+            let text = read_or_empty(&s.origin);
+            for (_, key, rule) in s.file.tag_violations(&ds.file) {
+                problems.push(CatalogError::Invalid {
+                    file: s.origin.clone(),
+                    line: line_of(&text, key),
+                    message: rule,
+                });
+            }
+        }
+        problems
+    }
+
     /// The reports over `subscriber`'s views.
     pub fn reports_of<'a>(&'a self, subscriber: &'a str) -> impl Iterator<Item = &'a ReportSpec> {
         self.reports
@@ -804,7 +825,7 @@ mod tests {
     #[test]
     fn tags_are_policy_pii_needs_a_legal_basis_and_sensitive_a_named_field() {
         let c = Catalog::builtin();
-        c.check_subscriptions().unwrap();
+        c.check_policy().unwrap();
         let residents = &c.datasets[&"bca.residents".parse().unwrap()].file;
         let sub = |extra: &str| {
             parse_subscription(
@@ -846,7 +867,8 @@ mod tests {
             origin: "deploy/subscriptions/p1.bca.residents.toml".into(),
             filter_line: None,
         });
-        let e = c2.check_subscriptions().unwrap_err().to_string();
+        c2.check_subscriptions().unwrap();
+        let e = c2.check_policy().unwrap_err().to_string();
         assert!(
             e.contains("p1.bca.residents.toml")
                 && e.contains("`ethnicity`")

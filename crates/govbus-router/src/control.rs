@@ -291,6 +291,9 @@ pub fn apply(
     dry_run: bool,
 ) -> Result<Vec<Step>, ControlError> {
     crate::views::compile(catalog, topics)?;
+    // Tags are policy: nothing is put in force that keeps a PII field
+    // without its legal basis, or a SENSITIVE one unnamed.
+    catalog.check_policy()?;
     let topic = topics.subscriptions();
     ensure(kafka, &topic)?;
     let current = read(kafka, &topic)?;

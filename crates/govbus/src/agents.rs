@@ -324,8 +324,9 @@ pub(crate) fn apply_subscriptions(
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let mut catalog = cfg.catalog()?;
     catalog.subscriptions = govbus_core::catalog::load_subscriptions(dir)?;
-    // Refused before anything is written: an unknown dataset, a view that
-    // keeps a PII field without a legal basis, or a SENSITIVE one unnamed.
+    // Refused before anything is written: an unknown dataset (and, in
+    // `control::apply`, a view that keeps a PII field without a legal
+    // basis, or a SENSITIVE one unnamed).
     catalog.check_subscriptions()?;
     let topics = govbus_core::Topics::new(&r.topic_prefix);
     let steps = govbus_router::control::apply(&r.kafka, &topics, &catalog, empty_removed, dry_run)?;

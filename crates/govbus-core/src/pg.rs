@@ -87,7 +87,7 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(k, &percent_decode(v))? {
+                    if !take(k, &crate::https::percent_decode(v))? {
                         kept.push(pair);
                     }
                 }
@@ -115,25 +115,6 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
         ));
     }
     Ok((rest, mode, root))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Connects to `url` as libpq would with its `sslmode` and `sslrootcert`.

@@ -31,7 +31,7 @@ pub struct Access {
 /// test (`POST /compatibility/…`) read.
 pub fn changes(method: &Method, path: &str) -> Option<Option<String>> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let subject = |s: &str| Some(Some(decode(s)));
+    let subject = |s: &str| Some(Some(govbus_core::https::percent_decode(s)));
     match (method.as_str(), parts.as_slice()) {
         ("POST", ["subjects", s, "versions"]) => subject(s),
         ("DELETE", ["subjects", s, ..]) => subject(s),
@@ -39,25 +39,6 @@ pub fn changes(method: &Method, path: &str) -> Option<Option<String>> {
         ("PUT" | "DELETE", ["config" | "mode"]) => Some(None),
         _ => None,
     }
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Middleware (after authentication): refuses, with 403 and a reason, a

@@ -49,6 +49,11 @@ enum Cmd {
         /// its agent restarts its session (router, relay, provinces).
         #[arg(long, default_value_t = 30)]
         stall_secs: u64,
+        /// Apache Kafka that speaks only TLS with SASL/SCRAM and enforces
+        /// ACLs: each agent connects as its own user, and the ACLs `govbus
+        /// acl apply` derives are applied before any agent starts.
+        #[arg(long)]
+        secure: bool,
     },
     /// Serve the Confluent-compatible schema registry (`[registry]`).
     Registry {
@@ -572,7 +577,8 @@ fn main() -> std::process::ExitCode {
                 rate,
                 broker,
                 stall_secs,
-            } => up::run(dir, rate, broker, stall_secs).await,
+                secure,
+            } => up::run(dir, rate, broker, stall_secs, secure).await,
             Cmd::Registry { config } => agents::registry(config.as_deref()).await,
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,

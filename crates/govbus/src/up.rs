@@ -225,7 +225,8 @@ fn start_broker(
     exe: &Path,
     dir: &Path,
     stack: &mut Stack,
-) -> anyhow::Result<(String, Running, String)> {
+    secure: bool,
+) -> anyhow::Result<(String, Running, String, Option<Credentials>)> {
     let choice = match choice {
         Some(c) => c,
         None => match govbus_kafka::Dist::available() {
@@ -247,19 +248,50 @@ fn start_broker(
             }
             let dist = govbus_kafka::Dist::ensure(govbus_kafka::Progress::Shown)?;
             let t = Instant::now();
-            let cluster = govbus_kafka::Cluster::start(
-                &dist,
-                govbus_kafka::ClusterConfig::new(1, dir.join("kafka"))
-                    .set("auto.create.topics.enable", "false"),
-            )?;
+            let mut cfg = govbus_kafka::ClusterConfig::new(1, dir.join("kafka"))
+                .set("auto.create.topics.enable", "false");
+            let creds = if secure {
+                // A CA of its own, and a random password per user, in files
+                // only this user may read.
+                let ca = govbus_kafka::tls::Authority::create(dir.join("tls"))?;
+                let secrets = dir.join("secrets");
+                std::fs::create_dir_all(&secrets)?;
+                let mut users = Vec::new();
+                for u in USERS.iter().chain(["admin"].iter()) {
+                    let pw = govbus_core::https::new_token()?;
+                    let f = secrets.join(u);
+                    std::fs::write(&f, &pw)?;
+                    std::fs::set_permissions(
+                        &f,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )?;
+                    if *u != "admin" {
+                        users.push((u.to_string(), pw));
+                    }
+                }
+                let admin = std::fs::read_to_string(secrets.join("admin"))?;
+                cfg = cfg.secured(govbus_kafka::Secured::new(&ca, &admin, users)?);
+                Some(Credentials {
+                    ca: ca.ca(),
+                    secrets,
+                })
+            } else {
+                None
+            };
+            let cluster = govbus_kafka::Cluster::start(&dist, cfg)?;
             let bootstrap = cluster.bootstrap();
             let line = format!(
-                "Apache Kafka {} on {bootstrap} (one KRaft node, started in {:.1} s; log {})",
+                "Apache Kafka {} on {bootstrap} (one KRaft node{}, started in {:.1} s; log {})",
                 govbus_kafka::VERSION,
+                if secure {
+                    ": SASL_SSL only, SCRAM-SHA-512, ACLs enforced"
+                } else {
+                    ""
+                },
                 t.elapsed().as_secs_f64(),
                 cluster.log(0).display()
             );
-            Ok((bootstrap, Running::Kafka(Box::new(cluster)), line))
+            Ok((bootstrap, Running::Kafka(Box::new(cluster)), line, creds))
         }
         BrokerChoice::Nisshi => {
             nisshi::ensure()?;
@@ -282,11 +314,11 @@ fn start_broker(
                 "nisshi {} on {bootstrap} (memory storage; the development broker)",
                 nisshi::VERSION
             );
-            Ok((bootstrap, Running::Nisshi, line))
+            Ok((bootstrap, Running::Nisshi, line, None))
         }
         BrokerChoice::At(bootstrap) => {
             let line = format!("the cluster at {bootstrap}");
-            Ok((bootstrap, Running::External, line))
+            Ok((bootstrap, Running::External, line, None))
         }
     }
 }
@@ -297,8 +329,63 @@ pub(crate) async fn run(
     rate: u32,
     broker: Option<BrokerChoice>,
     stall_secs: u64,
+    secure: bool,
 ) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || run_blocking(dir, rate, broker, stall_secs)).await?
+    tokio::task::spawn_blocking(move || run_blocking(dir, rate, broker, stall_secs, secure)).await?
+}
+
+/// The users of `govbus up --secure`: each agent's, and the operator's.
+const USERS: &[&str] = &["bca", "moha", "router", "registry", "p52", "p92", "ops"];
+
+/// A secured broker's CA and each user's password file.
+struct Credentials {
+    ca: PathBuf,
+    secrets: PathBuf,
+}
+
+impl Credentials {
+    /// `[<section>.kafka.security]` for `user`.
+    fn section(&self, section: &str, user: &str) -> String {
+        format!(
+            "[{section}.kafka.security]\nprotocol = \"sasl_ssl\"\nca = \"{}\"\nusername = \"{user}\"\npassword = {{ file = \"{}\" }}\n",
+            self.ca.display(),
+            self.secrets.join(user).display()
+        )
+    }
+
+    /// Kafka settings for `user`.
+    fn kafka(&self, bootstrap: &str, user: &str) -> anyhow::Result<govbus_core::KafkaConfig> {
+        let password = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
+            self.secrets.join(user),
+        ))?;
+        Ok(govbus_core::KafkaConfig::new(bootstrap).with_security(
+            govbus_core::kafka::KafkaSecurity::scram(&self.ca, user, password),
+        ))
+    }
+}
+
+/// Makes a secured node's ACLs what the built-in catalog implies, as
+/// `govbus acl apply` does; returns how many were created.
+fn apply_acls(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<usize> {
+    use govbus_core::acl::{managed, plan, AclAdmin, AclDiff, Principals};
+    let catalog = govbus_core::Catalog::builtin();
+    let p = Principals {
+        router: "router".into(),
+        registry: "registry".into(),
+        operators: vec!["ops".into()],
+        router_group: ROUTER_GROUP.into(),
+    };
+    let wanted = plan(
+        &catalog,
+        &govbus_core::Topics::default(),
+        &p,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let admin = AclAdmin::new(kafka)?;
+    let diff = AclDiff::between(&wanted, &admin.describe()?, &managed(&wanted, &catalog, &p));
+    admin.create(&diff.create)?;
+    admin.delete(&diff.delete)?;
+    Ok(wanted.len())
 }
 
 fn run_blocking(
@@ -306,7 +393,16 @@ fn run_blocking(
     rate: u32,
     broker: Option<BrokerChoice>,
     stall_secs: u64,
+    secure: bool,
 ) -> anyhow::Result<()> {
+    if secure
+        && matches!(
+            broker,
+            Some(BrokerChoice::Nisshi) | Some(BrokerChoice::At(_))
+        )
+    {
+        anyhow::bail!("--secure starts an Apache Kafka of its own (TLS, SCRAM, ACLs): leave out --broker, or say --broker kafka");
+    }
     let exe = std::env::current_exe().context("locating the govbus binary")?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -329,8 +425,13 @@ fn run_blocking(
     }
 
     println!("govbus up: working directory {}", dir.display());
-    let (bootstrap, mut running, line) = start_broker(broker, &exe, &dir, &mut stack)?;
+    let (bootstrap, mut running, line, creds) =
+        start_broker(broker, &exe, &dir, &mut stack, secure)?;
     println!("  broker    {line}");
+    if let Some(c) = &creds {
+        let n = apply_acls(&c.kafka(&bootstrap, "admin")?)?;
+        println!("  acls      {n} applied (govbus acl plan's, for the built-in catalog); each agent connects as its own user");
+    }
 
     // nisshi holds a fetch that finds nothing for the whole wait instead
     // of answering when data arrives (Kafka answers at once), so on nisshi
@@ -341,15 +442,21 @@ fn run_blocking(
         ""
     };
     let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\n{fetch_wait}");
-    let section = |name: &str, body: String, metrics: u16| {
+    // An agent's config; on a secured broker it connects as `user`.
+    let section_as = |name: &str, user: &str, body: String, metrics: u16| {
+        let security = creds
+            .as_ref()
+            .map(|c| c.section(name, user))
+            .unwrap_or_default();
         format!(
-            "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{name}]\n{body}\n{}",
+            "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{name}]\n{body}\n{}{security}",
             kafka.replace("{section}", name)
         )
     };
     let cfg = write_config(
         &dir.join("registry.toml"),
-        &section(
+        &section_as(
+            "registry",
             "registry",
             format!("listen = \"127.0.0.1:{registry_port}\"\n"),
             m_registry,
@@ -369,8 +476,9 @@ fn run_blocking(
      -> anyhow::Result<String> {
         let cfg = write_config(
             &dir.join(format!("{name}.toml")),
-            &section(
+            &section_as(
                 "producer",
+                name,
                 format!(
                     "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
                     dir.join(format!("{name}-outbox.db")).display()
@@ -401,13 +509,17 @@ fn run_blocking(
 
     // The subscriptions (p52, p92), as `govbus subscriptions apply` writes them.
     let steps = tokio::task::block_in_place(|| {
-        govbus_router::control::apply(
-            &govbus_core::KafkaConfig::new(&bootstrap),
+        let as_operator = match &creds {
+            Some(c) => c.kafka(&bootstrap, "ops")?,
+            None => govbus_core::KafkaConfig::new(&bootstrap),
+        };
+        anyhow::Ok(govbus_router::control::apply(
+            &as_operator,
             &govbus_core::Topics::default(),
             &govbus_core::Catalog::builtin(),
             false,
             false,
-        )
+        )?)
     })?;
     println!(
         "  subscriptions {} applied to _govbus.subscriptions",
@@ -415,7 +527,8 @@ fn run_blocking(
     );
     let cfg = write_config(
         &dir.join("router.toml"),
-        &section(
+        &section_as(
+            "router",
             "router",
             format!("registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\nstall_secs = {stall_secs}\n"),
             m_router,
@@ -429,8 +542,9 @@ fn run_blocking(
     for (name, p, port) in [("p52", "p52", m_p52), ("p92", "p92", m_p92)] {
         let cfg = write_config(
             &dir.join(format!("{p}.toml")),
-            &section(
+            &section_as(
                 "consumer",
+                p,
                 format!(
                     "subscriber = \"{p}\"\nregistry = \"{registry}\"\nstall_secs = {stall_secs}\nsink = {{ type = \"sqlite\", path = \"{}\" }}\n",
                     dir.join(format!("{p}.db")).display()
@@ -476,7 +590,12 @@ fn run_blocking(
         dir.join("logs").display()
     );
 
-    let hops = Hops::new(&bootstrap, stall_secs)?;
+    // The live line reads the cluster as the operator would.
+    let as_operator = match &creds {
+        Some(c) => c.kafka(&bootstrap, "ops")?,
+        None => govbus_core::KafkaConfig::new(&bootstrap),
+    };
+    let hops = Hops::new(&as_operator, stall_secs)?;
     let start = Instant::now();
     let mut last_tick = Instant::now();
     let mut last_published = 0u64;
@@ -571,8 +690,7 @@ impl HopsNow {
 }
 
 impl Hops {
-    fn new(bootstrap: &str, stall_secs: u64) -> anyhow::Result<Self> {
-        let kafka = govbus_core::KafkaConfig::new(bootstrap);
+    fn new(kafka: &govbus_core::KafkaConfig, stall_secs: u64) -> anyhow::Result<Self> {
         let topics = govbus_core::Topics::default();
         Ok(Self {
             client: kafka.client().create()?,

@@ -534,3 +534,73 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+/// `govbus schema check -c` checks a schema change against the
+/// subscriptions in force on the control topic, not the files: with only
+/// p52's subscription applied, renaming the commune code names p52's and
+/// not p92's.
+#[test]
+fn schema_check_reads_the_subscriptions_in_force() {
+    let bus = Bus::start();
+    let dir = bus.dir.path();
+    let _publisher = bus.publisher("t"); // registers bca.residents' schema
+    let mut in_force = govbus_core::Catalog::builtin();
+    in_force
+        .subscriptions
+        .retain(|s| s.file.subscriber == "p52");
+    govbus_e2e::apply_subscriptions(&bus.kafka, &bus.prefix, &in_force, false);
+    // The agency's working copy renames the commune code.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    copy_dir(&repo.join("deploy"), &dir.join("deploy"));
+    copy_dir(&repo.join("schemas"), &dir.join("schemas"));
+    let avsc = dir.join("schemas/bca/residents.v2.avsc");
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&avsc).unwrap()).unwrap();
+    schema["fields"][5]["type"]["fields"][1] =
+        json!({"name": "commune", "type": "string", "default": ""});
+    std::fs::write(&avsc, schema.to_string()).unwrap();
+    let platform = write(
+        dir,
+        "platform-plain.toml",
+        &format!(
+            "[router]\nregistry = \"{}\"\ntopic_prefix = \"{}\"\n[router.kafka]\nbootstrap = \"{}\"\n",
+            bus.registry, bus.prefix, bus.broker.bootstrap
+        ),
+    );
+    let args = |live: bool| {
+        let mut a = vec![
+            "schema".to_string(),
+            "check".into(),
+            "--registry".into(),
+            bus.registry.clone(),
+            "--deploy".into(),
+            dir.join("deploy").display().to_string(),
+            "--schemas".into(),
+            dir.join("schemas").display().to_string(),
+            "--topic-prefix".into(),
+            bus.prefix.clone(),
+        ];
+        if live {
+            a.extend(["-c".into(), platform.clone()]);
+        }
+        a
+    };
+    let run = |live: bool| {
+        let a = args(live);
+        govbus(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // From the files: both subscriptions break.
+    let (ok, out) = run(false);
+    assert!(
+        !ok && out.contains("p52/bca.residents") && out.contains("p92/bca.residents"),
+        "{out}"
+    );
+    // In force: p52's only.
+    let (ok, out) = run(true);
+    assert!(!ok, "{out}");
+    assert!(out.contains("subscriptions in force: 1"), "{out}");
+    assert!(
+        out.contains("p52/bca.residents") && !out.contains("p92/bca.residents"),
+        "{out}"
+    );
+}

@@ -1,6 +1,9 @@
 //! Connecting to PostgreSQL as libpq would: `sslmode` (`disable`,
 //! `prefer`, the default, `require`, `verify-ca`, `verify-full`) and
-//! `sslrootcert` honoured, in a URL's query or a key=value string.
+//! `sslrootcert` honoured, in a URL's query or a key=value string; a URL
+//! without a password takes it from `PGPASSWORD`, or from a password file
+//! (`passfile`, `PGPASSFILE`, `~/.pgpass`), so that no password need be
+//! written in a config file.
 
 use std::str::FromStr;
 
@@ -53,9 +56,10 @@ fn with_causes(e: &postgres::Error) -> String {
 
 /// `url` without libpq's TLS settings that the Rust client does not
 /// parse, and those settings.
-fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
+fn split(url: &str) -> Result<(String, SslMode, Option<String>, Option<String>), PgError> {
     let mut mode = None;
     let mut root = None;
+    let mut passfile = None;
     let mut take = |k: &str, v: &str| -> Result<bool, PgError> {
         match k {
             "sslmode" => {
@@ -75,6 +79,10 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
             }
             "sslrootcert" => {
                 root = Some(v.to_string());
+                Ok(true)
+            }
+            "passfile" => {
+                passfile = Some(v.to_string());
                 Ok(true)
             }
             _ => Ok(false),
@@ -114,13 +122,69 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>), PgError> {
             "sslmode verify-ca and verify-full need `sslrootcert` (the CA that signed the server's certificate)".into(),
         ));
     }
-    Ok((rest, mode, root))
+    Ok((rest, mode, root, passfile))
+}
+
+/// The password a `.pgpass`-format file gives `cfg`'s first host, port,
+/// database and user (`*` matches anything; `\:` is a colon).
+fn from_passfile(text: &str, cfg: &postgres::Config) -> Option<String> {
+    let host = match cfg.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = cfg.get_user().unwrap_or_default().to_string();
+    let db = cfg.get_dbname().unwrap_or(&user).to_string();
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let mut fields = Vec::new();
+        let mut cur = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => cur.extend(chars.next()),
+                ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        fields.push(cur);
+        if fields.len() != 5 {
+            continue;
+        }
+        let hit = |f: &str, v: &str| f == "*" || f == v;
+        if hit(&fields[0], &host)
+            && hit(&fields[1], &port)
+            && hit(&fields[2], &db)
+            && hit(&fields[3], &user)
+        {
+            return Some(fields[4].clone());
+        }
+    }
+    None
 }
 
 /// Connects to `url` as libpq would with its `sslmode` and `sslrootcert`.
 pub fn connect(url: &str) -> Result<postgres::Client, PgError> {
-    let (rest, mode, root) = split(url)?;
+    let (rest, mode, root, passfile) = split(url)?;
     let mut cfg = postgres::Config::from_str(&rest).map_err(PgError::Connect)?;
+    if cfg.get_password().is_none() {
+        let file = passfile
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("PGPASSFILE").map(Into::into))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".pgpass"))
+            });
+        let password = std::env::var("PGPASSWORD").ok().or_else(|| {
+            let text = std::fs::read_to_string(file?).ok()?;
+            from_passfile(&text, &cfg)
+        });
+        if let Some(p) = password {
+            cfg.password(p);
+        }
+    }
     if mode == SslMode::Disable {
         cfg.ssl_mode(postgres::config::SslMode::Disable);
         return Ok(cfg.connect(postgres::NoTls)?);
@@ -157,7 +221,7 @@ mod tests {
 
     #[test]
     fn tls_settings_are_read_from_a_url_and_from_key_values() {
-        let (rest, mode, root) =
+        let (rest, mode, root, _) =
             split("postgres://u:p@h:5432/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x")
                 .unwrap();
         assert_eq!(rest, "postgres://u:p@h:5432/db?application_name=x");
@@ -165,12 +229,12 @@ mod tests {
             (mode, root.as_deref()),
             (SslMode::VerifyFull, Some("/etc/ca.pem"))
         );
-        let (rest, mode, _) = split("postgres://u:p@h/db").unwrap();
+        let (rest, mode, _, _) = split("postgres://u:p@h/db").unwrap();
         assert_eq!(
             (rest.as_str(), mode),
             ("postgres://u:p@h/db", SslMode::Prefer)
         );
-        let (rest, mode, _) = split("host=h user=u sslmode=require dbname=d").unwrap();
+        let (rest, mode, _, _) = split("host=h user=u sslmode=require dbname=d").unwrap();
         assert_eq!(
             (rest.as_str(), mode),
             ("host=h user=u dbname=d", SslMode::Require)
@@ -183,5 +247,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("sometimes"));
+        let (_, _, _, pf) = split("postgres://u@h/db?passfile=/run/secrets/pgpass").unwrap();
+        assert_eq!(pf.as_deref(), Some("/run/secrets/pgpass"));
+    }
+
+    #[test]
+    fn a_password_file_is_read_as_libpq_reads_it() {
+        let cfg = postgres::Config::from_str("postgres://govbus@db.p52:5433/p52").unwrap();
+        let text =
+            "# comment\nother:5433:p52:govbus:no\ndb.p52:*:p52:govbus:s\\:cret\n*:*:*:*:fallback\n";
+        assert_eq!(from_passfile(text, &cfg).as_deref(), Some("s:cret"));
+        let other = postgres::Config::from_str("postgres://x@h/d").unwrap();
+        assert_eq!(from_passfile(text, &other).as_deref(), Some("fallback"));
+        assert_eq!(from_passfile("h:1:d:u:p\n", &other), None);
     }
 }

@@ -526,6 +526,32 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
     // require encrypts without verifying: the same wrong CA is not read.
     let mut c = govbus_core::pg::connect(&with_params(&base, "sslmode=require")).unwrap();
     assert!(tls_of(&mut c));
+    // No password in the URL: it comes from a password file, as libpq's.
+    let parsed: postgres::Config = base.parse().unwrap();
+    let password = String::from_utf8(parsed.get_password().unwrap().to_vec()).unwrap();
+    let (host, port) = match (parsed.get_hosts().first(), parsed.get_ports().first()) {
+        (Some(postgres::config::Host::Tcp(h)), Some(p)) => (h.clone(), *p),
+        other => panic!("a TCP PostgreSQL is expected: {other:?}"),
+    };
+    let (user, db) = (parsed.get_user().unwrap(), parsed.get_dbname().unwrap());
+    let passfile = dir.path().join("pgpass");
+    std::fs::write(&passfile, format!("{host}:{port}:{db}:{user}:{password}\n")).unwrap();
+    let bare = format!(
+        "postgres://{user}@{host}:{port}/{db}?sslmode=verify-full&sslrootcert={}&passfile={}",
+        ca.display(),
+        passfile.display()
+    );
+    let mut c = govbus_core::pg::connect(&bare).unwrap();
+    assert!(tls_of(&mut c));
+    std::fs::write(&passfile, format!("{host}:{port}:{db}:{user}:wrong\n")).unwrap();
+    let e = govbus_core::pg::connect(&bare)
+        .err()
+        .expect("a wrong password must be refused")
+        .to_string();
+    assert!(
+        e.contains("password authentication failed") && !e.contains("wrong"),
+        "{e}"
+    );
     // A province's sink on verify-full applies over TLS.
     let schema = unique("p52_tls_");
     let sink = govbus_consumer::SinkConfig::from_url(&full, &schema).build();

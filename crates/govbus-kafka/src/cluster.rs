@@ -34,7 +34,7 @@ pub struct ClusterConfig {
 /// plaintext on loopback (SCRAM is not supported between controllers), and
 /// its principal, `User:ANONYMOUS`, must be a super user too (as in
 /// Kafka's own authorizer tests).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Secured {
     /// The brokers' key and certificate in one PEM file.
     pub keystore: PathBuf,
@@ -44,6 +44,24 @@ pub struct Secured {
     pub admin_password: String,
     /// Further SCRAM users: (name, password).
     pub users: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Secured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Passwords are never shown.
+        f.debug_struct("Secured")
+            .field("keystore", &self.keystore)
+            .field("ca", &self.ca)
+            .field(
+                "users",
+                &self
+                    .users
+                    .iter()
+                    .map(|(u, _)| u.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Secured {

@@ -178,7 +178,9 @@ pub fn init_logs() {
 
 /// Every record now in `topic` (read_committed), in partition order: each
 /// partition read from its beginning to its end as the broker reports it
-/// (partition EOF at the last stable offset).
+/// (partition EOF at the last stable offset). A topic an agent creates as it
+/// starts (a router's views) is waited for, up to 60 s; one that never
+/// appears fails the test.
 pub fn read_all(kafka: &KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
     use rdkafka::consumer::Consumer;
     use rdkafka::Message;
@@ -186,8 +188,14 @@ pub fn read_all(kafka: &KafkaConfig, topic: &str) -> Vec<rdkafka::message::Owned
         .consumer(&unique("reader-"))
         .create()
         .expect("consumer");
-    let partitions = govbus_core::kafka::partitions_of(&probe, topic).expect("metadata");
-    assert!(!partitions.is_empty(), "{topic} has no partitions");
+    let partitions = wait_until(
+        Duration::from_secs(60),
+        &format!("{topic} to have partitions"),
+        || {
+            let p = govbus_core::kafka::partitions_of(&probe, topic).expect("metadata");
+            (!p.is_empty()).then_some(p)
+        },
+    );
     let bounds: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, None)).collect();
     let mut out = Vec::new();
     govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {

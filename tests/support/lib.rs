@@ -445,20 +445,15 @@ pub fn apply_acls(
     topics: &govbus_core::Topics,
     router_group: &str,
 ) -> govbus_core::acl::AclDiff {
-    use govbus_core::acl::{managed, plan, AclAdmin, AclDiff, Principals};
-    let p = Principals {
-        router: "router".into(),
-        registry: "registry".into(),
-        operators: vec!["ops".into()],
-        router_group: router_group.into(),
-    };
+    use govbus_core::acl::{managed, plan, AclAdmin, Principals};
+    let p = Principals::standard(router_group);
     let now = chrono::Utc::now().timestamp_millis();
     let wanted = plan(catalog, topics, &p, now);
     let admin = AclAdmin::new(kafka).expect("ACL admin");
-    let current = admin.describe().expect("describe ACLs");
-    let diff = AclDiff::between(&wanted, &current, &managed(&wanted, catalog, &p));
-    admin.create(&diff.create).expect("create ACLs");
-    admin.delete(&diff.delete).expect("delete ACLs");
+    let diff = admin
+        .compare(&wanted, &managed(&wanted, catalog, &p))
+        .expect("compare ACLs");
+    admin.apply(&diff).expect("apply ACLs");
     diff
 }
 

@@ -120,9 +120,18 @@ pub enum AclError {
     /// A name holds a NUL byte.
     #[error("an ACL's name or principal holds a NUL byte: {0:?}")]
     Nul(String),
-    /// The broker holds an ACL govbus does not model.
-    #[error("unexpected ACL on the broker: {0}")]
+    /// The broker holds an ACL govbus does not model, on a principal it manages.
+    #[error("the broker holds an ACL govbus cannot express on a principal it manages: {0}; remove it with kafka-acls --remove, or manage that principal outside govbus")]
     Unknown(String),
+}
+
+/// An ACL on the broker that govbus does not model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    /// Its principal.
+    pub principal: String,
+    /// The whole binding, as text.
+    pub shown: String,
 }
 
 /// The ACL admin client: a librdkafka admin handle and a queue of its own.
@@ -138,32 +147,63 @@ impl fmt::Debug for AclAdmin {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn res_to_sys(r: Resource) -> Res {
-    match r {
-        Resource::Topic => Res::RD_KAFKA_RESOURCE_TOPIC,
-        Resource::Group => Res::RD_KAFKA_RESOURCE_GROUP,
-        Resource::Cluster => Res::RD_KAFKA_RESOURCE_BROKER,
-        Resource::TransactionalId => Res::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID,
-    }
+/// Each resource kind and its librdkafka value.
+const RESOURCES: [(Resource, Res); 4] = [
+    (Resource::Topic, Res::RD_KAFKA_RESOURCE_TOPIC),
+    (Resource::Group, Res::RD_KAFKA_RESOURCE_GROUP),
+    (Resource::Cluster, Res::RD_KAFKA_RESOURCE_BROKER),
+    (
+        Resource::TransactionalId,
+        Res::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID,
+    ),
+];
+
+/// Each pattern type and its librdkafka value.
+const PATTERNS: [(Pattern, Pat); 2] = [
+    (Pattern::Literal, Pat::RD_KAFKA_RESOURCE_PATTERN_LITERAL),
+    (Pattern::Prefixed, Pat::RD_KAFKA_RESOURCE_PATTERN_PREFIXED),
+];
+
+/// Each operation and its librdkafka value.
+const OPERATIONS: [(Operation, Op); 9] = [
+    (Operation::Read, Op::RD_KAFKA_ACL_OPERATION_READ),
+    (Operation::Write, Op::RD_KAFKA_ACL_OPERATION_WRITE),
+    (Operation::Create, Op::RD_KAFKA_ACL_OPERATION_CREATE),
+    (Operation::Describe, Op::RD_KAFKA_ACL_OPERATION_DESCRIBE),
+    (
+        Operation::DescribeConfigs,
+        Op::RD_KAFKA_ACL_OPERATION_DESCRIBE_CONFIGS,
+    ),
+    (
+        Operation::AlterConfigs,
+        Op::RD_KAFKA_ACL_OPERATION_ALTER_CONFIGS,
+    ),
+    (Operation::Delete, Op::RD_KAFKA_ACL_OPERATION_DELETE),
+    (
+        Operation::IdempotentWrite,
+        Op::RD_KAFKA_ACL_OPERATION_IDEMPOTENT_WRITE,
+    ),
+    (Operation::All, Op::RD_KAFKA_ACL_OPERATION_ALL),
+];
+
+/// `a`'s librdkafka value in `table`.
+fn to_sys<A: PartialEq + Copy, B: Copy>(table: &[(A, B)], a: A) -> B {
+    table
+        .iter()
+        .find(|(x, _)| *x == a)
+        .map(|(_, b)| *b)
+        .expect("every variant is in its table")
 }
 
-fn op_to_sys(o: Operation) -> Op {
-    match o {
-        Operation::Read => Op::RD_KAFKA_ACL_OPERATION_READ,
-        Operation::Write => Op::RD_KAFKA_ACL_OPERATION_WRITE,
-        Operation::Create => Op::RD_KAFKA_ACL_OPERATION_CREATE,
-        Operation::Describe => Op::RD_KAFKA_ACL_OPERATION_DESCRIBE,
-        Operation::DescribeConfigs => Op::RD_KAFKA_ACL_OPERATION_DESCRIBE_CONFIGS,
-        Operation::AlterConfigs => Op::RD_KAFKA_ACL_OPERATION_ALTER_CONFIGS,
-        Operation::Delete => Op::RD_KAFKA_ACL_OPERATION_DELETE,
-        Operation::IdempotentWrite => Op::RD_KAFKA_ACL_OPERATION_IDEMPOTENT_WRITE,
-        Operation::All => Op::RD_KAFKA_ACL_OPERATION_ALL,
-    }
+/// The variant librdkafka's value `b` stands for, if govbus models it.
+fn from_sys_value<A: Copy, B: PartialEq + Copy>(table: &[(A, B)], b: B) -> Option<A> {
+    table.iter().find(|(_, y)| *y == b).map(|(a, _)| *a)
 }
 
-/// The Rust form of a binding the broker returned; None for what govbus
-/// does not model (DENY, a host other than `*`, other operations).
-fn from_sys(b: *const sys::bindings::rd_kafka_AclBinding_t) -> Result<Acl, String> {
+/// The Rust form of a binding the broker returned, or, for one govbus does
+/// not model (DENY, a host other than `*`, other operations), its
+/// principal and the whole binding as text.
+fn from_sys(b: *const sys::bindings::rd_kafka_AclBinding_t) -> Result<Acl, Foreign> {
     // SAFETY: `b` comes from a result that is alive for this call; the
     // getters return pointers into it, copied here before it is freed.
     unsafe {
@@ -181,42 +221,30 @@ fn from_sys(b: *const sys::bindings::rd_kafka_AclBinding_t) -> Result<Acl, Strin
         let pattern = sys::rd_kafka_AclBinding_resource_pattern_type(b);
         let op = sys::rd_kafka_AclBinding_operation(b);
         let perm = sys::rd_kafka_AclBinding_permission_type(b);
-        let shown =
-            format!("{principal} {op:?} {restype:?} {pattern:?} {name} host {host} {perm:?}");
-        let resource = match restype {
-            Res::RD_KAFKA_RESOURCE_TOPIC => Resource::Topic,
-            Res::RD_KAFKA_RESOURCE_GROUP => Resource::Group,
-            Res::RD_KAFKA_RESOURCE_BROKER => Resource::Cluster,
-            Res::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID => Resource::TransactionalId,
-            _ => return Err(shown),
-        };
-        let pattern = match pattern {
-            Pat::RD_KAFKA_RESOURCE_PATTERN_LITERAL => Pattern::Literal,
-            Pat::RD_KAFKA_RESOURCE_PATTERN_PREFIXED => Pattern::Prefixed,
-            _ => return Err(shown),
-        };
-        let operation = match op {
-            Op::RD_KAFKA_ACL_OPERATION_READ => Operation::Read,
-            Op::RD_KAFKA_ACL_OPERATION_WRITE => Operation::Write,
-            Op::RD_KAFKA_ACL_OPERATION_CREATE => Operation::Create,
-            Op::RD_KAFKA_ACL_OPERATION_DESCRIBE => Operation::Describe,
-            Op::RD_KAFKA_ACL_OPERATION_DESCRIBE_CONFIGS => Operation::DescribeConfigs,
-            Op::RD_KAFKA_ACL_OPERATION_ALTER_CONFIGS => Operation::AlterConfigs,
-            Op::RD_KAFKA_ACL_OPERATION_DELETE => Operation::Delete,
-            Op::RD_KAFKA_ACL_OPERATION_IDEMPOTENT_WRITE => Operation::IdempotentWrite,
-            Op::RD_KAFKA_ACL_OPERATION_ALL => Operation::All,
-            _ => return Err(shown),
-        };
-        if perm != Perm::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW || host != "*" {
-            return Err(shown);
+        let modeled = (
+            from_sys_value(&RESOURCES, restype),
+            from_sys_value(&PATTERNS, pattern),
+            from_sys_value(&OPERATIONS, op),
+        );
+        match modeled {
+            (Some(resource), Some(pattern), Some(operation))
+                if perm == Perm::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW && host == "*" =>
+            {
+                Ok(Acl {
+                    principal,
+                    resource,
+                    pattern,
+                    name,
+                    operation,
+                })
+            }
+            _ => Err(Foreign {
+                shown: format!(
+                    "{principal} {perm:?} {op:?} {restype:?} {pattern:?} {name} host {host}"
+                ),
+                principal,
+            }),
         }
-        Ok(Acl {
-            principal,
-            resource,
-            pattern,
-            name,
-            operation,
-        })
     }
 }
 
@@ -229,10 +257,6 @@ impl Binding {
         let name = cstr(&acl.name)?;
         let principal = cstr(&acl.principal)?;
         let host = cstr("*")?;
-        let pattern = match acl.pattern {
-            Pattern::Literal => Pat::RD_KAFKA_RESOURCE_PATTERN_LITERAL,
-            Pattern::Prefixed => Pat::RD_KAFKA_RESOURCE_PATTERN_PREFIXED,
-        };
         let mut err = [0 as std::os::raw::c_char; 512];
         // SAFETY: every pointer is a live NUL-terminated string or buffer;
         // librdkafka copies the strings.
@@ -243,12 +267,12 @@ impl Binding {
                 sys::rd_kafka_AclBinding_new
             };
             f(
-                res_to_sys(acl.resource),
+                to_sys(&RESOURCES, acl.resource),
                 name.as_ptr(),
-                pattern,
+                to_sys(&PATTERNS, acl.pattern),
                 principal.as_ptr(),
                 host.as_ptr(),
-                op_to_sys(acl.operation),
+                to_sys(&OPERATIONS, acl.operation),
                 Perm::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
                 err.as_mut_ptr(),
                 err.len(),
@@ -362,9 +386,9 @@ impl AclAdmin {
         }
     }
 
-    /// Every ALLOW ACL on the broker, sorted. An ACL govbus does not model
-    /// (DENY, a host other than `*`) is an error naming it.
-    pub fn describe(&self) -> Result<Vec<Acl>, AclError> {
+    /// Every ACL on the broker: those govbus models, sorted, and apart
+    /// from them those it does not (DENY, a host other than `*`).
+    pub fn describe(&self) -> Result<(Vec<Acl>, Vec<Foreign>), AclError> {
         let mut err = [0 as std::os::raw::c_char; 512];
         // SAFETY: a filter matching everything (NULL names match any).
         let filter = unsafe {
@@ -393,18 +417,36 @@ impl AclAdmin {
             // SAFETY: the filter outlives the call (librdkafka copies it).
             |rk, opts, q| unsafe { sys::rd_kafka_DescribeAcls(rk, filter.0, opts, q) },
         )?;
-        let mut out = Vec::new();
+        let (mut out, mut foreign) = (Vec::new(), Vec::new());
         // SAFETY: the result and its array live as long as `reply`.
         unsafe {
             let res = sys::rd_kafka_event_DescribeAcls_result(reply.event);
             let mut n = 0usize;
             let acls = sys::rd_kafka_DescribeAcls_result_acls(res, &mut n);
             for i in 0..n {
-                out.push(from_sys(*acls.add(i)).map_err(AclError::Unknown)?);
+                match from_sys(*acls.add(i)) {
+                    Ok(a) => out.push(a),
+                    Err(f) => foreign.push(f),
+                }
             }
         }
         out.sort();
-        Ok(out)
+        Ok((out, foreign))
+    }
+
+    /// What makes the broker's ACLs `wanted`, for the principals in
+    /// `managed` (others' ACLs are left alone). An ACL govbus cannot
+    /// express on a principal it manages (a DENY, a host) is an error
+    /// naming it: applying the plan beside it would not give the plan.
+    pub fn compare(&self, wanted: &[Acl], managed: &[String]) -> Result<AclDiff, AclError> {
+        let (current, foreign) = self.describe()?;
+        AclDiff::beside(wanted, &current, &foreign, managed)
+    }
+
+    /// Creates and deletes what `diff` says.
+    pub fn apply(&self, diff: &AclDiff) -> Result<(), AclError> {
+        self.create(&diff.create)?;
+        self.delete(&diff.delete)
     }
 
     /// Creates `acls` (existing ones are left as they are).
@@ -485,14 +527,21 @@ impl AclAdmin {
     }
 }
 
-/// What a principal may do on a topic, or why the broker would not say.
-pub type Authorized = Result<Vec<Operation>, String>;
+/// What a principal may do on a topic, as the broker says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorized {
+    /// These operations (perhaps none).
+    Allowed(Vec<Operation>),
+    /// The topic does not exist (yet).
+    Missing,
+    /// The broker would not say: its words.
+    Refused(String),
+}
 
 impl AclAdmin {
     /// What this client's principal may do on each of `topics`, as the
     /// broker's authorizer says (DescribeTopics with authorized
-    /// operations): `Ok(operations)`, or `Err(reason)` for a topic it may
-    /// not even describe or that does not exist.
+    /// operations).
     pub fn authorized(&self, topics: &[String]) -> Result<Vec<(String, Authorized)>, AclError> {
         if topics.is_empty() {
             return Ok(Vec::new());
@@ -529,29 +578,30 @@ impl AclAdmin {
                 let name = CStr::from_ptr(sys::rd_kafka_TopicDescription_name(d))
                     .to_string_lossy()
                     .into_owned();
-                if let Some(why) = error_text(sys::rd_kafka_TopicDescription_error(d)) {
-                    out.push((name, Err(why)));
+                let e = sys::rd_kafka_TopicDescription_error(d);
+                if let Some(why) = error_text(e) {
+                    use sys::bindings::rd_kafka_resp_err_t as E;
+                    let missing = matches!(
+                        sys::rd_kafka_error_code(e),
+                        E::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+                            | E::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_ID
+                    );
+                    out.push((
+                        name,
+                        if missing {
+                            Authorized::Missing
+                        } else {
+                            Authorized::Refused(why)
+                        },
+                    ));
                     continue;
                 }
                 let mut k = 0usize;
                 let ops = sys::rd_kafka_TopicDescription_authorized_operations(d, &mut k);
-                let mut list = Vec::new();
-                for j in 0..k {
-                    let op = *ops.add(j);
-                    let known = [
-                        Operation::Read,
-                        Operation::Write,
-                        Operation::Create,
-                        Operation::Describe,
-                        Operation::DescribeConfigs,
-                        Operation::AlterConfigs,
-                        Operation::Delete,
-                    ];
-                    if let Some(o) = known.into_iter().find(|o| op_to_sys(*o) == op) {
-                        list.push(o);
-                    }
-                }
-                out.push((name, Ok(list)));
+                let list = (0..k)
+                    .filter_map(|j| from_sys_value(&OPERATIONS, *ops.add(j)))
+                    .collect();
+                out.push((name, Authorized::Allowed(list)));
             }
         }
         Ok(out)
@@ -593,17 +643,17 @@ pub fn require(
     let admin = AclAdmin::new(kafka)?;
     for (topic, ops) in admin.authorized(topics)? {
         let allowed = match ops {
-            Ok(ops) if ops.contains(&operation) => continue,
-            Ok(ops) if ops.is_empty() => "it may do nothing there".to_string(),
-            Ok(ops) => format!(
+            Authorized::Allowed(ops) if ops.contains(&operation) => continue,
+            Authorized::Allowed(ops) if ops.is_empty() => "it may do nothing there".to_string(),
+            Authorized::Allowed(ops) => format!(
                 "it may: {}",
                 ops.iter()
                     .map(|o| format!("{o:?}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Err(why) if why.contains("does not exist") || why.contains("Unknown topic") => continue,
-            Err(why) => format!("the broker says: {why}"),
+            Authorized::Missing => continue,
+            Authorized::Refused(why) => format!("the broker says: {why}"),
         };
         return Err(AccessError::Denied {
             principal,
@@ -654,6 +704,20 @@ impl AclDiff {
         }
     }
 
+    /// As [`Self::between`], the broker also holding `foreign` ACLs:
+    /// refused if one is on a managed principal.
+    pub fn beside(
+        wanted: &[Acl],
+        current: &[Acl],
+        foreign: &[Foreign],
+        managed: &[String],
+    ) -> Result<Self, AclError> {
+        if let Some(f) = foreign.iter().find(|f| managed.contains(&f.principal)) {
+            return Err(AclError::Unknown(f.shown.clone()));
+        }
+        Ok(Self::between(wanted, current, managed))
+    }
+
     /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.create.is_empty() && self.delete.is_empty()
@@ -669,5 +733,46 @@ impl fmt::Display for AclDiff {
             writeln!(f, "- {a}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_variant_has_one_librdkafka_value_and_back() {
+        for (a, b) in OPERATIONS {
+            assert_eq!(to_sys(&OPERATIONS, a), b);
+            assert_eq!(from_sys_value(&OPERATIONS, b), Some(a));
+        }
+        for (a, b) in RESOURCES {
+            assert_eq!(from_sys_value(&RESOURCES, b), Some(a));
+        }
+        for (a, b) in PATTERNS {
+            assert_eq!(from_sys_value(&PATTERNS, b), Some(a));
+        }
+        assert_eq!(
+            from_sys_value(&OPERATIONS, Op::RD_KAFKA_ACL_OPERATION_ALTER),
+            None
+        );
+    }
+
+    #[test]
+    fn acls_govbus_cannot_express_stop_it_only_on_principals_it_manages() {
+        let deny = Foreign {
+            principal: "User:p52".into(),
+            shown: "User:p52 DENY READ topic sub.p52. host *".into(),
+        };
+        let managed = vec!["User:p52".to_string()];
+        let err = AclDiff::beside(&[], &[], std::slice::from_ref(&deny), &managed).unwrap_err();
+        assert!(err.to_string().contains("DENY READ"), "{err}");
+        let theirs = Foreign {
+            principal: "User:auditor".into(),
+            ..deny
+        };
+        assert!(AclDiff::beside(&[], &[], &[theirs], &managed)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -191,7 +191,7 @@ pub fn new_token() -> Result<String, HttpsError> {
         path: String::new(),
         reason: e.to_string(),
     })?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&buf))
 }
 
 fn hex(b: &[u8]) -> String {

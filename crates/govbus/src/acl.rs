@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use govbus_core::acl::{managed, plan, AclAdmin, AclDiff, Principals};
+use govbus_core::acl::{managed, plan, AclAdmin, Principals};
 use govbus_core::Topics;
 
 use crate::config::{Agent, GovbusConfig};
@@ -93,16 +93,14 @@ pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> an
     let kafka = acl.kafka.as_ref().unwrap_or(&r.kafka);
     govbus_core::kafka::connect(kafka, std::time::Duration::from_secs(15))?;
     let admin = AclAdmin::new(kafka)?;
-    let current = admin.describe()?;
-    let diff = AclDiff::between(&wanted, &current, &managed(&wanted, &catalog, &principals));
+    let diff = admin.compare(&wanted, &managed(&wanted, &catalog, &principals))?;
     print!("{diff}");
     if diff.is_empty() {
         println!("the broker's ACLs match the plan ({} ACLs)", wanted.len());
         return Ok(());
     }
     if apply {
-        admin.create(&diff.create)?;
-        admin.delete(&diff.delete)?;
+        admin.apply(&diff)?;
         println!(
             "applied: {} created, {} deleted ({} ACLs planned)",
             diff.create.len(),

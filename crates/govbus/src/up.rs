@@ -367,14 +367,9 @@ impl Credentials {
 /// Makes a secured node's ACLs what the built-in catalog implies, as
 /// `govbus acl apply` does; returns how many were created.
 fn apply_acls(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<usize> {
-    use govbus_core::acl::{managed, plan, AclAdmin, AclDiff, Principals};
+    use govbus_core::acl::{managed, plan, AclAdmin, Principals};
     let catalog = govbus_core::Catalog::builtin();
-    let p = Principals {
-        router: "router".into(),
-        registry: "registry".into(),
-        operators: vec!["ops".into()],
-        router_group: ROUTER_GROUP.into(),
-    };
+    let p = Principals::standard(ROUTER_GROUP);
     let wanted = plan(
         &catalog,
         &govbus_core::Topics::default(),
@@ -382,9 +377,7 @@ fn apply_acls(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<usize> {
         chrono::Utc::now().timestamp_millis(),
     );
     let admin = AclAdmin::new(kafka)?;
-    let diff = AclDiff::between(&wanted, &admin.describe()?, &managed(&wanted, &catalog, &p));
-    admin.create(&diff.create)?;
-    admin.delete(&diff.delete)?;
+    admin.apply(&admin.compare(&wanted, &managed(&wanted, &catalog, &p))?)?;
     Ok(wanted.len())
 }
 

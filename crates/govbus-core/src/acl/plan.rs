@@ -18,6 +18,19 @@ pub struct Principals {
     pub router_group: String,
 }
 
+impl Principals {
+    /// The names `govbus up` and the tests give the platform's users:
+    /// `router`, `registry` and one operator, `ops`; the router in `router_group`.
+    pub fn standard(router_group: &str) -> Self {
+        Self {
+            router: "router".into(),
+            registry: "registry".into(),
+            operators: vec!["ops".into()],
+            router_group: router_group.into(),
+        }
+    }
+}
+
 fn user(name: &str) -> String {
     format!("User:{name}")
 }
@@ -276,12 +289,7 @@ mod tests {
     use crate::acl::AclDiff;
 
     fn principals() -> Principals {
-        Principals {
-            router: "router".into(),
-            registry: "registry".into(),
-            operators: vec!["ops".into()],
-            router_group: "govbus-router".into(),
-        }
+        Principals::standard("govbus-router")
     }
 
     fn has(acls: &[Acl], principal: &str, op: Operation, pattern: Pattern, name: &str) -> bool {

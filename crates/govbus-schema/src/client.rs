@@ -92,13 +92,9 @@ impl std::fmt::Debug for RegistryClient {
 impl RegistryClient {
     /// A client for the registry at `base` (`http://host:port`).
     pub fn new(base: impl Into<String>) -> Self {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build();
         Self {
             base: base.into().trim_end_matches('/').to_string(),
-            agent,
+            agent: Self::agent_builder().build(),
             authorization: None,
         }
     }
@@ -110,21 +106,21 @@ impl RegistryClient {
         base: impl Into<String>,
         access: Option<&govbus_core::https::ClientAccess>,
     ) -> Result<Self, RegistryError> {
-        let Some(access) = access else {
-            return Ok(Self::new(base));
-        };
-        let agent = access
-            .agent(
-                ureq::AgentBuilder::new()
-                    .timeout_connect(Duration::from_secs(5))
-                    .timeout(Duration::from_secs(30)),
-            )
-            .map_err(|e| RegistryError::Setup(e.to_string()))?;
-        Ok(Self {
-            base: base.into().trim_end_matches('/').to_string(),
-            agent,
-            authorization: access.authorization(),
-        })
+        let mut client = Self::new(base);
+        if let Some(access) = access {
+            client.agent = access
+                .agent(Self::agent_builder())
+                .map_err(|e| RegistryError::Setup(e.to_string()))?;
+            client.authorization = access.authorization();
+        }
+        Ok(client)
+    }
+
+    /// Every client's timeouts.
+    fn agent_builder() -> ureq::AgentBuilder {
+        ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
     }
 
     /// The registry's base URL.

@@ -265,11 +265,9 @@ fn start_broker(
                         &f,
                         std::os::unix::fs::PermissionsExt::from_mode(0o600),
                     )?;
-                    if *u != "admin" {
-                        users.push((u.to_string(), pw));
-                    }
+                    users.push((u.to_string(), pw));
                 }
-                let admin = std::fs::read_to_string(secrets.join("admin"))?;
+                let (_, admin) = users.pop().expect("admin, pushed last");
                 cfg = cfg.secured(govbus_kafka::Secured::new(&ca, &admin, users)?);
                 Some(Credentials {
                     ca: ca.ca(),
@@ -501,18 +499,20 @@ fn run_blocking(
     println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
 
     // The subscriptions (p52, p92), as `govbus subscriptions apply` writes them.
+    // The subscriptions are applied, and the live line reads the cluster,
+    // as the operator would.
+    let as_operator = match &creds {
+        Some(c) => c.kafka(&bootstrap, "ops")?,
+        None => govbus_core::KafkaConfig::new(&bootstrap),
+    };
     let steps = tokio::task::block_in_place(|| {
-        let as_operator = match &creds {
-            Some(c) => c.kafka(&bootstrap, "ops")?,
-            None => govbus_core::KafkaConfig::new(&bootstrap),
-        };
-        anyhow::Ok(govbus_router::control::apply(
+        govbus_router::control::apply(
             &as_operator,
             &govbus_core::Topics::default(),
             &govbus_core::Catalog::builtin(),
             false,
             false,
-        )?)
+        )
     })?;
     println!(
         "  subscriptions {} applied to _govbus.subscriptions",
@@ -583,11 +583,6 @@ fn run_blocking(
         dir.join("logs").display()
     );
 
-    // The live line reads the cluster as the operator would.
-    let as_operator = match &creds {
-        Some(c) => c.kafka(&bootstrap, "ops")?,
-        None => govbus_core::KafkaConfig::new(&bootstrap),
-    };
     let hops = Hops::new(&as_operator, stall_secs)?;
     let start = Instant::now();
     let mut last_tick = Instant::now();

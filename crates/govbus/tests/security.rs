@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use govbus_e2e::{unique, wait_until, Bus, Worker};
 use govbus_producer::{ChangeRequest, Relay};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
 fn govbus(args: &[&str]) -> (bool, String) {
@@ -36,19 +37,22 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     f.to_str().unwrap().to_string()
 }
 
-/// A province consumer's config: `subscriber`'s views, as `user`.
-fn consumer_toml(bus: &Bus, subscriber: &str, user: &str, password: &Path) -> String {
+/// A province consumer's config: `subscriber`'s views, as `user`, into
+/// the SQLite database `sink`.
+fn consumer_toml(bus: &Bus, subscriber: &str, user: &str, password: &Path, sink: &Path) -> String {
     format!(
         "[consumer]\nsubscriber = \"{subscriber}\"\nregistry = \"{}\"\ntopic_prefix = \"{}\"\n\
          [consumer.sink]\ntype = \"sqlite\"\npath = \"{}\"\n{}",
         bus.registry,
         bus.prefix,
-        bus.dir
-            .path()
-            .join(format!("{}.db", unique("sink-")))
-            .display(),
+        sink.display(),
         kafka_section(bus, "consumer", user, password)
     )
+}
+
+/// A sink path of its own.
+fn sink_path(bus: &Bus) -> PathBuf {
+    bus.dir.path().join(format!("{}.db", unique("sink-")))
 }
 
 /// A ministry agent's config publishing as `agency`, connecting as `user`.
@@ -84,19 +88,31 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
         (exists(&bus, &view52) && !govbus_e2e::read_all(&bus.kafka, &view52).is_empty())
             .then_some(())
     });
-    // p52 itself reads it, as `govbus consume` does.
+    // p52 itself reads it, as `govbus consume` does: the row reaches its table.
+    let p52_sink = sink_path(&bus);
     let p52 = write(
         dir,
         "p52.toml",
-        &consumer_toml(&bus, "p52", "p52", &password_of(&bus, "p52")),
+        &consumer_toml(&bus, "p52", "p52", &password_of(&bus, "p52"), &p52_sink),
     );
+    {
+        let mut agent = Agent::spawn(&["consume", "-c", &p52], dir.join("p52.log"));
+        wait_until(Duration::from_secs(60), "the change in p52's table", || {
+            agent.alive();
+            let db = rusqlite::Connection::open(&p52_sink).ok()?;
+            let id: String = db
+                .query_row("SELECT citizen_id FROM bca_residents", [], |r| r.get(0))
+                .ok()?;
+            (id == "052090000001").then_some(())
+        });
+    }
 
     // A wrong password: refused at connection, the password never shown.
     let wrong = write(dir, "wrong-password", "not-the-password\n");
     let bad = write(
         dir,
         "p52-wrong.toml",
-        &consumer_toml(&bus, "p52", "p52", Path::new(&wrong)),
+        &consumer_toml(&bus, "p52", "p52", Path::new(&wrong), &sink_path(&bus)),
     );
     let (ok, out) = govbus(&["consume", "-c", &bad]);
     assert!(!ok, "{out}");
@@ -114,7 +130,13 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
     let as_p92 = write(
         dir,
         "p52-as-p92.toml",
-        &consumer_toml(&bus, "p92", "p52", &password_of(&bus, "p52")),
+        &consumer_toml(
+            &bus,
+            "p92",
+            "p52",
+            &password_of(&bus, "p52"),
+            &sink_path(&bus),
+        ),
     );
     let (ok, out) = govbus(&["consume", "-c", &as_p92]);
     assert!(!ok, "{out}");
@@ -158,19 +180,27 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
             && out.contains("TopicAuthorizationFailed"),
         "{out}"
     );
-    let producer: BaseProducer = bus.kafka_of("p52").producer().create().unwrap();
+    // The broker refuses each record, and none lands.
+    let producer: FutureProducer = bus.kafka_of("p52").producer().create().unwrap();
     for topic in [
         view52.clone(),
         format!("{}sub.p92.bca.residents.v1", bus.prefix),
     ] {
-        producer
-            .send(BaseRecord::to(&topic).key("k").payload("v"))
-            .unwrap_or_else(|(e, _)| panic!("{e}"));
-        let res = producer.flush(Duration::from_secs(30));
-        let delivered = govbus_e2e::read_all(&bus.kafka, &topic)
+        let delivery = producer
+            .send_result(FutureRecord::to(&topic).key("k").payload("v"))
+            .unwrap_or_else(|(e, _)| panic!("queueing for {topic}: {e}"));
+        match futures_executor::block_on(delivery).expect("a delivery report") {
+            Err((e, _)) => assert_eq!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::TopicAuthorizationFailed),
+                "p52 writing {topic}: {e}"
+            ),
+            Ok(at) => panic!("p52 wrote {topic} at {at:?}"),
+        }
+        let landed = govbus_e2e::read_all(&bus.kafka, &topic)
             .iter()
             .any(|m| rdkafka::Message::key(m) == Some(b"k".as_slice()));
-        assert!(!delivered, "p52 wrote {topic} ({res:?})");
+        assert!(!landed, "p52's record is in {topic}");
     }
 
     // The subscription expires: `govbus acl apply` takes p52's read away,

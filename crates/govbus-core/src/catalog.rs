@@ -287,6 +287,22 @@ impl UnitEnded {
     }
 }
 
+/// The first of `problems`, as an error.
+fn first_problem(problems: Vec<CatalogError>) -> Result<(), CatalogError> {
+    problems.into_iter().next().map_or(Ok(()), Err)
+}
+
+/// A rule of its dataset's tags that a subscription breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagViolation {
+    /// The tagged fields the view keeps.
+    pub fields: Vec<String>,
+    /// The subscription's key that would mend it.
+    pub key: &'static str,
+    /// The rule, as an operator reads it.
+    pub rule: String,
+}
+
 impl SubscriptionFile {
     /// Whether the view keeps `field` (a dotted path): neither it nor a
     /// record holding it is dropped.
@@ -298,14 +314,11 @@ impl SubscriptionFile {
     }
 
     /// What the dataset's tags require of this subscription and it does
-    /// not give: `(fields, key to set, rule)` for each rule broken. A view
+    /// not give, one [`TagViolation`] per rule broken. A view
     /// that keeps a PII or SENSITIVE field must name its legal basis and
     /// reference; one that keeps a SENSITIVE field must also name that
     /// field in `sensitive`.
-    pub fn tag_violations(
-        &self,
-        dataset: &DatasetFile,
-    ) -> Vec<(Vec<String>, &'static str, String)> {
+    pub fn tag_violations(&self, dataset: &DatasetFile) -> Vec<TagViolation> {
         let has = |tags: &[String], t: &str| tags.iter().any(|x| x.eq_ignore_ascii_case(t));
         let kept: Vec<(&String, &Vec<String>)> =
             dataset.tags.iter().filter(|(f, _)| self.keeps(f)).collect();
@@ -326,11 +339,11 @@ impl SubscriptionFile {
                 ("legal_reference", &self.legal_reference),
             ] {
                 if value.trim().is_empty() {
-                    out.push((
-                        tagged.iter().map(|(f, _)| f.to_string()).collect(),
+                    out.push(TagViolation {
+                        fields: tagged.iter().map(|(f, _)| f.to_string()).collect(),
                         key,
-                        format!("the view keeps {listed}, so it must name its `{key}` (or drop those fields)"),
-                    ));
+                        rule: format!("the view keeps {listed}, so it must name its `{key}` (or drop those fields)"),
+                    });
                 }
             }
         }
@@ -341,15 +354,15 @@ impl SubscriptionFile {
             .collect();
         if !unnamed.is_empty() {
             let quoted: Vec<String> = unnamed.iter().map(|f| format!("\"{f}\"")).collect();
-            out.push((
-                unnamed.clone(),
-                "sensitive",
-                format!(
+            out.push(TagViolation {
+                rule: format!(
                     "the view keeps `{}`, tagged SENSITIVE, so it must name it in `sensitive = [{}]` (or drop it)",
                     unnamed.join("`, `"),
                     quoted.join(", ")
                 ),
-            ));
+                fields: unnamed,
+                key: "sensitive",
+            });
         }
         out
     }
@@ -560,10 +573,7 @@ impl Catalog {
     /// Checks that every dataset's `[lookups]` name a declared dataset under
     /// a name CEL can use that is neither a field of the entity nor `today`.
     pub fn check_lookups(&self) -> Result<(), CatalogError> {
-        match self.lookup_problems().into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        first_problem(self.lookup_problems())
     }
 
     /// Every problem [`Catalog::check_lookups`] would report.
@@ -622,10 +632,7 @@ impl Catalog {
 
     /// Checks that every subscription names a declared dataset.
     pub fn check_subscriptions(&self) -> Result<(), CatalogError> {
-        match self.subscription_problems().into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        first_problem(self.subscription_problems())
     }
 
     /// Every problem [`Catalog::check_subscriptions`] would report.
@@ -655,10 +662,7 @@ impl Catalog {
     /// fields and the rule: what `govbus subscriptions apply` and `check`
     /// enforce before a subscription is put in force.
     pub fn check_policy(&self) -> Result<(), CatalogError> {
-        match self.policy_problems().into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        first_problem(self.policy_problems())
     }
 
     /// Every problem [`Catalog::check_policy`] would report.
@@ -669,11 +673,11 @@ impl Catalog {
                 continue;
             };
             let text = read_or_empty(&s.origin);
-            for (_, key, rule) in s.file.tag_violations(&ds.file) {
+            for v in s.file.tag_violations(&ds.file) {
                 problems.push(CatalogError::Invalid {
                     file: s.origin.clone(),
-                    line: line_of(&text, key),
-                    message: rule,
+                    line: line_of(&text, v.key),
+                    message: v.rule,
                 });
             }
         }
@@ -840,15 +844,14 @@ mod tests {
         // Keeps PII fields and ethnicity, names nothing.
         let v = sub("").tag_violations(residents);
         assert!(
-            v.iter()
-                .any(|(f, k, r)| f.contains(&"full_name".to_string())
-                    && *k == "legal_basis"
-                    && r.contains("`full_name` (PII)")),
+            v.iter().any(|v| v.fields.contains(&"full_name".to_string())
+                && v.key == "legal_basis"
+                && v.rule.contains("`full_name` (PII)")),
             "{v:?}"
         );
         assert!(
             v.iter()
-                .any(|(f, k, _)| f == &vec!["ethnicity".to_string()] && *k == "sensitive"),
+                .any(|v| v.fields == ["ethnicity"] && v.key == "sensitive"),
             "{v:?}"
         );
         // A basis and reference, ethnicity named: nothing left.

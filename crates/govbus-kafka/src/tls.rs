@@ -67,13 +67,10 @@ fn builder(
     issuer: &openssl::x509::X509NameRef,
     key: &PKey<Private>,
 ) -> Result<openssl::x509::X509Builder, KafkaError> {
-    let e = ssl("building a certificate");
-    let mut b = X509::builder().map_err(ssl("building a certificate"))?;
-    let mut serial = BigNum::new().map_err(ssl("building a certificate"))?;
-    serial
-        .rand(127, MsbOption::MAYBE_ZERO, false)
-        .map_err(ssl("building a certificate"))?;
     let r = (|| {
+        let mut b = X509::builder()?;
+        let mut serial = BigNum::new()?;
+        serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
         b.set_version(2)?;
         let serial = serial.to_asn1_integer()?;
         b.set_serial_number(&serial)?;
@@ -83,14 +80,28 @@ fn builder(
         let (from, to) = (Asn1Time::days_from_now(0)?, Asn1Time::days_from_now(30)?);
         b.set_not_before(&from)?;
         b.set_not_after(&to)?;
-        Ok(())
+        Ok(b)
     })();
-    r.map_err(e)?;
-    Ok(b)
+    r.map_err(ssl("building a certificate"))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), KafkaError> {
     std::fs::write(path, bytes).map_err(KafkaError::io(format!("writing {}", path.display())))
+}
+
+/// Writes a private key (alone or with its certificate), readable by its
+/// owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KafkaError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(KafkaError::io(format!("writing {}", path.display())))
 }
 
 impl Authority {
@@ -175,8 +186,8 @@ impl Authority {
             bundle: self.dir.join(format!("{cn}.pem")),
         };
         write(&issued.cert, &cert)?;
-        write(&issued.key, &key)?;
-        write(&issued.bundle, &[key.as_slice(), cert.as_slice()].concat())?;
+        write_private(&issued.key, &key)?;
+        write_private(&issued.bundle, &[key.as_slice(), cert.as_slice()].concat())?;
         Ok(issued)
     }
 }

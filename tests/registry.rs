@@ -525,6 +525,8 @@ fn a_version_that_breaks_a_subscription_is_refused_naming_it() {
         topic_prefix: prefix.clone(),
         tls: None,
         auth: None,
+        import: false,
+        max_body_bytes: None,
     };
     // Only p52's subscription is in force: p92's is in the files alone.
     let mut in_force = govbus_core::Catalog::builtin();

@@ -158,6 +158,8 @@ pub fn start_registry(
         topic_prefix: String::new(),
         tls: None,
         auth: None,
+        import: false,
+        max_body_bytes: None,
     };
     let running = rt
         .block_on(govbus_registry::start(&cfg))

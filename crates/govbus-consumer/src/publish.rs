@@ -393,7 +393,7 @@ impl std::fmt::Debug for ReceiptFeed {
 }
 
 impl ReceiptFeed {
-    /// Creates `_govbus.receipts` if needed and sends the receipts the
+    /// Creates `_govbus.receipts.<subscriber>` if needed and sends the receipts the
     /// topic may lack.
     pub fn start(
         kafka: &KafkaConfig,
@@ -401,7 +401,7 @@ impl ReceiptFeed {
         subscriber: &str,
         sink: &mut dyn Sink,
     ) -> Result<Self, PublishError> {
-        let topic = topics.receipts();
+        let topic = topics.receipts(subscriber);
         ensure_topics(kafka, &[TopicSpec::retained(topic.clone(), 4)])?;
         let failed = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicI64::new(0));

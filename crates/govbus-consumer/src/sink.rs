@@ -635,18 +635,10 @@ impl SinkConfig {
     }
 }
 
-/// `url` without the password of its user info.
+/// `url` with its secrets masked (user info, secret query parameters,
+/// key=value passwords): [`govbus_core::secret::redact`].
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let user = &url[s + 3..at];
-            match user.split_once(':') {
-                Some((name, _)) => format!("{}{name}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    govbus_core::secret::redact(url)
 }
 
 impl<'de> Deserialize<'de> for SinkConfig {

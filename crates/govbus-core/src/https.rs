@@ -77,17 +77,75 @@ impl ServerTls {
     }
 }
 
-/// Serves `app` on `listener`: plain HTTP, or HTTPS with `tls`. A client
-/// that fails the TLS handshake is logged and dropped; others are served.
+/// What one client may hold of a server: every govbus HTTP server
+/// (ingest, registry, dashboard, metrics) is served with these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; past that, new ones wait in the
+    /// listener's backlog.
+    pub max_connections: usize,
+    /// Time to finish the TLS handshake.
+    pub handshake: std::time::Duration,
+    /// Time to send a request's headers (and the wait for the next
+    /// request on a kept-alive connection).
+    pub header_read: std::time::Duration,
+    /// Time for a whole request, its body read and its answer written
+    /// (408 past it).
+    pub request: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            handshake: std::time::Duration::from_secs(10),
+            header_read: std::time::Duration::from_secs(10),
+            request: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `app` on `listener` with the default [`ServeLimits`]: plain
+/// HTTP, or HTTPS with `tls`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls: Option<Arc<SslAcceptor>>,
 ) -> std::io::Result<()> {
-    let Some(acceptor) = tls else {
-        return axum::serve(listener, app).await;
-    };
+    serve_with(listener, app, tls, ServeLimits::default()).await
+}
+
+/// Serves `app` on `listener`: plain HTTP, or HTTPS with `tls`, holding
+/// `limits`. A client that fails or stalls the TLS handshake, or sends its
+/// headers too slowly, is logged and dropped; a request that takes longer
+/// than its limit is answered 408; others are served.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<SslAcceptor>>,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    let request_limit = limits.request;
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| async move {
+            match tokio::time::timeout(request_limit, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request took longer than {} s (its body sent too slowly?)",
+                        request_limit.as_secs()
+                    ),
+                )
+                    .into_response(),
+            }
+        },
+    ));
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -96,37 +154,70 @@ pub async fn serve(
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        if permits.available_permits() == 0 {
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection cap reached: new connections wait"
+            );
+        }
+        let acceptor = tls.clone();
         let app = app.clone();
         tokio::spawn(async move {
-            let ssl = match openssl::ssl::Ssl::new(acceptor.context()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS session setup failed");
-                    return;
+            let _permit = permit;
+            match acceptor {
+                None => serve_connection(tcp, peer, app, limits).await,
+                Some(acceptor) => {
+                    let ssl = match openssl::ssl::Ssl::new(acceptor.context()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS session setup failed");
+                            return;
+                        }
+                    };
+                    let mut stream = match tokio_openssl::SslStream::new(ssl, tcp) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS session setup failed");
+                            return;
+                        }
+                    };
+                    let handshake = std::pin::Pin::new(&mut stream).accept();
+                    match tokio::time::timeout(limits.handshake, handshake).await {
+                        Ok(Ok(())) => serve_connection(stream, peer, app, limits).await,
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(
+                            %peer,
+                            secs = limits.handshake.as_secs(),
+                            "TLS handshake not finished in time; connection dropped"
+                        ),
+                    }
                 }
-            };
-            let mut stream = match tokio_openssl::SslStream::new(ssl, tcp) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS session setup failed");
-                    return;
-                }
-            };
-            if let Err(e) = std::pin::Pin::new(&mut stream).accept().await {
-                tracing::info!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = conn
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one connection, dropping it when a request's
+/// headers take longer than `limits.header_read`.
+async fn serve_connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    app: axum::Router,
+    limits: ServeLimits,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut conn =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    conn.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    if let Err(e) = conn
+        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -207,3 +207,101 @@ mod tests {
         );
     }
 }
+
+/// Words that make a key a secret's (in a URL's query, a key=value
+/// connection string, a configuration path).
+const SECRET_WORDS: [&str; 6] = ["password", "secret", "token", "key", "sig", "credential"];
+
+/// Whether a key (`password`, `sslpassword`, `api_key`, …) names a secret.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| k.contains(w))
+}
+
+/// `text` with every secret it may hold masked as `***`: the password of
+/// a URL's user info (`postgres://u:pw@h` → `postgres://u:***@h`), the
+/// value of a secret query parameter (`?token=…`), and the value of a
+/// secret key in a key=value connection string (`password=… ` or
+/// `password='…'`). For logs, errors and `govbus config show`.
+pub fn redact(text: &str) -> String {
+    let mut out = text.to_string();
+    // User info of a URL.
+    if let (Some(s), Some(at)) = (out.find("://"), out.rfind('@')) {
+        if at > s {
+            let user = &out[s + 3..at];
+            if let Some((name, _)) = user.split_once(':') {
+                out = format!("{}{name}:***{}", &out[..s + 3], &out[at..]);
+            }
+        }
+    }
+    // key=value pairs, in a query (`&`-separated) or a connection string
+    // (space-separated, values perhaps quoted).
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(eq) = rest.find('=') {
+        let before = &rest[..eq];
+        let key_start = before
+            .rfind(|c: char| c == '&' || c == '?' || c == ';' || c.is_whitespace())
+            .map_or(0, |i| i + 1);
+        let key = &before[key_start..];
+        masked.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        if is_secret_key(key) && !key.is_empty() {
+            let end = if let Some(q) = rest.strip_prefix('\'') {
+                // A quoted value: up to the closing quote (backslash escapes).
+                let mut escaped = false;
+                let mut close = q.len();
+                for (i, c) in q.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '\'' if !escaped => {
+                            close = i + 1;
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                (1 + close).min(rest.len())
+            } else {
+                rest.find(|c: char| c == '&' || c == ';' || c.is_whitespace())
+                    .unwrap_or(rest.len())
+            };
+            masked.push_str("***");
+            rest = &rest[end..];
+        }
+    }
+    masked.push_str(rest);
+    masked
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact;
+
+    #[test]
+    fn urls_queries_and_connection_strings_lose_their_secrets() {
+        for (given, want) in [
+            (
+                "postgres://gov:s3cret@db:5432/x",
+                "postgres://gov:***@db:5432/x",
+            ),
+            (
+                "https://hook.example/in?token=abc&x=1",
+                "https://hook.example/in?token=***&x=1",
+            ),
+            (
+                "host=db user=gov password=s3cret dbname=x",
+                "host=db user=gov password=*** dbname=x",
+            ),
+            (
+                "host=db password='a b\\' c' sslmode=require",
+                "host=db password=*** sslmode=require",
+            ),
+            ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+            ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
+            ("a=1 b=2", "a=1 b=2"),
+        ] {
+            assert_eq!(redact(given), want, "{given}");
+        }
+    }
+}

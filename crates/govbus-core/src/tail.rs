@@ -144,13 +144,12 @@ impl Tail {
     ) -> Result<(), TailError> {
         let topic = self.topic.clone();
         let span = tracing::Span::current();
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let _e = span.enter();
-                self.run(&stop, poll, on)
-            })
-            .map(|_| ())
-            .map_err(|source| TailError::Spawn { topic, source })
+        let watched = stop.clone();
+        crate::health::spawn_watched(name, Some(watched), move || {
+            let _e = span.enter();
+            self.run(&stop, poll, on)
+        })
+        .map(|_| ())
+        .map_err(|source| TailError::Spawn { topic, source })
     }
 }

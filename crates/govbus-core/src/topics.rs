@@ -69,10 +69,24 @@ impl Topics {
         format!("{}_govbus.dlq.state", self.prefix)
     }
 
-    /// `_govbus.receipts`: every subscriber's delivery receipts, keyed by
-    /// subscriber (retained, not compacted: an audit log).
-    pub fn receipts(&self) -> String {
-        format!("{}_govbus.receipts", self.prefix)
+    /// `_govbus.receipts.<subscriber>`: one subscriber's delivery
+    /// receipts (retained, not compacted: an audit log). A topic per
+    /// subscriber, which only that subscriber may write (its ACLs), so that
+    /// the broker's authorization attributes each receipt to its writer.
+    pub fn receipts(&self, subscriber: &str) -> String {
+        format!("{}{subscriber}", self.receipts_prefix())
+    }
+
+    /// `_govbus.receipts.`: what every subscriber's receipts topic starts with.
+    pub fn receipts_prefix(&self) -> String {
+        format!("{}_govbus.receipts.", self.prefix)
+    }
+
+    /// The subscriber whose receipts `topic` holds, if it is a receipts topic.
+    pub fn receipts_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.receipts_prefix().as_str())
+            .filter(|s| !s.is_empty())
     }
 
     /// `_schemas`: the registry's storage.

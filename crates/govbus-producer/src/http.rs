@@ -39,10 +39,17 @@ pub fn router_with(
     publisher: Arc<Publisher>,
     credentials: Option<Arc<govbus_core::https::Credentials>>,
 ) -> Router {
+    // The body is read only once the caller is known: authentication is
+    // the outer layer.
     let v1 = Router::new()
         .route("/v1/datasets/{dataset}/changes", post(ingest))
         .route("/v1/datasets/{dataset}/changes/batch", post(ingest_batch))
-        .route("/v1/datasets", get(datasets));
+        .route("/v1/datasets", get(datasets))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            BodyLimit::new(MAX_BODY),
+            http_body::limit,
+        ));
     let v1 = match credentials {
         Some(c) => v1.layer(axum::middleware::from_fn_with_state(
             c,
@@ -55,11 +62,6 @@ pub fn router_with(
         get(|| async { Json(json!({"status": "alive"})) }),
     )
     .fallback(|| async { StatusCode::NOT_FOUND })
-    .layer(DefaultBodyLimit::disable())
-    .layer(axum::middleware::from_fn_with_state(
-        BodyLimit::new(MAX_BODY),
-        http_body::limit,
-    ))
     .layer(axum::middleware::map_response(json_errors))
     .with_state(publisher)
 }
@@ -102,7 +104,24 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     publisher: Arc<Publisher>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(publisher)).await
+    govbus_core::https::serve(listener, router(publisher), None).await
+}
+
+/// A 404 for a dataset this ingest does not publish, counted under
+/// `dataset="unknown"` (a label value per invented path would grow the
+/// metrics without bound).
+fn unknown_dataset(p: &Publisher, dataset: &str) -> Option<Response> {
+    (!p.publishes(dataset)).then(|| {
+        reject(
+            StatusCode::NOT_FOUND,
+            "unknown",
+            "unknown_dataset",
+            format!(
+                "dataset {dataset:?} is not published here (GET /v1/datasets lists those that are)"
+            ),
+            vec![],
+        )
+    })
 }
 
 async fn datasets(State(p): State<Arc<Publisher>>) -> Response {
@@ -231,6 +250,9 @@ async fn ingest(
     Path(dataset): Path<String>,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unknown_dataset(&p, &dataset) {
+        return r;
+    }
     match parse_request(&body) {
         Ok(req) => store(p, dataset, vec![req], false).await,
         Err(problem) => refuse(&dataset, problem),
@@ -242,6 +264,9 @@ async fn ingest_batch(
     Path(dataset): Path<String>,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = unknown_dataset(&p, &dataset) {
+        return r;
+    }
     match parse_batch(&body) {
         Ok(reqs) => store(p, dataset, reqs, true).await,
         Err(problem) => refuse(&dataset, problem),
@@ -269,8 +294,13 @@ async fn store(
         if batch {
             p.submit_batch(&ds, reqs).map(|v| json!({ "accepted": v }))
         } else {
-            p.submit(&ds, reqs.into_iter().next().expect("one change"))
-                .map(|a| json!(a))
+            match reqs.into_iter().next() {
+                Some(req) => p.submit(&ds, req).map(|a| json!(a)),
+                None => Err(SubmitError::Invalid(vec![FieldError {
+                    field: "$".into(),
+                    problem: "no change in the request".into(),
+                }])),
+            }
         }
     })
     .await;

@@ -231,16 +231,9 @@ pub async fn run_agent(
     tracing::info!(listen = %cfg.listen, agency = cfg.agency, datasets = ?publisher.datasets(), https = tls.is_some(), auth = credentials.is_some(), "ingest listening");
     ready.ready();
     let app = http::router_with(publisher, credentials);
-    let served = match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(tls) => tokio::select! {
-            r = govbus_core::https::serve(listener, app, Some(tls)) => r,
-            () = shutdown => Ok(()),
-        },
+    let served = tokio::select! {
+        r = govbus_core::https::serve(listener, app, tls) => r,
+        () = shutdown => Ok(()),
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = relay_thread.join();

@@ -153,6 +153,7 @@ impl Lookup {
         let mut rows = Rows {
             lookup: lookup.clone(),
             resolver: SchemaCache::new(registry.clone()),
+            subject: govbus_core::topics::value_subject(&topic),
             rows: HashMap::new(),
             json: as_map.then(HashMap::new),
         };
@@ -203,6 +204,8 @@ impl Lookup {
 struct Rows {
     lookup: Arc<Lookup>,
     resolver: SchemaCache,
+    /// The value subject of the followed topic: its writer schemas.
+    subject: String,
     rows: HashMap<Key, Cel>,
     /// The rows as JSON, when the lookup keeps an administrative map.
     json: Option<HashMap<String, serde_json::Value>>,
@@ -263,6 +266,7 @@ impl Rows {
         let change = match govbus_schema::envelope::decode_waiting(
             payload,
             &self.resolver,
+            &self.subject,
             &self.lookup.stop,
             "lookup",
         ) {

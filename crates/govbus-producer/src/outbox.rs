@@ -347,8 +347,5 @@ impl PgOutbox {
 }
 
 fn redact(url: &str) -> String {
-    match url.rsplit_once('@') {
-        Some((_, host)) => host.to_string(),
-        None => url.to_string(),
-    }
+    govbus_core::secret::redact(url)
 }

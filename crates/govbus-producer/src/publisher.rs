@@ -452,6 +452,11 @@ impl Publisher {
         v
     }
 
+    /// Whether this publisher publishes `dataset`.
+    pub fn publishes(&self, dataset: &str) -> bool {
+        self.writers.contains_key(dataset)
+    }
+
     /// Validates, sequences and stores one change. Blocking (database I/O).
     pub fn submit(&self, dataset: &str, req: ChangeRequest) -> Result<Accepted, SubmitError> {
         let mut v = self.submit_all(dataset, vec![req], false, None, None)?;

@@ -26,6 +26,12 @@ pub struct Access {
     pub policy: Option<Arc<dyn SubjectPolicy>>,
 }
 
+/// Whether the caller is the registry's operator: an admin under
+/// `[auth]`; without it, whoever calls when `[registry] import` is set.
+/// Only the operator may set IMPORT mode or choose a schema's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operator(pub bool);
+
 /// The subject a request changes (`Some(None)`: a global setting), or
 /// None for a read. A lookup (`POST /subjects/{s}`) and a compatibility
 /// test (`POST /compatibility/…`) read.
@@ -43,7 +49,12 @@ pub fn changes(method: &Method, path: &str) -> Option<Option<String>> {
 
 /// Middleware (after authentication): refuses, with 403 and a reason, a
 /// change to a subject the principal does not own.
-pub async fn authorize(State(access): State<Access>, req: Request, next: Next) -> Response {
+pub async fn authorize(State(access): State<Access>, mut req: Request, next: Next) -> Response {
+    let admin = req
+        .extensions()
+        .get::<Principal>()
+        .is_some_and(|p| access.credentials.is_admin(&p.0));
+    req.extensions_mut().insert(Operator(admin));
     let Some(target) = changes(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };

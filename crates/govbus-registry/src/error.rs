@@ -6,6 +6,9 @@ use axum::response::{IntoResponse, Response};
 /// An error the registry answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
+    /// 403 / 40301: only the operator may.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 / 40401.
     #[error("Subject '{0}' not found.")]
     SubjectNotFound(String),
@@ -97,6 +100,7 @@ impl ApiError {
     /// (HTTP status, Confluent error code).
     pub fn codes(&self) -> (StatusCode, u32) {
         match self {
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
             ApiError::SubjectNotFound(_) => (StatusCode::NOT_FOUND, 40401),
             ApiError::VersionNotFound(_) => (StatusCode::NOT_FOUND, 40402),
             ApiError::SchemaNotFound(_) => (StatusCode::NOT_FOUND, 40403),

@@ -22,7 +22,9 @@ use crate::store::KafkaStore;
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Largest request body read (a schema over 1 MiB inside it gets 42209).
-const MAX_BODY: usize = 64 << 20;
+/// The default largest request body: 4 MiB (a schema with its
+/// references and contract).
+pub const MAX_BODY: usize = 4 << 20;
 
 type Shared = State<Arc<KafkaStore>>;
 
@@ -38,6 +40,31 @@ pub fn router(store: Arc<KafkaStore>) -> Router {
 /// The API's routes over `store`; with `access`, each request must
 /// authenticate, and a change to a subject must come from its owner.
 pub fn router_with(store: Arc<KafkaStore>, access: Option<crate::access::Access>) -> Router {
+    routes(
+        store,
+        access,
+        Limits {
+            import: false,
+            max_body: MAX_BODY,
+        },
+    )
+}
+
+/// What the API allows beyond its routes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Without `[auth]`: whether anyone may use IMPORT mode.
+    pub import: bool,
+    /// The largest request body.
+    pub max_body: usize,
+}
+
+/// The API's routes over `store`, with `access` and `limits`.
+pub fn routes(
+    store: Arc<KafkaStore>,
+    access: Option<crate::access::Access>,
+    limits: Limits,
+) -> Router {
     let routes = Router::new()
         .route("/", get(|| async { ok(json!({})) }))
         .route("/schemas/types", get(|| async { ok(json!(["AVRO"])) }))
@@ -88,7 +115,7 @@ pub fn router_with(store: Arc<KafkaStore>, access: Option<crate::access::Access>
         .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
-            BodyLimit::new(MAX_BODY),
+            BodyLimit::new(limits.max_body),
             http_body::limit,
         ));
     // Authentication runs first, then the owner check (outer layers run
@@ -103,7 +130,13 @@ pub fn router_with(store: Arc<KafkaStore>, access: Option<crate::access::Access>
                 a.credentials.clone(),
                 govbus_core::https::authenticate,
             )),
-        None => routes,
+        None => routes.layer(axum::middleware::from_fn(
+            move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+                req.extensions_mut()
+                    .insert(crate::access::Operator(limits.import));
+                next.run(req)
+            },
+        )),
     };
     routes
         .layer(axum::middleware::map_response(confluent_errors))
@@ -368,12 +401,23 @@ async fn commit_all(s: &KafkaStore, recs: &[LogRecord]) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Whether the request's caller is the operator.
+fn operator(op: Option<axum::Extension<crate::access::Operator>>) -> bool {
+    op.is_some_and(|axum::Extension(o)| o.0)
+}
+
 async fn register(
     State(s): Shared,
     Path(subject): Path<String>,
+    op: Option<axum::Extension<crate::access::Operator>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let reg = schema_body(&body)?;
+    if (reg.id.is_some() || reg.version.is_some()) && !operator(op) {
+        return Err(ApiError::Forbidden(
+            "only the registry's operator may choose a schema's id or version (IMPORT)".into(),
+        ));
+    }
     let _guard = s.lock().await;
     // Another instance may claim the same id or version at the same time;
     // the log's order decides, and the loser plans again after a short,
@@ -626,18 +670,25 @@ async fn get_global_mode(State(s): Shared) -> Response {
 async fn put_global_mode(
     State(s): Shared,
     Query(q): Query<Flags>,
+    op: Option<axum::Extension<crate::access::Operator>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    put_mode(&s, None, q.force, &body).await
+    put_mode(&s, None, q.force, operator(op), &body).await
 }
 
 async fn put_mode(
     s: &KafkaStore,
     subject: Option<String>,
     force: bool,
+    operator: bool,
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let m = mode(body)?;
+    if m == Mode::Import && !operator {
+        return Err(ApiError::Forbidden(
+            "only the registry's operator may set IMPORT mode (an admin, or `[registry] import = true` without auth)".into(),
+        ));
+    }
     let _guard = s.lock().await;
     let has_data = s.read(|st| match &subject {
         None => !st.is_empty(),
@@ -672,10 +723,11 @@ async fn put_subject_mode(
     State(s): Shared,
     Path(subject): Path<String>,
     Query(q): Query<Flags>,
+    op: Option<axum::Extension<crate::access::Operator>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_subject(&subject)?;
-    put_mode(&s, Some(subject), q.force, &body).await
+    put_mode(&s, Some(subject), q.force, operator(op), &body).await
 }
 
 async fn delete_subject_mode(

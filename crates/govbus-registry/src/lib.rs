@@ -44,6 +44,15 @@ pub struct RegistryConfig {
     /// change to a subject needs the agency that writes its topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<govbus_core::https::HttpAuth>,
+    /// IMPORT mode, and registrations that choose their own id or version,
+    /// are the operator's: under `[auth]` only admins may; without it, only
+    /// when this is true (a migration from another registry).
+    #[serde(default)]
+    pub import: bool,
+    /// The largest request body, in bytes (a schema with its references
+    /// and contract); default 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<usize>,
 }
 
 pub use govbus_schema::Guard;
@@ -103,7 +112,14 @@ pub async fn start_with_policy(
         .local_addr()
         .map_err(|e| StartError::Bind(cfg.listen, e))?;
     tracing::info!(%addr, topic = cfg.topic, https = tls.is_some(), auth = access.is_some(), "schema registry listening");
-    let app = http::router_with(store, access);
+    let app = http::routes(
+        store,
+        access,
+        http::Limits {
+            import: cfg.import,
+            max_body: cfg.max_body_bytes.unwrap_or(http::MAX_BODY),
+        },
+    );
     let task = tokio::spawn(govbus_core::https::serve(listener, app, tls));
     Ok(RunningRegistry { addr, task })
 }

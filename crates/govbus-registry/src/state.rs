@@ -135,6 +135,12 @@ pub fn check_subject(subject: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The largest schema id and version (Confluent's are 32-bit signed).
+pub const MAX_ID: u32 = i32::MAX as u32;
+
+/// The most references a schema may have, transitively.
+pub const MAX_REFERENCES: usize = 256;
+
 /// Parses a schema without references.
 pub fn parse_schema(text: &str) -> Result<(String, Schema), ApiError> {
     parse_with(text, &[])
@@ -286,6 +292,17 @@ impl State {
         (references, contract): (Vec<Reference>, Contract),
         deleted: bool,
     ) {
+        // A log written before ids were checked may hold one out of range
+        // (one past it would wrap to 0): it is left out, never followed.
+        if !(1..=MAX_ID).contains(&id) || !(1..=MAX_ID).contains(&version) {
+            tracing::warn!(
+                id,
+                version,
+                subject,
+                "skipping a schema whose id or version is out of range in the log"
+            );
+            return;
+        }
         self.max_id = self.max_id.max(id);
         let (text, parsed) = match self.resolve(schema, &references) {
             Ok(x) => x,
@@ -356,29 +373,39 @@ impl State {
     }
 
     /// Texts of everything `refs` reference, transitively, each after what
-    /// it references.
+    /// it references: each (subject, version) visited once, at most
+    /// [`MAX_REFERENCES`] of them, nested at most 32 deep.
     fn referenced_texts(
         &self,
         refs: &[Reference],
         out: &mut Vec<String>,
+        seen: &mut std::collections::HashSet<(String, u32)>,
         depth: usize,
     ) -> Result<(), ApiError> {
         if depth > 32 {
             return Err(ApiError::InvalidSchema("references nest too deep".into()));
         }
         for r in refs {
-            let entry = self
+            if !seen.insert((r.subject.clone(), r.version)) {
+                continue;
+            }
+            if seen.len() > MAX_REFERENCES {
+                return Err(ApiError::InvalidSchema(format!(
+                    "more than {MAX_REFERENCES} schemas referenced"
+                )));
+            }
+            let stored = self
                 .subjects
                 .get(&r.subject)
                 .and_then(|vs| vs.get(&r.version))
+                .and_then(|entry| self.schemas.get(&entry.id))
                 .ok_or_else(|| {
                     ApiError::InvalidSchema(format!(
                         "reference {} to subject {} version {} does not exist",
                         r.name, r.subject, r.version
                     ))
                 })?;
-            let stored = &self.schemas[&entry.id];
-            self.referenced_texts(&stored.references, out, depth + 1)?;
+            self.referenced_texts(&stored.references, out, seen, depth + 1)?;
             if !out.contains(&stored.text) {
                 out.push(stored.text.clone());
             }
@@ -388,7 +415,7 @@ impl State {
 
     fn resolve(&self, text: &str, refs: &[Reference]) -> Result<(String, Schema), ApiError> {
         let mut texts = Vec::new();
-        self.referenced_texts(refs, &mut texts, 0)?;
+        self.referenced_texts(refs, &mut texts, &mut Default::default(), 0)?;
         parse_with(text, &texts)
     }
 

@@ -31,6 +31,38 @@ impl InternalEvent for DeadLettered<'_> {
     }
 }
 
+/// An input partition held at a record whose writer schema cannot be
+/// fetched now; read again from there after a back-off, while the other
+/// partitions and datasets go on.
+#[derive(Debug)]
+pub struct Held<'a> {
+    /// The input's dataset.
+    pub dataset: &'a str,
+    /// The input topic.
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// The record held at.
+    pub offset: i64,
+    /// Why.
+    pub error: &'a govbus_schema::EnvelopeError,
+}
+
+impl InternalEvent for Held<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            dataset = self.dataset,
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            error = %self.error,
+            "writer schema unavailable; holding this partition and routing the others"
+        );
+        metrics::counter!("govbus_router_held_total", "dataset" => self.dataset.to_string())
+            .increment(1);
+    }
+}
+
 /// Why a subscription of the control topic is not routed.
 #[derive(Debug, Clone, Copy)]
 pub enum Refusal {

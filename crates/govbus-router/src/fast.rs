@@ -472,7 +472,8 @@ mod tests {
         tally: &mut Tally,
     ) -> Vec<(usize, Decision)> {
         let idx: Vec<usize> = (0..all.len()).collect();
-        let general = crate::route::route(payload, resolver, scope, all, &idx, 0).unwrap();
+        let general =
+            crate::route::route(payload, resolver, "s-value", scope, all, &idx, 0).unwrap();
         assert!(fast.route(payload, all, &idx, 0, out, tally));
         let g: Vec<_> = general
             .iter()

@@ -84,6 +84,7 @@ impl MapWatch {
         });
         let w = watch.clone();
         let resolver = SchemaCache::new(registry.clone());
+        let subject = govbus_core::topics::value_subject(topic);
         let mut rows: HashMap<String, serde_json::Value> = HashMap::new();
         let (mut changed, mut since) = (false, Instant::now());
         tail.spawn(
@@ -93,7 +94,14 @@ impl MapWatch {
             move |t| {
                 let caught_up = matches!(t, Tailed::CaughtUp);
                 if let Tailed::Record(m) = t {
-                    changed |= apply(&mut rows, &resolver, m.key(), m.payload(), &w.stop);
+                    changed |= apply(
+                        &mut rows,
+                        &resolver,
+                        &subject,
+                        m.key(),
+                        m.payload(),
+                        &w.stop,
+                    );
                 }
                 if changed && (caught_up || since.elapsed() >= Duration::from_millis(200)) {
                     w.rebuild(&rows);
@@ -213,6 +221,7 @@ impl MapWatch {
 fn apply(
     rows: &mut HashMap<String, serde_json::Value>,
     resolver: &SchemaCache,
+    subject: &str,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     stop: &AtomicBool,
@@ -224,13 +233,14 @@ fn apply(
     let Some(payload) = payload else {
         return rows.remove(key).is_some();
     };
-    let change = match govbus_schema::envelope::decode_waiting(payload, resolver, stop, "map") {
-        Ok((_, c)) => c,
-        Err(e) => {
-            tracing::warn!(key, error = %e, "administrative map record left out");
-            return false;
-        }
-    };
+    let change =
+        match govbus_schema::envelope::decode_waiting(payload, resolver, subject, stop, "map") {
+            Ok((_, c)) => c,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "administrative map record left out");
+                return false;
+            }
+        };
     match change.after {
         Some(after) => {
             rows.insert(key.to_string(), govbus_schema::json::to_json(&after));

@@ -2,7 +2,7 @@
 //! `before` and `after` → decide → project → encode. No Kafka here.
 
 use cel_interpreter::Context;
-use govbus_schema::envelope::decode;
+use govbus_schema::envelope::decode_in;
 use govbus_schema::{Change, EnvelopeError, SchemaResolver};
 
 use crate::decide::{decide, Decision};
@@ -83,16 +83,18 @@ impl RouteError {
     }
 }
 
-/// Decodes `payload` and routes it to `views` (indices into `all`).
+/// Decodes `payload` (its writer schema registered under `subject`) and
+/// routes it to `views` (indices into `all`).
 pub fn route(
     payload: &[u8],
     resolver: &dyn SchemaResolver,
+    subject: &str,
     scope: Scope<'_>,
     all: &[View],
     views: &[usize],
     now_ms: i64,
 ) -> Result<Vec<Output>, RouteError> {
-    let (_, change) = decode(payload, resolver)?;
+    let (_, change) = decode_in(payload, resolver, subject)?;
     route_change(&change, scope, all, views, now_ms)
 }
 

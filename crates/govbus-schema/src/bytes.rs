@@ -87,21 +87,38 @@ impl<'a> Reader<'a> {
         match s {
             Schema::Null => Some(()),
             Schema::Boolean => self.advance(1),
-            Schema::Int
-            | Schema::Long
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos
-            | Schema::Enum(_) => self.long().map(|_| ()),
+            // Dates and timestamps out of range cannot be walked: the
+            // general path refuses them with their field.
+            Schema::Date => self
+                .long()
+                .filter(|d| crate::limits::date_problem(*d).is_none())
+                .map(|_| ()),
+            Schema::TimestampMillis | Schema::LocalTimestampMillis => self
+                .long()
+                .filter(|ms| crate::limits::timestamp_problem(*ms).is_none())
+                .map(|_| ()),
+            Schema::TimestampMicros | Schema::LocalTimestampMicros => self
+                .long()
+                .filter(|us| crate::limits::timestamp_problem(us.div_euclid(1_000)).is_none())
+                .map(|_| ()),
+            Schema::TimestampNanos | Schema::LocalTimestampNanos => self
+                .long()
+                .filter(|ns| crate::limits::timestamp_problem(ns.div_euclid(1_000_000)).is_none())
+                .map(|_| ()),
+            Schema::Int | Schema::Long | Schema::TimeMillis | Schema::TimeMicros => {
+                self.long().map(|_| ())
+            }
+            // What a decoder would refuse is not walked either: an enum
+            // index past its symbols, a string that is not UTF-8.
+            Schema::Enum(e) => self
+                .long()
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|i| *i < e.symbols.len())
+                .map(|_| ()),
             Schema::Float => self.advance(4),
             Schema::Double => self.advance(8),
-            Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => self.skip_bytes(),
+            Schema::String | Schema::Uuid => self.str().map(|_| ()),
+            Schema::Bytes | Schema::BigDecimal => self.skip_bytes(),
             Schema::Fixed(f) => self.advance(f.size),
             Schema::Duration => self.advance(12),
             Schema::Decimal(d) => self.skip(&d.inner, names),

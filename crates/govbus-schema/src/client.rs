@@ -36,15 +36,32 @@ pub enum RegistryError {
     /// The client's TLS settings are unusable.
     #[error("registry client: {0}")]
     Setup(String),
+    /// The schema exists but may not be used here (another subject's, or
+    /// unbounded).
+    #[error("schema id {id} refused: {reason}")]
+    Refused {
+        /// The schema id.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Too many unknown ids asked about at once: asked again later.
+    #[error("schema id {id}: too many unknown schema ids asked about; asking again later")]
+    Throttled {
+        /// The schema id.
+        id: u32,
+    },
 }
 
 impl RegistryError {
     /// True when retrying later may help (the registry is down or busy).
     pub fn is_transient(&self) -> bool {
         match self {
-            RegistryError::Transport { .. } => true,
+            RegistryError::Transport { .. } | RegistryError::Throttled { .. } => true,
             RegistryError::Api { status, .. } => *status >= 500,
-            RegistryError::Decode(_) | RegistryError::Setup(_) => false,
+            RegistryError::Decode(_) | RegistryError::Setup(_) | RegistryError::Refused { .. } => {
+                false
+            }
         }
     }
 }
@@ -53,6 +70,14 @@ impl RegistryError {
 pub trait SchemaResolver: Send + Sync + std::fmt::Debug {
     /// The schema registered as `id`.
     fn resolve(&self, id: u32) -> Result<Arc<Schema>, RegistryError>;
+
+    /// The schema registered as `id` under `subject`: a refusal when `id`
+    /// is registered, but not under `subject`. Resolvers that know no
+    /// subjects (fixed sets) answer [`SchemaResolver::resolve`].
+    fn resolve_in(&self, subject: &str, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        let _ = subject;
+        self.resolve(id)
+    }
 }
 
 /// One version of a subject.
@@ -237,6 +262,18 @@ impl RegistryClient {
         Ok(v["is_compatible"].as_bool().unwrap_or(false))
     }
 
+    /// The subjects `id` is registered under.
+    pub fn id_subjects(&self, id: u32) -> Result<Vec<String>, RegistryError> {
+        #[derive(Deserialize)]
+        struct SubjectOf {
+            subject: String,
+        }
+        let v = self.call("GET", &format!("/schemas/ids/{id}/versions"), None)?;
+        let list: Vec<SubjectOf> =
+            serde_json::from_value(v).map_err(|e| RegistryError::Decode(e.to_string()))?;
+        Ok(list.into_iter().map(|s| s.subject).collect())
+    }
+
     /// All subjects.
     pub fn subjects(&self) -> Result<Vec<String>, RegistryError> {
         let v = self.call("GET", "/subjects", None)?;
@@ -256,25 +293,124 @@ fn path_escape(s: &str) -> String {
     out
 }
 
-/// Schemas by id, fetched once from a registry and kept.
+/// Schemas by id, fetched once from a registry and kept, with what was
+/// refused: an id the registry does not know, a schema that is not
+/// bounded ([`crate::limits::check_bounded`]), an id not registered under
+/// the subject asked for. Refusals are kept too (up to
+/// [`SchemaCache::MAX_REFUSALS`]), and the registry is asked about at most
+/// [`SchemaCache::UNKNOWN_PER_SEC`] new ids a second: a flood of records
+/// naming random ids costs no flood of registry calls (past that rate an
+/// id is [`RegistryError::Throttled`], asked about again later).
 #[derive(Debug)]
 pub struct SchemaCache {
     client: RegistryClient,
     by_id: RwLock<HashMap<u32, Arc<Schema>>>,
+    /// (subject, id) → whether `id` is registered under `subject` (when
+    /// not, since when: asked again after [`SchemaCache::FORGET`]).
+    members: RwLock<HashMap<(String, u32), Result<(), std::time::Instant>>>,
+    /// id → why it is refused, since when.
+    refused: RwLock<HashMap<u32, (String, std::time::Instant)>>,
+    budget: std::sync::Mutex<Bucket>,
+}
+
+/// A token bucket for registry look-ups of unknown ids.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, per_sec: f64, burst: f64) -> bool {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * per_sec;
+        self.tokens = (self.tokens + earned).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl SchemaCache {
+    /// The most refusals kept (past that, they are forgotten and asked again).
+    pub const MAX_REFUSALS: usize = 100_000;
+    /// New ids asked about a second, at most (with a burst of 10 times).
+    pub const UNKNOWN_PER_SEC: f64 = 20.0;
+    /// How long a refusal is kept before the registry is asked again (an
+    /// id registered since then is then found).
+    pub const FORGET: std::time::Duration = std::time::Duration::from_secs(60);
+
     /// A cache in front of `client`.
     pub fn new(client: RegistryClient) -> Self {
         Self {
             client,
             by_id: RwLock::new(HashMap::new()),
+            members: RwLock::new(HashMap::new()),
+            refused: RwLock::new(HashMap::new()),
+            budget: std::sync::Mutex::new(Bucket {
+                tokens: Self::UNKNOWN_PER_SEC * 10.0,
+                at: std::time::Instant::now(),
+            }),
         }
     }
 
     /// The client behind the cache.
     pub fn client(&self) -> &RegistryClient {
         &self.client
+    }
+
+    fn ask(&self, id: u32) -> Result<(), RegistryError> {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.take(Self::UNKNOWN_PER_SEC, Self::UNKNOWN_PER_SEC * 10.0) {
+            Ok(())
+        } else {
+            Err(RegistryError::Throttled { id })
+        }
+    }
+
+    fn refuse(&self, id: u32, reason: String) -> RegistryError {
+        if let Ok(mut r) = self.refused.write() {
+            if r.len() >= Self::MAX_REFUSALS {
+                r.clear();
+            }
+            r.insert(id, (reason.clone(), std::time::Instant::now()));
+        }
+        RegistryError::Refused { id, reason }
+    }
+
+    fn refused(&self, id: u32) -> Option<RegistryError> {
+        let r = self.refused.read().ok()?;
+        let (reason, at) = r.get(&id)?;
+        (at.elapsed() < Self::FORGET).then(|| RegistryError::Refused {
+            id,
+            reason: reason.clone(),
+        })
+    }
+
+    fn fetch(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        self.ask(id)?;
+        let text = match self.client.schema_text(id) {
+            Err(RegistryError::Api { status: 404, .. }) => {
+                return Err(self.refuse(id, "not registered".into()))
+            }
+            other => other?,
+        };
+        let schema = match crate::parse(&text) {
+            Ok(s) => s,
+            Err(e) => return Err(self.refuse(id, e.to_string())),
+        };
+        if let Err(e) = crate::limits::check_bounded(&schema) {
+            return Err(self.refuse(id, e.to_string()));
+        }
+        let schema = Arc::new(schema);
+        if let Ok(mut m) = self.by_id.write() {
+            m.insert(id, schema.clone());
+        }
+        Ok(schema)
     }
 }
 
@@ -283,14 +419,53 @@ impl SchemaResolver for SchemaCache {
         if let Some(s) = self.by_id.read().ok().and_then(|m| m.get(&id).cloned()) {
             return Ok(s);
         }
-        let text = self.client.schema_text(id)?;
-        let schema = Arc::new(
-            crate::parse(&text).map_err(|e| RegistryError::Decode(format!("schema {id}: {e}")))?,
-        );
-        if let Ok(mut m) = self.by_id.write() {
-            m.insert(id, schema.clone());
+        if let Some(e) = self.refused(id) {
+            return Err(e);
         }
-        Ok(schema)
+        self.fetch(id)
+    }
+
+    fn resolve_in(&self, subject: &str, id: u32) -> Result<Arc<Schema>, RegistryError> {
+        let key = (subject.to_string(), id);
+        let known = self.members.read().ok().and_then(|m| m.get(&key).copied());
+        let member = match known {
+            Some(Ok(())) => true,
+            Some(Err(at)) if at.elapsed() < Self::FORGET => false,
+            _ => {
+                if let Some(e) = self.refused(id) {
+                    return Err(e);
+                }
+                self.ask(id)?;
+                let subjects = match self.client.id_subjects(id) {
+                    Err(RegistryError::Api { status: 404, .. }) => {
+                        return Err(self.refuse(id, "not registered".into()))
+                    }
+                    other => other?,
+                };
+                let member = subjects.iter().any(|s| s == subject);
+                if let Ok(mut m) = self.members.write() {
+                    if m.len() >= Self::MAX_REFUSALS {
+                        m.retain(|_, ok| ok.is_ok());
+                    }
+                    m.insert(
+                        key,
+                        if member {
+                            Ok(())
+                        } else {
+                            Err(std::time::Instant::now())
+                        },
+                    );
+                }
+                member
+            }
+        };
+        if !member {
+            return Err(RegistryError::Refused {
+                id,
+                reason: format!("not registered under {subject}"),
+            });
+        }
+        self.resolve(id)
     }
 }
 

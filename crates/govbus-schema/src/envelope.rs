@@ -101,9 +101,22 @@ pub enum EnvelopeError {
         /// The decoder's message.
         reason: String,
     },
+    /// The writer schema may not be decoded with here: registered under
+    /// another subject than the topic's, or unbounded (see
+    /// [`crate::limits::check_bounded`]).
+    #[error("schema id {id} refused: {reason}")]
+    Refused {
+        /// The id in the header.
+        id: u32,
+        /// Why.
+        reason: String,
+    },
     /// It decodes, but is not a change envelope.
     #[error("not a change envelope: {0}")]
     Shape(String),
+    /// A date or timestamp out of the range govbus represents.
+    #[error("out of range: {0}")]
+    OutOfRange(#[from] crate::limits::OutOfRange),
     /// Encoding failed (a value that does not fit the schema).
     #[error("cannot encode: {0}")]
     Encode(String),
@@ -247,7 +260,9 @@ impl EnvelopeError {
             EnvelopeError::Wire(_) => "not_wire_format",
             EnvelopeError::UnknownSchema { .. } => "unknown_schema",
             EnvelopeError::Decode { .. } => "avro_decode",
+            EnvelopeError::Refused { .. } => "schema_refused",
             EnvelopeError::Shape(_) => "not_an_envelope",
+            EnvelopeError::OutOfRange(_) => "out_of_range",
             EnvelopeError::Encode(_) => "encode",
         }
     }
@@ -346,19 +361,20 @@ impl EnvelopeCodec {
     }
 }
 
-/// [`decode`], waiting while the registry is unreachable (never giving up
-/// on a record for that) until `stop`: for followers that must not skip a
-/// row. `what` names the follower in the warning logged on the first try
+/// [`decode_in`], waiting while the registry is unreachable (never giving
+/// up on a record for that) until `stop`: for followers that must not skip
+/// a row. `what` names the follower in the warning logged on the first try
 /// and every 30th.
 pub fn decode_waiting(
     payload: &[u8],
     resolver: &dyn crate::SchemaResolver,
+    subject: &str,
     stop: &std::sync::atomic::AtomicBool,
     what: &str,
 ) -> Result<(u32, Change), EnvelopeError> {
     let mut tries = 0u32;
     loop {
-        match decode(payload, resolver) {
+        match decode_in(payload, resolver, subject) {
             Err(e) if e.is_transient() && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
                 tries += 1;
                 if tries == 1 || tries % 30 == 0 {
@@ -374,26 +390,59 @@ pub fn decode_waiting(
 }
 
 /// Decodes a wire-format payload into a change, fetching the writer schema
-/// through `resolver`.
+/// through `resolver` (any id it knows).
 pub fn decode(
     payload: &[u8],
     resolver: &dyn crate::SchemaResolver,
 ) -> Result<(u32, Change), EnvelopeError> {
+    decode_with(payload, |id| resolver.resolve(id))
+}
+
+/// Decodes a record of a topic whose value subject is `subject`: the
+/// writer schema must be registered under it (as Confluent's broker-side
+/// schema validation requires), so a record cannot name any schema of the
+/// registry.
+pub fn decode_in(
+    payload: &[u8],
+    resolver: &dyn crate::SchemaResolver,
+    subject: &str,
+) -> Result<(u32, Change), EnvelopeError> {
+    decode_with(payload, |id| resolver.resolve_in(subject, id))
+}
+
+fn decode_with(
+    payload: &[u8],
+    resolve: impl FnOnce(u32) -> Result<std::sync::Arc<Schema>, crate::RegistryError>,
+) -> Result<(u32, Change), EnvelopeError> {
+    crate::limits::ensure();
     let (id, mut body) = wire::decode(payload)?;
-    let schema = resolver
-        .resolve(id)
-        .map_err(|e| EnvelopeError::UnknownSchema {
+    let schema = resolve(id).map_err(|e| match e {
+        crate::RegistryError::Refused { reason, .. } => EnvelopeError::Refused { id, reason },
+        e => EnvelopeError::UnknownSchema {
             id,
             reason: e.to_string(),
             transient: e.is_transient(),
-        })?;
+        },
+    })?;
     let value = apache_avro::from_avro_datum(&schema, &mut body, None).map_err(|e| {
         EnvelopeError::Decode {
             id,
             reason: e.to_string(),
         }
     })?;
-    Ok((id, Change::from_value(value)?))
+    if !body.is_empty() {
+        return Err(EnvelopeError::Decode {
+            id,
+            reason: format!("{} bytes left after the record", body.len()),
+        });
+    }
+    let change = Change::from_value(value)?;
+    for (name, image) in [("before", &change.before), ("after", &change.after)] {
+        if let Some(v) = image {
+            crate::limits::check_ranges(v, name)?;
+        }
+    }
+    Ok((id, change))
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// 1970-01-01 (`NaiveDate`'s default).
 fn epoch() -> NaiveDate {
-    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date")
+    NaiveDate::default()
 }
 
 /// Converts `json` to an Avro value of `schema`, collecting every problem.
@@ -104,19 +105,19 @@ fn convert(
             Err(_) => fail(format!("`{s}` is not a UUID")),
         },
         (Schema::Date, Json::String(s)) => match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            Ok(d) => Some(Value::Date((d - epoch()).num_days() as i32)),
+            Ok(d) => date((d - epoch()).num_days(), fail),
             Err(_) => fail(format!("`{s}` is not a date (YYYY-MM-DD)")),
         },
-        (Schema::Date, Json::Number(n)) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
-            Some(d) => Some(Value::Date(d)),
+        (Schema::Date, Json::Number(n)) => match n.as_i64() {
+            Some(d) => date(d, fail),
             None => fail(format!("expected days since 1970-01-01, got {n}")),
         },
         (Schema::TimestampMillis, Json::Number(n)) => match n.as_i64() {
-            Some(ms) => Some(Value::TimestampMillis(ms)),
+            Some(ms) => timestamp(ms, fail),
             None => fail(format!("expected milliseconds since the epoch, got {n}")),
         },
         (Schema::TimestampMillis, Json::String(s)) => match DateTime::parse_from_rfc3339(s) {
-            Ok(t) => Some(Value::TimestampMillis(t.timestamp_millis())),
+            Ok(t) => timestamp(t.timestamp_millis(), fail),
             Err(_) => fail(format!("`{s}` is not an RFC 3339 timestamp")),
         },
         (Schema::Enum(e), Json::String(s)) => match e.symbols.iter().position(|x| x == s) {
@@ -211,6 +212,22 @@ fn convert(
     }
 }
 
+/// A date of `days` since 1970-01-01, if in range (years 1 to 9999).
+fn date(days: i64, fail: impl FnOnce(String) -> Option<Value>) -> Option<Value> {
+    match crate::limits::date_problem(days) {
+        None => i32::try_from(days).ok().map(Value::Date),
+        Some(p) => fail(p),
+    }
+}
+
+/// A timestamp of `ms` since the epoch, if in range (years 1 to 9999).
+fn timestamp(ms: i64, fail: impl FnOnce(String) -> Option<Value>) -> Option<Value> {
+    match crate::limits::timestamp_problem(ms) {
+        None => Some(Value::TimestampMillis(ms)),
+        Some(p) => fail(p),
+    }
+}
+
 fn describe(s: &Schema) -> String {
     match s {
         Schema::Record(r) => format!("an object ({})", r.name.name),
@@ -256,11 +273,13 @@ pub fn to_json(v: &Value) -> Json {
     }
 }
 
-/// `YYYY-MM-DD` for days since the epoch.
+/// `YYYY-MM-DD` for days since the epoch; a date chrono cannot hold
+/// (refused where dates enter, see [`crate::limits`]) is written as its
+/// number of days rather than a panic.
 pub fn date_string(days: i32) -> String {
-    (epoch() + chrono::Duration::days(days as i64))
-        .format("%Y-%m-%d")
-        .to_string()
+    chrono::TimeDelta::try_days(i64::from(days))
+        .and_then(|d| epoch().checked_add_signed(d))
+        .map_or_else(|| days.to_string(), |d| d.format("%Y-%m-%d").to_string())
 }
 
 #[cfg(test)]
@@ -315,6 +334,27 @@ mod tests {
         ] {
             assert!(fields.contains(&f), "{f} missing from {errs:?}");
         }
+    }
+
+    #[test]
+    fn dates_and_timestamps_out_of_range_are_named_not_panics() {
+        for (field, value) in [
+            ("date_of_birth", json!(2_000_000_000)),
+            ("date_of_birth", json!(-2_000_000_000)),
+            ("date_of_birth", json!(i64::MAX)),
+            ("date_of_birth", json!("+12345-01-01")),
+            ("updated_at", json!(i64::MAX)),
+            ("updated_at", json!(i64::MIN)),
+        ] {
+            let mut j = good();
+            j[field] = value.clone();
+            match to_avro(&residents(), &j) {
+                Err(errs) => assert_eq!(errs[0].field, field, "{value}: {errs:?}"),
+                Ok(_) => panic!("{field} = {value} accepted"),
+            }
+        }
+        assert_eq!(date_string(i32::MAX), i32::MAX.to_string());
+        assert_eq!(date_string(0), "1970-01-01");
     }
 
     #[test]

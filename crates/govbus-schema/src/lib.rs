@@ -9,6 +9,7 @@ pub mod compat;
 pub mod envelope;
 pub mod fuzz;
 pub mod json;
+pub mod limits;
 pub mod names;
 pub mod project;
 pub mod wire;

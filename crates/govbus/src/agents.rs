@@ -12,7 +12,27 @@ use crate::config::{Agent, GovbusConfig};
 /// Serves `/metrics`, `/healthz` and `/readyz` if configured; the
 /// readiness the agent reports to.
 pub(crate) async fn ops(cfg: &GovbusConfig) -> anyhow::Result<Arc<Readiness>> {
+    // Before anything decodes: what one record may ask a decoder for.
+    let limit = govbus_schema::limits::set_max_allocation_bytes(
+        cfg.max_allocation_bytes
+            .unwrap_or(govbus_schema::limits::DEFAULT_MAX_ALLOCATION_BYTES),
+    );
+    tracing::info!(max_allocation_bytes = limit, "bounded decoding");
     let ready = Arc::new(Readiness::new());
+    // A thread that failed makes the agent not ready at once (/readyz
+    // names it) and then stops it with a clear error, for its supervisor
+    // (`govbus up`, systemd, Kubernetes) to restart: never an agent that
+    // runs on with a follower dead and its state frozen.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if let Some((thread, reason)) = govbus_core::health::failures().into_iter().next() {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                eprintln!("govbus: thread {thread} failed ({reason}); stopping so that the agent restarts");
+                std::process::exit(70);
+            }
+        }
+    });
     crate::ops::serve(cfg.metrics_listen, ready.clone()).await?;
     Ok(ready)
 }

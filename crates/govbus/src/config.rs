@@ -34,6 +34,10 @@ pub(crate) struct GovbusConfig {
     /// Where `/metrics` (Prometheus), `/healthz` and `/readyz` are served.
     #[serde(default)]
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// The largest allocation one record may ask an Avro decoder for
+    /// (a length or an item count it claims); default 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_allocation_bytes: Option<usize>,
     /// `govbus registry`.
     #[serde(default)]
     pub(crate) registry: Option<RegistryConfig>,
@@ -292,9 +296,7 @@ fn flatten(v: &serde_json::Value, prefix: &str, out: &mut Vec<(String, serde_jso
 /// URLs masked.
 fn mask(path: &str, v: &serde_json::Value) -> String {
     let last = path.rsplit('.').next().unwrap_or(path);
-    let secret = ["password", "secret", "token", "key"]
-        .iter()
-        .any(|w| last.contains(w));
+    let secret = govbus_core::secret::is_secret_key(last);
     match v {
         _ if secret => "\"***\"".into(),
         serde_json::Value::String(s) => {

@@ -276,7 +276,124 @@ type Shared = Arc<Served>;
 
 struct Served {
     state: tokio::sync::watch::Receiver<String>,
-    files: Vec<PathBuf>,
+    /// Per province: what its snapshots are read with, opened once.
+    snapshots: Vec<Snapshots>,
+}
+
+/// A province's reports and the sink its snapshots are read from.
+struct Snapshots {
+    subscriber: String,
+    catalog: govbus_core::Catalog,
+    sink: std::sync::Mutex<Box<dyn Sink>>,
+}
+
+impl Snapshots {
+    /// Opens the sink of each consumer configuration in `files`.
+    fn open(files: &[PathBuf]) -> anyhow::Result<Vec<Self>> {
+        let mut out = Vec::new();
+        for f in files {
+            let cfg = GovbusConfig::load(Some(f), Some(Agent::Consumer))?;
+            let Some(c) = cfg.consumer.as_ref() else {
+                continue;
+            };
+            out.push(Snapshots {
+                subscriber: c.subscriber.clone(),
+                catalog: cfg.catalog()?,
+                sink: std::sync::Mutex::new(c.sink.build()?),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Who may read the dashboard (it shows citizens' recent changes): with a
+/// token, whoever sends it (`Authorization: Bearer`, or `?token=` once,
+/// kept in a cookie); without one, only this machine (a loopback address,
+/// and a `Host` naming it, so that no other site can rebind a name to it).
+#[derive(Clone)]
+struct Gate {
+    /// SHA-256 of the token.
+    token: Option<[u8; 32]>,
+}
+
+const COOKIE: &str = "govbus_dashboard";
+
+impl Gate {
+    fn allows(&self, req: &axum::extract::Request) -> Result<(), (StatusCode, &'static str)> {
+        let Some(want) = self.token else {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            let name = match host.rsplit_once(':') {
+                Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => host,
+            };
+            return if matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+                Ok(())
+            } else {
+                Err((
+                    StatusCode::FORBIDDEN,
+                    "this dashboard answers only to 127.0.0.1 or localhost (start it with --token-file to serve others)",
+                ))
+            };
+        };
+        let sent = |t: &str| openssl::sha::sha256(t.as_bytes()) == want;
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(sent);
+        let cookie = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .flat_map(|h| h.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+            .any(sent);
+        if bearer || cookie || query_token(req).is_some_and(|t| sent(&t)) {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "this dashboard needs its token: open it once with ?token=…",
+            ))
+        }
+    }
+}
+
+fn query_token(req: &axum::extract::Request) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        kv.strip_prefix("token=")
+            .map(govbus_core::https::percent_decode)
+    })
+}
+
+async fn gate(
+    State(g): State<Gate>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err((status, why)) = g.allows(&req) {
+        tracing::info!(path = %req.uri().path(), reason = why, "dashboard request refused");
+        return (status, why).into_response();
+    }
+    // A token given in the address is kept in a cookie for the page's own
+    // requests (its events and downloads).
+    let set = query_token(&req).map(|t| {
+        format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            govbus_core::https::percent_decode(&t)
+        )
+    });
+    let mut r = next.run(req).await;
+    if let Some(c) = set.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
 }
 
 /// Serves the dashboard on `listen` for the consumers of `files` until
@@ -285,11 +402,30 @@ pub(crate) async fn run(
     files: Vec<PathBuf>,
     listen: String,
     router_group: String,
+    token_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let token = match &token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the dashboard's token from {}", f.display()))?;
+            let t = t.trim();
+            anyhow::ensure!(
+                t.len() >= 16,
+                "the token in {} is shorter than 16 characters",
+                f.display()
+            );
+            Some(openssl::sha::sha256(t.as_bytes()))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
+    anyhow::ensure!(
+        token.is_some() || addr.ip().is_loopback(),
+        "the dashboard shows citizens' recent changes: on {addr}, a non-loopback address, it needs --token-file"
+    );
     let (tx, rx) = tokio::sync::watch::channel(String::new());
     let f = files.clone();
     // The first state before the first page is served.
@@ -301,6 +437,8 @@ pub(crate) async fn run(
     })
     .await??;
     tx.send_replace(first);
+    let f = files.clone();
+    let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&f)).await??;
     std::thread::Builder::new()
         .name("govbus-dashboard".into())
         .spawn(move || loop {
@@ -327,12 +465,17 @@ pub(crate) async fn run(
             "/snapshots/{subscriber}/{report}/{file}",
             get(snapshot_file),
         )
-        .with_state(Arc::new(Served { state: rx, files }));
+        .with_state(Arc::new(Served {
+            state: rx,
+            snapshots,
+        }))
+        .layer(axum::middleware::from_fn_with_state(Gate { token }, gate));
     println!("govbus dashboard: http://{addr}/");
-    tracing::info!(%addr, "dashboard serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(crate::agents::shutdown_signal())
-        .await?;
+    tracing::info!(%addr, token = token.is_some(), "dashboard serving");
+    tokio::select! {
+        r = govbus_core::https::serve(listener, app, None) => r?,
+        () = crate::agents::shutdown_signal() => {}
+    }
     Ok(())
 }
 
@@ -365,10 +508,10 @@ async fn snapshot_file(
     State(s): State<Shared>,
     Path((subscriber, report, file)): Path<(String, String, String)>,
 ) -> Response {
-    let files = s.files.clone();
-    let found =
-        tokio::task::spawn_blocking(move || snapshot_text(&files, &subscriber, &report, &file))
-            .await;
+    let found = tokio::task::spawn_blocking(move || {
+        snapshot_text(&s.snapshots, &subscriber, &report, &file)
+    })
+    .await;
     match found {
         Ok(Ok((ctype, body))) => ([(header::CONTENT_TYPE, ctype)], body).into_response(),
         Ok(Err((status, why))) => (status, why).into_response(),
@@ -377,7 +520,7 @@ async fn snapshot_file(
 }
 
 fn snapshot_text(
-    files: &[PathBuf],
+    provinces: &[Snapshots],
     subscriber: &str,
     report: &str,
     file: &str,
@@ -391,48 +534,46 @@ fn snapshot_text(
         None => (stem, false),
     };
     let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
-    for f in files {
-        let cfg = GovbusConfig::load(Some(f), Some(Agent::Consumer))
-            .map_err(|e| internal(e.to_string()))?;
-        let Some(c) = cfg.consumer.as_ref().filter(|c| c.subscriber == subscriber) else {
-            continue;
-        };
-        let catalog = cfg.catalog().map_err(|e| internal(e.to_string()))?;
-        let spec = catalog
-            .reports_of(subscriber)
-            .find(|r| r.file.name == report)
-            .ok_or((
-                StatusCode::NOT_FOUND,
-                format!("{subscriber} has no report {report}"),
-            ))?;
-        let r = Report::compile(spec, &catalog).map_err(|e| internal(e.to_string()))?;
-        let mut sink = c.sink.build().map_err(|e| internal(e.to_string()))?;
-        let snap = sink
-            .snapshots(&r.id())
-            .map_err(|e| internal(e.to_string()))?
-            .into_iter()
-            .find(|s| s.at.to_string() == at)
-            .ok_or((
-                StatusCode::NOT_FOUND,
-                format!("{} has no snapshot of {at}", r.id()),
-            ))?;
-        if snap.verify() != govbus_consumer::snapshot::Verified::Intact {
-            return Err((
-                StatusCode::CONFLICT,
-                format!(
-                    "the snapshot {} of {at} was changed after it was frozen",
-                    r.id()
-                ),
-            ));
-        }
-        return match kind {
-            "csv" => Ok(("text/csv; charset=utf-8", snap.to_csv(&r, en))),
-            "html" => Ok(("text/html; charset=utf-8", snap.to_html(&r, en))),
-            other => Err((StatusCode::NOT_FOUND, format!("{other}: give csv or html"))),
-        };
+    let p = provinces
+        .iter()
+        .find(|p| p.subscriber == subscriber)
+        .ok_or((
+            StatusCode::NOT_FOUND,
+            format!("no province {subscriber} here"),
+        ))?;
+    let spec = p
+        .catalog
+        .reports_of(subscriber)
+        .find(|r| r.file.name == report)
+        .ok_or((
+            StatusCode::NOT_FOUND,
+            format!("{subscriber} has no report {report}"),
+        ))?;
+    let r = Report::compile(spec, &p.catalog).map_err(|e| internal(e.to_string()))?;
+    let snap = p
+        .sink
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshots(&r.id())
+        .map_err(|e| internal(e.to_string()))?
+        .into_iter()
+        .find(|s| s.at.to_string() == at)
+        .ok_or((
+            StatusCode::NOT_FOUND,
+            format!("{} has no snapshot of {at}", r.id()),
+        ))?;
+    if snap.verify() != govbus_consumer::snapshot::Verified::Intact {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "the snapshot {} of {at} was changed after it was frozen",
+                r.id()
+            ),
+        ));
     }
-    Err((
-        StatusCode::NOT_FOUND,
-        format!("no province {subscriber} here"),
-    ))
+    match kind {
+        "csv" => Ok(("text/csv; charset=utf-8", snap.to_csv(&r, en))),
+        "html" => Ok(("text/html; charset=utf-8", snap.to_html(&r, en))),
+        other => Err((StatusCode::NOT_FOUND, format!("{other}: give csv or html"))),
+    }
 }

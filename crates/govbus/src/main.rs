@@ -204,6 +204,12 @@ enum Cmd {
         /// The router's consumer group (its backlog on the central topics).
         #[arg(long, default_value = "govbus-router")]
         router_group: String,
+        /// A file holding the token a browser must present (`?token=` once,
+        /// then a cookie; or `Authorization: Bearer`). Without it the
+        /// dashboard serves only this machine: a loopback address, and a
+        /// `Host` of 127.0.0.1 or localhost.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Compare what a subscription should hold with the province's table
     /// (counts, bucket digests, then only the differing buckets' rows);
@@ -629,7 +635,8 @@ fn main() -> std::process::ExitCode {
                 config,
                 listen,
                 router_group,
-            } => dashboard::run(config, listen, router_group).await,
+                token_file,
+            } => dashboard::run(config, listen, router_group, token_file).await,
             Cmd::Reconcile { args } => {
                 tokio::task::spawn_blocking(move || reconcile::run(&args)).await?
             }

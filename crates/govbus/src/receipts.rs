@@ -1,6 +1,7 @@
 //! `govbus receipts`: which subscribers applied an event, and when (from
-//! `_govbus.receipts`); `govbus receipts verify` checks a province's chain
-//! of receipts in its database, naming where it breaks.
+//! each subscriber's `_govbus.receipts.<subscriber>`, which only that
+//! subscriber may write); `govbus receipts verify` checks a province's
+//! chain of receipts in its database, naming where it breaks.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use govbus_consumer::receipt::{verify as verify_chain, Receipt};
 use govbus_core::Topics;
+use rdkafka::consumer::Consumer;
 use rdkafka::Message;
 
 use crate::config::GovbusConfig;
@@ -40,29 +42,66 @@ pub(crate) fn find(event_id: &str, config: Option<&std::path::Path>) -> anyhow::
         (None, Some(c)) => (c.kafka.clone(), c.topic_prefix.clone()),
         _ => bail!("the configuration has neither [router] nor [consumer]: give one that names the cluster"),
     };
-    let topic = Topics::new(&prefix).receipts();
+    let topics = Topics::new(&prefix);
     let probe: rdkafka::consumer::BaseConsumer = kafka.client().create()?;
-    let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, &topic)?
-        .into_iter()
-        .map(|p| (p, None))
+    let metadata = probe
+        .fetch_metadata(None, Duration::from_secs(30))
+        .context("listing the receipts topics")?;
+    let mut receipt_topics: Vec<(String, String)> = metadata
+        .topics()
+        .iter()
+        .filter_map(|t| {
+            topics
+                .receipts_of(t.name())
+                .map(|s| (t.name().to_string(), s.to_string()))
+        })
         .collect();
-    if bounds.is_empty() {
-        bail!("{topic} does not exist: no consumer has published a receipt yet");
+    receipt_topics.sort();
+    if receipt_topics.is_empty() {
+        bail!(
+            "no {}<subscriber> topic exists: no consumer has published a receipt yet",
+            topics.receipts_prefix()
+        );
     }
     let mut read = 0usize;
+    let mut forged = 0usize;
     let mut found: BTreeMap<(String, i64), (Receipt, usize)> = BTreeMap::new();
-    govbus_core::kafka::read_partitions(&kafka, &topic, &bounds, Duration::from_secs(600), |m| {
-        read += 1;
-        let Some(r) = m
-            .payload()
-            .and_then(|p| serde_json::from_slice::<Receipt>(p).ok())
-        else {
-            return;
-        };
-        if let Some(i) = r.events.iter().position(|e| e.event_id == event_id) {
-            found.insert((r.subscriber.clone(), r.seq), (r, i));
-        }
-    })?;
+    for (topic, subscriber) in &receipt_topics {
+        let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, topic)?
+            .into_iter()
+            .map(|p| (p, None))
+            .collect();
+        govbus_core::kafka::read_partitions(
+            &kafka,
+            topic,
+            &bounds,
+            Duration::from_secs(600),
+            |m| {
+                read += 1;
+                let Some(r) = m
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Receipt>(p).ok())
+                else {
+                    return;
+                };
+                // Only the subscriber may write its topic: a receipt there
+                // that names another is not that other's, and is not believed.
+                if r.subscriber != *subscriber {
+                    forged += 1;
+                    return;
+                }
+                if let Some(i) = r.events.iter().position(|e| e.event_id == event_id) {
+                    found.insert((r.subscriber.clone(), r.seq), (r, i));
+                }
+            },
+        )?;
+    }
+    if forged > 0 {
+        eprintln!(
+            "govbus receipts: {forged} receipts name another subscriber than the topic they are on; not believed"
+        );
+    }
+    let topic = format!("{}*", topics.receipts_prefix());
     if found.is_empty() {
         bail!("no subscriber has applied event {event_id} ({read} receipts read from {topic})");
     }

@@ -19,6 +19,12 @@ struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
+    /// How to start it again (None: nothing restarts it, its exit is fatal).
+    cmd: Option<Command>,
+    /// Times restarted so far.
+    restarts: u32,
+    /// When it exited and is to be started again.
+    due: Option<Instant>,
 }
 
 /// `N` distinct free ports: the listeners are held until all are picked,
@@ -34,6 +40,17 @@ fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
+/// Starts `cmd` with its output appended to `log`.
+fn start_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)?;
+    cmd.stdout(Stdio::from(f.try_clone()?))
+        .stderr(Stdio::from(f))
+        .spawn()
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -47,24 +64,89 @@ struct Stack {
 impl Stack {
     fn spawn(&mut self, name: &'static str, mut cmd: Command, dir: &Path) -> anyhow::Result<()> {
         let log = dir.join("logs").join(format!("{name}.log"));
-        let f = std::fs::File::create(&log)?;
-        let child = cmd
-            .env("GOVBUS_EXIT_WITH_PARENT", "1")
+        std::fs::File::create(&log)?;
+        cmd.env("GOVBUS_EXIT_WITH_PARENT", "1")
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f))
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.procs.push(Proc { name, child, log });
+            .stdin(Stdio::null());
+        let child = start_logged(&mut cmd, &log).with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc {
+            name,
+            child,
+            log,
+            cmd: Some(cmd),
+            restarts: 0,
+            due: None,
+        });
         Ok(())
     }
 
     fn push(&mut self, name: &'static str, child: Child, log: PathBuf) {
-        self.procs.push(Proc { name, child, log });
+        self.procs.push(Proc {
+            name,
+            child,
+            log,
+            cmd: None,
+            restarts: 0,
+            due: None,
+        });
+    }
+
+    /// Supervises as systemd or Kubernetes would: an agent that exited is
+    /// started again after a back-off (1 s, doubling to 30 s), its log
+    /// appended to. Answers what to show on the live line (agents
+    /// restarted, or waiting to be), or an error for a process nothing
+    /// restarts (the broker).
+    fn supervise(&mut self) -> Result<String, String> {
+        let now = Instant::now();
+        let mut shown = Vec::new();
+        for p in &mut self.procs {
+            if p.due.is_none() {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    if p.cmd.is_none() {
+                        return Err(format!(
+                            "{} exited ({status}); last lines of {}:\n{}",
+                            p.name,
+                            p.log.display(),
+                            log_tail(&p.log)
+                        ));
+                    }
+                    let wait =
+                        Duration::from_secs(1 << p.restarts.min(5)).min(Duration::from_secs(30));
+                    println!(
+                        "govbus up: {} exited ({status}); starting it again in {} s. Last lines of {}:\n{}",
+                        p.name,
+                        wait.as_secs(),
+                        p.log.display(),
+                        log_tail(&p.log)
+                    );
+                    p.due = Some(now + wait);
+                }
+            }
+            if let (Some(due), Some(cmd)) = (p.due, p.cmd.as_mut()) {
+                if due <= now {
+                    match start_logged(cmd, &p.log) {
+                        Ok(child) => {
+                            p.child = child;
+                            p.due = None;
+                            p.restarts += 1;
+                        }
+                        Err(e) => {
+                            println!("govbus up: {} does not start: {e}", p.name);
+                            p.due = Some(now + Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+            match (p.due, p.restarts) {
+                (Some(_), _) => shown.push(format!("{} DOWN", p.name)),
+                (None, 0) => {}
+                (None, n) => shown.push(format!("{} restarted ×{n}", p.name)),
+            }
+        }
+        Ok(shown.join(", "))
     }
 
     /// The first child that has exited, with its status and log tail.
@@ -589,17 +671,26 @@ fn run_blocking(
     let mut last_published = 0u64;
     while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(1000).saturating_sub(last_tick.elapsed()));
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
         let broker_gone = match &mut running {
             Running::Kafka(c) => !c.running(0),
             _ => false,
         };
-        let dead = if broker_gone {
-            Some(format!(
-                "the Kafka broker exited; last lines of its log:\n{}",
-                log_tail(&dir.join("kafka/node-1/server.log"))
-            ))
+        let (dead, supervised) = if broker_gone {
+            (
+                Some(format!(
+                    "the Kafka broker exited; last lines of its log:\n{}",
+                    log_tail(&dir.join("kafka/node-1/server.log"))
+                )),
+                String::new(),
+            )
         } else {
-            stack.dead()
+            match stack.supervise() {
+                Ok(shown) => (None, shown),
+                Err(d) => (Some(d), String::new()),
+            }
         };
         if let Some(d) = dead {
             // A Ctrl-C in a terminal reaches every child at once: a child
@@ -620,7 +711,15 @@ fn run_blocking(
         now.normalised = total(scrape(m_producer, "govbus_codes_normalised_total", ""));
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
         last_published = now.published;
-        println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
+        if supervised.is_empty() {
+            println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
+        } else {
+            println!(
+                "[{:>5}s] {} | {supervised}",
+                start.elapsed().as_secs(),
+                now.line(rate)
+            );
+        }
     }
     println!("govbus up: stopping every process…");
     drop(hops);

@@ -173,7 +173,7 @@ pub fn plan(catalog: &Catalog, topics: &Topics, p: &Principals, now_ms: i64) -> 
         g.scratch_group("govbus-control-");
     }
     // Provinces: each live subscription's view, their own group, reports
-    // and DLQ, and the shared receipts topic.
+    // and DLQ, and its own receipts topic.
     let mut subscribers: Vec<&str> = Vec::new();
     for s in &catalog.subscriptions {
         let sub = s.file.subscriber.as_str();
@@ -217,7 +217,7 @@ pub fn plan(catalog: &Catalog, topics: &Topics, p: &Principals, now_ms: i64) -> 
         g.group(Pattern::Literal, &format!("govbus-consumer-{sub}"));
         g.group(Pattern::Literal, "govbus-status");
         g.topic(Pattern::Literal, &topics.dlq("consume", sub), SEND);
-        g.topic(Pattern::Literal, &topics.receipts(), SEND);
+        g.topic(Pattern::Literal, &topics.receipts(sub), SEND);
         if catalog.reports_of(sub).next().is_some() {
             g.topic(Pattern::Prefixed, &format!("{prefix}report.{sub}."), OWN);
         }

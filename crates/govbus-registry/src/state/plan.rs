@@ -43,13 +43,23 @@ impl State {
             .subjects
             .get(subject)
             .and_then(|m| m.keys().next_back())
-            .map_or(1, |v| v + 1);
+            .map_or(Some(1), |v| v.checked_add(1))
+            .filter(|v| *v <= super::MAX_ID)
+            .ok_or_else(|| {
+                ApiError::NotPermitted(format!("Subject {subject} has no version number left"))
+            })?;
         if mode == Mode::Import {
             let id = reg.id.ok_or_else(|| {
                 ApiError::NotPermitted(format!(
                     "Subject {subject} is in import mode: a registration must give its id"
                 ))
             })?;
+            if !(1..=super::MAX_ID).contains(&id) {
+                return Err(ApiError::InvalidSchema(format!(
+                    "id {id} is out of range: ids run from 1 to {}",
+                    super::MAX_ID
+                )));
+            }
             if let Some(s) = self.schemas.get(&id) {
                 if !s.is(&text, &refs, &contract) {
                     return Err(ApiError::IdMismatch(format!(
@@ -58,6 +68,12 @@ impl State {
                 }
             }
             let version = reg.version.unwrap_or(next_version);
+            if !(1..=super::MAX_ID).contains(&version) {
+                return Err(ApiError::InvalidVersion(format!(
+                    "version {version} is out of range: versions run from 1 to {}",
+                    super::MAX_ID
+                )));
+            }
             if self
                 .subjects
                 .get(subject)
@@ -94,7 +110,13 @@ impl State {
             .get(&(text.clone(), refs.clone(), contract_key(&contract)))
         {
             Some(id) => *id,
-            None => self.max_id + 1,
+            None => self
+                .max_id
+                .checked_add(1)
+                .filter(|id| *id <= super::MAX_ID)
+                .ok_or_else(|| {
+                    ApiError::NotPermitted("the registry has no schema id left".into())
+                })?,
         };
         Ok(Plan::Write(LogRecord::Schema {
             subject: subject.to_string(),

@@ -107,6 +107,12 @@ pub(crate) struct Scratch {
     out: FastOutputs,
     tally: Tally,
     pub(super) routed: HashMap<(String, i32), i64>,
+    /// Input partitions the last batch stopped routing at a record whose
+    /// writer schema could not be fetched (the registry unreachable, or
+    /// asked about too many new ids): (topic, partition, that record's
+    /// offset, why). The session reads them from there again later; the
+    /// other partitions go on.
+    pub(super) held: Vec<(String, i32, i64, String)>,
 }
 
 /// Writer schema ids the fast path accepts (true) or not (false), learnt
@@ -115,11 +121,17 @@ pub(crate) struct Scratch {
 pub(crate) struct FastIds(std::sync::Mutex<HashMap<u32, bool>>);
 
 impl FastIds {
-    fn accepts(&self, fast: &FastRoute, id: u32, resolver: &dyn SchemaResolver) -> bool {
+    fn accepts(
+        &self,
+        fast: &FastRoute,
+        subject: &str,
+        id: u32,
+        resolver: &dyn SchemaResolver,
+    ) -> bool {
         let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match ids.get(&id) {
             Some(ok) => *ok,
-            None => match resolver.resolve(id) {
+            None => match resolver.resolve_in(subject, id) {
                 Ok(writer) => *ids.entry(id).or_insert(fast.accepts(&writer)),
                 Err(_) => false,
             },
@@ -148,7 +160,8 @@ impl<'l> Step<'_, 'l> {
     /// router write an event twice (one comparison per record, counted in
     /// `govbus_router_refetched_total`). A change that cannot be routed
     /// goes to its input's DLQ with its reason; one whose writer schema
-    /// cannot be fetched fails the batch, which is retried.
+    /// cannot be fetched now holds its partition at that record
+    /// ([`Scratch::held`]), and the batch goes on with the others.
     pub(crate) fn run<'a>(
         &self,
         batch: impl IntoIterator<Item = Input<'a>>,
@@ -173,6 +186,8 @@ impl<'l> Step<'_, 'l> {
         let mut input: Option<Current<'_>> = None;
         let mut consumed: Vec<(&str, u64)> = Vec::new();
         let mut fast_id: Option<(u32, bool)> = None;
+        let mut subject = String::new();
+        scratch.held.clear();
         for m in batch {
             if out.records.len() >= CHUNK {
                 chunk(out)?;
@@ -185,6 +200,13 @@ impl<'l> Step<'_, 'l> {
                 payload,
                 headers,
             } = m;
+            if scratch
+                .held
+                .iter()
+                .any(|(t, p, ..)| *p == partition && t == topic)
+            {
+                continue;
+            }
             if next
                 .get(at)
                 .is_none_or(|(t, p, _)| *p != partition || *t != topic)
@@ -225,6 +247,7 @@ impl<'l> Step<'_, 'l> {
                 };
                 input = Some((name, views, live.fast.get(topic), 0));
                 fast_id = None;
+                subject = live.subject(name);
             }
             let Some((name, (dataset, idx), fast, count)) = input.as_mut() else {
                 continue;
@@ -243,7 +266,7 @@ impl<'l> Step<'_, 'l> {
                     match fast_id {
                         Some((last, ok)) if last == id => ok,
                         _ => {
-                            let ok = self.fast_ids.accepts(fast, id, self.resolver);
+                            let ok = self.fast_ids.accepts(fast, &subject, id, self.resolver);
                             fast_id = Some((id, ok));
                             ok
                         }
@@ -268,6 +291,7 @@ impl<'l> Step<'_, 'l> {
             match route(
                 payload,
                 self.resolver,
+                &subject,
                 live.scope(self.base),
                 &live.views,
                 idx,
@@ -279,10 +303,24 @@ impl<'l> Step<'_, 'l> {
                     }
                 }
                 Err(RouteError::Envelope(e)) if e.is_transient() => {
-                    // The registry is unreachable: abort and retry the batch
-                    // later rather than dead-letter good records.
-                    tracing::warn!(error = %e, "schema registry unavailable; retrying the batch");
-                    return Err(RouterError::RegistryUnavailable(e));
+                    // The writer schema cannot be fetched now: hold this
+                    // partition at this record (read again later) rather
+                    // than dead-letter a good record, and route the others.
+                    if let Some(n) = next.get_mut(at) {
+                        n.2 = offset;
+                    }
+                    *count -= 1;
+                    crate::events::Held {
+                        dataset,
+                        topic,
+                        partition,
+                        offset,
+                        error: &e,
+                    }
+                    .emit();
+                    scratch
+                        .held
+                        .push((topic.to_string(), partition, offset, e.to_string()));
                 }
                 Err(e) => {
                     let mut original = Vec::new();

@@ -350,8 +350,10 @@ impl Router {
                     .or(w.old.as_ref().map(|v| v.dataset.to_string()))
             })
             .unwrap_or_default();
+        let subject = govbus_core::topics::value_subject(topic);
         for (key, payload) in &current {
-            let change = match govbus_schema::envelope::decode(payload, &self.resolver) {
+            let change = match govbus_schema::envelope::decode_in(payload, &self.resolver, &subject)
+            {
                 Ok((_, c)) => c,
                 Err(e) if e.is_transient() => return Err(RouterError::RegistryUnavailable(e)),
                 // Dead-lettered when it was routed live; counted here too.

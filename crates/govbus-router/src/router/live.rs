@@ -53,6 +53,15 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    /// The value subject an input's writer schemas must be registered
+    /// under: its central topic's (a replay topic carries its central
+    /// topic's records).
+    pub(crate) fn subject(&self, input: &str) -> String {
+        let suffix = govbus_core::Topics::replay("");
+        let central = input.strip_suffix(suffix.as_str()).unwrap_or(input);
+        govbus_core::topics::value_subject(central)
+    }
+
     /// The CEL functions filters are evaluated with: the standard ones,
     /// and the hierarchy functions over this set's map when a filter asks it.
     pub(crate) fn base(&self) -> cel_interpreter::Context<'static> {

@@ -183,6 +183,9 @@ impl Router {
         let mut scratch = Scratch::default();
         let mut stall =
             govbus_core::stall::StallWatch::new(Duration::from_secs(self.cfg.stall_secs));
+        // Partitions held at a record whose writer schema could not be
+        // fetched: when to read them again, and how many holds in a row.
+        let mut holds: HashMap<(String, i32), (std::time::Instant, u32)> = HashMap::new();
         while !stop.load(Ordering::Relaxed) {
             if changed() {
                 tracing::info!("the subscription set or the administrative map changed; starting a session with it");
@@ -204,6 +207,7 @@ impl Router {
                     Err("no input partition assigned yet (joining the group)".into())
                 });
             }
+            resume_due(consumer, &mut holds);
             let t_poll = std::time::Instant::now();
             poll_batch_fenced(
                 consumer,
@@ -233,6 +237,7 @@ impl Router {
                 .collect();
             self.set_assignment(live, assigned.iter().cloned().collect());
             in_step.retain(|tp| assigned.contains(tp));
+            holds.retain(|tp, _| assigned.contains(tp));
             scratch.routed.retain(|tp, _| in_step.contains(tp));
             let fresh: Vec<(String, i32)> = assigned
                 .iter()
@@ -277,6 +282,7 @@ impl Router {
                 &mut scratch,
                 &mut |o| pipe.chunk(o),
             )?;
+            hold(consumer, &mut holds, &scratch.held, &advances)?;
             let mut offsets = TopicPartitionList::new();
             for a in &advances {
                 offsets.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next))?;
@@ -302,5 +308,68 @@ impl Router {
             pipe.commit(out)?;
         }
         Ok(())
+    }
+}
+
+/// The back-off before a held partition is read again: 0.5 s, doubling to 30 s.
+fn backoff(holds_in_a_row: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << holds_in_a_row.min(6)))
+        .min(Duration::from_secs(30))
+}
+
+/// Pauses each partition the batch held and rewinds it to the held record
+/// (read again after its back-off); a partition that advanced past its
+/// hold starts its back-off afresh.
+fn hold(
+    consumer: &BaseConsumer<RouterContext>,
+    holds: &mut HashMap<(String, i32), (std::time::Instant, u32)>,
+    held: &[(String, i32, i64, String)],
+    advances: &[super::batch::Advance],
+) -> Result<(), RouterError> {
+    for a in advances {
+        if !held
+            .iter()
+            .any(|(t, p, ..)| *t == a.topic && *p == a.partition)
+        {
+            holds.remove(&(a.topic.clone(), a.partition));
+        }
+    }
+    for (topic, partition, offset, _) in held {
+        let entry = holds
+            .entry((topic.clone(), *partition))
+            .or_insert((std::time::Instant::now(), 0));
+        entry.0 = std::time::Instant::now() + backoff(entry.1);
+        entry.1 = entry.1.saturating_add(1);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, *partition);
+        consumer.pause(&tpl)?;
+        consumer.seek(
+            topic,
+            *partition,
+            Offset::Offset(*offset),
+            Duration::from_secs(10),
+        )?;
+    }
+    Ok(())
+}
+
+/// Resumes the held partitions whose back-off is over.
+fn resume_due(
+    consumer: &BaseConsumer<RouterContext>,
+    holds: &mut HashMap<(String, i32), (std::time::Instant, u32)>,
+) {
+    let now = std::time::Instant::now();
+    let mut tpl = TopicPartitionList::new();
+    for ((t, p), (at, _)) in holds.iter_mut() {
+        if *at <= now {
+            tpl.add_partition(t, *p);
+            // Resumed once; a new hold sets the next time.
+            *at = now + Duration::from_secs(86_400);
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.resume(&tpl) {
+            tracing::warn!(error = %e, "resuming held partitions");
+        }
     }
 }

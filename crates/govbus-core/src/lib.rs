@@ -13,6 +13,7 @@ pub mod http_body;
 // The one module that calls C: librdkafka's ACL admin API (see its docs).
 #[allow(unsafe_code)]
 pub mod acl;
+pub mod fuzz;
 pub mod https;
 pub mod kafka;
 pub mod pg;

@@ -205,7 +205,7 @@ struct SchemaBody {
     rule_set: Option<Json>,
 }
 
-fn schema_body(body: &[u8]) -> Result<Registration, ApiError> {
+pub(crate) fn schema_body(body: &[u8]) -> Result<Registration, ApiError> {
     let b: SchemaBody =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     match b.schema_type.as_deref() {

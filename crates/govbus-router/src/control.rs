@@ -522,4 +522,31 @@ mod tests {
             }
         ));
     }
+
+    /// Arbitrary control records (key and value split at 0xfe) are decoded
+    /// or skipped, and a decoded one compiles into a view or is refused:
+    /// never a panic.
+    #[test]
+    fn fuzz_control_records_never_panic() {
+        let a = spec("p1.toml", "permanent_address.province_code == \"52\"");
+        let mut seed = b"p1/bca.residents".to_vec();
+        seed.push(0xfe);
+        seed.extend(serde_json::to_vec(&active(&a)).unwrap());
+        let catalog = govbus_core::Catalog::builtin();
+        govbus_core::fuzz::run("control", &[seed], 20_000, |d| {
+            let (k, v) = match d.iter().position(|b| *b == 0xfe) {
+                Some(i) => (&d[..i], Some(&d[i + 1..])),
+                None => (d, None),
+            };
+            if let Some((_, ControlValue::Active { subscription, .. })) = decode(k, v) {
+                let spec = govbus_core::SubscriptionSpec {
+                    file: *subscription,
+                    origin: "fuzz".into(),
+                    filter_line: None,
+                };
+                let _ =
+                    crate::views::compile_spec(&catalog, &govbus_core::Topics::default(), &spec);
+            }
+        });
+    }
 }

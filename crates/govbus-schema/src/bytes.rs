@@ -4,6 +4,18 @@
 //! (`govbus-router/src/fast.rs`); every function answers `None` for bytes
 //! it cannot walk, never panics, and leaves the decision to the caller.
 
+// Bytes from outside reach this module: no unwrap, expect, panic or
+// unchecked indexing outside its tests (bounded decoding).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use apache_avro::Schema;
 
 use crate::names::Names;
@@ -72,7 +84,7 @@ impl<'a> Reader<'a> {
         let n = usize::try_from(self.long()?).ok()?;
         let start = self.pos;
         self.advance(n)?;
-        std::str::from_utf8(&self.buf[start..self.pos]).ok()
+        std::str::from_utf8(self.buf.get(start..self.pos)?).ok()
     }
 
     /// Runs `f` and answers the byte range it read.
@@ -242,18 +254,22 @@ fn project_value(
     match resolve(s, names)? {
         Schema::Record(rec) => {
             for f in &rec.fields {
-                let whole = drops.iter().any(|d| d.len() == 1 && d[0] == f.name);
+                let whole = drops
+                    .iter()
+                    .any(|d| matches!(d.as_slice(), [n] if *n == f.name));
                 let inner: Vec<Vec<String>> = drops
                     .iter()
-                    .filter(|d| d.len() > 1 && d[0] == f.name)
-                    .map(|d| d[1..].to_vec())
+                    .filter_map(|d| match d.split_first() {
+                        Some((n, rest)) if *n == f.name && !rest.is_empty() => Some(rest.to_vec()),
+                        _ => None,
+                    })
                     .collect();
                 let start = r.pos;
                 if whole {
                     r.skip(&f.schema, names)?;
                 } else if inner.is_empty() {
                     r.skip(&f.schema, names)?;
-                    w.extend_from_slice(&r.buf[start..r.pos]);
+                    w.extend_from_slice(r.buf.get(start..r.pos)?);
                 } else {
                     project_value(r, &f.schema, names, &inner, w)?;
                 }
@@ -263,13 +279,13 @@ fn project_value(
         Schema::Union(u) => {
             let start = r.pos;
             let i = usize::try_from(r.long()?).ok()?;
-            w.extend_from_slice(&r.buf[start..r.pos]);
+            w.extend_from_slice(r.buf.get(start..r.pos)?);
             project_value(r, u.variants().get(i)?, names, drops, w)
         }
         other => {
             let start = r.pos;
             r.skip(other, names)?;
-            w.extend_from_slice(&r.buf[start..r.pos]);
+            w.extend_from_slice(r.buf.get(start..r.pos)?);
             Some(())
         }
     }

@@ -1,6 +1,18 @@
 //! A client for the Confluent Schema Registry REST API (govbus's own
 //! registry, Confluent's, or any compatible one), and schema caches.
 
+// Bytes from outside reach this module: no unwrap, expect, panic or
+// unchecked indexing outside its tests (bounded decoding).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -45,6 +57,12 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
+    /// No schema is registered with this id (kept as a refusal for a while).
+    #[error("schema id {id} is not registered")]
+    Unknown {
+        /// The schema id.
+        id: u32,
+    },
     /// Too many unknown ids asked about at once: asked again later.
     #[error("schema id {id}: too many unknown schema ids asked about; asking again later")]
     Throttled {
@@ -59,9 +77,10 @@ impl RegistryError {
         match self {
             RegistryError::Transport { .. } | RegistryError::Throttled { .. } => true,
             RegistryError::Api { status, .. } => *status >= 500,
-            RegistryError::Decode(_) | RegistryError::Setup(_) | RegistryError::Refused { .. } => {
-                false
-            }
+            RegistryError::Decode(_)
+            | RegistryError::Setup(_)
+            | RegistryError::Refused { .. }
+            | RegistryError::Unknown { .. } => false,
         }
     }
 }
@@ -176,8 +195,16 @@ impl RegistryClient {
                 let body: serde_json::Value = r.into_json().unwrap_or_default();
                 Err(RegistryError::Api {
                     status,
-                    error_code: body["error_code"].as_u64().unwrap_or(status as u64 * 100) as u32,
-                    message: body["message"].as_str().unwrap_or("").to_string(),
+                    error_code: body
+                        .get("error_code")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(u32::from(status) * 100),
+                    message: body
+                        .get("message")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
                 })
             }
             Err(e) => Err(RegistryError::Transport {
@@ -201,29 +228,31 @@ impl RegistryClient {
         metadata: Option<&serde_json::Value>,
         rule_set: Option<&serde_json::Value>,
     ) -> Result<u32, RegistryError> {
-        let mut body = json!({ "schema": schema });
+        let mut body = serde_json::Map::new();
+        body.insert("schema".into(), schema.into());
         if let Some(m) = metadata {
-            body["metadata"] = m.clone();
+            body.insert("metadata".into(), m.clone());
         }
         if let Some(r) = rule_set {
-            body["ruleSet"] = r.clone();
+            body.insert("ruleSet".into(), r.clone());
         }
+        let body = serde_json::Value::Object(body);
         let v = self.call(
             "POST",
             &format!("/subjects/{}/versions", path_escape(subject)),
             Some(body),
         )?;
-        v["id"]
-            .as_u64()
-            .map(|id| id as u32)
+        v.get("id")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok())
             .ok_or_else(|| RegistryError::Decode(format!("no id in {v}")))
     }
 
     /// The schema text registered as `id`.
     pub fn schema_text(&self, id: u32) -> Result<String, RegistryError> {
         let v = self.call("GET", &format!("/schemas/ids/{id}"), None)?;
-        v["schema"]
-            .as_str()
+        v.get("schema")
+            .and_then(serde_json::Value::as_str)
             .map(str::to_string)
             .ok_or_else(|| RegistryError::Decode(format!("no schema in {v}")))
     }
@@ -245,7 +274,7 @@ impl RegistryClient {
             &format!("/config/{}?defaultToGlobal=true", path_escape(subject)),
             None,
         )?;
-        serde_json::from_value(v["compatibilityLevel"].clone())
+        serde_json::from_value(v.get("compatibilityLevel").cloned().unwrap_or_default())
             .map_err(|e| RegistryError::Decode(e.to_string()))
     }
 
@@ -259,7 +288,9 @@ impl RegistryClient {
             ),
             Some(json!({ "schema": schema })),
         )?;
-        Ok(v["is_compatible"].as_bool().unwrap_or(false))
+        Ok(v.get("is_compatible")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false))
     }
 
     /// The subjects `id` is registered under.
@@ -308,8 +339,8 @@ pub struct SchemaCache {
     /// (subject, id) → whether `id` is registered under `subject` (when
     /// not, since when: asked again after [`SchemaCache::FORGET`]).
     members: RwLock<HashMap<(String, u32), Result<(), std::time::Instant>>>,
-    /// id → why it is refused, since when.
-    refused: RwLock<HashMap<u32, (String, std::time::Instant)>>,
+    /// id → why it is refused (None: not registered), since when.
+    refused: RwLock<HashMap<u32, (Option<String>, std::time::Instant)>>,
     budget: std::sync::Mutex<Bucket>,
 }
 
@@ -372,45 +403,48 @@ impl SchemaCache {
         }
     }
 
-    fn refuse(&self, id: u32, reason: String) -> RegistryError {
+    /// Keeps the refusal of `id` (None: not registered) and answers it.
+    fn refuse(&self, id: u32, reason: Option<String>) -> RegistryError {
         if let Ok(mut r) = self.refused.write() {
             if r.len() >= Self::MAX_REFUSALS {
                 r.clear();
             }
             r.insert(id, (reason.clone(), std::time::Instant::now()));
         }
-        RegistryError::Refused { id, reason }
+        refusal(id, reason)
     }
 
     fn refused(&self, id: u32) -> Option<RegistryError> {
         let r = self.refused.read().ok()?;
         let (reason, at) = r.get(&id)?;
-        (at.elapsed() < Self::FORGET).then(|| RegistryError::Refused {
-            id,
-            reason: reason.clone(),
-        })
+        (at.elapsed() < Self::FORGET).then(|| refusal(id, reason.clone()))
     }
 
     fn fetch(&self, id: u32) -> Result<Arc<Schema>, RegistryError> {
         self.ask(id)?;
         let text = match self.client.schema_text(id) {
-            Err(RegistryError::Api { status: 404, .. }) => {
-                return Err(self.refuse(id, "not registered".into()))
-            }
+            Err(RegistryError::Api { status: 404, .. }) => return Err(self.refuse(id, None)),
             other => other?,
         };
         let schema = match crate::parse(&text) {
             Ok(s) => s,
-            Err(e) => return Err(self.refuse(id, e.to_string())),
+            Err(e) => return Err(self.refuse(id, Some(e.to_string()))),
         };
         if let Err(e) = crate::limits::check_bounded(&schema) {
-            return Err(self.refuse(id, e.to_string()));
+            return Err(self.refuse(id, Some(e.to_string())));
         }
         let schema = Arc::new(schema);
         if let Ok(mut m) = self.by_id.write() {
             m.insert(id, schema.clone());
         }
         Ok(schema)
+    }
+}
+
+fn refusal(id: u32, reason: Option<String>) -> RegistryError {
+    match reason {
+        Some(reason) => RegistryError::Refused { id, reason },
+        None => RegistryError::Unknown { id },
     }
 }
 
@@ -438,7 +472,7 @@ impl SchemaResolver for SchemaCache {
                 self.ask(id)?;
                 let subjects = match self.client.id_subjects(id) {
                     Err(RegistryError::Api { status: 404, .. }) => {
-                        return Err(self.refuse(id, "not registered".into()))
+                        return Err(self.refuse(id, None))
                     }
                     other => other?,
                 };

@@ -1,6 +1,18 @@
 //! The change envelope every dataset's events share (Debezium-style):
 //! `event_id`, `op`, `before`, `after`, `source {agency, system, seq}`, `ts_ms`.
 
+// Bytes from outside reach this module: no unwrap, expect, panic or
+// unchecked indexing outside its tests (bounded decoding).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use serde_json::{json, Value as Json};
@@ -45,7 +57,12 @@ impl Op {
 
     /// The symbol, e.g. `CREATE`.
     pub fn as_str(self) -> &'static str {
-        Self::SYMBOLS[self.index() as usize]
+        match self {
+            Op::Create => "CREATE",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Snapshot => "SNAPSHOT",
+        }
     }
 }
 

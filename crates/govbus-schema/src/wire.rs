@@ -1,5 +1,17 @@
 //! The Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro binary.
 
+// Bytes from outside reach this module: no unwrap, expect, panic or
+// unchecked indexing outside its tests (bounded decoding).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 /// A payload that is not in the wire format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -29,14 +41,14 @@ pub fn header_into(id: u32, out: &mut Vec<u8>) {
 
 /// Splits a payload into its schema id and Avro body.
 pub fn decode(payload: &[u8]) -> Result<(u32, &[u8]), WireError> {
-    if payload.len() < 5 {
+    let Some((head, body)) = payload.split_first_chunk::<5>() else {
         return Err(WireError::TooShort(payload.len()));
+    };
+    let [magic, id @ ..] = *head;
+    if magic != 0 {
+        return Err(WireError::BadMagic(magic));
     }
-    if payload[0] != 0 {
-        return Err(WireError::BadMagic(payload[0]));
-    }
-    let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
-    Ok((id, &payload[5..]))
+    Ok((u32::from_be_bytes(id), body))
 }
 
 #[cfg(test)]

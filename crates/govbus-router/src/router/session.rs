@@ -217,6 +217,11 @@ impl Router {
                 &|| consumer.context().rebalances.load(Ordering::SeqCst),
             );
             let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
+            // A partition held for its writer schema is a known, reported
+            // wait (`govbus_router_held_total`), not a stall.
+            if !holds.is_empty() {
+                stall.busy();
+            }
             if let Some(s) = stall.observe(std::time::Instant::now(), batch.len(), lag.backlog()) {
                 govbus_core::InternalEvent::emit(crate::events::Stalled {
                     idle_secs: s.idle.as_secs(),

@@ -305,3 +305,21 @@ mod redact_tests {
         }
     }
 }
+
+/// Writes a secret to `path`, readable by its owner only from the moment
+/// the file exists (created with mode 0600; an existing file is made 0600
+/// before it is truncated and written).
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.exists() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}

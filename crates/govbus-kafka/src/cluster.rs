@@ -224,7 +224,7 @@ impl Cluster {
             cluster.write_properties(i)?;
             let node = &cluster.nodes[i];
             let props = node.properties();
-            let mut args = vec![
+            let args = [
                 "format".to_string(),
                 "-c".into(),
                 props.display().to_string(),
@@ -232,11 +232,24 @@ impl Cluster {
                 format!("--cluster-id={cluster_id}"),
                 "--ignore-formatted".into(),
             ];
-            if let Some(sec) = &cluster.cfg.secured {
-                args.extend(sec.scram_args());
-            }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cluster.dist.tool(tools::STORAGE, &args)?;
+            match &cluster.cfg.secured {
+                // The users' passwords go in an argument file only its
+                // owner reads, never on a command line others can list.
+                Some(sec) => {
+                    let secret = sec.scram_args();
+                    let secret: Vec<&str> = secret.iter().map(String::as_str).collect();
+                    cluster.dist.tool_with_secrets(
+                        tools::STORAGE,
+                        &args,
+                        &secret,
+                        &node.dir.join("format.args"),
+                    )?;
+                }
+                None => {
+                    cluster.dist.tool(tools::STORAGE, &args)?;
+                }
+            }
         }
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
@@ -331,10 +344,8 @@ impl Cluster {
             props.push((k.clone(), v.clone()));
         }
         let text: String = props.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        std::fs::write(n.properties(), text).map_err(KafkaError::io(format!(
-            "writing {}",
-            n.properties().display()
-        )))
+        // It may hold the inter-broker password: its owner's alone.
+        crate::tls::write_private(&n.properties(), text.as_bytes())
     }
 
     /// Starts node `i`'s JVM under a shell that kills it when this process

@@ -294,6 +294,49 @@ impl Dist {
         Ok(out)
     }
 
+    /// [`Dist::tool`] with `secret` arguments after `args` that must not
+    /// appear on a command line (where any user of the machine can list
+    /// them): the class and every argument go in a Java argument file,
+    /// created readable by its owner only at `argfile` and removed after.
+    pub fn tool_with_secrets(
+        &self,
+        class: &str,
+        args: &[&str],
+        secret: &[&str],
+        argfile: &Path,
+    ) -> Result<Output, KafkaError> {
+        let name = class.rsplit('.').next().unwrap_or(class).to_string();
+        // Java's argument-file syntax: each argument double-quoted, with
+        // backslashes and quotes escaped.
+        let quote = |a: &str| format!("\"{}\"\n", a.replace('\\', "\\\\").replace('"', "\\\""));
+        let text: String = std::iter::once(class)
+            .chain(args.iter().copied())
+            .chain(secret.iter().copied())
+            .map(quote)
+            .collect();
+        crate::tls::write_private(argfile, text.as_bytes())?;
+        let mut c = self.java(class);
+        // `java(class)` ends with the class: rebuild without it, the class
+        // coming from the argument file.
+        let jvm: Vec<std::ffi::OsString> = c.get_args().map(|a| a.to_os_string()).collect();
+        let mut cmd = Command::new(c.get_program());
+        cmd.args(jvm.iter().take(jvm.len().saturating_sub(1)))
+            .arg(format!("@{}", argfile.display()))
+            .stdin(Stdio::null());
+        c = cmd;
+        let out = c.output();
+        let _ = std::fs::remove_file(argfile);
+        let out = out.map_err(KafkaError::io(format!("running {name}")))?;
+        if !out.status.success() {
+            return Err(KafkaError::Tool {
+                tool: name,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
     /// [`Dist::tool`]'s standard output as text.
     pub fn tool_text(&self, class: &str, args: &[&str]) -> Result<String, KafkaError> {
         Ok(String::from_utf8_lossy(&self.tool(class, args)?.stdout).into_owned())

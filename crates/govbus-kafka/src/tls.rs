@@ -91,7 +91,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), KafkaError> {
 
 /// Writes a private key (alone or with its certificate), readable by its
 /// owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KafkaError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KafkaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

@@ -342,11 +342,7 @@ fn start_broker(
                 for u in USERS.iter().chain(["admin"].iter()) {
                     let pw = govbus_core::https::new_token()?;
                     let f = secrets.join(u);
-                    std::fs::write(&f, &pw)?;
-                    std::fs::set_permissions(
-                        &f,
-                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-                    )?;
+                    govbus_core::secret::write_private(&f, pw.as_bytes())?;
                     users.push((u.to_string(), pw));
                 }
                 let (_, admin) = users.pop().expect("admin, pushed last");

@@ -216,7 +216,10 @@ impl Filter {
             {
                 continue;
             }
-            if lookups.iter().any(|(n, _)| *n == path[0]) {
+            if lookups
+                .iter()
+                .any(|(n, _)| path.first().is_some_and(|p| p == n))
+            {
                 continue;
             }
             check_path(entity, &names, &path)?;
@@ -403,7 +406,10 @@ impl Vars {
                     node.0.len() - 1
                 }
             };
-            match (&mut node.0[at].1, rest.is_empty()) {
+            let Some((_, slot)) = node.0.get_mut(at) else {
+                return;
+            };
+            match (slot, rest.is_empty()) {
                 (slot, true) => *slot = Ok(v),
                 (Err(inner), false) => put(inner, rest, v),
                 (slot @ Ok(_), false) => {
@@ -658,7 +664,7 @@ fn collect_paths(e: &IdedExpr, locals: &mut HashSet<String>, out: &mut Vec<Vec<S
 fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
     let indexes_var = |x: &IdedExpr| match &x.expr {
         Expr::Call(c) if c.func_name == "_[_]" && c.args.len() == 2 => {
-            matches!(&c.args[0].expr, Expr::Ident(n) if n == var)
+            matches!(c.args.first().map(|a| &a.expr), Some(Expr::Ident(n)) if n == var)
         }
         _ => false,
     };
@@ -694,13 +700,13 @@ fn check_path(entity: &Schema, names: &Names, path: &[String]) -> Result<(), Str
             // Not a record (a map, a string...): CEL decides at run time.
             return Ok(());
         };
-        match rec.lookup.get(part) {
-            Some(&idx) => cur = names.resolve(&rec.fields[idx].schema),
+        match rec.lookup.get(part).and_then(|&i| rec.fields.get(i)) {
+            Some(f) => cur = names.resolve(&f.schema),
             None => {
                 let known: Vec<&str> = rec.fields.iter().map(|f| f.name.as_str()).collect();
                 return Err(format!(
                     "unknown field `{}` ({} has: {})",
-                    path[..=i].join("."),
+                    path.get(..=i).unwrap_or(path).join("."),
                     rec.name.name,
                     known.join(", ")
                 ));

@@ -159,10 +159,7 @@ fn kind(s: &Schema) -> String {
 }
 
 fn last(s: &[Schema]) -> &[Schema] {
-    match s.len() {
-        0 => s,
-        n => &s[n - 1..],
-    }
+    s.split_last().map_or(s, |(l, _)| std::slice::from_ref(l))
 }
 
 /// A check beyond compatibility: reasons to refuse `new` as the next

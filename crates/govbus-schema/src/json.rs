@@ -5,18 +5,6 @@
 //! `"YYYY-MM-DD"` (or days since the epoch), a `timestamp-millis` is
 //! milliseconds or an RFC 3339 string.
 
-// Bytes from outside reach this module: no unwrap, expect, panic or
-// unchecked indexing outside its tests (bounded decoding).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, NaiveDate};

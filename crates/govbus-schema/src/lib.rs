@@ -1,6 +1,19 @@
 //! Avro for govbus: the Confluent wire format, the change envelope, JSON
 //! conversion with field-level errors, view projection, compatibility, and a
 //! client for any Confluent-compatible schema registry.
+//!
+//! Bytes from outside reach most of this crate (records, schemas, registry
+//! answers, ingest JSON): outside its tests it has no `unwrap`, `expect`,
+//! `panic` or unchecked indexing, and the compiler holds it to that.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod bytes;
 pub mod cel;

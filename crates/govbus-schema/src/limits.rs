@@ -12,18 +12,6 @@
 //! Dates and timestamps are checked against [`MIN_DATE_DAYS`]..=
 //! [`MAX_DATE_DAYS`] (years 1 to 9999) wherever they enter.
 
-// Bytes from outside reach this module: no unwrap, expect, panic or
-// unchecked indexing outside its tests (bounded decoding).
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )
-)]
-
 use std::collections::HashSet;
 
 use apache_avro::schema::Name;

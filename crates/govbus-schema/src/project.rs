@@ -62,19 +62,23 @@ fn remove(schema: &mut Json, parts: &[&str]) -> bool {
         }
         return false;
     };
+    let Some((first, rest)) = parts.split_first() else {
+        return false;
+    };
     let Some(pos) = fields
         .iter()
-        .position(|f| f.get("name").and_then(Json::as_str) == Some(parts[0]))
+        .position(|f| f.get("name").and_then(Json::as_str) == Some(first))
     else {
         return false;
     };
-    if parts.len() == 1 {
+    if rest.is_empty() {
         fields.remove(pos);
         true
     } else {
-        fields[pos]
-            .get_mut("type")
-            .is_some_and(|t| remove(t, &parts[1..]))
+        fields
+            .get_mut(pos)
+            .and_then(|f| f.get_mut("type"))
+            .is_some_and(|t| remove(t, rest))
     }
 }
 
@@ -113,11 +117,14 @@ fn strip(v: &mut Value, path: &[String]) {
     match v {
         Value::Union(_, inner) => strip(inner, path),
         Value::Record(fields) => {
-            if let Some(pos) = fields.iter().position(|(n, _)| *n == path[0]) {
-                if path.len() == 1 {
+            let Some((first, rest)) = path.split_first() else {
+                return;
+            };
+            if let Some(pos) = fields.iter().position(|(n, _)| n == first) {
+                if rest.is_empty() {
                     fields.remove(pos);
-                } else {
-                    strip(&mut fields[pos].1, &path[1..]);
+                } else if let Some((_, inner)) = fields.get_mut(pos) {
+                    strip(inner, rest);
                 }
             }
         }

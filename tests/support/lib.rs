@@ -63,6 +63,30 @@ pub fn run(bin: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Starts `cmd` (a `govbus up`, say) exiting with this process, its
+/// standard output read line by line into the receiver.
+pub fn spawn_lines(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("GOVBUS_EXIT_WITH_PARENT", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (child, lines)
+}
+
 /// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
 pub fn wait_until<T>(limit: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll_until(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))

@@ -6,10 +6,8 @@
 //! scraping the agents, finds the alerts' expressions true.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use govbus_e2e::{free_port, pg_url, poll_until, unique, wait_until, Broker};
@@ -186,25 +184,14 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
     let broker = Broker::start();
     let dir = tempfile::tempdir().unwrap();
     let up_dir = dir.path().join("up");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(["up", "--rate", "200", "--stall-secs", "30", "--broker"])
-        .arg(&broker.bootstrap)
-        .arg("--dir")
-        .arg(&up_dir)
-        .env("GOVBUS_EXIT_WITH_PARENT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, lines) = govbus_e2e::spawn_lines(
+        Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(["up", "--rate", "200", "--stall-secs", "30", "--broker"])
+            .arg(&broker.bootstrap)
+            .arg("--dir")
+            .arg(&up_dir)
+            .stderr(Stdio::null()),
+    );
     let _up = Killed(child);
     let mut seen: Vec<String> = Vec::new();
     let ports: BTreeMap<String, u16> = wait_until(

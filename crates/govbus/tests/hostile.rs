@@ -11,11 +11,10 @@
 //! both provinces keep applying.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use govbus_core::KafkaConfig;
@@ -89,25 +88,14 @@ fn no_participant_can_stop_the_bus() {
     let kafka = KafkaConfig::new(&broker.bootstrap);
     let dir = tempfile::tempdir().unwrap();
     let up = dir.path().join("up");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_govbus"))
-        .args(["up", "--rate", "20", "--stall-secs", "30", "--broker"])
-        .arg(&broker.bootstrap)
-        .arg("--dir")
-        .arg(&up)
-        .env("GOVBUS_EXIT_WITH_PARENT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = govbus_e2e::spawn_lines(
+        Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(["up", "--rate", "20", "--stall-secs", "30", "--broker"])
+            .arg(&broker.bootstrap)
+            .arg("--dir")
+            .arg(&up)
+            .stderr(Stdio::inherit()),
+    );
     let mut seen: Vec<String> = Vec::new();
     let both_applied = |seen: &mut Vec<String>, child: &mut std::process::Child| {
         while let Ok(l) = lines.try_recv() {

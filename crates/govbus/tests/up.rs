@@ -4,9 +4,8 @@
 //! section reaches that agent only (found as a new user would:
 //! `GOVBUS__ROUTER__KAFKA__OPTIONS__DEBUG` used to stop every agent).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+
 use std::time::Duration;
 
 use govbus_e2e::{poll_until, Broker};
@@ -31,21 +30,7 @@ fn run_until_both_apply(
     mut cmd: Command,
     normalising: bool,
 ) -> (std::process::Child, Vec<String>, Option<()>) {
-    let mut child = cmd
-        .env("GOVBUS_EXIT_WITH_PARENT", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = govbus_e2e::spawn_lines(cmd.stderr(Stdio::piped()));
     let mut seen = Vec::new();
     let flowing = poll_until(Duration::from_secs(240), || {
         while let Ok(l) = lines.try_recv() {

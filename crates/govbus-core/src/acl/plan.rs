@@ -237,6 +237,8 @@ pub fn plan(catalog: &Catalog, topics: &Topics, p: &Principals, now_ms: i64) -> 
             &[Read, Write, Describe],
         );
         g.topic(Pattern::Literal, &topics.dlq_state(), OWN);
+        // Every subscriber's receipts (`govbus receipts EVENT`).
+        g.topic(Pattern::Prefixed, &topics.receipts_prefix(), READ);
         for d in catalog.datasets.values() {
             let central = topics.central(&d.id, d.file.major);
             g.topic(Pattern::Literal, &Topics::replay(&central), SEND);

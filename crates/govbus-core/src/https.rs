@@ -208,13 +208,14 @@ async fn serve_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper_util::service::TowerToHyperService::new(app);
-    let mut conn =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    conn.http1()
-        .timer(hyper_util::rt::TokioTimer::new())
+    // HTTP/1.1 only: its header timer runs from the moment the connection
+    // is served, so a connection that sends nothing is dropped as well.
+    let mut conn = hyper::server::conn::http1::Builder::new();
+    conn.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read);
     if let Err(e) = conn
-        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
         .await
     {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -277,6 +277,11 @@ fn no_participant_can_stop_the_bus() {
         &json!({"op": "upsert", "data": resident}).to_string(),
     );
     assert_eq!(status, 422, "served beside 200 idle connections");
+    // A connection that sends nothing at all is dropped too.
+    let mut silent = TcpStream::connect(&ingest_addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let closed = poll_until(Duration::from_secs(60), || {
         let mut buf = [0u8; 512];
         match slow.read(&mut buf) {
@@ -290,6 +295,18 @@ fn no_participant_can_stop_the_bus() {
         closed.is_some(),
         "a half-sent request still held its connection after {:?}",
         sent_at.elapsed()
+    );
+    let closed = poll_until(Duration::from_secs(60), || {
+        let mut buf = [0u8; 16];
+        match silent.read(&mut buf) {
+            Ok(_) => Some(()),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(()),
+            Err(_) => None,
+        }
+    });
+    assert!(
+        closed.is_some(),
+        "a silent connection was held for a minute"
     );
     drop(idle);
 

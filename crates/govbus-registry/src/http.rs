@@ -377,7 +377,7 @@ async fn version_schema(
 ) -> Result<Response, ApiError> {
     let v = version_json(&s, &subject, &version, q.deleted)?;
     Ok(ok(serde_json::from_str(
-        v["schema"].as_str().unwrap_or("null"),
+        v.get("schema").and_then(Json::as_str).unwrap_or("null"),
     )
     .unwrap_or(Json::Null)))
 }
@@ -492,7 +492,9 @@ async fn lookup(
     let reg = schema_body(&body)?;
     let (v, id) = s.read(|st| st.lookup(&subject, &reg.schema, &reg.references, q.deleted))?;
     let mut body = version_json(&s, &subject, &v.to_string(), true)?;
-    body["id"] = json!(id);
+    if let Some(o) = body.as_object_mut() {
+        o.insert("id".into(), json!(id));
+    }
     Ok(ok(body))
 }
 

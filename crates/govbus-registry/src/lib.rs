@@ -2,6 +2,18 @@
 //! stateless, with the compacted `_schemas` Kafka topic as its only storage
 //! (Confluent's record layout, so a cluster can move between the two).
 
+// Requests and log records come from outside: no unwrap, expect, panic or
+// unchecked indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod access;
 pub mod error;
 pub mod http;

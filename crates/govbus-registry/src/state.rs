@@ -533,7 +533,10 @@ impl State {
         let versions = self.versions_with(subject, deleted)?;
         match n {
             None => {
-                let (v, e) = versions.last().copied().expect("versions is non-empty");
+                let (v, e) = versions
+                    .last()
+                    .copied()
+                    .ok_or_else(|| ApiError::SubjectNotFound(subject.to_string()))?;
                 Ok((v, e.id))
             }
             Some(n) => versions
@@ -558,10 +561,11 @@ impl State {
             .filter(|e| !e.deleted)
             .map(|e| e.id)
             .filter(|id| {
-                self.schemas[id]
-                    .references
-                    .iter()
-                    .any(|r| r.subject == subject && r.version == version)
+                self.schemas.get(id).is_some_and(|s| {
+                    s.references
+                        .iter()
+                        .any(|r| r.subject == subject && r.version == version)
+                })
             })
             .collect();
         ids.sort_unstable();
@@ -610,12 +614,13 @@ impl State {
         let existing: Vec<Schema> = match version {
             Some(v) => {
                 let (_, id) = self.version(subject, v)?;
-                vec![self.schemas[&id].parsed.as_ref().clone()]
+                vec![self.stored(id)?.parsed.as_ref().clone()]
             }
             None => match self.versions(subject) {
                 Ok(vs) => vs
                     .iter()
-                    .map(|(_, e)| self.schemas[&e.id].parsed.as_ref().clone())
+                    .filter_map(|(_, e)| self.schemas.get(&e.id))
+                    .map(|s| s.parsed.as_ref().clone())
                     .collect(),
                 Err(_) => vec![],
             },
@@ -624,6 +629,14 @@ impl State {
     }
 
     /// Whether the registry holds any subject (IMPORT needs an empty one).
+    /// The schema stored as `id`, which the state refers to (a 404 if the
+    /// state were ever inconsistent, never a panic).
+    pub(crate) fn stored(&self, id: u32) -> Result<&Stored, ApiError> {
+        self.schemas
+            .get(&id)
+            .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty()
     }

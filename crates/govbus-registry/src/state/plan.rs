@@ -141,7 +141,7 @@ impl State {
             return Ok(vec![]);
         };
         let new = self.parse_request(&reg.schema, &reg.references)?;
-        Ok(guard.check(subject, &self.schemas[&latest].parsed, &new))
+        Ok(guard.check(subject, &self.stored(latest)?.parsed, &new))
     }
 
     /// Whether a record this instance wrote is in force, once applied.
@@ -176,7 +176,9 @@ impl State {
             // Same key, another id: write the winner again so that
             // compaction (which keeps the last record of a key) keeps it.
             Some(e) => {
-                let s = &self.schemas[&e.id];
+                let Some(s) = self.schemas.get(&e.id) else {
+                    return Outcome::Lost { repair: None };
+                };
                 Outcome::Lost {
                     repair: Some(LogRecord::Schema {
                         subject: subject.clone(),
@@ -261,7 +263,11 @@ impl State {
     ) -> Result<(LogRecord, u32), ApiError> {
         self.writable(subject)?;
         let (v, id) = self.version_with(subject, version, true)?;
-        let entry = self.subjects[subject][&v];
+        let entry = *self
+            .subjects
+            .get(subject)
+            .and_then(|vs| vs.get(&v))
+            .ok_or_else(|| ApiError::VersionNotFound(v.to_string()))?;
         if !self.referenced_by(subject, v).is_empty() {
             return Err(ApiError::ReferenceExists(subject.to_string(), v));
         }
@@ -280,7 +286,7 @@ impl State {
         if entry.deleted {
             return Err(ApiError::VersionSoftDeleted(subject.to_string(), v));
         }
-        let s = &self.schemas[&id];
+        let s = self.stored(id)?;
         Ok((
             LogRecord::Schema {
                 subject: subject.to_string(),

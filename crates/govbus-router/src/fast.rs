@@ -9,6 +9,19 @@
 //! general path (`route::route`), which decides and dead-letters exactly as
 //! before. `tests` check byte for byte that both paths agree.
 
+// Bytes from outside are walked here: no unwrap, expect, panic or
+// unchecked indexing outside tests (the general path decides what this
+// cannot).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -92,7 +105,7 @@ impl FastOutputs {
     pub fn iter(&self) -> impl Iterator<Item = FastOutput<'_>> {
         let mut start = 0;
         self.items.iter().map(move |&(nth, decision, end)| {
-            let value = &self.buf[start..end];
+            let value = self.buf.get(start..end).unwrap_or_default();
             start = end;
             FastOutput {
                 nth,
@@ -135,7 +148,9 @@ impl Tally {
         if counts.len() <= i {
             counts.resize(i + 1, 0);
         }
-        counts[i] += 1;
+        if let Some(n) = counts.get_mut(i) {
+            *n += 1;
+        }
     }
 }
 
@@ -163,13 +178,14 @@ impl FastRoute {
             });
             let check = match test {
                 Test::Eq(literal) => {
-                    let known = literals[i].len() as u32;
-                    Check::Eq(*literals[i].entry(literal.to_string()).or_insert(known))
+                    let of_path = literals.get_mut(i)?;
+                    let known = of_path.len() as u32;
+                    Check::Eq(*of_path.entry(literal.to_string()).or_insert(known))
                 }
                 Test::InUnit(u) => Check::InUnit(u.to_string()),
                 Test::ProvinceIs(p) => Check::Province(p.to_string()),
             };
-            asks_map[i] |= !matches!(check, Check::Eq(_));
+            *asks_map.get_mut(i)? |= !matches!(check, Check::Eq(_));
             tests.push((i, check));
             drops.push(
                 v.drop
@@ -205,23 +221,26 @@ impl FastRoute {
         if shape != ["event_id", "op", "before", "after", "source", "ts_ms"] {
             return false;
         }
-        let entity_ok = match &env.fields[2].schema {
+        let [event_id, op, before, after, source, ts_ms] = env.fields.as_slice() else {
+            return false;
+        };
+        let entity_ok = match &before.schema {
             Schema::Union(u) => match u.variants() {
                 [Schema::Null, e] => e.canonical_form() == self.canonical,
                 _ => false,
             },
             _ => false,
         };
-        let op_ok = matches!(&env.fields[1].schema, Schema::Enum(e) if e.symbols == Op::SYMBOLS);
-        let source_ok = matches!(&env.fields[4].schema, Schema::Record(r)
+        let op_ok = matches!(&op.schema, Schema::Enum(e) if e.symbols == Op::SYMBOLS);
+        let source_ok = matches!(&source.schema, Schema::Record(r)
             if r.fields.iter().map(|f| (f.name.as_str(), &f.schema)).eq(
                 [("agency", &Schema::String), ("system", &Schema::String), ("seq", &Schema::Long)]));
         entity_ok
             && op_ok
             && source_ok
-            && env.fields[0].schema == Schema::String
-            && matches!(&env.fields[3].schema, Schema::Union(u) if u.variants().len() == 2 && u.variants()[0] == Schema::Null)
-            && env.fields[5].schema == Schema::Long
+            && event_id.schema == Schema::String
+            && matches!(&after.schema, Schema::Union(u) if matches!(u.variants(), [Schema::Null, _]))
+            && ts_ms.schema == Schema::Long
     }
 
     /// Routes `payload` (written with an accepted schema) to the views
@@ -249,7 +268,7 @@ impl FastRoute {
             if outputs.next_if_eq(&nth).is_some() {
                 continue;
             }
-            if all[i].expired(now_ms) {
+            if all.get(i).is_some_and(|v| v.expired(now_ms)) {
                 Tally::add(&mut tally.expired, i);
             } else {
                 Tally::add(&mut tally.filtered, i);
@@ -267,7 +286,7 @@ impl FastRoute {
         out: &mut FastOutputs,
     ) -> Option<()> {
         let mut r = Reader::new(payload, 5);
-        if payload.len() < 5 || payload[0] != 0 {
+        if payload.len() < 5 || payload.first() != Some(&0) {
             return None;
         }
         let event_id = r.span(|r| r.skip_bytes())?;
@@ -295,7 +314,7 @@ impl FastRoute {
         if r.pos() != payload.len() {
             return None;
         }
-        let tail = &payload[tail_start..];
+        let tail = payload.get(tail_start..)?;
         let day = crate::map::day_of_ms(ts_ms);
         // Per path, the number of the literal the image's field equals
         // (None: no view's literal, or null), and where it lies as a code
@@ -306,12 +325,12 @@ impl FastRoute {
             };
             let mut found = [Found::default(); MAX_PATHS];
             for (i, p) in self.paths.iter().enumerate() {
-                let Some(s) = field_str(&self.entity, &self.names, &payload[a..b], p)? else {
+                let Some(s) = field_str(&self.entity, &self.names, payload.get(a..b)?, p)? else {
                     continue;
                 };
-                found[i] = Found {
-                    literal: self.literals[i].get(s).copied(),
-                    place: if self.asks_map[i] {
+                *found.get_mut(i)? = Found {
+                    literal: self.literals.get(i)?.get(s).copied(),
+                    place: if *self.asks_map.get(i)? {
                         self.hierarchy.place(s, day)
                     } else {
                         None
@@ -321,11 +340,12 @@ impl FastRoute {
             Some(Some(found))
         };
         let (vb, va) = (read(before)?, read(after)?);
-        for (nth, v) in idx.iter().map(|&i| &all[i]).enumerate() {
-            let (path, check) = &self.tests[nth];
+        for (nth, &i) in idx.iter().enumerate() {
+            let v = all.get(i)?;
+            let (path, check) = self.tests.get(nth)?;
             let m = |vals: &Option<[Found<'_>; MAX_PATHS]>| {
                 vals.as_ref().map(|x| {
-                    let f = &x[*path];
+                    let f = x.get(*path).copied().unwrap_or_default();
                     match check {
                         Check::Eq(n) => f.literal == Some(*n),
                         Check::InUnit(u) => {
@@ -348,7 +368,7 @@ impl FastRoute {
             let w = &mut out.buf;
             w.push(0);
             w.extend_from_slice(&codec.id.to_be_bytes());
-            w.extend_from_slice(&payload[event_id.0..event_id.1]);
+            w.extend_from_slice(payload.get(event_id.0..event_id.1)?);
             write_long(w, op_index(new_op));
             let image = |w: &mut Vec<u8>, img: Option<(usize, usize)>, keep: bool| -> Option<()> {
                 match img.filter(|_| keep) {
@@ -357,8 +377,8 @@ impl FastRoute {
                         project(
                             &self.entity,
                             &self.names,
-                            &payload[a..b],
-                            &self.drops[nth],
+                            payload.get(a..b)?,
+                            self.drops.get(nth)?,
                             w,
                         )
                     }

@@ -838,3 +838,56 @@ impl Hops {
 
 /// The router's consumer group in the stack `up` runs.
 const ROUTER_GROUP: &str = "govbus-router";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent that exits is started again after its back-off and shown
+    /// on the live line; a process nothing restarts (the broker) is fatal.
+    #[test]
+    fn an_exited_agent_is_restarted_with_back_off_and_the_broker_is_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let mut stack = Stack { procs: vec![] };
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exit 3"]);
+        stack.spawn("router", cmd, dir.path()).unwrap();
+        let shown = poll(Duration::from_secs(10), || {
+            stack
+                .supervise()
+                .ok()
+                .filter(|s| s.contains("restarted ×1"))
+        });
+        assert_eq!(shown.as_deref(), Some("router restarted ×1"));
+        // Its log keeps both runs.
+        let log = dir.path().join("logs/router.log");
+        let both = poll(Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            (text.matches("started").count() == 2).then_some(())
+        });
+        assert!(both.is_some(), "{:?}", std::fs::read_to_string(&log));
+        // The second exit waits 2 s, shown as DOWN meanwhile.
+        let down = poll(Duration::from_secs(10), || {
+            stack.supervise().ok().filter(|s| s.contains("DOWN"))
+        });
+        assert_eq!(down.as_deref(), Some("router DOWN"));
+        let broker = Command::new("sh").args(["-c", "exit 1"]).spawn().unwrap();
+        stack.push("broker", broker, dir.path().join("logs/broker.log"));
+        let fatal = poll(Duration::from_secs(10), || stack.supervise().err());
+        assert!(fatal.is_some_and(|e| e.starts_with("broker exited")));
+        stack.procs.clear();
+    }
+
+    /// Polls `f` every 50 ms until it answers, for at most `limit`.
+    fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(v) = f() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}

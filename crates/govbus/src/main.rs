@@ -219,7 +219,8 @@ enum Cmd {
         #[command(flatten)]
         args: reconcile::Args,
     },
-    /// Which subscribers applied an event, and when (`_govbus.receipts`);
+    /// Which subscribers applied an event, and when (each subscriber's
+    /// `_govbus.receipts.<subscriber>`);
     /// `verify` checks a province's chain of receipts.
     #[command(args_conflicts_with_subcommands = true)]
     Receipts {

@@ -32,8 +32,9 @@ fn when(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// `govbus receipts EVENT_ID`: every receipt on `_govbus.receipts` that
-/// holds the event (the cluster and prefix from `[router]` or
+/// `govbus receipts EVENT_ID`: every receipt on the
+/// `_govbus.receipts.<subscriber>` topics that holds the event, believed
+/// only on its own subscriber's topic (the cluster and prefix from `[router]` or
 /// `[consumer]`).
 pub(crate) fn find(event_id: &str, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(config, None)?;

@@ -1,10 +1,11 @@
 //! Delivery receipts: each province's consumer writes a receipt per
 //! applied batch, chained by hash, in the batch's transaction, and
-//! publishes it on `_govbus.receipts`. `govbus receipts EVENT` names every
-//! subscriber that applied an event (a move between provinces reaches
-//! both: one applies its leave, the other its arrival); `govbus receipts
-//! verify` checks a chain, and names the receipt altered in a province's
-//! database.
+//! publishes it on its own `_govbus.receipts.<subscriber>`. `govbus
+//! receipts EVENT` names every subscriber that applied an event (a move
+//! between provinces reaches both: one applies its leave, the other its
+//! arrival), and believes no receipt that names another subscriber than
+//! its topic's; `govbus receipts verify` checks a chain, and names the
+//! receipt altered in a province's database.
 
 use std::time::Duration;
 
@@ -95,7 +96,7 @@ fn an_events_receipts_come_from_every_province_that_applied_it_and_a_changed_rec
     });
     let (ok, out) = wait_until(
         Duration::from_secs(30),
-        "both receipts on _govbus.receipts",
+        "both receipts, each on its subscriber's topic",
         || {
             let (ok, out) = govbus(&["receipts", &moved.event_id, "-c", &files[0]]);
 
@@ -110,6 +111,29 @@ fn an_events_receipts_come_from_every_province_that_applied_it_and_a_changed_rec
     let (ok, out) = govbus(&["receipts", "no-such-event", "-c", &files[0]]);
     assert!(
         !ok && out.contains("no subscriber has applied event no-such-event"),
+        "{out}"
+    );
+    // p92 forges a receipt in p52's name on the only topic it may write:
+    // it is not believed.
+    let p92_topic = bus.topics.receipts("p92");
+    let mut forged: serde_json::Value = govbus_e2e::read_all(kafka, &p92_topic)
+        .iter()
+        .find_map(|m| serde_json::from_slice(rdkafka::Message::payload(m)?).ok())
+        .expect("a receipt of p92's");
+    forged["subscriber"] = json!("p52");
+    forged["events"][0]["event_id"] = json!("forged-event");
+    let raw: rdkafka::producer::BaseProducer = kafka.producer().create().unwrap();
+    raw.send(
+        rdkafka::producer::BaseRecord::to(&p92_topic)
+            .key("p52")
+            .payload(&forged.to_string()),
+    )
+    .unwrap();
+    rdkafka::producer::Producer::flush(&raw, Duration::from_secs(10)).unwrap();
+    let (ok, out) = govbus(&["receipts", "forged-event", "-c", &files[0]]);
+    assert!(
+        !ok && out.contains("no subscriber has applied event forged-event")
+            && out.contains("1 receipts name another subscriber than the topic they are on"),
         "{out}"
     );
 

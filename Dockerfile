@@ -1,5 +1,5 @@
 # The govbus binary (all agents) in a slim image.
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release -p govbus

@@ -95,7 +95,7 @@ impl ProducerContext for Reports {
         // Not on every report: a wake-up per change is a context switch per
         // change on the thread serving delivery reports, which on a small
         // machine takes CPU from the broker and slows every acknowledgement.
-        if left == 0 || left % WAKE_EVERY == 0 || state == FAILED {
+        if left == 0 || left.is_multiple_of(WAKE_EVERY) || state == FAILED {
             if let Some(t) = self.relay.get() {
                 t.unpark();
             }

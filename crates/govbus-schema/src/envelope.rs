@@ -382,7 +382,7 @@ pub fn decode_waiting(
         match decode_in(payload, resolver, subject) {
             Err(e) if e.is_transient() && !stop.load(std::sync::atomic::Ordering::Relaxed) => {
                 tries += 1;
-                if tries == 1 || tries % 30 == 0 {
+                if tries == 1 || tries.is_multiple_of(30) {
                     tracing::warn!(error = %e, follower = what, "waiting for the schema registry");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(

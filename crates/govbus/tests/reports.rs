@@ -277,7 +277,7 @@ fn cli(
         .chars()
         .enumerate()
         .flat_map(|(i, ch)| {
-            let dot = i > 0 && (digits.len() - i) % 3 == 0;
+            let dot = i > 0 && (digits.len() - i).is_multiple_of(3);
             dot.then_some('.').into_iter().chain([ch])
         })
         .collect();

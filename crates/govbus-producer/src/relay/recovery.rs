@@ -191,7 +191,7 @@ impl Relay {
                 Ok(_) => return,
                 Err(e) => {
                     tries += 1;
-                    if tries == 1 || tries % 20 == 0 {
+                    if tries == 1 || tries.is_multiple_of(20) {
                         tracing::warn!(error = %e, "relay recovery failed; retrying before sending");
                     }
                     std::thread::sleep(Duration::from_millis(500));

@@ -17,7 +17,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
-fn keys(kafka: &govbus_core::KafkaConfig, topic: &str) -> Vec<String> {
+fn keys(kafka: &govbus_kafka_client::KafkaConfig, topic: &str) -> Vec<String> {
     read_all(kafka, topic)
         .iter()
         .filter_map(|m| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))

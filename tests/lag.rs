@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use govbus_core::kafka::{ensure_topics, LagWatch, TopicSpec};
 use govbus_e2e::{poll_until, unique, Broker};
+use govbus_kafka_client::{ensure_topics, LagWatch, TopicSpec};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -17,7 +17,7 @@ type Reports = Arc<Mutex<Vec<(String, i64)>>>;
 /// A topic of one partition holding five records, its producer, and a
 /// watch every 200 ms with what it reported.
 fn five_records_and_a_watch(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
 ) -> (String, Sender, LagWatch, Reports) {
     let topic = unique("lag");
     ensure_topics(kafka, &[TopicSpec::compacted(&topic, 1)]).unwrap();

@@ -307,7 +307,7 @@ fn a_unit_that_ceases_to_exist_empties_or_keeps_its_views_as_their_subscriptions
         .unwrap();
     let ops = |who: &str| -> Vec<(String, Op)> {
         // Nothing yet while the router has not created the view's topic.
-        if govbus_core::kafka::partitions_of(&probe, &topic(who)).map_or(true, |p| p.is_empty()) {
+        if govbus_kafka_client::partitions_of(&probe, &topic(who)).map_or(true, |p| p.is_empty()) {
             return vec![];
         }
         read_all(&bus.kafka, &topic(who))

@@ -127,9 +127,9 @@ fn python_produces_govbus_consumes() {
     let (_publisher, subject) = residents_subject(&bus);
     // A topic of Python's own, created like every govbus topic.
     let topic = format!("{}{}", bus.prefix, unique("python"));
-    govbus_core::kafka::ensure_topics(
+    govbus_kafka_client::ensure_topics(
         &bus.kafka,
-        &[govbus_core::kafka::TopicSpec::compacted(&topic, 4)],
+        &[govbus_kafka_client::TopicSpec::compacted(&topic, 4)],
     )
     .unwrap();
 

@@ -103,14 +103,14 @@ fn two_routers_share_partitions_and_one_takes_over_when_the_other_stops() {
     let resolver =
         govbus_schema::SchemaCache::new(govbus_schema::RegistryClient::new(registry.as_str()));
     let probe: BaseConsumer = kafka.consumer(&unique("probe-")).create().unwrap();
-    let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, &view)
+    let bounds: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&probe, &view)
         .unwrap()
         .into_iter()
         .map(|p| (p, None))
         .collect();
     let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut n = 0;
-    govbus_core::kafka::read_partitions(kafka, &view, &bounds, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, &view, &bounds, Duration::from_secs(60), |m| {
         let (_, c) =
             govbus_schema::envelope::decode(m.payload().unwrap_or_default(), &resolver).unwrap();
         let prev = last.insert(m.key().unwrap_or_default().to_vec(), c.source.seq);

@@ -37,16 +37,19 @@ fn with(catalog: &Catalog, subs: Vec<SubscriptionSpec>) -> Catalog {
 
 /// `topic`'s records (read_committed) to the end of each partition.
 /// (Not `read_all`: its fence records would reach the running consumers.)
-fn records(kafka: &govbus_core::KafkaConfig, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+fn records(
+    kafka: &govbus_kafka_client::KafkaConfig,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
     let probe: rdkafka::consumer::BaseConsumer =
         kafka.consumer(&unique("probe-")).create().unwrap();
-    let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, topic)
+    let bounds: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&probe, topic)
         .unwrap()
         .into_iter()
         .map(|p| (p, None))
         .collect();
     let mut out = Vec::new();
-    govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
         out.push(m.detach())
     })
     .unwrap();

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_e2e::{unique, wait_until, Broker};
+use govbus_kafka_client::{ensure_topics, TopicSpec};
 use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
-fn settings(kafka: &govbus_core::KafkaConfig, topic: &str) -> Vec<(String, String)> {
+fn settings(kafka: &govbus_kafka_client::KafkaConfig, topic: &str) -> Vec<(String, String)> {
     let admin: AdminClient<DefaultClientContext> = kafka.client().create().unwrap();
     let res = futures_executor::block_on(admin.describe_configs(
         [&ResourceSpecifier::Topic(topic)],

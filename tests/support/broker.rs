@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::KafkaConfig;
 
 use crate::wait_until;
 
@@ -69,7 +69,7 @@ impl Secured {
             file.clone(),
         ))
         .expect("password file");
-        KafkaConfig::new(bootstrap).with_security(govbus_core::kafka::KafkaSecurity::scram(
+        KafkaConfig::new(bootstrap).with_security(govbus_kafka_client::KafkaSecurity::scram(
             &self.ca, user, password,
         ))
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use govbus_core::{Catalog, KafkaConfig};
+use govbus_core::Catalog;
+use govbus_kafka_client::KafkaConfig;
 use rand::Rng;
 
 mod broker;
@@ -218,13 +219,13 @@ pub fn read_all(kafka: &KafkaConfig, topic: &str) -> Vec<rdkafka::message::Owned
         Duration::from_secs(60),
         &format!("{topic} to have partitions"),
         || {
-            let p = govbus_core::kafka::partitions_of(&probe, topic).expect("metadata");
+            let p = govbus_kafka_client::partitions_of(&probe, topic).expect("metadata");
             (!p.is_empty()).then_some(p)
         },
     );
     let bounds: Vec<(i32, Option<i64>)> = partitions.iter().map(|p| (*p, None)).collect();
     let mut out = Vec::new();
-    govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
         out.push(m.detach())
     })
     .unwrap_or_else(|e| panic!("reading {topic} to its end: {e}"));
@@ -470,8 +471,8 @@ pub fn apply_acls(
     catalog: &Catalog,
     topics: &govbus_core::Topics,
     router_group: &str,
-) -> govbus_core::acl::AclDiff {
-    use govbus_core::acl::{managed, plan, AclAdmin, Principals};
+) -> govbus_kafka_client::acl::AclDiff {
+    use govbus_kafka_client::acl::{managed, plan, AclAdmin, Principals};
     let p = Principals::standard(router_group);
     let now = chrono::Utc::now().timestamp_millis();
     let wanted = plan(catalog, topics, &p, now);

@@ -28,7 +28,7 @@ fn subscription(name: &str, filter: &str) -> anyhow::Result<govbus_core::Subscri
 /// Records on `topic` (read_committed) counted as they arrive, until
 /// `want`; the seconds from `t` when the last arrived.
 fn count_until(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     topic: &str,
     want: usize,
     t: Instant,
@@ -38,7 +38,7 @@ fn count_until(
     let mut last = t;
     let c: rdkafka::consumer::BaseConsumer = kafka.consumer(&unique("count-")).create()?;
     let parts = loop {
-        let parts = govbus_core::kafka::partitions_of(&c, topic)?;
+        let parts = govbus_kafka_client::partitions_of(&c, topic)?;
         if !parts.is_empty() {
             break parts;
         }
@@ -67,7 +67,7 @@ fn count_until(
 /// `govbus reconcile` over the backfilled table: once as it is, once with
 /// three differences (a row deleted, a value changed, a stranger added).
 fn reconcile(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     registry: &str,
     prefix: &str,
     schema: &str,

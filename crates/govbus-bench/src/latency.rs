@@ -281,12 +281,12 @@ pub(crate) fn run(
     // and the router produced them).
     let stamps = |topic: &str| -> anyhow::Result<std::collections::HashMap<Vec<u8>, f64>> {
         let probe: rdkafka::consumer::BaseConsumer = kafka.consumer(&unique("probe-")).create()?;
-        let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, topic)?
+        let bounds: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&probe, topic)?
             .into_iter()
             .map(|p| (p, None))
             .collect();
         let mut out = std::collections::HashMap::new();
-        govbus_core::kafka::read_partitions(
+        govbus_kafka_client::read_partitions(
             &kafka,
             topic,
             &bounds,

@@ -167,7 +167,7 @@ impl ProducerContext for Count {
 pub(crate) fn bca_publisher(
     catalog: &Catalog,
     topics: &Topics,
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     registry: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<Publisher> {
@@ -203,8 +203,8 @@ pub(crate) fn fill(publisher: &Publisher, seed: u64, n: usize) -> anyhow::Result
 /// authorizer on, as user `bench`, whom ACLs allow every topic, group and
 /// transactional id (so the authorizer evaluates ACLs: a super user would
 /// skip them).
-pub(crate) fn broker(secure: bool) -> anyhow::Result<(Broker, govbus_core::KafkaConfig)> {
-    use govbus_core::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
+pub(crate) fn broker(secure: bool) -> anyhow::Result<(Broker, govbus_kafka_client::KafkaConfig)> {
+    use govbus_kafka_client::acl::{Acl, AclAdmin, Operation, Pattern, Resource};
     if !secure {
         let b = Broker::start();
         let k = b.kafka();
@@ -246,11 +246,11 @@ fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
         format!("{}raw1", topics.prefix()),
         format!("{}raw2", topics.prefix()),
     );
-    govbus_core::kafka::ensure_topics(
+    govbus_kafka_client::ensure_topics(
         &kafka,
         &[
-            govbus_core::kafka::TopicSpec::compacted(&raw1, 4),
-            govbus_core::kafka::TopicSpec::compacted(&raw2, 4),
+            govbus_kafka_client::TopicSpec::compacted(&raw1, 4),
+            govbus_kafka_client::TopicSpec::compacted(&raw2, 4),
         ],
     )?;
     // Fill the outbox (not measured).
@@ -336,14 +336,14 @@ fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
 /// a full queue is waited out by serving delivery reports (no sleep), and
 /// the time runs to the last acknowledgement. The seconds it took.
 fn raw_produce(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     topic: &str,
     rows: &govbus_producer::store::PendingBatch,
 ) -> anyhow::Result<f64> {
     use rdkafka::producer::BaseProducer;
-    govbus_core::kafka::ensure_topics(
+    govbus_kafka_client::ensure_topics(
         kafka,
-        &[govbus_core::kafka::TopicSpec::compacted(topic, 4)],
+        &[govbus_kafka_client::TopicSpec::compacted(topic, 4)],
     )?;
     let mut pc = kafka.producer();
     pc.set("partitioner", "murmur2_random");

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use govbus_core::catalog::parse_subscription;
-use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{router_config, runtime, start_registry, unique};
+use govbus_kafka_client::{ensure_topics, TopicSpec};
 use govbus_producer::demo::PROVINCES;
 use govbus_producer::Relay;
 use govbus_router::Router;
@@ -188,7 +188,7 @@ pub(crate) fn run(
         if t.elapsed() > Duration::from_secs(300) {
             bail!("raw pass-through read {seen} of {n}");
         }
-        govbus_core::kafka::poll_batch(
+        govbus_kafka_client::poll_batch(
             &consumer,
             &mut records,
             raw_batch,
@@ -373,7 +373,7 @@ impl Steady {
 }
 
 /// The offset after the last record of a partition: its high watermark.
-fn kafka_end(kafka: &govbus_core::KafkaConfig, topic: &str, p: i32) -> anyhow::Result<i64> {
+fn kafka_end(kafka: &govbus_kafka_client::KafkaConfig, topic: &str, p: i32) -> anyhow::Result<i64> {
     let c: BaseConsumer = kafka.consumer(&unique("end-")).create()?;
     Ok(c.fetch_watermarks(topic, p, Duration::from_secs(10))?.1)
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use govbus_core::kafka::{ensure_topics, poll_batch, KafkaSetupError, TopicSpec};
-use govbus_core::{Catalog, KafkaConfig, Topics};
+use govbus_core::{Catalog, Topics};
+use govbus_kafka_client::KafkaConfig;
+use govbus_kafka_client::{ensure_topics, poll_batch, KafkaSetupError, TopicSpec};
 use govbus_schema::envelope::decode;
 use govbus_schema::{Op, RegistryClient, SchemaCache, SchemaResolver};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -37,7 +38,7 @@ pub struct ConsumerConfig {
     /// How to reach an HTTPS registry that requires credentials: its CA,
     /// this agency's name and token (none: plain HTTP, anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry_access: Option<govbus_core::https::ClientAccess>,
+    pub registry_access: Option<govbus_http::ClientAccess>,
     /// The subscribing agency (`p52`).
     pub subscriber: String,
     /// Prefix of every topic name (empty in production).
@@ -66,7 +67,7 @@ struct RawConsumerConfig {
     kafka: KafkaConfig,
     registry: String,
     #[serde(default)]
-    registry_access: Option<govbus_core::https::ClientAccess>,
+    registry_access: Option<govbus_http::ClientAccess>,
     subscriber: String,
     #[serde(default)]
     topic_prefix: String,
@@ -139,7 +140,7 @@ pub enum ConsumerError {
     Registry(#[from] govbus_schema::RegistryError),
     /// The broker's ACLs do not let this province read its views.
     #[error(transparent)]
-    Access(#[from] govbus_core::acl::AccessError),
+    Access(#[from] govbus_kafka_client::acl::AccessError),
     /// The sink could not be opened.
     #[error("sink: {0}")]
     Sink(#[from] SinkError),
@@ -241,7 +242,7 @@ pub fn run_reporting(
     let mut said = Instant::now() - Duration::from_secs(60);
     loop {
         match ensure_topics(&cfg.kafka, &specs) {
-            Err(govbus_core::kafka::KafkaSetupError::NotAllowed { topic })
+            Err(govbus_kafka_client::KafkaSetupError::NotAllowed { topic })
                 if inputs.contains_key(&topic) && !stop.load(Ordering::Relaxed) =>
             {
                 if said.elapsed() >= Duration::from_secs(10) {
@@ -258,7 +259,11 @@ pub fn run_reporting(
         }
     }
     let views: Vec<String> = inputs.keys().cloned().collect();
-    govbus_core::acl::require(&cfg.kafka, govbus_core::acl::Operation::Read, &views)?;
+    govbus_kafka_client::acl::require(
+        &cfg.kafka,
+        govbus_kafka_client::acl::Operation::Read,
+        &views,
+    )?;
     let mut sink = cfg.sink.build()?;
     let resolver = SchemaCache::new(RegistryClient::with_access(
         &cfg.registry,
@@ -580,18 +585,18 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, Consumer
 }
 
 /// `govbus_consumer_lag_events{subscriber, dataset}`, every 2 s, measured
-/// off the consuming thread ([`govbus_core::kafka::LagWatch`]).
+/// off the consuming thread ([`govbus_kafka_client::LagWatch`]).
 fn lag_watch(
     cfg: &ConsumerConfig,
     inputs: &HashMap<String, Input>,
-) -> Result<govbus_core::kafka::LagWatch, ConsumerError> {
+) -> Result<govbus_kafka_client::LagWatch, ConsumerError> {
     let datasets: HashMap<String, String> = inputs
         .iter()
         .filter(|(t, _)| !Topics::is_replay(t))
         .map(|(t, i)| (t.clone(), i.dataset.clone()))
         .collect();
     let subscriber = cfg.subscriber.clone();
-    Ok(govbus_core::kafka::LagWatch::start(
+    Ok(govbus_kafka_client::LagWatch::start(
         &cfg.kafka,
         Duration::from_secs(2),
         move |topic, lag| {

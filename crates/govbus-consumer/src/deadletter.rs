@@ -32,7 +32,10 @@ impl std::fmt::Debug for DeadLetters {
 
 impl DeadLetters {
     /// An idempotent producer (acks=all) to `topic`.
-    pub(crate) fn new(kafka: &govbus_core::KafkaConfig, topic: String) -> Result<Self, KafkaError> {
+    pub(crate) fn new(
+        kafka: &govbus_kafka_client::KafkaConfig,
+        topic: String,
+    ) -> Result<Self, KafkaError> {
         Ok(Self {
             producer: kafka.producer().create()?,
             topic,
@@ -58,7 +61,8 @@ impl DeadLetters {
             offset: d.offset,
             original,
         };
-        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).headers(letter.owned_headers());
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic)
+            .headers(govbus_kafka_client::dead_letter_headers(&letter));
         if let Some(k) = m.key() {
             record = record.key(k);
         }

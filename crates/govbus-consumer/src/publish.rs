@@ -17,8 +17,9 @@ use std::time::Duration;
 use apache_avro::types::Value as AvroValue;
 use apache_avro::Schema;
 use chrono::NaiveDate;
-use govbus_core::kafka::{ensure_topics, read_partitions, TopicSpec};
-use govbus_core::{InternalEvent, KafkaConfig, Topics};
+use govbus_core::{InternalEvent, Topics};
+use govbus_kafka_client::KafkaConfig;
+use govbus_kafka_client::{ensure_topics, read_partitions, TopicSpec};
 use govbus_schema::RegistryClient;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message};
@@ -37,7 +38,7 @@ pub enum PublishError {
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The report topic could not be created.
     #[error(transparent)]
-    Setup(#[from] govbus_core::kafka::KafkaSetupError),
+    Setup(#[from] govbus_kafka_client::KafkaSetupError),
     /// The report's schema could not be registered.
     #[error("registering the schema of {topic}: {source}")]
     Registry {

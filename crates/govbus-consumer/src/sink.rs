@@ -35,7 +35,7 @@ pub enum SinkError {
     Postgres(#[from] ::postgres::Error),
     /// PostgreSQL could not be reached as the URL says (TLS, sslmode).
     #[error("postgres: {0}")]
-    Connect(#[from] govbus_core::pg::PgError),
+    Connect(#[from] govbus_pg::PgError),
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -3,8 +3,6 @@
 //! them: `govbus.reason`, `govbus.error`, `govbus.source.{topic,partition,
 //! offset}`, then the record's own headers.
 
-use rdkafka::message::{Header, OwnedHeaders};
-
 /// A dead letter's reason and origin, written as its headers
 /// (`govbus.reason`, `govbus.error`, `govbus.source.{topic,partition,offset}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,24 +31,5 @@ impl DeadLetter {
             ("govbus.source.partition", self.partition.to_string()),
             ("govbus.source.offset", self.offset.to_string()),
         ]
-    }
-
-    /// The headers as a record carries them.
-    pub fn owned_headers(&self) -> OwnedHeaders {
-        let govbus = self.headers().iter().fold(
-            OwnedHeaders::new_with_capacity(5 + self.original.len()),
-            |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value.as_str()),
-                })
-            },
-        );
-        self.original.iter().fold(govbus, |h, (key, value)| {
-            h.insert(Header {
-                key,
-                value: Some(value.as_slice()),
-            })
-        })
     }
 }

@@ -1,33 +1,28 @@
 //! Shared vocabulary of govbus: agencies, datasets, subscriptions (as files),
-//! topic names and Kafka client settings.
+//! topic names, the administrative map, report specifications, dead
+//! letters' shape, secrets as configuration values, readiness and the
+//! internal-event habit.
 //!
-//! Nothing here talks to the network; every other crate builds on these types.
+//! Nothing here talks to the network or a database (its Cargo.toml names no
+//! such crate): Kafka is `govbus-kafka-client`'s, HTTP `govbus-http`'s,
+//! PostgreSQL `govbus-pg`'s. Every other crate builds on these words.
 
 pub mod admin_map;
 pub mod catalog;
 pub mod codes;
 pub mod dead;
 pub mod event;
-pub mod health;
-pub mod http_body;
-// The one module that calls C: librdkafka's ACL admin API (see its docs).
-#[allow(unsafe_code)]
-pub mod acl;
 pub mod fuzz;
-pub mod https;
-pub mod kafka;
-pub mod pg;
+pub mod health;
 pub mod report;
 pub mod secret;
 pub mod stall;
-pub mod tail;
 pub mod topics;
 
 pub use catalog::{
     Catalog, CatalogError, DatasetId, DatasetSpec, SubscriptionFile, SubscriptionSpec,
 };
 pub use event::InternalEvent;
-pub use kafka::KafkaConfig;
 pub use topics::Topics;
 
 /// Milliseconds since the Unix epoch, now.

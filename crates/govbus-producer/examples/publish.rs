@@ -15,7 +15,8 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use govbus_core::{Catalog, KafkaConfig, Topics};
+use govbus_core::{Catalog, Topics};
+use govbus_kafka_client::KafkaConfig;
 use govbus_producer::{open_store, ChangeRequest, Publisher, Relay};
 use govbus_schema::RegistryClient;
 use serde_json::json;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::KafkaConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -24,9 +24,9 @@ impl std::fmt::Debug for DeadLetters {
 impl DeadLetters {
     /// A writer to `topic` (created if missing).
     pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, KafkaError> {
-        let _ = govbus_core::kafka::ensure_topics(
+        let _ = govbus_kafka_client::ensure_topics(
             kafka,
-            &[govbus_core::kafka::TopicSpec::retained(topic, 1)],
+            &[govbus_kafka_client::TopicSpec::retained(topic, 1)],
         );
         Ok(Self {
             producer: kafka.producer().create()?,

@@ -142,7 +142,7 @@ pub fn admin_units() -> Vec<Json> {
 pub fn seed_admin_units(
     catalog: &govbus_core::Catalog,
     topics: &govbus_core::Topics,
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     registry: &govbus_schema::RegistryClient,
     store_url: &str,
 ) -> Result<usize, crate::AgentError> {
@@ -153,7 +153,7 @@ pub fn seed_admin_units(
 pub fn seed_units(
     catalog: &govbus_core::Catalog,
     topics: &govbus_core::Topics,
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     registry: &govbus_schema::RegistryClient,
     store_url: &str,
     rows: Vec<Json>,

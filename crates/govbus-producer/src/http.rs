@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use govbus_core::http_body::{self, BodyLimit};
+use govbus_http::body::{self as http_body, BodyLimit};
 use govbus_schema::FieldError;
 use serde_json::{json, Value};
 
@@ -37,7 +37,7 @@ pub fn router(publisher: Arc<Publisher>) -> Router {
 /// known token (401 otherwise, with the reason); `/healthz` stays open.
 pub fn router_with(
     publisher: Arc<Publisher>,
-    credentials: Option<Arc<govbus_core::https::Credentials>>,
+    credentials: Option<Arc<govbus_http::Credentials>>,
 ) -> Router {
     // The body is read only once the caller is known: authentication is
     // the outer layer.
@@ -53,7 +53,7 @@ pub fn router_with(
     let v1 = match credentials {
         Some(c) => v1.layer(axum::middleware::from_fn_with_state(
             c,
-            govbus_core::https::authenticate,
+            govbus_http::authenticate,
         )),
         None => v1,
     };
@@ -104,7 +104,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     publisher: Arc<Publisher>,
 ) -> std::io::Result<()> {
-    govbus_core::https::serve(listener, router(publisher), None).await
+    govbus_http::serve(listener, router(publisher), None).await
 }
 
 /// A 404 for a dataset this ingest does not publish, counted under

@@ -45,18 +45,18 @@ pub fn open_store(url: &str, pg_schema: &str) -> Result<Arc<dyn OutboxStore>, St
 /// Creates the publisher's central topics if missing (compacted,
 /// `partitions`, the dataset's `retention_ms`).
 pub fn ensure_topics(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     publisher: &Publisher,
     partitions: i32,
-) -> Result<(), govbus_core::kafka::KafkaSetupError> {
-    let specs: Vec<govbus_core::kafka::TopicSpec> = publisher
+) -> Result<(), govbus_kafka_client::KafkaSetupError> {
+    let specs: Vec<govbus_kafka_client::TopicSpec> = publisher
         .topic_retention()
         .into_iter()
         .map(|(t, retention_ms)| {
-            govbus_core::kafka::TopicSpec::changes(t, partitions, retention_ms)
+            govbus_kafka_client::TopicSpec::changes(t, partitions, retention_ms)
         })
         .collect();
-    govbus_core::kafka::ensure_topics(kafka, &specs)
+    govbus_kafka_client::ensure_topics(kafka, &specs)
 }
 
 /// The ministry agent's settings (`[producer]` in an agency's config file).
@@ -64,13 +64,13 @@ pub fn ensure_topics(
 #[serde(deny_unknown_fields)]
 pub struct ProducerConfig {
     /// The cluster.
-    pub kafka: govbus_core::KafkaConfig,
+    pub kafka: govbus_kafka_client::KafkaConfig,
     /// Schema registry URL.
     pub registry: String,
     /// How to reach an HTTPS registry that requires credentials: its CA,
     /// this agency's name and token (none: plain HTTP, anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry_access: Option<govbus_core::https::ClientAccess>,
+    pub registry_access: Option<govbus_http::ClientAccess>,
     /// The publishing agency (`bca`): it publishes the datasets it owns.
     pub agency: String,
     /// Name of the source system, written in every change's `source.system`.
@@ -80,10 +80,10 @@ pub struct ProducerConfig {
     pub listen: std::net::SocketAddr,
     /// HTTPS for the ingest: its certificate and key (none: plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<govbus_core::https::ServerTls>,
+    pub tls: Option<govbus_http::ServerTls>,
     /// Who may post changes (none: anyone): the source systems' tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<govbus_core::https::HttpAuth>,
+    pub auth: Option<govbus_http::HttpAuth>,
     /// The durable store: `sqlite://<path>` or `postgres://...`.
     pub store: String,
     /// PostgreSQL schema of the store's tables.
@@ -126,7 +126,7 @@ pub enum AgentError {
     Setup(#[from] SetupError),
     /// Kafka.
     #[error(transparent)]
-    Kafka(#[from] govbus_core::kafka::KafkaSetupError),
+    Kafka(#[from] govbus_kafka_client::KafkaSetupError),
     /// Kafka client creation.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
@@ -135,10 +135,10 @@ pub enum AgentError {
     Registry(#[from] govbus_schema::RegistryError),
     /// HTTPS or the credentials file is unusable.
     #[error(transparent)]
-    Https(#[from] govbus_core::https::HttpsError),
+    Https(#[from] govbus_http::HttpsError),
     /// The broker's ACLs do not let this agent write its topics.
     #[error(transparent)]
-    Access(#[from] govbus_core::acl::AccessError),
+    Access(#[from] govbus_kafka_client::acl::AccessError),
     /// A change was refused.
     #[error(transparent)]
     Submit(#[from] SubmitError),
@@ -188,7 +188,11 @@ pub fn open_publisher(
     ensure_topics(&cfg.kafka, &p, cfg.partitions)?;
     // Refused at start, not change by change after ingest has accepted them.
     let own: Vec<String> = p.topic_retention().into_iter().map(|(t, _)| t).collect();
-    govbus_core::acl::require(&cfg.kafka, govbus_core::acl::Operation::Write, &own)?;
+    govbus_kafka_client::acl::require(
+        &cfg.kafka,
+        govbus_kafka_client::acl::Operation::Write,
+        &own,
+    )?;
     Ok(p)
 }
 
@@ -222,7 +226,7 @@ pub async fn run_agent(
     let credentials = cfg
         .auth
         .as_ref()
-        .map(govbus_core::https::Credentials::load)
+        .map(govbus_http::Credentials::load)
         .transpose()?
         .map(Arc::new);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -232,7 +236,7 @@ pub async fn run_agent(
     ready.ready();
     let app = http::router_with(publisher, credentials);
     let served = tokio::select! {
-        r = govbus_core::https::serve(listener, app, tls) => r,
+        r = govbus_http::serve(listener, app, tls) => r,
         () = shutdown => Ok(()),
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use cel_interpreter::objects::{Key, Map};
 use cel_interpreter::Value as Cel;
 use govbus_core::admin_map::AdminMap;
-use govbus_core::tail::{Tail, TailError, Tailed};
-use govbus_core::{DatasetId, KafkaConfig};
+use govbus_core::DatasetId;
+use govbus_kafka_client::tail::{Tail, TailError, Tailed};
+use govbus_kafka_client::KafkaConfig;
 use govbus_schema::{Op, RegistryClient, SchemaCache};
 use rdkafka::message::Message;
 

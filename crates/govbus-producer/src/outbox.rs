@@ -30,7 +30,7 @@ pub enum OutboxError {
     Postgres(#[from] postgres::Error),
     /// The source database could not be reached as its URL says.
     #[error("outbox database: {0}")]
-    Connect(#[from] govbus_core::pg::PgError),
+    Connect(#[from] govbus_pg::PgError),
     /// The publisher's store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -145,7 +145,7 @@ impl PgOutbox {
     /// Connects to the agency database holding `<schema>.outbox` (`govbus`
     /// as `deploy/sql/outbox.sql` creates it).
     pub fn connect(url: &str, schema: &str) -> Result<Self, OutboxError> {
-        let client = govbus_core::pg::connect(url)?;
+        let client = govbus_pg::connect(url)?;
         let table = format!("{}.outbox", crate::store::quote_ident(schema));
         let source = format!("outbox:{}/{schema}", redact(url));
         Ok(Self {

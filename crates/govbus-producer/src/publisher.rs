@@ -319,7 +319,7 @@ impl Publisher {
         agency: &str,
         system: &str,
         topics: &Topics,
-        kafka: &govbus_core::KafkaConfig,
+        kafka: &govbus_kafka_client::KafkaConfig,
         registry: &RegistryClient,
         store: Arc<dyn OutboxStore>,
     ) -> Result<Self, SetupError> {

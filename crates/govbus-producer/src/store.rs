@@ -26,7 +26,7 @@ pub enum StoreError {
     Postgres(#[from] ::postgres::Error),
     /// PostgreSQL could not be reached as the URL says (TLS, sslmode).
     #[error("postgres: {0}")]
-    Connect(#[from] govbus_core::pg::PgError),
+    Connect(#[from] govbus_pg::PgError),
 }
 
 /// An entity as the store holds it.

@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use govbus_core::https::{Credentials, Principal};
+use govbus_http::{Credentials, Principal};
 
 /// Who may change which subject.
 pub trait SubjectPolicy: Send + Sync + std::fmt::Debug {
@@ -37,7 +37,7 @@ pub struct Operator(pub bool);
 /// test (`POST /compatibility/…`) read.
 pub fn changes(method: &Method, path: &str) -> Option<Option<String>> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let subject = |s: &str| Some(Some(govbus_core::https::percent_decode(s)));
+    let subject = |s: &str| Some(Some(govbus_http::percent_decode(s)));
     match (method.as_str(), parts.as_slice()) {
         ("POST", ["subjects", s, "versions"]) => subject(s),
         ("DELETE", ["subjects", s, ..]) => subject(s),

@@ -7,7 +7,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use govbus_core::http_body::{self, BodyLimit};
+use govbus_http::body::{self as http_body, BodyLimit};
 use govbus_schema::Compatibility;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -128,7 +128,7 @@ pub fn routes(
             ))
             .layer(axum::middleware::from_fn_with_state(
                 a.credentials.clone(),
-                govbus_core::https::authenticate,
+                govbus_http::authenticate,
             )),
         None => routes.layer(axum::middleware::from_fn(
             move |mut req: axum::extract::Request, next: axum::middleware::Next| {

@@ -24,7 +24,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::KafkaConfig;
 use serde::{Deserialize, Serialize};
 
 pub use error::ApiError;
@@ -51,11 +51,11 @@ pub struct RegistryConfig {
     pub topic_prefix: String,
     /// HTTPS: the registry's certificate and key (none: plain HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<govbus_core::https::ServerTls>,
+    pub tls: Option<govbus_http::ServerTls>,
     /// Who may call it (none: anyone). Reads need any known principal; a
     /// change to a subject needs the agency that writes its topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<govbus_core::https::HttpAuth>,
+    pub auth: Option<govbus_http::HttpAuth>,
     /// IMPORT mode, and registrations that choose their own id or version,
     /// are the operator's: under `[auth]` only admins may; without it, only
     /// when this is true (a migration from another registry).
@@ -108,7 +108,7 @@ pub async fn start_with_policy(
     let tls = cfg.tls.as_ref().map(|t| t.acceptor()).transpose()?;
     let access = match &cfg.auth {
         Some(a) => Some(access::Access {
-            credentials: Arc::new(govbus_core::https::Credentials::load(a)?),
+            credentials: Arc::new(govbus_http::Credentials::load(a)?),
             policy,
         }),
         None => None,
@@ -132,7 +132,7 @@ pub async fn start_with_policy(
             max_body: cfg.max_body_bytes.unwrap_or(http::MAX_BODY),
         },
     );
-    let task = tokio::spawn(govbus_core::https::serve(listener, app, tls));
+    let task = tokio::spawn(govbus_http::serve(listener, app, tls));
     Ok(RunningRegistry { addr, task })
 }
 
@@ -147,5 +147,5 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     /// TLS or the credentials are unusable.
     #[error(transparent)]
-    Https(#[from] govbus_core::https::HttpsError),
+    Https(#[from] govbus_http::HttpsError),
 }

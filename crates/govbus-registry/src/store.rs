@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use govbus_core::tail::{Tail, TailError, Tailed};
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::tail::{Tail, TailError, Tailed};
+use govbus_kafka_client::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use govbus_core::kafka::{ensure_topics, partitions_of, KafkaSetupError, TopicSpec};
-use govbus_core::tail::{Tail, Tailed};
-use govbus_core::{KafkaConfig, SubscriptionFile, SubscriptionSpec};
+use govbus_core::{SubscriptionFile, SubscriptionSpec};
+use govbus_kafka_client::tail::{Tail, Tailed};
+use govbus_kafka_client::KafkaConfig;
+use govbus_kafka_client::{ensure_topics, partitions_of, KafkaSetupError, TopicSpec};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -83,7 +84,7 @@ pub enum ControlError {
     Setup(#[from] KafkaSetupError),
     /// The topic cannot be followed.
     #[error(transparent)]
-    Tail(#[from] govbus_core::tail::TailError),
+    Tail(#[from] govbus_kafka_client::tail::TailError),
     /// Two files declare one subscription.
     #[error("{first} and {second} both declare subscription {name}")]
     Duplicate {
@@ -152,7 +153,7 @@ pub fn read(kafka: &KafkaConfig, topic: &str) -> Result<ControlSet, ControlError
     let parts = partitions_of(&probe, topic).map_err(err)?;
     let bounds: Vec<(i32, Option<i64>)> = parts.iter().map(|p| (*p, None)).collect();
     let mut set = ControlSet::new();
-    govbus_core::kafka::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, topic, &bounds, Duration::from_secs(60), |m| {
         if let Some((k, v)) = decode(m.key().unwrap_or_default(), m.payload()) {
             set.insert(k, v);
         }

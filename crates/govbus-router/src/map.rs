@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use govbus_core::admin_map::{epoch_in, AdminMap, Hierarchy};
-use govbus_core::tail::{Tail, TailError, Tailed};
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::tail::{Tail, TailError, Tailed};
+use govbus_kafka_client::KafkaConfig;
 use govbus_schema::{RegistryClient, SchemaCache};
 use rdkafka::message::Message;
 

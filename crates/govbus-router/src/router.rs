@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use govbus_core::kafka::{ensure_topics, KafkaSetupError, TopicSpec};
-use govbus_core::{Catalog, CatalogError, KafkaConfig, Topics};
+use govbus_core::{Catalog, CatalogError, Topics};
+use govbus_kafka_client::KafkaConfig;
+use govbus_kafka_client::{ensure_topics, KafkaSetupError, TopicSpec};
 use govbus_schema::{RegistryClient, RegistryError, SchemaCache};
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
@@ -41,7 +42,7 @@ pub struct RouterConfig {
     /// How to reach an HTTPS registry that requires credentials: its CA,
     /// this agency's name and token (none: plain HTTP, anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registry_access: Option<govbus_core::https::ClientAccess>,
+    pub registry_access: Option<govbus_http::ClientAccess>,
     /// Consumer group shared by router instances.
     #[serde(default = "default_group")]
     pub group: String,
@@ -133,7 +134,7 @@ pub enum RouterError {
     Committer(#[from] CommitterError),
     /// The administrative map's topic could not be followed.
     #[error("administrative map: {0}")]
-    Map(#[source] Box<govbus_core::tail::TailError>),
+    Map(#[source] Box<govbus_kafka_client::tail::TailError>),
     /// A view's per-partition state record does not decode.
     #[error("view state {key}: {source}")]
     State {

@@ -136,7 +136,7 @@ impl RegistryClient {
     /// [`RegistryClient::new`] when `access` is None.
     pub fn with_access(
         base: impl Into<String>,
-        access: Option<&govbus_core::https::ClientAccess>,
+        access: Option<&govbus_http::ClientAccess>,
     ) -> Result<Self, RegistryError> {
         let mut client = Self::new(base);
         if let Some(access) = access {

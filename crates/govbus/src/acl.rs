@@ -1,12 +1,12 @@
 //! `govbus acl plan|apply`: every ACL the bus needs, derived from the files
-//! in `deploy/` and the platform's config (`govbus_core::acl::plan`),
+//! in `deploy/` and the platform's config (`govbus_kafka_client::acl::plan`),
 //! compared with the broker's, and applied so that the broker enforces who
 //! reads and writes what.
 
 use std::path::Path;
 
-use govbus_core::acl::{managed, plan, AclAdmin, Principals};
 use govbus_core::Topics;
+use govbus_kafka_client::acl::{managed, plan, AclAdmin, Principals};
 
 use crate::config::{Agent, GovbusConfig};
 
@@ -14,7 +14,7 @@ use crate::config::{Agent, GovbusConfig};
 /// the registry's SASL users (`router`, `registry` by default), the
 /// operators of `[acl]`, the router's group.
 pub(crate) fn principals(cfg: &GovbusConfig) -> Principals {
-    let name_of = |k: &govbus_core::KafkaConfig, default: &str| {
+    let name_of = |k: &govbus_kafka_client::KafkaConfig, default: &str| {
         k.security
             .as_ref()
             .and_then(|s| s.username.clone())
@@ -48,7 +48,7 @@ pub(crate) fn principals(cfg: &GovbusConfig) -> Principals {
 /// the topics the ACL plan lets it write (`<topic>-value`, `<topic>-key`).
 #[derive(Debug)]
 pub(crate) struct WritersOwnSubjects {
-    acls: Vec<govbus_core::acl::Acl>,
+    acls: Vec<govbus_kafka_client::acl::Acl>,
 }
 
 impl WritersOwnSubjects {
@@ -68,10 +68,10 @@ impl govbus_registry::access::SubjectPolicy for WritersOwnSubjects {
         else {
             return false;
         };
-        govbus_core::acl::allows(
+        govbus_kafka_client::acl::allows(
             &self.acls,
             &format!("User:{principal}"),
-            govbus_core::acl::Operation::Write,
+            govbus_kafka_client::acl::Operation::Write,
             topic,
         )
     }
@@ -91,7 +91,7 @@ pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> an
     let now = chrono::Utc::now().timestamp_millis();
     let wanted = plan(&catalog, &topics, &principals, now);
     let kafka = acl.kafka.as_ref().unwrap_or(&r.kafka);
-    govbus_core::kafka::connect(kafka, std::time::Duration::from_secs(15))?;
+    govbus_kafka_client::connect(kafka, std::time::Duration::from_secs(15))?;
     let admin = AclAdmin::new(kafka)?;
     let diff = admin.compare(&wanted, &managed(&wanted, &catalog, &principals))?;
     print!("{diff}");

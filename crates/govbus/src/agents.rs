@@ -132,10 +132,10 @@ pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
 
 /// Reaches the cluster as `kafka` says, or stops the agent saying why
 /// (a wrong password, an untrusted certificate, a wrong address).
-pub(crate) async fn connect(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<()> {
+pub(crate) async fn connect(kafka: &govbus_kafka_client::KafkaConfig) -> anyhow::Result<()> {
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || {
-        govbus_core::kafka::connect(&k, std::time::Duration::from_secs(15))
+        govbus_kafka_client::connect(&k, std::time::Duration::from_secs(15))
     })
     .await??;
     Ok(())
@@ -370,7 +370,7 @@ pub(crate) fn apply_subscriptions(
 /// `govbus topics`: creates every topic the catalog implies (those that
 /// exist are left as they are) and prints each with its settings.
 pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
-    use govbus_core::kafka::TopicSpec;
+    use govbus_kafka_client::TopicSpec;
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let catalog = cfg.catalog()?;
@@ -398,7 +398,7 @@ pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
             ));
         }
     }
-    govbus_core::kafka::ensure_topics(&r.kafka, &specs)?;
+    govbus_kafka_client::ensure_topics(&r.kafka, &specs)?;
     for s in &specs {
         let configs: Vec<String> = s.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(

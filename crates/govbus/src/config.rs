@@ -66,7 +66,7 @@ pub(crate) struct AclConfig {
     /// The cluster as a super user, who may change ACLs (default:
     /// `[router.kafka]`).
     #[serde(default)]
-    pub(crate) kafka: Option<govbus_core::KafkaConfig>,
+    pub(crate) kafka: Option<govbus_kafka_client::KafkaConfig>,
 }
 
 /// The agents, each reading its own section.
@@ -183,7 +183,7 @@ impl GovbusConfig {
         for (name, kafka) in sections {
             let Some(kafka) = kafka else { continue };
             if let Err(e) = kafka.check() {
-                use govbus_core::kafka::OptionError as E;
+                use govbus_kafka_client::OptionError as E;
                 let at = match &e {
                     E::Pinned { key }
                     | E::SecretInOptions { key }
@@ -364,7 +364,7 @@ mod tests {
                 && e.contains("x.toml:6"),
             "{e}"
         );
-        let features = govbus_core::kafka::builtin_features();
+        let features = govbus_kafka_client::builtin_features();
         let (_d, f) = file(&format!("{BASE}\"security.protocol\" = \"SASL_SSL\"\n"));
         let res = GovbusConfig::load_from(Some(&f), None, &[]);
         if features.iter().any(|f| f == "ssl") && features.iter().any(|f| f == "sasl") {

@@ -119,7 +119,7 @@ impl Gatherer {
     /// committed offsets (None: not readable).
     fn router_backlog(&self, central: &str) -> Option<i64> {
         let t = Duration::from_secs(2);
-        let parts = govbus_core::kafka::partitions_of(&self.client, central).ok()?;
+        let parts = govbus_kafka_client::partitions_of(&self.client, central).ok()?;
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut high = 0;
         for p in &parts {
@@ -366,10 +366,10 @@ impl Gate {
 }
 
 fn query_token(req: &axum::extract::Request) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        kv.strip_prefix("token=")
-            .map(govbus_core::https::percent_decode)
-    })
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token=").map(govbus_http::percent_decode))
 }
 
 async fn gate(
@@ -386,7 +386,7 @@ async fn gate(
     let set = query_token(&req).map(|t| {
         format!(
             "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            govbus_core::https::percent_decode(&t)
+            govbus_http::percent_decode(&t)
         )
     });
     let mut r = next.run(req).await;
@@ -473,7 +473,7 @@ pub(crate) async fn run(
     println!("govbus dashboard: http://{addr}/");
     tracing::info!(%addr, token = token.is_some(), "dashboard serving");
     tokio::select! {
-        r = govbus_core::https::serve(listener, app, None) => r?,
+        r = govbus_http::serve(listener, app, None) => r?,
         () = crate::agents::shutdown_signal() => {}
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::KafkaConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Headers, Message};
 
@@ -76,12 +76,12 @@ fn dlq_topics(kafka: &KafkaConfig, prefix: &str) -> anyhow::Result<Vec<String>> 
 /// Every record of `topic`, to its end.
 pub(crate) fn read(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<Letter>> {
     let c: BaseConsumer = kafka.client().create()?;
-    let parts: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&c, topic)?
+    let parts: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&c, topic)?
         .into_iter()
         .map(|p| (p, None))
         .collect();
     let mut out = Vec::new();
-    govbus_core::kafka::read_partitions(kafka, topic, &parts, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, topic, &parts, Duration::from_secs(60), |m| {
         out.push(Letter {
             topic: m.topic().to_string(),
             partition: m.partition(),

@@ -681,11 +681,11 @@ fn main() -> std::process::ExitCode {
             Cmd::Token {
                 command: TokenCmd::New { name },
             } => {
-                let token = govbus_core::https::new_token()?;
+                let token = govbus_http::new_token()?;
                 println!("token for {name} (hand it over; it is stored nowhere):\n  {token}");
                 println!(
                     "line for the credentials file:\n  {}",
-                    govbus_core::https::credential_line(&name, &token)
+                    govbus_http::credential_line(&name, &token)
                 );
                 Ok(())
             }

@@ -28,7 +28,7 @@ pub(crate) async fn serve(addr: Option<SocketAddr>, ready: Arc<Readiness>) -> an
         .with_context(|| format!("serving metrics and health on {addr}"))?;
     let app = router(handle, ready);
     tokio::spawn(async move {
-        if let Err(e) = govbus_core::https::serve(listener, app, None).await {
+        if let Err(e) = govbus_http::serve(listener, app, None).await {
             tracing::error!(error = %e, "the metrics and health endpoint stopped");
         }
     });
@@ -41,7 +41,7 @@ pub(crate) async fn serve(addr: Option<SocketAddr>, ready: Arc<Readiness>) -> an
 /// 0 otherwise (alerted on in deploy/prometheus).
 pub(crate) fn watch_registry(
     url: &str,
-    access: Option<&govbus_core::https::ClientAccess>,
+    access: Option<&govbus_http::ClientAccess>,
 ) -> anyhow::Result<()> {
     let probe = format!("{}/subjects", url.trim_end_matches('/'));
     let builder = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(3));
@@ -173,7 +173,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = router(handle, ready.clone());
-        tokio::spawn(async move { govbus_core::https::serve(listener, app, None).await });
+        tokio::spawn(async move { govbus_http::serve(listener, app, None).await });
         let get = move |path: &'static str| {
             tokio::task::spawn_blocking(move || {
                 match ureq::get(&format!("http://{addr}{path}")).call() {

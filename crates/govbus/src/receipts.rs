@@ -68,11 +68,11 @@ pub(crate) fn find(event_id: &str, config: Option<&std::path::Path>) -> anyhow::
     let mut forged = 0usize;
     let mut found: BTreeMap<(String, i64), (Receipt, usize)> = BTreeMap::new();
     for (topic, subscriber) in &receipt_topics {
-        let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, topic)?
+        let bounds: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&probe, topic)?
             .into_iter()
             .map(|p| (p, None))
             .collect();
-        govbus_core::kafka::read_partitions(
+        govbus_kafka_client::read_partitions(
             &kafka,
             topic,
             &bounds,

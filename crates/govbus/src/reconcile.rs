@@ -256,19 +256,19 @@ fn views_register(view: &mut View, registry: &RegistryClient) -> anyhow::Result<
 
 /// Reads every change of `central` to its end; `f` gets each (key, change).
 fn read_changes(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     central: &str,
     resolver: &SchemaCache,
     mut f: impl FnMut(String, Option<Change>),
 ) -> anyhow::Result<usize> {
     let probe: rdkafka::consumer::BaseConsumer = kafka.client().create()?;
-    let bounds: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&probe, central)?
+    let bounds: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&probe, central)?
         .into_iter()
         .map(|p| (p, None))
         .collect();
     let mut n = 0;
     let mut undecodable = 0;
-    govbus_core::kafka::read_partitions(kafka, central, &bounds, Duration::from_secs(600), |m| {
+    govbus_kafka_client::read_partitions(kafka, central, &bounds, Duration::from_secs(600), |m| {
         n += 1;
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
         match m.payload() {
@@ -289,7 +289,7 @@ fn read_changes(
 }
 
 fn expected_side(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     central: &str,
     resolver: &SchemaCache,
     view: &View,
@@ -338,7 +338,7 @@ fn expected_side(
 /// Sends a snapshot of each missing or stale key's current state and a
 /// delete of each extra key on the view, in one transaction.
 fn repair(
-    kafka: &govbus_core::KafkaConfig,
+    kafka: &govbus_kafka_client::KafkaConfig,
     central: &str,
     resolver: &SchemaCache,
     view: &View,

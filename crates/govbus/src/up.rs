@@ -340,7 +340,7 @@ fn start_broker(
                 std::fs::create_dir_all(&secrets)?;
                 let mut users = Vec::new();
                 for u in USERS.iter().chain(["admin"].iter()) {
-                    let pw = govbus_core::https::new_token()?;
+                    let pw = govbus_http::new_token()?;
                     let f = secrets.join(u);
                     govbus_core::secret::write_private(&f, pw.as_bytes())?;
                     users.push((u.to_string(), pw));
@@ -430,20 +430,26 @@ impl Credentials {
     }
 
     /// Kafka settings for `user`.
-    fn kafka(&self, bootstrap: &str, user: &str) -> anyhow::Result<govbus_core::KafkaConfig> {
+    fn kafka(
+        &self,
+        bootstrap: &str,
+        user: &str,
+    ) -> anyhow::Result<govbus_kafka_client::KafkaConfig> {
         let password = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
             self.secrets.join(user),
         ))?;
-        Ok(govbus_core::KafkaConfig::new(bootstrap).with_security(
-            govbus_core::kafka::KafkaSecurity::scram(&self.ca, user, password),
-        ))
+        Ok(
+            govbus_kafka_client::KafkaConfig::new(bootstrap).with_security(
+                govbus_kafka_client::KafkaSecurity::scram(&self.ca, user, password),
+            ),
+        )
     }
 }
 
 /// Makes a secured node's ACLs what the built-in catalog implies, as
 /// `govbus acl apply` does; returns how many were created.
-fn apply_acls(kafka: &govbus_core::KafkaConfig) -> anyhow::Result<usize> {
-    use govbus_core::acl::{managed, plan, AclAdmin, Principals};
+fn apply_acls(kafka: &govbus_kafka_client::KafkaConfig) -> anyhow::Result<usize> {
+    use govbus_kafka_client::acl::{managed, plan, AclAdmin, Principals};
     let catalog = govbus_core::Catalog::builtin();
     let p = Principals::standard(ROUTER_GROUP);
     let wanted = plan(
@@ -581,7 +587,7 @@ fn run_blocking(
     // as the operator would.
     let as_operator = match &creds {
         Some(c) => c.kafka(&bootstrap, "ops")?,
-        None => govbus_core::KafkaConfig::new(&bootstrap),
+        None => govbus_kafka_client::KafkaConfig::new(&bootstrap),
     };
     let steps = tokio::task::block_in_place(|| {
         govbus_router::control::apply(
@@ -773,7 +779,7 @@ impl HopsNow {
 }
 
 impl Hops {
-    fn new(kafka: &govbus_core::KafkaConfig, stall_secs: u64) -> anyhow::Result<Self> {
+    fn new(kafka: &govbus_kafka_client::KafkaConfig, stall_secs: u64) -> anyhow::Result<Self> {
         let topics = govbus_core::Topics::default();
         Ok(Self {
             client: kafka.client().create()?,
@@ -788,7 +794,7 @@ impl Hops {
         use rdkafka::consumer::Consumer;
         let t = Duration::from_secs(2);
         let parts =
-            govbus_core::kafka::partitions_of(&self.client, &self.central).unwrap_or_default();
+            govbus_kafka_client::partitions_of(&self.client, &self.central).unwrap_or_default();
         let mut published = 0u64;
         let mut tpl = rdkafka::TopicPartitionList::new();
         for p in &parts {

@@ -289,7 +289,7 @@ fn a_failing_bus_fires_the_alerts_and_every_named_metric_is_exported() {
         matches!(r, Err(ureq::Error::Status(422, _))),
         "the contract refuses a resident born in 2999: {r:?}"
     );
-    let raw: BaseProducer = govbus_core::KafkaConfig::new(&broker.bootstrap)
+    let raw: BaseProducer = govbus_kafka_client::KafkaConfig::new(&broker.bootstrap)
         .producer()
         .create()
         .unwrap();

@@ -353,9 +353,10 @@ fn chaos(routers: usize) {
                 let candidates: Vec<usize> = (0..a.len() + usize::from(own_brokers))
                     .filter(|i| {
                         !finished
-                            || a.get(*i).map_or(broker_kills.len() < broker_kills_wanted, |x| {
-                                x.kills < kills
-                            })
+                            || a.get(*i)
+                                .map_or(broker_kills.len() < broker_kills_wanted, |x| {
+                                    x.kills < kills
+                                })
                     })
                     .collect();
                 let i = candidates[rng.gen_range(0..candidates.len())];
@@ -642,7 +643,11 @@ fn chaos(routers: usize) {
 }
 
 /// The node id of the leader of `topic`'s `partition`, from metadata.
-fn partition_leader(kafka: &govbus_core::KafkaConfig, topic: &str, partition: i32) -> Option<u32> {
+fn partition_leader(
+    kafka: &govbus_kafka_client::KafkaConfig,
+    topic: &str,
+    partition: i32,
+) -> Option<u32> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = kafka.client().create().ok()?;
     let md = c

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_e2e::{unique, Broker};
+use govbus_kafka_client::{ensure_topics, TopicSpec};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 

@@ -17,8 +17,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use govbus_core::KafkaConfig;
 use govbus_e2e::{poll_until, read_all, wait_until, Broker};
+use govbus_kafka_client::KafkaConfig;
 use govbus_schema::{AvroValue, Change, EnvelopeCodec, Op, RegistryClient, Source};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};

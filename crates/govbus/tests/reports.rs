@@ -359,12 +359,18 @@ fn wave(
 fn records_since(bus: &Bus, topic: &str, from: &BTreeMap<i32, i64>) -> (usize, BTreeMap<i32, i64>) {
     let bounds: Vec<(i32, Option<i64>)> = from.keys().map(|p| (*p, None)).collect();
     let (mut n, mut next) = (0, BTreeMap::new());
-    govbus_core::kafka::read_partitions(&bus.kafka, topic, &bounds, Duration::from_secs(60), |m| {
-        if m.offset() >= from.get(&m.partition()).copied().unwrap_or(0) {
-            n += 1;
-        }
-        next.insert(m.partition(), m.offset() + 1);
-    })
+    govbus_kafka_client::read_partitions(
+        &bus.kafka,
+        topic,
+        &bounds,
+        Duration::from_secs(60),
+        |m| {
+            if m.offset() >= from.get(&m.partition()).copied().unwrap_or(0) {
+                n += 1;
+            }
+            next.insert(m.partition(), m.offset() + 1);
+        },
+    )
     .unwrap();
     (n, next)
 }
@@ -372,7 +378,7 @@ fn records_since(bus: &Bus, topic: &str, from: &BTreeMap<i32, i64>) -> (usize, B
 fn end_offsets(bus: &Bus, topic: &str) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = bus.kafka.consumer(&unique("probe-")).create().unwrap();
-    govbus_core::kafka::partitions_of(&c, topic)
+    govbus_kafka_client::partitions_of(&c, topic)
         .unwrap()
         .into_iter()
         .map(|p| {

@@ -256,7 +256,7 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
 fn exists(bus: &Bus, topic: &str) -> bool {
     let probe: rdkafka::consumer::BaseConsumer =
         bus.kafka.consumer(&unique("probe-")).create().unwrap();
-    govbus_core::kafka::partitions_of(&probe, topic).is_ok_and(|p| !p.is_empty())
+    govbus_kafka_client::partitions_of(&probe, topic).is_ok_and(|p| !p.is_empty())
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -311,7 +311,7 @@ impl Drop for Agent {
 
 /// A ureq agent trusting only `ca`.
 fn https_client(ca: &Path) -> ureq::Agent {
-    govbus_core::https::ClientAccess {
+    govbus_http::ClientAccess {
         ca: Some(ca.to_path_buf()),
         user: None,
         token: None,
@@ -350,10 +350,10 @@ fn the_registry_and_ingest_speak_https_and_refuse_strangers_and_other_ministries
     // Tokens: each ministry's for the registry, a source system's for moha's ingest.
     let tokens: Vec<(&str, String)> = ["bca", "moha", "ops", "danh-muc-dvhc"]
         .iter()
-        .map(|n| (*n, govbus_core::https::new_token().unwrap()))
+        .map(|n| (*n, govbus_http::new_token().unwrap()))
         .collect();
     let token = |n: &str| tokens.iter().find(|(k, _)| *k == n).unwrap().1.clone();
-    let line = |n: &str| govbus_core::https::credential_line(n, &token(n));
+    let line = |n: &str| govbus_http::credential_line(n, &token(n));
     let registry_creds = write(
         dir,
         "registry.credentials",
@@ -536,10 +536,10 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
         &base,
         &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
     );
-    let mut c = govbus_core::pg::connect(&full).unwrap();
+    let mut c = govbus_pg::connect(&full).unwrap();
     assert!(tls_of(&mut c));
     // disable: plain.
-    let mut c = govbus_core::pg::connect(&with_params(&base, "sslmode=disable")).unwrap();
+    let mut c = govbus_pg::connect(&with_params(&base, "sslmode=disable")).unwrap();
     assert!(!tls_of(&mut c));
     // A CA that did not sign the server's certificate: refused, saying why.
     let dir = tempfile::tempdir().unwrap();
@@ -548,13 +548,13 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
         &base,
         &format!("sslmode=verify-full&sslrootcert={}", other.ca().display()),
     );
-    let e = govbus_core::pg::connect(&wrong)
+    let e = govbus_pg::connect(&wrong)
         .err()
         .expect("an unknown CA must be refused")
         .to_string();
     assert!(e.contains("certificate verify failed"), "{e}");
     // require encrypts without verifying: the same wrong CA is not read.
-    let mut c = govbus_core::pg::connect(&with_params(&base, "sslmode=require")).unwrap();
+    let mut c = govbus_pg::connect(&with_params(&base, "sslmode=require")).unwrap();
     assert!(tls_of(&mut c));
     // No password in the URL: it comes from a password file, as libpq's.
     let parsed: postgres::Config = base.parse().unwrap();
@@ -571,10 +571,10 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
         ca.display(),
         passfile.display()
     );
-    let mut c = govbus_core::pg::connect(&bare).unwrap();
+    let mut c = govbus_pg::connect(&bare).unwrap();
     assert!(tls_of(&mut c));
     std::fs::write(&passfile, format!("{host}:{port}:{db}:{user}:wrong\n")).unwrap();
-    let e = govbus_core::pg::connect(&bare)
+    let e = govbus_pg::connect(&bare)
         .err()
         .expect("a wrong password must be refused")
         .to_string();
@@ -586,7 +586,7 @@ fn postgres_connections_honour_sslmode_and_verify_the_server() {
     let schema = unique("p52_tls_");
     let sink = govbus_consumer::SinkConfig::from_url(&full, &schema).build();
     assert!(sink.is_ok(), "{:?}", sink.err());
-    let mut c = govbus_core::pg::connect(&full).unwrap();
+    let mut c = govbus_pg::connect(&full).unwrap();
     c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }

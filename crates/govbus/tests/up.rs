@@ -72,7 +72,7 @@ fn up_runs_the_stack_and_a_router_only_variable_reaches_the_router_only() {
     // The router took its variables: its view records carry the
     // transaction header that `txn_header = true` asks for.
     let views = govbus_e2e::read_all(
-        &govbus_core::KafkaConfig::new(&broker.bootstrap),
+        &govbus_kafka_client::KafkaConfig::new(&broker.bootstrap),
         "sub.p52.bca.residents.v1",
     );
     assert!(!views.is_empty());

@@ -57,7 +57,7 @@ impl std::fmt::Debug for PostgresSink {
 impl PostgresSink {
     /// Connects and creates the bookkeeping tables in `schema`.
     pub fn open(url: &str, schema: &str) -> Result<Self, SinkError> {
-        let mut client = govbus_core::pg::connect(url)?;
+        let mut client = govbus_pg::connect(url)?;
         let s = q(schema);
         // A receipt's events (about 100 bytes per applied change) are
         // stored uncompressed: compressing them cost PostgreSQL 1 µs of
@@ -137,7 +137,7 @@ impl PostgresSink {
                 schema = self.schema,
                 "PostgreSQL connection lost; reconnecting"
             );
-            self.client = govbus_core::pg::connect(&self.url)?;
+            self.client = govbus_pg::connect(&self.url)?;
             self.upserts.clear();
             self.batched.clear();
         }

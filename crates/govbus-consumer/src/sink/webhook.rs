@@ -99,7 +99,7 @@ impl WebhookSink {
             0 => Duration::from_secs(10),
             ms => Duration::from_millis(ms),
         };
-        let access = govbus_core::https::ClientAccess {
+        let access = govbus_http::ClientAccess {
             ca: cfg.ca.clone(),
             user: None,
             token: None,

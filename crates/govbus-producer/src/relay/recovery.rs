@@ -117,7 +117,7 @@ impl Relay {
             .kafka
             .consumer(&format!("govbus-relay-recover-{}", uuid::Uuid::new_v4()));
         cfg.set("isolation.level", "read_uncommitted");
-        let consumer = govbus_core::kafka::eof_consumer(cfg)?;
+        let consumer = govbus_kafka_client::eof_consumer(cfg)?;
         let mut found: Vec<i64> = Vec::new();
         let mut ends: Vec<(String, i64)> = Vec::new();
         // One topic at a time: a partition EOF names the partition only.

@@ -21,7 +21,7 @@ impl std::fmt::Debug for PostgresStore {
 impl PostgresStore {
     /// Connects to `url` and creates the tables in `schema` if missing.
     pub fn open(url: &str, schema: &str) -> Result<Self, StoreError> {
-        let mut client = govbus_core::pg::connect(url)?;
+        let mut client = govbus_pg::connect(url)?;
         let s = quote_ident(schema);
         client.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {s};

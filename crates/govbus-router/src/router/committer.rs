@@ -236,7 +236,7 @@ impl Committer {
             let record = BaseRecord::to(topic).key(key).payload(value);
             let record = match dead {
                 // Dead letters carry their reason, not the label.
-                Some(d) => record.headers(d.owned_headers()),
+                Some(d) => record.headers(govbus_kafka_client::dead_letter_headers(d)),
                 None => with_txn(record, label),
             };
             send(producer, record)?;
@@ -331,7 +331,7 @@ impl InFlight {
 /// is not something every broker has).
 pub(crate) struct RouterContext {
     pub(crate) in_flight: Arc<InFlight>,
-    /// Rebalances seen, for [`govbus_core::kafka::poll_batch_fenced`]: a
+    /// Rebalances seen, for [`govbus_kafka_client::poll_batch_fenced`]: a
     /// record polled before one is not routed.
     pub(crate) rebalances: std::sync::atomic::AtomicU64,
 }

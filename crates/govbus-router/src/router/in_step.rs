@@ -76,7 +76,7 @@ impl Router {
         let topic = self.topics.view_state();
         let mut state = HashMap::new();
         let mut bad = None;
-        govbus_core::kafka::read_partitions(
+        govbus_kafka_client::read_partitions(
             &self.cfg.kafka,
             &topic,
             &[(0, None)],
@@ -325,7 +325,7 @@ impl Router {
             return Ok(());
         }
         let mut current: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
-        govbus_core::kafka::read_partitions(
+        govbus_kafka_client::read_partitions(
             &self.cfg.kafka,
             topic,
             &[(p, Some(until))],

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use govbus_core::admin_map::Hierarchy;
-use govbus_core::kafka::{ensure_topics, TopicSpec};
 use govbus_core::{DatasetId, SubscriptionSpec, Topics};
+use govbus_kafka_client::{ensure_topics, TopicSpec};
 
 use super::{Router, RouterError};
 use crate::control::ControlValue;

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cel_interpreter::Context;
-use govbus_core::kafka::poll_batch_fenced;
-use govbus_core::KafkaConfig;
+use govbus_kafka_client::poll_batch_fenced;
+use govbus_kafka_client::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
@@ -99,7 +99,7 @@ impl Router {
             .map(|(t, (d, _))| (t.clone(), d.clone()))
             .collect();
         let lag =
-            govbus_core::kafka::LagWatch::start(kafka, Duration::from_secs(2), move |t, n| {
+            govbus_kafka_client::LagWatch::start(kafka, Duration::from_secs(2), move |t, n| {
                 if let Some(d) = datasets.get(t) {
                     metrics::gauge!("govbus_router_lag_events", "dataset" => d.clone())
                         .set(n as f64);
@@ -175,7 +175,7 @@ impl Router {
         pipe: &mut Pipe<'_, 'l>,
         lineage: &mut Lineage,
         base: &Context<'_>,
-        lag: &govbus_core::kafka::LagWatch,
+        lag: &govbus_kafka_client::LagWatch,
     ) -> Result<(), RouterError> {
         let mut batch = Vec::with_capacity(self.cfg.batch);
         let mut last_lag = std::time::Instant::now();

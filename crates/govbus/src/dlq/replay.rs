@@ -14,8 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use govbus_core::kafka::{ensure_topics, TopicSpec};
-use govbus_core::{KafkaConfig, Topics};
+use govbus_core::Topics;
+use govbus_kafka_client::KafkaConfig;
+use govbus_kafka_client::{ensure_topics, TopicSpec};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -42,12 +43,12 @@ const CHUNK: usize = 1_000;
 fn read_state(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<HashMap<String, Handled>> {
     let mut state = HashMap::new();
     let c: rdkafka::consumer::BaseConsumer = kafka.client().create()?;
-    let parts: Vec<(i32, Option<i64>)> = govbus_core::kafka::partitions_of(&c, topic)?
+    let parts: Vec<(i32, Option<i64>)> = govbus_kafka_client::partitions_of(&c, topic)?
         .into_iter()
         .map(|p| (p, None))
         .collect();
     let mut bad = 0usize;
-    govbus_core::kafka::read_partitions(kafka, topic, &parts, Duration::from_secs(60), |m| {
+    govbus_kafka_client::read_partitions(kafka, topic, &parts, Duration::from_secs(60), |m| {
         let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             bad += 1;
             return;

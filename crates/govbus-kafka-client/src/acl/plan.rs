@@ -2,7 +2,7 @@
 //! tested without Kafka; [`super::AclAdmin`] compares and applies them.
 
 use super::{Acl, Operation, Pattern, Resource};
-use crate::{Catalog, Topics};
+use govbus_core::{Catalog, Topics};
 
 /// Who the platform's own agents and operators are.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -95,7 +95,7 @@ fn split(url: &str) -> Result<(String, SslMode, Option<String>, Option<String>),
                 let mut kept = Vec::new();
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(k, &crate::https::percent_decode(v))? {
+                    if !take(k, &govbus_http::percent_decode(v))? {
                         kept.push(pair);
                     }
                 }

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::kafka::{eof_consumer, partitions_of, EofConsumer};
+use crate::{eof_consumer, partitions_of, EofConsumer};
 
 /// Why a topic cannot be followed.
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +145,7 @@ impl Tail {
         let topic = self.topic.clone();
         let span = tracing::Span::current();
         let watched = stop.clone();
-        crate::health::spawn_watched(name, Some(watched), move || {
+        govbus_core::health::spawn_watched(name, Some(watched), move || {
             let _e = span.enter();
             self.run(&stop, poll, on)
         })

@@ -2,7 +2,11 @@
 //! TLS from OpenSSL (the library librdkafka uses too), and agencies'
 //! credentials as tokens, sent as HTTP Basic (`user:token`, what
 //! Confluent's schema-registry clients send) or as a Bearer token (what
-//! REST integrators send).
+//! REST integrators send). Every govbus HTTP server is served here
+//! ([`serve_with`]: timeouts and a connection cap), and request bodies are
+//! read within a limit ([`body`]).
+
+pub mod body;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use govbus_core::secret::Secret;
 
 /// What can go wrong setting HTTPS up.
 #[derive(Debug, thiserror::Error)]
@@ -562,5 +566,46 @@ mod tests {
             e.contains("line 1") && !e.contains("plaintext-secret"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    #[test]
+    fn fuzz_percent_decoding_never_panics() {
+        let seeds = vec![
+            b"a%2Eb".to_vec(),
+            b"%".to_vec(),
+            "%e1%BA%A1%zz%4".as_bytes().to_vec(),
+        ];
+        govbus_core::fuzz::run("percent_decode", &seeds, 50_000, |d| {
+            let s = String::from_utf8_lossy(d);
+            let _ = crate::percent_decode(&s);
+        });
+    }
+
+    #[test]
+    fn fuzz_authorization_headers_never_panic() {
+        let file = std::env::temp_dir().join(format!("govbus-fuzz-creds-{}", std::process::id()));
+        std::fs::write(&file, crate::credential_line("p52", "s3cr3t-token-of-p52")).unwrap();
+        let creds = crate::Credentials::load(&crate::HttpAuth {
+            credentials: file.clone(),
+            admins: vec![],
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&file);
+        let seeds = vec![
+            b"Bearer s3cr3t-token-of-p52".to_vec(),
+            b"Basic cDUyOnMzY3IzdC10b2tlbi1vZi1wNTI=".to_vec(),
+            b"Basic ===".to_vec(),
+            b"Bearer".to_vec(),
+        ];
+        govbus_core::fuzz::run("authorization", &seeds, 50_000, |d| {
+            let mut h = axum::http::HeaderMap::new();
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(d) {
+                h.insert(axum::http::header::AUTHORIZATION, v);
+            }
+            let _ = creds.principal(&h);
+        });
     }
 }

@@ -154,6 +154,10 @@ mod tests {
             b"postgres://u:pw@h/db".to_vec(),
             b"host=h password='a b\\' c' x=1".to_vec(),
             b"https://h/?token=t&sig=".to_vec(),
+            // Found by the fuzzer: a two-byte separator before the key.
+            "host=h\u{a0}password\u{fffd}='a asswsswordpassword='a b]"
+                .as_bytes()
+                .to_vec(),
         ];
         run("redact", &seeds, 50_000, |d| {
             let _ = crate::secret::redact(&String::from_utf8_lossy(d));

@@ -240,9 +240,13 @@ pub fn redact(text: &str) -> String {
     let mut rest = out.as_str();
     while let Some(eq) = rest.find('=') {
         let before = &rest[..eq];
+        // After the separator, which may be more than one byte (a
+        // no-break space): found by the fuzzer.
         let key_start = before
-            .rfind(|c: char| c == '&' || c == '?' || c == ';' || c.is_whitespace())
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| *c == '&' || *c == '?' || *c == ';' || c.is_whitespace())
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let key = &before[key_start..];
         masked.push_str(&rest[..=eq]);
         rest = &rest[eq + 1..];
@@ -300,6 +304,11 @@ mod redact_tests {
             ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
             ("http://127.0.0.1:8081", "http://127.0.0.1:8081"),
             ("a=1 b=2", "a=1 b=2"),
+            // A separator of two bytes before the key (the fuzzer's find).
+            (
+                "host=h\u{a0}password='a b' x=1",
+                "host=h\u{a0}password=*** x=1",
+            ),
         ] {
             assert_eq!(redact(given), want, "{given}");
         }

@@ -5,6 +5,11 @@
 //! Built from the statistics office's conversion table and the list of
 //! units before the reform (`data/vn-admin-units/`, with their provenance).
 //! A pure core: no Kafka, no I/O but the text it is given.
+//!
+//! One file because the map is one data structure with one invariant (a
+//! code's dated meanings never overlap, and successors lead to today's
+//! units): building it, resolving a code on a day and following successors
+//! all read the same private index; a fifth of the file is its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 

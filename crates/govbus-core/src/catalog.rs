@@ -1,5 +1,10 @@
 //! Datasets and subscriptions as files (`deploy/datasets/*.toml`,
 //! `deploy/subscriptions/*.toml`, schemas in `schemas/`).
+//!
+//! One file because its types are one grammar: a dataset's file, a
+//! subscription's, the checks between them (a filter's fields, a drop's
+//! path, the tags a view keeps) and the catalog that holds them; split, each
+//! part would import all the others.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,7 +1,11 @@
 //! Registry errors with Confluent's HTTP status and `error_code`.
 
 use axum::http::StatusCode;
+
 use axum::response::{IntoResponse, Response};
+
+/// The registry's media type (Confluent's).
+pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// An error the registry answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,11 +135,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.codes();
         let body = serde_json::json!({"error_code": code, "message": self.to_string()});
-        (
-            status,
-            [("content-type", crate::http::CONTENT_TYPE)],
-            body.to_string(),
-        )
-            .into_response()
+        (status, [("content-type", CONTENT_TYPE)], body.to_string()).into_response()
     }
 }

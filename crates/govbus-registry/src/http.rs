@@ -12,6 +12,7 @@ use govbus_schema::Compatibility;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
+pub use crate::error::CONTENT_TYPE;
 use crate::error::{ApiError, StoreFailure};
 use crate::state::{
     check_subject, Contract, LogRecord, Mode, Outcome, Plan, Reference, Registration,
@@ -19,7 +20,6 @@ use crate::state::{
 use crate::store::KafkaStore;
 
 /// Confluent's content type.
-pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Largest request body read (a schema over 1 MiB inside it gets 42209).
 /// The default largest request body: 4 MiB (a schema with its

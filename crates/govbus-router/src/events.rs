@@ -4,7 +4,7 @@
 
 use govbus_core::InternalEvent;
 
-use crate::router::DeadLetter;
+use govbus_core::dead::DeadLetter;
 
 /// A change that could not be routed went to its input's DLQ.
 #[derive(Debug)]

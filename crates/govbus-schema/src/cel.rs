@@ -1,5 +1,9 @@
 //! CEL expressions over an entity's fields (subscription filters, data-quality
 //! rules), checked against the dataset's schema when they are loaded.
+//!
+//! One file because compiling an expression, checking its fields against the
+//! schema and converting values for it share one private context (the
+//! functions govbus adds and their argument checks); a quarter is tests.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -2,6 +2,10 @@
 //! (Apache Kafka from its jars, or nisshi, or a cluster you name), registry,
 //! router, the demo ministries and two provinces — with a live line each
 //! second showing the backlog at each hop. Ctrl-C stops every child process.
+//!
+//! One file because it is one procedure, read top to bottom: start each
+//! service in turn (with what the next one needs), then supervise them and
+//! print the live line; its pieces are not used elsewhere.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

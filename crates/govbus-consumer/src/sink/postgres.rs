@@ -1,5 +1,9 @@
 //! The PostgreSQL sink: tables in one schema, rows and offsets in one
 //! transaction, applied set-based per run of changes that share a table.
+//!
+//! Long because every bookkeeping concern of a province's database
+//! (offsets, dead letters, receipts, report cells, snapshots) keeps its
+//! PostgreSQL statements here, as `sqlite.rs` keeps SQLite's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -1,5 +1,9 @@
 //! The SQLite sink, the embedded default: rows and offsets in one
 //! transaction in a local file.
+//!
+//! Long because every bookkeeping concern of a province's database
+//! (offsets, dead letters, receipts, report cells, snapshots) keeps its
+//! SQLite statements here, as `postgres.rs` keeps PostgreSQL's.
 
 use std::collections::{BTreeMap, HashMap};
 

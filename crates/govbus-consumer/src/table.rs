@@ -77,7 +77,15 @@ pub fn entity_of(envelope: &Schema) -> Option<(RecordSchema, Names)> {
 pub fn table_def(name: &str, key: &str, envelope: &Schema) -> Option<TableDef> {
     let (rec, names) = entity_of(envelope)?;
     let mut columns = Vec::new();
-    flatten(&rec, &names, &mut Vec::new(), &mut columns);
+    columns.extend(
+        govbus_schema::flat::leaves(&rec, &names)
+            .into_iter()
+            .map(|l| Column {
+                ty: col_type(l.schema, &names),
+                name: l.column,
+                path: l.path,
+            }),
+    );
     let pos = columns.iter().position(|c| c.name == key)?;
     let k = columns.remove(pos);
     columns.insert(0, k);
@@ -86,22 +94,6 @@ pub fn table_def(name: &str, key: &str, envelope: &Schema) -> Option<TableDef> {
         key: key.to_string(),
         columns,
     })
-}
-
-fn flatten(rec: &RecordSchema, names: &Names, prefix: &mut Vec<String>, out: &mut Vec<Column>) {
-    for f in &rec.fields {
-        prefix.push(f.name.clone());
-        let s = names.resolve(&f.schema);
-        match record_of(s, names) {
-            Some(inner) => flatten(inner, names, prefix, out),
-            None => out.push(Column {
-                name: prefix.join("_"),
-                path: prefix.clone(),
-                ty: col_type(s, names),
-            }),
-        }
-        prefix.pop();
-    }
 }
 
 fn col_type(s: &Schema, names: &Names) -> ColType {

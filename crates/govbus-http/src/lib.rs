@@ -6,6 +6,7 @@
 //! ([`serve_with`]: timeouts and a connection cap), and request bodies are
 //! read within a limit ([`body`]).
 
+pub mod answer;
 pub mod body;
 
 use std::collections::HashMap;

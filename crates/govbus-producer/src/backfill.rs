@@ -476,60 +476,43 @@ fn csv_line(schema: &Schema, headers: &[String], record: &csv::ByteRecord) -> Li
             text,
         };
     };
-    let entity = typed(rec, &names, &row, "");
+    let entity = govbus_schema::flat::nest(rec, &names, &row, &typed);
     check(schema, ChangeRequest::Upsert(entity), &text)
 }
 
-/// A flat CSV row (all strings) as the entity's JSON, typed by the schema:
-/// empty cells are null (or absent), numbers and booleans parsed.
-fn typed(
-    rec: &apache_avro::schema::RecordSchema,
-    names: &Names,
-    row: &Map<String, Json>,
-    prefix: &str,
-) -> Json {
-    let mut out = Map::new();
-    for f in &rec.fields {
-        let col = format!("{prefix}{}", f.name);
-        let fs = names.resolve(&f.schema);
-        if let Some(inner) = record_of(fs, names) {
-            out.insert(f.name.clone(), typed(inner, names, row, &format!("{col}_")));
-            continue;
-        }
-        let Some(Json::String(cell)) = row.get(&col) else {
-            continue;
-        };
-        let base = match fs {
-            Schema::Union(u) => u
-                .variants()
-                .iter()
-                .find(|v| !matches!(v, Schema::Null))
-                .unwrap_or(fs),
-            other => other,
-        };
-        let v = if cell.is_empty() && matches!(fs, Schema::Union(_)) {
-            Json::Null
-        } else {
-            match base {
-                Schema::Int | Schema::Long | Schema::TimestampMillis
-                    if cell.parse::<i64>().is_ok() =>
-                {
-                    json!(cell.parse::<i64>().unwrap_or_default())
-                }
-                Schema::Float | Schema::Double => {
-                    cell.parse::<f64>().map(|f| json!(f)).unwrap_or(json!(cell))
-                }
-                Schema::Boolean => match cell.as_str() {
-                    "true" | "1" => json!(true),
-                    "false" | "0" => json!(false),
-                    _ => json!(cell),
-                },
-                _ => json!(cell),
+/// A CSV cell (a string) as the JSON its field's schema takes: an empty
+/// cell of a nullable field is null, numbers and booleans are parsed, and
+/// anything else stays a string (the schema then says what is wrong).
+fn typed(fs: &Schema, cell: &Json) -> Option<Json> {
+    let Json::String(cell) = cell else {
+        return None;
+    };
+    let base = match fs {
+        Schema::Union(u) => u
+            .variants()
+            .iter()
+            .find(|v| !matches!(v, Schema::Null))
+            .unwrap_or(fs),
+        other => other,
+    };
+    Some(if cell.is_empty() && matches!(fs, Schema::Union(_)) {
+        Json::Null
+    } else {
+        match base {
+            Schema::Int | Schema::Long | Schema::TimestampMillis if cell.parse::<i64>().is_ok() => {
+                json!(cell.parse::<i64>().unwrap_or_default())
             }
-        };
-        out.insert(f.name.clone(), v);
-    }
-    Json::Object(out)
+            Schema::Float | Schema::Double => {
+                cell.parse::<f64>().map(|f| json!(f)).unwrap_or(json!(cell))
+            }
+            Schema::Boolean => match cell.as_str() {
+                "true" | "1" => json!(true),
+                "false" | "0" => json!(false),
+                _ => json!(cell),
+            },
+            _ => json!(cell),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -70,31 +70,18 @@ pub fn router_with(
 /// axum's own answers (an unknown path, a wrong method, a body over the
 /// limit) are plain text or empty.
 async fn json_errors(r: Response) -> Response {
-    let status = r.status();
-    let is_json = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return r;
-    }
-    let text = axum::body::to_bytes(r.into_body(), 64 << 10)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let error = match (text.is_empty(), status) {
-        (true, StatusCode::NOT_FOUND) => {
+    let (status, text) = match govbus_http::answer::plain_error(r).await {
+        Err(r) => return r,
+        Ok(plain) => plain,
+    };
+    let error = match (text, status) {
+        (None, StatusCode::NOT_FOUND) => {
             "no such endpoint: POST /v1/datasets/<owner>.<name>/changes[/batch], GET /v1/datasets"
                 .to_string()
         }
-        (true, StatusCode::METHOD_NOT_ALLOWED) => "method not allowed on this path".to_string(),
-        (true, _) => format!(
-            "HTTP {} {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        ),
-        (false, _) => text,
+        (None, StatusCode::METHOD_NOT_ALLOWED) => "method not allowed on this path".to_string(),
+        (None, _) => govbus_http::answer::status_line(status),
+        (Some(text), _) => text,
     };
     (status, Json(json!({"error": error, "errors": []}))).into_response()
 }

@@ -113,32 +113,9 @@ impl std::fmt::Debug for PgOutbox {
 pub fn unflatten(schema: &Schema, row: &Map<String, Json>) -> Json {
     let names = Names::of(schema);
     match record_of(schema, &names) {
-        Some(r) => nest(r, &names, row, ""),
+        Some(r) => govbus_schema::flat::nest(r, &names, row, &|_, v| Some(v.clone())),
         None => Json::Object(row.clone()),
     }
-}
-
-fn nest(
-    rec: &apache_avro::schema::RecordSchema,
-    names: &Names,
-    row: &Map<String, Json>,
-    prefix: &str,
-) -> Json {
-    let mut out = Map::new();
-    for f in &rec.fields {
-        let col = format!("{prefix}{}", f.name);
-        match record_of(names.resolve(&f.schema), names) {
-            Some(inner) => {
-                out.insert(f.name.clone(), nest(inner, names, row, &format!("{col}_")));
-            }
-            None => {
-                if let Some(v) = row.get(&col) {
-                    out.insert(f.name.clone(), v.clone());
-                }
-            }
-        }
-    }
-    Json::Object(out)
 }
 
 impl PgOutbox {

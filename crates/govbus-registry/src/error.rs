@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 
 use axum::response::{IntoResponse, Response};
 
-/// The registry's media type (Confluent's).
+/// Confluent's content type, on every answer.
 pub const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// An error the registry answers with.

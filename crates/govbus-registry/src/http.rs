@@ -19,11 +19,8 @@ use crate::state::{
 };
 use crate::store::KafkaStore;
 
-/// Confluent's content type.
-
-/// Largest request body read (a schema over 1 MiB inside it gets 42209).
-/// The default largest request body: 4 MiB (a schema with its
-/// references and contract).
+/// The default largest request body: 4 MiB, a schema with its references
+/// and contract (a schema itself over 1 MiB gets 42209).
 pub const MAX_BODY: usize = 4 << 20;
 
 type Shared = State<Arc<KafkaStore>>;
@@ -149,34 +146,19 @@ pub fn routes(
 /// text becomes the message and the HTTP status the error code, as
 /// Confluent's registry answers its generic errors.
 async fn confluent_errors(r: Response) -> Response {
-    let status = r.status();
-    let is_json = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return r;
-    }
-    let text = axum::body::to_bytes(r.into_body(), 64 << 10)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-        .unwrap_or_default();
-    let message = if text.is_empty() {
-        format!(
-            "HTTP {} {}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
+    match govbus_http::answer::plain_error(r).await {
+        Err(r) => r,
+        Ok((status, text)) => (
+            status,
+            [("content-type", CONTENT_TYPE)],
+            json!({
+                "error_code": status.as_u16(),
+                "message": text.unwrap_or_else(|| govbus_http::answer::status_line(status)),
+            })
+            .to_string(),
         )
-    } else {
-        text
-    };
-    (
-        status,
-        [("content-type", CONTENT_TYPE)],
-        json!({"error_code": status.as_u16(), "message": message}).to_string(),
-    )
-        .into_response()
+            .into_response(),
+    }
 }
 
 /// A query flag as Confluent's registry reads it (Java's

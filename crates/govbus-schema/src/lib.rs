@@ -20,6 +20,7 @@ pub mod cel;
 pub mod client;
 pub mod compat;
 pub mod envelope;
+pub mod flat;
 pub mod fuzz;
 pub mod json;
 pub mod limits;

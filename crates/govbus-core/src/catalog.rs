@@ -373,20 +373,31 @@ impl SubscriptionFile {
     }
 
     /// The first instant after the subscription ends (ms since the epoch), if it ends.
-    pub fn expires_ms(&self) -> Result<Option<i64>, String> {
+    pub fn expires_ms(&self) -> Result<Option<i64>, ExpiresError> {
         let Some(d) = &self.expires else {
             return Ok(None);
         };
         let date = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-            .map_err(|_| format!("expires `{d}` is not a date (YYYY-MM-DD)"))?;
+            .map_err(|_| ExpiresError::NotADate(d.clone()))?;
         let next = date
             .succ_opt()
-            .ok_or_else(|| format!("expires `{d}` is out of range"))?;
+            .ok_or_else(|| ExpiresError::OutOfRange(d.clone()))?;
         Ok(Some(
             next.and_hms_opt(0, 0, 0)
                 .map_or(i64::MAX, |t| t.and_utc().timestamp_millis()),
         ))
     }
+}
+
+/// A subscription's `expires` that is not a day it can end on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpiresError {
+    /// Not `YYYY-MM-DD`.
+    #[error("expires `{0}` is not a date (YYYY-MM-DD)")]
+    NotADate(String),
+    /// A date with no day after it.
+    #[error("expires `{0}` is out of range")]
+    OutOfRange(String),
 }
 
 /// A subscription with where it came from (for error messages).
@@ -813,11 +824,11 @@ pub fn parse_subscription(file: &str, text: &str) -> Result<SubscriptionSpec, Ca
             ),
         });
     }
-    if let Err(message) = parsed.expires_ms() {
+    if let Err(e) = parsed.expires_ms() {
         return Err(CatalogError::Invalid {
             file: file.to_string(),
             line: line_of(text, "expires"),
-            message,
+            message: e.to_string(),
         });
     }
     Ok(SubscriptionSpec {

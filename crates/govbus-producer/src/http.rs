@@ -333,7 +333,7 @@ async fn store(
                         vec![],
                     )
                 }
-                SubmitError::Encode(_) => {
+                SubmitError::Encode(_) | SubmitError::StoredState { .. } => {
                     tracing::error!(error = %msg, "cannot encode");
                     reject(
                         StatusCode::INTERNAL_SERVER_ERROR,

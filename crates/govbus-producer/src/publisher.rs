@@ -75,9 +75,32 @@ pub enum SubmitError {
     /// The store failed: retry later.
     #[error("store unavailable: {0}")]
     Store(#[from] StoreError),
-    /// The change could not be encoded (a bug or a corrupt stored state).
+    /// The change could not be encoded (a bug).
     #[error("cannot encode the change: {0}")]
-    Encode(String),
+    Encode(#[source] Box<apache_avro::Error>),
+    /// An entity's state stored as JSON by an earlier govbus no longer
+    /// reads as the entity.
+    #[error("cannot encode the change: stored state of {key}: {why}")]
+    StoredState {
+        /// The entity.
+        key: String,
+        /// What is wrong with it.
+        why: StoredStateError,
+    },
+}
+
+/// Why a state stored as JSON does not read as the entity.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredStateError {
+    /// Not JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Not of the entity's schema.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Schema(Vec<FieldError>),
+    /// Not encodable.
+    #[error("{0}")]
+    Avro(Box<apache_avro::Error>),
 }
 
 /// Setting the publisher up failed.
@@ -631,7 +654,7 @@ impl Publisher {
             .map(|a| {
                 a.map(|v| {
                     apache_avro::to_avro_datum(&w.entity, v)
-                        .map_err(|e| SubmitError::Encode(e.to_string()))
+                        .map_err(|e| SubmitError::Encode(Box::new(e)))
                 })
                 .transpose()
             })
@@ -708,16 +731,14 @@ impl Publisher {
 impl Writer {
     /// The datum of a state stored as JSON by an earlier govbus.
     fn legacy_datum(&self, key: &str, text: &str) -> Result<Vec<u8>, SubmitError> {
-        let bad = |why: String| SubmitError::Encode(format!("stored state of {key}: {why}"));
-        let json: Json = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let value = to_avro(&self.entity, &json).map_err(|errors| {
-            bad(errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "))
-        })?;
-        apache_avro::to_avro_datum(&self.entity, value).map_err(|e| bad(e.to_string()))
+        let bad = |why: StoredStateError| SubmitError::StoredState {
+            key: key.to_string(),
+            why,
+        };
+        let json: Json = serde_json::from_str(text).map_err(|e| bad(e.into()))?;
+        let value = to_avro(&self.entity, &json).map_err(|e| bad(StoredStateError::Schema(e)))?;
+        apache_avro::to_avro_datum(&self.entity, value)
+            .map_err(|e| bad(StoredStateError::Avro(Box::new(e))))
     }
 }
 

@@ -67,7 +67,7 @@ struct Reports {
     /// Sent and not yet reported.
     outstanding: AtomicUsize,
     /// The latest refusal, for the log.
-    error: Mutex<Option<String>>,
+    error: Mutex<Option<KafkaError>>,
     /// The relay thread, woken when every change in flight is reported, on
     /// a refusal, and every `WAKE_EVERY` reports (it also polls every 5 ms).
     relay: OnceLock<Thread>,
@@ -86,7 +86,7 @@ impl ProducerContext for Reports {
                 DELIVERED
             }
             Err((e, _)) => {
-                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
                 FAILED
             }
         };
@@ -271,7 +271,7 @@ impl Relay {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
-                    *reports.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    *reports.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     reports.slots[slot].store(FAILED, Ordering::Release);
                     reports.outstanding.fetch_sub(1, Ordering::AcqRel);
                     break;
@@ -333,7 +333,7 @@ impl Relay {
                         .unwrap_or_else(|p| p.into_inner())
                         .take();
                     tracing::warn!(
-                        error = error.as_deref().unwrap_or("refused"),
+                        error = error.map_or_else(|| "refused".to_string(), |e| e.to_string()),
                         id,
                         "broker refused change; will retry from it"
                     );

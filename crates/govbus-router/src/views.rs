@@ -164,7 +164,7 @@ pub fn compile_spec(
         topic: topics.view(&s.file.subscriber, &ds.id, ds.file.major),
         schema,
         codec: None,
-        expires_ms: s.file.expires_ms().map_err(|m| s.invalid(m))?,
+        expires_ms: s.file.expires_ms().map_err(|e| s.invalid(e.to_string()))?,
         unit_ended: s.file.unit_ended,
         expiry_reported: std::sync::atomic::AtomicBool::new(false),
         counters: ViewCounters::new(&s.file.subscriber, &ds.id),

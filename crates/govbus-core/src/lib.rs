@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod codes;
 pub mod dead;
 pub mod event;
+pub mod files;
 pub mod fuzz;
 pub mod health;
 pub mod report;

@@ -30,7 +30,7 @@ use std::path::Path;
 use chrono::{Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{line_of, CatalogError, DatasetId};
+use crate::files::{line_of, CatalogError, DatasetId};
 
 /// A text in Vietnamese and English.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -325,7 +325,7 @@ pub fn load_reports(dir: &Path) -> Result<Vec<ReportSpec>, CatalogError> {
         return Ok(Vec::new());
     }
     let mut out: Vec<ReportSpec> = Vec::new();
-    for path in crate::catalog::toml_files(dir)? {
+    for path in crate::files::toml_files(dir)? {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(&path).map_err(|source| CatalogError::Io {
             file: file.clone(),

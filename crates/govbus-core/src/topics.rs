@@ -1,7 +1,7 @@
 //! Topic names. Every name goes through [`Topics`] so that a test (or a
 //! shared cluster) can put all of govbus under a prefix.
 
-use crate::catalog::DatasetId;
+use crate::files::DatasetId;
 
 const REPLAY_SUFFIX: &str = ".replay";
 

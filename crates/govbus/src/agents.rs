@@ -93,12 +93,27 @@ where
     }
 }
 
+/// The first steps of every long-running agent: its configuration (the
+/// file, and the variables for its section), its operations endpoint and
+/// readiness, its own section, and a first connection to Kafka, which
+/// stops it at once if the cluster cannot be reached as configured.
+async fn start<T: Clone>(
+    file: Option<&Path>,
+    agent: Agent,
+    section: impl Fn(&GovbusConfig) -> &Option<T>,
+    kafka: impl Fn(&T) -> &govbus_kafka_client::KafkaConfig,
+) -> anyhow::Result<(GovbusConfig, Arc<Readiness>, T)> {
+    let cfg = GovbusConfig::load(file, Some(agent))?;
+    let ready = ops(&cfg).await?;
+    let own = GovbusConfig::section(section(&cfg), agent.section(), file)?.clone();
+    connect(kafka(&own)).await?;
+    Ok((cfg, ready, own))
+}
+
 /// `govbus registry`.
 pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file, Some(Agent::Registry))?;
-    let ready = ops(&cfg).await?;
-    let r = GovbusConfig::section(&cfg.registry, "registry", file)?;
-    connect(&r.kafka).await?;
+    let (cfg, ready, r) = start(file, Agent::Registry, |c| &c.registry, |r| &r.kafka).await?;
+    let r = &r;
     // New versions of a dataset's schema must not break the subscriptions
     // in force: those on the control topic, which the registry follows.
     let topics = govbus_core::Topics::new(&r.topic_prefix);
@@ -143,10 +158,7 @@ pub(crate) async fn connect(kafka: &govbus_kafka_client::KafkaConfig) -> anyhow:
 
 /// `govbus route`.
 pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
-    let ready = ops(&cfg).await?;
-    let r = GovbusConfig::section(&cfg.router, "router", file)?.clone();
-    connect(&r.kafka).await?;
+    let (cfg, ready, r) = start(file, Agent::Router, |c| &c.router, |r| &r.kafka).await?;
     crate::ops::watch_registry(&r.registry, r.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     let stop = stop_flag();
@@ -161,10 +173,7 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `govbus produce`.
 pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file, Some(Agent::Producer))?;
-    let ready = ops(&cfg).await?;
-    let p = GovbusConfig::section(&cfg.producer, "producer", file)?.clone();
-    connect(&p.kafka).await?;
+    let (cfg, ready, p) = start(file, Agent::Producer, |c| &c.producer, |p| &p.kafka).await?;
     crate::ops::watch_registry(&p.registry, p.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;
@@ -318,10 +327,7 @@ pub(crate) async fn status(files: Vec<std::path::PathBuf>) -> anyhow::Result<()>
 
 /// `govbus consume`.
 pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
-    let cfg = GovbusConfig::load(file, Some(Agent::Consumer))?;
-    let ready = ops(&cfg).await?;
-    let c = GovbusConfig::section(&cfg.consumer, "consumer", file)?.clone();
-    connect(&c.kafka).await?;
+    let (cfg, ready, c) = start(file, Agent::Consumer, |c| &c.consumer, |c| &c.kafka).await?;
     crate::ops::watch_registry(&c.registry, c.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     let stop = stop_flag();

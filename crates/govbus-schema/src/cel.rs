@@ -198,7 +198,7 @@ impl Filter {
         // cel-parser 0.10 panics on some malformed input (an ANTLR visitor
         // hitting `unreachable!`); a subscription file is input, so turn that
         // into an error instead of taking the router down.
-        let parsed = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source))
+        let parsed = crate::contained::run(|| cel_parser::Parser::default().parse(source))
             .map_err(|_| {
                 format!("CEL syntax error in `{source}`: the expression is incomplete or malformed")
             })?;
@@ -236,7 +236,7 @@ impl Filter {
                 check_path(schema, &names, &path).map_err(|e| format!("{name}[...]: {e}"))?;
             }
         }
-        let program = std::panic::catch_unwind(|| Program::compile(source))
+        let program = crate::contained::run(|| Program::compile(source))
             .map_err(|_| format!("CEL syntax error in `{source}`"))?
             .map_err(|e| format!("CEL syntax error in `{source}`: {e}"))?;
         Ok(Self {
@@ -259,7 +259,7 @@ impl Filter {
 
     /// The field paths `source` reads (empty when it does not parse).
     pub fn paths(source: &str) -> Vec<Vec<String>> {
-        let Ok(Ok(ast)) = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source))
+        let Ok(Ok(ast)) = crate::contained::run(|| cel_parser::Parser::default().parse(source))
         else {
             return vec![];
         };

@@ -19,6 +19,7 @@ pub mod bytes;
 pub mod cel;
 pub mod client;
 pub mod compat;
+pub mod contained;
 pub mod envelope;
 pub mod flat;
 pub mod fuzz;
@@ -66,7 +67,7 @@ pub fn parse_list(texts: &[&str]) -> Result<Vec<Schema>, SchemaError> {
         }
         .map_err(|e| SchemaError(e.to_string()))
     };
-    std::panic::catch_unwind(run)
+    crate::contained::run(run)
         .unwrap_or_else(|_| Err(SchemaError("the Avro parser failed on this schema".into())))
 }
 

@@ -569,6 +569,16 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A third-party parser's panic that govbus catches (and turns into a
+    // refusal) is not a crash: it is not printed as one.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if govbus_schema::contained::is_contained() {
+            tracing::debug!(panic = %info, "a parser's panic, caught and refused");
+        } else {
+            default_hook(info);
+        }
+    }));
     let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

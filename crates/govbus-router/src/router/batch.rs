@@ -116,9 +116,10 @@ pub(crate) struct Scratch {
 }
 
 /// Writer schema ids the fast path accepts (true) or not (false), learnt
-/// once per id.
+/// once per value subject and id: an id is accepted only for a topic whose
+/// subject it is registered under.
 #[derive(Debug, Default)]
-pub(crate) struct FastIds(std::sync::Mutex<HashMap<u32, bool>>);
+pub(crate) struct FastIds(std::sync::Mutex<HashMap<(String, u32), bool>>);
 
 impl FastIds {
     fn accepts(
@@ -128,11 +129,13 @@ impl FastIds {
         id: u32,
         resolver: &dyn SchemaResolver,
     ) -> bool {
+        // Asked only when a record's id differs from the one before it.
+        let key = (subject.to_string(), id);
         let mut ids = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match ids.get(&id) {
+        match ids.get(&key) {
             Some(ok) => *ok,
             None => match resolver.resolve_in(subject, id) {
-                Ok(writer) => *ids.entry(id).or_insert(fast.accepts(&writer)),
+                Ok(writer) => *ids.entry(key).or_insert(fast.accepts(&writer)),
                 Err(_) => false,
             },
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use govbus_consumer::report::{Cell, Report};
 use govbus_consumer::sink::{Row, Sink};
 use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
-use govbus_consumer::{PostgresSink, SqliteSink};
+use govbus_consumer::SqlSink;
 use govbus_e2e::{pg_url, unique};
 use govbus_producer::store::{Entity, NewChange, State};
 use govbus_producer::{OutboxStore, PostgresStore, SqliteStore};
@@ -233,7 +233,7 @@ fn sink_applies_in_sequence_to_json_lines_exactly_once() {
 fn sink_applies_in_sequence_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
-    sink_scenario(&mut SqliteSink::open(path.to_str().unwrap()).unwrap());
+    sink_scenario(&mut SqlSink::sqlite(path.to_str().unwrap()).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
     let (name, dob, ts): (String, String, String) = conn
         .query_row(
@@ -250,7 +250,7 @@ fn sink_applies_in_sequence_on_sqlite() {
 
 #[test]
 fn sink_applies_in_sequence_on_postgres_row_by_row() {
-    let mut sink = PostgresSink::open(&pg_url(), &unique("sink_")).unwrap();
+    let mut sink = SqlSink::postgres(&pg_url(), &unique("sink_")).unwrap();
     sink.set_row_by_row(true);
     sink_scenario(&mut sink);
 }
@@ -258,7 +258,7 @@ fn sink_applies_in_sequence_on_postgres_row_by_row() {
 #[test]
 fn sink_applies_in_sequence_on_postgres() {
     let schema = unique("sink_");
-    sink_scenario(&mut PostgresSink::open(&pg_url(), &schema).unwrap());
+    sink_scenario(&mut SqlSink::postgres(&pg_url(), &schema).unwrap());
     let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
     let r = c
         .query_one(
@@ -290,7 +290,7 @@ fn postgres_sink_survives_the_database_going_away_and_coming_back() {
         "GOVBUS_TEST_POSTGRES must name 127.0.0.1:5432 for this test"
     );
     let schema = unique("gone_");
-    let mut sink = PostgresSink::open(&via, &schema).unwrap();
+    let mut sink = SqlSink::postgres(&via, &schema).unwrap();
     let t = table();
     sink.ensure_table(&t).unwrap();
     let topic = unique("sub.");
@@ -328,11 +328,9 @@ fn postgres_sink_survives_the_database_going_away_and_coming_back() {
 fn a_new_optional_field_adds_a_column() {
     for backend in ["sqlite", "postgres"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink: Box<dyn Sink> = match backend {
-            "sqlite" => {
-                Box::new(SqliteSink::open(dir.path().join("p.db").to_str().unwrap()).unwrap())
-            }
-            _ => Box::new(PostgresSink::open(&pg_url(), &unique("grow_")).unwrap()),
+        let mut sink = match backend {
+            "sqlite" => SqlSink::sqlite(dir.path().join("p.db").to_str().unwrap()).unwrap(),
+            _ => SqlSink::postgres(&pg_url(), &unique("grow_")).unwrap(),
         };
         let t1 = table();
         sink.ensure_table(&t1).unwrap();
@@ -354,7 +352,11 @@ fn a_new_optional_field_adds_a_column() {
         let done = sink.apply(&[r, old], &[]).unwrap();
         assert_eq!(done.upserts, 2, "{backend}");
         assert_eq!(
-            sink.table_status("bca_residents").unwrap().unwrap().0,
+            sink.store()
+                .table_status("bca_residents")
+                .unwrap()
+                .unwrap()
+                .0,
             3,
             "{backend}"
         );
@@ -459,17 +461,17 @@ fn resident(t: &Arc<TableDef>, key: &str, seq: i64, at: Option<(&str, &str)>) ->
 /// it was counted in to its new one, in the rows' transaction; a stale
 /// change and a re-sent row move nothing; a rebuild from the table gives
 /// the same figures.
-fn report_scenario(s: &mut dyn Sink) {
+fn report_scenario(s: &mut SqlSink) {
     let (t, r) = residents();
     let cell =
         |commune: &str, year: &str| -> Cell { vec![commune.into(), "FEMALE".into(), year.into()] };
-    let figures = |s: &mut dyn Sink| {
-        let mut cells = s.report_cells(&r.id()).unwrap();
+    let figures = |s: &mut SqlSink| {
+        let mut cells = s.store().report_cells(&r.id()).unwrap();
         cells.sort();
         cells
     };
     s.ensure_table(&t).unwrap();
-    s.set_reports(vec![r.clone()]).unwrap();
+    s.set_reports(vec![r.clone()]);
     s.apply(
         &[
             resident(&t, "a", 1, Some(("21553", "1990-01-01"))),
@@ -529,7 +531,7 @@ fn report_scenario(s: &mut dyn Sink) {
         .unwrap();
     assert_eq!(figures(s)[0], (cell("21553", "1950"), 1));
     // Built from the table: the same figures.
-    let (members, kept) = govbus_consumer::build::count_table(&r, &t, s)
+    let (members, kept) = govbus_consumer::build::count_table(&r, &t, s.store())
         .unwrap()
         .unwrap();
     assert!(govbus_consumer::build::compare(&kept, &members)
@@ -546,17 +548,17 @@ fn report_scenario(s: &mut dyn Sink) {
 
 #[test]
 fn a_report_follows_its_rows_on_sqlite() {
-    report_scenario(&mut SqliteSink::open(":memory:").unwrap());
+    report_scenario(&mut SqlSink::sqlite(":memory:").unwrap());
 }
 
 #[test]
 fn a_report_follows_its_rows_on_postgres() {
-    report_scenario(&mut PostgresSink::open(&pg_url(), &unique("report_")).unwrap());
+    report_scenario(&mut SqlSink::postgres(&pg_url(), &unique("report_")).unwrap());
 }
 
 #[test]
 fn a_report_follows_its_rows_on_postgres_row_by_row() {
-    let mut sink = PostgresSink::open(&pg_url(), &unique("report_")).unwrap();
+    let mut sink = SqlSink::postgres(&pg_url(), &unique("report_")).unwrap();
     sink.set_row_by_row(true);
     report_scenario(&mut sink);
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::bail;
 use govbus_consumer::report::Report;
 use govbus_consumer::sink::Sink;
-use govbus_consumer::PostgresSink;
+use govbus_consumer::SqlSink;
 use govbus_core::Catalog;
 use govbus_e2e::{pg_url, unique};
 
@@ -42,13 +42,13 @@ fn once(way: Way, n: usize, batch: usize, report: &Arc<Report>) -> anyhow::Resul
     let t = crate::table();
     let data = crate::rows(&t, n);
     let schema = unique("bench_");
-    let mut sink = PostgresSink::open(&pg_url(), &schema)?;
+    let mut sink = SqlSink::postgres(&pg_url(), &schema)?;
     sink.ensure_table(&t)?;
     if matches!(way, Way::Report | Way::Both) {
-        sink.set_reports(vec![report.clone()])?;
+        sink.set_reports(vec![report.clone()]);
     }
     if matches!(way, Way::Receipts | Way::Both) {
-        sink.set_receipts("p52")?;
+        sink.set_receipts("p52");
     }
     let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
     // The sink's backend: the newest connection of this database's user

@@ -25,7 +25,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use govbus_consumer::sink::{Row, Sink};
 use govbus_consumer::table::{ColType, Column, SqlValue, TableDef};
-use govbus_consumer::PostgresSink;
+use govbus_consumer::SqlSink;
 use govbus_core::{Catalog, Topics};
 use govbus_e2e::{pg_url, runtime, start_registry, unique, Broker};
 use govbus_producer::demo::DemoWorld;
@@ -445,7 +445,7 @@ fn sink(n: usize, batch: usize) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for row_by_row in [false, true] {
         let schema = unique("bench_");
-        let mut sink = PostgresSink::open(&pg_url(), &schema)?;
+        let mut sink = SqlSink::postgres(&pg_url(), &schema)?;
         sink.set_row_by_row(row_by_row);
         sink.ensure_table(&t)?;
         let start = Instant::now();

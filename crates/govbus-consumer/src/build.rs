@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use govbus_core::{Catalog, Topics};
 use govbus_schema::{RegistryClient, Schema};
 
+use crate::db::DbError;
 use crate::report::{Cell, Report};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{SinkError, SqlSink};
+use crate::store::Store;
 use crate::table::{table_def, TableDef};
 
 /// Why a report could not be built or checked.
@@ -75,21 +77,21 @@ pub fn view_table(
 pub fn count_table(
     report: &Report,
     table: &TableDef,
-    sink: &mut dyn Sink,
-) -> Result<Option<(Vec<(String, Cell)>, Vec<(Cell, i64)>)>, SinkError> {
+    store: &mut Store,
+) -> Result<Option<(Vec<(String, Cell)>, Vec<(Cell, i64)>)>, DbError> {
     let mut members = Vec::new();
-    let cells = sink.scan(table, Some(&report.id()), &mut |values| {
+    let cells = store.scan(table, Some(&report.id()), &mut |values| {
         let row = crate::report::TableRow { table, values };
         let cell = report.cell(&row).unwrap_or_else(|e| {
             govbus_core::InternalEvent::emit(crate::events::Uncounted {
                 report,
-                key: &crate::sink::key_text(&values[0]),
+                key: &crate::table::value_key(&values[0]),
                 error: &e,
             });
             None
         });
         if let Some(c) = cell {
-            members.push((crate::sink::key_text(&values[0]), c));
+            members.push((crate::table::value_key(&values[0]), c));
         }
     })?;
     Ok(cells.map(|c| (members, c)))
@@ -100,14 +102,14 @@ pub fn count_table(
 pub fn build_if_changed(
     report: &Report,
     table: Option<&TableDef>,
-    sink: &mut dyn Sink,
+    sink: &mut SqlSink,
 ) -> Result<bool, SinkError> {
     let def = report.definition();
-    if sink.report_definition(&report.id())?.as_deref() == Some(def.as_str()) {
+    if sink.store().report_definition(&report.id())?.as_deref() == Some(def.as_str()) {
         return Ok(false);
     }
     let members = match table {
-        Some(t) => count_table(report, t, sink)?
+        Some(t) => count_table(report, t, sink.store())?
             .map(|x| x.0)
             .unwrap_or_default(),
         None => Vec::new(),

@@ -144,6 +144,9 @@ pub enum ConsumerError {
     /// The sink could not be opened.
     #[error("sink: {0}")]
     Sink(#[from] SinkError),
+    /// The sink's database could not be read.
+    #[error("{0}")]
+    Db(#[from] crate::db::DbError),
     /// A report over the subscriber's view cannot be kept.
     #[error(transparent)]
     Report(#[from] crate::report::ReportError),
@@ -264,7 +267,7 @@ pub fn run_reporting(
         govbus_kafka_client::acl::Operation::Read,
         &views,
     )?;
-    let mut sink = cfg.sink.build()?;
+    let mut sink = cfg.sink.open()?;
     let resolver = SchemaCache::new(RegistryClient::with_access(
         &cfg.registry,
         cfg.registry_access.as_ref(),
@@ -273,9 +276,28 @@ pub fn run_reporting(
         .reports_of(&cfg.subscriber)
         .map(|r| Report::compile(r, catalog).map(Arc::new))
         .collect::<Result<_, _>>()?;
-    sink.set_reports(reports.clone())?;
-    sink.set_receipts(&cfg.subscriber)?;
-    let mut receipts = ReceiptFeed::start(&cfg.kafka, &topics, &cfg.subscriber, &mut *sink)?;
+    let mut receipts = match sink.sql() {
+        Some(sql) => {
+            sql.set_reports(reports.clone());
+            sql.set_receipts(&cfg.subscriber);
+            Some(ReceiptFeed::start(
+                &cfg.kafka,
+                &topics,
+                &cfg.subscriber,
+                sql,
+            )?)
+        }
+        None => match reports.first() {
+            Some(r) => {
+                return Err(SinkError::NoReports {
+                    report: r.id(),
+                    sink: sink.sink().kind(),
+                }
+                .into())
+            }
+            None => None,
+        },
+    };
     for r in &reports {
         let deadline = Instant::now() + Duration::from_secs(60);
         let table = loop {
@@ -291,19 +313,20 @@ pub fn run_reporting(
                 other => break other?,
             }
         };
-        build::build_if_changed(r, table.as_ref(), &mut *sink)?;
+        if let Some(sql) = sink.sql() {
+            build::build_if_changed(r, table.as_ref(), sql)?;
+        }
     }
-    let mut freezer = Freezer::new(&reports, catalog, &topics, &mut *sink)?;
-    let mut feed = if reports.is_empty() {
-        None
-    } else {
-        Some(ReportFeed::start(
+    let mut freezer = Freezer::new(&reports, catalog, &topics, sink.sql())?;
+    let mut feed = match sink.sql() {
+        Some(sql) if !reports.is_empty() => Some(ReportFeed::start(
             &cfg.kafka,
             &topics,
             resolver.client(),
             &reports,
-            &mut *sink,
-        )?)
+            sql.store(),
+        )?),
+        _ => None,
     };
     let mut tables: HashMap<u32, Arc<TableDef>> = HashMap::new();
     let mut session_cfg = cfg.clone();
@@ -311,7 +334,7 @@ pub fn run_reporting(
         match session(
             &session_cfg,
             &inputs,
-            &mut *sink,
+            &mut sink,
             &resolver,
             &mut tables,
             &mut Reporting {
@@ -358,7 +381,7 @@ struct Around<'a> {
 struct Reporting<'a> {
     feed: &'a mut Option<ReportFeed>,
     freezer: &'a mut Freezer,
-    receipts: &'a mut ReceiptFeed,
+    receipts: &'a mut Option<ReceiptFeed>,
 }
 
 /// One consumer session: assigned at the sink's stored offsets, applying
@@ -366,7 +389,7 @@ struct Reporting<'a> {
 fn session(
     cfg: &ConsumerConfig,
     inputs: &HashMap<String, Input>,
-    sink: &mut dyn sink::Sink,
+    opened: &mut sink::Opened,
     resolver: &SchemaCache,
     tables: &mut HashMap<u32, Arc<TableDef>>,
     reporting: &mut Reporting<'_>,
@@ -383,7 +406,7 @@ fn session(
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in inputs.keys() {
-        let stored = sink.offsets(topic)?;
+        let stored = opened.sink().offsets(topic)?;
         for p in partitions(&consumer, topic)? {
             let off = stored
                 .get(&p)
@@ -414,7 +437,9 @@ fn session(
                 backlog: s.backlog,
             });
         }
-        reporting.freezer.tick(sink, govbus_core::now_ms());
+        if let Some(sql) = opened.sql() {
+            reporting.freezer.tick(sql, govbus_core::now_ms());
+        }
         if batch.is_empty() {
             continue;
         }
@@ -466,7 +491,7 @@ fn session(
                     match def {
                         Ok(t) => {
                             let t = Arc::new(t);
-                            sink.ensure_table(&t)?;
+                            opened.sink().ensure_table(&t)?;
                             tables.insert(id, t.clone());
                             t
                         }
@@ -509,7 +534,7 @@ fn session(
             // The database may be unavailable for a moment: wait for it
             // like for a batch, never give up on the ledger.
             let mut attempt = 0u32;
-            while let Err(e) = sink.record_dead(&records) {
+            while let Err(e) = opened.sink().record_dead(&records) {
                 retry_after(&cfg.subscriber, &mut attempt, e, stop)?;
             }
             for d in &records {
@@ -527,10 +552,10 @@ fn session(
         // Never skip: retry the same batch until it lands or we are stopped.
         let mut attempt = 0u32;
         loop {
-            let applied = match sink.apply(&rows, &offsets) {
+            let applied = match opened.sink().apply(&rows, &offsets) {
                 Err(e) if e.refusal().is_some() => apply_one_by_one(
                     &cfg.subscriber,
-                    sink,
+                    opened.sink(),
                     &rows,
                     &sources,
                     &batch,
@@ -551,11 +576,15 @@ fn session(
                         apply_ms: t_apply.elapsed().as_secs_f64() * 1e3,
                     }
                     .emit();
-                    if let Some(f) = reporting.feed.as_mut() {
-                        f.apply(sink.take_touched())?;
+                    if let Some(sql) = opened.sql() {
+                        if let Some(f) = reporting.feed.as_mut() {
+                            f.apply(sql.take_touched())?;
+                        }
+                        if let Some(feed) = reporting.receipts.as_mut() {
+                            let written = sql.take_receipts();
+                            feed.publish(written, sql);
+                        }
                     }
-                    let written = sink.take_receipts();
-                    reporting.receipts.publish(written, sink);
                     break;
                 }
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),
@@ -628,7 +657,7 @@ pub struct Status {
 /// Reads the state of each of the subscriber's views from its sink and the cluster.
 pub fn status(cfg: &ConsumerConfig, catalog: &Catalog) -> Result<Vec<Status>, ConsumerError> {
     let topics = Topics::new(&cfg.topic_prefix);
-    let mut sink = cfg.sink.build()?;
+    let mut sink = cfg.sink.store()?;
     let consumer: BaseConsumer = cfg.kafka.consumer("govbus-status").create()?;
     let mut out = Vec::new();
     for s in catalog

@@ -4,7 +4,7 @@
 
 use govbus_core::InternalEvent;
 
-use crate::sink::{Applied, Dead};
+use crate::change::{Applied, Dead};
 
 /// A batch applied with its offsets, in one transaction.
 #[derive(Debug)]
@@ -180,7 +180,7 @@ pub struct SnapshotDeferred<'a> {
     /// The period end it freezes.
     pub at: chrono::NaiveDate,
     /// Why.
-    pub error: &'a crate::sink::SinkError,
+    pub error: &'a dyn std::error::Error,
 }
 
 impl InternalEvent for SnapshotDeferred<'_> {
@@ -199,7 +199,7 @@ pub struct ReceiptsDeferred<'a> {
     /// The subscriber.
     pub subscriber: &'a str,
     /// Why.
-    pub error: &'a crate::publish::PublishError,
+    pub error: &'a dyn std::error::Error,
 }
 
 impl InternalEvent for ReceiptsDeferred<'_> {
@@ -213,18 +213,23 @@ impl InternalEvent for ReceiptsDeferred<'_> {
 /// A report frozen at the end of its period.
 #[derive(Debug)]
 pub struct SnapshotFrozen<'a> {
-    /// The snapshot.
-    pub snapshot: &'a crate::snapshot::Snapshot,
+    /// The report.
+    pub report: &'a str,
+    /// The date it is the report of.
+    pub at: chrono::NaiveDate,
+    /// The figures' sum.
+    pub total: i64,
+    /// Its digest.
+    pub digest: &'a str,
     /// Whether it was stored now (false: one of that date was stored).
     pub stored: bool,
 }
 
 impl InternalEvent for SnapshotFrozen<'_> {
     fn emit(self) {
-        let s = self.snapshot;
-        tracing::info!(report = s.report, at = %s.at, total = s.total, digest = s.digest, stored = self.stored, "report frozen at the end of its period");
+        tracing::info!(report = self.report, at = %self.at, total = self.total, digest = self.digest, stored = self.stored, "report frozen at the end of its period");
         if self.stored {
-            metrics::counter!("govbus_report_snapshots_total", "report" => s.report.clone())
+            metrics::counter!("govbus_report_snapshots_total", "report" => self.report.to_string())
                 .increment(1);
         }
     }

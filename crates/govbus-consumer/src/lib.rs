@@ -4,7 +4,9 @@
 //! change whose entity sequence is not newer than the stored one is skipped.
 
 pub mod build;
+pub mod change;
 pub mod consumer;
+pub mod db;
 mod deadletter;
 pub mod events;
 pub mod publish;
@@ -13,7 +15,9 @@ pub mod reconcile;
 pub mod report;
 pub mod sink;
 pub mod snapshot;
+pub mod store;
 pub mod table;
 
 pub use consumer::{run, run_reporting, status, ConsumerConfig, ConsumerError, Status};
-pub use sink::{PostgresSink, Sink, SinkConfig, SinkError, SqliteSink};
+pub use sink::{Opened, Sink, SinkConfig, SinkError, SqlSink};
+pub use store::Store;

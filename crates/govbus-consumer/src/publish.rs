@@ -28,7 +28,8 @@ use serde_json::json;
 use crate::events::{ReceiptsDeferred, ReportPublished};
 use crate::receipt::Receipt;
 use crate::report::{cell_text, Cell, Report};
-use crate::sink::Sink;
+use crate::sink::SqlSink;
+use crate::store::Store;
 
 /// Why figures could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,9 @@ pub enum PublishError {
     /// The sink could not give the stored figures.
     #[error("sink: {0}")]
     Sink(#[from] crate::sink::SinkError),
+    /// The database could not give the stored figures or receipts.
+    #[error("{0}")]
+    Db(#[from] crate::db::DbError),
     /// A figure could not be encoded.
     #[error("encoding a figure of {topic}: {message}")]
     Encode {
@@ -179,7 +183,7 @@ impl ReportFeed {
         topics: &Topics,
         registry: &RegistryClient,
         reports: &[Arc<Report>],
-        sink: &mut dyn Sink,
+        store: &mut Store,
     ) -> Result<Self, PublishError> {
         let failed = Arc::new(AtomicBool::new(false));
         let producer = kafka.producer().create_with_context(Deliveries {
@@ -200,7 +204,7 @@ impl ReportFeed {
                     topic: topic.clone(),
                     source,
                 })?;
-            let stored: BTreeMap<Cell, i64> = sink.report_cells(&r.id())?.into_iter().collect();
+            let stored: BTreeMap<Cell, i64> = store.report_cells(&r.id())?.into_iter().collect();
             let mut feed = Feed {
                 report: r.clone(),
                 topic,
@@ -400,7 +404,7 @@ impl ReceiptFeed {
         kafka: &KafkaConfig,
         topics: &Topics,
         subscriber: &str,
-        sink: &mut dyn Sink,
+        sink: &mut SqlSink,
     ) -> Result<Self, PublishError> {
         let topic = topics.receipts(subscriber);
         ensure_topics(kafka, &[TopicSpec::retained(topic.clone(), 4)])?;
@@ -428,10 +432,11 @@ impl ReceiptFeed {
 
     /// Sends every stored receipt after the last acknowledged one, and
     /// waits for the cluster to acknowledge them.
-    fn catch_up(&mut self, sink: &mut dyn Sink) -> Result<(), PublishError> {
+    fn catch_up(&mut self, sink: &mut SqlSink) -> Result<(), PublishError> {
         self.sent = self.published;
         loop {
             let batch: Vec<Receipt> = sink
+                .store()
                 .receipts(self.sent + 1, 1000)?
                 .into_iter()
                 .filter(|r| r.subscriber == self.subscriber)
@@ -471,7 +476,7 @@ impl ReceiptFeed {
     /// Writes down the last receipt acknowledged (every [`MARK_EVERY`], or
     /// now), unless a delivery failed: then the next batch sends again
     /// from the last one written down.
-    fn mark(&mut self, sink: &mut dyn Sink, now: bool) -> Result<(), PublishError> {
+    fn mark(&mut self, sink: &mut SqlSink, now: bool) -> Result<(), PublishError> {
         // Read before the failure flag: deliveries are reported in order,
         // so a failure before the acknowledged receipt is already flagged.
         let acked = self.acked.load(Ordering::Relaxed).min(self.sent);
@@ -493,7 +498,7 @@ impl ReceiptFeed {
     /// loses nothing: it is logged, counted, and the next batch sends
     /// again from the last acknowledged receipt. It never stops the
     /// consumer.
-    pub fn publish(&mut self, receipts: Vec<Receipt>, sink: &mut dyn Sink) {
+    pub fn publish(&mut self, receipts: Vec<Receipt>, sink: &mut SqlSink) {
         let gap = receipts.first().is_some_and(|r| r.seq > self.sent + 1);
         let done = if self.behind || gap {
             self.behind = false;

@@ -9,7 +9,10 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::db::DbError;
 use crate::report::{Cell, Report};
+use crate::sink::{SinkError, SqlSink};
+use crate::store::{Store, StoredSnapshot};
 
 /// A report's figures frozen at a date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +84,27 @@ impl Snapshot {
             self.offsets,
         ]);
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
+    /// The snapshot as the database stores it.
+    pub fn stored(&self) -> StoredSnapshot {
+        StoredSnapshot {
+            report: self.report.clone(),
+            at: self.at.to_string(),
+            taken_ms: self.taken_ms,
+            total: self.total,
+            digest: self.digest.clone(),
+            body: serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+
+    /// A stored snapshot, with its digest as stored (so that
+    /// [`Snapshot::verify`] finds a change); None: its content does not
+    /// read as a snapshot.
+    pub fn from_stored(s: &StoredSnapshot) -> Option<Self> {
+        let mut out: Snapshot = serde_json::from_str(&s.body).ok()?;
+        out.digest = s.digest.clone();
+        Some(out)
     }
 
     /// Whether the content still matches its digest.
@@ -311,6 +335,16 @@ pub fn view_topics(
         .unwrap_or_default()
 }
 
+/// A report's stored snapshots, oldest first (those whose content does
+/// not read are left out).
+pub fn stored(store: &mut Store, report: &str) -> Result<Vec<Snapshot>, DbError> {
+    Ok(store
+        .snapshots(report)?
+        .iter()
+        .filter_map(Snapshot::from_stored)
+        .collect())
+}
+
 /// Freezes `report` at `at` from what the sink holds now (figures and
 /// offsets read in one snapshot) and stores it, unless one of that date is
 /// stored already: the stored one wins, and it is returned.
@@ -318,17 +352,16 @@ pub fn freeze_now(
     report: &Report,
     at: NaiveDate,
     view_topics: &[String],
-    sink: &mut dyn crate::sink::Sink,
-) -> Result<(Snapshot, bool), crate::sink::SinkError> {
+    sink: &mut SqlSink,
+) -> Result<(Snapshot, bool), SinkError> {
     let (cells, offsets) = sink
-        .figures_and_offsets(&report.id(), view_topics)?
-        .unwrap_or_default();
+        .store()
+        .figures_and_offsets(&report.id(), view_topics)?;
     let snap = Snapshot::freeze(report, at, govbus_core::now_ms(), &cells, offsets);
-    if sink.save_snapshot(&snap)? {
+    if sink.save_snapshot(&snap.stored())? {
         return Ok((snap, true));
     }
-    let stored = sink
-        .snapshots(&report.id())?
+    let stored = stored(sink.store(), &report.id())?
         .into_iter()
         .find(|s| s.at == at)
         .unwrap_or(snap);
@@ -352,16 +385,25 @@ impl Freezer {
         reports: &[std::sync::Arc<Report>],
         catalog: &govbus_core::Catalog,
         topics: &govbus_core::Topics,
-        sink: &mut dyn crate::sink::Sink,
-    ) -> Result<Self, crate::sink::SinkError> {
+        sink: Option<&mut SqlSink>,
+    ) -> Result<Self, SinkError> {
         let mut out = Vec::new();
-        for r in reports.iter().filter(|r| r.file.schedule.is_some()) {
-            let newest = sink.snapshots(&r.id())?.last().map(|s| s.at).or_else(|| {
-                r.file
-                    .schedule
-                    .as_ref()
-                    .and_then(|s| s.due(None, govbus_core::now_ms()))
+        let Some(sink) = sink else {
+            return Ok(Self {
+                reports: out,
+                next_check: std::time::Instant::now(),
             });
+        };
+        for r in reports.iter().filter(|r| r.file.schedule.is_some()) {
+            let newest = stored(sink.store(), &r.id())?
+                .last()
+                .map(|s| s.at)
+                .or_else(|| {
+                    r.file
+                        .schedule
+                        .as_ref()
+                        .and_then(|s| s.due(None, govbus_core::now_ms()))
+                });
             out.push((r.clone(), view_topics(r, catalog, topics), newest));
         }
         Ok(Self {
@@ -373,7 +415,7 @@ impl Freezer {
     /// Freezes what is due at `now_ms`. A snapshot that cannot be stored
     /// now (the database unavailable for a moment) is logged and tried
     /// again at the next check; it never stops the consumer.
-    pub fn tick(&mut self, sink: &mut dyn crate::sink::Sink, now_ms: i64) {
+    pub fn tick(&mut self, sink: &mut SqlSink, now_ms: i64) {
         let now = std::time::Instant::now();
         if now < self.next_check {
             return;
@@ -392,7 +434,10 @@ impl Freezer {
                 Ok((snap, stored)) => {
                     *newest = Some(due);
                     govbus_core::InternalEvent::emit(crate::events::SnapshotFrozen {
-                        snapshot: &snap,
+                        report: &snap.report,
+                        at: snap.at,
+                        total: snap.total,
+                        digest: &snap.digest,
                         stored,
                     });
                 }

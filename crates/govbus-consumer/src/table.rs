@@ -54,6 +54,16 @@ pub enum SqlValue {
     Timestamp(i64),
 }
 
+/// A key as text, from its column's value (as the view's record key
+/// gives it).
+pub fn value_key(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Text(s) | SqlValue::Date(s) => s.clone(),
+        SqlValue::Int(i) | SqlValue::Timestamp(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The table a view lands in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableDef {

@@ -91,14 +91,14 @@ impl View {
     pub fn encode(
         &self,
         change: &govbus_schema::Change,
-    ) -> Result<Vec<u8>, crate::route::RouteError> {
+    ) -> Result<Vec<u8>, govbus_schema::EnvelopeError> {
         let codec = self.codec.as_ref().ok_or_else(|| {
             govbus_schema::EnvelopeError::Encode(format!(
                 "view {} has no registered schema",
                 self.name
             ))
         })?;
-        Ok(codec.encode(change)?)
+        codec.encode(change)
     }
 
     /// Whether the subscription has ended at `now_ms`; says so once in the log.

@@ -21,7 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use govbus_consumer::report::Report;
-use govbus_consumer::Sink;
+use govbus_consumer::Store;
 use govbus_core::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ const DAYS: u32 = 14;
 struct Province {
     subscriber: String,
     issuer: Option<govbus_core::report::Text>,
-    sink: Box<dyn Sink>,
+    store: Store,
     reports: Vec<Arc<Report>>,
     /// Per subscription: table, key column, central topic, view topic.
     views: Vec<(String, String, String, String)>,
@@ -74,7 +74,7 @@ impl Gatherer {
             let c = GovbusConfig::section(&cfg.consumer, "consumer", Some(f))?.clone();
             let catalog = cfg.catalog()?;
             let topics = Topics::new(&c.topic_prefix);
-            let mut sink = c.sink.build()?;
+            let store = c.sink.store()?;
             let reports: Vec<Arc<Report>> = catalog
                 .reports_of(&c.subscriber)
                 .map(|r| Report::compile(r, &catalog).map(Arc::new))
@@ -82,7 +82,6 @@ impl Gatherer {
             let issuer = catalog
                 .reports_of(&c.subscriber)
                 .find_map(|r| r.file.issuer.clone());
-            sink.set_reports(Vec::new())?;
             let views = catalog
                 .subscriptions
                 .iter()
@@ -101,7 +100,7 @@ impl Gatherer {
             provinces.push(Province {
                 subscriber: c.subscriber.clone(),
                 issuer,
-                sink,
+                store,
                 reports,
                 views,
                 metrics: cfg.metrics_listen.map(|a| format!("http://{a}/metrics")),
@@ -192,11 +191,11 @@ fn province_state(
     let mut recent = Vec::new();
     let mut dead = 0;
     for (table, key, _, view) in &p.views {
-        match p.sink.dead(view) {
+        match p.store.dead(view) {
             Ok(n) => dead += n,
             Err(e) => errors.push(e.to_string()),
         }
-        match p.sink.table_status(table) {
+        match p.store.table_status(table) {
             Ok(Some((n, ts))) => {
                 rows += n;
                 newest = newest.max(ts);
@@ -204,19 +203,19 @@ fn province_state(
             Ok(None) => {}
             Err(e) => errors.push(e.to_string()),
         }
-        match p.sink.recent(table, key, 8) {
+        match p.store.recent(table, key, 8) {
             Ok(r) => recent.extend(r.into_iter().map(|(k, at)| json!({"key": k, "at_ms": at}))),
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let days = p.sink.applied_days(DAYS).unwrap_or_else(|e| {
+    let days = p.store.applied_days(DAYS).unwrap_or_else(|e| {
         errors.push(e.to_string());
         Vec::new()
     });
     let mut reports = Vec::new();
     let mut snapshots = Vec::new();
     for r in &p.reports {
-        let cells = p.sink.report_cells(&r.id()).unwrap_or_else(|e| {
+        let cells = p.store.report_cells(&r.id()).unwrap_or_else(|e| {
             errors.push(e.to_string());
             Vec::new()
         });
@@ -241,7 +240,11 @@ fn province_state(
             "by_first": by_first.iter().map(|(k, n)| json!([k, n])).collect::<Vec<_>>(),
             "labels": labels,
         }));
-        for s in p.sink.snapshots(&r.id()).unwrap_or_default().iter().rev() {
+        for s in govbus_consumer::snapshot::stored(&mut p.store, &r.id())
+            .unwrap_or_default()
+            .iter()
+            .rev()
+        {
             snapshots.push(json!({
                 "report": r.file.name,
                 "at": s.at.to_string(),
@@ -280,15 +283,15 @@ struct Served {
     snapshots: Vec<Snapshots>,
 }
 
-/// A province's reports and the sink its snapshots are read from.
+/// A province's reports and the store its snapshots are read from.
 struct Snapshots {
     subscriber: String,
     catalog: govbus_core::Catalog,
-    sink: std::sync::Mutex<Box<dyn Sink>>,
+    store: std::sync::Mutex<Store>,
 }
 
 impl Snapshots {
-    /// Opens the sink of each consumer configuration in `files`.
+    /// Opens the store of each consumer configuration in `files`.
     fn open(files: &[PathBuf]) -> anyhow::Result<Vec<Self>> {
         let mut out = Vec::new();
         for f in files {
@@ -299,7 +302,7 @@ impl Snapshots {
             out.push(Snapshots {
                 subscriber: c.subscriber.clone(),
                 catalog: cfg.catalog()?,
-                sink: std::sync::Mutex::new(c.sink.build()?),
+                store: std::sync::Mutex::new(c.sink.store()?),
             });
         }
         Ok(out)
@@ -550,18 +553,17 @@ fn snapshot_text(
             format!("{subscriber} has no report {report}"),
         ))?;
     let r = Report::compile(spec, &p.catalog).map_err(|e| internal(e.to_string()))?;
-    let snap = p
-        .sink
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .snapshots(&r.id())
-        .map_err(|e| internal(e.to_string()))?
-        .into_iter()
-        .find(|s| s.at.to_string() == at)
-        .ok_or((
-            StatusCode::NOT_FOUND,
-            format!("{} has no snapshot of {at}", r.id()),
-        ))?;
+    let snap = govbus_consumer::snapshot::stored(
+        &mut p.store.lock().unwrap_or_else(|e| e.into_inner()),
+        &r.id(),
+    )
+    .map_err(|e| internal(e.to_string()))?
+    .into_iter()
+    .find(|s| s.at.to_string() == at)
+    .ok_or((
+        StatusCode::NOT_FOUND,
+        format!("{} has no snapshot of {at}", r.id()),
+    ))?;
     if snap.verify() != govbus_consumer::snapshot::Verified::Intact {
         return Err((
             StatusCode::CONFLICT,

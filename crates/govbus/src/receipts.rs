@@ -126,7 +126,7 @@ pub(crate) fn find(event_id: &str, config: Option<&std::path::Path>) -> anyhow::
 /// `govbus receipts verify`.
 pub(crate) fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
     let (_, c) = GovbusConfig::consumer_for(a.config.as_deref(), a.subscriber.as_deref())?;
-    let mut sink = c.sink.build()?;
+    let mut sink = c.sink.store()?;
     let mut chain: Vec<Receipt> = Vec::new();
     let mut from = 1;
     loop {

@@ -139,7 +139,7 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
     let central = topics.central(&id, ds.file.major);
     let resolver = SchemaCache::new(registry.clone());
     let expected = expected_side(&c.kafka, &central, &resolver, &view, scope, &table)?;
-    let mut sink = c.sink.build()?;
+    let mut sink = c.sink.store()?;
     let actual_digests = sink.bucket_digests(&table, BUCKETS)?.unwrap_or_default();
     let expected_digests = digests(&expected.rows, BUCKETS);
     let buckets = differing(&expected_digests, &actual_digests);
@@ -154,7 +154,7 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
     // applied after the read is newer, not a difference (compare_live).
     // What it has not applied yet (the province's lag) is read again from
     // the table each second, for up to `--settle` seconds.
-    let judge = |sink: &mut dyn govbus_consumer::Sink,
+    let judge = |sink: &mut govbus_consumer::Store,
                  which: &[u32],
                  only: Option<&BTreeSet<String>>|
      -> anyhow::Result<(Findings, usize, usize)> {
@@ -171,7 +171,7 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
         let (f, newer) = compare_live(&wanted, &actual, &seen, expected.horizon_ms);
         Ok((f, newer, wanted.len() + actual.len()))
     };
-    let (mut f, newer, compared) = judge(&mut *sink, &buckets, None)?;
+    let (mut f, newer, compared) = judge(&mut sink, &buckets, None)?;
     let first = f.missing.len() + f.extra.len() + f.stale.len();
     let settle = Instant::now();
     while !f.is_clean() && settle.elapsed() < Duration::from_secs(a.settle) {
@@ -186,7 +186,7 @@ pub(crate) fn run(a: &Args) -> anyhow::Result<()> {
         let mut which: Vec<u32> = keys.iter().map(|k| bucket_of(k, BUCKETS)).collect();
         which.sort_unstable();
         which.dedup();
-        f = judge(&mut *sink, &which, Some(&keys))?.0;
+        f = judge(&mut sink, &which, Some(&keys))?.0;
     }
     let settled = first - (f.missing.len() + f.extra.len() + f.stale.len());
     println!(

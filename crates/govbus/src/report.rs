@@ -29,7 +29,7 @@ pub(crate) struct Which {
 
 struct Opened {
     report: Arc<Report>,
-    sink: Box<dyn govbus_consumer::Sink>,
+    sink: govbus_consumer::SqlSink,
     catalog: govbus_core::Catalog,
     consumer: govbus_consumer::ConsumerConfig,
 }
@@ -58,7 +58,14 @@ fn open(w: &Which) -> anyhow::Result<Opened> {
         ),
     };
     let report = Arc::new(Report::compile(spec, &catalog)?);
-    let sink = c.sink.build()?;
+    let sink = match c.sink.open()? {
+        govbus_consumer::Opened::Sql(s) => *s,
+        govbus_consumer::Opened::Other(s) => bail!(
+            "{}: a {} sink holds no rows to count; reports need a postgres or sqlite sink",
+            report.id(),
+            s.kind()
+        ),
+    };
     Ok(Opened {
         report,
         sink,
@@ -95,7 +102,7 @@ fn date(at: &str) -> anyhow::Result<chrono::NaiveDate> {
 /// its digest.
 fn stored(o: &mut Opened, at: &str) -> anyhow::Result<Snapshot> {
     let day = date(at)?;
-    let all = o.sink.snapshots(&o.report.id())?;
+    let all = govbus_consumer::snapshot::stored(o.sink.store(), &o.report.id())?;
     let dates: Vec<String> = all.iter().map(|s| s.at.to_string()).collect();
     let snap = all.into_iter().find(|s| s.at == day).with_context(|| {
         format!(
@@ -124,7 +131,7 @@ pub(crate) fn show(w: &Which, at: Option<&str>, lang: &str, csv: bool) -> anyhow
     let (day, figures, frozen) = match at {
         None => {
             let day = today();
-            let cells = o.sink.report_cells(&o.report.id())?;
+            let cells = o.sink.store().report_cells(&o.report.id())?;
             (day, o.report.figures(&cells, day), None)
         }
         Some(at) => {
@@ -210,7 +217,7 @@ pub(crate) fn freeze(w: &Which, at: &str) -> anyhow::Result<()> {
         &o.catalog,
         &Topics::new(&o.consumer.topic_prefix),
     );
-    let (snap, now) = freeze_now(&o.report, day, &topics, &mut *o.sink)?;
+    let (snap, now) = freeze_now(&o.report, day, &topics, &mut o.sink)?;
     println!(
         "{} {at}: {} (total {}, {} figures, SHA-256 {})",
         o.report.id(),
@@ -229,7 +236,7 @@ pub(crate) fn freeze(w: &Which, at: &str) -> anyhow::Result<()> {
 /// `govbus report snapshots`.
 pub(crate) fn snapshots(w: &Which) -> anyhow::Result<()> {
     let mut o = open(w)?;
-    let all = o.sink.snapshots(&o.report.id())?;
+    let all = govbus_consumer::snapshot::stored(o.sink.store(), &o.report.id())?;
     println!(
         "{:<12} {:<20} {:>10}  {:<64}  CHECK",
         "DATE", "FROZEN AT (UTC+7)", "TOTAL", "SHA-256"
@@ -303,7 +310,7 @@ pub(crate) fn check(w: &Which) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let Some((members, maintained)) = count_table(&o.report, &table, &mut *o.sink)? else {
+    let Some((members, maintained)) = count_table(&o.report, &table, o.sink.store())? else {
         println!(
             "{}: no table {} yet; nothing to count",
             o.report.id(),

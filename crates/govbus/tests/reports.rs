@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use govbus_consumer::build::{compare, count_table, view_table};
 use govbus_consumer::report::{cell_of, Cell, Report};
-use govbus_consumer::{PostgresSink, Sink};
+use govbus_consumer::{Sink, SqlSink};
 use govbus_core::catalog::parse_subscription;
 use govbus_e2e::{
     apply_subscriptions, consumer_config, expected_rows, pg_url, read_all, unique, wait_until, Bus,
@@ -91,7 +91,7 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
     let spec = catalog.reports_of("p52").next().unwrap().clone();
     let report = Report::compile(&spec, &catalog).unwrap();
     let topic = format!("{prefix}report.p52.population");
-    let mut sink = PostgresSink::open(&pg_url(), &schema).unwrap();
+    let mut sink = SqlSink::postgres(&pg_url(), &schema).unwrap();
     let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
 
     // Residents arrive, move within and out of the province, and leave,
@@ -114,7 +114,7 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
     )
     .unwrap()
     .expect("the view has a schema");
-    let (members, maintained) = count_table(&report, &table, &mut sink).unwrap().unwrap();
+    let (members, maintained) = count_table(&report, &table, sink.store()).unwrap().unwrap();
     let check = compare(&maintained, &members);
     assert_eq!(check.rows, want_rows.len());
     assert!(check.differences.is_empty(), "{check:?}");
@@ -150,7 +150,7 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
             (sent >= want_rows.len() && caught_up).then_some(())
         },
     );
-    let cells = sink.report_cells("p52.population").unwrap();
+    let cells = sink.store().report_cells("p52.population").unwrap();
     assert_eq!(
         report.figures(&cells, today()),
         want,
@@ -165,14 +165,14 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
          DELETE FROM \"{schema}\"._govbus_reports;"
     ))
     .unwrap();
-    let (members, maintained) = count_table(&report, &table, &mut sink).unwrap().unwrap();
+    let (members, maintained) = count_table(&report, &table, sink.store()).unwrap().unwrap();
     let check = compare(&maintained, &members);
     assert_eq!(check.differences.len(), 1, "{check:?}");
     assert_eq!(check.differences[0].1 - check.differences[0].2, 5);
     let p52 = spawn();
     wait_until(Duration::from_secs(60), "the figures built again", || {
         assert!(!p52.finished(), "the consumer stopped");
-        let cells = sink.report_cells("p52.population").ok()?;
+        let cells = sink.store().report_cells("p52.population").ok()?;
         (report.figures(&cells, today()) == want).then_some(())
     });
     for _ in 0..3 {
@@ -337,7 +337,7 @@ fn wave(
     world: &mut DemoWorld,
     n: usize,
     report: &Report,
-    sink: &mut PostgresSink,
+    sink: &mut SqlSink,
     p52: &Worker,
 ) -> BTreeMap<Cell, i64> {
     for _ in 0..n {
@@ -348,7 +348,7 @@ fn wave(
     let want = expected(report, &expected_rows(world, "52"));
     wait_until(Duration::from_secs(90), "p52's figures", || {
         assert!(!p52.finished(), "the consumer stopped");
-        let cells = sink.report_cells("p52.population").ok()?;
+        let cells = sink.store().report_cells("p52.population").ok()?;
         (report.figures(&cells, today()) == want).then_some(())
     });
     want

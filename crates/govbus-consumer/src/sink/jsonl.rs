@@ -26,11 +26,14 @@ pub struct JsonlConfig {
 impl JsonlConfig {
     /// Opens the file and its ledger.
     pub fn build(&self) -> Result<JsonLinesSink, SinkError> {
-        let state = self
-            .state
+        JsonLinesSink::open(&self.path, &self.ledger())
+    }
+
+    /// Where its ledger is.
+    pub fn ledger(&self) -> String {
+        self.state
             .clone()
-            .unwrap_or_else(|| format!("{}.state.db", self.path));
-        JsonLinesSink::open(&self.path, &state)
+            .unwrap_or_else(|| format!("{}.state.db", self.path))
     }
 }
 
@@ -52,7 +55,7 @@ impl JsonLinesSink {
             path: path.to_string(),
             source,
         };
-        let ledger = Ledger::open(state)?;
+        let mut ledger = Ledger::open(state)?;
         let len = ledger.meta("file_len")?.unwrap_or(0).max(0) as u64;
         let file = OpenOptions::new()
             .create(true)

@@ -2,75 +2,67 @@
 //! ledger of offsets, per-entity sequences and (for files) the committed
 //! length, and the JSON document of a change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::OptionalExtension;
 use serde_json::{json, Value as Json};
 
 use super::{Applied, Row, SinkError};
+use crate::db::{self, Db};
 
-/// Offsets, sequences and (for files) the committed length, in SQLite.
+/// Offsets, sequences, dead letters and (for files) the committed length,
+/// in a SQLite file of govbus's bookkeeping tables.
 #[derive(Debug)]
 pub(super) struct Ledger {
-    conn: rusqlite::Connection,
+    db: Db,
 }
 
 impl Ledger {
     pub(super) fn open(path: &str) -> Result<Self, SinkError> {
-        let conn = rusqlite::Connection::open(path)?;
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; {}
-             CREATE TABLE IF NOT EXISTS _govbus_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
-            super::sqlite::BOOKKEEPING
-        ))?;
-        super::sqlite::upgrade_dead(&conn)?;
-        Ok(Self { conn })
+        Ok(Self {
+            db: Db::sqlite(path)?,
+        })
     }
 
     pub(super) fn record_dead(&mut self, dead: &[super::Dead]) -> Result<(), SinkError> {
-        super::sqlite::record_dead(&mut self.conn, dead)
+        Ok(db::dead::record(&mut self.db, dead)?)
     }
 
-    pub(super) fn dead(&self, topic: &str) -> Result<i64, SinkError> {
-        super::sqlite::dead(&self.conn, topic)
+    pub(super) fn dead(&mut self, topic: &str) -> Result<i64, SinkError> {
+        Ok(db::dead::stale(&mut self.db, topic)?)
     }
 
-    pub(super) fn offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT partition, next_offset FROM _govbus_offsets WHERE topic = ?1")?;
-        let rows = st.query_map([topic], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    pub(super) fn offsets(&mut self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        Ok(db::offsets::read(&mut self.db, topic)?)
     }
 
-    pub(super) fn meta(&self, name: &str) -> Result<Option<i64>, SinkError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT value FROM _govbus_meta WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?)
+    pub(super) fn meta(&mut self, name: &str) -> Result<Option<i64>, SinkError> {
+        Ok(db::meta::read(&mut self.db, name)?)
     }
 
-    /// The rows newer than what was delivered (the last of each key wins
-    /// within the batch), in order.
-    pub(super) fn fresh<'a>(&self, rows: &'a [Row]) -> Result<(Vec<&'a Row>, u64), SinkError> {
+    /// The rows newer than what was delivered, in order (the last of each
+    /// key wins within the batch), and how many were not.
+    pub(super) fn fresh<'a>(&mut self, rows: &'a [Row]) -> Result<(Vec<&'a Row>, u64), SinkError> {
+        let mut by_table: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for r in rows {
+            by_table
+                .entry(r.table.name.as_str())
+                .or_default()
+                .push(r.key.clone());
+        }
+        let mut known: HashMap<&str, HashMap<String, i64>> = HashMap::new();
+        for (table, keys) in by_table {
+            known.insert(table, db::seen::known(&mut self.db, table, keys)?);
+        }
         let mut latest: HashMap<(&str, &str), i64> = HashMap::new();
         let mut out = Vec::new();
         let mut stale = 0;
         for r in rows {
             let k = (r.table.name.as_str(), r.key.as_str());
-            let known = match latest.get(&k) {
-                Some(s) => Some(*s),
-                None => self
-                    .conn
-                    .prepare_cached("SELECT seq FROM _govbus_seen WHERE tbl = ?1 AND key = ?2")?
-                    .query_row(k, |row| row.get(0))
-                    .optional()?,
-            };
-            if r.is_stale(known) {
+            let prev = latest
+                .get(&k)
+                .copied()
+                .or_else(|| known.get(k.0).and_then(|m| m.get(k.1)).copied());
+            if r.is_stale(prev) {
                 stale += 1;
                 continue;
             }
@@ -87,29 +79,25 @@ impl Ledger {
         offsets: &[(String, i32, i64)],
         meta: &[(&str, i64)],
     ) -> Result<(), SinkError> {
-        let tx = self.conn.transaction()?;
+        // The last of each key, per table.
+        let mut last: BTreeMap<&str, (Vec<&Row>, HashMap<&str, usize>)> = BTreeMap::new();
         for r in rows {
-            tx.prepare_cached(
-                "INSERT INTO _govbus_seen (tbl, key, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (tbl, key) DO UPDATE SET seq = excluded.seq",
-            )?
-            .execute((&r.table.name, &r.key, r.seq))?;
+            let (list, at) = last.entry(r.table.name.as_str()).or_default();
+            match at.get(r.key.as_str()) {
+                Some(&i) => list[i] = r,
+                None => {
+                    at.insert(r.key.as_str(), list.len());
+                    list.push(r);
+                }
+            }
         }
-        for (topic, partition, next) in offsets {
-            tx.prepare_cached(
-                "INSERT INTO _govbus_offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            )?
-            .execute((topic, partition, next))?;
-        }
-        for (name, value) in meta {
-            tx.prepare_cached(
-                "INSERT INTO _govbus_meta (name, value) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            )?
-            .execute((name, value))?;
-        }
-        tx.commit()?;
+        self.db.write(|db| {
+            for (table, (list, _)) in &last {
+                db::seen::mark(db, table, list)?;
+            }
+            db::offsets::write(db, offsets)?;
+            db::meta::write(db, meta)
+        })?;
         Ok(())
     }
 }

@@ -73,6 +73,13 @@ impl WebhookConfig {
         }
     }
 
+    /// Where its ledger is.
+    pub fn ledger(&self) -> String {
+        self.state
+            .clone()
+            .unwrap_or_else(|| "webhook.state.db".to_string())
+    }
+
     /// Opens the ledger; the endpoint is reached on the first batch.
     pub fn build(&self) -> Result<WebhookSink, SinkError> {
         WebhookSink::open(self)
@@ -116,7 +123,7 @@ impl WebhookSink {
             agent,
             secret: cfg.secret.as_ref().map(|s| s.expose().as_bytes().to_vec()),
             per_change: cfg.per_change,
-            ledger: Ledger::open(cfg.state.as_deref().unwrap_or("webhook.state.db"))?,
+            ledger: Ledger::open(&cfg.ledger())?,
         })
     }
 

@@ -225,6 +225,25 @@ impl Report {
         .to_string()
     }
 
+    /// The headings of the report's table, in English (`en`) or
+    /// Vietnamese: each dimension's title, then the count's.
+    pub fn headings(&self, en: bool) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .file
+            .dimensions
+            .iter()
+            .map(|d| {
+                if en {
+                    d.title.en.clone()
+                } else {
+                    d.title.vi.clone()
+                }
+            })
+            .collect();
+        out.push(if en { "Count" } else { "Số lượng" }.to_string());
+        out
+    }
+
     /// Whether the report reads `column` (a dimension, or the filter).
     pub fn reads(&self, column: &str) -> bool {
         self.columns.iter().any(|c| c == column)
@@ -344,6 +363,15 @@ pub fn plan(new: &[(String, Option<Cell>)], old: &HashMap<String, Cell>) -> BTre
         }
     }
     deltas(order.iter().map(|k| (old.get(*k), last[k])))
+}
+
+/// The label of a report's total row, in English (`en`) or Vietnamese.
+pub fn total_label(en: bool) -> &'static str {
+    if en {
+        "Total"
+    } else {
+        "Tổng cộng"
+    }
 }
 
 /// A cell as one text (a JSON array of its labels), as the sinks store it.

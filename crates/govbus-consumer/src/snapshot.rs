@@ -124,20 +124,7 @@ impl Snapshot {
     /// headings in `en`glish or Vietnamese, and a total row.
     pub fn to_csv(&self, report: &Report, en: bool) -> String {
         let mut w = csv::Writer::from_writer(Vec::new());
-        let mut heads: Vec<&str> = report
-            .file
-            .dimensions
-            .iter()
-            .map(|d| {
-                if en {
-                    d.title.en.as_str()
-                } else {
-                    d.title.vi.as_str()
-                }
-            })
-            .collect();
-        heads.push(if en { "Count" } else { "Số lượng" });
-        let _ = w.write_record(&heads);
+        let _ = w.write_record(report.headings(en));
         for (c, n) in &self.figures {
             let mut r = c.clone();
             r.push(n.to_string());
@@ -145,7 +132,7 @@ impl Snapshot {
         }
         let mut total = vec![String::new(); report.file.dimensions.len()];
         if let Some(first) = total.first_mut() {
-            *first = if en { "Total" } else { "Tổng cộng" }.to_string();
+            *first = crate::report::total_label(en).to_string();
         }
         total.push(self.total.to_string());
         let _ = w.write_record(&total);
@@ -300,7 +287,7 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
             col_head = esc_s(&dims[1.min(dims.len())..].join(" · ")),
             ncols = cols.len().max(1),
             head_cols = head_cols,
-            total_label = t("Tổng cộng", "Total"),
+            total_label = crate::report::total_label(en),
             foot_cols = foot_cols,
             total = number(self.total),
             body = body,

@@ -141,18 +141,7 @@ pub(crate) fn show(w: &Which, at: Option<&str>, lang: &str, csv: bool) -> anyhow
         }
     };
     let f = &o.report.file;
-    let mut heads: Vec<String> = f
-        .dimensions
-        .iter()
-        .map(|d| {
-            if en {
-                d.title.en.clone()
-            } else {
-                d.title.vi.clone()
-            }
-        })
-        .collect();
-    heads.push(if en { "Count" } else { "Số lượng" }.to_string());
+    let heads = o.report.headings(en);
     let total: i64 = figures.values().sum();
     let rows: Vec<(Cell, i64)> = figures.into_iter().collect();
     if csv {
@@ -197,7 +186,7 @@ pub(crate) fn show(w: &Which, at: Option<&str>, lang: &str, csv: bool) -> anyhow
         r.push(n.to_string());
         println!("{}", line(&r));
     }
-    println!("{}: {total}", if en { "Total" } else { "Tổng cộng" });
+    println!("{}: {total}", govbus_consumer::report::total_label(en));
     if let Some(s) = frozen {
         println!(
             "SHA-256 {} ({})",

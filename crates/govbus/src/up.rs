@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use crate::nisshi;
 
 struct Proc {
-    name: &'static str,
+    name: String,
     child: Child,
     log: PathBuf,
     /// How to start it again (None: nothing restarts it, its exit is fatal).
@@ -66,7 +66,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn spawn(&mut self, name: &'static str, mut cmd: Command, dir: &Path) -> anyhow::Result<()> {
+    fn spawn(&mut self, name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<()> {
         let log = dir.join("logs").join(format!("{name}.log"));
         std::fs::File::create(&log)?;
         cmd.env("GOVBUS_EXIT_WITH_PARENT", "1")
@@ -77,7 +77,7 @@ impl Stack {
             .stdin(Stdio::null());
         let child = start_logged(&mut cmd, &log).with_context(|| format!("starting {name}"))?;
         self.procs.push(Proc {
-            name,
+            name: name.to_string(),
             child,
             log,
             cmd: Some(cmd),
@@ -87,9 +87,9 @@ impl Stack {
         Ok(())
     }
 
-    fn push(&mut self, name: &'static str, child: Child, log: PathBuf) {
+    fn push(&mut self, name: &str, child: Child, log: PathBuf) {
         self.procs.push(Proc {
-            name,
+            name: name.to_string(),
             child,
             log,
             cmd: None,
@@ -260,9 +260,56 @@ fn scrape(port: u16, metric: &str, label: &str) -> BTreeMap<String, f64> {
     out
 }
 
-fn write_config(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
-    std::fs::write(path, text)?;
-    Ok(path.to_path_buf())
+/// What an agent is: its subcommand and its config section.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Registry,
+    Producer,
+    Router,
+    Consumer,
+}
+
+impl Role {
+    fn command(self) -> &'static str {
+        match self {
+            Role::Registry => "registry",
+            Role::Producer => "produce",
+            Role::Router => "route",
+            Role::Consumer => "consume",
+        }
+    }
+
+    fn section(self) -> &'static str {
+        match self {
+            Role::Registry => "registry",
+            Role::Producer => "producer",
+            Role::Router => "router",
+            Role::Consumer => "consumer",
+        }
+    }
+}
+
+/// One agent `up` runs: its name, role, config file's text and health
+/// port.
+struct Service {
+    name: String,
+    role: Role,
+    config: String,
+    metrics: u16,
+}
+
+impl Service {
+    /// Writes its config to `<dir>/<name>.toml`, starts it under the
+    /// stack's supervision and waits until it says it is ready.
+    fn start(&self, stack: &mut Stack, exe: &Path, dir: &Path) -> anyhow::Result<()> {
+        let cfg = dir.join(format!("{}.toml", self.name));
+        std::fs::write(&cfg, &self.config)?;
+        let mut cmd = Command::new(exe);
+        cmd.arg(self.role.command()).arg("--config").arg(&cfg);
+        stack.spawn(&self.name, cmd, dir)?;
+        let port = self.metrics;
+        stack.wait_ready(&self.name, || readyz(port))
+    }
 }
 
 /// Which broker `govbus up` runs on.
@@ -521,60 +568,58 @@ fn run_blocking(
         ""
     };
     let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\n{fetch_wait}");
-    // An agent's config; on a secured broker it connects as `user`.
-    let section_as = |name: &str, user: &str, body: String, metrics: u16| {
-        let security = creds
-            .as_ref()
-            .map(|c| c.section(name, user))
-            .unwrap_or_default();
-        format!(
-            "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{name}]\n{body}\n{}{security}",
-            kafka.replace("{section}", name)
+    // Every agent up runs: its config (on a secured broker it connects as
+    // its own user), its command, and its health port.
+    let service = |name: &str, role: Role, body: String, metrics: u16| Service {
+        name: name.to_string(),
+        role,
+        config: format!(
+            "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{section}]\n{body}\n{}{}",
+            kafka.replace("{section}", role.section()),
+            creds
+                .as_ref()
+                .map(|c| c.section(role.section(), name))
+                .unwrap_or_default(),
+            section = role.section(),
+        ),
+        metrics,
+    };
+    let producer = |name: &str, port: u16, metrics: u16| {
+        service(
+            name,
+            Role::Producer,
+            format!(
+                "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
+                dir.join(format!("{name}-outbox.db")).display()
+            ),
+            metrics,
         )
     };
-    let cfg = write_config(
-        &dir.join("registry.toml"),
-        &section_as(
-            "registry",
-            "registry",
-            format!("listen = \"127.0.0.1:{registry_port}\"\n"),
-            m_registry,
-        ),
-    )?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("registry").arg("--config").arg(&cfg);
-    stack.spawn("registry", cmd, &dir)?;
-    stack.wait_ready("registry", || readyz(m_registry))?;
-    println!("  registry  {registry}");
-
-    // A ministry's producer (ingest + relay) on `port`; its ingest URL once up.
-    let producer = |stack: &mut Stack,
-                    name: &'static str,
-                    port: u16,
-                    metrics: u16|
-     -> anyhow::Result<String> {
-        let cfg = write_config(
-            &dir.join(format!("{name}.toml")),
-            &section_as(
-                "producer",
-                name,
-                format!(
-                    "agency = \"{name}\"\nsystem = \"demo\"\nregistry = \"{registry}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"sqlite://{}\"\nstall_secs = {stall_secs}\n",
-                    dir.join(format!("{name}-outbox.db")).display()
-                ),
-                metrics,
+    let province = |p: &str, metrics: u16| {
+        service(
+            p,
+            Role::Consumer,
+            format!(
+                "subscriber = \"{p}\"\nregistry = \"{registry}\"\nstall_secs = {stall_secs}\nsink = {{ type = \"sqlite\", path = \"{}\" }}\n",
+                dir.join(format!("{p}.db")).display()
             ),
-        )?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("produce").arg("--config").arg(&cfg);
-        stack.spawn(name, cmd, &dir)?;
-        stack.wait_ready(name, || readyz(metrics))?;
-        Ok(format!("http://127.0.0.1:{port}"))
+            metrics,
+        )
     };
+
+    service(
+        "registry",
+        Role::Registry,
+        format!("listen = \"127.0.0.1:{registry_port}\"\n"),
+        m_registry,
+    )
+    .start(&mut stack, &exe, &dir)?;
+    println!("  registry  {registry}");
 
     // moha first: bca's contract looks province and commune codes up in
     // moha.admin_units, so the catalog is on the bus before bca starts.
-    let moha = producer(&mut stack, "moha", moha_port, m_moha)?;
+    producer("moha", moha_port, m_moha).start(&mut stack, &exe, &dir)?;
+    let moha = format!("http://127.0.0.1:{moha_port}");
     let units = crate::demo::post_admin_units(&moha)?;
     stack.wait_ready("moha relay", || {
         scrape(m_moha, "govbus_relay_published_total", "")
@@ -583,7 +628,8 @@ fn run_blocking(
             >= units as f64
     })?;
     println!("  ministry  moha published {units} administrative units (moha.admin_units)");
-    let ingest = producer(&mut stack, "bca", ingest_port, m_producer)?;
+    producer("bca", ingest_port, m_producer).start(&mut stack, &exe, &dir)?;
+    let ingest = format!("http://127.0.0.1:{ingest_port}");
     println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
 
     // The subscriptions (p52, p92), as `govbus subscriptions apply` writes them.
@@ -606,37 +652,18 @@ fn run_blocking(
         "  subscriptions {} applied to _govbus.subscriptions",
         steps.len()
     );
-    let cfg = write_config(
-        &dir.join("router.toml"),
-        &section_as(
-            "router",
-            "router",
-            format!("registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\nstall_secs = {stall_secs}\n"),
-            m_router,
+    service(
+        "router",
+        Role::Router,
+        format!(
+            "registry = \"{registry}\"\ngroup = \"{ROUTER_GROUP}\"\nstall_secs = {stall_secs}\n"
         ),
-    )?;
-    let mut cmd = Command::new(&exe);
-    cmd.arg("route").arg("--config").arg(&cfg);
-    stack.spawn("router", cmd, &dir)?;
-    stack.wait_ready("router", || readyz(m_router))?;
+        m_router,
+    )
+    .start(&mut stack, &exe, &dir)?;
 
-    for (name, p, port) in [("p52", "p52", m_p52), ("p92", "p92", m_p92)] {
-        let cfg = write_config(
-            &dir.join(format!("{p}.toml")),
-            &section_as(
-                "consumer",
-                p,
-                format!(
-                    "subscriber = \"{p}\"\nregistry = \"{registry}\"\nstall_secs = {stall_secs}\nsink = {{ type = \"sqlite\", path = \"{}\" }}\n",
-                    dir.join(format!("{p}.db")).display()
-                ),
-                port,
-            ),
-        )?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("consume").arg("--config").arg(&cfg);
-        stack.spawn(if name == "p52" { "p52" } else { "p92" }, cmd, &dir)?;
-        stack.wait_ready(name, || readyz(port))?;
+    for (p, port) in [("p52", m_p52), ("p92", m_p92)] {
+        province(p, port).start(&mut stack, &exe, &dir)?;
         println!(
             "  province  {p} → {}",
             dir.join(format!("{p}.db")).display()

@@ -225,11 +225,9 @@ impl Report {
         .to_string()
     }
 
-    /// The headings of the report's table, in English (`en`) or
-    /// Vietnamese: each dimension's title, then the count's.
-    pub fn headings(&self, en: bool) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .file
+    /// Each dimension's title, in English (`en`) or Vietnamese.
+    pub fn dimension_titles(&self, en: bool) -> Vec<String> {
+        self.file
             .dimensions
             .iter()
             .map(|d| {
@@ -239,7 +237,13 @@ impl Report {
                     d.title.vi.clone()
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// The headings of the report's table: each dimension's title, then
+    /// the count's.
+    pub fn headings(&self, en: bool) -> Vec<String> {
+        let mut out = self.dimension_titles(en);
         out.push(if en { "Count" } else { "Số lượng" }.to_string());
         out
     }

@@ -196,17 +196,7 @@ impl Snapshot {
                 )
             })
             .collect();
-        let dims: Vec<String> = f
-            .dimensions
-            .iter()
-            .map(|d| {
-                if en {
-                    d.title.en.clone()
-                } else {
-                    d.title.vi.clone()
-                }
-            })
-            .collect();
+        let dims = report.dimension_titles(en);
         let offsets: Vec<String> = self
             .offsets
             .iter()

@@ -42,8 +42,9 @@ pub enum DbError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// A column did not hold what its statement reads.
-    #[error("column {column}: expected {expected}")]
+    /// A column did not hold what its statement reads: a table was
+    /// changed by other hands than govbus's.
+    #[error("a stored value does not read as govbus wrote it (result column {column}: expected {expected}); was a govbus table changed by hand?")]
     Column {
         /// The column's position.
         column: usize,

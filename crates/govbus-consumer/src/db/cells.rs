@@ -83,7 +83,7 @@ impl Hook for Counts {
                     "DELETE FROM {} WHERE report = {} AND n = 0 AND {}",
                     db.table("_govbus_report_cells"),
                     db.p(1),
-                    db.d.in_list("cell", 2)
+                    db.d.in_list("cell", 2, ColType::Text)
                 );
                 db.execute(&sql, &[(&id).into(), Param::Texts(empty)])?;
             }

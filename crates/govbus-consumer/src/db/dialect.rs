@@ -62,12 +62,10 @@ pub(crate) trait Dialect: Sync {
     /// types, of equal length) as a table `l` with columns `v0`, `v1`, …
     fn lists(&self, first: usize, types: &[ColType]) -> String;
 
-    /// Whether `expr` is one of the texts of list parameter `n`.
-    fn in_list(&self, expr: &str, n: usize) -> String {
-        format!(
-            "{expr} IN (SELECT v0 FROM {})",
-            self.lists(n, &[ColType::Text])
-        )
+    /// Whether `expr` is one of the values (of type `ty`) of list
+    /// parameter `n`.
+    fn in_list(&self, expr: &str, n: usize, ty: ColType) -> String {
+        format!("{expr} IN (SELECT v0 FROM {})", self.lists(n, &[ty]))
     }
 
     /// For each `l.v0` of `list`, the row of `table` (as `r`) that
@@ -185,8 +183,8 @@ impl Dialect for Postgres {
         format!("unnest({}) AS l({})", arrays.join(", "), names.join(", "))
     }
 
-    fn in_list(&self, expr: &str, n: usize) -> String {
-        format!("{expr} = ANY(${n}::text[])")
+    fn in_list(&self, expr: &str, n: usize, ty: ColType) -> String {
+        format!("{expr} = ANY(${n}::{}[])", pg_elem(ty))
     }
 
     // `tbl = $1 AND key = ANY($2)` was planned, while a table had no

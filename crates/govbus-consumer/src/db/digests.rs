@@ -52,8 +52,8 @@ pub(crate) fn bucket_rows(
         return held(db, t, buckets, Some(which));
     };
     let sql = format!(
-        "{with} SELECT k, s, h, ts FROM r WHERE b = ANY({}::int8[])",
-        db.p(2)
+        "{with} SELECT k, s, h, ts FROM r WHERE {}",
+        db.d.in_list("b", 2, crate::table::ColType::Int)
     );
     let rows = db.rows(
         &sql,

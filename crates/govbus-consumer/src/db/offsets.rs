@@ -29,7 +29,7 @@ pub(crate) fn read_many(
     let sql = format!(
         "SELECT topic, partition, next_offset FROM {} WHERE {}",
         db.table("_govbus_offsets"),
-        db.d.in_list("topic", 1)
+        db.d.in_list("topic", 1, ColType::Text)
     );
     let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for (t, p, o) in db.rows(&sql, &[Param::Texts(topics.to_vec())], |r| {

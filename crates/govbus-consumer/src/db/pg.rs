@@ -15,7 +15,6 @@ pub(super) struct PgConn {
     client: postgres::Client,
     url: String,
     statements: HashMap<String, postgres::Statement>,
-    in_tx: bool,
 }
 
 impl PgConn {
@@ -24,7 +23,6 @@ impl PgConn {
             client: govbus_pg::connect(url)?,
             url: url.to_string(),
             statements: HashMap::new(),
-            in_tx: false,
         })
     }
 
@@ -43,11 +41,6 @@ impl PgConn {
 
 impl Conn for PgConn {
     fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        if sql.starts_with("BEGIN") {
-            self.in_tx = true;
-        } else if sql == "COMMIT" || sql == "ROLLBACK" {
-            self.in_tx = false;
-        }
         self.client.batch_execute(sql)?;
         Ok(())
     }
@@ -81,7 +74,6 @@ impl Conn for PgConn {
             tracing::warn!("PostgreSQL connection lost; reconnecting");
             self.client = govbus_pg::connect(&self.url)?;
             self.statements.clear();
-            self.in_tx = false;
         }
         Ok(())
     }

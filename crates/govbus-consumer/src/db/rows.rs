@@ -180,7 +180,7 @@ pub(crate) fn delete(db: &mut Db, t: &TableDef, keys: Vec<String>) -> Result<(),
     let sql = format!(
         "DELETE FROM {} WHERE {}",
         db.table(&t.name),
-        db.d.in_list(&db.d.key_text(&q(&key.name)), 1)
+        db.d.in_list(&db.d.key_text(&q(&key.name)), 1, ColType::Text)
     );
     db.execute(&sql, &[Param::Texts(keys)])?;
     Ok(())

@@ -44,7 +44,7 @@ fn a_relay_restarted_on_a_stale_store_publishes_nothing_twice() {
 
     // One change relayed: the relay's id and offsets are in the store.
     changes(1);
-    let relay = Relay::new(&bus.kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let mut relay = Relay::new(&bus.kafka, publisher.store(), publisher.wakeup()).unwrap();
     while relay.step(&stop).unwrap() > 0 {}
     // 60 more, and a copy of the store as it is now (all 60 pending).
     changes(60);
@@ -62,7 +62,7 @@ fn a_relay_restarted_on_a_stale_store_publishes_nothing_twice() {
     // the acknowledgement and the trim.
     let copy = open_store(stale.to_str().unwrap(), "").unwrap();
     assert_eq!(copy.backlog().unwrap(), 60);
-    let again = Relay::new(&bus.kafka, copy.clone(), publisher.wakeup()).unwrap();
+    let mut again = Relay::new(&bus.kafka, copy.clone(), publisher.wakeup()).unwrap();
     assert_eq!(again.step(&stop).unwrap(), 0, "nothing is sent again");
     assert_eq!(copy.backlog().unwrap(), 0, "all 60 found on the broker");
 

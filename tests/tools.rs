@@ -13,7 +13,7 @@
 //! Its own test binary: the Prometheus recorder is process-wide.
 //! `--nocapture` prints each tool's output (docs/OPERATIONS.md shows them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use govbus_e2e::{consumer_config, kafka_dist, read_all, wait_until, Bus, Worker};
@@ -176,10 +176,18 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
         4,
         "kafka-get-offsets names each partition"
     );
+    // The relay writes in transactions: after each partition's last
+    // record comes the commit marker of its transaction, so each end is
+    // the last record's offset + 2.
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for m in &central_records {
+        let e = last.entry(m.partition()).or_insert(m.offset());
+        *e = (*e).max(m.offset());
+    }
     assert_eq!(
-        central_ends.values().sum::<i64>(),
-        300,
-        "the relay writes without transactions: the ends add up to the records"
+        central_ends,
+        last.iter().map(|(p, o)| (*p, o + 2)).collect(),
+        "each partition ends with its last record's commit marker"
     );
     // `live`: a router is in the group, so it also holds the central
     // topic's replay topic (`govbus dlq replay`), one partition with no
@@ -265,13 +273,21 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
         "{tid} in {txns}"
     );
 
-    // The router stops; 40 more changes: the group's lag is exactly 40.
+    // The router stops; 40 more changes, in one transaction of the
+    // relay: the group's lag is exactly those 40 and the commit marker
+    // of each partition they went to.
     drop(router);
     let more: Vec<_> = (0..40).map(|_| world.next_change()).collect();
     publisher.submit_batch("bca.residents", more).unwrap();
     wait_until(Duration::from_secs(60), "the relay publishes", || {
         (store.backlog().ok()? == 0).then_some(())
     });
+    let new: Vec<_> = read_all(&bus.kafka, &central)
+        .into_iter()
+        .filter(|m| m.offset() >= central_ends[&m.partition()])
+        .collect();
+    assert_eq!(new.len(), 40);
+    let touched: HashSet<i32> = new.iter().map(|m| m.partition()).collect();
     let rows = groups(false, &|rows| {
         rows.iter()
             .map(|r| {
@@ -280,7 +296,7 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
                     .unwrap_or(0)
             })
             .sum::<i64>()
-            == 40
+            == 40 + touched.len() as i64
     });
     let after = ends(&central);
     for r in &rows {

@@ -275,10 +275,13 @@ fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
     // that a broker slowing down as it fills is seen by both sides.
     let raw_before = raw_produce(&kafka, &raw1, &rows)?;
 
-    // The relay as an agent runs it: read the outbox, produce, trim it as
-    // acknowledgements come back; timed until the outbox is empty.
-    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    // The relay as an agent runs it: read the outbox, produce in
+    // transactions, trim it as they commit; timed until the outbox is
+    // empty, from after its transactions are initialised (once per start:
+    // the first on a new cluster also creates `__transaction_state`).
+    let mut relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
     let stop = Arc::new(AtomicBool::new(false));
+    relay.initialise(&stop);
     let s = stop.clone();
     let t = Instant::now();
     let handle = std::thread::spawn(move || relay.run(s));

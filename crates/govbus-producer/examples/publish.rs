@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 3. Relay it to Kafka (an agent runs the relay for ever; here one pass).
-    let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
+    let mut relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
     let stop = AtomicBool::new(false);
     let mut published = 0;
     for _ in 0..50 {

@@ -164,7 +164,7 @@ pub fn seed_units(
     let units: Vec<ChangeRequest> = rows.into_iter().map(ChangeRequest::Upsert).collect();
     let n = units.len();
     p.submit_batch("moha.admin_units", units)?;
-    let relay = crate::Relay::new(kafka, p.store(), p.wakeup())?;
+    let mut relay = crate::Relay::new(kafka, p.store(), p.wakeup())?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while relay.step(&stop)? > 0 || p.store().backlog()? > 0 {

@@ -26,7 +26,7 @@ pub mod relay;
 pub mod store;
 
 pub use publisher::{Accepted, ChangeRequest, Publisher, SetupError, SubmitError};
-pub use relay::Relay;
+pub use relay::{Relay, RelayError};
 pub use store::{OutboxStore, PendingBatch, PostgresStore, SqliteStore, StoreError};
 
 use std::sync::Arc;
@@ -130,6 +130,9 @@ pub enum AgentError {
     /// Kafka client creation.
     #[error("kafka: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
+    /// The relay could not be made.
+    #[error("relay: {0}")]
+    Relay(#[from] RelayError),
     /// The registry client's settings are unusable.
     #[error("registry: {0}")]
     Registry(#[from] govbus_schema::RegistryError),
@@ -211,8 +214,13 @@ pub async fn run_agent(
             what: "publisher setup task",
             how: format!("ended abnormally: {e}"),
         })??;
-    let relay = Relay::new(&cfg.kafka, publisher.store(), publisher.wakeup())?
-        .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
+    let relay = Relay::for_agency(
+        &cfg.kafka,
+        publisher.store(),
+        publisher.wakeup(),
+        &cfg.agency,
+    )?
+    .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let relay_thread = std::thread::Builder::new()

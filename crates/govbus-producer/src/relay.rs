@@ -1,19 +1,25 @@
-//! The relay: publishes stored changes in order, idempotently (acks=all),
-//! and forgets them only after the broker acknowledged them.
+//! The relay: publishes stored changes in order, in Kafka transactions,
+//! and forgets them only after their transaction committed.
 //!
 //! Delivery reports land in a ring of atomic slots, one per change in
 //! flight (the slot index is the message's opaque), so the hot path has no
 //! allocation, channel or map per change: the relay thread reads the
 //! outbox, sends, and advances over the acknowledged prefix of the ring.
 //!
-//! Exactly once across crashes: every record carries the `govbus.outbox`
-//! header (`<relay id>:<outbox id>`), and with each trim the relay records,
-//! per partition, the broker offset of the last change it has marked as
-//! sent. A relay killed between the broker's acknowledgement and its trim
-//! reads, when it starts again, each partition from that offset to its end
-//! and marks the changes it finds there as sent instead of publishing them
-//! twice. Before it first writes to a topic it records the topic's end
-//! offsets, so that scan never starts before its own first record.
+//! Exactly once across crashes: the relay writes in transactions under a
+//! transactional id of its own (`govbus-relay-<agency>-<relay id>`), so a
+//! relay started again fences its predecessor, whose unfinished
+//! transaction is aborted, and a transaction that failed is aborted before
+//! its changes are sent again: a record appended but never committed is
+//! never read by the router (which reads committed records only). Every
+//! record carries the `govbus.outbox` header (`<relay id>:<outbox id>`),
+//! and with each trim the relay records, per partition, the broker offset
+//! of the last change it has marked as sent. A relay killed between a
+//! commit and its trim reads, when it starts again, each partition's
+//! committed records from that offset to its end and marks the changes it
+//! finds there as sent instead of publishing them twice. Before it first
+//! writes to a topic it records the topic's end offsets, so that scan
+//! never starts before its own first record.
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -51,6 +57,10 @@ pub fn outbox_tag(value: &[u8]) -> Option<(u64, i64)> {
     let (relay, id) = std::str::from_utf8(value).ok()?.split_once(':')?;
     Some((u64::from_str_radix(relay, 16).ok()?, id.parse().ok()?))
 }
+
+/// How long a transaction stays open at most while changes keep coming
+/// (a quiet load commits as soon as its changes are acknowledged).
+const TXN_EVERY: Duration = Duration::from_secs(2);
 
 /// Reports between two wake-ups of the relay thread.
 const WAKE_EVERY: usize = 4096;
@@ -157,6 +167,12 @@ impl InFlight {
     }
 }
 
+/// The transactional id of `agency`'s relay `id`: `govbus acl plan`
+/// grants each agency the prefix `govbus-relay-<agency>-`.
+pub fn transactional_id(agency: &str, id: u64) -> String {
+    format!("govbus-relay-{agency}-{id:016x}")
+}
+
 /// The name under which the acknowledged offset of a partition is kept.
 fn offset_name(topic: &str, partition: i32) -> String {
     format!("relay.offset.{topic}.{partition}")
@@ -166,6 +182,12 @@ fn offset_name(topic: &str, partition: i32) -> String {
 pub struct Relay {
     store: Arc<dyn OutboxStore>,
     producer: ThreadedProducer<Reports>,
+    /// The producer's settings (its transactional id included), to make
+    /// it again after a fatal error.
+    settings: rdkafka::ClientConfig,
+    /// Whether the producer's transactions are initialised (the
+    /// predecessor fenced).
+    initialised: AtomicBool,
     wakeup: Arc<Wakeup>,
     batch: usize,
     kafka: KafkaConfig,
@@ -195,21 +217,54 @@ enum Advance {
     Failed,
 }
 
+/// The relay could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The Kafka client.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The outbox store (its relay id).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The producer's delivery reports (a ring of slots).
+fn reports() -> Reports {
+    Reports {
+        slots: (0..RING).map(|_| AtomicU8::new(PENDING)).collect(),
+        partitions: (0..RING).map(|_| AtomicI32::new(-1)).collect(),
+        offsets: (0..RING).map(|_| AtomicI64::new(-1)).collect(),
+        outstanding: AtomicUsize::new(0),
+        error: Mutex::new(None),
+        relay: OnceLock::new(),
+    }
+}
+
 impl Relay {
-    /// A relay from `store` to the cluster.
+    /// A relay from `store` to the cluster, its transactional id named by
+    /// the SASL user it connects as (the agency, as `govbus acl plan`
+    /// grants it), or `relay`.
     pub fn new(
         kafka: &KafkaConfig,
         store: Arc<dyn OutboxStore>,
         wakeup: Arc<Wakeup>,
-    ) -> Result<Self, KafkaError> {
-        let reports = Reports {
-            slots: (0..RING).map(|_| AtomicU8::new(PENDING)).collect(),
-            partitions: (0..RING).map(|_| AtomicI32::new(-1)).collect(),
-            offsets: (0..RING).map(|_| AtomicI64::new(-1)).collect(),
-            outstanding: AtomicUsize::new(0),
-            error: Mutex::new(None),
-            relay: OnceLock::new(),
-        };
+    ) -> Result<Self, RelayError> {
+        let agency = kafka
+            .security
+            .as_ref()
+            .and_then(|s| s.username.clone())
+            .unwrap_or_else(|| "relay".to_string());
+        Self::for_agency(kafka, store, wakeup, &agency)
+    }
+
+    /// A relay of `agency`'s outbox `store` to the cluster.
+    pub fn for_agency(
+        kafka: &KafkaConfig,
+        store: Arc<dyn OutboxStore>,
+        wakeup: Arc<Wakeup>,
+        agency: &str,
+    ) -> Result<Self, RelayError> {
+        let id = recovery::load_relay_id(store.as_ref())?;
         let mut pc = kafka.producer();
         // Same partition for a key as Java clients (murmur2), so every
         // producer of a dataset agrees.
@@ -218,10 +273,13 @@ impl Relay {
         // long linger adds latency without making batches larger
         // (docs/BENCHMARKS.md); `[kafka.options]` may still set it.
         kafka.set_default(&mut pc, "linger.ms", "1");
-        let producer = pc.create_with_context(reports)?;
-        Ok(Self {
+        pc.set("transactional.id", transactional_id(agency, id));
+        let producer = pc.create_with_context(reports())?;
+        let relay = Self {
             store,
             producer,
+            settings: pc,
+            initialised: AtomicBool::new(false),
             wakeup,
             batch: 10_000,
             kafka: kafka.clone(),
@@ -229,7 +287,9 @@ impl Relay {
             baselined: Mutex::new(HashSet::new()),
             recovered: AtomicBool::new(false),
             stall: Duration::from_secs(60),
-        })
+        };
+        let _ = relay.id.set(id);
+        Ok(relay)
     }
 
     fn reports(&self) -> &Reports {
@@ -356,29 +416,140 @@ impl Relay {
         flight.rows.clear();
     }
 
-    /// Before the relay sends again from the lowest pending change (after
-    /// a stall or a failed send): waits for what is in flight, then marks
-    /// what the broker acknowledged as sent, so that it is not sent twice;
-    /// what landed unacknowledged is found by the recovery scan that
-    /// follows. False if the store could not be trimmed: nothing may be
-    /// sent again until it is.
-    fn settle(&self, flight: &mut InFlight, acked: &mut Vec<i64>, counts: &mut [u64]) -> bool {
-        self.drain(flight, Duration::from_secs(30));
-        if acked.is_empty() {
-            return true;
-        }
-        match self.store.mark_sent(acked) {
-            Ok(()) => {
-                self.save_offsets(flight);
-                Self::record(flight, counts);
-                acked.clear();
-                true
+    /// Initialises the relay's transactions before it runs (fencing an
+    /// earlier relay of this outbox); false: stopped first. `run` and
+    /// `step` do it themselves when it was not done.
+    pub fn initialise(&mut self, stop: &AtomicBool) -> bool {
+        self.init_or_wait(stop)
+    }
+
+    /// Initialises the producer's transactions (which fences an earlier
+    /// relay of this outbox and aborts the transaction it left open),
+    /// retried until done or `stop`.
+    fn init_or_wait(&mut self, stop: &AtomicBool) -> bool {
+        let mut tries = 0u32;
+        while !self.initialised.load(Ordering::Acquire) {
+            if stop.load(Ordering::Relaxed) {
+                return false;
             }
+            match self.producer.init_transactions(Duration::from_secs(30)) {
+                Ok(()) => self.initialised.store(true, Ordering::Release),
+                Err(e) => {
+                    tries += 1;
+                    if tries == 1 || tries.is_multiple_of(20) {
+                        tracing::warn!(error = %e, "relay cannot initialise its transactions; retrying");
+                    }
+                    if ended(&e).fatal {
+                        self.remake();
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        true
+    }
+
+    /// Begins a transaction (false: it could not, said in the log).
+    fn begin(&mut self, stop: &AtomicBool) -> bool {
+        if !self.init_or_wait(stop) {
+            return false;
+        }
+        match self.producer.begin_transaction() {
+            Ok(()) => true,
             Err(e) => {
-                tracing::error!(error = %e, "relay cannot trim its store; not sending again until it can");
-                std::thread::sleep(Duration::from_millis(500));
+                tracing::warn!(error = %e, "relay cannot begin a transaction; retrying");
+                if ended(&e).fatal {
+                    self.remake();
+                }
                 false
             }
+        }
+    }
+
+    /// Commits the open transaction, then marks its changes as sent and
+    /// records their offsets; how many it committed. None: it did not
+    /// commit, and was abandoned (its changes are sent again).
+    fn commit(
+        &mut self,
+        flight: &mut InFlight,
+        acked: &mut Vec<i64>,
+        counts: &mut [u64],
+        stop: &AtomicBool,
+    ) -> Option<usize> {
+        let mut tries = 0;
+        loop {
+            match self.producer.commit_transaction(Duration::from_secs(30)) {
+                Ok(()) => break,
+                Err(e) => {
+                    let how = ended(&e);
+                    tracing::warn!(error = %e, "relay transaction not committed");
+                    tries += 1;
+                    if how.retriable && !how.fatal && !how.abort && tries < 3 {
+                        continue;
+                    }
+                    self.abandon(flight, acked, counts, how.fatal);
+                    return None;
+                }
+            }
+        }
+        // Committed: every change of it is reported delivered.
+        self.advance(flight, acked, counts);
+        let n = acked.len();
+        loop {
+            match self.store.mark_sent(acked) {
+                Ok(()) => break,
+                // Committed and not marked: sent again, these would be
+                // twice on the topic. Nothing is sent until the store takes
+                // them (or, stopped, the next start finds them committed).
+                Err(e) => {
+                    tracing::error!(error = %e, "relay cannot trim its store; not sending again until it can");
+                    if stop.load(Ordering::Relaxed) {
+                        return Some(n);
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        }
+        self.save_offsets(flight);
+        Self::record(flight, counts);
+        acked.clear();
+        Some(n)
+    }
+
+    /// Aborts the open transaction (none of its changes is ever read) and
+    /// forgets what was in flight; `fatal`: the producer is made again.
+    fn abandon(
+        &mut self,
+        flight: &mut InFlight,
+        acked: &mut Vec<i64>,
+        counts: &mut [u64],
+        fatal: bool,
+    ) {
+        let mut fatal = fatal;
+        if !fatal {
+            if let Err(e) = self.producer.abort_transaction(Duration::from_secs(30)) {
+                tracing::warn!(error = %e, "relay cannot abort its transaction; starting its producer again");
+                fatal = true;
+            }
+        }
+        if fatal {
+            self.remake();
+        }
+        self.drain(flight, Duration::from_secs(3));
+        acked.clear();
+        counts.iter_mut().for_each(|c| *c = 0);
+    }
+
+    /// Makes the producer again after a fatal error (its transactions are
+    /// initialised again before the next one).
+    fn remake(&mut self) {
+        match self.settings.create_with_context(reports()) {
+            Ok(p) => {
+                self.producer = p;
+                let _ = self.reports().relay.set(std::thread::current());
+                self.initialised.store(false, Ordering::Release);
+            }
+            Err(e) => tracing::error!(error = %e, "relay cannot make its producer again"),
         }
     }
 
@@ -419,12 +590,15 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch and waits for it; returns how many changes were
-    /// acknowledged. Gives up waiting (leaving the rest in the outbox) once
-    /// `stop` is set.
-    pub fn step(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
+    /// Publishes one batch in one transaction and waits for it; returns
+    /// how many changes were committed (0 as well when the transaction
+    /// failed: its changes stay in the outbox).
+    pub fn step(&mut self, stop: &AtomicBool) -> Result<usize, StoreError> {
         let _ = self.reports().relay.set(std::thread::current());
         self.relay_id()?;
+        if !self.init_or_wait(stop) {
+            return Ok(0);
+        }
         if !self.recovered.swap(true, Ordering::AcqRel) {
             self.recover_or_wait(stop);
         }
@@ -436,38 +610,19 @@ impl Relay {
         {
             return Ok(0);
         }
+        if !self.begin(stop) {
+            return Ok(0);
+        }
         let mut flight = InFlight::new();
         self.send_batch(&rows, &mut flight);
-        let mut stop_deadline: Option<Instant> = None;
-        while self.reports().outstanding.load(Ordering::Acquire) > 0 {
-            std::thread::park_timeout(Duration::from_millis(100));
-            if stop.load(Ordering::Relaxed) {
-                let d =
-                    *stop_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
-                if Instant::now() > d {
-                    tracing::warn!("stopping with unacknowledged changes; they stay in the outbox");
-                    break;
-                }
-            }
-        }
         let mut acked = Vec::with_capacity(rows.len());
         let mut counts = vec![0u64; flight.datasets.len()];
-        let failed = matches!(
-            self.advance(&mut flight, &mut acked, &mut counts),
-            Advance::Failed
-        );
-        self.store.mark_sent(&acked)?;
-        self.save_offsets(&mut flight);
-        Self::record(&flight, &mut counts);
+        let done = self.commit(&mut flight, &mut acked, &mut counts, stop);
         self.drain(&mut flight, Duration::from_secs(3));
-        if failed {
-            // Changes after the refused one may have landed: find them.
-            self.recover_or_wait(stop);
-        }
-        if (failed || acked.len() < rows.len()) && !stop.load(Ordering::Relaxed) {
+        if done.is_none() && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(acked.len())
+        Ok(done.unwrap_or(0))
     }
 
     /// Sets how long the outbox may hold changes with none acknowledged
@@ -479,9 +634,11 @@ impl Relay {
 
     /// Runs until `stop`, waking on new changes. Pipelined: a reader thread
     /// reads the next batches from the store while this thread sends (up to
-    /// `RING` changes in flight) and trims the store as the acknowledged
-    /// prefix grows.
-    pub fn run(self, stop: Arc<AtomicBool>) {
+    /// `RING` changes in flight) into the open transaction, committed when
+    /// the changes sent are acknowledged and no more are waiting, every
+    /// 100 ms under load, or when the window is full; the store is trimmed
+    /// after each commit.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
         metrics::counter!("govbus_relay_stalls_total").increment(0);
         self.watch_backlog(stop.clone());
         let _ = self.reports().relay.set(std::thread::current());
@@ -491,6 +648,9 @@ impl Relay {
                 return;
             }
             std::thread::sleep(Duration::from_secs(1));
+        }
+        if !self.init_or_wait(&stop) {
+            return;
         }
         if !self.recovered.swap(true, Ordering::AcqRel) {
             self.recover_or_wait(&stop);
@@ -521,18 +681,22 @@ impl Relay {
         let mut flight = InFlight::new();
         let mut since_reset = Instant::now();
         let mut stop_at: Option<Instant> = None;
-        // Acknowledged ids not yet removed from the store: trimmed in large
-        // transactions (each is an fsync), not per delivery report.
+        // Acknowledged ids of the open transaction: removed from the store
+        // once it commits (one store transaction, an fsync, per commit).
         let mut acked: Vec<i64> = Vec::new();
         let mut counts: Vec<u64> = Vec::new();
-        let mut last_trim = Instant::now();
+        let mut in_txn = false;
+        let mut txn_at = Instant::now();
+        // Whether the last batch read was full: more are waiting, so the
+        // transaction stays open for them (until `TXN_EVERY`).
+        let mut more = false;
         let mut stall = govbus_core::stall::StallWatch::new(self.stall);
         // The outbox's backlog, read at most once a second (a query).
         let mut backlog: (Instant, Option<i64>) = (Instant::now(), None);
         loop {
             if stop.load(Ordering::Relaxed) {
                 let d = *stop_at.get_or_insert_with(|| Instant::now() + Duration::from_secs(3));
-                if flight.rows.is_empty() || Instant::now() > d {
+                if (flight.rows.is_empty() && !in_txn) || Instant::now() > d {
                     break;
                 }
             }
@@ -550,8 +714,20 @@ impl Relay {
                 };
                 match batches.recv_timeout(wait) {
                     Ok((e, Ok(rows))) if e == epoch.load(Ordering::Acquire) => {
+                        if !in_txn {
+                            if !self.begin(&stop) {
+                                // Not sent: read again from the lowest pending.
+                                let _ = give_back.try_send(rows);
+                                epoch.fetch_add(1, Ordering::AcqRel);
+                                std::thread::sleep(Duration::from_millis(500));
+                                continue;
+                            }
+                            in_txn = true;
+                            txn_at = Instant::now();
+                        }
                         self.send_batch(&rows, &mut flight);
                         sent = rows.len();
+                        more = sent >= self.batch;
                         let _ = give_back.try_send(rows);
                     }
                     Ok((_, Ok(rows))) => {
@@ -560,7 +736,8 @@ impl Relay {
                     Ok((_, Err(e))) => {
                         tracing::error!(error = %e, "relay cannot read its store; retrying");
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
+                    // The reader has nothing more for now.
+                    Err(RecvTimeoutError::Timeout) => more = false,
                     Err(RecvTimeoutError::Disconnected) => {
                         tracing::error!("the relay's reader stopped");
                         break;
@@ -590,45 +767,50 @@ impl Relay {
                     backlog: s.backlog,
                     in_flight: flight.rows.len(),
                 });
-                if !self.settle(&mut flight, &mut acked, &mut counts) {
-                    continue;
-                }
-                self.recover_or_wait(&stop);
+                // Abandoned: its changes are sent again from the lowest
+                // pending one, in a new transaction.
+                self.abandon(&mut flight, &mut acked, &mut counts, false);
+                in_txn = false;
                 epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 continue;
             }
-            let trim = acked.len() >= window
-                || (!acked.is_empty()
-                    && (flight.rows.is_empty()
-                        || failed
-                        || last_trim.elapsed() > Duration::from_millis(100)));
-            if trim {
-                match self.store.mark_sent(&acked) {
-                    Ok(()) => {
-                        self.save_offsets(&mut flight);
-                        Self::record(&flight, &mut counts);
-                        acked.clear();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "relay cannot trim its store; retrying");
-                    }
-                }
-                last_trim = Instant::now();
-            }
             if failed {
-                // Rewind: everything from the failed change on is sent again,
-                // but for what landed after it (found on the broker).
-                if !self.settle(&mut flight, &mut acked, &mut counts) {
-                    continue;
-                }
-                self.recover_or_wait(&stop);
+                // Refused: the transaction is aborted (nothing of it is
+                // ever read) and everything from the lowest pending change
+                // on is sent again.
+                self.abandon(&mut flight, &mut acked, &mut counts, false);
+                in_txn = false;
                 epoch.fetch_add(1, Ordering::AcqRel);
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
             }
-            if flight.rows.is_empty() && acked.is_empty() {
+            // 4. Commit: the changes sent are acknowledged and the last
+            //    batch read was not full (a quiet load waits for nothing),
+            //    or every
+            //    `TXN_EVERY` under load, or the window is full, or before a rewind or
+            //    a stop.
+            let landed = self.reports().outstanding.load(Ordering::Acquire) == 0;
+            if in_txn
+                && ((sent == 0 && landed && !more)
+                    || flight.rows.len() >= window
+                    || txn_at.elapsed() > TXN_EVERY
+                    || rewinding
+                    || stop_at.is_some())
+            {
+                in_txn = false;
+                if self
+                    .commit(&mut flight, &mut acked, &mut counts, &stop)
+                    .is_none()
+                {
+                    epoch.fetch_add(1, Ordering::AcqRel);
+                    since_reset = Instant::now();
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            }
+            if flight.rows.is_empty() && acked.is_empty() && !in_txn {
                 flight.head = 0;
                 if rewinding {
                     epoch.fetch_add(1, Ordering::AcqRel);
@@ -642,8 +824,8 @@ impl Relay {
                 }
             }
         }
-        if !acked.is_empty() && self.store.mark_sent(&acked).is_ok() {
-            self.save_offsets(&mut flight);
+        if in_txn {
+            self.commit(&mut flight, &mut acked, &mut counts, &stop);
         }
         reader_stop.store(true, Ordering::Relaxed);
         drop(batches);
@@ -651,6 +833,31 @@ impl Relay {
             let _ = r.join();
         }
         let _ = self.producer.flush(Duration::from_secs(2));
+    }
+}
+
+/// What a transaction error asks for.
+struct Ended {
+    /// The producer is unusable: make it again.
+    fatal: bool,
+    /// The transaction must be aborted.
+    abort: bool,
+    /// The call may be made again.
+    retriable: bool,
+}
+
+fn ended(e: &KafkaError) -> Ended {
+    match e {
+        KafkaError::Transaction(r) => Ended {
+            fatal: r.is_fatal(),
+            abort: r.txn_requires_abort(),
+            retriable: r.is_retriable(),
+        },
+        _ => Ended {
+            fatal: false,
+            abort: true,
+            retriable: false,
+        },
     }
 }
 

@@ -196,8 +196,13 @@ pub(crate) async fn publish_outbox(
     run_until_stopped(stop, move || {
         let publisher = govbus_producer::open_publisher(&p, &catalog)?;
         let topics = govbus_core::Topics::new(&p.topic_prefix);
-        let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?
-            .stall_after(std::time::Duration::from_secs(p.stall_secs));
+        let relay = govbus_producer::Relay::for_agency(
+            &p.kafka,
+            publisher.store(),
+            publisher.wakeup(),
+            &p.agency,
+        )?
+        .stall_after(std::time::Duration::from_secs(p.stall_secs));
         let rs = s.clone();
         let relay = std::thread::spawn(move || relay.run(rs));
         let dead = govbus_producer::deadletter::DeadLetters::new(
@@ -233,8 +238,13 @@ pub(crate) async fn publish_file(
     let s = stop.clone();
     run_until_stopped(stop, move || {
         let publisher = govbus_producer::open_publisher(&p, &catalog)?;
-        let relay = govbus_producer::Relay::new(&p.kafka, publisher.store(), publisher.wakeup())?
-            .stall_after(std::time::Duration::from_secs(p.stall_secs));
+        let relay = govbus_producer::Relay::for_agency(
+            &p.kafka,
+            publisher.store(),
+            publisher.wakeup(),
+            &p.agency,
+        )?
+        .stall_after(std::time::Duration::from_secs(p.stall_secs));
         let relay_stop = Arc::new(AtomicBool::new(false));
         let rs = relay_stop.clone();
         let relay = std::thread::spawn(move || relay.run(rs));

@@ -107,6 +107,13 @@ pub fn plan(catalog: &Catalog, topics: &Topics, p: &Principals, now_ms: i64) -> 
             OWN,
         );
         g.topic(Pattern::Literal, &topics.dlq("ingest", &d.id.owner), SEND);
+        // Its relay writes in transactions under ids of its own.
+        g.add(
+            Resource::TransactionalId,
+            Pattern::Prefixed,
+            &format!("govbus-relay-{}-", d.id.owner),
+            &[Write, Describe],
+        );
         g.idempotent();
         for prefix in ["govbus-lookup-", "govbus-relay-recover-", "govbus-reader-"] {
             g.scratch_group(prefix);

@@ -37,20 +37,25 @@ pub(super) enum RecoveryError {
     },
 }
 
+/// The relay id of `store`: drawn once and kept in the store.
+pub(super) fn load_relay_id(store: &dyn crate::store::OutboxStore) -> Result<u64, StoreError> {
+    Ok(match store.checkpoint("relay.id")? {
+        Some(id) => id as u64,
+        None => {
+            let id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
+            store.set_positions(&[("relay.id".into(), id)])?;
+            id as u64
+        }
+    })
+}
+
 impl Relay {
     /// This store's relay id: drawn once and kept in the store.
     pub(super) fn relay_id(&self) -> Result<u64, StoreError> {
         if let Some(id) = self.id.get() {
             return Ok(*id);
         }
-        let id = match self.store.checkpoint("relay.id")? {
-            Some(id) => id as u64,
-            None => {
-                let id = (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64;
-                self.store.set_positions(&[("relay.id".into(), id)])?;
-                id as u64
-            }
-        };
+        let id = load_relay_id(self.store.as_ref())?;
         Ok(*self.id.get_or_init(|| id))
     }
 
@@ -103,20 +108,21 @@ impl Relay {
         Ok(self.store.set_positions(&marks)?)
     }
 
-    /// Marks as sent the pending changes a previous run (or this one, before
-    /// a rewind) got onto the broker without recording it: read each
-    /// partition of each pending topic from the last offset recorded to its
-    /// end, looking for this relay's header. Returns how many it found.
+    /// Marks as sent the pending changes a previous run committed without
+    /// recording it: read each partition of each pending topic from the
+    /// last offset recorded to its end (committed records only: a
+    /// transaction the previous run left open was aborted when this relay
+    /// fenced it), looking for this relay's header. Returns how many it
+    /// found.
     fn recover(&self) -> Result<usize, RecoveryError> {
         let relay = self.relay_id()?;
         let topics = self.store.pending_topics()?;
         if topics.is_empty() {
             return Ok(0);
         }
-        let mut cfg = self
+        let cfg = self
             .kafka
             .consumer(&format!("govbus-relay-recover-{}", uuid::Uuid::new_v4()));
-        cfg.set("isolation.level", "read_uncommitted");
         let consumer = govbus_kafka_client::eof_consumer(cfg)?;
         let mut found: Vec<i64> = Vec::new();
         let mut ends: Vec<(String, i64)> = Vec::new();

@@ -271,6 +271,20 @@ impl Router {
             if batch.is_empty() {
                 continue;
             }
+            // Where the consumer stands after the batch: past the records
+            // it returned and the transaction markers (and aborted
+            // records) it skipped after them. Committing there, not at
+            // the last record + 1, leaves no lag of one marker per
+            // partition in Kafka's tools once everything is routed.
+            let stands: HashMap<(String, i32), i64> = consumer
+                .position()?
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect();
             let t_route = std::time::Instant::now();
             let mut out = pipe.buffer();
             out.label = self.cfg.txn_header.then(|| lineage.next().to_owned());
@@ -290,7 +304,16 @@ impl Router {
             hold(consumer, &mut holds, &scratch.held, &advances)?;
             let mut offsets = TopicPartitionList::new();
             for a in &advances {
-                offsets.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next))?;
+                // A held partition stays at its held record.
+                let held = scratch
+                    .held
+                    .iter()
+                    .any(|(t, p, ..)| *p == a.partition && *t == a.topic);
+                let next = match stands.get(&(a.topic.clone(), a.partition)) {
+                    Some(o) if !held => a.next.max(*o),
+                    _ => a.next,
+                };
+                offsets.add_partition_offset(&a.topic, a.partition, Offset::Offset(next))?;
             }
             let route_ms = t_route.elapsed().as_secs_f64() * 1e3;
             let t_wait = std::time::Instant::now();

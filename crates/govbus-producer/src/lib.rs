@@ -214,13 +214,20 @@ pub async fn run_agent(
             what: "publisher setup task",
             how: format!("ended abnormally: {e}"),
         })??;
-    let relay = Relay::for_agency(
-        &cfg.kafka,
+    // Reading the relay id is the store's blocking I/O: off the runtime.
+    let (k, store, wakeup, agency) = (
+        cfg.kafka.clone(),
         publisher.store(),
         publisher.wakeup(),
-        &cfg.agency,
-    )?
-    .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
+        cfg.agency.clone(),
+    );
+    let relay = tokio::task::spawn_blocking(move || Relay::for_agency(&k, store, wakeup, &agency))
+        .await
+        .map_err(|e| AgentError::Task {
+            what: "relay setup task",
+            how: format!("ended abnormally: {e}"),
+        })??
+        .stall_after(std::time::Duration::from_secs(cfg.stall_secs));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let relay_thread = std::thread::Builder::new()

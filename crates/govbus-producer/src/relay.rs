@@ -257,7 +257,9 @@ impl Relay {
         Self::for_agency(kafka, store, wakeup, &agency)
     }
 
-    /// A relay of `agency`'s outbox `store` to the cluster.
+    /// A relay of `agency`'s outbox `store` to the cluster. Reads (or
+    /// draws) the store's relay id: blocking I/O, not to be called on an
+    /// async runtime's thread.
     pub fn for_agency(
         kafka: &KafkaConfig,
         store: Arc<dyn OutboxStore>,

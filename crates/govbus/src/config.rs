@@ -378,26 +378,97 @@ mod tests {
         }
     }
 
+    /// Every sample in `deploy/agencies/` runs as its header says, all on
+    /// one host: each `# Run:` line names a command whose section the file
+    /// has, the file loads for that agent, no two processes listen on one
+    /// address, and every agent finds the registry and the broker where
+    /// they are (found as a new user would: `registry` and `route` with
+    /// one file both bound its metrics port).
     #[test]
-    fn every_shipped_agency_config_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/agencies");
-        let mut n = 0;
-        for e in std::fs::read_dir(&dir).unwrap() {
+    fn every_sample_agency_config_runs_as_its_header_says_on_one_host() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut listens: std::collections::BTreeMap<SocketAddr, String> = Default::default();
+        let mut listen = |addr: SocketAddr, what: String| {
+            if let Some(other) = listens.insert(addr, what.clone()) {
+                panic!("{what} and {other} both listen on {addr}");
+            }
+        };
+        let (mut registries, mut wanted, mut bootstraps) = (vec![], vec![], vec![]);
+        let mut runs = 0;
+        for e in std::fs::read_dir(root.join("deploy/agencies")).unwrap() {
             let p = e.unwrap().path();
-            let c = GovbusConfig::load_from(Some(&p), None, &[])
-                .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()))
-                .0;
-            assert!(
-                c.registry.is_some()
-                    || c.router.is_some()
-                    || c.producer.is_some()
-                    || c.consumer.is_some(),
-                "{} configures nothing",
-                p.display()
+            let text = std::fs::read_to_string(&p).unwrap();
+            let rel = format!(
+                "deploy/agencies/{}",
+                p.file_name().unwrap().to_string_lossy()
             );
-            n += 1;
+            let commands: Vec<&str> = text
+                .lines()
+                .take_while(|l| l.starts_with('#'))
+                .filter_map(|l| l.split_once("govbus ").map(|(_, c)| c))
+                .filter(|c| c.contains(&format!("--config {rel}")))
+                .map(|c| c.split_whitespace().next().unwrap())
+                .collect();
+            let own: Vec<&str> = commands
+                .iter()
+                .copied()
+                .filter(|c| ["registry", "route", "produce", "consume"].contains(c))
+                .collect();
+            assert_eq!(
+                own.len(),
+                1,
+                "{rel}: its header runs one agent: {commands:?}"
+            );
+            let agent = match own[0] {
+                "registry" => Agent::Registry,
+                "route" => Agent::Router,
+                "produce" => Agent::Producer,
+                _ => Agent::Consumer,
+            };
+            // As run from the repository's root, as the header says.
+            let (c, _) = GovbusConfig::load_from(Some(&p), Some(agent), &[])
+                .unwrap_or_else(|e| panic!("{rel}: {e:#}"));
+            let deploy = root.join(c.deploy.as_deref().expect("names its deploy directory"));
+            let schemas = root.join(c.schemas.as_deref().expect("names its schemas directory"));
+            govbus_core::Catalog::load(&deploy, &schemas)
+                .unwrap_or_else(|e| panic!("{rel}: its deploy and schemas: {e}"));
+            listen(
+                c.metrics_listen.expect("serves its health"),
+                format!("{rel} metrics"),
+            );
+            match agent {
+                Agent::Registry => {
+                    let r = c.registry.unwrap();
+                    listen(r.listen, format!("{rel} registry"));
+                    registries.push(format!("http://{}", r.listen));
+                    bootstraps.push(r.kafka.bootstrap);
+                }
+                Agent::Router => {
+                    let r = c.router.unwrap();
+                    wanted.push((rel.clone(), r.registry));
+                    bootstraps.push(r.kafka.bootstrap);
+                }
+                Agent::Producer => {
+                    let p = c.producer.unwrap();
+                    listen(p.listen, format!("{rel} ingest"));
+                    wanted.push((rel.clone(), p.registry));
+                    bootstraps.push(p.kafka.bootstrap);
+                }
+                Agent::Consumer => {
+                    let k = c.consumer.unwrap();
+                    wanted.push((rel.clone(), k.registry));
+                    bootstraps.push(k.kafka.bootstrap);
+                }
+            }
+            runs += 1;
         }
-        assert!(n >= 3);
+        assert!(runs >= 6, "{runs} samples");
+        assert_eq!(registries.len(), 1, "one registry sample");
+        for (rel, r) in wanted {
+            assert_eq!(r, registries[0], "{rel} looks for the registry elsewhere");
+        }
+        bootstraps.dedup();
+        assert_eq!(bootstraps.len(), 1, "one broker: {bootstraps:?}");
     }
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {

@@ -7,26 +7,44 @@ use govbus_producer::demo::DemoWorld;
 use govbus_producer::ChangeRequest;
 use serde_json::json;
 
-/// Posts the demo's administrative units to moha's ingest endpoint (one
-/// batch); returns how many.
+/// Posts the whole real administrative map with its history (10,825
+/// codes: every province, district and commune before the reform and
+/// today's 34 provinces and 3,321 communes, as `govbus admin-units load`
+/// publishes them) to moha's ingest endpoint, in batches of 1,000 (each
+/// stored whole or not at all); returns how many rows.
 pub(crate) fn post_admin_units(ingest: &str) -> anyhow::Result<usize> {
     let url = format!(
         "{}/v1/datasets/moha.admin_units/changes/batch",
         ingest.trim_end_matches('/')
     );
-    let units = govbus_producer::demo::admin_units();
-    let changes: Vec<_> = units
-        .iter()
-        .map(|u| json!({"op": "upsert", "data": u}))
-        .collect();
-    match ureq::post(&url).send_string(&json!({ "changes": changes }).to_string()) {
-        Ok(_) => Ok(units.len()),
-        Err(ureq::Error::Status(s, r)) => bail!(
-            "moha ingest refused the admin units ({s}): {}",
-            r.into_string().unwrap_or_default()
-        ),
-        Err(e) => Err(e).context("posting admin units to moha's ingest"),
+    let rows: Vec<_> = govbus_core::admin_map::reference().rows().collect();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    for chunk in rows.chunks(1000) {
+        let changes: Vec<_> = chunk
+            .iter()
+            .map(|u| json!({"op": "upsert", "data": u}))
+            .collect();
+        let body = json!({ "changes": changes }).to_string();
+        let mut tries = 0;
+        loop {
+            match agent.post(&url).send_string(&body) {
+                Ok(_) => break,
+                Err(ureq::Error::Status(s, r)) if s < 500 => bail!(
+                    "moha ingest refused the administrative units ({s}): {}",
+                    r.into_string().unwrap_or_default()
+                ),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "moha ingest unavailable; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e).context("posting admin units to moha's ingest"),
+            }
+        }
     }
+    Ok(rows.len())
 }
 
 /// Posts changes at `rate` per second (0 = as fast as possible), `count` in all (0 = forever).

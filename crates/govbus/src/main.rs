@@ -125,8 +125,9 @@ enum Cmd {
         /// Seed of the demo world.
         #[arg(long, default_value_t = 52)]
         seed: u64,
-        /// Post the demo's administrative units (moha.admin_units) to
-        /// `--ingest` (moha's) instead, once, and exit.
+        /// Post the whole real administrative map with its history
+        /// (moha.admin_units, 10,825 codes) to `--ingest` (moha's)
+        /// instead, once, and exit.
         #[arg(long)]
         admin_units: bool,
     },
@@ -562,10 +563,32 @@ enum SubCmd {
     },
 }
 
+impl Cmd {
+    /// The log level when `RUST_LOG` says none: INFO for the agents (the
+    /// runbooks quote their INFO lines), WARN for one-shot commands, whose
+    /// answer is what they print.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Cmd::Registry { .. }
+            | Cmd::Route { .. }
+            | Cmd::Produce { .. }
+            | Cmd::Consume { .. }
+            | Cmd::Publish { .. }
+            | Cmd::Dashboard { .. }
+            | Cmd::AdminUnits {
+                command: AdminUnitsCmd::Load { .. },
+            } => "info",
+            _ => "warn",
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| cli.command.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -579,7 +602,6 @@ fn main() -> std::process::ExitCode {
             default_hook(info);
         }
     }));
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

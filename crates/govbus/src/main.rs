@@ -54,6 +54,14 @@ enum Cmd {
         /// acl apply` derives are applied before any agent starts.
         #[arg(long)]
         secure: bool,
+        /// A deploy directory (`datasets/`, `subscriptions/`, `reports/`)
+        /// to run instead of the repository's: a producer for every agency
+        /// that owns a dataset, a province for every subscriber.
+        #[arg(long)]
+        deploy: Option<PathBuf>,
+        /// The schemas its datasets name (default: `<deploy>/../schemas`).
+        #[arg(long, requires = "deploy")]
+        schemas: Option<PathBuf>,
     },
     /// Serve the Confluent-compatible schema registry (`[registry]`).
     Registry {
@@ -617,7 +625,20 @@ fn main() -> std::process::ExitCode {
                 broker,
                 stall_secs,
                 secure,
-            } => up::run(dir, rate, broker, stall_secs, secure).await,
+                deploy,
+                schemas,
+            } => {
+                up::run(up::UpArgs {
+                    dir,
+                    rate,
+                    broker,
+                    stall_secs,
+                    secure,
+                    deploy,
+                    schemas,
+                })
+                .await
+            }
             Cmd::Registry { config } => agents::registry(config.as_deref()).await,
             Cmd::Route { config } => agents::route(config.as_deref()).await,
             Cmd::Produce { config } => agents::produce(config.as_deref()).await,

@@ -44,6 +44,17 @@ fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
+/// `n` distinct free ports, as [`free_ports`].
+fn free_port_list(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
 /// Starts `cmd` with its output appended to `log`.
 fn start_logged(cmd: &mut Command, log: &Path) -> std::io::Result<Child> {
     let f = std::fs::OpenOptions::new()
@@ -358,7 +369,7 @@ fn start_broker(
     exe: &Path,
     dir: &Path,
     stack: &mut Stack,
-    secure: bool,
+    secure: Option<&[String]>,
 ) -> anyhow::Result<(String, Running, String, Option<Credentials>)> {
     let choice = match choice {
         Some(c) => c,
@@ -383,14 +394,14 @@ fn start_broker(
             let t = Instant::now();
             let mut cfg = govbus_kafka::ClusterConfig::new(1, dir.join("kafka"))
                 .set("auto.create.topics.enable", "false");
-            let creds = if secure {
+            let creds = if let Some(names) = secure {
                 // A CA of its own, and a random password per user, in files
                 // only this user may read.
                 let ca = govbus_kafka::tls::Authority::create(dir.join("tls"))?;
                 let secrets = dir.join("secrets");
                 std::fs::create_dir_all(&secrets)?;
                 let mut users = Vec::new();
-                for u in USERS.iter().chain(["admin"].iter()) {
+                for u in names.iter().map(String::as_str).chain(["admin"]) {
                     let pw = govbus_http::new_token()?;
                     let f = secrets.join(u);
                     govbus_core::secret::write_private(&f, pw.as_bytes())?;
@@ -410,7 +421,7 @@ fn start_broker(
             let line = format!(
                 "Apache Kafka {} on {bootstrap} (one KRaft node{}, started in {:.1} s; log {})",
                 govbus_kafka::VERSION,
-                if secure {
+                if secure.is_some() {
                     ": SASL_SSL only, SCRAM-SHA-512, ACLs enforced"
                 } else {
                     ""
@@ -450,19 +461,155 @@ fn start_broker(
     }
 }
 
-/// Runs the stack until Ctrl-C.
-pub(crate) async fn run(
-    dir: PathBuf,
-    rate: u32,
-    broker: Option<BrokerChoice>,
-    stall_secs: u64,
-    secure: bool,
-) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || run_blocking(dir, rate, broker, stall_secs, secure)).await?
+/// What `govbus up` runs.
+pub(crate) struct UpArgs {
+    /// Working directory (cleared at start).
+    pub(crate) dir: PathBuf,
+    /// Demo changes per second.
+    pub(crate) rate: u32,
+    /// The broker.
+    pub(crate) broker: Option<BrokerChoice>,
+    /// Seconds a hop may hold a backlog without moving.
+    pub(crate) stall_secs: u64,
+    /// TLS, SCRAM and ACLs.
+    pub(crate) secure: bool,
+    /// A deploy directory (datasets, subscriptions, reports); none: the
+    /// repository's, compiled in.
+    pub(crate) deploy: Option<PathBuf>,
+    /// The schemas directory (default: `<deploy>/../schemas`).
+    pub(crate) schemas: Option<PathBuf>,
 }
 
-/// The users of `govbus up --secure`: each agent's, and the operator's.
-const USERS: &[&str] = &["bca", "moha", "router", "registry", "p52", "p92", "ops"];
+/// Runs the stack until Ctrl-C.
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(args)).await?
+}
+
+/// The files `up` runs: the catalog, and the directories its agents are
+/// told (none: the catalog compiled in).
+struct Files {
+    catalog: govbus_core::Catalog,
+    dirs: Option<(PathBuf, PathBuf)>,
+}
+
+impl Files {
+    fn load(deploy: Option<PathBuf>, schemas: Option<PathBuf>) -> anyhow::Result<Self> {
+        let Some(deploy) = deploy else {
+            if schemas.is_some() {
+                bail!("--schemas goes with --deploy");
+            }
+            return Ok(Self {
+                catalog: govbus_core::Catalog::builtin(),
+                dirs: None,
+            });
+        };
+        let schemas = schemas.unwrap_or_else(|| deploy.join("..").join("schemas"));
+        let canon = |p: &Path| {
+            p.canonicalize()
+                .with_context(|| format!("{} is not a directory here", p.display()))
+        };
+        let (deploy, schemas) = (canon(&deploy)?, canon(&schemas)?);
+        let catalog = govbus_core::Catalog::load(&deploy, &schemas).with_context(|| {
+            format!(
+                "loading {} (`govbus check {} --schemas {}` lists every problem)",
+                deploy.display(),
+                deploy.display(),
+                schemas.display()
+            )
+        })?;
+        Ok(Self {
+            catalog,
+            dirs: Some((deploy, schemas)),
+        })
+    }
+
+    /// The lines that point an agent's config at these files.
+    fn config_lines(&self) -> String {
+        match &self.dirs {
+            Some((d, s)) => format!(
+                "deploy = {}\nschemas = {}\n",
+                toml_string(&d.display().to_string()),
+                toml_string(&s.display().to_string())
+            ),
+            None => String::new(),
+        }
+    }
+
+    /// The agencies that own a dataset, those whose datasets others look
+    /// codes up in first (moha before bca: bca's producer reads
+    /// moha.admin_units to its end before it accepts a change).
+    fn producers(&self) -> Vec<String> {
+        let looked_up: std::collections::BTreeSet<&str> = self
+            .catalog
+            .datasets
+            .values()
+            .flat_map(|d| d.file.lookups.values().map(|id| id.owner.as_str()))
+            .collect();
+        let mut owners: Vec<String> = self
+            .catalog
+            .datasets
+            .keys()
+            .map(|id| id.owner.clone())
+            .collect();
+        owners.dedup();
+        owners.sort_by_key(|o| (!looked_up.contains(o.as_str()), o.clone()));
+        owners
+    }
+
+    /// Every subscriber, once, in name order.
+    fn provinces(&self) -> Vec<String> {
+        let mut s: Vec<String> = self
+            .catalog
+            .subscriptions
+            .iter()
+            .map(|s| s.file.subscriber.clone())
+            .collect();
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    /// The central topic of every dataset someone subscribes to (the
+    /// router's input).
+    fn central_topics(&self) -> Vec<String> {
+        let topics = govbus_core::Topics::default();
+        self.catalog
+            .datasets
+            .values()
+            .filter(|d| {
+                self.catalog
+                    .subscriptions
+                    .iter()
+                    .any(|s| s.file.dataset == d.id)
+            })
+            .map(|d| topics.central(&d.id, d.file.major))
+            .collect()
+    }
+
+    /// Whether the catalog declares `owner.name`.
+    fn has(&self, owner: &str, name: &str) -> bool {
+        self.catalog
+            .datasets
+            .contains_key(&govbus_core::DatasetId::new(owner, name))
+    }
+}
+
+/// `text` as a TOML basic string (JSON's string escapes are TOML's).
+fn toml_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The users of `govbus up --secure`: each agency's and subscriber's, the
+/// router's, the registry's and the operator's.
+fn users(files: &Files) -> Vec<String> {
+    let mut u: Vec<String> = ["router", "registry", "ops"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    u.extend(files.producers());
+    u.extend(files.provinces());
+    u
+}
 
 /// A secured broker's CA and each user's password file.
 struct Credentials {
@@ -497,30 +644,35 @@ impl Credentials {
     }
 }
 
-/// Makes a secured node's ACLs what the built-in catalog implies, as
-/// `govbus acl apply` does; returns how many were created.
-fn apply_acls(kafka: &govbus_kafka_client::KafkaConfig) -> anyhow::Result<usize> {
+/// Makes a secured node's ACLs what the catalog implies, as `govbus acl
+/// apply` does; returns how many were created.
+fn apply_acls(
+    kafka: &govbus_kafka_client::KafkaConfig,
+    catalog: &govbus_core::Catalog,
+) -> anyhow::Result<usize> {
     use govbus_kafka_client::acl::{managed, plan, AclAdmin, Principals};
-    let catalog = govbus_core::Catalog::builtin();
     let p = Principals::standard(ROUTER_GROUP);
     let wanted = plan(
-        &catalog,
+        catalog,
         &govbus_core::Topics::default(),
         &p,
         chrono::Utc::now().timestamp_millis(),
     );
     let admin = AclAdmin::new(kafka)?;
-    admin.apply(&admin.compare(&wanted, &managed(&wanted, &catalog, &p))?)?;
+    admin.apply(&admin.compare(&wanted, &managed(&wanted, catalog, &p))?)?;
     Ok(wanted.len())
 }
 
-fn run_blocking(
-    dir: PathBuf,
-    rate: u32,
-    broker: Option<BrokerChoice>,
-    stall_secs: u64,
-    secure: bool,
-) -> anyhow::Result<()> {
+fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        dir,
+        rate,
+        broker,
+        stall_secs,
+        secure,
+        deploy,
+        schemas,
+    } = args;
     if secure
         && matches!(
             broker,
@@ -529,6 +681,9 @@ fn run_blocking(
     {
         anyhow::bail!("--secure starts an Apache Kafka of its own (TLS, SCRAM, ACLs): leave out --broker, or say --broker kafka");
     }
+    let files = Files::load(deploy, schemas)?;
+    let producers = files.producers();
+    let provinces = files.provinces();
     let exe = std::env::current_exe().context("locating the govbus binary")?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -536,8 +691,11 @@ fn run_blocking(
     std::fs::create_dir_all(dir.join("logs"))?;
     let dir = dir.canonicalize()?;
 
-    let [registry_port, ingest_port, moha_port, m_router, m_producer, m_p52, m_p92, m_registry, m_moha, dashboard_port] =
-        free_ports()?;
+    let [registry_port, m_router, m_registry, dashboard_port] = free_ports()?;
+    // Per agency: its ingest and its health port; per province: its health port.
+    let ports = free_port_list(2 * producers.len() + provinces.len())?;
+    let (ingest_ports, rest) = ports.split_at(producers.len());
+    let (producer_metrics, province_metrics) = rest.split_at(producers.len());
     let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -551,12 +709,29 @@ fn run_blocking(
     }
 
     println!("govbus up: working directory {}", dir.display());
-    let (bootstrap, mut running, line, creds) =
-        start_broker(broker, &exe, &dir, &mut stack, secure)?;
+    match &files.dirs {
+        Some((d, s)) => println!(
+            "  files     {} ({} datasets, {} subscriptions, {} reports; schemas {})",
+            d.display(),
+            files.catalog.datasets.len(),
+            files.catalog.subscriptions.len(),
+            files.catalog.reports.len(),
+            s.display()
+        ),
+        None => println!("  files     the repository's deploy/ and schemas/, built in (--deploy DIR --schemas DIR runs yours)"),
+    }
+    let users = users(&files);
+    let (bootstrap, mut running, line, creds) = start_broker(
+        broker,
+        &exe,
+        &dir,
+        &mut stack,
+        secure.then_some(users.as_slice()),
+    )?;
     println!("  broker    {line}");
     if let Some(c) = &creds {
-        let n = apply_acls(&c.kafka(&bootstrap, "admin")?)?;
-        println!("  acls      {n} applied (govbus acl plan's, for the built-in catalog); each agent connects as its own user");
+        let n = apply_acls(&c.kafka(&bootstrap, "admin")?, &files.catalog)?;
+        println!("  acls      {n} applied (govbus acl plan's, for these files); each agent connects as its own user");
     }
 
     // nisshi holds a fetch that finds nothing for the whole wait instead
@@ -568,13 +743,14 @@ fn run_blocking(
         ""
     };
     let kafka = format!("[{{section}}.kafka]\nbootstrap = \"{bootstrap}\"\n{fetch_wait}");
+    let file_lines = files.config_lines();
     // Every agent up runs: its config (on a secured broker it connects as
     // its own user), its command, and its health port.
     let service = |name: &str, role: Role, body: String, metrics: u16| Service {
         name: name.to_string(),
         role,
         config: format!(
-            "metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{section}]\n{body}\n{}{}",
+            "{file_lines}metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{section}]\n{body}\n{}{}",
             kafka.replace("{section}", role.section()),
             creds
                 .as_ref()
@@ -616,25 +792,36 @@ fn run_blocking(
     .start(&mut stack, &exe, &dir)?;
     println!("  registry  {registry}");
 
-    // moha first: bca's contract looks province and commune codes up in
-    // moha.admin_units, so the catalog is on the bus before bca starts.
-    producer("moha", moha_port, m_moha).start(&mut stack, &exe, &dir)?;
-    let moha = format!("http://127.0.0.1:{moha_port}");
-    let units = crate::demo::post_admin_units(&moha)?;
-    stack.wait_ready("moha relay", || {
-        scrape(m_moha, "govbus_relay_published_total", "")
-            .values()
-            .sum::<f64>()
-            >= units as f64
-    })?;
-    println!("  ministry  moha published {units} administrative units (moha.admin_units)");
-    producer("bca", ingest_port, m_producer).start(&mut stack, &exe, &dir)?;
-    let ingest = format!("http://127.0.0.1:{ingest_port}");
-    println!("  ministry  bca ingest on {ingest}/v1/datasets/bca.residents/changes");
+    // Every agency that owns a dataset, those whose datasets others look
+    // codes up in first: bca's contract looks province and commune codes up
+    // in moha.admin_units, so the map is on the bus before bca starts.
+    let mut ingest_of = BTreeMap::new();
+    for ((agency, &port), &metrics) in producers.iter().zip(ingest_ports).zip(producer_metrics) {
+        producer(agency, port, metrics).start(&mut stack, &exe, &dir)?;
+        let ingest = format!("http://127.0.0.1:{port}");
+        if agency == "moha" && files.has("moha", "admin_units") {
+            let t = Instant::now();
+            let units = crate::demo::post_admin_units(&ingest)?;
+            stack.wait_ready("moha relay", || {
+                scrape(metrics, "govbus_relay_published_total", "")
+                    .values()
+                    .sum::<f64>()
+                    >= units as f64
+            })?;
+            println!(
+                "  ministry  moha published the real map: {units} administrative units with their history, in {:.1} s (moha.admin_units)",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        for id in files.catalog.datasets.keys().filter(|d| &d.owner == agency) {
+            println!("  ministry  {agency} ingest on {ingest}/v1/datasets/{id}/changes (described at {ingest}/openapi.json)");
+        }
+        ingest_of.insert(agency.clone(), (ingest, metrics));
+    }
 
-    // The subscriptions (p52, p92), as `govbus subscriptions apply` writes them.
-    // The subscriptions are applied, and the live line reads the cluster,
-    // as the operator would.
+    // The subscriptions, as `govbus subscriptions apply` writes them;
+    // they are applied, and the live line reads the cluster, as the
+    // operator would.
     let as_operator = match &creds {
         Some(c) => c.kafka(&bootstrap, "ops")?,
         None => govbus_kafka_client::KafkaConfig::new(&bootstrap),
@@ -643,7 +830,7 @@ fn run_blocking(
         govbus_router::control::apply(
             &as_operator,
             &govbus_core::Topics::default(),
-            &govbus_core::Catalog::builtin(),
+            &files.catalog,
             false,
             false,
         )
@@ -662,7 +849,7 @@ fn run_blocking(
     )
     .start(&mut stack, &exe, &dir)?;
 
-    for (p, port) in [("p52", m_p52), ("p92", m_p92)] {
+    for (p, &port) in provinces.iter().zip(province_metrics) {
         province(p, port).start(&mut stack, &exe, &dir)?;
         println!(
             "  province  {p} → {}",
@@ -670,35 +857,57 @@ fn run_blocking(
         );
     }
 
-    let mut cmd = Command::new(&exe);
-    let dashboard = format!("127.0.0.1:{dashboard_port}");
-    cmd.args([
-        "dashboard",
-        "--listen",
-        &dashboard,
-        "--router-group",
-        ROUTER_GROUP,
-    ]);
-    for p in ["p52", "p92"] {
-        cmd.arg("--config").arg(dir.join(format!("{p}.toml")));
+    if !provinces.is_empty() {
+        let mut cmd = Command::new(&exe);
+        let dashboard = format!("127.0.0.1:{dashboard_port}");
+        cmd.args([
+            "dashboard",
+            "--listen",
+            &dashboard,
+            "--router-group",
+            ROUTER_GROUP,
+        ]);
+        for p in &provinces {
+            cmd.arg("--config").arg(dir.join(format!("{p}.toml")));
+        }
+        stack.spawn("dashboard", cmd, &dir)?;
+        stack.wait_ready("dashboard", || {
+            http_ok(&format!("http://{dashboard}/state"))
+        })?;
+        println!(
+            "  dashboard http://{dashboard}/  ({}, live; ?lang=en for English)",
+            provinces.join(", ")
+        );
     }
-    stack.spawn("dashboard", cmd, &dir)?;
-    stack.wait_ready("dashboard", || {
-        http_ok(&format!("http://{dashboard}/state"))
-    })?;
-    println!("  dashboard http://{dashboard}/  (p52 and p92, live; ?lang=en for English)");
 
-    let mut cmd = Command::new(&exe);
-    cmd.args(["demo", "--ingest", &ingest, "--rate", &rate.to_string()]);
-    stack.spawn("demo", cmd, &dir)?;
-    println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
-    println!("  metrics   router :{m_router}  producer :{m_producer}  moha :{m_moha}  p52 :{m_p52}  p92 :{m_p92}  registry :{m_registry}");
+    // The demo ministry's source system, when the files declare its dataset.
+    let bca = ingest_of.get("bca").filter(|_| files.has("bca", "residents"));
+    if let Some((ingest, _)) = bca {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["demo", "--ingest", ingest, "--rate", &rate.to_string()]);
+        stack.spawn("demo", cmd, &dir)?;
+        println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
+    }
+    println!(
+        "  metrics   router :{m_router}  registry :{m_registry}  {}  {}",
+        ingest_of
+            .iter()
+            .map(|(a, (_, m))| format!("{a} :{m}"))
+            .collect::<Vec<_>>()
+            .join("  "),
+        provinces
+            .iter()
+            .zip(province_metrics)
+            .map(|(p, m)| format!("{p} :{m}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     println!(
         "  Ctrl-C stops everything. Logs: {}",
         dir.join("logs").display()
     );
 
-    let hops = Hops::new(&as_operator, stall_secs)?;
+    let hops = Hops::new(&as_operator, files.central_topics(), stall_secs)?;
     let start = Instant::now();
     let mut last_tick = Instant::now();
     let mut last_published = 0u64;
@@ -740,8 +949,17 @@ fn run_blocking(
         let total = |m: BTreeMap<String, f64>| m.values().map(|v| *v as u64).sum::<u64>();
         let applied = |port| total(scrape(port, "govbus_consumer_applied_total", ""));
         let lag = |port| total(scrape(port, "govbus_consumer_lag_events", ""));
-        let mut now = hops.read(applied(m_p52), lag(m_p52), applied(m_p92), lag(m_p92));
-        now.normalised = total(scrape(m_producer, "govbus_codes_normalised_total", ""));
+        let mut now = hops.read(
+            provinces
+                .iter()
+                .zip(province_metrics)
+                .map(|(p, &m)| (p.clone(), applied(m), lag(m)))
+                .collect(),
+        );
+        now.normalised = ingest_of
+            .values()
+            .map(|(_, m)| total(scrape(*m, "govbus_codes_normalised_total", "")))
+            .sum();
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
         last_published = now.published;
         if supervised.is_empty() {
@@ -762,28 +980,29 @@ fn run_blocking(
     Ok(())
 }
 
-/// The backlog at each hop, from offsets: the central topic's end
-/// (published), the router group's committed offsets on it (consumed), and
+/// The backlog at each hop, from offsets: the central topics' ends
+/// (published), the router group's committed offsets on them (consumed), and
 /// each province's applied count and lag (its position against its view
-/// topic's end, which the province agent measures).
+/// topics' ends, which the province agent measures).
 struct Hops {
     client: rdkafka::consumer::BaseConsumer,
-    central: String,
+    central: Vec<String>,
     group: rdkafka::consumer::BaseConsumer,
     stall: Duration,
     /// Per hop: the last count, and since when it has not moved while its
     /// lag was above zero.
-    progress: std::cell::RefCell<BTreeMap<&'static str, (u64, Option<Instant>)>>,
+    progress: std::cell::RefCell<BTreeMap<String, (u64, Option<Instant>)>>,
 }
 
 /// One reading of [`Hops`].
 struct HopsNow {
     published: u64,
-    /// Codes the producer normalised (pre-reform codes the demo still sends).
+    /// Codes the producers normalised (pre-reform codes the demo still sends).
     normalised: u64,
     routed: Option<(u64, u64)>,
-    provinces: [(&'static str, u64, u64); 2],
-    stalled: Vec<(&'static str, u64)>,
+    /// Per province: applied, lag.
+    provinces: Vec<(String, u64, u64)>,
+    stalled: Vec<(String, u64)>,
 }
 
 impl HopsNow {
@@ -793,15 +1012,12 @@ impl HopsNow {
             None => "router consumed        ? lag      ?".to_string(),
         };
         let mut line = format!(
-            "published {:>8} ({rate:>5.0}/s, {:>6} codes normalised) │ {router} │ {}",
-            self.published,
-            self.normalised,
-            self.provinces
-                .iter()
-                .map(|(p, applied, lag)| format!("{p} applied {applied:>7} lag {lag:>6}"))
-                .collect::<Vec<_>>()
-                .join(" │ ")
+            "published {:>8} ({rate:>5.0}/s, {:>6} codes normalised) │ {router}",
+            self.published, self.normalised,
         );
+        for (p, applied, lag) in &self.provinces {
+            line.push_str(&format!(" │ {p} applied {applied:>7} lag {lag:>6}"));
+        }
         for (hop, secs) in &self.stalled {
             line.push_str(&format!(" │ STALLED {hop} {secs}s"));
         }
@@ -810,29 +1026,34 @@ impl HopsNow {
 }
 
 impl Hops {
-    fn new(kafka: &govbus_kafka_client::KafkaConfig, stall_secs: u64) -> anyhow::Result<Self> {
-        let topics = govbus_core::Topics::default();
+    fn new(
+        kafka: &govbus_kafka_client::KafkaConfig,
+        central: Vec<String>,
+        stall_secs: u64,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             client: kafka.client().create()?,
-            central: topics.central(&govbus_core::DatasetId::new("bca", "residents"), 1),
+            central,
             group: kafka.consumer(ROUTER_GROUP).create()?,
             stall: Duration::from_secs(stall_secs.max(1)) / 2,
             progress: Default::default(),
         })
     }
 
-    fn read(&self, a52: u64, l52: u64, a92: u64, l92: u64) -> HopsNow {
+    fn read(&self, provinces: Vec<(String, u64, u64)>) -> HopsNow {
         use rdkafka::consumer::Consumer;
         let t = Duration::from_secs(2);
-        let parts =
-            govbus_kafka_client::partitions_of(&self.client, &self.central).unwrap_or_default();
         let mut published = 0u64;
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in &parts {
-            if let Ok((_, high)) = self.client.fetch_watermarks(&self.central, *p, t) {
-                published += high.max(0) as u64;
+        for topic in &self.central {
+            let parts =
+                govbus_kafka_client::partitions_of(&self.client, topic).unwrap_or_default();
+            for p in &parts {
+                if let Ok((_, high)) = self.client.fetch_watermarks(topic, *p, t) {
+                    published += high.max(0) as u64;
+                }
+                tpl.add_partition(topic, *p);
             }
-            tpl.add_partition(&self.central, *p);
         }
         let routed = self.group.committed_offsets(tpl, t).ok().map(|c| {
             let consumed: u64 = c
@@ -847,27 +1068,28 @@ impl Hops {
         });
         let mut stalled = Vec::new();
         let mut progress = self.progress.borrow_mut();
-        let mut watch = |hop: &'static str, count: u64, lag: u64| {
-            let e = progress.entry(hop).or_insert((count, None));
+        let mut watch = |hop: &str, count: u64, lag: u64| {
+            let e = progress.entry(hop.to_string()).or_insert((count, None));
             if count != e.0 || lag == 0 {
                 *e = (count, None);
             } else {
                 let since = *e.1.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.stall {
-                    stalled.push((hop, since.elapsed().as_secs()));
+                    stalled.push((hop.to_string(), since.elapsed().as_secs()));
                 }
             }
         };
         if let Some((consumed, lag)) = routed {
             watch("router", consumed, lag);
         }
-        watch("p52", a52, l52);
-        watch("p92", a92, l92);
+        for (p, applied, lag) in &provinces {
+            watch(p, *applied, *lag);
+        }
         HopsNow {
             published,
             normalised: 0,
             routed,
-            provinces: [("p52", a52, l52), ("p92", a92, l92)],
+            provinces,
             stalled,
         }
     }

@@ -35,6 +35,7 @@ fn changes_reach_a_province_on_nisshi() {
         "",
     );
     let catalog = bus.catalog.clone();
+    let status_cfg = cfg.clone();
     let _p92 = Worker::spawn("p92", move |stop| {
         govbus_consumer::run(&cfg, &catalog, stop).unwrap()
     });
@@ -61,6 +62,16 @@ fn changes_reach_a_province_on_nisshi() {
                 .collect::<Result<_, _>>()
                 .ok()?;
             (got == want).then_some(())
+        },
+    );
+    // Applied in full, its view reads no lag: the router's transaction
+    // markers past the last change are not records to apply.
+    wait_until(
+        Duration::from_secs(30),
+        "govbus status to show no lag on the applied view on nisshi",
+        || {
+            let st = govbus_consumer::status(&status_cfg, &bus.catalog).ok()?;
+            (st.len() == 1 && st[0].lag == Some(0)).then_some(())
         },
     );
 }

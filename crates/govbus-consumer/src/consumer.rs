@@ -21,7 +21,7 @@ use crate::deadletter::{apply_one_by_one, dead_of, ApplyError, DeadLetters};
 use crate::events::{ApplyFailed, BatchApplied, DeadLettered, Stalled};
 use crate::publish::{ReceiptFeed, ReportFeed};
 use crate::report::Report;
-use crate::sink::{self, Dead, Row, SinkConfig, SinkError};
+use crate::sink::{self, Dead, Row, Sink, SinkConfig, SinkError};
 use crate::snapshot::Freezer;
 use crate::table::{table_def, value_at, TableDef};
 use govbus_core::health::Readiness;
@@ -419,6 +419,15 @@ fn session(
 
     let lag = lag_watch(cfg, inputs)?;
     lag.starts_at(&tpl);
+    // Where the sink stands on each partition (the next offset to apply).
+    let mut stored_at: HashMap<(String, i32), i64> = tpl
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect();
     let mut last_lag = Instant::now();
     let mut stall = govbus_core::stall::StallWatch::new(Duration::from_secs(cfg.stall_secs));
     let mut batch = Vec::with_capacity(cfg.batch);
@@ -430,6 +439,9 @@ fn session(
             lag.update(&consumer);
             last_lag = Instant::now();
             ready.set(govbus_core::health::caught_up(lag.backlog()));
+            if batch.is_empty() {
+                store_passed_markers(&consumer, opened.sink(), &mut stored_at)?;
+            }
         }
         if let Some(s) = stall.observe(Instant::now(), batch.len(), lag.backlog()) {
             return Err(ConsumerError::Stalled {
@@ -566,6 +578,9 @@ fn session(
             };
             match applied {
                 Ok(done) => {
+                    for (t, p, o) in &offsets {
+                        stored_at.insert((t.clone(), *p), *o);
+                    }
                     BatchApplied {
                         subscriber: &cfg.subscriber,
                         changes: rows.len(),
@@ -590,6 +605,53 @@ fn session(
                 Err(ApplyError::Kafka(e)) => return Err(e.into()),
                 Err(ApplyError::Sink(e)) => retry_after(&cfg.subscriber, &mut attempt, e, stop)?,
             }
+        }
+    }
+    Ok(())
+}
+
+/// When the consumer has read everything it was given, its position may
+/// stand past records that are not changes: a committed transaction's
+/// marker (each of the router's transactions ends with one on every
+/// partition it wrote). The sink's offsets are moved there (no row
+/// changes), so that what a partition's end minus the stored offset counts
+/// (`govbus status`, the dashboard, Kafka's tools) is records still to
+/// apply: 0 on a fully applied view, not one per transaction.
+fn store_passed_markers(
+    consumer: &BaseConsumer,
+    sink: &mut dyn Sink,
+    stored_at: &mut HashMap<(String, i32), i64>,
+) -> Result<(), ConsumerError> {
+    let Ok(positions) = consumer.position() else {
+        return Ok(());
+    };
+    let passed: Vec<(String, i32, i64)> = positions
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o)
+                if stored_at
+                    .get(&(e.topic().to_string(), e.partition()))
+                    .is_none_or(|s| o > *s) =>
+            {
+                Some((e.topic().to_string(), e.partition(), o))
+            }
+            _ => None,
+        })
+        .collect();
+    if passed.is_empty() {
+        return Ok(());
+    }
+    // A failure here is harmless (the next idle moment tries again; the
+    // next batch stores its own offsets): it is logged, not retried.
+    match sink.apply(&[], &passed) {
+        Ok(_) => {
+            for (t, p, o) in passed {
+                stored_at.insert((t, p), o);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store the position past transaction markers")
         }
     }
     Ok(())

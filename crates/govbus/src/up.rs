@@ -881,7 +881,9 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     }
 
     // The demo ministry's source system, when the files declare its dataset.
-    let bca = ingest_of.get("bca").filter(|_| files.has("bca", "residents"));
+    let bca = ingest_of
+        .get("bca")
+        .filter(|_| files.has("bca", "residents"));
     if let Some((ingest, _)) = bca {
         let mut cmd = Command::new(&exe);
         cmd.args(["demo", "--ingest", ingest, "--rate", &rate.to_string()]);
@@ -1046,8 +1048,7 @@ impl Hops {
         let mut published = 0u64;
         let mut tpl = rdkafka::TopicPartitionList::new();
         for topic in &self.central {
-            let parts =
-                govbus_kafka_client::partitions_of(&self.client, topic).unwrap_or_default();
+            let parts = govbus_kafka_client::partitions_of(&self.client, topic).unwrap_or_default();
             for p in &parts {
                 if let Ok((_, high)) = self.client.fetch_watermarks(topic, *p, t) {
                     published += high.max(0) as u64;

@@ -269,6 +269,51 @@ fn refuse(dataset: &str, (status, error, errors): Problem) -> Response {
     reject(status, dataset, reason, error, errors)
 }
 
+/// What refused a change, in one line: the dataset's schema, the
+/// contract's rules by name, the code checks by field (`rule codes`), in
+/// that order; each named once.
+pub fn headline(errors: &[FieldError]) -> String {
+    let (mut schema, mut rules, mut codes) = (false, Vec::new(), Vec::new());
+    for e in errors {
+        match crate::publisher::rule_of(e) {
+            Some("codes") => {
+                // `changes[3].data.permanent_address.commune_code` → the field.
+                let field = e
+                    .field
+                    .rsplit_once(".data.")
+                    .map_or(e.field.as_str(), |(_, f)| f);
+                if !codes.contains(&field) {
+                    codes.push(field);
+                }
+            }
+            Some(rule) => {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+            None => schema = true,
+        }
+    }
+    let mut by = Vec::new();
+    if schema {
+        by.push("the dataset's schema".to_string());
+    }
+    match rules.as_slice() {
+        [] => {}
+        [one] => by.push(format!("the rule {one}")),
+        many => by.push(format!("the rules {}", many.join(", "))),
+    }
+    match codes.as_slice() {
+        [] => {}
+        [one] => by.push(format!("the code check of {one}")),
+        many => by.push(format!("the code checks of {}", many.join(", "))),
+    }
+    if by.is_empty() {
+        return "the change is not valid".into();
+    }
+    format!("refused by {}", by.join(" and "))
+}
+
 async fn store(
     p: Arc<Publisher>,
     dataset: String,
@@ -303,7 +348,7 @@ async fn store(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &dataset,
                     "schema",
-                    "the change does not match the dataset's schema".into(),
+                    headline(&errors),
                     errors,
                 ),
                 SubmitError::UnknownDataset(_) => reject(
@@ -377,6 +422,39 @@ mod tests {
         assert_eq!(errs[0].field, "changes[1].op");
         let (_, _, errs) = parse_request(br#"{"op":"delete"}"#).unwrap_err();
         assert_eq!(errs[0].field, "key");
+    }
+
+    #[test]
+    fn the_headline_says_what_refused_the_change() {
+        let e = |field: &str, problem: &str| FieldError {
+            field: field.into(),
+            problem: problem.into(),
+        };
+        assert_eq!(
+            headline(&[e("status", "\"ACTIV\" is not a symbol of the enum")]),
+            "refused by the dataset's schema"
+        );
+        assert_eq!(
+            headline(&[
+                e(
+                    "citizen_id",
+                    "rule citizen_id_is_12_digits: a citizen id is 12 digits"
+                ),
+                e(
+                    "full_name",
+                    "rule full_name_not_blank: the full name is not blank"
+                ),
+            ]),
+            "refused by the rules citizen_id_is_12_digits, full_name_not_blank"
+        );
+        assert_eq!(
+            headline(&[
+                e("changes[0].data.permanent_address.commune_code", "rule codes: code 99999 is not a unit"),
+                e("changes[1].data.permanent_address.commune_code", "rule codes: code 99998 is not a unit"),
+                e("changes[1].data.full_name", "rule full_name_not_blank: blank"),
+            ]),
+            "refused by the rule full_name_not_blank and the code check of permanent_address.commune_code"
+        );
     }
 
     #[test]

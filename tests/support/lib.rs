@@ -516,7 +516,7 @@ pub fn ensure_python_client() -> PathBuf {
         std::process::Command::new(p)
             .args([
                 "-c",
-                "import confluent_kafka.schema_registry.avro, fastavro",
+                "import confluent_kafka.schema_registry.avro, fastavro, openapi_core",
             ])
             .status()
             .is_ok_and(|s| s.success())
@@ -541,7 +541,7 @@ pub fn ensure_python_client() -> PathBuf {
         }
     }
     eprintln!(
-        "installing confluent-kafka[avro,schemaregistry] into {}",
+        "installing confluent-kafka[avro,schemaregistry] and openapi-core into {}",
         venv.display()
     );
     let ok = std::process::Command::new("python3")
@@ -550,13 +550,18 @@ pub fn ensure_python_client() -> PathBuf {
         .status()
         .is_ok_and(|s| s.success())
         && std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "confluent-kafka[avro,schemaregistry]"])
+            .args([
+                "install",
+                "-q",
+                "confluent-kafka[avro,schemaregistry]",
+                "openapi-core==0.19.5",
+            ])
             .status()
             .is_ok_and(|s| s.success());
     let _ = std::fs::remove_file(&lock);
     assert!(
         ok && ready(&python),
-        "cannot install Confluent's Python client into {}",
+        "cannot install Confluent's Python client and openapi-core into {}",
         venv.display()
     );
     python

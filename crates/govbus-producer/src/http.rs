@@ -50,6 +50,15 @@ pub fn router_with(
             BodyLimit::new(MAX_BODY),
             http_body::limit,
         ));
+    // The API's description, open like /healthz: it holds no data.
+    let specs: Vec<&govbus_core::catalog::DatasetSpec> = publisher.dataset_specs().iter().collect();
+    let described = match crate::openapi::document(&specs, credentials.is_some()) {
+        Ok(doc) => (StatusCode::OK, Json(doc)),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": e.to_string(), "errors": []})),
+        ),
+    };
     let v1 = match credentials {
         Some(c) => v1.layer(axum::middleware::from_fn_with_state(
             c,
@@ -60,6 +69,13 @@ pub fn router_with(
     v1.route(
         "/healthz",
         get(|| async { Json(json!({"status": "alive"})) }),
+    )
+    .route(
+        "/openapi.json",
+        get(move || {
+            let d = described.clone();
+            async move { d }
+        }),
     )
     .fallback(|| async { StatusCode::NOT_FOUND })
     .layer(axum::middleware::map_response(json_errors))
@@ -76,7 +92,7 @@ async fn json_errors(r: Response) -> Response {
     };
     let error = match (text, status) {
         (None, StatusCode::NOT_FOUND) => {
-            "no such endpoint: POST /v1/datasets/<owner>.<name>/changes[/batch], GET /v1/datasets"
+            "no such endpoint: POST /v1/datasets/<owner>.<name>/changes[/batch], GET /v1/datasets (GET /openapi.json describes them)"
                 .to_string()
         }
         (None, StatusCode::METHOD_NOT_ALLOWED) => "method not allowed on this path".to_string(),

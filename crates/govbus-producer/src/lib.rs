@@ -20,6 +20,7 @@ pub mod demo;
 pub mod events;
 pub mod http;
 pub mod lookup;
+pub mod openapi;
 pub mod outbox;
 pub mod publisher;
 pub mod relay;

@@ -329,6 +329,8 @@ pub struct Publisher {
     /// Followers of the catalogs the contracts look values up in (stopped
     /// when the publisher is dropped).
     lookups: Lookups,
+    /// The datasets it publishes, as declared (its API is described from them).
+    specs: Vec<govbus_core::catalog::DatasetSpec>,
 }
 
 impl Publisher {
@@ -421,7 +423,18 @@ impl Publisher {
             store,
             wakeup: Arc::new(Wakeup::default()),
             lookups: followers,
+            specs: catalog
+                .datasets
+                .values()
+                .filter(|d| d.id.owner == agency)
+                .cloned()
+                .collect(),
         })
+    }
+
+    /// The datasets it publishes, as declared.
+    pub fn dataset_specs(&self) -> &[govbus_core::catalog::DatasetSpec] {
+        &self.specs
     }
 
     /// The catalogs the contracts look values up in: (dataset, rows held).

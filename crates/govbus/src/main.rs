@@ -505,6 +505,26 @@ enum SchemaCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write the ingest API as an OpenAPI 3.1 document, generated from the
+    /// datasets' schemas and contracts (what each producer serves at
+    /// `/openapi.json` for its own datasets).
+    Openapi {
+        /// The deploy directory.
+        #[arg(long, default_value = "deploy")]
+        deploy: PathBuf,
+        /// The schemas directory.
+        #[arg(long, default_value = "schemas")]
+        schemas: PathBuf,
+        /// Only the datasets this agency owns (default: every dataset).
+        #[arg(long)]
+        agency: Option<String>,
+        /// Describe the bearer tokens a producer with `[producer.auth]` asks for.
+        #[arg(long)]
+        bearer: bool,
+        /// The file to write (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -812,6 +832,18 @@ fn main() -> std::process::ExitCode {
                     config::show(config.as_deref(), agent, &config::environment())?
                 );
                 Ok(())
+            }
+            Cmd::Schema {
+                command:
+                    SchemaCmd::Openapi {
+                        deploy,
+                        schemas,
+                        agency,
+                        bearer,
+                        out,
+                    },
+            } => {
+                schema_check::openapi(&deploy, &schemas, agency.as_deref(), bearer, out.as_deref())
             }
             Cmd::Schema {
                 command:

@@ -119,3 +119,34 @@ fn review(
 ) -> Vec<String> {
     govbus_router::guard::review(catalog, ds, level, old, new)
 }
+
+/// `govbus schema openapi`: the ingest API of `agency`'s datasets (or of
+/// every dataset) as an OpenAPI 3.1 document.
+pub(crate) fn openapi(
+    deploy: &Path,
+    schemas: &Path,
+    agency: Option<&str>,
+    bearer: bool,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let catalog = govbus_core::Catalog::load(deploy, schemas)?;
+    let datasets: Vec<&govbus_core::catalog::DatasetSpec> = catalog
+        .datasets
+        .values()
+        .filter(|d| agency.is_none_or(|a| d.id.owner == a))
+        .collect();
+    if datasets.is_empty() {
+        anyhow::bail!(
+            "{} declares no dataset{}",
+            deploy.display(),
+            agency.map(|a| format!(" owned by {a}")).unwrap_or_default()
+        );
+    }
+    let doc = govbus_producer::openapi::document(&datasets, bearer)?;
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match out {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}

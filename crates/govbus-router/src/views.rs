@@ -171,6 +171,49 @@ pub fn compile_spec(
     })
 }
 
+/// Every problem of a subscription against its dataset, each on its own
+/// (a filter that fails does not hide a wrong `drop`), for `govbus check`.
+pub fn spec_problems(catalog: &Catalog, s: &SubscriptionSpec) -> Vec<CatalogError> {
+    let Some(ds) = catalog.dataset(&s.file.dataset) else {
+        return vec![s.invalid(format!("unknown dataset `{}`", s.file.dataset))];
+    };
+    let entity = match Schema::parse_str(&ds.entity_schema) {
+        Ok(e) => e,
+        Err(e) => return vec![s.invalid(format!("dataset schema: {e}"))],
+    };
+    let mut out = Vec::new();
+    if let Err(m) = Filter::compile(&s.file.filter, &entity) {
+        out.push(s.invalid(m));
+    }
+    match project_schema(&ds.entity_schema, &s.file.drop, &ds.file.key) {
+        Err(e) => out.push(CatalogError::Invalid {
+            file: s.origin.clone(),
+            line: std::fs::read_to_string(&s.origin)
+                .ok()
+                .and_then(|t| line_of(&t, "drop")),
+            message: format!("drop: {}", e.0),
+        }),
+        Ok(projected) => match envelope_schema(&projected) {
+            Err(e) => out.push(s.invalid(e.0)),
+            Ok(schema) => {
+                if let Err(e) = Schema::parse_str(&schema) {
+                    out.push(s.invalid(format!("view schema: {e}")));
+                }
+            }
+        },
+    }
+    if let Err(e) = s.file.expires_ms() {
+        out.push(CatalogError::Invalid {
+            file: s.origin.clone(),
+            line: std::fs::read_to_string(&s.origin)
+                .ok()
+                .and_then(|t| line_of(&t, "expires")),
+            message: e.to_string(),
+        });
+    }
+    out
+}
+
 /// Registers each view's schema under `<view topic>-value`.
 pub fn register(views: &mut [View], registry: &RegistryClient) -> Result<(), RegistryError> {
     for v in views {

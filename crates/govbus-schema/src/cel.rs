@@ -228,6 +228,15 @@ impl Filter {
             }
             check_path(entity, &names, &path)?;
         }
+        let mut wrong = Vec::new();
+        visit(&ast, &mut |e| {
+            if let Some(w) = literal_mismatch(e, entity, &names, given, lookups) {
+                wrong.push(w);
+            }
+        });
+        if !wrong.is_empty() {
+            return Err(format!("in `{source}`: {}", wrong.join("; ")));
+        }
         for (name, schema) in lookups {
             let names = Names::of(schema);
             let mut rows = Vec::new();
@@ -691,6 +700,121 @@ fn row_paths(e: &IdedExpr, var: &str, out: &mut Vec<Vec<String>>) {
     });
 }
 
+/// The schema of the field at `path` (a nullable field's value branch),
+/// when every step is a record's field.
+fn schema_at<'a>(entity: &'a Schema, names: &'a Names, path: &[String]) -> Option<&'a Schema> {
+    let mut cur = names.resolve(entity);
+    for part in path {
+        let rec = record_of(cur, names)?;
+        cur = names.resolve(&rec.fields.get(*rec.lookup.get(part)?)?.schema);
+    }
+    match cur {
+        Schema::Union(u) => {
+            let mut values = u.variants().iter().filter(|v| !matches!(v, Schema::Null));
+            match (values.next(), values.next()) {
+                (Some(one), None) => Some(names.resolve(one)),
+                _ => None,
+            }
+        }
+        other => Some(other),
+    }
+}
+
+/// A literal as written, and whether a field of `schema` can ever equal it
+/// (None: it can, or the schema is not one this checks).
+fn never_equal(schema: &Schema, lit: &cel_parser::reference::Val) -> Option<String> {
+    use cel_parser::reference::Val;
+    let shown = match lit {
+        Val::String(s) => format!("{s:?}"),
+        Val::Boolean(b) => b.to_string(),
+        Val::Int(i) => i.to_string(),
+        Val::UInt(u) => u.to_string(),
+        Val::Double(d) => d.to_string(),
+        Val::Null => "null".into(),
+        Val::Bytes(_) => return None,
+    };
+    let number = matches!(lit, Val::Int(_) | Val::UInt(_) | Val::Double(_));
+    match (schema, lit) {
+        (_, Val::Null) => None,
+        (Schema::Enum(e), Val::String(s)) if !e.symbols.contains(s) => Some(format!(
+            "{shown} (not a symbol of {}: {})",
+            e.name.name,
+            e.symbols.join(", ")
+        )),
+        (Schema::Enum(_) | Schema::String | Schema::Uuid, _)
+            if number || matches!(lit, Val::Boolean(_)) =>
+        {
+            Some(format!("{shown} (the field holds text)"))
+        }
+        (
+            Schema::Int | Schema::Long | Schema::Float | Schema::Double,
+            Val::String(_) | Val::Boolean(_),
+        ) => Some(format!("{shown} (the field holds numbers)")),
+        (Schema::Boolean, Val::String(_)) => {
+            Some(format!("{shown} (the field holds true or false)"))
+        }
+        (Schema::Boolean, _) if number => Some(format!("{shown} (the field holds true or false)")),
+        _ => None,
+    }
+}
+
+/// `field == literal`, `field != literal` (either side) or `field in
+/// [literals]`, where no value of the field can ever equal a literal: a
+/// string not among an enum's symbols, a number compared with text. Such a
+/// filter matches nothing (or everything), silently; the message says
+/// which field and literal.
+fn literal_mismatch(
+    e: &IdedExpr,
+    entity: &Schema,
+    names: &Names,
+    given: &[&str],
+    lookups: &[(&str, &Schema)],
+) -> Option<String> {
+    let Expr::Call(c) = &e.expr else {
+        return None;
+    };
+    if c.target.is_some() || c.args.len() != 2 {
+        return None;
+    }
+    let lit = |x: &IdedExpr| match &x.expr {
+        Expr::Literal(v) => Some(v.clone()),
+        _ => None,
+    };
+    let (path, literals) = match c.func_name.as_str() {
+        "_==_" | "_!=_" => {
+            let (a, b) = (&c.args[0], &c.args[1]);
+            chain(a)
+                .zip(lit(b))
+                .or_else(|| chain(b).zip(lit(a)))
+                .map(|(p, l)| (p, vec![l]))?
+        }
+        "@in" => match &c.args[1].expr {
+            Expr::List(l) => (
+                chain(&c.args[0])?,
+                l.elements.iter().filter_map(lit).collect(),
+            ),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let root = path.first()?;
+    if given.contains(&root.as_str()) || lookups.iter().any(|(n, _)| n == root) {
+        return None;
+    }
+    let schema = schema_at(entity, names, &path)?;
+    let problems: Vec<String> = literals
+        .iter()
+        .filter_map(|l| never_equal(schema, l))
+        .collect();
+    (!problems.is_empty()).then(|| {
+        format!(
+            "`{}` can never equal {}",
+            path.join("."),
+            problems.join(", ")
+        )
+    })
+}
+
 /// Checks that the field `path` exists in `entity` (the message names what
 /// is missing).
 pub fn check_field(entity: &Schema, names: &Names, path: &[String]) -> Result<(), String> {
@@ -739,6 +863,30 @@ mod tests {
         assert!(e.contains("syntax"), "{e}");
         Filter::compile(
             r#"permanent_address.province_code in ["52", "94"] && [1,2].exists(x, x > 1)"#,
+            &s,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_literal_no_value_of_its_field_can_equal_is_refused() {
+        let s = residents();
+        let e = Filter::compile(r#"sex == "F""#, &s).unwrap_err();
+        assert!(
+            e.contains(r#"`sex` can never equal "F" (not a symbol of Sex: MALE, FEMALE, OTHER)"#),
+            "{e}"
+        );
+        let e = Filter::compile(r#"sex in ["MALE", "WOMAN"] || "M" != sex"#, &s).unwrap_err();
+        assert!(
+            e.contains(r#""WOMAN" (not a symbol"#) && e.contains(r#""M" (not"#),
+            "{e}"
+        );
+        let e = Filter::compile("permanent_address.province_code == 52", &s).unwrap_err();
+        assert!(e.contains("52 (the field holds text)"), "{e}");
+        let e = Filter::compile(r#"permanent_address.street == 1.5"#, &s).unwrap_err();
+        assert!(e.contains("1.5 (the field holds text)"), "{e}");
+        Filter::compile(
+            r#"sex == "FEMALE" && permanent_address.street != null && permanent_address.province_code in ["52", "92"]"#,
             &s,
         )
         .unwrap();

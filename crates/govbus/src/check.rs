@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use govbus_core::catalog::line_of;
-use govbus_core::{CatalogError, Topics};
+use govbus_core::CatalogError;
 
 use crate::config::GovbusConfig;
 
@@ -61,6 +61,53 @@ fn from_catalog(e: &CatalogError) -> Problem {
     }
 }
 
+/// The line of a dataset file a contract problem is about: a `[[codes]]`
+/// block's `field` line for `codes FIELD: …`, a rule's `name` line for
+/// one naming a rule, the `[lookups]` entry for a lookup.
+fn problem_line(
+    text: &str,
+    ds: &govbus_core::catalog::DatasetSpec,
+    message: &str,
+) -> Option<usize> {
+    // `<owner.name>: codes FIELD: …` or `codes FIELD: …`.
+    let tail = message.split_once(": ").map_or(message, |(_, t)| t);
+    if let Some(field) = tail
+        .strip_prefix("codes ")
+        .or_else(|| message.strip_prefix("codes "))
+        .and_then(|r| r.split(':').next())
+    {
+        let mut in_codes = false;
+        for (i, l) in text.lines().enumerate() {
+            let l = l.trim();
+            if l.starts_with('[') {
+                in_codes = l == "[[codes]]";
+            } else if in_codes
+                && l.starts_with("field")
+                && l.split_once('=')
+                    .is_some_and(|(_, v)| v.trim().trim_matches('"') == field)
+            {
+                return Some(i + 1);
+            }
+        }
+    }
+    if let Some(name) = tail
+        .strip_prefix("lookup ")
+        .and_then(|r| r.split(':').next())
+    {
+        return line_of(text, name);
+    }
+    ds.file
+        .rules
+        .iter()
+        .find(|r| message.contains(&r.name))
+        .and_then(|r| {
+            text.lines()
+                .position(|l| l.contains(&format!("\"{}\"", r.name)))
+                .map(|n| n + 1)
+        })
+        .or_else(|| line_of(text, "schema"))
+}
+
 /// Every problem in `deploy` (schemas under `schemas`), and what was
 /// checked.
 pub(crate) fn check(deploy: &Path, schemas: &Path) -> (Vec<Problem>, String) {
@@ -79,31 +126,27 @@ pub(crate) fn check(deploy: &Path, schemas: &Path) -> (Vec<Problem>, String) {
                 message: e.to_string(),
             });
         }
-        for (i, r) in compiled.iter().enumerate() {
-            rules += 1;
-            if let Err(e) = r {
-                let name = ds.file.rules.get(i).map(|r| r.name.as_str()).unwrap_or("");
-                let line = text
-                    .lines()
-                    .position(|l| l.contains(&format!("\"{name}\"")) && !name.is_empty())
-                    .map(|n| n + 1);
-                problems.push(Problem {
-                    at: at(&file, line),
-                    message: e.to_string(),
-                });
-            }
+        rules += ds.file.rules.len();
+        for e in compiled.iter().filter_map(|r| r.as_ref().err()) {
+            let message = e.to_string();
+            problems.push(Problem {
+                at: at(&file, problem_line(&text, ds, &message)),
+                message,
+            });
         }
     }
-    // Each subscription's filter and drops against its dataset.
-    let topics = Topics::default();
+    // Each subscription's filter and drops against its dataset, every
+    // problem of each.
     for s in catalog
         .subscriptions
         .iter()
         .filter(|s| catalog.dataset(&s.file.dataset).is_some())
     {
-        if let Err(e) = govbus_router::views::compile_spec(&catalog, &topics, s) {
-            problems.push(from_catalog(&e));
-        }
+        problems.extend(
+            govbus_router::views::spec_problems(&catalog, s)
+                .iter()
+                .map(from_catalog),
+        );
     }
     // Agency files, as any agent would read them (no environment).
     let mut agencies = 0;
@@ -188,6 +231,10 @@ mod tests {
         // A rule reading a field that does not exist.
         let mut bca = std::fs::read_to_string(d.join("datasets/bca.residents.toml")).unwrap();
         bca.push_str("\n[[rules]]\nname = \"nonsense\"\nfield = \"x\"\nexpr = 'no_such_field == 1'\nmessage = \"m\"\n");
+        // A code rule with a level that does not exist, and a rule whose
+        // literal is not a symbol of the field's enum.
+        bca.push_str("\n[[codes]]\nfield = \"permanent_address.street\"\ncatalog = \"admin_units\"\nlevel = \"REGION\"\n");
+        bca.push_str("\n[[rules]]\nname = \"sexes\"\nfield = \"sex\"\nexpr = 'sex != \"F\"'\nmessage = \"m\"\n");
         std::fs::write(d.join("datasets/bca.residents.toml"), bca).unwrap();
         // A subscription whose filter reads an unknown field, one for an
         // unknown dataset, and one that is not TOML.
@@ -202,6 +249,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.join("subscriptions/p03.toml"), "subscriber = \n").unwrap();
+        // A filter comparing an enum with a symbol it does not have, and a
+        // wrong drop in the same file: both reported.
+        std::fs::write(
+            d.join("subscriptions/p04.toml"),
+            "subscriber = \"p04\"\ndataset = \"bca.residents\"\nfilter = 'sex == \"FEMAL\"'\nlegal_basis = \"t\"\nlegal_reference = \"r\"\ndrop = [\"full_name\", \"date_of_birth\", \"ethnicity\", \"permanent_address.stret\"]\n",
+        )
+        .unwrap();
         // An agency file with an unknown key.
         std::fs::write(
             d.join("agencies/x.toml"),
@@ -217,6 +271,28 @@ mod tests {
         assert!(has("p02.toml:2", "bca.nobody"), "{text:#?}");
         assert!(has("p03.toml:1", ""), "{text:#?}");
         assert!(has("x.toml:3", "batchsize"), "{text:#?}");
+        let codes_line = std::fs::read_to_string(d.join("datasets/bca.residents.toml"))
+            .unwrap()
+            .lines()
+            .position(|l| l.contains("REGION"))
+            .unwrap()
+            - 1;
+        assert!(
+            has(
+                &format!("bca.residents.toml:{codes_line}"),
+                "`level = \"REGION\"`"
+            ),
+            "{text:#?}"
+        );
+        assert!(
+            has("bca.residents.toml:", "\"F\" (not a symbol of Sex"),
+            "{text:#?}"
+        );
+        assert!(
+            has("p04.toml:3", "\"FEMAL\" (not a symbol of Sex"),
+            "{text:#?}"
+        );
+        assert!(has("p04.toml:6", "permanent_address.stret"), "{text:#?}");
         // p01 keeps PII and SENSITIVE fields with a basis but no reference,
         // and does not name ethnicity.
         assert!(
@@ -224,6 +300,6 @@ mod tests {
             "{text:#?}"
         );
         assert!(has("p01.toml", "sensitive = [\"ethnicity\"]"), "{text:#?}");
-        assert_eq!(problems.len(), 7, "{text:#?}");
+        assert_eq!(problems.len(), 11, "{text:#?}");
     }
 }

@@ -773,26 +773,20 @@ fn literal_mismatch(
     let Expr::Call(c) = &e.expr else {
         return None;
     };
-    if c.target.is_some() || c.args.len() != 2 {
+    let (None, [a, b]) = (&c.target, c.args.as_slice()) else {
         return None;
-    }
+    };
     let lit = |x: &IdedExpr| match &x.expr {
         Expr::Literal(v) => Some(v.clone()),
         _ => None,
     };
     let (path, literals) = match c.func_name.as_str() {
-        "_==_" | "_!=_" => {
-            let (a, b) = (&c.args[0], &c.args[1]);
-            chain(a)
-                .zip(lit(b))
-                .or_else(|| chain(b).zip(lit(a)))
-                .map(|(p, l)| (p, vec![l]))?
-        }
-        "@in" => match &c.args[1].expr {
-            Expr::List(l) => (
-                chain(&c.args[0])?,
-                l.elements.iter().filter_map(lit).collect(),
-            ),
+        "_==_" | "_!=_" => chain(a)
+            .zip(lit(b))
+            .or_else(|| chain(b).zip(lit(a)))
+            .map(|(p, l)| (p, vec![l]))?,
+        "@in" => match &b.expr {
+            Expr::List(l) => (chain(a)?, l.elements.iter().filter_map(lit).collect()),
             _ => return None,
         },
         _ => return None,

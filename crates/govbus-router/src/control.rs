@@ -244,6 +244,85 @@ fn changed_fields(a: &SubscriptionFile, b: &SubscriptionFile) -> Vec<String> {
 
 /// The steps that bring `current` to `desired`; subscriptions no file
 /// declares are removed (their views emptied when `empty_removed`).
+/// Which subscriptions on the control topic a set of files speaks for:
+/// those it may change, and remove when `--prune` says so. Others are never
+/// touched, so one team's files cannot remove another team's
+/// subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// The subscribers the files name (a province's team owns its own).
+    #[default]
+    Subscribers,
+    /// The datasets the files name (a ministry's team owns who reads them).
+    Datasets,
+    /// Every subscription: the files are the bus's whole set.
+    All,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "subscribers" => Ok(Self::Subscribers),
+            "datasets" => Ok(Self::Datasets),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "{other:?} is not a scope: say subscribers, datasets or all"
+            )),
+        }
+    }
+}
+
+impl Scope {
+    /// Whether the subscription named `name` (`subscriber/owner.dataset`)
+    /// is in the scope of `desired`.
+    fn covers(self, name: &str, desired: &[SubscriptionSpec]) -> bool {
+        let (subscriber, dataset) = name.split_once('/').unwrap_or((name, ""));
+        match self {
+            Scope::All => true,
+            Scope::Subscribers => desired.iter().any(|s| s.file.subscriber == subscriber),
+            Scope::Datasets => desired
+                .iter()
+                .any(|s| s.file.dataset.to_string() == dataset),
+        }
+    }
+}
+
+/// What applying a set of files does: its steps, and the subscriptions in
+/// its scope that no file declares but that stay in force without
+/// `--prune`.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Adds, changes and (with prune) removals.
+    pub steps: Vec<Step>,
+    /// In scope, declared by no file, kept (prune would remove them).
+    pub kept: Vec<String>,
+}
+
+/// The steps that put `desired` in force within `scope`; subscriptions in
+/// scope that no file declares are removed with `prune`, else kept and
+/// listed.
+pub fn plan_scoped(
+    current: &ControlSet,
+    desired: &[SubscriptionSpec],
+    scope: Scope,
+    prune: bool,
+    empty_removed: bool,
+) -> Result<Plan, ControlError> {
+    let all = plan(current, desired, empty_removed)?;
+    let mut out = Plan::default();
+    for step in all {
+        match step {
+            Step::Remove { ref name, .. } if !scope.covers(name, desired) => {}
+            Step::Remove { name, .. } if !prune => out.kept.push(name),
+            other => out.steps.push(other),
+        }
+    }
+    Ok(out)
+}
+
+/// The steps that make the control topic hold exactly `desired` (every
+/// subscription no file declares is removed).
 pub fn plan(
     current: &ControlSet,
     desired: &[SubscriptionSpec],
@@ -303,6 +382,36 @@ pub fn apply(
         write(kafka, &topic, &steps)?;
     }
     Ok(steps)
+}
+
+/// `govbus subscriptions apply` for one team's files: validates them as a
+/// router compiles them, plans within `scope` (removing what is absent only
+/// with `prune`) and, unless `dry_run`, writes the steps.
+pub fn apply_scoped(
+    kafka: &KafkaConfig,
+    topics: &govbus_core::Topics,
+    catalog: &govbus_core::Catalog,
+    scope: Scope,
+    prune: bool,
+    empty_removed: bool,
+    dry_run: bool,
+) -> Result<Plan, ControlError> {
+    crate::views::compile(catalog, topics)?;
+    catalog.check_policy()?;
+    let topic = topics.subscriptions();
+    ensure(kafka, &topic)?;
+    let current = read(kafka, &topic)?;
+    let p = plan_scoped(
+        &current,
+        &catalog.subscriptions,
+        scope,
+        prune,
+        empty_removed,
+    )?;
+    if !dry_run && !p.steps.is_empty() {
+        write(kafka, &topic, &p.steps)?;
+    }
+    Ok(p)
 }
 
 /// Who is applying: `$USER@$HOSTNAME`, for the record.
@@ -459,6 +568,49 @@ mod tests {
             applied_by: "t".into(),
             applied_at_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_teams_files_change_only_their_scope_and_remove_only_with_prune() {
+        let sub = |who: &str, ds: &str| {
+            parse_subscription(
+                &format!("{who}.toml"),
+                &format!("subscriber = \"{who}\"\ndataset = \"{ds}\"\nfilter = 'true'\n"),
+            )
+            .unwrap()
+        };
+        let active = |s: &SubscriptionSpec| ControlValue::Active {
+            subscription: Box::new(s.file.clone()),
+            origin: s.origin.clone(),
+            applied_by: "t".into(),
+            applied_at_ms: 0,
+        };
+        let mut current = ControlSet::new();
+        for s in [
+            sub("p52", "bca.residents"),
+            sub("p52", "mof.businesses"),
+            sub("p92", "bca.residents"),
+        ] {
+            current.insert(s.name(), active(&s));
+        }
+        // p52's team applies a directory holding only its new file.
+        let mine = [sub("p52", "moha.admin_units")];
+        let p = plan_scoped(&current, &mine, Scope::Subscribers, false, false).unwrap();
+        assert!(matches!(&p.steps[..], [Step::Add(s)] if s.name() == "p52/moha.admin_units"));
+        assert_eq!(p.kept, ["p52/bca.residents", "p52/mof.businesses"]);
+        // With --prune, p52's others go; p92's is never touched.
+        let p = plan_scoped(&current, &mine, Scope::Subscribers, true, false).unwrap();
+        let names: Vec<String> = p.steps.iter().map(|s| s.to_string()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.iter().all(|n| !n.contains("p92")), "{names:?}");
+        // A ministry's team scoped to its dataset.
+        let theirs = [sub("p92", "mof.businesses")];
+        let p = plan_scoped(&current, &theirs, Scope::Datasets, true, false).unwrap();
+        let names: Vec<String> = p.steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["p92/mof.businesses", "p52/mof.businesses"]);
+        // The whole set: as before.
+        let p = plan_scoped(&current, &theirs, Scope::All, true, false).unwrap();
+        assert_eq!(p.steps.len(), 4);
     }
 
     #[test]

@@ -348,36 +348,68 @@ pub(crate) async fn consume(file: Option<&Path>) -> anyhow::Result<()> {
     .await
 }
 
-/// `govbus subscriptions apply DIR`: validates, diffs against the control
-/// topic, writes (unless a dry run).
+/// How `govbus subscriptions apply` puts files in force.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applying {
+    /// What the files speak for.
+    pub(crate) scope: govbus_router::control::Scope,
+    /// Remove what is in scope and declared by no file.
+    pub(crate) prune: bool,
+    /// Print only.
+    pub(crate) dry_run: bool,
+    /// Empty removed views with deletes.
+    pub(crate) empty_removed: bool,
+}
+
+/// `govbus subscriptions apply DIR`: the files in DIR put in force within
+/// their scope; prints each step, and what stays in force undeclared.
 pub(crate) fn apply_subscriptions(
     dir: &Path,
     file: Option<&Path>,
-    dry_run: bool,
-    empty_removed: bool,
+    how: Applying,
 ) -> anyhow::Result<()> {
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let mut catalog = cfg.catalog()?;
     catalog.subscriptions = govbus_core::catalog::load_subscriptions(dir)?;
     // Refused before anything is written: an unknown dataset (and, in
-    // `control::apply`, a view that keeps a PII field without a legal
-    // basis, or a SENSITIVE one unnamed).
+    // `control::apply_scoped`, a view that keeps a PII field without a
+    // legal basis, or a SENSITIVE one unnamed).
     catalog.check_subscriptions()?;
     let topics = govbus_core::Topics::new(&r.topic_prefix);
-    let steps = govbus_router::control::apply(&r.kafka, &topics, &catalog, empty_removed, dry_run)?;
-    for s in &steps {
+    let plan = govbus_router::control::apply_scoped(
+        &r.kafka,
+        &topics,
+        &catalog,
+        how.scope,
+        how.prune,
+        how.empty_removed,
+        how.dry_run,
+    )?;
+    for s in &plan.steps {
         println!("{s}");
     }
-    let verb = if dry_run { "would change" } else { "changed" };
+    for name in &plan.kept {
+        println!(
+            "= {name} (in force, declared by no file in {}; --prune removes it)",
+            dir.display()
+        );
+    }
+    let verb = if how.dry_run {
+        "would change"
+    } else {
+        "changed"
+    };
+    let changed = plan
+        .steps
+        .iter()
+        .filter(|s| !matches!(s, govbus_router::control::Step::Remove { .. }))
+        .count();
     println!(
-        "{} {verb}, {} unchanged ({})",
-        steps.len(),
-        catalog.subscriptions.len()
-            - steps
-                .iter()
-                .filter(|s| !matches!(s, govbus_router::control::Step::Remove { .. }))
-                .count(),
+        "{} {verb}, {} unchanged, {} kept undeclared ({})",
+        plan.steps.len(),
+        catalog.subscriptions.len() - changed,
+        plan.kept.len(),
         topics.subscriptions()
     );
     Ok(())

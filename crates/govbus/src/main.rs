@@ -563,8 +563,10 @@ enum AclCmd {
 enum SubCmd {
     /// Validate the subscription files in DIR and write them to the control
     /// topic `_govbus.subscriptions` (every router follows it): new ones are
-    /// backfilled, changed ones send what enters and leaves, ones no file
-    /// declares any more are removed. Prints the diff.
+    /// backfilled, changed ones send what enters and leaves. Only
+    /// subscriptions in the files' scope are touched (by default those of
+    /// the subscribers the files name); one in scope that no file declares
+    /// stays in force unless `--prune`. Prints the diff.
     Apply {
         /// The directory of subscription files.
         #[arg(default_value = "deploy/subscriptions")]
@@ -573,11 +575,19 @@ enum SubCmd {
         /// `deploy`/`schemas`: the datasets).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Print the diff only.
+        /// What the files speak for: `subscribers` (the subscribers they
+        /// name: a province's team), `datasets` (the datasets they name: a
+        /// ministry's team) or `all` (the files are the bus's whole set).
+        #[arg(long, default_value = "subscribers")]
+        scope: govbus_router::control::Scope,
+        /// Remove the subscriptions in scope that no file declares.
+        #[arg(long)]
+        prune: bool,
+        /// Print the diff (and what --prune would remove) only.
         #[arg(long)]
         dry_run: bool,
         /// Empty the views of removed subscriptions with deletes.
-        #[arg(long)]
+        #[arg(long, requires = "prune")]
         empty_removed: bool,
     },
     /// Validate DEPLOY (the same as `govbus check DEPLOY`).
@@ -782,10 +792,21 @@ fn main() -> std::process::ExitCode {
                     SubCmd::Apply {
                         dir,
                         config,
+                        scope,
+                        prune,
                         dry_run,
                         empty_removed,
                     },
-            } => agents::apply_subscriptions(&dir, config.as_deref(), dry_run, empty_removed),
+            } => agents::apply_subscriptions(
+                &dir,
+                config.as_deref(),
+                agents::Applying {
+                    scope,
+                    prune,
+                    dry_run,
+                    empty_removed,
+                },
+            ),
             Cmd::Dlq {
                 command: DlqCmd::List { config, follow },
             } => tokio::task::spawn_blocking(move || dlq::list(config.as_deref(), follow)).await?,

@@ -64,6 +64,20 @@ pub fn run(bin: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Copies the directory `from` to `to`, recursively.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 /// Starts `cmd` (a `govbus up`, say) exiting with this process, its
 /// standard output read line by line into the receiver.
 pub fn spawn_lines(

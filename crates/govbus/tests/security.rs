@@ -206,7 +206,7 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
     // The subscription expires: `govbus acl apply` takes p52's read away,
     // and its consumer is refused.
     let deploy = dir.join("deploy");
-    copy_dir(
+    govbus_e2e::copy_dir(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy")
             .as_path(),
@@ -257,19 +257,6 @@ fn exists(bus: &Bus, topic: &str) -> bool {
     let probe: rdkafka::consumer::BaseConsumer =
         bus.kafka.consumer(&unique("probe-")).create().unwrap();
     govbus_kafka_client::partitions_of(&probe, topic).is_ok_and(|p| !p.is_empty())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
 }
 
 /// A govbus agent process, killed when dropped; its output in `log`.
@@ -607,8 +594,8 @@ fn schema_check_reads_the_subscriptions_in_force() {
     govbus_e2e::apply_subscriptions(&bus.kafka, &bus.prefix, &in_force, false);
     // The agency's working copy renames the commune code.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    copy_dir(&repo.join("deploy"), &dir.join("deploy"));
-    copy_dir(&repo.join("schemas"), &dir.join("schemas"));
+    govbus_e2e::copy_dir(&repo.join("deploy"), &dir.join("deploy"));
+    govbus_e2e::copy_dir(&repo.join("schemas"), &dir.join("schemas"));
     let avsc = dir.join("schemas/bca/residents.v2.avsc");
     let mut schema: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&avsc).unwrap()).unwrap();

@@ -114,3 +114,233 @@ fn up_secure_applies_the_acls_and_runs_every_agent_on_its_own_principal() {
         "{p52}"
     );
 }
+
+/// A second ministry's dataset (mof.businesses: its own schema, rules and
+/// `[[codes]]`) and a third province (Hà Nội, p01, subscribing to active
+/// businesses headquartered in the city, without the owner's citizen id)
+/// join purely by files (`tests/joining/`, laid over a copy of the
+/// repository's `deploy/` and `schemas/`): `govbus check` passes them,
+/// `govbus up --deploy --schemas` starts a producer for mof and a province
+/// for p01 beside the others, mof's ingest describes itself at
+/// `/openapi.json`, p01's table holds exactly what its rule says, `govbus
+/// status` shows no lag once it is applied, and a team applying a directory
+/// of its own new file touches no other team's subscriptions.
+#[test]
+fn a_new_ministry_and_a_new_province_join_by_files_alone_through_up_deploy() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (deploy, schemas) = (dir.path().join("deploy"), dir.path().join("schemas"));
+    govbus_e2e::copy_dir(&repo.join("deploy"), &deploy);
+    govbus_e2e::copy_dir(&repo.join("schemas"), &schemas);
+    govbus_e2e::copy_dir(&repo.join("tests/joining"), dir.path());
+    let govbus = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = govbus(&[
+        "check".as_ref(),
+        deploy.as_os_str(),
+        "--schemas".as_ref(),
+        schemas.as_os_str(),
+    ]);
+    assert!(ok && out.contains("3 datasets"), "{out}");
+
+    let up_dir = dir.path().join("up");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_govbus"));
+    cmd.args(["up", "--rate", "20", "--broker", &broker.bootstrap])
+        .arg("--deploy")
+        .arg(&deploy)
+        .arg("--schemas")
+        .arg(&schemas)
+        .arg("--dir")
+        .arg(&up_dir);
+    let (mut child, lines) = govbus_e2e::spawn_lines(cmd.stderr(Stdio::piped()));
+    let mut seen: Vec<String> = Vec::new();
+    let read = |seen: &mut Vec<String>| {
+        while let Ok(l) = lines.try_recv() {
+            seen.push(l);
+        }
+    };
+    // The stack runs with p01 on its live line, and the demo reaches p52.
+    let started = poll_until(Duration::from_secs(240), || {
+        read(&mut seen);
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("govbus up exited ({status}):\n{}", seen.join("\n"));
+        }
+        let last = seen.iter().rev().find(|l| l.contains("p01 applied"))?;
+        (applied(last, "p52")? > 0).then_some(())
+    });
+    let text = seen.join("\n");
+    assert!(
+        started.is_some(),
+        "the stack did not start with p01:\n{text}"
+    );
+    assert!(text.contains("3 datasets, 3 subscriptions"), "{text}");
+    let ingest = text
+        .lines()
+        .find_map(|l| {
+            l.split("mof ingest on ")
+                .nth(1)?
+                .split("/v1/datasets/mof.businesses/changes")
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no mof ingest line:\n{text}"));
+
+    // mof's ingest describes its API.
+    let spec: serde_json::Value = ureq::get(&format!("{ingest}/openapi.json"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert!(
+        spec["paths"]["/v1/datasets/mof.businesses/changes"]["post"].is_object(),
+        "{spec}"
+    );
+
+    // Businesses: in Hà Nội today (one sent with the code of a ward merged
+    // whole into Ba Đình before the reform), elsewhere, one suspended, one
+    // moved out of the city, one deleted; and one the contract refuses.
+    let business = |code: &str, status: &str, province: &str, commune: &str| {
+        serde_json::json!({"op": "upsert", "data": {
+            "enterprise_code": code, "name": format!("Công ty {code}"), "status": status,
+            "owner_citizen_id": "001088000001",
+            "head_office": {"province_code": province, "commune_code": commune, "street": "1 Tràng Tiền"},
+            "registered_on": "2020-05-04", "updated_at": "2026-12-01T09:00:00+07:00",
+        }})
+    };
+    let batch = serde_json::json!({"changes": [
+        business("0100000001", "ACTIVE", "01", "00004"),
+        business("0100000002", "ACTIVE", "01", "00013"),
+        business("0100000003", "SUSPENDED", "01", "00004"),
+        business("0100000004", "ACTIVE", "01", "00004"),
+        business("0100000005", "ACTIVE", "92", "31507"),
+        business("0100000006", "ACTIVE", "01", "00004"),
+        business("0100000004", "ACTIVE", "52", "21553"),
+        {"op": "delete", "key": "0100000006"},
+    ]});
+    let res = ureq::post(&format!(
+        "{ingest}/v1/datasets/mof.businesses/changes/batch"
+    ))
+    .send_string(&batch.to_string())
+    .unwrap();
+    assert_eq!(res.status(), 202);
+    let refused = ureq::post(&format!("{ingest}/v1/datasets/mof.businesses/changes"))
+        .send_string(&business("01", "ACTIVE", "01", "00004").to_string());
+    match refused {
+        Err(ureq::Error::Status(422, r)) => {
+            let body: serde_json::Value = r.into_json().unwrap();
+            assert_eq!(
+                body["error"], "refused by the rule enterprise_code_is_10_digits",
+                "{body}"
+            );
+        }
+        other => panic!("a 2-digit enterprise code: {other:?}"),
+    }
+
+    // p01's table holds exactly the active businesses in Hà Nội today, the
+    // pre-reform ward normalised, and no owner's citizen id.
+    let db = up_dir.join("p01.db");
+    let rows = || -> Option<Vec<(String, String, Option<String>)>> {
+        let conn = rusqlite::Connection::open(&db).ok()?;
+        let mut st = conn
+            .prepare("SELECT enterprise_code, head_office_commune_code, head_office_commune_code_as_sent FROM mof_businesses ORDER BY enterprise_code")
+            .ok()?;
+        let got = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .ok()?
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(got)
+    };
+    let want = vec![
+        ("0100000001".to_string(), "00004".to_string(), None),
+        (
+            "0100000002".to_string(),
+            "00004".to_string(),
+            Some("00013".to_string()),
+        ),
+    ];
+    let got = poll_until(Duration::from_secs(60), || rows().filter(|r| *r == want));
+    assert_eq!(got.as_ref(), Some(&want), "p01 holds {:?}", rows());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('mof_businesses')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!columns.iter().any(|c| c.contains("owner")), "{columns:?}");
+
+    // Applied in full, p01's view reads no lag.
+    let p01 = up_dir.join("p01.toml");
+    let status = poll_until(Duration::from_secs(30), || {
+        let (ok, out) = govbus(&["status".as_ref(), "-c".as_ref(), p01.as_os_str()]);
+        (ok && out.lines().any(|l| {
+            l.contains("p01/mof.businesses") && l.split_whitespace().rev().nth(1) == Some("0")
+        }))
+        .then_some(out)
+    });
+    assert!(
+        status.is_some(),
+        "{}",
+        govbus(&["status".as_ref(), "-c".as_ref(), p01.as_os_str()]).1
+    );
+
+    // Hà Nội's team applies a directory holding only its new file: it is
+    // added; p01's other subscription stays (listed), no other team's is
+    // touched.
+    let team = dir.path().join("p01-team");
+    std::fs::create_dir_all(&team).unwrap();
+    std::fs::write(
+        team.join("p01.bca.residents.toml"),
+        "subscriber = \"p01\"\ndataset = \"bca.residents\"\nfilter = 'in_unit(permanent_address.commune_code, \"01\")'\ndrop = [\"ethnicity\"]\nlegal_basis = \"t\"\nlegal_reference = \"r\"\n",
+    )
+    .unwrap();
+    let router = up_dir.join("router.toml");
+    let (ok, out) = govbus(&[
+        "subscriptions".as_ref(),
+        "apply".as_ref(),
+        team.as_os_str(),
+        "-c".as_ref(),
+        router.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("+ p01/bca.residents"), "{out}");
+    assert!(out.contains("= p01/mof.businesses (in force"), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("- ")), "{out}");
+    let in_force = govbus_router::control::read(
+        &govbus_kafka_client::KafkaConfig::new(&broker.bootstrap),
+        "_govbus.subscriptions",
+    )
+    .unwrap();
+    let mut names: Vec<&String> = in_force
+        .iter()
+        .filter(|(_, v)| v.active().is_some())
+        .map(|(k, _)| k)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "p01/bca.residents",
+            "p01/mof.businesses",
+            "p52/bca.residents",
+            "p92/bca.residents"
+        ]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

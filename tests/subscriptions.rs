@@ -255,3 +255,47 @@ fn subscriptions_are_added_changed_and_removed_live() {
         "nothing more for p92"
     );
 }
+
+/// A dataset added to the files after the router started: the router knew
+/// only the map when it started; a subscription to residents is applied,
+/// the router reads its files again (`Router::reloading`) instead of leaving
+/// the subscription out until a restart, and the view fills.
+#[test]
+fn a_subscription_to_a_dataset_added_after_the_router_started_is_routed() {
+    let bus = Bus::start();
+    let publisher = bus.publisher("later");
+    let relay = Relay::new(&bus.kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let mut world = DemoWorld::new(7);
+    let changes: Vec<_> = (0..100).map(|_| world.next_change()).collect();
+    publisher.submit_batch("bca.residents", changes).unwrap();
+
+    // The router starts knowing only moha.admin_units.
+    let mut at_start = with(&bus.catalog, vec![]);
+    at_start
+        .datasets
+        .retain(|id, _| id.to_string() == "moha.admin_units");
+    let full: Catalog = (*bus.catalog).clone();
+    let router = govbus_router::Router::new(bus.router_config(), &at_start)
+        .unwrap()
+        .reloading(govbus_router::Reload::new(move || Ok(full.clone())));
+    let _router = Worker::spawn("router", move |stop| router.run(stop).unwrap());
+
+    let p92 = spec("p92", r#"in_unit(permanent_address.commune_code, "92")"#);
+    apply_subscriptions(
+        &bus.kafka,
+        &bus.prefix,
+        &with(&bus.catalog, vec![p92]),
+        false,
+    );
+    let want = expected_rows(&world, "92");
+    assert!(!want.is_empty());
+    let view = format!("{}sub.p92.bca.residents.v1", bus.prefix);
+    wait_until(Duration::from_secs(60), "p92's view to fill", || {
+        let keys: std::collections::BTreeSet<String> = records(&bus.kafka, &view)
+            .iter()
+            .filter_map(|m| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
+            .collect();
+        want.keys().all(|k| keys.contains(k)).then_some(())
+    });
+}

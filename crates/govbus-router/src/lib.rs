@@ -16,4 +16,4 @@ pub mod router;
 pub mod views;
 
 pub use decide::{decide, Decision};
-pub use router::{Router, RouterConfig, RouterError};
+pub use router::{Reload, Router, RouterConfig, RouterError};

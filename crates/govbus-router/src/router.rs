@@ -165,7 +165,11 @@ pub enum CommitterError {
 #[derive(Debug)]
 pub struct Router {
     cfg: RouterConfig,
-    catalog: Catalog,
+    /// The datasets: replaced when a subscription names one it does not
+    /// know and `reload` finds it in the files.
+    catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// Reads the datasets again from their files (none: they are fixed).
+    reload: Option<Reload>,
     topics: Topics,
     registry: RegistryClient,
     resolver: SchemaCache,
@@ -180,6 +184,22 @@ pub struct Router {
     fetch_wait_ms: std::sync::atomic::AtomicU32,
     /// The administrative map, followed once a filter asks it.
     map: std::sync::Mutex<Option<Arc<crate::map::MapWatch>>>,
+}
+
+/// Reads a deployment's datasets again (from `deploy/`), or says why not.
+pub struct Reload(Box<dyn Fn() -> Result<Catalog, String> + Send + Sync>);
+
+impl Reload {
+    /// `read` reads the datasets again.
+    pub fn new(read: impl Fn() -> Result<Catalog, String> + Send + Sync + 'static) -> Self {
+        Self(Box::new(read))
+    }
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reload")
+    }
 }
 
 /// The input partitions a router instance holds now, shared with whoever
@@ -199,7 +219,8 @@ impl Router {
             fetch_wait_ms: std::sync::atomic::AtomicU32::new(cfg.kafka.fetch_wait_ms),
             resolver: SchemaCache::new(registry.clone()),
             registry,
-            catalog: catalog.clone(),
+            catalog: std::sync::RwLock::new(Arc::new(catalog.clone())),
+            reload: None,
             topics,
             cfg,
             control,
@@ -217,12 +238,13 @@ impl Router {
         if let Some(w) = held.as_ref() {
             return Ok(Some(w.clone()));
         }
+        let catalog = self.catalog();
         let Some(d) = self
             .cfg
             .map_dataset
             .parse::<govbus_core::DatasetId>()
             .ok()
-            .and_then(|id| self.catalog.dataset(&id))
+            .and_then(|id| catalog.dataset(&id).cloned())
         else {
             tracing::error!(
                 dataset = self.cfg.map_dataset,
@@ -249,6 +271,49 @@ impl Router {
         tracing::info!(topic, units = w.rows(), "following the administrative map");
         *held = Some(w.clone());
         Ok(Some(w))
+    }
+
+    /// Reads the datasets again with `reload` when a subscription in force
+    /// names one this router does not know (a dataset added to `deploy/`
+    /// after it started), instead of leaving that subscription out until a
+    /// restart.
+    pub fn reloading(mut self, reload: Reload) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// The datasets as this router knows them now.
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// When `wanted` names a dataset the catalog lacks and the files can be
+    /// read again: reads them, and keeps the new catalog if it has them.
+    pub(crate) fn know(&self, wanted: &[govbus_core::DatasetId]) {
+        let Some(reload) = &self.reload else {
+            return;
+        };
+        let known = self.catalog();
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|d| known.dataset(d).is_none())
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        match (reload.0)() {
+            Ok(c) => {
+                tracing::info!(datasets = ?missing, found = ?missing.iter().filter(|d| d.parse().ok().and_then(|id| c.dataset(&id)).is_some()).collect::<Vec<_>>(), "subscriptions name datasets this router did not know: its files read again");
+                *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+            }
+            Err(e) => {
+                tracing::error!(datasets = ?missing, error = %e, "subscriptions name datasets this router does not know, and its files do not read");
+            }
+        }
     }
 
     /// Reports readiness to `ready` (an agent's `/readyz`) instead of its own.

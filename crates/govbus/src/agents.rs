@@ -164,7 +164,15 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
     let stop = stop_flag();
     let s = stop.clone();
     run_until_stopped(stop, move || {
-        let router = govbus_router::Router::new(r, &catalog)?.reporting_to(ready);
+        let mut router = govbus_router::Router::new(r, &catalog)?.reporting_to(ready);
+        // A dataset added to the files after the router started is read
+        // when a subscription names it.
+        if cfg.deploy.is_some() {
+            let files = cfg.clone();
+            router = router.reloading(govbus_router::Reload::new(move || {
+                files.catalog().map_err(|e| format!("{e:#}"))
+            }));
+        }
         router.run(s)?;
         Ok(())
     })

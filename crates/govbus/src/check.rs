@@ -195,8 +195,9 @@ pub(crate) fn run(deploy: &Path, schemas: &Path) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!(
-            "{} problems in {} ({summary})",
+            "{} problem{} in {} ({summary})",
             problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
             deploy.display()
         )
     }

@@ -615,7 +615,7 @@ impl Cmd {
             | Cmd::Dashboard { .. }
             | Cmd::AdminUnits {
                 command: AdminUnitsCmd::Load { .. },
-            } => "info",
+            } => "info,postgres=warn",
             _ => "warn",
         }
     }
@@ -629,6 +629,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| cli.command.default_log_level().into()),
         )
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A third-party parser's panic that govbus catches (and turns into a
     // refusal) is not a crash: it is not printed as one.

@@ -302,7 +302,7 @@ impl Router {
             origin: self.topics.view_state(),
             filter_line: None,
         };
-        views::compile_spec(&self.catalog, &self.topics, &spec)
+        views::compile_spec(&self.catalog(), &self.topics, &spec)
             .map_err(|e| tracing::error!(subscriber, %dataset, error = %e, "a view's recorded spec no longer compiles; its leaves are not sent"))
             .ok()
     }

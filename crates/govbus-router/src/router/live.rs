@@ -96,6 +96,12 @@ impl Router {
     /// loudly; the others are routed.
     pub(super) fn live(&self) -> Result<Live, RouterError> {
         let (generation, set) = self.control.snapshot();
+        self.know(
+            &set.values()
+                .filter_map(|v| v.active().map(|s| s.dataset.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let catalog = self.catalog();
         let mut live = Live {
             generation,
             ..Live::default()
@@ -103,7 +109,7 @@ impl Router {
         let mut specs = vec![TopicSpec::compacted(self.topics.view_state(), 1)];
         let mut view_specs = Vec::new();
         let mut input_of = |ds: &DatasetId, live: &mut Live| -> Option<String> {
-            let d = self.catalog.dataset(ds)?;
+            let d = catalog.dataset(ds)?;
             let input = self.topics.central(&d.id, d.file.major);
             let dlq = self.topics.dlq("route", &d.id.to_string());
             live.dlq.insert(input.clone(), dlq.clone());
@@ -130,7 +136,7 @@ impl Router {
                         origin: format!("{} ({origin})", self.topics.subscriptions()),
                         filter_line: None,
                     };
-                    let mut view = match views::compile_spec(&self.catalog, &self.topics, &spec) {
+                    let mut view = match views::compile_spec(&catalog, &self.topics, &spec) {
                         Ok(v) => v,
                         Err(e) => {
                             SubscriptionRefused {

@@ -813,8 +813,9 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
                 t.elapsed().as_secs_f64()
             );
         }
+        println!("  ministry  {agency} API described at {ingest}/openapi.json");
         for id in files.catalog.datasets.keys().filter(|d| &d.owner == agency) {
-            println!("  ministry  {agency} ingest on {ingest}/v1/datasets/{id}/changes (described at {ingest}/openapi.json)");
+            println!("  ministry  {agency} ingest on {ingest}/v1/datasets/{id}/changes");
         }
         ingest_of.insert(agency.clone(), (ingest, metrics));
     }

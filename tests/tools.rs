@@ -7,6 +7,12 @@
 //!   topic: readable keys;
 //! - `kafka-consumer-groups --describe` on the router's group: its lag,
 //!   exact, and the same as govbus's `govbus_router_lag_events`;
+//! - `kafka-consumer-groups --describe` on each province's group: its
+//!   positions, committed beside its database, its lag 0 once applied, as
+//!   its own gauge and `govbus status` say; the router's member named
+//!   `govbus-router`;
+//! - `kafka-console-consumer` on a report, a receipt and a dead letter
+//!   (with its headers);
 //! - `kafka-transactions list`: the router's transactional id;
 //! - `kafka-get-offsets`: each partition's end.
 //!
@@ -88,6 +94,12 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
     let catalog = bus.catalog.clone();
     let _p52 = Worker::spawn("p52", move |stop| {
         govbus_consumer::run(&c52, &catalog, stop).unwrap()
+    });
+    let sink = format!("sqlite://{}", bus.dir.path().join("p92.db").display());
+    let c92 = consumer_config(&bus.kafka, &bus.registry, &bus.prefix, "p92", &sink, "");
+    let catalog = bus.catalog.clone();
+    let _p92 = Worker::spawn("p92", move |stop| {
+        govbus_consumer::run(&c92, &catalog, stop).unwrap()
     });
 
     let mut world = DemoWorld::new(17);
@@ -264,6 +276,129 @@ fn operators_see_the_bus_with_kafkas_own_tools() {
     assert!(keys
         .iter()
         .all(|k| k.len() == 12 && k.bytes().all(|c| c.is_ascii_digit())));
+
+    // Every agent by name: the router's member is `govbus-router`.
+    let router_rows = table(&tool(
+        tools::CONSUMER_GROUPS,
+        &["--bootstrap-server", b, "--describe", "--group", &group],
+    ));
+    assert!(
+        router_rows
+            .iter()
+            .all(|r| r.get("CLIENT-ID").map(String::as_str) == Some("govbus-router")),
+        "{router_rows:?}"
+    );
+
+    // Each province's group: its positions, committed beside its database,
+    // so the tools show its lag — 0 once applied, as govbus's own gauge
+    // and `govbus status` say.
+    for sub in ["p52", "p92"] {
+        let view = format!("{}sub.{sub}.bca.residents.v1", bus.prefix);
+        let group = govbus_consumer::consumer::group_of(sub);
+        let rows = wait_until(
+            Duration::from_secs(60),
+            &format!("{group}'s lag on {view} to be 0"),
+            || {
+                let rows: Vec<Row> = table(&tool(
+                    tools::CONSUMER_GROUPS,
+                    &["--bootstrap-server", b, "--describe", "--group", &group],
+                ))
+                .into_iter()
+                .filter(|r| r.get("TOPIC") == Some(&view))
+                .collect();
+                (rows.len() == 4
+                    && rows
+                        .iter()
+                        .all(|r| r.get("LAG").map(String::as_str) == Some("0")))
+                .then_some(rows)
+            },
+        );
+        let ends = ends(&view);
+        for r in &rows {
+            let p: i32 = r["PARTITION"].parse().unwrap();
+            assert_eq!(r["CURRENT-OFFSET"], ends[&p].to_string(), "{r:?}");
+        }
+        let own_lag = |text: &str| {
+            text.lines()
+                .filter(|l| l.starts_with("govbus_consumer_lag_events{"))
+                .filter(|l| {
+                    l.contains(&format!("subscriber=\"{sub}\""))
+                        && l.contains("dataset=\"bca.residents\"")
+                })
+                .find_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        };
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{sub}'s own lag gauge 0"),
+            || (own_lag(&prometheus.render()) == Some(0.0)).then_some(()),
+        );
+        let cfg = consumer_config(
+            &bus.kafka,
+            &bus.registry,
+            &bus.prefix,
+            sub,
+            &format!(
+                "sqlite://{}",
+                bus.dir.path().join(format!("{sub}.db")).display()
+            ),
+            "",
+        );
+        let status = govbus_consumer::status(&cfg, &bus.catalog).unwrap();
+        assert_eq!(status[0].lag, Some(0), "{status:?}");
+    }
+
+    // A report, a receipt and a dead letter, with the console consumer.
+    let console = |topic: &str, n: usize, headers: bool| {
+        tool(
+            tools::CONSOLE_CONSUMER,
+            &[
+                "--bootstrap-server",
+                b,
+                "--topic",
+                topic,
+                "--from-beginning",
+                "--isolation-level",
+                "read_committed",
+                "--property",
+                "print.key=true",
+                "--property",
+                &format!("print.headers={headers}"),
+                "--max-messages",
+                &n.to_string(),
+                "--timeout-ms",
+                "30000",
+            ],
+        )
+    };
+    let report = console(&bus.topics.report("p52", "population"), 1, false);
+    // Keyed by the cell's labels, a JSON array (commune, sex, age band).
+    assert!(report.lines().any(|l| l.starts_with("[\"")), "{report}");
+    let receipt = console(&bus.topics.receipts("p52"), 1, false);
+    assert!(receipt.contains("event_id"), "{receipt}");
+    let raw: rdkafka::producer::BaseProducer = bus.kafka.producer().create().unwrap();
+    raw.send(
+        rdkafka::producer::BaseRecord::to(&central)
+            .key("052090000001")
+            .payload(&[0u8, 0, 0, 0, 1, 2, 3, 4, 5, 6][..])
+            .partition(0),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    rdkafka::producer::Producer::flush(&raw, Duration::from_secs(10)).unwrap();
+    wait_until(Duration::from_secs(60), "the router's dead letter", || {
+        (!read_all(&bus.kafka, &dlq).is_empty()).then_some(())
+    });
+    let letter = console(&dlq, 1, true);
+    assert!(letter.contains("govbus.reason:"), "{letter}");
+    // The router went past it: its group's lag is 0 at the central
+    // topic's new ends.
+    groups(true, &|rows| {
+        rows.len() == 4
+            && rows
+                .iter()
+                .all(|r| r.get("LAG").map(String::as_str) == Some("0"))
+    });
+    let central_ends = ends(&central);
 
     // kafka-transactions: the router's transactional id.
     let txns = tool(tools::TRANSACTIONS, &["--bootstrap-server", b, "list"]);

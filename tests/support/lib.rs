@@ -90,14 +90,22 @@ pub fn spawn_lines(
         .spawn()
         .expect("the command starts");
     let (tx, lines) = std::sync::mpsc::channel::<String>();
-    if let Some(out) = child.stdout.take() {
+    fn forward(from: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
         std::thread::spawn(move || {
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            for l in std::io::BufReader::new(from).lines().map_while(Result::ok) {
                 if tx.send(l).is_err() {
                     break;
                 }
             }
         });
+    }
+    if let Some(out) = child.stdout.take() {
+        forward(out, tx.clone());
+    }
+    // A caller that pipes stderr reads it among the lines too (an error a
+    // command exits with is there).
+    if let Some(err) = child.stderr.take() {
+        forward(err, tx);
     }
     (child, lines)
 }

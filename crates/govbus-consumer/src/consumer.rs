@@ -194,6 +194,15 @@ pub fn run_reporting(
     stop: Arc<AtomicBool>,
     ready: &Readiness,
 ) -> Result<(), ConsumerError> {
+    // Kafka's tools show the province by name (`govbus-p52`).
+    let named = ConsumerConfig {
+        kafka: cfg
+            .kafka
+            .clone()
+            .named(&format!("govbus-{}", cfg.subscriber)),
+        ..cfg.clone()
+    };
+    let cfg = &named;
     // Exported from the start, so that alerts on their increase (or on
     // its absence) see the first change.
     let sub = cfg.subscriber.clone();
@@ -400,10 +409,12 @@ fn session(
         ready,
         dead_letters,
     } = *around;
-    let consumer: BaseConsumer = cfg
-        .kafka
-        .consumer(&format!("govbus-consumer-{}", cfg.subscriber))
-        .create()?;
+    // Its partitions are assigned, and its database holds the offsets it
+    // resumes from; the same positions are also committed to this group
+    // (asynchronously, after the database's commit), so that Kafka's tools
+    // (`kafka-consumer-groups --describe --group govbus-consumer-p52`) show
+    // the province's lag, as Kafka Connect's sink connectors do.
+    let consumer: BaseConsumer = cfg.kafka.consumer(&group_of(&cfg.subscriber)).create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in inputs.keys() {
         let stored = opened.sink().offsets(topic)?;
@@ -581,6 +592,7 @@ fn session(
                     for (t, p, o) in &offsets {
                         stored_at.insert((t.clone(), *p), *o);
                     }
+                    commit_to_group(&consumer, &offsets);
                     BatchApplied {
                         subscriber: &cfg.subscriber,
                         changes: rows.len(),
@@ -608,6 +620,27 @@ fn session(
         }
     }
     Ok(())
+}
+
+/// The consumer group a province's positions are committed to.
+pub fn group_of(subscriber: &str) -> String {
+    format!("govbus-consumer-{subscriber}")
+}
+
+/// Commits `offsets` (topic, partition, next offset) to the consumer's
+/// group, asynchronously: the database holds the truth, the group shows it
+/// to Kafka's tools. A commit that fails is logged by librdkafka and
+/// overtaken by the next one.
+fn commit_to_group(consumer: &BaseConsumer, offsets: &[(String, i32, i64)]) {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in offsets {
+        if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+        tracing::debug!(error = %e, "positions not committed to the consumer group this time");
+    }
 }
 
 /// When the consumer has read everything it was given, its position may
@@ -646,6 +679,7 @@ fn store_passed_markers(
     // next batch stores its own offsets): it is logged, not retried.
     match sink.apply(&[], &passed) {
         Ok(_) => {
+            commit_to_group(consumer, &passed);
             for (t, p, o) in passed {
                 stored_at.insert((t, p), o);
             }

@@ -227,6 +227,16 @@ impl KafkaConfig {
         self
     }
 
+    /// This agent's `client.id` (`govbus-router`, `govbus-p52`), which
+    /// Kafka's tools show in their CLIENT-ID column and brokers in their
+    /// logs and quotas; one set in `[kafka.options]` wins.
+    pub fn named(mut self, id: &str) -> Self {
+        self.options
+            .entry("client.id".into())
+            .or_insert_with(|| id.to_string());
+        self
+    }
+
     /// Base client config: bootstrap servers and the pass-through options.
     pub fn client(&self) -> ClientConfig {
         let mut c = self.base();

@@ -209,7 +209,8 @@ pub type Assignment = Arc<std::sync::Mutex<std::collections::BTreeSet<(String, i
 impl Router {
     /// Starts following the control topic (`_govbus.subscriptions`, read to
     /// its end before this returns); `catalog` gives the datasets.
-    pub fn new(cfg: RouterConfig, catalog: &Catalog) -> Result<Self, RouterError> {
+    pub fn new(mut cfg: RouterConfig, catalog: &Catalog) -> Result<Self, RouterError> {
+        cfg.kafka = cfg.kafka.named("govbus-router");
         let topics = Topics::new(&cfg.topic_prefix);
         ensure_topics(&cfg.kafka, &[TopicSpec::compacted(topics.view_state(), 1)])?;
         let control =

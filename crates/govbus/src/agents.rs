@@ -112,7 +112,8 @@ async fn start<T: Clone>(
 
 /// `govbus registry`.
 pub(crate) async fn registry(file: Option<&Path>) -> anyhow::Result<()> {
-    let (cfg, ready, r) = start(file, Agent::Registry, |c| &c.registry, |r| &r.kafka).await?;
+    let (cfg, ready, mut r) = start(file, Agent::Registry, |c| &c.registry, |r| &r.kafka).await?;
+    r.kafka = r.kafka.named("govbus-registry");
     let r = &r;
     // New versions of a dataset's schema must not break the subscriptions
     // in force: those on the control topic, which the registry follows.
@@ -181,7 +182,8 @@ pub(crate) async fn route(file: Option<&Path>) -> anyhow::Result<()> {
 
 /// `govbus produce`.
 pub(crate) async fn produce(file: Option<&Path>) -> anyhow::Result<()> {
-    let (cfg, ready, p) = start(file, Agent::Producer, |c| &c.producer, |p| &p.kafka).await?;
+    let (cfg, ready, mut p) = start(file, Agent::Producer, |c| &c.producer, |p| &p.kafka).await?;
+    p.kafka = p.kafka.named(&format!("govbus-{}", p.agency));
     crate::ops::watch_registry(&p.registry, p.registry_access.as_ref())?;
     let catalog = cfg.catalog()?;
     govbus_producer::run_agent(p, catalog, shutdown_signal(), ready).await?;

@@ -31,28 +31,47 @@ struct Proc {
     due: Option<Instant>,
 }
 
-/// `N` distinct free ports: the listeners are held until all are picked,
-/// so the system cannot hand the same port out twice.
+/// `N` distinct free ports, as [`free_port_list`].
 fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let list = free_port_list(N)?;
     let mut ports = [0u16; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
-    }
+    ports.copy_from_slice(&list);
     Ok(ports)
 }
 
-/// `n` distinct free ports, as [`free_ports`].
+/// The first port of the system's ephemeral range (where it picks the
+/// local port of every outgoing connection).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `n` distinct free ports for the agents up starts, picked at random
+/// below the ephemeral range: a port is chosen seconds before its agent
+/// binds it, and in the ephemeral range any outgoing connection (a Kafka
+/// client's, another process's) may take it meanwhile. Each is held until
+/// all are picked, so none is handed out twice.
 fn free_port_list(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    use rand::Rng;
+    let high = ephemeral_low();
+    let low = (high / 2).max(1024);
+    let mut rng = rand::thread_rng();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n * 200 {
+        if held.len() == n || low >= high {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", rng.gen_range(low..high))) {
+            held.push(l);
+        }
+    }
+    // A system whose ephemeral range leaves no room below it: any free port.
+    while held.len() < n {
+        held.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Starts `cmd` with its output appended to `log`.

@@ -37,6 +37,10 @@ fn run_until_both_apply(
             seen.push(l);
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // Its last lines (the error it exited with) until its pipes close.
+            while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
+                seen.push(l);
+            }
             panic!("govbus up exited ({status}):\n{}", seen.join("\n"));
         }
         let last = seen.iter().rev().find(|l| l.contains("p52 applied"))?;
@@ -178,6 +182,10 @@ fn a_new_ministry_and_a_new_province_join_by_files_alone_through_up_deploy() {
     let started = poll_until(Duration::from_secs(240), || {
         read(&mut seen);
         if let Ok(Some(status)) = child.try_wait() {
+            // Its last lines (the error it exited with) until its pipes close.
+            while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
+                seen.push(l);
+            }
             panic!("govbus up exited ({status}):\n{}", seen.join("\n"));
         }
         let last = seen.iter().rev().find(|l| l.contains("p01 applied"))?;

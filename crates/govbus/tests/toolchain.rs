@@ -72,3 +72,43 @@ fn rust_version_the_lockfile_and_the_dockerfile_agree() {
         "the Dockerfile builds with Rust {image}, the workspace says {ours}"
     );
 }
+
+/// The image's last stage: the binary, `deploy/` and `schemas/`, and a
+/// user that is not root, who owns the directory the agents write in.
+#[test]
+fn the_image_runs_as_an_unprivileged_user_with_the_binary_and_the_files() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let docker = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let last = docker
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .expect("a build stage and a runtime stage");
+    let user = last
+        .lines()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .last()
+        .expect("the runtime stage names its USER");
+    let name = user.split(':').next().unwrap_or("").trim();
+    assert!(
+        !name.is_empty() && name != "root" && name != "0",
+        "the image runs as {user}"
+    );
+    for copied in [
+        "COPY --from=build /src/target/release/govbus /usr/local/bin/govbus",
+        "COPY deploy /etc/govbus/deploy",
+        "COPY schemas /etc/govbus/schemas",
+    ] {
+        assert!(last.contains(copied), "the image lacks `{copied}`");
+    }
+    let workdir = last
+        .lines()
+        .filter_map(|l| l.strip_prefix("WORKDIR "))
+        .last()
+        .expect("a WORKDIR");
+    assert!(
+        last.contains(&format!("chown govbus:govbus {workdir}"))
+            && last.contains("--uid 10001")
+            && name == "10001",
+        "{workdir} is not the user's: {last}"
+    );
+}

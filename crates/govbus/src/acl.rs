@@ -117,3 +117,47 @@ pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> an
     }
     Ok(())
 }
+
+/// `govbus acl plan --strimzi CLUSTER`: the plan as KafkaUser resources
+/// (SCRAM-SHA-512, simple authorization), one per user the plan manages,
+/// printed; no broker is contacted. They are the ACLs `govbus acl apply`
+/// would make the broker hold.
+pub(crate) fn strimzi(
+    file: Option<&Path>,
+    deploy: Option<&Path>,
+    cluster: &str,
+    api: crate::strimzi::Api,
+) -> anyhow::Result<()> {
+    let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
+    if let Some(dir) = deploy {
+        cfg.deploy = Some(dir.to_path_buf());
+    }
+    let r = GovbusConfig::section(&cfg.router, "router", file)?;
+    let catalog = cfg.catalog()?;
+    let principals = principals(&cfg);
+    let topics = Topics::new(&r.topic_prefix);
+    let wanted = plan(
+        &catalog,
+        &topics,
+        &principals,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let mut users = managed(&wanted, &catalog, &principals);
+    users.sort();
+    users.dedup();
+    let docs = crate::strimzi::users(&wanted, &users, cluster, api)?;
+    print!(
+        "{}",
+        crate::strimzi::yaml(
+            &format!(
+                "Every grant the files in deploy/ imply (govbus acl plan --strimzi {cluster}),\n\
+                 for the Strimzi User Operator: {} ACLs, {} KafkaUser resources. Each\n\
+                 user's password is in the Secret of its name, key `password`.",
+                wanted.len(),
+                docs.len()
+            ),
+            &docs
+        )
+    );
+    Ok(())
+}

@@ -428,6 +428,50 @@ pub(crate) fn apply_subscriptions(
 /// `govbus topics`: creates every topic the catalog implies (those that
 /// exist are left as they are) and prints each with its settings.
 pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
+    let (r, specs) = topic_specs(file)?;
+    govbus_kafka_client::ensure_topics(&r.kafka, &specs)?;
+    for s in &specs {
+        let configs: Vec<String> = s.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "ok  {:<40} partitions {:<3} {}",
+            s.name,
+            s.partitions,
+            configs.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `govbus topics --strimzi CLUSTER`: the same topics as KafkaTopic
+/// resources, printed; no broker is contacted.
+pub(crate) fn strimzi_topics(
+    file: Option<&Path>,
+    cluster: &str,
+    api: crate::strimzi::Api,
+) -> anyhow::Result<()> {
+    let (_, specs) = topic_specs(file)?;
+    let docs = crate::strimzi::topics(&specs, cluster, api)?;
+    print!(
+        "{}",
+        crate::strimzi::yaml(
+            &format!(
+                "The topics the files in deploy/ imply (govbus topics --strimzi {cluster}),\n\
+                 for the Strimzi Topic Operator; {} KafkaTopic resources.",
+                docs.len()
+            ),
+            &docs
+        )
+    );
+    Ok(())
+}
+
+/// Every topic the files imply, as the router's section places them.
+fn topic_specs(
+    file: Option<&Path>,
+) -> anyhow::Result<(
+    govbus_router::RouterConfig,
+    Vec<govbus_kafka_client::TopicSpec>,
+)> {
     use govbus_kafka_client::TopicSpec;
     let cfg = GovbusConfig::load(file, Some(Agent::Router))?;
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
@@ -456,15 +500,5 @@ pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
             ));
         }
     }
-    govbus_kafka_client::ensure_topics(&r.kafka, &specs)?;
-    for s in &specs {
-        let configs: Vec<String> = s.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
-            "ok  {:<40} partitions {:<3} {}",
-            s.name,
-            s.partitions,
-            configs.join(" ")
-        );
-    }
-    Ok(())
+    Ok((r.clone(), specs))
 }

@@ -14,6 +14,7 @@ mod receipts;
 mod reconcile;
 mod report;
 mod schema_check;
+mod strimzi;
 mod up;
 
 use std::path::PathBuf;
@@ -146,6 +147,8 @@ enum Cmd {
         /// Configuration file (its `[router]` section).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        strimzi: StrimziArgs,
     },
     /// Exit 0 when URL (an agent's `/healthz` or `/readyz`) answers 2xx;
     /// else print its answer and fail. For container healthchecks.
@@ -548,6 +551,8 @@ enum AclCmd {
         /// The platform's configuration (`[router]`, `[registry]`, `[acl]`).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        strimzi: StrimziArgs,
     },
     /// Make the broker's ACLs match the plan.
     Apply {
@@ -557,6 +562,21 @@ enum AclCmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+}
+
+/// Print Strimzi resources instead of talking to a broker.
+#[derive(Debug, clap::Args)]
+struct StrimziArgs {
+    /// Print what is derived as Strimzi resources (KafkaTopic, or KafkaUser
+    /// with simple authorization) for the Strimzi Kafka cluster named
+    /// CLUSTER, for `kubectl apply -f -` or a GitOps repository; no broker
+    /// is contacted.
+    #[arg(long, value_name = "CLUSTER")]
+    strimzi: Option<String>,
+    /// The resources' API version: v1beta2 (Strimzi 0.22 to 0.49) or v1
+    /// (Strimzi 0.49 and later).
+    #[arg(long, value_enum, default_value = "v1beta2", requires = "strimzi")]
+    strimzi_api: strimzi::Api,
 }
 
 #[derive(Debug, Subcommand)]
@@ -712,9 +732,14 @@ fn main() -> std::process::ExitCode {
                     demo::run(ingest, rate, count, seed).await
                 }
             }
-            Cmd::Topics { config } => {
-                tokio::task::spawn_blocking(move || agents::create_topics(config.as_deref()))
-                    .await?
+            Cmd::Topics { config, strimzi } => {
+                tokio::task::spawn_blocking(move || match strimzi.strimzi {
+                    Some(cluster) => {
+                        agents::strimzi_topics(config.as_deref(), &cluster, strimzi.strimzi_api)
+                    }
+                    None => agents::create_topics(config.as_deref()),
+                })
+                .await?
             }
             Cmd::Status { config } => agents::status(config).await,
             Cmd::Dashboard {
@@ -776,7 +801,16 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Acl { command } => {
                 tokio::task::spawn_blocking(move || match command {
-                    AclCmd::Plan { deploy, config } => {
+                    AclCmd::Plan {
+                        deploy,
+                        config,
+                        strimzi:
+                            StrimziArgs {
+                                strimzi: Some(cluster),
+                                strimzi_api,
+                            },
+                    } => acl::strimzi(config.as_deref(), deploy.as_deref(), &cluster, strimzi_api),
+                    AclCmd::Plan { deploy, config, .. } => {
                         acl::run(config.as_deref(), deploy.as_deref(), false)
                     }
                     AclCmd::Apply { deploy, config } => {

@@ -244,6 +244,61 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
         ok && out.contains("the broker's ACLs match the plan"),
         "{out}"
     );
+    // The plan as Strimzi KafkaUsers lists exactly the ACLs the broker
+    // now holds for those users.
+    let (ok, yaml) = govbus(&["acl", "plan", "-c", &platform, "--strimzi", "c"]);
+    assert!(ok, "{yaml}");
+    let mut listed = std::collections::BTreeSet::new();
+    let mut users = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let d: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let Some(user) = d["metadata"]["name"].as_str() else {
+            continue;
+        };
+        users.insert(format!("User:{user}"));
+        for a in d["spec"]["authorization"]["acls"].as_array().unwrap() {
+            let r = &a["resource"];
+            for op in a["operations"].as_array().unwrap() {
+                listed.insert(format!(
+                    "User:{user} {} {} {} {}",
+                    op.as_str().unwrap(),
+                    r["type"].as_str().unwrap(),
+                    r["name"].as_str().unwrap_or("kafka-cluster"),
+                    r["patternType"].as_str().unwrap_or("literal"),
+                ));
+            }
+        }
+    }
+    let (held, _) = govbus_kafka_client::acl::AclAdmin::new(&bus.kafka)
+        .unwrap()
+        .describe()
+        .unwrap();
+    let on_broker: std::collections::BTreeSet<String> = held
+        .iter()
+        .filter(|a| users.contains(&a.principal))
+        .map(|a| {
+            use govbus_kafka_client::acl::{Pattern, Resource};
+            format!(
+                "{} {:?} {} {} {}",
+                a.principal,
+                a.operation,
+                match a.resource {
+                    Resource::Topic => "topic",
+                    Resource::Group => "group",
+                    Resource::Cluster => "cluster",
+                    Resource::TransactionalId => "transactionalId",
+                },
+                a.name,
+                if a.pattern == Pattern::Prefixed {
+                    "prefix"
+                } else {
+                    "literal"
+                },
+            )
+        })
+        .collect();
+    assert!(users.contains("User:p52") && !listed.is_empty());
+    assert_eq!(listed, on_broker, "KafkaUsers' ACLs and the broker's");
     let (ok, out) = govbus(&["consume", "-c", &p52]);
     assert!(!ok, "{out}");
     assert!(

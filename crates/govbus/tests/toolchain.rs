@@ -85,8 +85,8 @@ fn the_image_runs_as_an_unprivileged_user_with_the_binary_and_the_files() {
         .expect("a build stage and a runtime stage");
     let user = last
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("the runtime stage names its USER");
     let name = user.split(':').next().unwrap_or("").trim();
     assert!(
@@ -102,8 +102,8 @@ fn the_image_runs_as_an_unprivileged_user_with_the_binary_and_the_files() {
     }
     let workdir = last
         .lines()
-        .filter_map(|l| l.strip_prefix("WORKDIR "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("WORKDIR "))
         .expect("a WORKDIR");
     assert!(
         last.contains(&format!("chown govbus:govbus {workdir}"))

@@ -139,6 +139,12 @@ enum Cmd {
         /// instead, once, and exit.
         #[arg(long)]
         admin_units: bool,
+        /// PEM file of the CA that signed an HTTPS ingest's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// File holding the source system's token for the ingest.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Create every topic the files in `deploy/` imply, with their settings:
     /// each dataset's central topic and route DLQ, each subscription's view,
@@ -722,14 +728,19 @@ fn main() -> std::process::ExitCode {
                 count,
                 seed,
                 admin_units,
+                ca,
+                token_file,
             } => {
+                let access = demo::Access::new(ca, token_file)?;
                 if admin_units {
-                    let n = tokio::task::spawn_blocking(move || demo::post_admin_units(&ingest))
-                        .await??;
+                    let n = tokio::task::spawn_blocking(move || {
+                        demo::post_admin_units(&ingest, &access)
+                    })
+                    .await??;
                     println!("posted {n} administrative units");
                     Ok(())
                 } else {
-                    demo::run(ingest, rate, count, seed).await
+                    demo::run(ingest, rate, count, seed, access).await
                 }
             }
             Cmd::Topics { config, strimzi } => {

@@ -244,14 +244,18 @@ impl Drop for Stack {
 /// Whether the agent whose operations endpoint is on `port` answers
 /// `/readyz` with 200.
 fn readyz(port: u16) -> bool {
-    http_ok(&format!("http://127.0.0.1:{port}/readyz"))
+    http_ok(&format!("http://127.0.0.1:{port}/readyz"), None)
 }
 
-fn http_ok(url: &str) -> bool {
-    ureq::get(url)
-        .timeout(Duration::from_secs(1))
-        .call()
-        .is_ok()
+/// Whether `url` answers 2xx (with `token` as a Bearer token, if given).
+fn http_ok(url: &str, token: Option<&str>) -> bool {
+    let req = ureq::get(url).timeout(Duration::from_secs(1));
+    match token {
+        Some(t) => req.set("authorization", &format!("Bearer {t}")),
+        None => req,
+    }
+    .call()
+    .is_ok()
 }
 
 /// Sums of the samples of `metric` by the value of `label` (or "" for all).
@@ -428,10 +432,14 @@ fn start_broker(
                 }
                 let (_, admin) = users.pop().expect("admin, pushed last");
                 cfg = cfg.secured(govbus_kafka::Secured::new(&ca, &admin, users)?);
-                Some(Credentials {
+                let server = ca.issue("govbus-up", &["127.0.0.1", "localhost"])?;
+                let creds = Credentials {
                     ca: ca.ca(),
                     secrets,
-                })
+                    server,
+                };
+                creds.write_tokens(names)?;
+                Some(creds)
             } else {
                 None
             };
@@ -618,6 +626,11 @@ fn toml_string(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
+/// A path as a TOML basic string.
+fn toml_path(p: &Path) -> String {
+    toml_string(&p.display().to_string())
+}
+
 /// The users of `govbus up --secure`: each agency's and subscriber's, the
 /// router's, the registry's and the operator's.
 fn users(files: &Files) -> Vec<String> {
@@ -630,13 +643,94 @@ fn users(files: &Files) -> Vec<String> {
     u
 }
 
-/// A secured broker's CA and each user's password file.
+/// What `--secure` hands out: a CA of its own, each user's Kafka password
+/// file, the certificate the registry and every ingest serve HTTPS with,
+/// and the tokens: each user's for the registry, the demo source system's
+/// for the ingests, the dashboard's.
 struct Credentials {
     ca: PathBuf,
     secrets: PathBuf,
+    server: govbus_kafka::tls::Issued,
 }
 
+/// The source system's name at every ingest (the demo's).
+const SOURCE_SYSTEM: &str = "demo";
+
 impl Credentials {
+    /// A random token per registry user (`<user>.registry-token`), the
+    /// registry's credentials file (`registry.credentials`, hashes only),
+    /// the demo's ingest token and the ingests' credentials file, the
+    /// dashboard's token.
+    fn write_tokens(&self, users: &[String]) -> anyhow::Result<()> {
+        use govbus_core::secret::write_private;
+        let mut lines = String::new();
+        for u in users {
+            let token = govbus_http::new_token()?;
+            write_private(&self.registry_token(u), format!("{token}\n").as_bytes())?;
+            lines.push_str(&govbus_http::credential_line(u, &token));
+            lines.push('\n');
+        }
+        write_private(&self.secrets.join("registry.credentials"), lines.as_bytes())?;
+        let token = govbus_http::new_token()?;
+        write_private(&self.ingest_token(), format!("{token}\n").as_bytes())?;
+        write_private(
+            &self.secrets.join("ingest.credentials"),
+            format!("{}\n", govbus_http::credential_line(SOURCE_SYSTEM, &token)).as_bytes(),
+        )?;
+        write_private(
+            &self.dashboard_token(),
+            format!("{}\n", govbus_http::new_token()?).as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    fn registry_token(&self, user: &str) -> PathBuf {
+        self.secrets.join(format!("{user}.registry-token"))
+    }
+
+    /// The demo source system's token for every ingest.
+    fn ingest_token(&self) -> PathBuf {
+        self.secrets.join(format!("{SOURCE_SYSTEM}.ingest-token"))
+    }
+
+    /// The dashboard's token.
+    fn dashboard_token(&self) -> PathBuf {
+        self.secrets.join("dashboard-token")
+    }
+
+    /// The HTTP side of `name`'s config: HTTPS and credentials where it
+    /// serves (the registry, an ingest), its token where it calls the
+    /// registry.
+    fn http_sections(&self, role: Role, name: &str) -> String {
+        let section = role.section();
+        let tls = format!(
+            "[{section}.tls]\ncertificate = {}\nkey = {}\n",
+            toml_path(&self.server.cert),
+            toml_path(&self.server.key)
+        );
+        let access = format!(
+            "[{section}.registry_access]\nca = {}\nuser = \"{name}\"\ntoken = {{ file = {} }}\n",
+            toml_path(&self.ca),
+            toml_path(&self.registry_token(name))
+        );
+        match role {
+            Role::Registry => format!(
+                "{tls}[registry.auth]\ncredentials = {}\nadmins = [\"ops\"]\n",
+                toml_path(&self.secrets.join("registry.credentials"))
+            ),
+            Role::Producer => format!(
+                "{access}{tls}[producer.auth]\ncredentials = {}\n",
+                toml_path(&self.secrets.join("ingest.credentials"))
+            ),
+            Role::Router | Role::Consumer => access,
+        }
+    }
+
+    /// How the demo reaches an ingest.
+    fn demo_access(&self) -> anyhow::Result<crate::demo::Access> {
+        crate::demo::Access::new(Some(self.ca.clone()), Some(self.ingest_token()))
+    }
+
     /// `[<section>.kafka.security]` for `user`.
     fn section(&self, section: &str, user: &str) -> String {
         format!(
@@ -715,7 +809,6 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     let ports = free_port_list(2 * producers.len() + provinces.len())?;
     let (ingest_ports, rest) = ports.split_at(producers.len());
     let (producer_metrics, province_metrics) = rest.split_at(producers.len());
-    let registry = format!("http://127.0.0.1:{registry_port}");
     let mut stack = Stack { procs: Vec::new() };
     let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -748,6 +841,10 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         secure.then_some(users.as_slice()),
     )?;
     println!("  broker    {line}");
+    // --secure: the registry and every ingest speak HTTPS only, and ask
+    // for a token.
+    let scheme = if creds.is_some() { "https" } else { "http" };
+    let registry = format!("{scheme}://127.0.0.1:{registry_port}");
     if let Some(c) = &creds {
         let n = apply_acls(&c.kafka(&bootstrap, "admin")?, &files.catalog)?;
         println!("  acls      {n} applied (govbus acl plan's, for these files); each agent connects as its own user");
@@ -769,11 +866,15 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         name: name.to_string(),
         role,
         config: format!(
-            "{file_lines}metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{section}]\n{body}\n{}{}",
+            "{file_lines}metrics_listen = \"127.0.0.1:{metrics}\"\n\n[{section}]\n{body}\n{}{}{}",
             kafka.replace("{section}", role.section()),
             creds
                 .as_ref()
                 .map(|c| c.section(role.section(), name))
+                .unwrap_or_default(),
+            creds
+                .as_ref()
+                .map(|c| c.http_sections(role, name))
                 .unwrap_or_default(),
             section = role.section(),
         ),
@@ -817,10 +918,14 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     let mut ingest_of = BTreeMap::new();
     for ((agency, &port), &metrics) in producers.iter().zip(ingest_ports).zip(producer_metrics) {
         producer(agency, port, metrics).start(&mut stack, &exe, &dir)?;
-        let ingest = format!("http://127.0.0.1:{port}");
+        let ingest = format!("{scheme}://127.0.0.1:{port}");
         if agency == "moha" && files.has("moha", "admin_units") {
             let t = Instant::now();
-            let units = crate::demo::post_admin_units(&ingest)?;
+            let access = match &creds {
+                Some(c) => c.demo_access()?,
+                None => crate::demo::Access::default(),
+            };
+            let units = crate::demo::post_admin_units(&ingest, &access)?;
             stack.wait_ready("moha relay", || {
                 scrape(metrics, "govbus_relay_published_total", "")
                     .values()
@@ -890,13 +995,32 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         for p in &provinces {
             cmd.arg("--config").arg(dir.join(format!("{p}.toml")));
         }
+        // --secure: behind a token (it shows citizens' recent changes).
+        let token = match &creds {
+            Some(c) => {
+                cmd.arg("--token-file").arg(c.dashboard_token());
+                Some(
+                    std::fs::read_to_string(c.dashboard_token())?
+                        .trim()
+                        .to_string(),
+                )
+            }
+            None => None,
+        };
         stack.spawn("dashboard", cmd, &dir)?;
         stack.wait_ready("dashboard", || {
-            http_ok(&format!("http://{dashboard}/state"))
+            http_ok(&format!("http://{dashboard}/state"), token.as_deref())
         })?;
         println!(
-            "  dashboard http://{dashboard}/  ({}, live; ?lang=en for English)",
-            provinces.join(", ")
+            "  dashboard http://{dashboard}/  ({}, live; ?lang=en for English{})",
+            provinces.join(", "),
+            creds
+                .as_ref()
+                .map(|c| format!(
+                    "; its token is in {}: open ?token=… once",
+                    c.dashboard_token().display()
+                ))
+                .unwrap_or_default()
         );
     }
 
@@ -907,6 +1031,12 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     if let Some((ingest, _)) = bca {
         let mut cmd = Command::new(&exe);
         cmd.args(["demo", "--ingest", ingest, "--rate", &rate.to_string()]);
+        if let Some(c) = &creds {
+            cmd.arg("--ca")
+                .arg(&c.ca)
+                .arg("--token-file")
+                .arg(c.ingest_token());
+        }
         stack.spawn("demo", cmd, &dir)?;
         println!("  demo      resident changes at {} per second across 5 provinces (moves and deletes included)", if rate == 0 { "max".to_string() } else { rate.to_string() });
     }

@@ -98,9 +98,16 @@ fn up_secure_applies_the_acls_and_runs_every_agent_on_its_own_principal() {
     cmd.args(["up", "--secure", "--rate", "50", "--stall-secs", "30"])
         .arg("--dir")
         .arg(dir.path().join("up"));
-    let (mut child, seen, flowing) = run_until_both_apply(cmd, false);
-    let _ = child.kill();
-    let _ = child.wait();
+    let (child, seen, flowing) = run_until_both_apply(cmd, false);
+    // Stopped when the test ends, whatever it asserts first.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _up = Stop(child);
     let text = seen.join("\n");
     assert!(
         flowing.is_some(),
@@ -117,6 +124,63 @@ fn up_secure_applies_the_acls_and_runs_every_agent_on_its_own_principal() {
         p52.contains("username = \"p52\"") && p52.contains("password = { file = "),
         "{p52}"
     );
+
+    // Secure end to end: the registry and every ingest speak HTTPS only
+    // and refuse a request without credentials; the dashboard wants its
+    // token. (Changes flowed above: the demo, the router and the
+    // provinces used theirs.)
+    let https = govbus_http::ClientAccess {
+        ca: Some(dir.path().join("up/tls/ca.pem")),
+        user: None,
+        token: None,
+    }
+    .agent(ureq::AgentBuilder::new().timeout(Duration::from_secs(10)))
+    .unwrap();
+    let status = |res: Result<ureq::Response, ureq::Error>| match res {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    };
+    let after = |prefix: &str| -> Vec<String> {
+        seen.iter()
+            .filter_map(|l| l.trim_start().strip_prefix(prefix))
+            .filter_map(|rest| rest.split_whitespace().find(|w| w.contains("://")))
+            .map(str::to_string)
+            .collect()
+    };
+    let registry = after("registry").pop().expect("a registry line");
+    assert!(registry.starts_with("https://"), "{registry}");
+    let (s, body) = status(https.get(&format!("{registry}/subjects")).call());
+    assert_eq!(s, 401, "the registry without credentials: {body}");
+    let plain = registry.replacen("https://", "http://", 1);
+    let (s, body) = status(ureq::get(&format!("{plain}/subjects")).call());
+    assert_eq!(s, 0, "the registry answered plain HTTP: {body}");
+    let ingests: Vec<String> = seen
+        .iter()
+        .filter(|l| l.contains(" ingest on "))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    assert!(ingests.len() >= 2, "{text}");
+    for url in &ingests {
+        assert!(url.starts_with("https://"), "{url}");
+        let (s, body) = status(
+            https
+                .post(url)
+                .set("content-type", "application/json")
+                .send_string(r#"{"op": "delete", "key": "052090000001"}"#),
+        );
+        assert_eq!(s, 401, "{url} without credentials: {body}");
+    }
+    let dashboard = after("dashboard").pop().expect("a dashboard line");
+    let (s, body) = status(ureq::get(&format!("{dashboard}state")).call());
+    assert_eq!(s, 401, "the dashboard without its token: {body}");
+    let token = std::fs::read_to_string(dir.path().join("up/secrets/dashboard-token")).unwrap();
+    let (s, body) = status(
+        ureq::get(&format!("{dashboard}state"))
+            .set("authorization", &format!("Bearer {}", token.trim()))
+            .call(),
+    );
+    assert_eq!(s, 200, "the dashboard with its token: {body}");
 }
 
 /// A second ministry's dataset (mof.businesses: its own schema, rules and

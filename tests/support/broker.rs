@@ -219,6 +219,12 @@ impl Broker {
     /// of `users`, each with a random password; the authorizer denies what
     /// no ACL allows. Its CA is made for it. Never an external cluster.
     pub fn secured(users: &[&str]) -> Self {
+        Self::secured_nodes(1, users)
+    }
+
+    /// As [`Broker::secured`], on `nodes` nodes (3: replication factor 3,
+    /// `min.insync.replicas` 2, the brokers talking SASL_SSL as `admin`).
+    pub fn secured_nodes(nodes: usize, users: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("govbus-kafka-")
             .disable_cleanup(std::env::var_os("GOVBUS_KEEP_BROKER").is_some())
@@ -243,7 +249,7 @@ impl Broker {
         let sec = govbus_kafka::Secured::new(&authority, admin_pw.trim(), pairs)
             .expect("broker certificate");
         let cluster =
-            govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(1, dir.path()).secured(sec))
+            govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(nodes, dir.path()).secured(sec))
                 .unwrap_or_else(|e| panic!("{e}"));
         Self {
             bootstrap: cluster.bootstrap(),

@@ -17,6 +17,7 @@ use rdkafka_sys::bindings::{
 use crate::KafkaConfig;
 
 mod plan;
+mod scram;
 pub use plan::{managed, plan, Principals};
 
 /// The kind of resource an ACL is on.

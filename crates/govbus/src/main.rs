@@ -55,6 +55,13 @@ enum Cmd {
         /// acl apply` derives are applied before any agent starts.
         #[arg(long)]
         secure: bool,
+        /// With `--broker HOST:PORT` of a secured cluster: a file whose
+        /// `[kafka.security]` connects as a super user (SASL_SSL; `ca`,
+        /// `username`, `password = { file = … }`). up creates a SCRAM user
+        /// per agent, applies the ACLs, and runs the stack secured as
+        /// `--secure` does.
+        #[arg(long, requires = "broker")]
+        kafka_security: Option<PathBuf>,
         /// A deploy directory (`datasets/`, `subscriptions/`, `reports/`)
         /// to run instead of the repository's: a producer for every agency
         /// that owns a dataset, a province for every subscriber.
@@ -683,6 +690,7 @@ fn main() -> std::process::ExitCode {
                 broker,
                 stall_secs,
                 secure,
+                kafka_security,
                 deploy,
                 schemas,
             } => {
@@ -692,6 +700,7 @@ fn main() -> std::process::ExitCode {
                     broker,
                     stall_secs,
                     secure,
+                    kafka_security,
                     deploy,
                     schemas,
                 })

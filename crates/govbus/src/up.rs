@@ -393,6 +393,7 @@ fn start_broker(
     dir: &Path,
     stack: &mut Stack,
     secure: Option<&[String]>,
+    security: Option<govbus_kafka_client::KafkaSecurity>,
 ) -> anyhow::Result<(String, Running, String, Option<Credentials>)> {
     let choice = match choice {
         Some(c) => c,
@@ -434,7 +435,15 @@ fn start_broker(
                 cfg = cfg.secured(govbus_kafka::Secured::new(&ca, &admin, users)?);
                 let server = ca.issue("govbus-up", &["127.0.0.1", "localhost"])?;
                 let creds = Credentials {
-                    ca: ca.ca(),
+                    kafka_ca: Some(ca.ca()),
+                    http_ca: ca.ca(),
+                    admin: govbus_kafka_client::KafkaSecurity::scram(
+                        ca.ca(),
+                        "admin",
+                        govbus_core::secret::Secret::load(
+                            govbus_core::secret::SecretSource::File(secrets.join("admin")),
+                        )?,
+                    ),
                     secrets,
                     server,
                 };
@@ -481,10 +490,22 @@ fn start_broker(
             );
             Ok((bootstrap, Running::Nisshi, line, None))
         }
-        BrokerChoice::At(bootstrap) => {
-            let line = format!("the cluster at {bootstrap}");
-            Ok((bootstrap, Running::External, line, None))
-        }
+        BrokerChoice::At(bootstrap) => match (security, secure) {
+            (Some(admin), Some(names)) => {
+                let creds = Credentials::beside(&bootstrap, admin, names, dir)?;
+                let line = format!(
+                    "the cluster at {bootstrap} (SASL_SSL as {}; {} SCRAM-SHA-512 users created or reset, one per agent, passwords in {})",
+                    creds.admin.username.as_deref().unwrap_or("?"),
+                    names.len(),
+                    creds.secrets.display()
+                );
+                Ok((bootstrap, Running::External, line, Some(creds)))
+            }
+            _ => {
+                let line = format!("the cluster at {bootstrap}");
+                Ok((bootstrap, Running::External, line, None))
+            }
+        },
     }
 }
 
@@ -500,6 +521,9 @@ pub(crate) struct UpArgs {
     pub(crate) stall_secs: u64,
     /// TLS, SCRAM and ACLs.
     pub(crate) secure: bool,
+    /// A secured cluster's `[kafka.security]` for a super user (with
+    /// `--broker HOST:PORT`).
+    pub(crate) kafka_security: Option<PathBuf>,
     /// A deploy directory (datasets, subscriptions, reports); none: the
     /// repository's, compiled in.
     pub(crate) deploy: Option<PathBuf>,
@@ -648,7 +672,12 @@ fn users(files: &Files) -> Vec<String> {
 /// and the tokens: each user's for the registry, the demo source system's
 /// for the ingests, the dashboard's.
 struct Credentials {
-    ca: PathBuf,
+    /// The CA that signed the brokers' certificates (none: the system's).
+    kafka_ca: Option<PathBuf>,
+    /// The CA that signed the registry's and the ingests' certificate.
+    http_ca: PathBuf,
+    /// Who creates the users and applies the ACLs (a super user).
+    admin: govbus_kafka_client::KafkaSecurity,
     secrets: PathBuf,
     server: govbus_kafka::tls::Issued,
 }
@@ -657,6 +686,69 @@ struct Credentials {
 const SOURCE_SYSTEM: &str = "demo";
 
 impl Credentials {
+    /// Beside a secured cluster up did not start: as `admin` (its
+    /// `[kafka.security]`), a SCRAM-SHA-512 user per agent with a random
+    /// password (created, or its password reset), and a CA of up's own
+    /// for HTTPS.
+    fn beside(
+        bootstrap: &str,
+        admin: govbus_kafka_client::KafkaSecurity,
+        names: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        if admin.protocol != govbus_kafka_client::Protocol::SaslSsl || admin.username.is_none() {
+            bail!("--kafka-security: up creates a SCRAM user per agent, so it needs protocol = \"sasl_ssl\" and a username (a super user's, such as admin)");
+        }
+        let as_admin =
+            govbus_kafka_client::KafkaConfig::new(bootstrap).with_security(admin.clone());
+        govbus_kafka_client::connect(&as_admin, Duration::from_secs(30))
+            .with_context(|| format!("connecting to {bootstrap} as the --kafka-security user"))?;
+        let http = govbus_kafka::tls::Authority::create(dir.join("tls"))?;
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets)?;
+        let mut users = Vec::new();
+        for u in names {
+            let pw = govbus_http::new_token()?;
+            govbus_core::secret::write_private(&secrets.join(u), pw.as_bytes())?;
+            users.push((u.clone(), pw));
+        }
+        govbus_kafka_client::acl::AclAdmin::new(&as_admin)?
+            .upsert_scram_users(&users)
+            .context(
+                "creating the agents' SCRAM users (the --kafka-security user must be a super user)",
+            )?;
+        let creds = Self {
+            kafka_ca: admin.ca.clone(),
+            http_ca: http.ca(),
+            admin,
+            server: http.issue("govbus-up", &["127.0.0.1", "localhost"])?,
+            secrets,
+        };
+        // Every broker learns a new user from the metadata log: wait
+        // until the last one authenticates.
+        if let Some(last) = names.last() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while govbus_kafka_client::connect(
+                &creds.kafka(bootstrap, last)?,
+                Duration::from_secs(5),
+            )
+            .is_err()
+            {
+                if Instant::now() > deadline {
+                    bail!("the SCRAM user {last} cannot authenticate to {bootstrap} 60 s after it was created");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        creds.write_tokens(names)?;
+        Ok(creds)
+    }
+
+    /// Kafka settings for the admin.
+    fn as_admin(&self, bootstrap: &str) -> govbus_kafka_client::KafkaConfig {
+        govbus_kafka_client::KafkaConfig::new(bootstrap).with_security(self.admin.clone())
+    }
+
     /// A random token per registry user (`<user>.registry-token`), the
     /// registry's credentials file (`registry.credentials`, hashes only),
     /// the demo's ingest token and the ingests' credentials file, the
@@ -710,7 +802,7 @@ impl Credentials {
         );
         let access = format!(
             "[{section}.registry_access]\nca = {}\nuser = \"{name}\"\ntoken = {{ file = {} }}\n",
-            toml_path(&self.ca),
+            toml_path(&self.http_ca),
             toml_path(&self.registry_token(name))
         );
         match role {
@@ -728,15 +820,18 @@ impl Credentials {
 
     /// How the demo reaches an ingest.
     fn demo_access(&self) -> anyhow::Result<crate::demo::Access> {
-        crate::demo::Access::new(Some(self.ca.clone()), Some(self.ingest_token()))
+        crate::demo::Access::new(Some(self.http_ca.clone()), Some(self.ingest_token()))
     }
 
     /// `[<section>.kafka.security]` for `user`.
     fn section(&self, section: &str, user: &str) -> String {
         format!(
-            "[{section}.kafka.security]\nprotocol = \"sasl_ssl\"\nca = \"{}\"\nusername = \"{user}\"\npassword = {{ file = \"{}\" }}\n",
-            self.ca.display(),
-            self.secrets.join(user).display()
+            "[{section}.kafka.security]\nprotocol = \"sasl_ssl\"\n{}username = \"{user}\"\npassword = {{ file = {} }}\n",
+            self.kafka_ca
+                .as_deref()
+                .map(|ca| format!("ca = {}\n", toml_path(ca)))
+                .unwrap_or_default(),
+            toml_path(&self.secrets.join(user))
         )
     }
 
@@ -749,11 +844,9 @@ impl Credentials {
         let password = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
             self.secrets.join(user),
         ))?;
-        Ok(
-            govbus_kafka_client::KafkaConfig::new(bootstrap).with_security(
-                govbus_kafka_client::KafkaSecurity::scram(&self.ca, user, password),
-            ),
-        )
+        let mut security = govbus_kafka_client::KafkaSecurity::scram(Path::new(""), user, password);
+        security.ca = self.kafka_ca.clone();
+        Ok(govbus_kafka_client::KafkaConfig::new(bootstrap).with_security(security))
     }
 }
 
@@ -776,6 +869,29 @@ fn apply_acls(
     Ok(wanted.len())
 }
 
+/// `--kafka-security FILE`: its `[kafka.security]`.
+fn read_kafka_security(file: &Path) -> anyhow::Result<govbus_kafka_client::KafkaSecurity> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SecurityFile {
+        kafka: KafkaPart,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct KafkaPart {
+        security: govbus_kafka_client::KafkaSecurity,
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed: SecurityFile = toml::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected [kafka.security] only (protocol, ca, username, password)",
+            file.display()
+        )
+    })?;
+    Ok(parsed.kafka.security)
+}
+
 fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     let UpArgs {
         dir,
@@ -783,17 +899,20 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         broker,
         stall_secs,
         secure,
+        kafka_security,
         deploy,
         schemas,
     } = args;
-    if secure
-        && matches!(
-            broker,
-            Some(BrokerChoice::Nisshi) | Some(BrokerChoice::At(_))
-        )
-    {
-        anyhow::bail!("--secure starts an Apache Kafka of its own (TLS, SCRAM, ACLs): leave out --broker, or say --broker kafka");
+    let security = kafka_security
+        .map(|f| read_kafka_security(&f))
+        .transpose()?;
+    match (&broker, security.is_some()) {
+        (Some(BrokerChoice::At(_)), false) if secure => anyhow::bail!("--secure with --broker HOST:PORT needs --kafka-security FILE: its [kafka.security] connects as a super user, who creates the agents' users and ACLs"),
+        (Some(BrokerChoice::Nisshi), _) if secure => anyhow::bail!("--secure runs Apache Kafka (TLS, SCRAM, ACLs): leave out --broker, or say --broker kafka"),
+        (Some(BrokerChoice::At(_)), true) | (_, false) => {}
+        (_, true) => anyhow::bail!("--kafka-security goes with --broker HOST:PORT of a cluster up did not start"),
     }
+    let secure = secure || security.is_some();
     let files = Files::load(deploy, schemas)?;
     let producers = files.producers();
     let provinces = files.provinces();
@@ -839,6 +958,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         &dir,
         &mut stack,
         secure.then_some(users.as_slice()),
+        security,
     )?;
     println!("  broker    {line}");
     // --secure: the registry and every ingest speak HTTPS only, and ask
@@ -846,7 +966,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     let scheme = if creds.is_some() { "https" } else { "http" };
     let registry = format!("{scheme}://127.0.0.1:{registry_port}");
     if let Some(c) = &creds {
-        let n = apply_acls(&c.kafka(&bootstrap, "admin")?, &files.catalog)?;
+        let n = apply_acls(&c.as_admin(&bootstrap), &files.catalog)?;
         println!("  acls      {n} applied (govbus acl plan's, for these files); each agent connects as its own user");
     }
 
@@ -1033,7 +1153,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         cmd.args(["demo", "--ingest", ingest, "--rate", &rate.to_string()]);
         if let Some(c) = &creds {
             cmd.arg("--ca")
-                .arg(&c.ca)
+                .arg(&c.http_ca)
                 .arg("--token-file")
                 .arg(c.ingest_token());
         }

@@ -161,3 +161,72 @@ pub(crate) fn strimzi(
     );
     Ok(())
 }
+
+/// `govbus acl users --passwords DIR`: every user the plan names (each
+/// agency, each subscriber, the router, the registry, the operators)
+/// created on the cluster as a SCRAM-SHA-512 user, or its password reset,
+/// from `DIR/<user>` (a file holding the password, as each agent's
+/// `password = { file = … }` reads it), as `[acl.kafka]`'s super user.
+pub(crate) fn users(
+    file: Option<&Path>,
+    deploy: Option<&Path>,
+    passwords: &Path,
+) -> anyhow::Result<()> {
+    let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
+    if let Some(dir) = deploy {
+        cfg.deploy = Some(dir.to_path_buf());
+    }
+    let r = GovbusConfig::section(&cfg.router, "router", file)?;
+    let catalog = cfg.catalog()?;
+    let acl = cfg.acl.clone().unwrap_or_default();
+    let principals = principals(&cfg);
+    let topics = Topics::new(&r.topic_prefix);
+    let wanted = plan(
+        &catalog,
+        &topics,
+        &principals,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    let mut names: Vec<String> = managed(&wanted, &catalog, &principals)
+        .into_iter()
+        .map(|p| p.strip_prefix("User:").unwrap_or(&p).to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|u| !passwords.join(u).is_file())
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "no password file in {} for: {} (one file per user, named after it, holding its password)",
+            passwords.display(),
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut pairs = Vec::new();
+    for u in &names {
+        let secret = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
+            passwords.join(u),
+        ))?;
+        pairs.push((u.clone(), secret.expose().to_string()));
+    }
+    let kafka = acl.kafka.as_ref().unwrap_or(&r.kafka);
+    govbus_kafka_client::connect(kafka, std::time::Duration::from_secs(15))?;
+    AclAdmin::new(kafka)?.upsert_scram_users(&pairs)?;
+    for u in &names {
+        println!(
+            "ok  {u:<12} SCRAM-SHA-512, password from {}",
+            passwords.join(u).display()
+        );
+    }
+    println!(
+        "{} users created or their passwords reset; `govbus acl apply` grants them what deploy/ says",
+        names.len()
+    );
+    Ok(())
+}

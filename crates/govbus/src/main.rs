@@ -567,6 +567,19 @@ enum AclCmd {
         #[command(flatten)]
         strimzi: StrimziArgs,
     },
+    /// Create every user the plan names on the cluster (SCRAM-SHA-512), or
+    /// reset its password, from a directory of password files (one per
+    /// user, named after it), as `[acl.kafka]`'s super user.
+    Users {
+        /// The directory of password files.
+        #[arg(long)]
+        passwords: PathBuf,
+        /// The deploy directory (default: the config's `deploy`).
+        deploy: Option<PathBuf>,
+        /// The platform's configuration (`[router]`, `[registry]`, `[acl]`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Make the broker's ACLs match the plan.
     Apply {
         /// The deploy directory (default: the config's `deploy`).
@@ -833,6 +846,11 @@ fn main() -> std::process::ExitCode {
                     AclCmd::Plan { deploy, config, .. } => {
                         acl::run(config.as_deref(), deploy.as_deref(), false)
                     }
+                    AclCmd::Users {
+                        passwords,
+                        deploy,
+                        config,
+                    } => acl::users(config.as_deref(), deploy.as_deref(), &passwords),
                     AclCmd::Apply { deploy, config } => {
                         acl::run(config.as_deref(), deploy.as_deref(), true)
                     }

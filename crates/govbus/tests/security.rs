@@ -305,6 +305,56 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
         out.contains(&format!("not authorized to describe topic {view52}")),
         "{out}"
     );
+
+    // `govbus acl users`: every user the plan names, from a directory of
+    // password files; one missing is named, and p52's new password takes
+    // over from its old one.
+    let passwords = dir.join("passwords");
+    std::fs::create_dir_all(&passwords).unwrap();
+    let (ok, out) = govbus(&[
+        "acl",
+        "users",
+        "-c",
+        &platform,
+        "--passwords",
+        passwords.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("no password file in") && out.contains("p52"),
+        "{out}"
+    );
+    for u in govbus_e2e::PRINCIPALS {
+        std::fs::copy(password_of(&bus, u), passwords.join(u)).unwrap();
+    }
+    std::fs::write(passwords.join("p52"), "a-new-password-for-p52\n").unwrap();
+    let (ok, out) = govbus(&[
+        "acl",
+        "users",
+        "-c",
+        &platform,
+        "--passwords",
+        passwords.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("ok  p52"), "{out}");
+    let as_p52 = |password: &Path| {
+        let pw = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(
+            password.to_path_buf(),
+        ))
+        .unwrap();
+        let kafka = govbus_kafka_client::KafkaConfig::new(&bus.broker.bootstrap).with_security(
+            govbus_kafka_client::KafkaSecurity::scram(&bus.broker.secure().unwrap().ca, "p52", pw),
+        );
+        govbus_kafka_client::connect(&kafka, Duration::from_secs(5)).is_ok()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "p52's new password to work",
+        || as_p52(&passwords.join("p52")).then_some(()),
+    );
+    assert!(
+        !as_p52(&password_of(&bus, "p52")),
+        "p52's old password still works"
+    );
 }
 
 /// Whether `topic` has partitions yet (as the super user sees it).

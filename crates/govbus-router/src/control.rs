@@ -431,7 +431,10 @@ pub fn write(kafka: &KafkaConfig, topic: &str, steps: &[Step]) -> Result<(), Con
         source,
     };
     ensure(kafka, topic)?;
-    let producer: BaseProducer = kafka.producer().create().map_err(err)?;
+    let producer: BaseProducer<Acks> = kafka
+        .producer()
+        .create_with_context(Acks::default())
+        .map_err(err)?;
     let by = applier();
     let at = govbus_core::now_ms();
     for step in steps {
@@ -463,7 +466,38 @@ pub fn write(kafka: &KafkaConfig, topic: &str, steps: &[Step]) -> Result<(), Con
         }
     }
     producer.flush(Duration::from_secs(30)).map_err(err)?;
-    Ok(())
+    // The broker refused a record (no Write grant, the topic gone): said,
+    // not reported as applied.
+    let refused = producer
+        .context()
+        .refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match refused {
+        Some(e) => Err(err(e)),
+        None => Ok(()),
+    }
+}
+
+/// The first delivery the broker refused, if any.
+#[derive(Default)]
+struct Acks {
+    refused: Mutex<Option<KafkaError>>,
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            if refused.is_none() {
+                *refused = Some(e.clone());
+            }
+        }
+    }
 }
 
 /// Follows the control topic in the background: the current set and a

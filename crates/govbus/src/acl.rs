@@ -85,14 +85,13 @@ pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> an
     }
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let catalog = cfg.catalog()?;
-    let acl = cfg.acl.clone().unwrap_or_default();
     let principals = principals(&cfg);
     let topics = Topics::new(&r.topic_prefix);
     let now = chrono::Utc::now().timestamp_millis();
     let wanted = plan(&catalog, &topics, &principals, now);
-    let kafka = acl.kafka.as_ref().unwrap_or(&r.kafka);
-    govbus_kafka_client::connect(kafka, std::time::Duration::from_secs(15))?;
-    let admin = AclAdmin::new(kafka)?;
+    let kafka = cfg.operator_kafka(r);
+    govbus_kafka_client::connect(&kafka, std::time::Duration::from_secs(15))?;
+    let admin = AclAdmin::new(&kafka)?;
     let diff = admin.compare(&wanted, &managed(&wanted, &catalog, &principals))?;
     print!("{diff}");
     if diff.is_empty() {
@@ -178,7 +177,6 @@ pub(crate) fn users(
     }
     let r = GovbusConfig::section(&cfg.router, "router", file)?;
     let catalog = cfg.catalog()?;
-    let acl = cfg.acl.clone().unwrap_or_default();
     let principals = principals(&cfg);
     let topics = Topics::new(&r.topic_prefix);
     let wanted = plan(
@@ -215,9 +213,9 @@ pub(crate) fn users(
         ))?;
         pairs.push((u.clone(), secret.expose().to_string()));
     }
-    let kafka = acl.kafka.as_ref().unwrap_or(&r.kafka);
-    govbus_kafka_client::connect(kafka, std::time::Duration::from_secs(15))?;
-    AclAdmin::new(kafka)?.upsert_scram_users(&pairs)?;
+    let kafka = cfg.operator_kafka(r);
+    govbus_kafka_client::connect(&kafka, std::time::Duration::from_secs(15))?;
+    AclAdmin::new(&kafka)?.upsert_scram_users(&pairs)?;
     for u in &names {
         println!(
             "ok  {u:<12} SCRAM-SHA-512, password from {}",

@@ -388,7 +388,7 @@ pub(crate) fn apply_subscriptions(
     catalog.check_subscriptions()?;
     let topics = govbus_core::Topics::new(&r.topic_prefix);
     let plan = govbus_router::control::apply_scoped(
-        &r.kafka,
+        &cfg.operator_kafka(r),
         &topics,
         &catalog,
         how.scope,
@@ -428,8 +428,8 @@ pub(crate) fn apply_subscriptions(
 /// `govbus topics`: creates every topic the catalog implies (those that
 /// exist are left as they are) and prints each with its settings.
 pub(crate) fn create_topics(file: Option<&Path>) -> anyhow::Result<()> {
-    let (r, specs) = topic_specs(file)?;
-    govbus_kafka_client::ensure_topics(&r.kafka, &specs)?;
+    let (kafka, specs) = topic_specs(file)?;
+    govbus_kafka_client::ensure_topics(&kafka, &specs)?;
     for s in &specs {
         let configs: Vec<String> = s.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -465,11 +465,13 @@ pub(crate) fn strimzi_topics(
     Ok(())
 }
 
-/// Every topic the files imply, as the router's section places them.
+/// Every topic the files imply, as the router's section places them, and
+/// the cluster to create them on: as `[acl.kafka]`'s user (the operator's,
+/// who may create any topic) where the file has one, else as the router.
 fn topic_specs(
     file: Option<&Path>,
 ) -> anyhow::Result<(
-    govbus_router::RouterConfig,
+    govbus_kafka_client::KafkaConfig,
     Vec<govbus_kafka_client::TopicSpec>,
 )> {
     use govbus_kafka_client::TopicSpec;
@@ -500,5 +502,5 @@ fn topic_specs(
             ));
         }
     }
-    Ok((r.clone(), specs))
+    Ok((cfg.operator_kafka(r), specs))
 }

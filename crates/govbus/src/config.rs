@@ -63,10 +63,26 @@ pub(crate) struct AclConfig {
     /// describe every topic and group.
     #[serde(default)]
     pub(crate) operators: Vec<String>,
-    /// The cluster as a super user, who may change ACLs (default:
-    /// `[router.kafka]`).
+    /// The cluster as a super user, who may change ACLs, create users
+    /// and topics and write the control topic: the identity of the
+    /// operator's commands (`govbus acl`, `topics`, `subscriptions apply`;
+    /// default: `[router.kafka]`).
     #[serde(default)]
     pub(crate) kafka: Option<govbus_kafka_client::KafkaConfig>,
+}
+
+impl GovbusConfig {
+    /// The cluster as the operator's commands reach it: `[acl.kafka]`
+    /// where the file has one, else `router`'s.
+    pub(crate) fn operator_kafka(
+        &self,
+        router: &govbus_router::RouterConfig,
+    ) -> govbus_kafka_client::KafkaConfig {
+        self.acl
+            .as_ref()
+            .and_then(|a| a.kafka.clone())
+            .unwrap_or_else(|| router.kafka.clone())
+    }
 }
 
 /// The agents, each reading its own section.

@@ -155,7 +155,8 @@ enum Cmd {
     },
     /// Create every topic the files in `deploy/` imply, with their settings:
     /// each dataset's central topic and route DLQ, each subscription's view,
-    /// the control and view-state topics (`[router]`'s cluster and prefix).
+    /// the control and view-state topics (`[router]`'s cluster and prefix,
+    /// as `[acl.kafka]`'s user where the file has one).
     Topics {
         /// Configuration file (its `[router]` section).
         #[arg(long, short)]

@@ -306,6 +306,45 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
         "{out}"
     );
 
+    // A write the broker refuses is an error, not a silent success: as
+    // the router, who may read the control topic but not write it,
+    // `subscriptions apply` fails naming the refusal; as the operator
+    // (`[acl.kafka]`) it applies.
+    let as_router = write(
+        dir,
+        "router-only.toml",
+        &format!(
+            "deploy = \"{}\"\nschemas = \"{}\"\n[router]\nregistry = \"{}\"\ngroup = \"{}\"\ntopic_prefix = \"{}\"\n{}",
+            deploy.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas").display(),
+            bus.registry,
+            bus.router_group,
+            bus.prefix,
+            kafka_section(&bus, "router", "router", &password_of(&bus, "router")),
+        ),
+    );
+    let subs = deploy.join("subscriptions");
+    let (ok, out) = govbus(&[
+        "subscriptions",
+        "apply",
+        subs.to_str().unwrap(),
+        "-c",
+        &as_router,
+        "--scope",
+        "all",
+    ]);
+    assert!(!ok && out.contains("TopicAuthorizationFailed"), "{out}");
+    let (ok, out) = govbus(&[
+        "subscriptions",
+        "apply",
+        subs.to_str().unwrap(),
+        "-c",
+        &platform,
+        "--scope",
+        "all",
+    ]);
+    assert!(ok, "{out}");
+
     // `govbus acl users`: every user the plan names, from a directory of
     // password files; one missing is named, and p52's new password takes
     // over from its old one.

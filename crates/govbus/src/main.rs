@@ -14,6 +14,7 @@ mod receipts;
 mod reconcile;
 mod report;
 mod schema_check;
+mod secrets;
 mod strimzi;
 mod up;
 
@@ -176,6 +177,11 @@ enum Cmd {
         /// The command.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Secret files for docker-compose.yml.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCmd,
     },
     /// Tokens for the registry's and ingest's HTTPS APIs.
     Token {
@@ -591,6 +597,26 @@ enum AclCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum SecretsCmd {
+    /// Write the secret files docker-compose.yml mounts into DIR (default
+    /// `secrets`, next to the compose file): a CA and the brokers'
+    /// certificate, a password per Kafka user the files in deploy/ imply
+    /// and `admin`, PostgreSQL's password. Existing files are kept.
+    Generate {
+        /// The directory.
+        #[arg(default_value = "secrets")]
+        dir: PathBuf,
+        /// A deploy directory to take the users from (default: the
+        /// repository's, built in).
+        #[arg(long)]
+        deploy: Option<PathBuf>,
+        /// The schemas its datasets name (default: `<deploy>/../schemas`).
+        #[arg(long, requires = "deploy")]
+        schemas: Option<PathBuf>,
+    },
+}
+
 /// Print Strimzi resources instead of talking to a broker.
 #[derive(Debug, clap::Args)]
 struct StrimziArgs {
@@ -822,6 +848,23 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::Guard { cmd } => nisshi::guard(cmd).await,
             Cmd::Health { url } => tokio::task::spawn_blocking(move || ops::probe(&url)).await?,
+            Cmd::Secrets {
+                command:
+                    SecretsCmd::Generate {
+                        dir,
+                        deploy,
+                        schemas,
+                    },
+            } => {
+                let catalog = match deploy {
+                    Some(d) => {
+                        let s = schemas.unwrap_or_else(|| d.join("..").join("schemas"));
+                        govbus_core::Catalog::load(&d, &s)?
+                    }
+                    None => govbus_core::Catalog::builtin(),
+                };
+                secrets::generate(&dir, &catalog)
+            }
             Cmd::Token {
                 command: TokenCmd::New { name },
             } => {

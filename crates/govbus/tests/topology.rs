@@ -1,11 +1,14 @@
-//! The production topology, natively: docker-compose.yml read as it is, its
-//! Kafka brokers started from the jars with the compose file's broker
-//! settings, and every govbus service started as a process with the compose
-//! file's command and environment — host names and container paths mapped
-//! to loopback ports and scratch directories, nothing else changed. Changes
-//! posted to bca's ingest then reach p52's PostgreSQL and p92's SQLite
-//! exactly as the source says. So the compose file and the tested setup
-//! cannot drift apart: the test has no configuration of its own.
+//! The production topology, natively: docker-compose.yml (secured) and
+//! docker-compose.laptop.yml (plaintext) read as they are, their Kafka
+//! brokers started from the jars with the compose file's broker settings,
+//! and every govbus service started as a process with the compose file's
+//! command and environment — host names and container paths mapped to
+//! loopback ports and scratch directories, `/run/secrets` to the files
+//! `govbus secrets generate` writes, nothing else changed. Changes posted to
+//! bca's ingest then reach p52's PostgreSQL and p92's SQLite exactly as the
+//! source says; on the secured file, each agent's user is refused what its
+//! grants do not allow. So the compose files and the tested setup cannot
+//! drift apart: the test has no configuration of its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,19 +27,52 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Settings of the Kafka image that describe where a node sits (ports,
-/// names, ids): the native cluster decides those itself.
+/// Broker settings that say where a node sits (ports, names, ids, its
+/// directory) and how its listeners speak (TLS files, SASL): the native
+/// cluster decides those itself (on the secured file, SASL_SSL with
+/// SCRAM-SHA-512 between brokers as admin, as start.sh configures).
 const TOPOLOGY: &[&str] = &[
-    "KAFKA_PROCESS_ROLES",
-    "KAFKA_CONTROLLER_QUORUM_VOTERS",
-    "KAFKA_LISTENERS",
-    "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-    "KAFKA_CONTROLLER_LISTENER_NAMES",
-    "KAFKA_INTER_BROKER_LISTENER_NAME",
-    "KAFKA_NODE_ID",
-    "KAFKA_ADVERTISED_LISTENERS",
-    "CLUSTER_ID",
+    "process.roles",
+    "controller.quorum.voters",
+    "listeners",
+    "listener.security.protocol.map",
+    "controller.listener.names",
+    "inter.broker.listener.name",
+    "node.id",
+    "advertised.listeners",
+    "cluster.id",
+    "log.dirs",
+    "sasl.enabled.mechanisms",
+    "sasl.mechanism.inter.broker.protocol",
+    "ssl.keystore.type",
+    "ssl.keystore.location",
+    "ssl.truststore.type",
+    "ssl.truststore.location",
 ];
+
+/// The brokers' settings: deploy/kafka/compose/server.properties where the
+/// brokers start with deploy/kafka/compose/start.sh, else the image's
+/// `KAFKA_*` variables as the image turns them into properties.
+fn broker_settings(kafka: &Value) -> Vec<(String, String)> {
+    if kafka.get("entrypoint").is_some() {
+        let text = std::fs::read_to_string(repo().join("deploy/kafka/compose/server.properties"))
+            .expect("the brokers' server.properties");
+        return text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+    }
+    env_of(kafka)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("KAFKA_")?.to_lowercase().replace('_', ".");
+            Some((key, v))
+        })
+        .collect()
+}
 
 fn env_of(service: &Value) -> BTreeMap<String, String> {
     service
@@ -107,9 +143,24 @@ impl Drop for Service {
 }
 
 #[test]
-fn the_compose_topology_runs_natively_and_delivers() {
+fn the_secured_compose_topology_runs_natively_delivers_and_refuses() {
+    run_topology("docker-compose.yml", true);
+}
+
+#[test]
+fn the_laptop_compose_topology_runs_natively_and_delivers() {
+    run_topology("docker-compose.laptop.yml", false);
+}
+
+/// Runs `file`'s topology natively until both provinces hold their views;
+/// `secured`: the file must run Kafka secured, and each user is refused
+/// what its grants do not allow.
+fn run_topology(file: &str, secured: bool) {
+    // One topology at a time: each is three brokers and eleven services.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     govbus_e2e::init_logs();
-    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).expect("compose file");
+    let text = std::fs::read_to_string(repo().join(file)).expect("compose file");
     let mut doc: Value = serde_yaml::from_str(&text).expect("compose YAML");
     doc.apply_merge().expect("merge keys");
     let services = doc["services"].as_mapping().expect("services").clone();
@@ -140,16 +191,64 @@ fn the_compose_topology_runs_natively_and_delivers() {
         .tempdir()
         .unwrap();
     let mut cfg = govbus_kafka::ClusterConfig::new(3, dir.path().join("kafka"));
-    for (k, v) in env_of(kafkas[0]) {
+    let settings = broker_settings(kafkas[0]);
+    let says = |k: &str| {
+        settings
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    for (k, v) in &settings {
         if TOPOLOGY.contains(&k.as_str()) {
             continue;
         }
-        let key = k
-            .strip_prefix("KAFKA_")
-            .expect("a KAFKA_ setting")
-            .to_lowercase()
-            .replace('_', ".");
-        cfg = cfg.set(&key, v);
+        cfg = cfg.set(k, v.clone());
+    }
+    // The secrets, as `govbus secrets generate` writes them.
+    let secrets = dir.path().join("secrets");
+    let mut authority = None;
+    if secured {
+        assert_eq!(
+            says("listener.security.protocol.map"),
+            Some("CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL"),
+            "{file}'s clients and brokers speak SASL_SSL only"
+        );
+        assert_eq!(says("inter.broker.listener.name"), Some("SASL_SSL"));
+        assert_eq!(says("sasl.enabled.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(
+            says("authorizer.class.name"),
+            Some("org.apache.kafka.metadata.authorizer.StandardAuthorizer")
+        );
+        assert_eq!(says("allow.everyone.if.no.acl.found"), Some("false"));
+        let out = Command::new(env!("CARGO_BIN_EXE_govbus"))
+            .args(["secrets", "generate"])
+            .arg(&secrets)
+            .output()
+            .expect("govbus secrets generate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The native brokers' CA stands for the generated one; only admin
+        // exists when they start (the kafka-users step makes the rest).
+        let ca = govbus_kafka::tls::Authority::create(dir.path().join("tls")).unwrap();
+        let admin = std::fs::read_to_string(secrets.join("admin")).unwrap();
+        cfg = cfg.secured(govbus_kafka::Secured::new(&ca, admin.trim(), Vec::new()).unwrap());
+        authority = Some(ca.ca());
+        // The agents' .pgpass: the test database's password.
+        let userinfo = pg_url()
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map(|(u, _)| u.to_string())
+            .unwrap();
+        let (user, password) = userinfo.split_once(':').unwrap_or((&userinfo, ""));
+        std::fs::write(secrets.join("pgpass"), format!("*:*:*:{user}:{password}\n")).unwrap();
+    } else {
+        assert_eq!(
+            says("listener.security.protocol.map").map(|m| m.contains("SASL")),
+            Some(false)
+        );
     }
     let cluster =
         govbus_kafka::Cluster::start(&kafka_dist(), cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -184,6 +283,10 @@ fn the_compose_topology_runs_natively_and_delivers() {
     let kafka_hosts = "kafka1:9092,kafka2:9092,kafka3:9092";
     let map = |service: &str, v: &str, scratch: &Path| -> String {
         let mut v = v.replace(kafka_hosts, &bootstrap);
+        if let Some(ca) = &authority {
+            v = v.replace("/run/secrets/ca.pem", &ca.display().to_string());
+        }
+        v = v.replace("/run/secrets", &secrets.display().to_string());
         v = v.replace("@postgres:5432/govbus", &format!("@{pg_host}/{db}"));
         if let Some(port) = v.strip_prefix("0.0.0.0:") {
             v = format!("127.0.0.1:{}", ports[&format!("{service}:{port}")]);
@@ -418,6 +521,63 @@ fn the_compose_topology_runs_natively_and_delivers() {
         want52.len(),
         want92.len()
     );
+    // Secured: each user may do what its grants say, and is refused the
+    // rest, as the brokers' authorizer answers it.
+    if let Some(ca) = &authority {
+        use govbus_kafka_client::acl::{AclAdmin, Authorized, Operation};
+        let as_user = |user: &str| {
+            let password = govbus_core::secret::Secret::load(
+                govbus_core::secret::SecretSource::File(secrets.join(user)),
+            )
+            .unwrap();
+            govbus_kafka_client::KafkaConfig::new(&bootstrap).with_security(
+                govbus_kafka_client::KafkaSecurity::scram(ca, user, password),
+            )
+        };
+        let may = |user: &str, topic: &str, op: Operation| -> bool {
+            let answer = AclAdmin::new(&as_user(user))
+                .unwrap()
+                .authorized(&[topic.to_string()])
+                .unwrap_or_else(|e| panic!("{user} on {topic}: {e}"));
+            match &answer[0].1 {
+                Authorized::Allowed(ops) => ops.contains(&op) || ops.contains(&Operation::All),
+                Authorized::Refused(_) => false,
+                Authorized::Missing => panic!("{topic} is missing"),
+            }
+        };
+        let checks: &[(&str, &str, Operation, bool)] = &[
+            ("p52", "sub.p52.bca.residents.v1", Operation::Read, true),
+            ("p52", "sub.p92.bca.residents.v1", Operation::Read, false),
+            ("p52", "gov.bca.residents.v1", Operation::Write, false),
+            ("p92", "sub.p92.bca.residents.v1", Operation::Read, true),
+            ("p92", "sub.p52.bca.residents.v1", Operation::Read, false),
+            ("bca", "gov.bca.residents.v1", Operation::Write, true),
+            ("bca", "gov.moha.admin_units.v1", Operation::Write, false),
+            ("moha", "gov.moha.admin_units.v1", Operation::Write, true),
+            ("moha", "gov.bca.residents.v1", Operation::Write, false),
+            ("router", "_govbus.subscriptions", Operation::Read, true),
+            ("router", "_govbus.subscriptions", Operation::Write, false),
+            ("registry", "_schemas", Operation::Write, true),
+            (
+                "registry",
+                "sub.p52.bca.residents.v1",
+                Operation::Read,
+                false,
+            ),
+        ];
+        for (user, topic, op, allowed) in checks {
+            assert_eq!(
+                may(user, topic, *op),
+                *allowed,
+                "User:{user} {op:?} on {topic}: the grants say {}",
+                if *allowed { "allowed" } else { "refused" }
+            );
+        }
+        eprintln!(
+            "topology: {} grants and refusals as the plan says",
+            checks.len()
+        );
+    }
     let restarts: Vec<(String, usize)> = procs
         .lock()
         .unwrap()

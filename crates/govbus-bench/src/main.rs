@@ -15,6 +15,7 @@
 mod backfill;
 mod costs;
 mod latency;
+mod quiet;
 mod route;
 
 use std::sync::atomic::AtomicBool;
@@ -98,6 +99,21 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         connections: u32,
     },
+    /// What the whole bus costs at quiet loads: `govbus up` at each rate,
+    /// the CPU of the broker and of every agent over a window, per second
+    /// and per change (rate 0: idle, the demo source paused). Needs
+    /// `cargo build --release -p govbus` first.
+    Quiet {
+        /// Changes per second, comma-separated (0: idle).
+        #[arg(long, value_delimiter = ',', default_values_t = [0u32, 20, 200, 2000])]
+        rates: Vec<u32>,
+        /// Seconds of load before the window.
+        #[arg(long, default_value_t = 40)]
+        warmup: u64,
+        /// The window, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// End-to-end latency (HTTP ingest → province row) at a steady rate,
     /// with the router as its own process (RSS, CPU). Needs
     /// `cargo build --release -p govbus` first.
@@ -148,6 +164,11 @@ fn main() -> anyhow::Result<()> {
             fetch_wait_ms,
             broker_pid,
         } => latency::run(rate, seconds, per_request, fetch_wait_ms, broker_pid),
+        Cmd::Quiet {
+            rates,
+            warmup,
+            seconds,
+        } => quiet::run(&rates, warmup, seconds),
     }
 }
 

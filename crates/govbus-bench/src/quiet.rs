@@ -127,7 +127,7 @@ fn measure(exe: &Path, rate: u32, warmup: u64, seconds: u64) -> anyhow::Result<M
         .stderr(Stdio::null())
         .spawn()
         .context("starting govbus up")?;
-    let stop = scopeguard(&mut child);
+    let stop = Guard(&mut child);
     let out = stop.0.stdout.take().context("up's output")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -214,10 +214,6 @@ impl Drop for Guard<'_> {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn scopeguard(child: &mut Child) -> Guard<'_> {
-    Guard(child)
 }
 
 /// `govbus-bench quiet`.

@@ -634,7 +634,8 @@ pub fn group_of(subscriber: &str) -> String {
 fn commit_to_group(consumer: &BaseConsumer, offsets: &[(String, i32, i64)]) {
     let mut tpl = TopicPartitionList::new();
     for (t, p, o) in offsets {
-        if tpl.add_partition_offset(t, *p, Offset::Offset(*o)).is_err() {
+        if let Err(e) = tpl.add_partition_offset(t, *p, Offset::Offset(*o)) {
+            tracing::debug!(error = %e, topic = %t, partition = p, "position not committed to the consumer group this time");
             return;
         }
     }

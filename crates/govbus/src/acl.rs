@@ -77,22 +77,59 @@ impl govbus_registry::access::SubjectPolicy for WritersOwnSubjects {
     }
 }
 
+/// What `govbus acl` works from: the platform's config (with `deploy`
+/// overriding its directory), the ACLs its files imply, and every principal
+/// the plan manages (those with no ACL left included).
+struct Planned {
+    cfg: GovbusConfig,
+    wanted: Vec<govbus_kafka_client::acl::Acl>,
+    managed: Vec<String>,
+}
+
+impl Planned {
+    fn load(file: Option<&Path>, deploy: Option<&Path>) -> anyhow::Result<Self> {
+        let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
+        if let Some(dir) = deploy {
+            cfg.deploy = Some(dir.to_path_buf());
+        }
+        let r = GovbusConfig::section(&cfg.router, "router", file)?;
+        let catalog = cfg.catalog()?;
+        let principals = principals(&cfg);
+        let topics = Topics::new(&r.topic_prefix);
+        let wanted = plan(
+            &catalog,
+            &topics,
+            &principals,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        let mut managed = managed(&wanted, &catalog, &principals);
+        managed.sort();
+        managed.dedup();
+        Ok(Self {
+            cfg,
+            wanted,
+            managed,
+        })
+    }
+
+    /// The cluster as the operator reaches it, connected.
+    fn operator_kafka(
+        &self,
+        file: Option<&Path>,
+    ) -> anyhow::Result<govbus_kafka_client::KafkaConfig> {
+        let r = GovbusConfig::section(&self.cfg.router, "router", file)?;
+        let kafka = self.cfg.operator_kafka(r);
+        govbus_kafka_client::connect(&kafka, std::time::Duration::from_secs(15))?;
+        Ok(kafka)
+    }
+}
+
 /// `govbus acl plan|apply`.
 pub(crate) fn run(file: Option<&Path>, deploy: Option<&Path>, apply: bool) -> anyhow::Result<()> {
-    let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
-    if let Some(dir) = deploy {
-        cfg.deploy = Some(dir.to_path_buf());
-    }
-    let r = GovbusConfig::section(&cfg.router, "router", file)?;
-    let catalog = cfg.catalog()?;
-    let principals = principals(&cfg);
-    let topics = Topics::new(&r.topic_prefix);
-    let now = chrono::Utc::now().timestamp_millis();
-    let wanted = plan(&catalog, &topics, &principals, now);
-    let kafka = cfg.operator_kafka(r);
-    govbus_kafka_client::connect(&kafka, std::time::Duration::from_secs(15))?;
-    let admin = AclAdmin::new(&kafka)?;
-    let diff = admin.compare(&wanted, &managed(&wanted, &catalog, &principals))?;
+    let planned = Planned::load(file, deploy)?;
+    let wanted = &planned.wanted;
+    let admin = AclAdmin::new(&planned.operator_kafka(file)?)?;
+    let diff = admin.compare(wanted, &planned.managed)?;
     print!("{diff}");
     if diff.is_empty() {
         println!("the broker's ACLs match the plan ({} ACLs)", wanted.len());
@@ -127,24 +164,10 @@ pub(crate) fn strimzi(
     cluster: &str,
     api: crate::strimzi::Api,
 ) -> anyhow::Result<()> {
-    let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
-    if let Some(dir) = deploy {
-        cfg.deploy = Some(dir.to_path_buf());
-    }
-    let r = GovbusConfig::section(&cfg.router, "router", file)?;
-    let catalog = cfg.catalog()?;
-    let principals = principals(&cfg);
-    let topics = Topics::new(&r.topic_prefix);
-    let wanted = plan(
-        &catalog,
-        &topics,
-        &principals,
-        chrono::Utc::now().timestamp_millis(),
-    );
-    let mut users = managed(&wanted, &catalog, &principals);
-    users.sort();
-    users.dedup();
-    let docs = crate::strimzi::users(&wanted, &users, cluster, api)?;
+    let Planned {
+        wanted, managed, ..
+    } = Planned::load(file, deploy)?;
+    let docs = crate::strimzi::users(&wanted, &managed, cluster, api)?;
     print!(
         "{}",
         crate::strimzi::yaml(
@@ -156,7 +179,7 @@ pub(crate) fn strimzi(
                 docs.len()
             ),
             &docs
-        )
+        )?
     );
     Ok(())
 }
@@ -171,26 +194,12 @@ pub(crate) fn users(
     deploy: Option<&Path>,
     passwords: &Path,
 ) -> anyhow::Result<()> {
-    let mut cfg = GovbusConfig::load(file, Some(Agent::Router))?;
-    if let Some(dir) = deploy {
-        cfg.deploy = Some(dir.to_path_buf());
-    }
-    let r = GovbusConfig::section(&cfg.router, "router", file)?;
-    let catalog = cfg.catalog()?;
-    let principals = principals(&cfg);
-    let topics = Topics::new(&r.topic_prefix);
-    let wanted = plan(
-        &catalog,
-        &topics,
-        &principals,
-        chrono::Utc::now().timestamp_millis(),
-    );
-    let mut names: Vec<String> = managed(&wanted, &catalog, &principals)
-        .into_iter()
-        .map(|p| p.strip_prefix("User:").unwrap_or(&p).to_string())
+    let planned = Planned::load(file, deploy)?;
+    let names: Vec<String> = planned
+        .managed
+        .iter()
+        .map(|p| p.strip_prefix("User:").unwrap_or(p).to_string())
         .collect();
-    names.sort();
-    names.dedup();
     let missing: Vec<&String> = names
         .iter()
         .filter(|u| !passwords.join(u).is_file())
@@ -213,9 +222,7 @@ pub(crate) fn users(
         ))?;
         pairs.push((u.clone(), secret.expose().to_string()));
     }
-    let kafka = cfg.operator_kafka(r);
-    govbus_kafka_client::connect(&kafka, std::time::Duration::from_secs(15))?;
-    AclAdmin::new(&kafka)?.upsert_scram_users(&pairs)?;
+    AclAdmin::new(&planned.operator_kafka(file)?)?.upsert_scram_users(&pairs)?;
     for u in &names {
         println!(
             "ok  {u:<12} SCRAM-SHA-512, password from {}",

@@ -460,7 +460,7 @@ pub(crate) fn strimzi_topics(
                 docs.len()
             ),
             &docs
-        )
+        )?
     );
     Ok(())
 }

@@ -40,6 +40,9 @@ pub(crate) enum StrimziError {
     /// A Kafka user name that is not a Kubernetes resource name.
     #[error("user {0:?} cannot be a KafkaUser's name (Kubernetes wants lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253): rename it in deploy/ or the [acl] section")]
     UserName(String),
+    /// A document could not be written as YAML.
+    #[error("writing YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
     /// A cluster name that is not a label value.
     #[error("cluster {0:?} is not a Kubernetes label value (letters, digits, '-', '_', '.', at most 63)")]
     Cluster(String),
@@ -253,16 +256,16 @@ pub(crate) fn users(
 
 /// `docs` as one YAML stream (`---` before each), under a comment saying
 /// where they come from.
-pub(crate) fn yaml(header: &str, docs: &[Value]) -> String {
+pub(crate) fn yaml(header: &str, docs: &[Value]) -> Result<String, StrimziError> {
     let mut out = String::new();
     for l in header.lines() {
         let _ = writeln!(out, "# {l}");
     }
     for d in docs {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(d).unwrap_or_default());
+        out.push_str(&serde_yaml::to_string(d)?);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -756,7 +756,8 @@ impl Credentials {
     fn write_tokens(&self, users: &[String]) -> anyhow::Result<()> {
         use govbus_core::secret::write_private;
         let mut lines = String::new();
-        for u in users {
+        // Every user that calls the registry (the registry itself does not).
+        for u in users.iter().filter(|u| *u != "registry") {
             let token = govbus_http::new_token()?;
             write_private(&self.registry_token(u), format!("{token}\n").as_bytes())?;
             lines.push_str(&govbus_http::credential_line(u, &token));

@@ -350,14 +350,17 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
     // over from its old one.
     let passwords = dir.join("passwords");
     std::fs::create_dir_all(&passwords).unwrap();
-    let (ok, out) = govbus(&[
-        "acl",
-        "users",
-        "-c",
-        &platform,
-        "--passwords",
-        passwords.to_str().unwrap(),
-    ]);
+    let acl_users = || {
+        govbus(&[
+            "acl",
+            "users",
+            "-c",
+            &platform,
+            "--passwords",
+            passwords.to_str().unwrap(),
+        ])
+    };
+    let (ok, out) = acl_users();
     assert!(
         !ok && out.contains("no password file in") && out.contains("p52"),
         "{out}"
@@ -366,14 +369,7 @@ fn each_agency_is_refused_what_its_grants_do_not_allow_naming_why() {
         std::fs::copy(password_of(&bus, u), passwords.join(u)).unwrap();
     }
     std::fs::write(passwords.join("p52"), "a-new-password-for-p52\n").unwrap();
-    let (ok, out) = govbus(&[
-        "acl",
-        "users",
-        "-c",
-        &platform,
-        "--passwords",
-        passwords.to_str().unwrap(),
-    ]);
+    let (ok, out) = acl_users();
     assert!(ok && out.contains("ok  p52"), "{out}");
     let as_p52 = |password: &Path| {
         let pw = govbus_core::secret::Secret::load(govbus_core::secret::SecretSource::File(

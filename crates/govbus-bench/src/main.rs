@@ -6,6 +6,8 @@
 //! cargo run --release -p govbus-bench -- relay --changes 200000
 //! cargo run --release -p govbus-bench -- route --changes 300000
 //! cargo run --release -p govbus-bench -- route --changes 300000 --hierarchy
+//! cargo run --release -p govbus-bench -- route --changes 200000 --subscribers 340
+//! cargo run --release -p govbus-bench -- index
 //! cargo run --release -p govbus-bench -- backfill --residents 1000000
 //! cargo run --release -p govbus-bench -- sink --rows 100000
 //! cargo run --release -p govbus-bench -- ingest --seconds 10      # needs wrk
@@ -14,6 +16,7 @@
 
 mod backfill;
 mod costs;
+mod index;
 mod latency;
 mod quiet;
 mod route;
@@ -52,6 +55,15 @@ enum Cmd {
         #[arg(long)]
         secure: bool,
     },
+    /// The routing step alone (no Kafka) at 34, 340 and 3,400
+    /// subscriptions, with the subscription index and without it.
+    Index {
+        #[arg(long, default_value_t = 200_000)]
+        changes: usize,
+        /// Subscription counts, multiples of 34.
+        #[arg(long, value_delimiter = ',', default_value = "34,340,3400")]
+        subscribers: Vec<usize>,
+    },
     /// Router (34 subscriptions, exactly once) against a raw pass-through.
     Route {
         #[arg(long, default_value_t = 100_000)]
@@ -67,6 +79,13 @@ enum Cmd {
         /// As for `relay --secure`.
         #[arg(long)]
         secure: bool,
+        /// Subscriptions on bca.residents, a multiple of 34 (implies
+        /// `--hierarchy` above 34): per province, the province itself
+        /// and then its communes' offices (`in_unit(commune, "<commune>")`,
+        /// each dropping ethnicity and the date of birth), cycling
+        /// over the province's communes of today.
+        #[arg(long, default_value_t = 34)]
+        subscribers: usize,
     },
     /// Backfill of a new subscription over N residents, to its topic and
     /// to the province's table, against a plain read of the same records.
@@ -140,12 +159,23 @@ fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
         Cmd::Relay { changes, secure } => relay(changes, secure),
+        Cmd::Index {
+            changes,
+            subscribers,
+        } => index::run(changes, &subscribers),
         Cmd::Route {
             changes,
             batch,
             hierarchy,
             secure,
-        } => route::run(changes, batch, hierarchy, secure),
+            subscribers,
+        } => route::run(
+            changes,
+            batch,
+            hierarchy || subscribers > 34,
+            secure,
+            subscribers,
+        ),
         Cmd::Sink { rows, batch } => sink(rows, batch),
         Cmd::Costs {
             rows,

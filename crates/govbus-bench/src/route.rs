@@ -44,22 +44,26 @@ fn default_batch() -> usize {
     d.batch
 }
 
-/// 34 subscriptions, dropping ethnicity: with `hierarchy`, one per
-/// province of today's map by `in_unit(commune, province)`; otherwise the
-/// five demo provinces and 29 other codes by `province_code == code`.
-fn catalog(hierarchy: bool) -> anyhow::Result<Catalog> {
+/// The subscriptions: with `hierarchy`, per province of today's map one by
+/// `in_unit(commune, province)` dropping ethnicity, then (when `total` is
+/// above 34) its communes' offices by `in_unit(commune, "<commune>")`,
+/// dropping ethnicity and the date of birth, cycling over the province's
+/// communes of today until it has `total / 34`; otherwise the five demo
+/// provinces and 29 other codes by `province_code == code`.
+pub(crate) fn catalog(hierarchy: bool, total: usize) -> anyhow::Result<Catalog> {
     let mut c = Catalog::builtin();
-    let codes: Vec<String> = if hierarchy {
-        let map = govbus_core::admin_map::reference();
-        let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms());
+    if !total.is_multiple_of(34) || total == 0 {
+        bail!("--subscribers {total}: a multiple of 34 (each province as many)");
+    }
+    let map = govbus_core::admin_map::reference();
+    let today = govbus_core::admin_map::day_of_ms(govbus_core::now_ms());
+    let current = |level: govbus_core::admin_map::Level| {
         map.iter()
-            .filter(|(_, vs)| {
-                vs.iter().any(|v| {
-                    v.valid_on(today) && v.level == govbus_core::admin_map::Level::Province
-                })
-            })
+            .filter(move |(_, vs)| vs.iter().any(|v| v.valid_on(today) && v.level == level))
             .map(|(c, _)| c.to_string())
-            .collect()
+    };
+    let codes: Vec<String> = if hierarchy {
+        current(govbus_core::admin_map::Level::Province).collect()
     } else {
         let mut codes: Vec<String> = PROVINCES.iter().map(|(p, _)| p.to_string()).collect();
         let mut n = 1;
@@ -75,22 +79,43 @@ fn catalog(hierarchy: bool) -> anyhow::Result<Catalog> {
     if codes.len() != 34 {
         bail!("{} provinces, not 34", codes.len());
     }
-    c.subscriptions = codes
-        .iter()
-        .map(|code| {
-            let filter = if hierarchy {
-                format!("in_unit(permanent_address.commune_code, \"{code}\")")
-            } else {
-                format!("permanent_address.province_code == \"{code}\"")
-            };
-            parse_subscription(
-                &format!("p{code}.toml"),
-                &format!(
-                    "subscriber = \"p{code}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [\"ethnicity\"]\nlegal_basis = \"bench\"\nlegal_reference = \"bench\"\n"
-                ),
-            )
-        })
-        .collect::<Result<_, _>>()?;
+    // Today's communes of each province.
+    let hier = govbus_core::admin_map::Hierarchy::new(map, today);
+    let mut communes: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for code in current(govbus_core::admin_map::Level::Commune) {
+        if let Some(p) = hier.place(&code, today).and_then(|p| p.province.clone()) {
+            communes.entry(p).or_default().push(code);
+        }
+    }
+    let subscription = |who: &str, filter: &str, drop: &str| {
+        parse_subscription(
+            &format!("{who}.toml"),
+            &format!(
+                "subscriber = \"{who}\"\ndataset = \"bca.residents\"\nfilter = '{filter}'\ndrop = [{drop}]\nlegal_basis = \"bench\"\nlegal_reference = \"bench\"\n"
+            ),
+        )
+    };
+    let mut subs = Vec::with_capacity(total);
+    for code in &codes {
+        let filter = if hierarchy {
+            format!("in_unit(permanent_address.commune_code, \"{code}\")")
+        } else {
+            format!("permanent_address.province_code == \"{code}\"")
+        };
+        subs.push(subscription(&format!("p{code}"), &filter, "\"ethnicity\"")?);
+        let of_province = communes.get(code).map(Vec::as_slice).unwrap_or_default();
+        for k in 1..total / 34 {
+            let commune = of_province
+                .get((k - 1) % of_province.len().max(1))
+                .with_context(|| format!("no commune of {code} today"))?;
+            subs.push(subscription(
+                &format!("p{code}_c{commune}_{k}"),
+                &format!("in_unit(permanent_address.commune_code, \"{commune}\")"),
+                "\"ethnicity\", \"date_of_birth\"",
+            )?);
+        }
+    }
+    c.subscriptions = subs;
     Ok(c)
 }
 
@@ -99,13 +124,14 @@ pub(crate) fn run(
     batch: Option<usize>,
     hierarchy: bool,
     secure: bool,
+    subscribers: usize,
 ) -> anyhow::Result<()> {
     let (_broker, kafka) = crate::broker(secure)?;
     let rt = runtime();
     let prefix = format!("{}.", unique("bench"));
     let topics = Topics::new(&prefix);
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
-    let catalog = Arc::new(catalog(hierarchy)?);
+    let catalog = Arc::new(catalog(hierarchy, subscribers)?);
     let dir = tempfile::tempdir()?;
     if hierarchy {
         // The whole real map, as `govbus admin-units load` publishes it.

@@ -66,9 +66,37 @@ impl TopicSpec {
     }
 }
 
+/// The most metadata records one CreateTopics request makes the
+/// controller write. A KRaft controller refuses a request that would write
+/// more than 10,000 (`POLICY_VIOLATION`, "excessively large batch
+/// operation"): thousands of subscriptions' views at once, four partitions
+/// each, are more than that.
+const MAX_RECORDS_PER_REQUEST: usize = 5_000;
+
+/// `specs` cut into consecutive requests of at most `max` records each by
+/// the controller's count (a record per topic, per partition and per
+/// setting); a topic larger than `max` goes alone.
+fn requests(specs: &[TopicSpec], max: usize) -> Vec<&[TopicSpec]> {
+    let mut out = Vec::new();
+    let (mut start, mut records) = (0, 0);
+    for (i, s) in specs.iter().enumerate() {
+        let n = 1 + usize::try_from(s.partitions).unwrap_or(0) + s.configs.len();
+        if records + n > max && i > start {
+            out.push(&specs[start..i]);
+            (start, records) = (i, 0);
+        }
+        records += n;
+    }
+    if start < specs.len() {
+        out.push(&specs[start..]);
+    }
+    out
+}
+
 /// Creates the topics that do not exist yet, and corrects the settings of
 /// those that do where they differ from their spec, logging each change
 /// (blocking).
+/// Thousands of topics at once go in several requests.
 pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), KafkaSetupError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -77,27 +105,33 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> = kafka.client().create()?;
-    let topics: Vec<NewTopic<'_>> = specs
-        .iter()
-        .map(|s| {
-            let mut t = NewTopic::new(
-                &s.name,
-                s.partitions,
-                TopicReplication::Fixed(s.replication),
-            );
-            for (k, v) in &s.configs {
-                t = t.set(k, v);
-            }
-            t
-        })
-        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
-    let res = futures_executor::block_on(admin.create_topics(topics.iter(), &opts))?;
+    let mut res = Vec::with_capacity(specs.len());
+    for request in requests(specs, MAX_RECORDS_PER_REQUEST) {
+        let topics: Vec<NewTopic<'_>> = request
+            .iter()
+            .map(|s| {
+                let mut t = NewTopic::new(
+                    &s.name,
+                    s.partitions,
+                    TopicReplication::Fixed(s.replication),
+                );
+                for (k, v) in &s.configs {
+                    t = t.set(k, v);
+                }
+                t
+            })
+            .collect();
+        res.extend(futures_executor::block_on(
+            admin.create_topics(topics.iter(), &opts),
+        )?);
+    }
     let mut existing = Vec::new();
     let mut missing = None;
+    let mut created = Vec::new();
     for r in res {
         match r {
-            Ok(_) => {}
+            Ok(topic) => created.push(topic),
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => existing.push(topic),
             // Under ACLs an agent may create only the topics it owns; one
             // it reads (a view, another ministry's dataset) is created by
@@ -122,11 +156,77 @@ pub fn ensure_topics(kafka: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), Kaf
     if let Some(topic) = missing {
         return Err(KafkaSetupError::NotAllowed { topic });
     }
+    wait_for_leaders(&admin, &created, LEADERS_WITHIN)?;
     let existing: Vec<&TopicSpec> = specs
         .iter()
         .filter(|s| !s.configs.is_empty() && existing.contains(&s.name))
         .collect();
     correct_settings(&admin, &opts, &existing)
+}
+
+/// How long [`ensure_topics`] waits for the partitions it created to have
+/// leaders.
+const LEADERS_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits (at most `within`) until every partition of `created` has a
+/// leader in the cluster's metadata. The controller answers CreateTopics
+/// once the topics are in its log; the brokers take their partitions on a
+/// moment later, and thousands at once (a router starting with thousands
+/// of subscriptions) take long enough that a first transaction writing to
+/// them would time out. Past `within` it logs and goes on: the writes wait
+/// for the leaders themselves.
+fn wait_for_leaders(
+    admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+    created: &[String],
+    within: std::time::Duration,
+) -> Result<(), KafkaSetupError> {
+    if created.is_empty() {
+        return Ok(());
+    }
+    let start = std::time::Instant::now();
+    let mut waiting = created.len();
+    while start.elapsed() < within {
+        // One topic: ask for it alone; more: one request for them all.
+        let only = match created {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let md = admin
+            .inner()
+            .fetch_metadata(only, std::time::Duration::from_secs(10))?;
+        let ready: std::collections::HashSet<&str> = md
+            .topics()
+            .iter()
+            .filter(|t| {
+                t.error().is_none()
+                    && !t.partitions().is_empty()
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
+            })
+            .map(|t| t.name())
+            .collect();
+        waiting = created
+            .iter()
+            .filter(|t| !ready.contains(t.as_str()))
+            .count();
+        if waiting == 0 {
+            if created.len() > 1 {
+                tracing::info!(
+                    topics = created.len(),
+                    secs = start.elapsed().as_secs_f64(),
+                    "created topics have their leaders"
+                );
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    tracing::warn!(
+        waiting,
+        created = created.len(),
+        secs = within.as_secs(),
+        "created topics still have partitions without a leader; going on"
+    );
+    Ok(())
 }
 
 /// Whether `topic` exists, as this client's principal may see it (None:
@@ -286,3 +386,48 @@ impl rdkafka::ClientContext for Probe {
 }
 
 impl rdkafka::consumer::ConsumerContext for Probe {}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    #[test]
+    fn thousands_of_views_go_in_requests_the_controller_takes() {
+        let specs: Vec<TopicSpec> = (0..3_400)
+            .map(|i| TopicSpec::compacted(format!("v{i}"), 4))
+            .collect();
+        let reqs = requests(&specs, MAX_RECORDS_PER_REQUEST);
+        assert!(reqs.len() > 1);
+        // Every spec once, in order.
+        let names: Vec<&str> = reqs
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+        );
+        for r in &reqs {
+            let records: usize = r
+                .iter()
+                .map(|s| 1 + s.partitions as usize + s.configs.len())
+                .sum();
+            assert!(records <= MAX_RECORDS_PER_REQUEST, "{records}");
+        }
+        // A topic over the bound goes alone; few topics go in one request.
+        let big = [
+            TopicSpec::compacted("a", 1),
+            TopicSpec::compacted("b", 6_000),
+            TopicSpec::compacted("c", 1),
+        ];
+        assert_eq!(
+            requests(&big, MAX_RECORDS_PER_REQUEST)
+                .iter()
+                .map(|r| r.len())
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert_eq!(requests(&specs[..10], MAX_RECORDS_PER_REQUEST).len(), 1);
+    }
+}

@@ -188,6 +188,52 @@ pub struct DemoWorld {
     last_before: Option<Json>,
 }
 
+/// `n` demo changes (creates, updates, snapshots, moves, deletes) as the
+/// relay publishes them: wire-format change envelopes of
+/// `bca/residents.v2` under schema id `schema_id`, the first stamped
+/// `ts_ms` and each next one a millisecond later. For benchmarks and tests
+/// of the routing path without an ingest.
+pub fn envelopes(n: usize, seed: u64, schema_id: u32, ts_ms: i64) -> Vec<Vec<u8>> {
+    use apache_avro::Schema;
+    use govbus_schema::envelope::envelope_schema;
+    use govbus_schema::{Change, EnvelopeCodec, Op, Source};
+    const RESIDENTS: &str = include_str!("../../../schemas/bca/residents.v2.avsc");
+    let env = envelope_schema(RESIDENTS)
+        .ok()
+        .and_then(|e| Schema::parse_str(&e).ok());
+    let (Ok(entity), Some(env)) = (Schema::parse_str(RESIDENTS), env) else {
+        return Vec::new();
+    };
+    let codec = EnvelopeCodec::new(env, schema_id);
+    let mut world = DemoWorld::new(seed);
+    let avro = |j: &Json| govbus_schema::json::to_avro(&entity, j).ok();
+    (0..n)
+        .filter_map(|i| {
+            let (req, before) = world.next_with_before();
+            let (op, after) = match &req {
+                ChangeRequest::Upsert(r) if before.is_none() => (Op::Create, avro(r)),
+                ChangeRequest::Upsert(r) if i % 17 == 0 => (Op::Snapshot, avro(r)),
+                ChangeRequest::Upsert(r) => (Op::Update, avro(r)),
+                ChangeRequest::Delete { .. } => (Op::Delete, None),
+            };
+            codec
+                .encode(&Change {
+                    event_id: format!("e{i}"),
+                    op,
+                    before: before.as_ref().and_then(avro),
+                    after,
+                    source: Source {
+                        agency: "bca".into(),
+                        system: "demo".into(),
+                        seq: i as i64 + 1,
+                    },
+                    ts_ms: ts_ms + i as i64,
+                })
+                .ok()
+        })
+        .collect()
+}
+
 impl DemoWorld {
     /// A world driven by `seed` (the same seed gives the same changes).
     pub fn new(seed: u64) -> Self {

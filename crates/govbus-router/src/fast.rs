@@ -58,6 +58,92 @@ pub struct FastRoute {
     hierarchy: Arc<Hierarchy>,
     /// Per view: dropped paths.
     drops: Vec<Vec<Vec<String>>>,
+    /// The index: which views a value read at a path may put a change in.
+    index: Index,
+    /// Whether the index is used (else every view is decided for every
+    /// change: [`FastRoute::without_index`]).
+    indexed: bool,
+}
+
+/// Per filtered path, the views (by their place in the input's list) each
+/// value may satisfy: a change is decided only for the views its `before`
+/// or `after` image satisfies (every other view's decision is
+/// [`Decision::Nothing`]), so routing costs what a change concerns, not
+/// the number of subscriptions on its dataset.
+#[derive(Debug, Default)]
+struct Index {
+    /// Per path, per literal number: the views testing equality with it.
+    literal: Vec<Vec<Vec<usize>>>,
+    /// Per path: unit code → the views testing `in_unit` with it.
+    unit: Vec<HashMap<String, Vec<usize>>>,
+    /// Per path: province code → the views testing `province_of` with it.
+    province: Vec<HashMap<String, Vec<usize>>>,
+}
+
+impl Index {
+    fn new(paths: usize, tests: &[(usize, Check)]) -> Self {
+        let mut ix = Index {
+            literal: vec![Vec::new(); paths],
+            unit: vec![HashMap::new(); paths],
+            province: vec![HashMap::new(); paths],
+        };
+        for (nth, (path, check)) in tests.iter().enumerate() {
+            match check {
+                Check::Eq(n) => {
+                    if let Some(of_path) = ix.literal.get_mut(*path) {
+                        let n = *n as usize;
+                        if of_path.len() <= n {
+                            of_path.resize(n + 1, Vec::new());
+                        }
+                        if let Some(views) = of_path.get_mut(n) {
+                            views.push(nth);
+                        }
+                    }
+                }
+                Check::InUnit(u) => {
+                    if let Some(m) = ix.unit.get_mut(*path) {
+                        m.entry(u.clone()).or_default().push(nth);
+                    }
+                }
+                Check::Province(c) => {
+                    if let Some(m) = ix.province.get_mut(*path) {
+                        m.entry(c.clone()).or_default().push(nth);
+                    }
+                }
+            }
+        }
+        ix
+    }
+
+    /// Adds to `out` the views the values `found` (one per path) may
+    /// satisfy.
+    fn candidates(&self, found: &[Found<'_>], out: &mut Vec<usize>) {
+        for (path, f) in found.iter().enumerate().take(self.literal.len()) {
+            if let Some(views) = f
+                .literal
+                .and_then(|n| self.literal.get(path)?.get(n as usize))
+            {
+                out.extend_from_slice(views);
+            }
+            let Some(place) = f.place else {
+                continue;
+            };
+            if let Some(units) = self.unit.get(path).filter(|m| !m.is_empty()) {
+                for w in &place.within {
+                    if let Some(views) = units.get(w) {
+                        out.extend_from_slice(views);
+                    }
+                }
+            }
+            if let Some(views) = place
+                .province
+                .as_ref()
+                .and_then(|c| self.province.get(path)?.get(c))
+            {
+                out.extend_from_slice(views);
+            }
+        }
+    }
 }
 
 /// What a view tests its path's value for.
@@ -98,6 +184,8 @@ pub struct FastOutputs {
     buf: Vec<u8>,
     /// (nth, decision, end of its value in `buf`).
     items: Vec<(usize, Decision, usize)>,
+    /// The views the change may concern ([`Index::candidates`]).
+    candidates: Vec<usize>,
 }
 
 impl FastOutputs {
@@ -121,34 +209,69 @@ impl FastOutputs {
     }
 }
 
-/// Per view (index into all views): changes filtered out and changes
-/// withheld after expiry, counted in a batch and added to the views'
-/// counters once per batch ([`Tally::flush`]) rather than one atomic
-/// increment per view per change.
+/// What the fast path routed since the last [`Tally::flush`], from which
+/// each view's changes filtered out and withheld after expiry are counted
+/// once per batch: per input, the changes routed, and per view, the
+/// records it got. The fast path never visits a view a change does not
+/// concern, so the rest of a view's changes are the ones filtered out (or,
+/// once it has expired, withheld).
 #[derive(Debug, Default)]
 pub struct Tally {
-    filtered: Vec<u64>,
-    expired: Vec<u64>,
+    /// Per input: its views (indexes into all views) and the changes
+    /// routed.
+    seen: Vec<(Vec<usize>, u64)>,
+    /// Per view (index into all views): records it got.
+    hits: Vec<u64>,
 }
 
 impl Tally {
     /// Adds the counts to `views`' counters and starts again from zero.
-    pub fn flush(&mut self, views: &[View]) {
-        for (i, v) in views.iter().enumerate() {
-            if let Some(n) = self.filtered.get_mut(i).filter(|n| **n > 0) {
-                v.counters.filtered.increment(std::mem::take(n));
-            }
-            if let Some(n) = self.expired.get_mut(i).filter(|n| **n > 0) {
-                v.counters.expired.increment(std::mem::take(n));
+    pub fn flush(&mut self, views: &[View], now_ms: i64) {
+        for (i, filtered, expired) in self.take(views, now_ms) {
+            if let Some(v) = views.get(i) {
+                if filtered > 0 {
+                    v.counters.filtered.increment(filtered);
+                }
+                if expired > 0 {
+                    v.counters.expired.increment(expired);
+                }
             }
         }
     }
 
-    fn add(counts: &mut Vec<u64>, i: usize) {
-        if counts.len() <= i {
-            counts.resize(i + 1, 0);
+    /// Per view: (index, changes filtered out, changes withheld after
+    /// expiry) since the last call; starts again from zero.
+    fn take(&mut self, views: &[View], now_ms: i64) -> Vec<(usize, u64, u64)> {
+        let mut counts = Vec::new();
+        for (idx, n) in self.seen.drain(..) {
+            for i in idx {
+                let got = self.hits.get_mut(i).map(std::mem::take).unwrap_or(0);
+                let rest = n.saturating_sub(got);
+                let expired = views.get(i).is_some_and(|v| v.expired(now_ms));
+                counts.push(if expired { (i, 0, rest) } else { (i, rest, 0) });
+            }
         }
-        if let Some(n) = counts.get_mut(i) {
+        counts
+    }
+
+    fn routed(&mut self, idx: &[usize]) {
+        // Inputs share no view: the first one and the length tell them
+        // apart without comparing whole lists.
+        match self
+            .seen
+            .iter_mut()
+            .find(|(s, _)| s.first() == idx.first() && s.len() == idx.len())
+        {
+            Some((_, n)) => *n += 1,
+            None => self.seen.push((idx.to_vec(), 1)),
+        }
+    }
+
+    fn hit(&mut self, i: usize) {
+        if self.hits.len() <= i {
+            self.hits.resize(i + 1, 0);
+        }
+        if let Some(n) = self.hits.get_mut(i) {
             *n += 1;
         }
     }
@@ -198,6 +321,7 @@ impl FastRoute {
             return None;
         }
         let names = Names::of(&entity);
+        let index = Index::new(paths.len(), &tests);
         Some(Self {
             entity,
             names,
@@ -208,7 +332,16 @@ impl FastRoute {
             asks_map,
             hierarchy,
             drops,
+            index,
+            indexed: true,
         })
+    }
+
+    /// The same routes with every view decided for every change, as before
+    /// the index: the baseline `govbus-bench index` measures it against.
+    pub fn without_index(mut self) -> Self {
+        self.indexed = false;
+        self
     }
 
     /// Whether changes written with `writer` can take the fast path: the
@@ -263,15 +396,10 @@ impl FastRoute {
             return false;
         }
         // Counted only once the change is routed here.
-        let mut outputs = out.items.iter().map(|o| o.0).peekable();
-        for (nth, &i) in idx.iter().enumerate() {
-            if outputs.next_if_eq(&nth).is_some() {
-                continue;
-            }
-            if all.get(i).is_some_and(|v| v.expired(now_ms)) {
-                Tally::add(&mut tally.expired, i);
-            } else {
-                Tally::add(&mut tally.filtered, i);
+        tally.routed(idx);
+        for &(nth, ..) in &out.items {
+            if let Some(&i) = idx.get(nth) {
+                tally.hit(i);
             }
         }
         true
@@ -340,7 +468,55 @@ impl FastRoute {
             Some(Some(found))
         };
         let (vb, va) = (read(before)?, read(after)?);
-        for (nth, &i) in idx.iter().enumerate() {
+        // Only the views an image may satisfy: for any other, neither
+        // image matches and the decision is Nothing.
+        let mut candidates = std::mem::take(&mut out.candidates);
+        candidates.clear();
+        if self.indexed {
+            for found in [&vb, &va].into_iter().flatten() {
+                self.index.candidates(found, &mut candidates);
+            }
+        } else {
+            candidates.extend(0..self.tests.len());
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        let change = Walked {
+            payload,
+            event_id,
+            op,
+            before,
+            after,
+            tail,
+            found: (vb, va),
+        };
+        let routed = self.write(&change, all, idx, now_ms, &candidates, out);
+        out.candidates = candidates;
+        routed
+    }
+
+    /// Writes the records of the views `candidates` (in order) into `out`.
+    fn write(
+        &self,
+        change: &Walked<'_, '_>,
+        all: &[View],
+        idx: &[usize],
+        now_ms: i64,
+        candidates: &[usize],
+        out: &mut FastOutputs,
+    ) -> Option<()> {
+        let Walked {
+            payload,
+            event_id,
+            op,
+            before,
+            after,
+            tail,
+            found: (vb, va),
+        } = change;
+        let (op, before, after) = (*op, *before, *after);
+        for &nth in candidates {
+            let i = *idx.get(nth)?;
             let v = all.get(i)?;
             let (path, check) = self.tests.get(nth)?;
             let m = |vals: &Option<[Found<'_>; MAX_PATHS]>| {
@@ -357,7 +533,7 @@ impl FastRoute {
                     }
                 })
             };
-            let decision = decide(op, m(&vb), m(&va));
+            let decision = decide(op, m(vb), m(va));
             let Some(new_op) = decision.op() else {
                 continue;
             };
@@ -398,6 +574,21 @@ impl FastRoute {
     }
 }
 
+/// A change as the fast path walked it: spans of its payload and, per
+/// image, what was read at each filtered path.
+struct Walked<'p, 'h> {
+    payload: &'p [u8],
+    event_id: (usize, usize),
+    op: Op,
+    before: Option<(usize, usize)>,
+    after: Option<(usize, usize)>,
+    tail: &'p [u8],
+    found: (
+        Option<[Found<'h>; MAX_PATHS]>,
+        Option<[Found<'h>; MAX_PATHS]>,
+    ),
+}
+
 fn op_index(op: Op) -> i64 {
     match op {
         Op::Create => 0,
@@ -413,11 +604,9 @@ mod tests {
     use cel_interpreter::Context;
     use govbus_core::catalog::parse_subscription;
     use govbus_core::{Catalog, Topics};
-    use govbus_producer::demo::DemoWorld;
-    use govbus_producer::ChangeRequest;
     use govbus_schema::client::FixedResolver;
     use govbus_schema::envelope::envelope_schema;
-    use govbus_schema::{Change, EnvelopeCodec, Source};
+    use govbus_schema::EnvelopeCodec;
 
     const RESIDENTS: &str = include_str!("../../../schemas/bca/residents.v2.avsc");
 
@@ -445,39 +634,20 @@ mod tests {
 
     /// Demo changes (creates, updates, moves, deletes) as wire-format envelopes.
     fn changes(n: usize) -> Vec<Vec<u8>> {
-        let entity = Schema::parse_str(RESIDENTS).unwrap();
-        let codec = EnvelopeCodec::new(
-            Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap(),
-            7,
-        );
-        let mut world = DemoWorld::new(11);
-        (0..n)
-            .map(|i| {
-                let (req, before) = world.next_with_before();
-                let avro =
-                    |j: &serde_json::Value| govbus_schema::json::to_avro(&entity, j).unwrap();
-                let (op, after) = match &req {
-                    ChangeRequest::Upsert(r) if before.is_none() => (Op::Create, Some(avro(r))),
-                    ChangeRequest::Upsert(r) if i % 17 == 0 => (Op::Snapshot, Some(avro(r))),
-                    ChangeRequest::Upsert(r) => (Op::Update, Some(avro(r))),
-                    ChangeRequest::Delete { .. } => (Op::Delete, None),
-                };
-                codec
-                    .encode(&Change {
-                        event_id: format!("e{i}"),
-                        op,
-                        before: before.as_ref().map(avro),
-                        after,
-                        source: Source {
-                            agency: "bca".into(),
-                            system: "t".into(),
-                            seq: i as i64 + 1,
-                        },
-                        ts_ms: 1_700_000_000_000 + i as i64,
-                    })
-                    .unwrap()
-            })
-            .collect()
+        let v = govbus_producer::demo::envelopes(n, 11, 7, 1_700_000_000_000);
+        assert_eq!(v.len(), n);
+        v
+    }
+
+    /// Per view of `all`: changes filtered out and withheld after expiry
+    /// since the last call.
+    fn counts(tally: &mut Tally, all: &[View], now_ms: i64) -> (Vec<u64>, Vec<u64>) {
+        let (mut filtered, mut expired) = (vec![0; all.len()], vec![0; all.len()]);
+        for (i, f, e) in tally.take(all, now_ms) {
+            filtered[i] += f;
+            expired[i] += e;
+        }
+        (filtered, expired)
     }
 
     /// Routes `payload` to every view of `all` both ways, asserts that the
@@ -544,9 +714,13 @@ mod tests {
         }
         assert!(routed > 600 && moves > 20, "{routed} {moves}");
         // Every change counted once per view: routed there or filtered out.
-        let filtered: u64 = tally.filtered.iter().sum();
-        assert_eq!(filtered as usize + routed, 600 * all.len());
-        assert_eq!(tally.expired.iter().sum::<u64>(), 0);
+        let (filtered, expired) = counts(&mut tally, &all, 0);
+        assert_eq!(
+            filtered.iter().sum::<u64>() as usize + routed,
+            600 * all.len()
+        );
+        assert_eq!(expired.iter().sum::<u64>(), 0);
+        assert_eq!(counts(&mut tally, &all, 0), (vec![0; 4], vec![0; 4]));
     }
 
     #[test]
@@ -565,11 +739,10 @@ mod tests {
             assert!(out.iter().all(|o| o.nth == 1));
             to_p92 += out.iter().count();
         }
-        assert_eq!(tally.expired, vec![n as u64]);
-        assert_eq!(
-            tally.filtered.get(1).copied().unwrap_or(0) as usize + to_p92,
-            n
-        );
+        let (filtered, expired) = counts(&mut tally, &all, 11);
+        assert_eq!(expired, vec![n as u64, 0]);
+        assert_eq!(filtered[0], 0);
+        assert_eq!(filtered[1] as usize + to_p92, n);
     }
 
     #[test]
@@ -588,7 +761,7 @@ mod tests {
         assert!(!route(b"{}"));
         // Nothing counted for what the general path will count.
         assert!(out.iter().next().is_none());
-        assert!(tally.filtered.iter().chain(&tally.expired).all(|n| *n == 0));
+        assert_eq!(counts(&mut tally, &all, 0), (vec![0], vec![0]));
         // Another writer version is not accepted.
         let mut v2: serde_json::Value = serde_json::from_str(RESIDENTS).unwrap();
         v2["fields"].as_array_mut().unwrap().push(
@@ -664,5 +837,65 @@ mod tests {
             assert!(out.iter().all(|o| o.nth == 3));
         }
         assert!(seen > 10, "{seen}");
+    }
+
+    /// Hundreds of subscriptions on one dataset: provinces and their
+    /// communes by `in_unit`, `province_of` and the province code, each
+    /// several times (departments with their own drops). The records are
+    /// the general path's, and each change is decided only for the views
+    /// it enters, stays in or leaves: the index proposes no other.
+    #[test]
+    fn the_index_proposes_exactly_the_views_a_change_concerns() {
+        use govbus_core::admin_map::{AdminMap, Hierarchy};
+        let mut subs: Vec<(String, String, String)> = Vec::new();
+        for dept in 0..6 {
+            let drop = ["", "\"ethnicity\"", "\"full_name\""][dept % 3];
+            for (p, communes) in govbus_producer::demo::PROVINCES {
+                let who = format!("p{p}_d{dept}");
+                let f = [
+                    "in_unit(permanent_address.commune_code, \"{c}\")",
+                    "province_of(permanent_address.commune_code) == \"{c}\"",
+                    "permanent_address.province_code == \"{c}\"",
+                ];
+                subs.push((who.clone(), f[dept % 3].replace("{c}", p), drop.into()));
+                for c in communes.iter() {
+                    let commune = format!("{who}_c{c}");
+                    subs.push((commune, f[0].replace("{c}", c), drop.into()));
+                }
+            }
+        }
+        let refs: Vec<(&str, &str, &str)> = subs
+            .iter()
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+            .collect();
+        let all = views(&refs);
+        assert!(all.len() > 60, "{}", all.len());
+        let (map, _) = AdminMap::from_rows(&govbus_producer::demo::admin_units());
+        let h = std::sync::Arc::new(Hierarchy::new(&map, "2026-11-30".parse().unwrap()));
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs, h.clone()).expect("simple filters take the fast path");
+        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
+        let resolver = FixedResolver::new([(7, writer)]);
+        let base = govbus_schema::cel::hierarchy_context(h.clone());
+        let scope = crate::route::Scope {
+            base: &base,
+            hierarchy: Some(&h),
+        };
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
+        let mut routed = 0;
+        for payload in changes(300) {
+            let q = agree(
+                &fast, &payload, &resolver, scope, &all, &mut out, &mut tally,
+            );
+            let concerned: Vec<usize> = q.iter().map(|o| o.0).collect();
+            assert_eq!(out.candidates, concerned);
+            routed += q.len();
+        }
+        assert!(routed > 300, "{routed}");
+        let (filtered, _) = counts(&mut tally, &all, 0);
+        assert_eq!(
+            filtered.iter().sum::<u64>() as usize + routed,
+            300 * all.len()
+        );
     }
 }

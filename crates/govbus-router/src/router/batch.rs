@@ -365,7 +365,7 @@ impl<'l> Step<'_, 'l> {
                 c.increment(n);
             }
         }
-        scratch.tally.flush(&live.views);
+        scratch.tally.flush(&live.views, self.now_ms);
         Ok(next
             .into_iter()
             .map(|(t, p, o)| {

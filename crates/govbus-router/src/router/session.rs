@@ -186,6 +186,12 @@ impl Router {
         // Partitions held at a record whose writer schema could not be
         // fetched: when to read them again, and how many holds in a row.
         let mut holds: HashMap<(String, i32), (std::time::Instant, u32)> = HashMap::new();
+        // Where this session committed each partition it routed, when it
+        // last routed a batch, and whether the consumer's position has
+        // been looked at since (see `tail`).
+        let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+        let mut last_batch = std::time::Instant::now();
+        let mut tail_done = true;
         while !stop.load(Ordering::Relaxed) {
             if changed() {
                 tracing::info!("the subscription set or the administrative map changed; starting a session with it");
@@ -269,8 +275,30 @@ impl Router {
                 stall.busy();
             }
             if batch.is_empty() {
+                // Quiet for a while after routing: commit the transaction
+                // markers read since the last batch (a batch's records can
+                // arrive before their marker), once, so that Kafka's tools
+                // show no lag when everything is routed. Busy, the next
+                // batch's commit covers them for free.
+                if !tail_done && last_batch.elapsed() >= TAIL_AFTER {
+                    tail_done = true;
+                    let held: Vec<(String, i32)> = holds.keys().cloned().collect();
+                    if let Some(offsets) = tail(consumer, &committed, &held)? {
+                        pipe.wait()?;
+                        let mut out = pipe.buffer();
+                        out.changes = 0;
+                        record(&mut committed, &offsets);
+                        out.offsets = Some(offsets);
+                        out.meta =
+                            Some(consumer.group_metadata().ok_or_else(|| {
+                                KafkaError::Subscription("no group metadata".into())
+                            })?);
+                        pipe.commit(out)?;
+                    }
+                }
                 continue;
             }
+            (last_batch, tail_done) = (std::time::Instant::now(), false);
             // Where the consumer stands after the batch: past the records
             // it returned and the transaction markers (and aborted
             // records) it skipped after them. Committing there, not at
@@ -315,6 +343,7 @@ impl Router {
                 };
                 offsets.add_partition_offset(&a.topic, a.partition, Offset::Offset(next))?;
             }
+            record(&mut committed, &offsets);
             let route_ms = t_route.elapsed().as_secs_f64() * 1e3;
             let t_wait = std::time::Instant::now();
             // The previous batch committed before this one may.
@@ -336,6 +365,39 @@ impl Router {
             pipe.commit(out)?;
         }
         Ok(())
+    }
+}
+
+/// How long the input stays quiet after a batch before the markers read
+/// since are committed ([`tail`]).
+const TAIL_AFTER: Duration = Duration::from_secs(1);
+
+/// The consumer's positions beyond where this session committed, for the
+/// partitions it routed and does not hold: the markers (and aborted
+/// records) read after the last batch. None when there are none.
+fn tail<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    committed: &HashMap<(String, i32), i64>,
+    held: &[(String, i32)],
+) -> Result<Option<TopicPartitionList>, RouterError> {
+    let mut offsets = TopicPartitionList::new();
+    for e in consumer.position()?.elements() {
+        let key = (e.topic().to_string(), e.partition());
+        if let (Offset::Offset(o), Some(&c)) = (e.offset(), committed.get(&key)) {
+            if o > c && !held.contains(&key) {
+                offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))?;
+            }
+        }
+    }
+    Ok((offsets.count() > 0).then_some(offsets))
+}
+
+/// Notes the offsets a commit carries.
+fn record(committed: &mut HashMap<(String, i32), i64>, offsets: &TopicPartitionList) {
+    for e in offsets.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            committed.insert((e.topic().to_string(), e.partition()), o);
+        }
     }
 }
 

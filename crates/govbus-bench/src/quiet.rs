@@ -111,12 +111,67 @@ struct Measured {
     window: f64,
     changes: f64,
     cpu: BTreeMap<String, f64>,
+    /// Requests the broker served in the window, by API (Kafka's own
+    /// `kafka.network:type=RequestMetrics,name=RequestsPerSec` counts).
+    requests: BTreeMap<String, f64>,
+}
+
+/// The broker's request counts by API, read through its JMX with Kafka's
+/// JmxTool (empty, with a warning, when they cannot be read).
+fn requests(port: u16) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let dist = match govbus_kafka::Dist::at(govbus_kafka::Dist::default_home()) {
+        Some(d) => d,
+        None => {
+            eprintln!("quiet: no Kafka distribution to read the broker's request metrics with");
+            return out;
+        }
+    };
+    let url = format!("service:jmx:rmi:///jndi/rmi://127.0.0.1:{port}/jmxrmi");
+    let text = match dist.tool_text(
+        "org.apache.kafka.tools.JmxTool",
+        &[
+            "--jmx-url",
+            &url,
+            "--object-name",
+            "kafka.network:type=RequestMetrics,name=RequestsPerSec,*",
+            "--attributes",
+            "Count",
+            "--one-time",
+            "true",
+            "--report-format",
+            "tsv",
+        ],
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("quiet: cannot read the broker's request metrics: {e}");
+            return out;
+        }
+    };
+    // `kafka.network:type=…,request=Produce,version=10:Count<TAB>4731`.
+    for line in text.lines() {
+        let Some((name, count)) = line.split_once('\t') else {
+            continue;
+        };
+        let Some(api) = name.split(',').find_map(|kv| kv.strip_prefix("request=")) else {
+            continue;
+        };
+        // `Fetch` counts consumers' and followers' fetches together with
+        // `FetchConsumer`; the verification requests are the broker's own.
+        *out.entry(api.to_string()).or_default() += count.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
 }
 
 fn measure(exe: &Path, rate: u32, warmup: u64, seconds: u64) -> anyhow::Result<Measured> {
     let dir = tempfile::Builder::new().prefix("govbus-quiet-").tempdir()?;
     let up_dir = dir.path().join("up");
+    let jmx = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut child: Child = Command::new(exe)
+        .env("GOVBUS_KAFKA_JMX_PORT", jmx.to_string())
         .args(["up", "--stall-secs", "30", "--rate"])
         // Idle: the demo runs at 200/s until it is paused.
         .arg(if rate == 0 { 200 } else { rate }.to_string())
@@ -172,11 +227,20 @@ fn measure(exe: &Path, rate: u32, warmup: u64, seconds: u64) -> anyhow::Result<M
         .iter()
         .filter_map(|(n, p)| Some((n, ticks(*p)?)))
         .collect();
+    let served = requests(jmx);
     let published = metric(bca, "govbus_relay_published_total");
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let window = t.elapsed().as_secs_f64();
     let changes = metric(bca, "govbus_relay_published_total") - published;
+    let requests: BTreeMap<String, f64> = requests(jmx)
+        .into_iter()
+        .map(|(api, n)| {
+            let before = served.get(&api).copied().unwrap_or(0.0);
+            (api, n - before)
+        })
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
     let hz = 100.0; // USER_HZ on Linux
     let cpu = procs
         .iter()
@@ -193,6 +257,7 @@ fn measure(exe: &Path, rate: u32, warmup: u64, seconds: u64) -> anyhow::Result<M
         window,
         changes,
         cpu,
+        requests,
     })
 }
 
@@ -276,6 +341,35 @@ pub(crate) fn run(rates: &[u32], warmup: u64, seconds: u64) -> anyhow::Result<()
     print!("| changes published in the window |");
     for m in &all {
         print!(" {:.0} in {:.0} s |", m.changes, m.window);
+    }
+    println!();
+    // The broker's requests per second by API, the same windows (EndTxn:
+    // one per transaction committed or aborted).
+    println!();
+    print!("| broker requests/s by API |");
+    for m in &all {
+        print!(" {}/s |", m.rate);
+    }
+    println!();
+    print!("|---|");
+    for _ in &all {
+        print!("---|");
+    }
+    println!();
+    let apis: std::collections::BTreeSet<&String> =
+        all.iter().flat_map(|m| m.requests.keys()).collect();
+    let total = |m: &Measured| m.requests.values().sum::<f64>() / m.window;
+    for api in apis {
+        print!("| {api} |");
+        for m in &all {
+            let n = m.requests.get(api).copied().unwrap_or(0.0) / m.window;
+            print!(" {n:.1} |");
+        }
+        println!();
+    }
+    print!("| **all requests** |");
+    for m in &all {
+        print!(" {:.1} |", total(m));
     }
     println!();
     Ok(())

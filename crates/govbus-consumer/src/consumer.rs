@@ -444,7 +444,12 @@ fn session(
     let mut batch = Vec::with_capacity(cfg.batch);
     while !stop.load(Ordering::Relaxed) {
         let t_poll = Instant::now();
-        poll_batch(&consumer, &mut batch, cfg.batch, Duration::from_millis(100));
+        poll_batch(
+            &consumer,
+            &mut batch,
+            cfg.batch,
+            govbus_kafka_client::IDLE_POLL,
+        );
         let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;
         if last_lag.elapsed() > Duration::from_millis(200) {
             lag.update(&consumer);

@@ -192,7 +192,7 @@ pub const SECRET_OPTIONS: &[&str] = &[
 ];
 
 fn default_fetch_wait_ms() -> u32 {
-    100
+    500
 }
 
 /// Client settings `[kafka.options]` cannot change: delivery guarantees,

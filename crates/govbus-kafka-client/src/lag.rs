@@ -6,8 +6,10 @@ use crate::KafkaConfig;
 
 /// Consumer lag, measured off the consuming thread and off the consumer's
 /// connection: the agent hands over its positions (a local call) with
-/// [`LagWatch::update`], and a thread of the watch asks for the high
-/// watermarks on a client of its own, then reports, per topic, the records
+/// [`LagWatch::update`], with the high watermark each partition's last
+/// fetch response carried (librdkafka keeps it: no request), and a thread
+/// of the watch asks for the high watermarks the consumer has not seen yet
+/// on a client of its own, then reports, per topic, the records
 /// not yet consumed (high watermark − position). Until a consumer has
 /// consumed a record of a partition, the client knows no position for it:
 /// the partition counts from where the consumer started on it (its
@@ -24,7 +26,7 @@ use crate::KafkaConfig;
 /// router from ever receiving a record (docs/BROKERS.md). The same holds for
 /// any broker slow to answer a fetch.
 pub struct LagWatch {
-    positions: std::sync::Arc<std::sync::Mutex<Vec<(String, i32, rdkafka::Offset)>>>,
+    positions: std::sync::Arc<std::sync::Mutex<Vec<Position>>>,
     /// Where the consumer started on each partition, for those it has
     /// consumed nothing from yet.
     starts: std::sync::Mutex<HashMap<(String, i32), i64>>,
@@ -34,6 +36,38 @@ pub struct LagWatch {
     every: std::time::Duration,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A partition's position as handed over, and the high watermark its
+/// consumer last fetched (None: none yet, ask the broker).
+type Position = (String, i32, rdkafka::Offset, Option<i64>);
+
+/// The high watermark of `topic`/`partition` in `consumer`'s last fetch
+/// response, as librdkafka keeps it (`rd_kafka_get_watermark_offsets`: a
+/// local read, no request); None before the first fetch of it.
+fn fetched_high<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
+    use rdkafka::consumer::Consumer;
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the consumer's handle lives for the call; librdkafka reads
+    // `topic` (NUL-terminated, alive for the call) and writes only the two
+    // offsets, under its own lock.
+    #[allow(unsafe_code)]
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 impl std::fmt::Debug for LagWatch {
@@ -62,25 +96,31 @@ impl LagWatch {
             .spawn(move || {
                 let mut next = std::time::Instant::now() + every;
                 while !s.load(Ordering::Relaxed) {
-                    if std::time::Instant::now() < next {
-                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    // Asleep until the next measurement (woken early only
+                    // to stop: `Drop` unparks it).
+                    let now = std::time::Instant::now();
+                    if now < next {
+                        std::thread::park_timeout(next - now);
                         continue;
                     }
                     next = std::time::Instant::now() + every;
-                    let now: Vec<(String, i32, rdkafka::Offset)> =
-                        p.lock().map(|v| v.clone()).unwrap_or_default();
+                    let now: Vec<Position> = p.lock().map(|v| v.clone()).unwrap_or_default();
                     // A topic with a partition whose watermarks could not be
                     // read is not reported this round (a partial sum would
                     // read as a lag lower than the real one); the gauge keeps
                     // its last value and the log says why.
                     let mut lag: BTreeMap<&str, Option<i64>> = BTreeMap::new();
-                    for (topic, partition, offset) in &now {
+                    for (topic, partition, offset, fetched) in &now {
                         let sum = lag.entry(topic).or_insert(Some(0));
-                        match client.fetch_watermarks(
-                            topic,
-                            *partition,
-                            std::time::Duration::from_secs(5),
-                        ) {
+                        let marks = match (fetched, offset) {
+                            (Some(high), rdkafka::Offset::Offset(_)) => Ok((0, *high)),
+                            _ => client.fetch_watermarks(
+                                topic,
+                                *partition,
+                                std::time::Duration::from_secs(5),
+                            ),
+                        };
+                        match marks {
                             Ok((low, high)) => {
                                 let pos = match offset {
                                     rdkafka::Offset::Offset(o) => *o,
@@ -160,7 +200,8 @@ impl LagWatch {
                         .get(&(t.clone(), p))
                         .map_or(other, |o| rdkafka::Offset::Offset(*o)),
                 };
-                (t, p, offset)
+                let fetched = fetched_high(consumer, &t, p);
+                (t, p, offset, fetched)
             })
             .collect();
         if let Ok(mut p) = self.positions.lock() {
@@ -173,6 +214,7 @@ impl Drop for LagWatch {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
     }

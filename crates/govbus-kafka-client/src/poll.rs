@@ -1,5 +1,12 @@
 //! Polling a batch of records, fenced against rebalances.
 
+/// How long an agent's loop waits for a first record before it does its
+/// periodic chores (lag, readiness, stall watch) and polls again. A poll
+/// returns as soon as a record is there, so the wait costs no latency;
+/// it is what an idle agent wakes up for, so it is not short (100 ms was
+/// ten wake-ups a second per loop with nothing to do).
+pub const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Fills `batch` (cleared first) with up to `max` records: waits at most
 /// `linger` for the first, then takes what the client has already fetched
 /// (no further waiting), so a batch is large under load and a lone change

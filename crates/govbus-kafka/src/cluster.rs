@@ -392,6 +392,7 @@ wait "$jvm""#;
                 "-XX:InitiatingHeapOccupancyPercent=35",
                 "-Djava.awt.headless=true",
             ])
+            .args(jmx(i))
             .arg(&log4j)
             .arg("-cp")
             .arg(&cp)
@@ -648,6 +649,30 @@ fn base64_url(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The JVM options that open node `i`'s JMX on 127.0.0.1, at
+/// `GOVBUS_KAFKA_JMX_PORT` + `i`, when that variable is set (for
+/// `govbus-bench quiet`, which reads Kafka's own request metrics through
+/// it); none otherwise.
+fn jmx(i: usize) -> Vec<String> {
+    let Some(port) = std::env::var("GOVBUS_KAFKA_JMX_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .and_then(|p| p.checked_add(u16::try_from(i).ok()?))
+    else {
+        return Vec::new();
+    };
+    [
+        "-Dcom.sun.management.jmxremote".to_string(),
+        format!("-Dcom.sun.management.jmxremote.port={port}"),
+        format!("-Dcom.sun.management.jmxremote.rmi.port={port}"),
+        "-Dcom.sun.management.jmxremote.host=127.0.0.1".to_string(),
+        "-Djava.rmi.server.hostname=127.0.0.1".to_string(),
+        "-Dcom.sun.management.jmxremote.authenticate=false".to_string(),
+        "-Dcom.sun.management.jmxremote.ssl=false".to_string(),
+    ]
+    .to_vec()
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@
 //! updates itself over server-sent events and needs nothing from outside
 //! (no CDN: its script, styles and charts are in the one page).
 //!
-//! The state is read every second from each province's database (the
-//! sink), its consumer's metrics endpoint (its lag, as the agent measures
-//! it) and the cluster (the router's backlog on the central topic).
+//! While a page is open (or `/state` was asked for in the last 10 s), the
+//! state is read every second from each province's database (the sink),
+//! its consumer's metrics endpoint (its lag, as the agent measures it) and
+//! the cluster (the router's backlog on the central topic); unwatched, the
+//! board reads nothing.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -279,6 +281,8 @@ type Shared = Arc<Served>;
 
 struct Served {
     state: tokio::sync::watch::Receiver<String>,
+    /// When `/state` was last asked for (ms since the epoch).
+    asked_ms: Arc<std::sync::atomic::AtomicI64>,
     /// Per province: what its snapshots are read with, opened once.
     snapshots: Vec<Snapshots>,
 }
@@ -442,14 +446,27 @@ pub(crate) async fn run(
     tx.send_replace(first);
     let f = files.clone();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&f)).await??;
+    let asked_ms = Arc::new(std::sync::atomic::AtomicI64::new(govbus_core::now_ms()));
+    let asked = asked_ms.clone();
     std::thread::Builder::new()
         .name("govbus-dashboard".into())
         .spawn(move || loop {
             let started = std::time::Instant::now();
-            let next = gatherer.gather().to_string();
             if tx.is_closed() {
                 return;
             }
+            // Gathered only while someone looks: a page open (its event
+            // stream holds a receiver beside the server's own) or `/state`
+            // asked for in the last 10 s. Unwatched, the board reads
+            // neither the databases nor the broker.
+            let watched = tx.receiver_count() > 1
+                || govbus_core::now_ms() - asked.load(std::sync::atomic::Ordering::Relaxed)
+                    < WATCHED_MS;
+            if !watched {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            let next = gatherer.gather().to_string();
             tx.send_if_modified(|cur| {
                 if *cur == next {
                     false
@@ -470,6 +487,7 @@ pub(crate) async fn run(
         )
         .with_state(Arc::new(Served {
             state: rx,
+            asked_ms,
             snapshots,
         }))
         .layer(axum::middleware::from_fn_with_state(Gate { token }, gate));
@@ -486,7 +504,12 @@ async fn page() -> Response {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
 }
 
+/// How long after a `/state` request the board keeps gathering.
+const WATCHED_MS: i64 = 10_000;
+
 async fn state(State(s): State<Shared>) -> Response {
+    s.asked_ms
+        .store(govbus_core::now_ms(), std::sync::atomic::Ordering::Relaxed);
     let body = s.state.borrow().clone();
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -260,14 +260,23 @@ fn http_ok(url: &str, token: Option<&str>) -> bool {
 
 /// Sums of the samples of `metric` by the value of `label` (or "" for all).
 fn scrape(port: u16, metric: &str, label: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    let Ok(r) = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+    samples(&metrics_of(port).unwrap_or_default(), metric, label)
+}
+
+/// An agent's `/metrics` page (None: it did not answer).
+fn metrics_of(port: u16) -> Option<String> {
+    ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
         .timeout(Duration::from_millis(500))
         .call()
-    else {
-        return out;
-    };
-    let body = r.into_string().unwrap_or_default();
+        .ok()?
+        .into_string()
+        .ok()
+}
+
+/// Sums of the samples of `metric` in a `/metrics` page by the value of
+/// `label` (or "" for all).
+fn samples(body: &str, metric: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -292,6 +301,11 @@ fn scrape(port: u16, metric: &str, label: &str) -> BTreeMap<String, f64> {
         *out.entry(key).or_default() += value.parse::<f64>().unwrap_or(0.0);
     }
     out
+}
+
+/// The sum of every sample of `metric` in a `/metrics` page.
+fn total(body: &str, metric: &str) -> u64 {
+    samples(body, metric, "").values().sum::<f64>().max(0.0) as u64
 }
 
 /// What an agent is: its subcommand and its config section.
@@ -618,23 +632,6 @@ impl Files {
         s.sort();
         s.dedup();
         s
-    }
-
-    /// The central topic of every dataset someone subscribes to (the
-    /// router's input).
-    fn central_topics(&self) -> Vec<String> {
-        let topics = govbus_core::Topics::default();
-        self.catalog
-            .datasets
-            .values()
-            .filter(|d| {
-                self.catalog
-                    .subscriptions
-                    .iter()
-                    .any(|s| s.file.dataset == d.id)
-            })
-            .map(|d| topics.central(&d.id, d.file.major))
-            .collect()
     }
 
     /// Whether the catalog declares `owner.name`.
@@ -1180,7 +1177,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         dir.join("logs").display()
     );
 
-    let hops = Hops::new(&as_operator, files.central_topics(), stall_secs)?;
+    let hops = Hops::new(stall_secs);
     let start = Instant::now();
     let mut last_tick = Instant::now();
     let mut last_published = 0u64;
@@ -1219,19 +1216,40 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
         }
         let dt = last_tick.elapsed().as_secs_f64();
         last_tick = Instant::now();
-        let total = |m: BTreeMap<String, f64>| m.values().map(|v| *v as u64).sum::<u64>();
-        let applied = |port| total(scrape(port, "govbus_consumer_applied_total", ""));
-        let lag = |port| total(scrape(port, "govbus_consumer_lag_events", ""));
+        // One look at each agent's own metrics a second: the live line
+        // costs the broker nothing.
+        let producers_now: Vec<String> = ingest_of
+            .values()
+            .map(|(_, m)| metrics_of(*m).unwrap_or_default())
+            .collect();
+        let router_now = metrics_of(m_router);
         let mut now = hops.read(
+            producers_now
+                .iter()
+                .map(|b| total(b, "govbus_relay_published_total"))
+                .sum(),
+            router_now.as_deref().map(|b| {
+                (
+                    total(b, "govbus_router_consumed_total"),
+                    total(b, "govbus_router_lag_events"),
+                )
+            }),
             provinces
                 .iter()
                 .zip(province_metrics)
-                .map(|(p, &m)| (p.clone(), applied(m), lag(m)))
+                .map(|(p, &m)| {
+                    let b = metrics_of(m).unwrap_or_default();
+                    (
+                        p.clone(),
+                        total(&b, "govbus_consumer_applied_total"),
+                        total(&b, "govbus_consumer_lag_events"),
+                    )
+                })
                 .collect(),
         );
-        now.normalised = ingest_of
-            .values()
-            .map(|(_, m)| total(scrape(*m, "govbus_codes_normalised_total", "")))
+        now.normalised = producers_now
+            .iter()
+            .map(|b| total(b, "govbus_codes_normalised_total"))
             .sum();
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
         last_published = now.published;
@@ -1258,9 +1276,6 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
 /// each province's applied count and lag (its position against its view
 /// topics' ends, which the province agent measures).
 struct Hops {
-    client: rdkafka::consumer::BaseConsumer,
-    central: Vec<String>,
-    group: rdkafka::consumer::BaseConsumer,
     stall: Duration,
     /// Per hop: the last count, and since when it has not moved while its
     /// lag was above zero.
@@ -1299,45 +1314,22 @@ impl HopsNow {
 }
 
 impl Hops {
-    fn new(
-        kafka: &govbus_kafka_client::KafkaConfig,
-        central: Vec<String>,
-        stall_secs: u64,
-    ) -> anyhow::Result<Self> {
-        Ok(Self {
-            client: kafka.client().create()?,
-            central,
-            group: kafka.consumer(ROUTER_GROUP).create()?,
+    fn new(stall_secs: u64) -> Self {
+        Self {
             stall: Duration::from_secs(stall_secs.max(1)) / 2,
             progress: Default::default(),
-        })
+        }
     }
 
-    fn read(&self, provinces: Vec<(String, u64, u64)>) -> HopsNow {
-        use rdkafka::consumer::Consumer;
-        let t = Duration::from_secs(2);
-        let mut published = 0u64;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for topic in &self.central {
-            let parts = govbus_kafka_client::partitions_of(&self.client, topic).unwrap_or_default();
-            for p in &parts {
-                if let Ok((_, high)) = self.client.fetch_watermarks(topic, *p, t) {
-                    published += high.max(0) as u64;
-                }
-                tpl.add_partition(topic, *p);
-            }
-        }
-        let routed = self.group.committed_offsets(tpl, t).ok().map(|c| {
-            let consumed: u64 = c
-                .elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    rdkafka::Offset::Offset(o) => o.max(0) as u64,
-                    _ => 0,
-                })
-                .sum();
-            (consumed, published.saturating_sub(consumed))
-        });
+    /// A reading from the agents' own figures: the changes the producers'
+    /// relays published, the router's (consumed, lag) when it answered,
+    /// and per province (applied, lag).
+    fn read(
+        &self,
+        published: u64,
+        routed: Option<(u64, u64)>,
+        provinces: Vec<(String, u64, u64)>,
+    ) -> HopsNow {
         let mut stalled = Vec::new();
         let mut progress = self.progress.borrow_mut();
         let mut watch = |hop: &str, count: u64, lag: u64| {

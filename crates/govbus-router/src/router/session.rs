@@ -219,7 +219,7 @@ impl Router {
                 consumer,
                 &mut batch,
                 self.cfg.batch,
-                Duration::from_millis(100),
+                govbus_kafka_client::IDLE_POLL,
                 &|| consumer.context().rebalances.load(Ordering::SeqCst),
             );
             let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;

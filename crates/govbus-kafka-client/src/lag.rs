@@ -26,7 +26,8 @@ use crate::KafkaConfig;
 /// router from ever receiving a record (docs/BROKERS.md). The same holds for
 /// any broker slow to answer a fetch.
 pub struct LagWatch {
-    positions: std::sync::Arc<std::sync::Mutex<Vec<Position>>>,
+    /// The positions last handed over, and when.
+    positions: std::sync::Arc<std::sync::Mutex<(std::time::Instant, Vec<Position>)>>,
     /// Where the consumer started on each partition, for those it has
     /// consumed nothing from yet.
     starts: std::sync::Mutex<HashMap<(String, i32), i64>>,
@@ -87,7 +88,10 @@ impl LagWatch {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use std::sync::atomic::Ordering;
         let client: BaseConsumer = kafka.client().create()?;
-        let positions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let positions = std::sync::Arc::new(std::sync::Mutex::new((
+            std::time::Instant::now(),
+            Vec::new(),
+        )));
         let total = std::sync::Arc::new(std::sync::Mutex::new(None));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (p, s, tot) = (positions.clone(), stop.clone(), total.clone());
@@ -104,7 +108,15 @@ impl LagWatch {
                         continue;
                     }
                     next = std::time::Instant::now() + every;
-                    let now: Vec<Position> = p.lock().map(|v| v.clone()).unwrap_or_default();
+                    let (handed, now): (std::time::Instant, Vec<Position>) = p
+                        .lock()
+                        .map(|v| v.clone())
+                        .unwrap_or_else(|_| (std::time::Instant::now(), Vec::new()));
+                    // The consumer's fetched watermarks are as old as the
+                    // hand-over: a loop that stopped handing over (stuck
+                    // applying, say) would freeze its lag at the moment it
+                    // stopped. Past one period they are asked for.
+                    let fresh = handed.elapsed() <= every;
                     // A topic with a partition whose watermarks could not be
                     // read is not reported this round (a partial sum would
                     // read as a lag lower than the real one); the gauge keeps
@@ -113,7 +125,7 @@ impl LagWatch {
                     for (topic, partition, offset, fetched) in &now {
                         let sum = lag.entry(topic).or_insert(Some(0));
                         let marks = match (fetched, offset) {
-                            (Some(high), rdkafka::Offset::Offset(_)) => Ok((0, *high)),
+                            (Some(high), rdkafka::Offset::Offset(_)) if fresh => Ok((0, *high)),
                             _ => client.fetch_watermarks(
                                 topic,
                                 *partition,
@@ -205,7 +217,7 @@ impl LagWatch {
             })
             .collect();
         if let Ok(mut p) = self.positions.lock() {
-            *p = now;
+            *p = (std::time::Instant::now(), now);
         }
     }
 }

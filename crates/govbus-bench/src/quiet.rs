@@ -281,6 +281,16 @@ impl Drop for Guard<'_> {
     }
 }
 
+/// A table's header: `title`, then a column per rate measured.
+fn header(title: &str, all: &[Measured]) {
+    print!("| {title} |");
+    for m in all {
+        print!(" {}/s |", m.rate);
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(all.len()));
+}
+
 /// `govbus-bench quiet`.
 pub(crate) fn run(rates: &[u32], warmup: u64, seconds: u64) -> anyhow::Result<()> {
     let exe = govbus_exe()?;
@@ -298,16 +308,7 @@ pub(crate) fn run(rates: &[u32], warmup: u64, seconds: u64) -> anyhow::Result<()
     // CPU per published change where changes flowed).
     let names: std::collections::BTreeSet<&String> =
         all.iter().flat_map(|m| m.cpu.keys()).collect();
-    print!("| process |");
-    for m in &all {
-        print!(" {}/s |", m.rate);
-    }
-    println!();
-    print!("|---|");
-    for _ in &all {
-        print!("---|");
-    }
-    println!();
+    header("process", &all);
     let cell = |m: &Measured, cpu: f64| {
         let pct = 100.0 * cpu / m.window;
         if m.changes > 0.0 && m.rate > 0 {
@@ -346,16 +347,7 @@ pub(crate) fn run(rates: &[u32], warmup: u64, seconds: u64) -> anyhow::Result<()
     // The broker's requests per second by API, the same windows (EndTxn:
     // one per transaction committed or aborted).
     println!();
-    print!("| broker requests/s by API |");
-    for m in &all {
-        print!(" {}/s |", m.rate);
-    }
-    println!();
-    print!("|---|");
-    for _ in &all {
-        print!("---|");
-    }
-    println!();
+    header("broker requests/s by API", &all);
     let apis: std::collections::BTreeSet<&String> =
         all.iter().flat_map(|m| m.requests.keys()).collect();
     let total = |m: &Measured| m.requests.values().sum::<f64>() / m.window;

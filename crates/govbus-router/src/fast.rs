@@ -650,6 +650,42 @@ mod tests {
         (filtered, expired)
     }
 
+    /// The demo's administrative map as of 2026-11-30, the fast path over
+    /// `all` with it, and what the general path routes with.
+    struct OnTheMap {
+        hierarchy: std::sync::Arc<govbus_core::admin_map::Hierarchy>,
+        fast: FastRoute,
+        resolver: FixedResolver,
+        base: Context<'static>,
+    }
+
+    impl OnTheMap {
+        fn new(all: &[View]) -> Self {
+            use govbus_core::admin_map::{AdminMap, Hierarchy};
+            let (map, skipped) = AdminMap::from_rows(&govbus_producer::demo::admin_units());
+            assert!(skipped.is_empty(), "{skipped:?}");
+            let hierarchy =
+                std::sync::Arc::new(Hierarchy::new(&map, "2026-11-30".parse().unwrap()));
+            let refs: Vec<&View> = all.iter().collect();
+            let fast =
+                FastRoute::new(&refs, hierarchy.clone()).expect("these filters take the fast path");
+            let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
+            Self {
+                base: govbus_schema::cel::hierarchy_context(hierarchy.clone()),
+                resolver: FixedResolver::new([(7, writer)]),
+                hierarchy,
+                fast,
+            }
+        }
+
+        fn scope(&self) -> crate::route::Scope<'_> {
+            crate::route::Scope {
+                base: &self.base,
+                hierarchy: Some(&self.hierarchy),
+            }
+        }
+    }
+
     /// Routes `payload` to every view of `all` both ways, asserts that the
     /// records are the same, and returns them as (view, decision).
     fn agree(
@@ -780,7 +816,6 @@ mod tests {
     /// changes carry codes from before the reform too.
     #[test]
     fn hierarchy_filters_take_the_fast_path_and_agree_with_the_general_path() {
-        use govbus_core::admin_map::{AdminMap, Hierarchy};
         let all = views(&[
             (
                 "p52",
@@ -799,25 +834,16 @@ mod tests {
             ),
             ("p79", r#"permanent_address.province_code == "79""#, ""),
         ]);
-        let (map, skipped) = AdminMap::from_rows(&govbus_producer::demo::admin_units());
-        assert!(skipped.is_empty(), "{skipped:?}");
-        let h = std::sync::Arc::new(Hierarchy::new(&map, "2026-11-30".parse().unwrap()));
         let idx: Vec<usize> = (0..all.len()).collect();
         let refs: Vec<&View> = all.iter().collect();
-        let fast = FastRoute::new(&refs, h.clone()).expect("hierarchy filters take the fast path");
-        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
-        let resolver = FixedResolver::new([(7, writer)]);
-        let base = govbus_schema::cel::hierarchy_context(h.clone());
-        let scope = crate::route::Scope {
-            base: &base,
-            hierarchy: Some(&h),
-        };
+        let m = OnTheMap::new(&all);
+        let fast = &m.fast;
+        let scope = m.scope();
+        let resolver = &m.resolver;
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         let mut per_view = [0usize; 4];
         for payload in changes(600) {
-            let q = agree(
-                &fast, &payload, &resolver, scope, &all, &mut out, &mut tally,
-            );
+            let q = agree(fast, &payload, resolver, scope, &all, &mut out, &mut tally);
             for o in &q {
                 per_view[o.0] += 1;
             }
@@ -846,7 +872,6 @@ mod tests {
     /// it enters, stays in or leaves: the index proposes no other.
     #[test]
     fn the_index_proposes_exactly_the_views_a_change_concerns() {
-        use govbus_core::admin_map::{AdminMap, Hierarchy};
         let mut subs: Vec<(String, String, String)> = Vec::new();
         for dept in 0..6 {
             let drop = ["", "\"ethnicity\"", "\"full_name\""][dept % 3];
@@ -870,23 +895,12 @@ mod tests {
             .collect();
         let all = views(&refs);
         assert!(all.len() > 60, "{}", all.len());
-        let (map, _) = AdminMap::from_rows(&govbus_producer::demo::admin_units());
-        let h = std::sync::Arc::new(Hierarchy::new(&map, "2026-11-30".parse().unwrap()));
-        let refs: Vec<&View> = all.iter().collect();
-        let fast = FastRoute::new(&refs, h.clone()).expect("simple filters take the fast path");
-        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
-        let resolver = FixedResolver::new([(7, writer)]);
-        let base = govbus_schema::cel::hierarchy_context(h.clone());
-        let scope = crate::route::Scope {
-            base: &base,
-            hierarchy: Some(&h),
-        };
+        let m = OnTheMap::new(&all);
+        let (fast, scope, resolver) = (&m.fast, m.scope(), &m.resolver);
         let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
         let mut routed = 0;
         for payload in changes(300) {
-            let q = agree(
-                &fast, &payload, &resolver, scope, &all, &mut out, &mut tally,
-            );
+            let q = agree(fast, &payload, resolver, scope, &all, &mut out, &mut tally);
             let concerned: Vec<usize> = q.iter().map(|o| o.0).collect();
             assert_eq!(out.candidates, concerned);
             routed += q.len();

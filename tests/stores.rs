@@ -562,3 +562,159 @@ fn a_report_follows_its_rows_on_postgres_row_by_row() {
     sink.set_row_by_row(true);
     report_scenario(&mut sink);
 }
+
+/// A table with a column of every type, and a change whose values are
+/// the hard ones for COPY's text format: every escape, NULLs, floats
+/// without a decimal text, instants at the ends of the years PostgreSQL
+/// reads.
+fn odd_table() -> Arc<TableDef> {
+    let col = |n: &str, ty| Column {
+        name: n.into(),
+        path: vec![n.into()],
+        ty,
+    };
+    Arc::new(TableDef {
+        name: "odd".into(),
+        key: "id".into(),
+        columns: vec![
+            col("id", ColType::Text),
+            col("note", ColType::Text),
+            col("n", ColType::Int),
+            col("x", ColType::Float),
+            col("ok", ColType::Bool),
+            col("born", ColType::Date),
+            col("at", ColType::Timestamp),
+        ],
+    })
+}
+
+fn odd_row(t: &Arc<TableDef>, key: &str, seq: i64, i: usize) -> Row {
+    const NOTES: [&str; 10] = [
+        "tab\there",
+        "new\nline",
+        "cr\rx",
+        "back\\slash",
+        "\\.",
+        "\\N",
+        "",
+        "Nguyễn ♥",
+        "end\\",
+        "a\\tb",
+    ];
+    const XS: [f64; 7] = [
+        0.1,
+        -0.0,
+        1e300,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        5e-324,
+    ];
+    const ATS: [i64; 4] = [1_764_230_400_123, -1, 0, 253_402_300_799_999];
+    let v = |present: bool, v: SqlValue| if present { v } else { SqlValue::Null };
+    let mut r = row(t, key, seq, Some("x"));
+    r.values = Some(vec![
+        SqlValue::Text(key.into()),
+        v(
+            !i.is_multiple_of(11),
+            SqlValue::Text(NOTES[(i + seq as usize) % NOTES.len()].into()),
+        ),
+        v(
+            !i.is_multiple_of(13),
+            SqlValue::Int([i64::MIN, -1, 0, i64::MAX][i % 4].saturating_add(seq)),
+        ),
+        v(!i.is_multiple_of(17), SqlValue::Float(XS[i % XS.len()])),
+        v(!i.is_multiple_of(19), SqlValue::Bool(i.is_multiple_of(2))),
+        v(
+            !i.is_multiple_of(23),
+            SqlValue::Date(["1990-01-31", "0001-01-01", "9999-12-31"][i % 3].into()),
+        ),
+        v(
+            !i.is_multiple_of(29),
+            SqlValue::Timestamp(ATS[(i + seq as usize) % ATS.len()]),
+        ),
+    ]);
+    r
+}
+
+/// Every row a sink's table `t` holds, in key order, as text.
+fn held_rows(s: &mut SqlSink, t: &TableDef) -> Vec<String> {
+    let mut out = Vec::new();
+    s.store()
+        .scan(t, None, &mut |v| out.push(format!("{v:?}")))
+        .unwrap();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_large_batch_on_postgres_is_copied_and_merged_as_values_would_write_it() {
+    let t = odd_table();
+    // The same changes: in batches of 300 (COPY of new rows, then a
+    // staging table merged), and change by change (VALUES).
+    let mut copied = SqlSink::postgres(&pg_url(), &unique("copy_")).unwrap();
+    let mut one_by_one = SqlSink::postgres(&pg_url(), &unique("values_")).unwrap();
+    one_by_one.set_row_by_row(true);
+    for s in [&mut copied, &mut one_by_one] {
+        s.ensure_table(&t).unwrap();
+    }
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+    let creates: Vec<Row> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| odd_row(&t, k, 1, i))
+        .collect();
+    let mut updates: Vec<Row> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| odd_row(&t, k, 2, i + 1))
+        .collect();
+    updates[7].values = None; // a delete among them
+    for batch in [&creates, &updates] {
+        for s in [&mut copied, &mut one_by_one] {
+            let done = s.apply(batch, &[]).unwrap();
+            assert_eq!(done.upserts + done.deletes, 300);
+        }
+        let held = held_rows(&mut copied, &t);
+        assert_eq!(held, held_rows(&mut one_by_one, &t));
+        assert!(held.len() >= 299, "{}", held.len());
+    }
+    // The copied sequences are known: the creates again are all stale.
+    assert_eq!(copied.apply(&creates, &[]).unwrap().stale, 300);
+    assert!(held_rows(&mut copied, &t)
+        .iter()
+        .any(|r| r.contains("tab\\there") && r.contains("NaN")));
+}
+
+#[test]
+fn a_row_put_in_by_hand_under_a_new_key_is_replaced_change_by_change_on_postgres() {
+    let t = odd_table();
+    let schema = unique("hand_");
+    let mut s = SqlSink::postgres(&pg_url(), &schema).unwrap();
+    s.ensure_table(&t).unwrap();
+    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO \"{schema}\".odd (id, note, _govbus_seq, _govbus_source_ts) VALUES ('k005', 'by hand', 0, 0)"
+    ))
+    .unwrap();
+    let batch: Vec<Row> = (0..300)
+        .map(|i| odd_row(&t, &format!("k{i:03}"), 1, i))
+        .collect();
+    // The batch's COPY meets the key: refused as a constraint, nothing applied.
+    let e = s.apply(&batch, &[]).unwrap_err();
+    assert_eq!(e.refusal(), Some("constraint"), "{e}");
+    assert_eq!(held_rows(&mut s, &t).len(), 1);
+    // Change by change (as the consumer then applies it), the row is replaced.
+    for r in &batch {
+        s.apply(std::slice::from_ref(r), &[]).unwrap();
+    }
+    let note: Option<String> = c
+        .query_one(
+            &format!("SELECT note FROM \"{schema}\".odd WHERE id = 'k005'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_ne!(note.as_deref(), Some("by hand"));
+    assert_eq!(held_rows(&mut s, &t).len(), 300);
+}

@@ -319,7 +319,7 @@ pub fn consumer_config(
         subscriber: subscriber.to_string(),
         topic_prefix: prefix.to_string(),
         sink: govbus_consumer::SinkConfig::from_url(sink, pg_schema),
-        batch: 500,
+        batch: None,
         partitions: 4,
         stall_secs: 60,
     }

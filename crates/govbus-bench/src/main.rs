@@ -93,12 +93,17 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         residents: usize,
     },
-    /// PostgreSQL sink: batched set-based apply against row-by-row.
+    /// PostgreSQL sink: a first load (every row new) against a plain
+    /// COPY of the same rows, then creates and updates; row by row too
+    /// with `--row-by-row` (slow).
     Sink {
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
-        #[arg(long, default_value_t = 1000)]
+        /// The consumer's default for a database.
+        #[arg(long, default_value_t = 5000)]
         batch: usize,
+        #[arg(long)]
+        row_by_row: bool,
     },
     /// What reports and receipts cost per applied change: the PostgreSQL
     /// sink alone, with p52's population report, with receipts, and with
@@ -176,7 +181,11 @@ fn main() -> anyhow::Result<()> {
             secure,
             subscribers,
         ),
-        Cmd::Sink { rows, batch } => sink(rows, batch),
+        Cmd::Sink {
+            rows,
+            batch,
+            row_by_row,
+        } => sink(rows, batch, row_by_row),
         Cmd::Costs {
             rows,
             batch,
@@ -492,46 +501,114 @@ pub(crate) fn rows(t: &Arc<TableDef>, n: usize) -> Vec<Row> {
         .collect()
 }
 
-fn sink(n: usize, batch: usize) -> anyhow::Result<()> {
-    let t = table();
-    let data = rows(&t, n);
-    println!("PostgreSQL sink: {n} changes ({} residents, then an update of each), batches of {batch}, {}", n / 2, pg_url());
-    let mut results = Vec::new();
-    for row_by_row in [false, true] {
-        let schema = unique("bench_");
-        let mut sink = SqlSink::postgres(&pg_url(), &schema)?;
-        sink.set_row_by_row(row_by_row);
-        sink.ensure_table(&t)?;
-        let start = Instant::now();
-        for (i, chunk) in data.chunks(batch).enumerate() {
-            sink.apply(chunk, &[("bench".into(), 0, ((i + 1) * batch) as i64)])?;
+/// The rows `sink` holds of `schema`'s bca_residents, and the schema
+/// dropped.
+fn held_and_drop(schema: &str) -> anyhow::Result<usize> {
+    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
+    let held: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".bca_residents"),
+            &[],
+        )?
+        .get(0);
+    c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?;
+    Ok(held as usize)
+}
+
+/// `rows` through the PostgreSQL sink in batches of `batch`; seconds.
+fn through_sink(rows: &[Row], batch: usize, row_by_row: bool) -> anyhow::Result<(f64, usize)> {
+    let schema = unique("bench_");
+    let mut sink = SqlSink::postgres(&pg_url(), &schema)?;
+    sink.set_row_by_row(row_by_row);
+    sink.ensure_table(&rows[0].table)?;
+    let start = Instant::now();
+    for (i, chunk) in rows.chunks(batch).enumerate() {
+        sink.apply(chunk, &[("bench".into(), 0, ((i + 1) * batch) as i64)])?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((secs, held_and_drop(&schema)?))
+}
+
+/// The baseline of a first load: the same rows with a plain `COPY` into
+/// a table of the same shape and key, a transaction per batch; seconds.
+fn plain_copy(rows: &[Row], batch: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let schema = unique("bench_");
+    let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
+    c.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".bca_residents (citizen_id TEXT PRIMARY KEY, \
+         full_name TEXT, date_of_birth DATE, sex TEXT, permanent_address_province_code TEXT, \
+         permanent_address_commune_code TEXT, permanent_address_street TEXT, updated_at TIMESTAMPTZ, \
+         _govbus_seq BIGINT NOT NULL, _govbus_source_ts BIGINT NOT NULL)"
+    ))?;
+    let start = Instant::now();
+    for chunk in rows.chunks(batch) {
+        let mut text = String::new();
+        for r in chunk {
+            for v in r.values.iter().flatten() {
+                match v {
+                    SqlValue::Text(s) | SqlValue::Date(s) => text.push_str(s),
+                    SqlValue::Timestamp(ms) => text.push_str(
+                        &chrono::DateTime::from_timestamp_millis(*ms)
+                            .context("timestamp")?
+                            .format("%Y-%m-%d %H:%M:%S%.3f+00")
+                            .to_string(),
+                    ),
+                    other => bail!("not in the bench's rows: {other:?}"),
+                }
+                text.push('\t');
+            }
+            text.push_str(&format!("{}\t{}\n", r.seq, r.source_ts));
         }
-        let secs = start.elapsed().as_secs_f64();
-        let mut c = postgres::Client::connect(&pg_url(), postgres::NoTls)?;
-        let held: i64 = c
-            .query_one(
-                &format!("SELECT count(*) FROM \"{schema}\".bca_residents"),
-                &[],
-            )?
-            .get(0);
-        if held as usize != n / 2 {
+        let mut tx = c.transaction()?;
+        let mut w = tx.copy_in(&format!("COPY \"{schema}\".bca_residents FROM STDIN"))?;
+        w.write_all(text.as_bytes())?;
+        w.finish()?;
+        tx.commit()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if held_and_drop(&schema)? != rows.len() {
+        bail!("plain COPY did not load every row");
+    }
+    Ok(secs)
+}
+
+fn sink(n: usize, batch: usize, row_by_row: bool) -> anyhow::Result<()> {
+    let t = table();
+    println!("PostgreSQL sink, batches of {batch}, {}", pg_url());
+    // A first load: every row new (the creates of `rows(2n)`).
+    let first: Vec<Row> = rows(&t, 2 * n).into_iter().take(n).collect();
+    let (sink_s, held) = through_sink(&first, batch, false)?;
+    if held != n {
+        bail!("expected {n} rows, found {held}");
+    }
+    let copy_s = plain_copy(&first, batch)?;
+    println!(
+        "  first load, {n} new rows, the sink : {:>9.0} rows/s ({sink_s:.2} s), {:.0} % of plain COPY",
+        n as f64 / sink_s,
+        100.0 * copy_s / sink_s
+    );
+    println!(
+        "  first load, plain COPY (baseline)  : {:>9.0} rows/s ({copy_s:.2} s)",
+        n as f64 / copy_s
+    );
+    let data = rows(&t, n);
+    let mut modes = vec![false];
+    if row_by_row {
+        modes.push(true);
+    }
+    for rbr in modes {
+        let (secs, held) = through_sink(&data, batch, rbr)?;
+        if held != n / 2 {
             bail!("expected {} rows, found {held}", n / 2);
         }
-        c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))?;
-        results.push((row_by_row, n as f64 / secs, secs));
+        let name = if rbr { "row by row" } else { "batched" };
+        println!(
+            "  {n} changes ({} creates, then an update of each), {name:<10}: {:>9.0} rows/s ({secs:.2} s)",
+            n / 2,
+            n as f64 / secs
+        );
     }
-    for (rbr, rate, secs) in &results {
-        let name = if *rbr {
-            "row by row"
-        } else {
-            "batched (one transaction per batch)"
-        };
-        println!("  {name:<36}: {rate:>9.0} rows/s ({secs:.2} s)");
-    }
-    println!(
-        "  batched / row by row                : {:>9.1} x",
-        results[0].1 / results[1].1
-    );
     Ok(())
 }
 

@@ -47,9 +47,11 @@ pub struct ConsumerConfig {
     /// Where the province's copy lives (`[consumer.sink]`, tagged by
     /// `type`).
     pub sink: SinkConfig,
-    /// Most changes per database transaction.
-    #[serde(default = "default_batch")]
-    pub batch: usize,
+    /// Most changes per batch: a database transaction, a webhook POST, a
+    /// receipt (None: the sink's default, [`ConsumerConfig::batch`]). A
+    /// batch is full only when there is a backlog; at most [`MAX_BATCH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     /// Partitions of view topics, if the consumer has to create them.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -72,8 +74,8 @@ struct RawConsumerConfig {
     #[serde(default)]
     topic_prefix: String,
     sink: SinkConfig,
-    #[serde(default = "default_batch")]
-    batch: usize,
+    #[serde(default)]
+    batch: Option<usize>,
     #[serde(default = "default_partitions")]
     partitions: i32,
     #[serde(default = "default_stall_secs")]
@@ -96,6 +98,11 @@ impl TryFrom<RawConsumerConfig> for ConsumerConfig {
             ("webhook_per_change", &r.webhook_per_change, "per_change"),
             ("webhook_timeout_ms", &r.webhook_timeout_ms, "timeout_ms"),
         ];
+        if let Some(b) = r.batch.filter(|b| !(1..=MAX_BATCH).contains(b)) {
+            return Err(format!(
+                "`batch = {b}`: a batch holds 1 to {MAX_BATCH} changes (its receipt must stay under Kafka's 1 MB message)"
+            ));
+        }
         if let Some((old, value, new)) = moved.iter().find(|(_, v, _)| v.is_some()) {
             return Err(format!(
                 "`{old}` moved into the sink's section: write `{new} = {}` under [consumer.sink]",
@@ -119,8 +126,21 @@ impl TryFrom<RawConsumerConfig> for ConsumerConfig {
 fn default_stall_secs() -> u64 {
     60
 }
-fn default_batch() -> usize {
-    500
+/// The most changes a batch may hold: a receipt lists each (~120 bytes),
+/// and is one Kafka message (at most 1 MB by default).
+pub const MAX_BATCH: usize = 5_000;
+
+impl ConsumerConfig {
+    /// Most changes per batch: as configured, else 5,000 for a database
+    /// or a file (a first load or a catch-up applies at the database's
+    /// speed: a transaction's fixed cost is spread over many rows) and
+    /// 500 for a webhook (a POST's body stays small for its receiver).
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(match self.sink {
+            SinkConfig::Webhook(_) => 500,
+            _ => MAX_BATCH,
+        })
+    }
 }
 fn default_partitions() -> i32 {
     4
@@ -441,13 +461,14 @@ fn session(
         .collect();
     let mut last_lag = Instant::now();
     let mut stall = govbus_core::stall::StallWatch::new(Duration::from_secs(cfg.stall_secs));
-    let mut batch = Vec::with_capacity(cfg.batch);
+    let max_batch = cfg.batch();
+    let mut batch = Vec::with_capacity(max_batch);
     while !stop.load(Ordering::Relaxed) {
         let t_poll = Instant::now();
         poll_batch(
             &consumer,
             &mut batch,
-            cfg.batch,
+            max_batch,
             govbus_kafka_client::IDLE_POLL,
         );
         let poll_ms = t_poll.elapsed().as_secs_f64() * 1e3;

@@ -42,6 +42,13 @@ pub enum DbError {
     /// SQLite failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Rows could not be streamed to PostgreSQL's COPY (the connection
+    /// broke).
+    #[error("postgres COPY: {0}")]
+    Copy(#[from] std::io::Error),
+    /// The database has no such operation (a dialect's caller's mistake).
+    #[error("{0} is not supported by this database")]
+    Unsupported(&'static str),
     /// A column did not hold what its statement reads: a table was
     /// changed by other hands than govbus's.
     #[error("a stored value does not read as govbus wrote it (result column {column}: expected {expected}); was a govbus table changed by hand?")]
@@ -239,6 +246,11 @@ pub(crate) trait Conn: Send {
         params: &[Param],
         each: &mut dyn FnMut(&dyn Fetched) -> Result<(), DbError>,
     ) -> Result<(), DbError>;
+    /// Loads `data`, rows in COPY's text format, with `sql` (`COPY … FROM
+    /// STDIN`); the rows loaded. Only where the dialect stages.
+    fn copy_in(&mut self, _sql: &str, _data: &[u8]) -> Result<u64, DbError> {
+        Err(DbError::Unsupported("COPY"))
+    }
     /// Opens the connection again if it was lost (between transactions).
     fn ready(&mut self) -> Result<(), DbError> {
         Ok(())
@@ -367,6 +379,10 @@ impl Db {
 
     pub(crate) fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, DbError> {
         self.conn.execute(sql, params)
+    }
+
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, DbError> {
+        self.conn.copy_in(sql, data)
     }
 
     pub(crate) fn query(

@@ -397,6 +397,15 @@ impl std::fmt::Debug for ReceiptFeed {
     }
 }
 
+/// The largest receipt the receipts topic and its producer take: a
+/// receipt lists every event of its batch (up to 5,000, ~120 bytes each
+/// with a short topic name), which Kafka's default 1 MB only just holds.
+const RECEIPT_BYTES: usize = 16 << 20;
+
+/// Receipts read from the database at a time to send again (each may
+/// list thousands of events).
+const CATCH_UP: i64 = 50;
+
 impl ReceiptFeed {
     /// Creates `_govbus.receipts.<subscriber>` if needed and sends the receipts the
     /// topic may lack.
@@ -407,10 +416,15 @@ impl ReceiptFeed {
         sink: &mut SqlSink,
     ) -> Result<Self, PublishError> {
         let topic = topics.receipts(subscriber);
-        ensure_topics(kafka, &[TopicSpec::retained(topic.clone(), 4)])?;
+        let mut spec = TopicSpec::retained(topic.clone(), 4);
+        spec.configs
+            .push(("max.message.bytes".into(), RECEIPT_BYTES.to_string()));
+        ensure_topics(kafka, &[spec])?;
         let failed = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicI64::new(0));
-        let producer = kafka.producer().create_with_context(ReceiptDeliveries {
+        let mut pc = kafka.producer();
+        pc.set("message.max.bytes", RECEIPT_BYTES.to_string());
+        let producer = pc.create_with_context(ReceiptDeliveries {
             failed: failed.clone(),
             acked: acked.clone(),
         })?;
@@ -437,7 +451,7 @@ impl ReceiptFeed {
         loop {
             let batch: Vec<Receipt> = sink
                 .store()
-                .receipts(self.sent + 1, 1000)?
+                .receipts(self.sent + 1, CATCH_UP)?
                 .into_iter()
                 .filter(|r| r.subscriber == self.subscriber)
                 .collect();

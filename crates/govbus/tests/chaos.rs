@@ -241,7 +241,7 @@ fn chaos(routers: usize) {
         .collect();
     let consumer = |p: &str, schema: &str| {
         let mut c = govbus_e2e::consumer_config(&kafka, &registry, &prefix, p, &pg_url(), schema);
-        c.batch = 200;
+        c.batch = Some(200);
         c
     };
     let (c52, c94) = (consumer("p52", &schemas[0]), consumer("p92", &schemas[1]));

@@ -107,6 +107,18 @@ pub(crate) trait Dialect: Sync {
     fn digests(&self, _table: &str, _columns: &[(String, ColType)]) -> Option<String> {
         None
     }
+
+    /// Whether the database loads rows with `COPY … FROM STDIN`.
+    fn copies(&self) -> bool {
+        false
+    }
+
+    /// Statements that make an empty staging table shaped like `table`,
+    /// dropped at the transaction's end, and its name — when the database
+    /// loads rows with `COPY … FROM STDIN` (None: it has no COPY).
+    fn stage(&self, _table: &str) -> Option<(String, &'static str)> {
+        None
+    }
 }
 
 /// PostgreSQL.
@@ -231,6 +243,20 @@ impl Dialect for Postgres {
     }
 
     // Computed where the rows are: only the digests cross the network.
+    fn copies(&self) -> bool {
+        true
+    }
+
+    fn stage(&self, table: &str) -> Option<(String, &'static str)> {
+        const STAGE: &str = "pg_temp._govbus_stage";
+        Some((
+            format!(
+                "DROP TABLE IF EXISTS {STAGE}; CREATE TEMP TABLE _govbus_stage (LIKE {table}) ON COMMIT DROP;"
+            ),
+            STAGE,
+        ))
+    }
+
     fn digests(&self, table: &str, columns: &[(String, ColType)]) -> Option<String> {
         let cols: Vec<String> = columns
             .iter()

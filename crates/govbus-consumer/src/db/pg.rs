@@ -52,6 +52,13 @@ impl Conn for PgConn {
         Ok(self.client.execute(&st, &refs)?)
     }
 
+    fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64, DbError> {
+        use std::io::Write;
+        let mut w = self.client.copy_in(sql)?;
+        w.write_all(data)?;
+        Ok(w.finish()?)
+    }
+
     fn query(
         &mut self,
         sql: &str,

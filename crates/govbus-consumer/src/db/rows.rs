@@ -129,19 +129,31 @@ impl Before {
 
 /// Reads the rows of `keys` of `t` not read yet in this batch into
 /// `before`: the columns `read` says, as they stand before the batch
-/// writes them.
+/// writes them. A key govbus never applied (not in `known`, the last
+/// sequences of `_govbus_seen`) has no row: it is not looked for.
 pub(crate) fn read_before(
     db: &mut Db,
     t: &Arc<TableDef>,
     keys: &[&str],
+    known: &HashMap<String, i64>,
     read: &[bool],
     before: &mut Before,
 ) -> Result<(), DbError> {
-    let mut want: Vec<String> = keys
-        .iter()
-        .filter(|k| !before.has(&t.name, k))
-        .map(|k| k.to_string())
-        .collect();
+    let mut want: Vec<String> = Vec::new();
+    for k in keys {
+        if before.has(&t.name, k) {
+            continue;
+        }
+        if known.contains_key(*k) {
+            want.push(k.to_string());
+        } else {
+            before
+                .0
+                .entry(t.name.clone())
+                .or_default()
+                .insert(k.to_string(), None);
+        }
+    }
     want.sort();
     want.dedup();
     if want.is_empty() {
@@ -190,9 +202,64 @@ pub(crate) fn delete(db: &mut Db, t: &TableDef, keys: Vec<String>) -> Result<(),
 /// 32,766).
 const PARAMS: usize = 30_000;
 
-/// Inserts or replaces `rows` (live, one per key) of `t`, a few hundred
-/// per statement.
-pub(crate) fn upsert(db: &mut Db, t: &TableDef, rows: &[&Row]) -> Result<(), DbError> {
+/// Where the database has COPY (PostgreSQL), at least this many rows of
+/// a run are loaded with it; fewer are inserted with VALUES. A quiet
+/// batch's few rows gain nothing from COPY, and a staging table made and
+/// dropped per transaction would cost them more than it saves.
+pub(super) const COPY_FROM: usize = 256;
+
+/// Inserts or replaces `rows` (live, one per key) of `t`.
+///
+/// Where the database has COPY and the rows are many: the rows of
+/// entities govbus never applied (not in `known`, the last sequences of
+/// `_govbus_seen`; a table holds only entities applied) are copied
+/// straight in, as a plain COPY would; the others are copied into a
+/// staging table and merged in one statement. A row someone put in by
+/// hand under a new key makes the COPY fail on the key: the consumer then
+/// applies the batch change by change, with VALUES, which replaces it.
+/// Otherwise, a few hundred rows per VALUES statement.
+pub(crate) fn upsert(
+    db: &mut Db,
+    t: &TableDef,
+    rows: &[&Row],
+    known: &HashMap<String, i64>,
+) -> Result<(), DbError> {
+    if !db.d.copies() || rows.len() < COPY_FROM {
+        return upsert_values(db, t, rows);
+    }
+    let (mut held, mut new): (Vec<&Row>, Vec<&Row>) =
+        rows.iter().partition(|r| known.contains_key(&r.key));
+    let (cols, set) = columns_and_set(t);
+    let table = db.table(&t.name);
+    if new.len() >= COPY_FROM {
+        if let Some(data) = copy_text(t, &new) {
+            db.copy_in(
+                &format!("COPY {table} ({cols}) FROM STDIN"),
+                data.as_bytes(),
+            )?;
+            new.clear();
+        }
+    }
+    if held.len() >= COPY_FROM {
+        if let (Some((create, stage)), Some(data)) = (db.d.stage(&table), copy_text(t, &held)) {
+            db.batch(&create)?;
+            db.copy_in(
+                &format!("COPY {stage} ({cols}) FROM STDIN"),
+                data.as_bytes(),
+            )?;
+            db.batch(&format!(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({}) DO UPDATE SET {set}",
+                q(&t.columns[0].name),
+            ))?;
+            held.clear();
+        }
+    }
+    held.append(&mut new);
+    upsert_values(db, t, &held)
+}
+
+/// [`upsert`] with VALUES statements, a few hundred rows each.
+fn upsert_values(db: &mut Db, t: &TableDef, rows: &[&Row]) -> Result<(), DbError> {
     let per = t.columns.len() + 2;
     for chunk in rows.chunks((PARAMS / per).max(1)) {
         let sql = upsert_sql(db, t, chunk.len());
@@ -209,8 +276,24 @@ pub(crate) fn upsert(db: &mut Db, t: &TableDef, rows: &[&Row]) -> Result<(), DbE
     Ok(())
 }
 
-fn upsert_sql(db: &Db, t: &TableDef, rows: usize) -> String {
+/// The columns an upsert writes (`"a", "b", _govbus_seq,
+/// _govbus_source_ts`) and its `SET` list (every column but the key, from
+/// `excluded`).
+fn columns_and_set(t: &TableDef) -> (String, String) {
     let cols: Vec<String> = t.columns.iter().map(|c| q(&c.name)).collect();
+    let set: Vec<String> = cols[1..]
+        .iter()
+        .map(String::as_str)
+        .chain(["_govbus_seq", "_govbus_source_ts"])
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    (
+        format!("{}, _govbus_seq, _govbus_source_ts", cols.join(", ")),
+        set.join(", "),
+    )
+}
+
+fn upsert_sql(db: &Db, t: &TableDef, rows: usize) -> String {
     let per = t.columns.len() + 2;
     let values: Vec<String> = (0..rows)
         .map(|r| {
@@ -225,20 +308,65 @@ fn upsert_sql(db: &Db, t: &TableDef, rows: usize) -> String {
             format!("({})", ph.join(", "))
         })
         .collect();
-    let set: Vec<String> = cols[1..]
-        .iter()
-        .map(String::as_str)
-        .chain(["_govbus_seq", "_govbus_source_ts"])
-        .map(|c| format!("{c} = excluded.{c}"))
-        .collect();
+    let (cols, set) = columns_and_set(t);
     format!(
-        "INSERT INTO {} ({}, _govbus_seq, _govbus_source_ts) VALUES {} ON CONFLICT ({}) DO UPDATE SET {}",
+        "INSERT INTO {} ({cols}) VALUES {} ON CONFLICT ({}) DO UPDATE SET {set}",
         db.table(&t.name),
-        cols.join(", "),
         values.join(", "),
-        cols[0],
-        set.join(", ")
+        q(&t.columns[0].name),
     )
+}
+
+/// `rows` of `t` in COPY's text format, columns as [`columns_and_set`]
+/// lists them, each value as the VALUES statement would bind it; None
+/// when a value has no text PostgreSQL reads back the same (an instant
+/// outside years 1–9999): the run then takes VALUES, which says what is
+/// wrong with it.
+fn copy_text(t: &TableDef, rows: &[&Row]) -> Option<String> {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows.len() * 64 * (t.columns.len() + 2));
+    for r in rows {
+        for (v, c) in r.values.iter().flatten().zip(&t.columns) {
+            match Param::of(v, c.ty) {
+                Param::Null => out.push_str("\\N"),
+                Param::Text(s) | Param::Date(s) => escape_copy(&mut out, &s),
+                Param::Int(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Param::Timestamp(ms) => {
+                    let at = chrono::DateTime::from_timestamp_millis(ms)
+                        .filter(|d| (1..=9999).contains(&chrono::Datelike::year(d)))?;
+                    let _ = write!(out, "{}", at.format("%Y-%m-%d %H:%M:%S%.3f+00"));
+                }
+                Param::Float(f) if f.is_nan() => out.push_str("NaN"),
+                Param::Float(f) if f.is_infinite() => {
+                    out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" })
+                }
+                Param::Float(f) => {
+                    let _ = write!(out, "{f:?}");
+                }
+                Param::Bool(b) => out.push(if b { 't' } else { 'f' }),
+                Param::Texts(_) | Param::Ints(_) => return None,
+            }
+            out.push('\t');
+        }
+        let _ = writeln!(out, "{}\t{}", r.seq, r.source_ts);
+    }
+    Some(out)
+}
+
+/// `s` as a value of COPY's text format: backslash, tab, newline and
+/// carriage return escaped.
+pub(super) fn escape_copy(out: &mut String, s: &str) {
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Every row `t` holds, as values in `t.columns` order, to `each`
@@ -275,4 +403,74 @@ pub(crate) fn scan_held(
         each(r.int(0)?, r.int(1)?, values(r, t, 2)?);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::Column;
+
+    fn row(values: Vec<SqlValue>) -> (Arc<TableDef>, Row) {
+        let tys = [
+            ColType::Text,
+            ColType::Float,
+            ColType::Bool,
+            ColType::Timestamp,
+            ColType::Int,
+        ];
+        let t = Arc::new(TableDef {
+            name: "t".into(),
+            key: "c0".into(),
+            columns: tys
+                .iter()
+                .enumerate()
+                .map(|(i, ty)| Column {
+                    name: format!("c{i}"),
+                    path: vec![format!("c{i}")],
+                    ty: *ty,
+                })
+                .collect(),
+        });
+        let r = Row {
+            table: t.clone(),
+            key: "k".into(),
+            seq: 7,
+            source_ts: 9,
+            values: Some(values),
+            event_id: "e".into(),
+            op: govbus_schema::Op::Update,
+            after: None,
+            record: None,
+        };
+        (t, r)
+    }
+
+    #[test]
+    fn copy_text_escapes_and_types_every_value() {
+        let (t, r) = row(vec![
+            SqlValue::Text("a\tb\nc\rd\\e\\N".into()),
+            SqlValue::Float(f64::NEG_INFINITY),
+            SqlValue::Bool(false),
+            SqlValue::Timestamp(-1),
+            SqlValue::Text("not a number".into()),
+        ]);
+        assert_eq!(
+            copy_text(&t, &[&r]).unwrap(),
+            "a\\tb\\nc\\rd\\\\e\\\\N\t-Infinity\tf\t1969-12-31 23:59:59.999+00\t\\N\t7\t9\n"
+        );
+    }
+
+    #[test]
+    fn an_instant_outside_the_years_postgres_reads_back_takes_values() {
+        for ms in [-62_135_596_800_001, 253_402_300_800_000, i64::MAX] {
+            let (t, r) = row(vec![
+                SqlValue::Text("k".into()),
+                SqlValue::Float(0.5),
+                SqlValue::Bool(true),
+                SqlValue::Timestamp(ms),
+                SqlValue::Int(1),
+            ]);
+            assert_eq!(copy_text(&t, &[&r]), None, "{ms}");
+        }
+    }
 }

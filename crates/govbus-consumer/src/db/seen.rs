@@ -40,8 +40,39 @@ pub(crate) fn seqs(
     Ok(known(db, table, keys.to_vec())?.into_iter().collect())
 }
 
-/// Records the sequences of `rows` (one per key) of `table`.
-pub(crate) fn mark(db: &mut Db, table: &str, rows: &[&Row]) -> Result<(), DbError> {
+/// Records the sequences of `rows` (one per key) of `table`. `known`,
+/// when given, holds every key of them it had: where the database has
+/// COPY and the others are many, they are copied in.
+pub(crate) fn mark(
+    db: &mut Db,
+    table: &str,
+    rows: &[&Row],
+    known: Option<&HashMap<String, i64>>,
+) -> Result<(), DbError> {
+    let mut rows = rows.to_vec();
+    let new = |k: &HashMap<String, i64>| rows.iter().filter(|r| !k.contains_key(&r.key)).count();
+    if let Some(known) = known.filter(|k| db.d.copies() && new(k) >= super::rows::COPY_FROM) {
+        let mut data = String::new();
+        rows.retain(|r| {
+            if known.contains_key(&r.key) {
+                return true;
+            }
+            super::rows::escape_copy(&mut data, table);
+            data.push('\t');
+            super::rows::escape_copy(&mut data, &r.key);
+            data.push_str(&format!("\t{}\n", r.seq));
+            false
+        });
+        if !data.is_empty() {
+            db.copy_in(
+                &format!(
+                    "COPY {} (tbl, key, seq) FROM STDIN",
+                    db.table("_govbus_seen")
+                ),
+                data.as_bytes(),
+            )?;
+        }
+    }
     if rows.is_empty() {
         return Ok(());
     }

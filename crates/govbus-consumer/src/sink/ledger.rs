@@ -93,7 +93,7 @@ impl Ledger {
         }
         self.db.write(|db| {
             for (table, (list, _)) in &last {
-                db::seen::mark(db, table, list)?;
+                db::seen::mark(db, table, list, None)?;
             }
             db::offsets::write(db, offsets)?;
             db::meta::write(db, meta)

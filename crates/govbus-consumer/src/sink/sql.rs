@@ -172,7 +172,7 @@ impl SqlSink {
             let keys: Vec<&str> = run.iter().map(|r| r.key.as_str()).collect();
             let known = db::seen::known(db, &t.name, keys.iter().map(|k| k.to_string()).collect())?;
             if let Some(read) = hooks.iter().find_map(|h| h.reads_before(t)) {
-                db::rows::read_before(db, t, &keys, &read, &mut before)?;
+                db::rows::read_before(db, t, &keys, &known, &read, &mut before)?;
             }
             let (now, finals) = fresh(&run, &known, &mut done);
             applied.extend(now);
@@ -187,8 +187,8 @@ impl SqlSink {
                 .copied()
                 .filter(|r| r.values.is_some())
                 .collect();
-            db::rows::upsert(db, t, &ups)?;
-            db::seen::mark(db, &t.name, &finals)?;
+            db::rows::upsert(db, t, &ups, &known)?;
+            db::seen::mark(db, &t.name, &finals, Some(&known))?;
         }
         db::offsets::write(db, offsets)?;
         let batch = Batch {

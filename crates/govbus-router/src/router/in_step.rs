@@ -105,9 +105,9 @@ impl Router {
     /// receives, from the partition's records before the group's committed
     /// offset, the entities that now enter (snapshots), those that now leave
     /// (deletes) and, when its projection changed, the others again; a
-    /// removed view is emptied when asked. The records, the new state and
-    /// the (unchanged) offsets go in one transaction, so live routing from
-    /// that offset continues with no gap and no duplicate.
+    /// removed view is emptied when asked. A partition's records, its new
+    /// state and its (unchanged) offset go in one transaction, so live
+    /// routing from that offset continues with no gap and no duplicate.
     pub(super) fn in_step(
         &self,
         live: &Live,
@@ -214,12 +214,16 @@ impl Router {
                 })
                 .unwrap_or(0)
         };
-        producer.begin_transaction()?;
-        let res = (|| {
-            let mut offsets = TopicPartitionList::new();
-            for ((topic, p), work) in &todo {
-                let p = *p;
-                let until = until(topic, p);
+        // A transaction per partition: a view's state is recorded per
+        // partition, so each partition's records, state and offset stand
+        // on their own, and its province starts applying the first while
+        // the router still reads the next (read_committed sees nothing of
+        // a transaction before it commits).
+        for ((topic, p), work) in &todo {
+            let p = *p;
+            let until = until(topic, p);
+            producer.begin_transaction()?;
+            let res = (|| {
                 self.backfill(topic, p, until, work, producer, live.scope(base))?;
                 for w in work {
                     let value = serde_json::to_vec(&StateValue {
@@ -235,16 +239,17 @@ impl Router {
                     )?;
                     tracing::info!(view = w.view, topic, partition = p, until, from = ?w.old.as_ref().map(|v| v.filter.source()), to = ?w.target.as_ref().map(|a| &a.filter), "view brought in step");
                 }
+                let mut offsets = TopicPartitionList::new();
                 offsets.add_partition_offset(topic, p, Offset::Offset(until))?;
+                let meta = consumer
+                    .group_metadata()
+                    .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
+                commit(producer, &offsets, &meta)
+            })();
+            if let Err(e) = res {
+                let _ = producer.abort_transaction(Duration::from_secs(30));
+                return Err(e);
             }
-            let meta = consumer
-                .group_metadata()
-                .ok_or_else(|| KafkaError::Subscription("no group metadata".into()))?;
-            commit(producer, &offsets, &meta)
-        })();
-        if let Err(e) = res {
-            let _ = producer.abort_transaction(Duration::from_secs(30));
-            return Err(e);
         }
         tracing::debug!(
             ms = t.elapsed().as_secs_f64() * 1e3,

@@ -56,12 +56,18 @@ impl Router {
             ..self.cfg.kafka.clone()
         };
         let in_flight = Arc::new(InFlight::default());
-        let consumer: BaseConsumer<RouterContext> = kafka
-            .consumer(&self.cfg.group)
-            .create_with_context(RouterContext {
-                in_flight: in_flight.clone(),
-                rebalances: Default::default(),
-            })?;
+        let mut cc = kafka.consumer(&self.cfg.group);
+        // A view brought in step (a new subscription's backfill) is sent
+        // in one transaction, without a poll in between: the group waits
+        // as long as that transaction may take (transaction.timeout.ms
+        // below), not the 30 s of other consumers, or a backfill of a
+        // million entities on a busy machine lost the group and started
+        // over forever.
+        kafka.set_default(&mut cc, "max.poll.interval.ms", "60000");
+        let consumer: BaseConsumer<RouterContext> = cc.create_with_context(RouterContext {
+            in_flight: in_flight.clone(),
+            rebalances: Default::default(),
+        })?;
         let topics: Vec<&str> = live.inputs.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let tid = format!("govbus-router-{}-{}", self.cfg.group, self.cfg.instance);

@@ -263,7 +263,11 @@ pub(crate) fn run(residents: usize) -> anyhow::Result<()> {
     // The router alone: a subscription to every resident (filter true),
     // no province reading it.
     catalog.subscriptions.push(subscription("palone", "true")?);
-    let view = topics.view("palone", &govbus_core::DatasetId::new("bca", "residents"), 1);
+    let view = topics.view(
+        "palone",
+        &govbus_core::DatasetId::new("bca", "residents"),
+        1,
+    );
     let t = Instant::now();
     govbus_router::control::apply(&kafka, &topics, &catalog, false, false)?;
     let alone_s = count_until(&kafka, &view, residents, t, Duration::from_secs(900))?;

@@ -866,6 +866,27 @@ mod tests {
         "subscriber = \"p52\"\nregistry = \"http://r\"\nkafka = { bootstrap = \"k:9092\" }\n";
 
     #[test]
+    fn a_batch_defaults_by_sink_and_more_than_a_receipt_holds_is_refused() {
+        let pg = "[sink]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\n";
+        let hook = "[sink]\ntype = \"webhook\"\nurl = \"http://h/in\"\nstate = \"s.db\"\n";
+        assert_eq!(parse(&format!("{BASE}{pg}")).unwrap().batch(), 5_000);
+        assert_eq!(parse(&format!("{BASE}{hook}")).unwrap().batch(), 500);
+        assert_eq!(
+            parse(&format!("{BASE}batch = 200\n{hook}"))
+                .unwrap()
+                .batch(),
+            200
+        );
+        for bad in [0, 5_001] {
+            let e = parse(&format!("{BASE}batch = {bad}\n{pg}")).unwrap_err();
+            assert!(
+                e.contains(&format!("`batch = {bad}`: a batch holds 1 to 5000")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn a_key_that_moved_into_the_sink_section_says_where_it_goes() {
         let e = parse(&format!(
             "{BASE}pg_schema = \"p52\"\n[sink]\ntype = \"postgres\"\nurl = \"postgres://h/db\"\n"

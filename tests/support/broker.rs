@@ -180,8 +180,14 @@ impl Broker {
                 .prefix("govbus-kafka-")
                 .tempdir()
                 .expect("tempdir");
-            let cluster = govbus_kafka::Cluster::start(&kafka_dist(), test_nodes(1, dir.path()))
-                .unwrap_or_else(|e| panic!("{e}"));
+            // A static is never dropped: the directory goes when the test
+            // process ends, with its broker.
+            let mut cfg = test_nodes(1, dir.path());
+            if std::env::var_os("GOVBUS_KEEP_BROKER").is_none() {
+                cfg = cfg.remove_with_parent();
+            }
+            let cluster =
+                govbus_kafka::Cluster::start(&kafka_dist(), cfg).unwrap_or_else(|e| panic!("{e}"));
             (cluster, dir)
         });
         Self {

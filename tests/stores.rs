@@ -88,12 +88,16 @@ fn producer_store_sequences_and_before_on_postgres() {
     store_scenario(&PostgresStore::open(&pg_url(), &unique("store_")).unwrap());
 }
 
-fn table() -> Arc<TableDef> {
-    let col = |n: &str, ty| Column {
-        name: n.into(),
-        path: vec![n.into()],
+/// A column read from the entity's field of the same name.
+fn col(name: &str, ty: ColType) -> Column {
+    Column {
+        name: name.into(),
+        path: vec![name.into()],
         ty,
-    };
+    }
+}
+
+fn table() -> Arc<TableDef> {
     Arc::new(TableDef {
         name: "bca_residents".into(),
         key: "citizen_id".into(),
@@ -568,11 +572,6 @@ fn a_report_follows_its_rows_on_postgres_row_by_row() {
 /// without a decimal text, instants at the ends of the years PostgreSQL
 /// reads.
 fn odd_table() -> Arc<TableDef> {
-    let col = |n: &str, ty| Column {
-        name: n.into(),
-        path: vec![n.into()],
-        ty,
-    };
     Arc::new(TableDef {
         name: "odd".into(),
         key: "id".into(),

@@ -2,6 +2,7 @@
 //! (deleted entities included), which makes applying idempotent.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 
 use super::{Db, DbError, Param};
 use crate::change::Row;
@@ -60,7 +61,7 @@ pub(crate) fn mark(
             super::rows::escape_copy(&mut data, table);
             data.push('\t');
             super::rows::escape_copy(&mut data, &r.key);
-            data.push_str(&format!("\t{}\n", r.seq));
+            let _ = writeln!(data, "\t{}", r.seq);
             false
         });
         if !data.is_empty() {

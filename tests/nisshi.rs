@@ -17,6 +17,7 @@ fn changes_reach_a_province_on_nisshi() {
     let mut kafka = bus.kafka.clone();
     // nisshi holds a fetch for its whole wait (docs/BROKERS.md).
     kafka.fetch_wait_ms = 10;
+    kafka.follow_wait_ms = 10;
     let publisher = bus.publisher("smoke");
     let relay = Relay::new(&kafka, publisher.store(), publisher.wakeup()).unwrap();
     let _relay = Worker::spawn("relay", move |stop| relay.run(stop));

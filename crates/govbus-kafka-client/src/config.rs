@@ -19,6 +19,13 @@ pub struct KafkaConfig {
     /// sets 10 on nisshi.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u32,
+    /// The same for a follower of a topic that rarely changes (the
+    /// subscriptions' control topic, the administrative map, a lookup
+    /// dataset, the registry's schema log) once it has read the topic to
+    /// its end: an idle bus's fetches are mostly theirs, and on Kafka a
+    /// record still reaches them at once. `govbus up` sets 10 on nisshi.
+    #[serde(default = "default_follow_wait_ms")]
+    pub follow_wait_ms: u32,
     /// TLS and SASL: how this agent encrypts its connections and proves
     /// who it is (`[*.kafka.security]`; none: plaintext, anonymous).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +202,10 @@ fn default_fetch_wait_ms() -> u32 {
     500
 }
 
+fn default_follow_wait_ms() -> u32 {
+    5000
+}
+
 /// Client settings `[kafka.options]` cannot change: delivery guarantees,
 /// offsets and key placement depend on them.
 pub const PINNED: &[&str] = &[
@@ -216,6 +227,7 @@ impl KafkaConfig {
         Self {
             bootstrap: bootstrap.into(),
             fetch_wait_ms: default_fetch_wait_ms(),
+            follow_wait_ms: default_follow_wait_ms(),
             security: None,
             options: BTreeMap::new(),
         }

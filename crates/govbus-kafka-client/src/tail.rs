@@ -59,9 +59,13 @@ pub enum Tailed<'a> {
 /// offsets are committed: each follower reads the whole topic).
 pub struct Tail {
     consumer: EofConsumer,
+    /// The consumer's settings, to make it again with `settle`.
+    cfg: ClientConfig,
     topic: String,
     at_end: HashMap<i32, bool>,
     caught_up: bool,
+    /// The fetch wait once caught up (see [`Tail::settle_at`]).
+    settle: Option<u32>,
 }
 
 impl std::fmt::Debug for Tail {
@@ -82,7 +86,7 @@ impl Tail {
             topic: topic.to_string(),
             source,
         };
-        let consumer = eof_consumer(cfg).map_err(err)?;
+        let consumer = eof_consumer(cfg.clone()).map_err(err)?;
         let deadline = Instant::now() + wait;
         let parts = loop {
             let parts = partitions_of(&consumer, topic).map_err(err)?;
@@ -105,10 +109,73 @@ impl Tail {
         consumer.assign(&tpl).map_err(err)?;
         Ok(Self {
             consumer,
+            cfg,
             topic: topic.to_string(),
             at_end: parts.into_iter().map(|p| (p, false)).collect(),
             caught_up: false,
+            settle: None,
         })
+    }
+
+    /// Once caught up, follows with the broker holding each fetch that
+    /// finds nothing for up to `wait_ms` (`fetch.wait.max.ms`; librdkafka
+    /// cannot change it on a running consumer, so the consumer is made
+    /// again at the positions reached). Catching up keeps the wait it was
+    /// opened with: the end of a partition is only known from a fetch that
+    /// returns empty, after the whole wait. On Kafka a record reaches a
+    /// held fetch at once, so a long wait only spares the requests of an
+    /// idle topic (the config's `follow_wait_ms`).
+    pub fn settle_at(mut self, wait_ms: u32) -> Self {
+        self.settle = Some(wait_ms);
+        self
+    }
+
+    /// The consumer made again with the settled fetch wait, at the
+    /// positions the caller has consumed to (nothing is skipped: records
+    /// fetched and not yet handed over are fetched again). Kept as it was
+    /// if it cannot be.
+    fn settle(&mut self) {
+        let Some(wait) = self.settle.take() else {
+            return;
+        };
+        let now = self
+            .cfg
+            .get("fetch.wait.max.ms")
+            .and_then(|w| w.parse::<u32>().ok())
+            .unwrap_or(500);
+        if wait <= now {
+            return;
+        }
+        let made = (|| {
+            let positions = self.consumer.position()?;
+            let mut tpl = TopicPartitionList::new();
+            for e in positions.elements() {
+                let at = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    // Nothing consumed from it: as it was opened.
+                    _ => Offset::Beginning,
+                };
+                tpl.add_partition_offset(e.topic(), e.partition(), at)?;
+            }
+            let mut cfg = self.cfg.clone();
+            cfg.set("fetch.wait.max.ms", wait.to_string());
+            let consumer = eof_consumer(cfg)?;
+            consumer.assign(&tpl)?;
+            Ok::<_, KafkaError>(consumer)
+        })();
+        match made {
+            Ok(c) => {
+                self.consumer = c;
+                tracing::debug!(
+                    topic = self.topic,
+                    wait_ms = wait,
+                    "caught up; following with a longer fetch wait"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(topic = self.topic, error = %e, "cannot lengthen the fetch wait of a follower; following with the short one")
+            }
+        }
     }
 
     /// Polls until `stop`, handing each record, the first catch-up and
@@ -123,6 +190,7 @@ impl Tail {
                     if !self.caught_up && self.at_end.values().all(|e| *e) {
                         self.caught_up = true;
                         on(Tailed::CaughtUp);
+                        self.settle();
                     }
                 }
                 Some(Err(e)) => {

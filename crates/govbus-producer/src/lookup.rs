@@ -138,7 +138,8 @@ impl Lookup {
             &topic,
             catch_up,
         )
-        .map_err(follow_err)?;
+        .map_err(follow_err)?
+        .settle_at(kafka.follow_wait_ms);
         let lookup = Arc::new(Self {
             dataset: dataset.clone(),
             snapshot: RwLock::new((

@@ -115,7 +115,7 @@ impl KafkaStore {
             .create()?;
         let mut cfg = kafka.consumer(&format!("govbus-registry-reader-{}", uuid_like()));
         cfg.set("fetch.wait.max.ms", "50");
-        let tail = Tail::open(cfg, topic, Duration::from_secs(30))?;
+        let tail = Tail::open(cfg, topic, Duration::from_secs(30))?.settle_at(kafka.follow_wait_ms);
         let state = Arc::new(RwLock::new(State::default()));
         let (tx, applied) = watch::channel(0i64);
         let stop = Arc::new(AtomicBool::new(false));

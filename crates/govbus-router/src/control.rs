@@ -524,7 +524,8 @@ impl Follower {
             kafka.consumer(&format!("govbus-control-{}", uuid::Uuid::new_v4())),
             topic,
             catch_up,
-        )?;
+        )?
+        .settle_at(kafka.follow_wait_ms);
         let me = Arc::new(Self {
             set: Mutex::new(ControlSet::new()),
             generation: AtomicU64::new(0),

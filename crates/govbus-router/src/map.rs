@@ -75,7 +75,8 @@ impl MapWatch {
             kafka.consumer(&format!("govbus-map-{}", uuid::Uuid::new_v4())),
             topic,
             catch_up,
-        )?;
+        )?
+        .settle_at(kafka.follow_wait_ms);
         let watch = Arc::new(Self {
             topic: topic.to_string(),
             current: RwLock::default(),

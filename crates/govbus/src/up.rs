@@ -970,9 +970,10 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
 
     // nisshi holds a fetch that finds nothing for the whole wait instead
     // of answering when data arrives (Kafka answers at once), so on nisshi
-    // consumers wait 10 ms instead of 100 (docs/BROKERS.md).
+    // consumers wait 10 ms instead of 500, and followers instead of 5,000
+    // (docs/BROKERS.md).
     let fetch_wait = if matches!(running, Running::Nisshi) {
-        "fetch_wait_ms = 10\n"
+        "fetch_wait_ms = 10\nfollow_wait_ms = 10\n"
     } else {
         ""
     };

@@ -50,6 +50,10 @@ enum Cmd {
     Relay {
         #[arg(long, default_value_t = 200_000)]
         changes: usize,
+        /// Timed rounds after the warm-up (each side first in turn; the
+        /// medians are compared).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// On a node of its own that speaks only SASL_SSL (SCRAM-SHA-512)
         /// with the authorizer on, as a user its ACLs allow everything.
         #[arg(long)]
@@ -163,7 +167,11 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     govbus_e2e::init_logs();
     match Cli::parse().cmd {
-        Cmd::Relay { changes, secure } => relay(changes, secure),
+        Cmd::Relay {
+            changes,
+            rounds,
+            secure,
+        } => relay(changes, rounds, secure),
         Cmd::Index {
             changes,
             subscribers,
@@ -293,65 +301,61 @@ pub(crate) fn broker(secure: bool) -> anyhow::Result<(Broker, govbus_kafka_clien
     Ok((b, k))
 }
 
-fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
+fn relay(n: usize, rounds: usize, secure: bool) -> anyhow::Result<()> {
     let (_broker, kafka) = broker(secure)?;
     let rt = runtime();
     let topics = Topics::new(format!("{}.", unique("bench")));
     let (registry, _r) = start_registry(&rt, &kafka, &topics.schemas());
     let dir = tempfile::tempdir()?;
     let publisher = bca_publisher(&Catalog::builtin(), &topics, &kafka, &registry, dir.path())?;
+    let rounds = rounds.max(1);
     // The raw runs' topics are created with the central one, so that all
-    // three have the same settings and age when written.
-    let (raw1, raw2) = (
-        format!("{}raw1", topics.prefix()),
-        format!("{}raw2", topics.prefix()),
-    );
-    govbus_kafka_client::ensure_topics(
-        &kafka,
-        &[
-            govbus_kafka_client::TopicSpec::compacted(&raw1, 4),
-            govbus_kafka_client::TopicSpec::compacted(&raw2, 4),
-        ],
-    )?;
-    // Fill the outbox (not measured).
-    fill(&publisher, 1, n)?;
-    // The fill's write-ahead log is checkpointed before timing, so its cost
-    // does not land on whichever side writes first.
-    rusqlite::Connection::open(dir.path().join("bca.db"))?.query_row(
-        "PRAGMA wal_checkpoint(TRUNCATE)",
-        [],
-        |_| Ok(()),
-    )?;
-    let rows = publisher.store().pending(n)?;
-    let bytes: usize = rows.iter().map(|r| r.value.len()).sum();
+    // have the same settings and age when written; each run writes to a
+    // fresh topic.
+    let raw: Vec<String> = (0..=rounds)
+        .map(|i| format!("{}raw{i}", topics.prefix()))
+        .collect();
+    let specs: Vec<_> = raw
+        .iter()
+        .map(|t| govbus_kafka_client::TopicSpec::compacted(t, 4))
+        .collect();
+    govbus_kafka_client::ensure_topics(&kafka, &specs)?;
+    let mut sent = 0;
+    // Warm-up, untimed: the same load both ways once, so that neither side
+    // pays for the broker's JIT, its first transaction (which creates
+    // `__transaction_state`) or the central topic's first segment.
+    let rows = outbox(&publisher, dir.path(), 0, n)?;
     println!(
-        "relay: {n} changes, {} bytes each on average, broker {}",
-        bytes / n.max(1),
+        "relay: {n} changes, {} bytes each on average, broker {}; {rounds} rounds after a warm-up",
+        rows.iter().map(|r| r.value.len()).sum::<usize>() / n.max(1),
         kafka.bootstrap
     );
-
-    // Raw: the same keys and values, same settings, a ThreadedProducer, no
-    // store; run before and after the relay (to a fresh topic each time), so
-    // that a broker slowing down as it fills is seen by both sides.
-    let raw_before = raw_produce(&kafka, &raw1, &rows)?;
-
-    // The relay as an agent runs it: read the outbox, produce in
-    // transactions, trim it as they commit; timed until the outbox is
-    // empty, from after its transactions are initialised (once per start:
-    // the first on a new cluster also creates `__transaction_state`).
-    let mut relay = Relay::new(&kafka, publisher.store(), publisher.wakeup())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    relay.initialise(&stop);
-    let s = stop.clone();
-    let t = Instant::now();
-    let handle = std::thread::spawn(move || relay.run(s));
-    while !publisher.store().pending(1)?.is_empty() {
-        std::thread::sleep(Duration::from_millis(5));
+    raw_produce(&kafka, &raw[0], &rows)?;
+    relay_once(&kafka, &publisher)?;
+    sent += n;
+    let (mut raws, mut relays) = (Vec::new(), Vec::new());
+    for (round, raw_topic) in raw.iter().enumerate().skip(1) {
+        let rows = outbox(&publisher, dir.path(), round as u64, n)?;
+        // Each side first in turn, so that a broker slowing down as it
+        // fills is seen by both.
+        let (r, l) = if round % 2 == 1 {
+            let r = raw_produce(&kafka, raw_topic, &rows)?;
+            (r, relay_once(&kafka, &publisher)?)
+        } else {
+            let l = relay_once(&kafka, &publisher)?;
+            (raw_produce(&kafka, raw_topic, &rows)?, l)
+        };
+        sent += n;
+        let rate = |s: f64| n as f64 / s;
+        println!(
+            "  round {round}: raw {:>8.0} msg/s ({r:.2} s), relay {:>8.0} msg/s ({l:.2} s): {:.0} %",
+            rate(r),
+            rate(l),
+            100.0 * r / l
+        );
+        raws.push(r);
+        relays.push(l);
     }
-    let relay_s = t.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = handle.join();
-    let raw_after = raw_produce(&kafka, &raw2, &rows)?;
     // Every change is on the central topic, once (untimed check).
     let central = publisher
         .topics()
@@ -372,25 +376,65 @@ fn relay(n: usize, secure: bool) -> anyhow::Result<()> {
             ids.insert(tag.to_vec());
         }
     }
-    if ids.len() != n {
-        bail!("the relay published {} distinct changes of {n}", ids.len());
+    if ids.len() != sent {
+        bail!(
+            "the relay published {} distinct changes of {sent}",
+            ids.len()
+        );
     }
-    let rate = |s: f64| n as f64 / s;
-    let raw_rate = (rate(raw_before) + rate(raw_after)) / 2.0;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r, l) = (median(&mut raws), median(&mut relays));
     println!(
-        "  raw rdkafka produce : {:>10.0} msg/s before, {:>10.0} after ({raw_before:.2} s, {raw_after:.2} s)",
-        rate(raw_before),
-        rate(raw_after)
-    );
-    println!(
-        "  govbus relay        : {:>10.0} msg/s ({relay_s:.2} s)",
-        rate(relay_s)
-    );
-    println!(
-        "  relay / raw         : {:>10.0} % (of the mean of the two raw runs)",
-        100.0 * rate(relay_s) / raw_rate
+        "  median: raw rdkafka produce {:>8.0} msg/s, govbus relay {:>8.0} msg/s: relay / raw {:.0} %",
+        n as f64 / r,
+        n as f64 / l,
+        100.0 * r / l
     );
     Ok(())
+}
+
+/// Fills the outbox with `n` changes (DemoWorld seed `seed`, not timed),
+/// checkpoints its write-ahead log so that its cost lands on neither side,
+/// and returns them as the relay will read them.
+fn outbox(
+    publisher: &Publisher,
+    dir: &std::path::Path,
+    seed: u64,
+    n: usize,
+) -> anyhow::Result<govbus_producer::store::PendingBatch> {
+    fill(publisher, seed, n)?;
+    rusqlite::Connection::open(dir.join("bca.db"))?.query_row(
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        [],
+        |_| Ok(()),
+    )?;
+    Ok(publisher.store().pending(n)?)
+}
+
+/// The relay as an agent runs it (read the outbox, produce in
+/// transactions, trim it as they commit), timed from after its
+/// transactions are initialised and its recovery ran (once per start)
+/// until the outbox is empty. The seconds it took.
+fn relay_once(
+    kafka: &govbus_kafka_client::KafkaConfig,
+    publisher: &Publisher,
+) -> anyhow::Result<f64> {
+    let mut relay = Relay::new(kafka, publisher.store(), publisher.wakeup())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    relay.initialise(&stop);
+    let s = stop.clone();
+    let t = Instant::now();
+    let handle = std::thread::spawn(move || relay.run(s));
+    while !publisher.store().pending(1)?.is_empty() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = handle.join();
+    Ok(secs)
 }
 
 /// Produces `rows`' keys and values to `topic` from memory, as fast as

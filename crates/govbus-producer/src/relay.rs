@@ -419,10 +419,17 @@ impl Relay {
     }
 
     /// Initialises the relay's transactions before it runs (fencing an
-    /// earlier relay of this outbox); false: stopped first. `run` and
-    /// `step` do it themselves when it was not done.
+    /// earlier relay of this outbox) and runs its crash recovery; false:
+    /// stopped first. `run` and `step` do both themselves when it was not
+    /// done.
     pub fn initialise(&mut self, stop: &AtomicBool) -> bool {
-        self.init_or_wait(stop)
+        if !self.init_or_wait(stop) {
+            return false;
+        }
+        if !self.recovered.swap(true, Ordering::AcqRel) {
+            self.recover_or_wait(stop);
+        }
+        !stop.load(Ordering::Relaxed)
     }
 
     /// Initialises the producer's transactions (which fences an earlier

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use crate::{eof_consumer, partitions_of, EofConsumer};
+use crate::{eof_consumer, partitions_of, EofConsumer, IDLE_POLL};
 
 /// Why a topic cannot be followed.
 #[derive(Debug, thiserror::Error)]
@@ -178,12 +178,24 @@ impl Tail {
         }
     }
 
-    /// Polls until `stop`, handing each record, the first catch-up and
-    /// each empty poll to `on`. Consumer errors are logged and polling goes
-    /// on (librdkafka retries on its own).
+    /// Polls until `stop` (seen within [`IDLE_POLL`]), handing each record,
+    /// the first catch-up and each empty poll to `on`: an empty poll comes
+    /// `poll` after the last record, then every [`IDLE_POLL`]. Consumer
+    /// errors are logged and polling goes on (librdkafka retries on its
+    /// own).
     pub fn run(mut self, stop: &AtomicBool, poll: Duration, mut on: impl FnMut(Tailed<'_>)) {
+        // After an idle poll, the next waits longer: a record ends the wait
+        // at once, and the caller, told idle, has nothing left to do until
+        // one comes; an idle follower's thread then wakes twice a second.
+        let mut wait = poll;
         while !stop.load(Ordering::Relaxed) {
-            match self.consumer.poll(poll) {
+            let polled = self.consumer.poll(wait);
+            wait = if polled.is_none() {
+                poll.max(IDLE_POLL)
+            } else {
+                poll
+            };
+            match polled {
                 Some(Ok(m)) => on(Tailed::Record(&m)),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     self.at_end.insert(p, true);

@@ -168,15 +168,19 @@ impl Lookup {
             Duration::from_millis(50),
             move |t| {
                 let caught_up = matches!(t, Tailed::CaughtUp);
+                let idle = matches!(t, Tailed::Idle);
                 if let Tailed::Record(m) = t {
                     if rows.apply(m.key(), m.payload(), m.partition(), m.offset()) {
                         changed += 1;
                     }
                 }
-                // The rows are published at most every 50 ms (one map
-                // shared by every evaluation until the next), and before
-                // the lookup says it is ready.
-                if changed > 0 && (caught_up || since.elapsed() >= Duration::from_millis(50)) {
+                // The rows are published at most every 50 ms while records
+                // keep coming (one map shared by every evaluation until the
+                // next), once none came for a poll, and before the lookup
+                // says it is ready.
+                if changed > 0
+                    && (caught_up || idle || since.elapsed() >= Duration::from_millis(50))
+                {
                     rows.publish(std::mem::take(&mut changed));
                     since = Instant::now();
                 }

@@ -62,6 +62,14 @@ pub fn outbox_tag(value: &[u8]) -> Option<(u64, i64)> {
 /// (a quiet load commits as soon as its changes are acknowledged).
 const TXN_EVERY: Duration = Duration::from_secs(2);
 
+/// How long an idle relay's threads wait for work before looking again
+/// (new changes and rewinds wake them at once; this bounds how late a stop
+/// is seen).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
+/// Rows marked as sent removed from the outbox at a time, when idle.
+const HOUSEKEEP: usize = 10_000;
+
 /// Reports between two wake-ups of the relay thread.
 const WAKE_EVERY: usize = 4096;
 
@@ -581,7 +589,12 @@ impl Relay {
                         }
                         next = Instant::now() + Duration::from_secs(5);
                     }
-                    std::thread::sleep(Duration::from_millis(200));
+                    // Stops within a second; an idle agent's threads wake
+                    // as seldom as they can.
+                    std::thread::sleep(
+                        next.saturating_duration_since(Instant::now())
+                            .min(Duration::from_secs(1)),
+                    );
                 }
             });
         if let Err(e) = spawned {
@@ -699,6 +712,9 @@ impl Relay {
         // Whether the last batch read was full: more are waiting, so the
         // transaction stays open for them (until `TXN_EVERY`).
         let mut more = false;
+        // Rows marked as sent may wait in the store (true at start: an
+        // earlier run may have left some).
+        let mut untrimmed = true;
         let mut stall = govbus_core::stall::StallWatch::new(self.stall);
         // The outbox's backlog, read at most once a second (a query).
         let mut backlog: (Instant, Option<i64>) = (Instant::now(), None);
@@ -716,11 +732,9 @@ impl Relay {
                 !self.store.commits_in_id_order() && since_reset.elapsed() > Duration::from_secs(1);
             let idle = flight.rows.is_empty() && acked.is_empty();
             if stop_at.is_none() && !rewinding && flight.rows.len() < window {
-                let wait = if idle {
-                    Duration::from_millis(50)
-                } else {
-                    Duration::ZERO
-                };
+                // Idle, the reader's next batch wakes this thread: the
+                // wait only bounds how late a stop is seen.
+                let wait = if idle { IDLE_WAIT } else { Duration::ZERO };
                 match batches.recv_timeout(wait) {
                     Ok((e, Ok(rows))) if e == epoch.load(Ordering::Acquire) => {
                         if !in_txn {
@@ -728,6 +742,7 @@ impl Relay {
                                 // Not sent: read again from the lowest pending.
                                 let _ = give_back.try_send(rows);
                                 epoch.fetch_add(1, Ordering::AcqRel);
+                                self.wakeup.notify();
                                 std::thread::sleep(Duration::from_millis(500));
                                 continue;
                             }
@@ -781,6 +796,7 @@ impl Relay {
                 self.abandon(&mut flight, &mut acked, &mut counts, false);
                 in_txn = false;
                 epoch.fetch_add(1, Ordering::AcqRel);
+                self.wakeup.notify();
                 since_reset = Instant::now();
                 continue;
             }
@@ -791,6 +807,7 @@ impl Relay {
                 self.abandon(&mut flight, &mut acked, &mut counts, false);
                 in_txn = false;
                 epoch.fetch_add(1, Ordering::AcqRel);
+                self.wakeup.notify();
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
@@ -809,11 +826,13 @@ impl Relay {
                     || stop_at.is_some())
             {
                 in_txn = false;
+                untrimmed = true;
                 if self
                     .commit(&mut flight, &mut acked, &mut counts, &stop)
                     .is_none()
                 {
                     epoch.fetch_add(1, Ordering::AcqRel);
+                    self.wakeup.notify();
                     since_reset = Instant::now();
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
@@ -823,12 +842,17 @@ impl Relay {
                 flight.head = 0;
                 if rewinding {
                     epoch.fetch_add(1, Ordering::AcqRel);
+                    self.wakeup.notify();
                     since_reset = Instant::now();
                 }
-                if sent == 0 && stop_at.is_none() {
-                    // Idle: remove rows already marked as sent, a chunk at a time.
-                    if let Err(e) = self.store.housekeep(10_000) {
-                        tracing::warn!(error = %e, "cannot remove sent changes from the outbox");
+                if sent == 0 && stop_at.is_none() && untrimmed {
+                    // Idle: remove rows already marked as sent, a chunk at
+                    // a time, until a chunk comes back short.
+                    match self.store.housekeep(HOUSEKEEP) {
+                        Ok(n) => untrimmed = n >= HOUSEKEEP,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot remove sent changes from the outbox")
+                        }
                     }
                 }
             }
@@ -837,6 +861,7 @@ impl Relay {
             self.commit(&mut flight, &mut acked, &mut counts, &stop);
         }
         reader_stop.store(true, Ordering::Relaxed);
+        self.wakeup.notify();
         drop(batches);
         if let Ok(r) = reader {
             let _ = r.join();
@@ -893,7 +918,7 @@ fn read_ahead(
         }
         let mut rows = spare.try_recv().unwrap_or_default();
         match store.pending_into(after, batch, &mut rows) {
-            Ok(0) => wakeup.wait(Duration::from_millis(50)),
+            Ok(0) => wakeup.wait(IDLE_WAIT),
             Ok(_) => {
                 after = rows.last_id().unwrap_or(after);
                 if tx.send((mine, Ok(rows))).is_err() {

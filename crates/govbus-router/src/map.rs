@@ -94,6 +94,9 @@ impl MapWatch {
             Duration::from_millis(100),
             move |t| {
                 let caught_up = matches!(t, Tailed::CaughtUp);
+                // Rebuilt at most every 200 ms while records keep coming,
+                // and once none came for a poll.
+                let idle = matches!(t, Tailed::Idle);
                 if let Tailed::Record(m) = t {
                     changed |= apply(
                         &mut rows,
@@ -104,7 +107,7 @@ impl MapWatch {
                         &w.stop,
                     );
                 }
-                if changed && (caught_up || since.elapsed() >= Duration::from_millis(200)) {
+                if changed && (caught_up || idle || since.elapsed() >= Duration::from_millis(200)) {
                     w.rebuild(&rows);
                     changed = false;
                     since = Instant::now();

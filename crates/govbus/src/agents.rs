@@ -22,10 +22,12 @@ pub(crate) async fn ops(cfg: &GovbusConfig) -> anyhow::Result<Arc<Readiness>> {
     // A thread that failed makes the agent not ready at once (/readyz
     // names it) and then stops it with a clear error, for its supervisor
     // (`govbus up`, systemd, Kubernetes) to restart: never an agent that
-    // runs on with a follower dead and its state frozen.
+    // runs on with a follower dead and its state frozen. (Readiness reads
+    // the failures itself; this watch only times the exit, and wakes once
+    // a second, as every idle timer of an agent does.)
     tokio::spawn(async {
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if let Some((thread, reason)) = govbus_core::health::failures().into_iter().next() {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 eprintln!("govbus: thread {thread} failed ({reason}); stopping so that the agent restarts");
@@ -57,7 +59,7 @@ pub(crate) async fn shutdown_signal() {
         }
         let parent = std::os::unix::process::parent_id();
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             if std::os::unix::process::parent_id() != parent {
                 return;
             }
@@ -80,7 +82,7 @@ where
     let task = tokio::task::spawn_blocking(f);
     let grace = async {
         while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
     };

@@ -215,36 +215,67 @@ fn measure(exe: &Path, rate: u32, warmup: u64, seconds: u64) -> anyhow::Result<M
     }
     std::thread::spawn(move || while rx.recv().is_ok() {});
     let bca = *ports.get("bca").context("bca's metrics port")?;
-    std::thread::sleep(Duration::from_secs(warmup));
-    if rate == 0 {
-        let _ = Command::new("pkill")
-            .args(["-STOP", "-f", "govbus demo --ingest"])
-            .status();
-        std::thread::sleep(Duration::from_secs(10));
+    // A first read of the broker's JMX makes its JVM compile the code that
+    // serves it (seconds of CPU in the following seconds): paid during the
+    // warm-up, twice, not in the window.
+    for _ in 0..2 {
+        requests(jmx);
+        std::thread::sleep(Duration::from_secs(warmup / 2));
     }
+    if rate == 0 {
+        let paused = Command::new("pkill")
+            .args(["-STOP", "-f", "govbus demo --ingest"])
+            .status()?;
+        if !paused.success() {
+            bail!("no demo source to pause: the idle window would not be idle");
+        }
+        // Idle once the relay has published nothing for 10 s (what was
+        // accepted before the pause is on its way until then).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut still) = (metric(bca, "govbus_relay_published_total"), Instant::now());
+        while still.elapsed() < Duration::from_secs(10) {
+            if Instant::now() > deadline {
+                bail!("the relay kept publishing for 120 s after the demo source was paused");
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let now = metric(bca, "govbus_relay_published_total");
+            if now != last {
+                (last, still) = (now, Instant::now());
+            }
+        }
+    }
+    // The broker's request counts are read with a JmxTool run (a JVM
+    // attaching to the broker's JMX), which costs the broker CPU itself:
+    // the CPU window lies between the two reads, and the counts are scaled
+    // to it from the time between the reads' starts.
     let procs = processes(&up_dir, stop.0.id());
+    let read_at = Instant::now();
+    let served = requests(jmx);
     let before: BTreeMap<&String, u64> = procs
         .iter()
         .filter_map(|(n, p)| Some((n, ticks(*p)?)))
         .collect();
-    let served = requests(jmx);
     let published = metric(bca, "govbus_relay_published_total");
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
-    let window = t.elapsed().as_secs_f64();
-    let changes = metric(bca, "govbus_relay_published_total") - published;
-    let requests: BTreeMap<String, f64> = requests(jmx)
-        .into_iter()
-        .map(|(api, n)| {
-            let before = served.get(&api).copied().unwrap_or(0.0);
-            (api, n - before)
-        })
-        .filter(|(_, n)| *n > 0.0)
-        .collect();
     let hz = 100.0; // USER_HZ on Linux
     let cpu = procs
         .iter()
         .filter_map(|(n, p)| Some((n.clone(), (ticks(*p)? - before.get(n)?) as f64 / hz)))
+        .collect();
+    let window = t.elapsed().as_secs_f64();
+    let changes = metric(bca, "govbus_relay_published_total") - published;
+    if rate == 0 && changes != 0.0 {
+        bail!("{changes} changes were published in the idle window (an agent restarted, or the demo source was resumed): measure again");
+    }
+    let between_reads = read_at.elapsed().as_secs_f64();
+    let requests: BTreeMap<String, f64> = requests(jmx)
+        .into_iter()
+        .map(|(api, n)| {
+            let before = served.get(&api).copied().unwrap_or(0.0);
+            (api, (n - before) * window / between_reads)
+        })
+        .filter(|(_, n)| *n > 0.0)
         .collect();
     if rate == 0 {
         let _ = Command::new("pkill")

@@ -2,7 +2,7 @@
 //! binary, a cluster of a test's own, the one `GOVBUS_KAFKA_BOOTSTRAP`
 //! names, or nisshi.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -149,12 +149,11 @@ pub fn ensure_nisshi() -> PathBuf {
     bin
 }
 
-/// A free loopback port.
+/// A free loopback port below the ephemeral range (see
+/// [`govbus_kafka::free_ports`]: a service binds it seconds later, and an
+/// outgoing connection must not have taken it meanwhile).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    govbus_kafka::free_ports(1).expect("a free port")[0]
 }
 
 impl Broker {

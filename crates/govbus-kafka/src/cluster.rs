@@ -195,14 +195,42 @@ pub struct Cluster {
     nodes: Vec<Node>,
 }
 
-/// `n` distinct free loopback ports. Each listener is held until all are
-/// bound: a port freed at once can be handed out again by the next bind, and
-/// a node's listener and controller on one port fail to start.
-fn free_ports(n: usize) -> Result<Vec<u16>, KafkaError> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(KafkaError::io("finding a free loopback port"))?;
+/// The first port of the system's ephemeral range, where the kernel picks
+/// the local port of every outgoing connection.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `n` distinct free loopback ports, picked at random below the ephemeral
+/// range. A port is chosen before the process that will listen on it starts;
+/// in the ephemeral range any outgoing connection (a Kafka client's, another
+/// test's) may take it meanwhile, and the listener then fails with "address
+/// in use". Each port is held until all are picked, so none is handed out
+/// twice (a node's listener and controller on one port fail to start).
+pub fn free_ports(n: usize) -> Result<Vec<u16>, KafkaError> {
+    use rand::Rng;
+    let high = ephemeral_low();
+    let low = (high / 2).max(1024);
+    let mut rng = rand::thread_rng();
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..n * 200 {
+        if held.len() == n || low >= high {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", rng.gen_range(low..high))) {
+            held.push(l);
+        }
+    }
+    // A system whose ephemeral range leaves no room below it: any free port.
+    while held.len() < n {
+        held.push(
+            TcpListener::bind("127.0.0.1:0")
+                .map_err(KafkaError::io("finding a free loopback port"))?,
+        );
+    }
     held.iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
@@ -703,6 +731,23 @@ fn jmx(i: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports = free_ports(16).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 16, "{ports:?}");
+        let high = ephemeral_low();
+        if high / 2 > 1024 {
+            assert!(
+                ports.iter().all(|p| *p < high),
+                "{ports:?} not below {high}"
+            );
+        }
+        for p in ports {
+            TcpListener::bind(("127.0.0.1", p)).unwrap();
+        }
+    }
 
     #[test]
     fn cluster_ids_are_22_url_safe_characters() {

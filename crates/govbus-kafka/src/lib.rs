@@ -20,7 +20,7 @@ mod cluster;
 mod dist;
 pub mod tls;
 
-pub use cluster::{Cluster, ClusterConfig, Secured};
+pub use cluster::{free_ports, Cluster, ClusterConfig, Secured};
 pub use dist::{java_major, tools, Dist, Missing, Progress, VERSION};
 
 /// What can go wrong installing or running Kafka.

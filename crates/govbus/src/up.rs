@@ -8,7 +8,7 @@
 //! print the live line; its pieces are not used elsewhere.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,47 +31,13 @@ struct Proc {
     due: Option<Instant>,
 }
 
-/// `N` distinct free ports, as [`free_port_list`].
+/// `N` distinct free ports below the ephemeral range, as
+/// [`govbus_kafka::free_ports`].
 fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let list = free_port_list(N)?;
+    let list = govbus_kafka::free_ports(N)?;
     let mut ports = [0u16; N];
     ports.copy_from_slice(&list);
     Ok(ports)
-}
-
-/// The first port of the system's ephemeral range (where it picks the
-/// local port of every outgoing connection).
-fn ephemeral_low() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768)
-}
-
-/// `n` distinct free ports for the agents up starts, picked at random
-/// below the ephemeral range: a port is chosen seconds before its agent
-/// binds it, and in the ephemeral range any outgoing connection (a Kafka
-/// client's, another process's) may take it meanwhile. Each is held until
-/// all are picked, so none is handed out twice.
-fn free_port_list(n: usize) -> anyhow::Result<Vec<u16>> {
-    use rand::Rng;
-    let high = ephemeral_low();
-    let low = (high / 2).max(1024);
-    let mut rng = rand::thread_rng();
-    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
-    for _ in 0..n * 200 {
-        if held.len() == n || low >= high {
-            break;
-        }
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", rng.gen_range(low..high))) {
-            held.push(l);
-        }
-    }
-    // A system whose ephemeral range leaves no room below it: any free port.
-    while held.len() < n {
-        held.push(TcpListener::bind("127.0.0.1:0")?);
-    }
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Starts `cmd` with its output appended to `log`.
@@ -923,7 +889,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
 
     let [registry_port, m_router, m_registry, dashboard_port] = free_ports()?;
     // Per agency: its ingest and its health port; per province: its health port.
-    let ports = free_port_list(2 * producers.len() + provinces.len())?;
+    let ports = govbus_kafka::free_ports(2 * producers.len() + provinces.len())?;
     let (ingest_ports, rest) = ports.split_at(producers.len());
     let (producer_metrics, province_metrics) = rest.split_at(producers.len());
     let mut stack = Stack { procs: Vec::new() };

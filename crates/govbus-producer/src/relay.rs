@@ -741,8 +741,7 @@ impl Relay {
                             if !self.begin(&stop) {
                                 // Not sent: read again from the lowest pending.
                                 let _ = give_back.try_send(rows);
-                                epoch.fetch_add(1, Ordering::AcqRel);
-                                self.wakeup.notify();
+                                rewind(&epoch, &self.wakeup);
                                 std::thread::sleep(Duration::from_millis(500));
                                 continue;
                             }
@@ -795,8 +794,7 @@ impl Relay {
                 // pending one, in a new transaction.
                 self.abandon(&mut flight, &mut acked, &mut counts, false);
                 in_txn = false;
-                epoch.fetch_add(1, Ordering::AcqRel);
-                self.wakeup.notify();
+                rewind(&epoch, &self.wakeup);
                 since_reset = Instant::now();
                 continue;
             }
@@ -806,8 +804,7 @@ impl Relay {
                 // on is sent again.
                 self.abandon(&mut flight, &mut acked, &mut counts, false);
                 in_txn = false;
-                epoch.fetch_add(1, Ordering::AcqRel);
-                self.wakeup.notify();
+                rewind(&epoch, &self.wakeup);
                 since_reset = Instant::now();
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
@@ -831,8 +828,7 @@ impl Relay {
                     .commit(&mut flight, &mut acked, &mut counts, &stop)
                     .is_none()
                 {
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                    self.wakeup.notify();
+                    rewind(&epoch, &self.wakeup);
                     since_reset = Instant::now();
                     std::thread::sleep(Duration::from_millis(500));
                     continue;
@@ -841,8 +837,7 @@ impl Relay {
             if flight.rows.is_empty() && acked.is_empty() && !in_txn {
                 flight.head = 0;
                 if rewinding {
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                    self.wakeup.notify();
+                    rewind(&epoch, &self.wakeup);
                     since_reset = Instant::now();
                 }
                 if sent == 0 && stop_at.is_none() && untrimmed {
@@ -896,6 +891,13 @@ fn ended(e: &KafkaError) -> Ended {
 }
 
 type Batch = (u64, Result<PendingBatch, StoreError>);
+
+/// Makes the reader start again from the lowest pending change: batches it
+/// read before carry the old epoch and are dropped.
+fn rewind(epoch: &AtomicU64, wakeup: &Wakeup) {
+    epoch.fetch_add(1, Ordering::AcqRel);
+    wakeup.notify();
+}
 
 /// The relay's reader: reads the outbox ahead of the sender, a batch at a
 /// time, starting again from the lowest pending id whenever `epoch` moves.

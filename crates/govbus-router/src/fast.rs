@@ -1,7 +1,9 @@
 //! Byte-level routing, the fast path: for a change written with the router's
 //! own version of the dataset schema, and a dataset whose subscriptions all
-//! filter with `field.path == "literal"`, the change is routed without
-//! building Avro values. The envelope's bytes are walked once (spans of
+//! filter with a simple shape (`field.path == "literal"`, `in_unit`,
+//! `province_of`, or the constant `true` or `false`), the change is routed
+//! without building Avro values; a new view's backfill takes the same path
+//! ([`FastBackfill`]). The envelope's bytes are walked once (spans of
 //! `before`, `after` and the rest), the filtered field is read in place, and
 //! each view's record is assembled from the input's bytes with the dropped
 //! fields left out. Anything else — another writer version, a field type
@@ -78,6 +80,8 @@ struct Index {
     unit: Vec<HashMap<String, Vec<usize>>>,
     /// Per path: province code → the views testing `province_of` with it.
     province: Vec<HashMap<String, Vec<usize>>>,
+    /// The views whose filter is `true`: every change concerns them.
+    always: Vec<usize>,
 }
 
 impl Index {
@@ -86,6 +90,7 @@ impl Index {
             literal: vec![Vec::new(); paths],
             unit: vec![HashMap::new(); paths],
             province: vec![HashMap::new(); paths],
+            always: Vec::new(),
         };
         for (nth, (path, check)) in tests.iter().enumerate() {
             match check {
@@ -110,6 +115,9 @@ impl Index {
                         m.entry(c.clone()).or_default().push(nth);
                     }
                 }
+                Check::Always(true) => ix.always.push(nth),
+                // No change ever concerns a view of nothing.
+                Check::Always(false) => {}
             }
         }
         ix
@@ -118,6 +126,7 @@ impl Index {
     /// Adds to `out` the views the values `found` (one per path) may
     /// satisfy.
     fn candidates(&self, found: &[Found<'_>], out: &mut Vec<usize>) {
+        out.extend_from_slice(&self.always);
         for (path, f) in found.iter().enumerate().take(self.literal.len()) {
             if let Some(views) = f
                 .literal
@@ -155,6 +164,8 @@ enum Check {
     InUnit(String),
     /// The code's province.
     Province(String),
+    /// Nothing: the filter is the constant `true` or `false`.
+    Always(bool),
 }
 
 /// What the walk read at one path of an image.
@@ -173,6 +184,9 @@ pub struct FastOutput<'a> {
     pub nth: usize,
     /// The decision taken.
     pub decision: Decision,
+    /// Its label for metrics (a backfill tells an entry from a resend,
+    /// both snapshots).
+    pub label: &'static str,
     /// The encoded record (wire format).
     pub value: &'a [u8],
 }
@@ -182,8 +196,8 @@ pub struct FastOutput<'a> {
 #[derive(Debug, Default)]
 pub struct FastOutputs {
     buf: Vec<u8>,
-    /// (nth, decision, end of its value in `buf`).
-    items: Vec<(usize, Decision, usize)>,
+    /// (nth, decision, label, end of its value in `buf`).
+    items: Vec<(usize, Decision, &'static str, usize)>,
     /// The views the change may concern ([`Index::candidates`]).
     candidates: Vec<usize>,
 }
@@ -192,12 +206,13 @@ impl FastOutputs {
     /// The records, in the input's view order.
     pub fn iter(&self) -> impl Iterator<Item = FastOutput<'_>> {
         let mut start = 0;
-        self.items.iter().map(move |&(nth, decision, end)| {
+        self.items.iter().map(move |&(nth, decision, label, end)| {
             let value = self.buf.get(start..end).unwrap_or_default();
             start = end;
             FastOutput {
                 nth,
                 decision,
+                label,
                 value,
             }
         })
@@ -292,24 +307,29 @@ impl FastRoute {
         let mut tests = Vec::new();
         let mut drops = Vec::new();
         for v in views {
-            let (path, test) = v.filter.test()?;
-            let i = paths.iter().position(|p| *p == path).unwrap_or_else(|| {
-                paths.push(path);
-                literals.push(HashMap::new());
-                asks_map.push(false);
-                paths.len() - 1
-            });
-            let check = match test {
-                Test::Eq(literal) => {
-                    let of_path = literals.get_mut(i)?;
-                    let known = of_path.len() as u32;
-                    Check::Eq(*of_path.entry(literal.to_string()).or_insert(known))
-                }
-                Test::InUnit(u) => Check::InUnit(u.to_string()),
-                Test::ProvinceIs(p) => Check::Province(p.to_string()),
-            };
-            *asks_map.get_mut(i)? |= !matches!(check, Check::Eq(_));
-            tests.push((i, check));
+            if let Some(b) = v.filter.constant() {
+                // No path read: the path index is not used.
+                tests.push((usize::MAX, Check::Always(b)));
+            } else {
+                let (path, test) = v.filter.test()?;
+                let i = paths.iter().position(|p| *p == path).unwrap_or_else(|| {
+                    paths.push(path);
+                    literals.push(HashMap::new());
+                    asks_map.push(false);
+                    paths.len() - 1
+                });
+                let check = match test {
+                    Test::Eq(literal) => {
+                        let of_path = literals.get_mut(i)?;
+                        let known = of_path.len() as u32;
+                        Check::Eq(*of_path.entry(literal.to_string()).or_insert(known))
+                    }
+                    Test::InUnit(u) => Check::InUnit(u.to_string()),
+                    Test::ProvinceIs(p) => Check::Province(p.to_string()),
+                };
+                *asks_map.get_mut(i)? |= !matches!(check, Check::Eq(_));
+                tests.push((i, check));
+            }
             drops.push(
                 v.drop
                     .iter()
@@ -347,33 +367,7 @@ impl FastRoute {
     /// Whether changes written with `writer` can take the fast path: the
     /// change envelope around the very entity schema the views know.
     pub fn accepts(&self, writer: &Schema) -> bool {
-        let Schema::Record(env) = writer else {
-            return false;
-        };
-        let shape: Vec<&str> = env.fields.iter().map(|f| f.name.as_str()).collect();
-        if shape != ["event_id", "op", "before", "after", "source", "ts_ms"] {
-            return false;
-        }
-        let [event_id, op, before, after, source, ts_ms] = env.fields.as_slice() else {
-            return false;
-        };
-        let entity_ok = match &before.schema {
-            Schema::Union(u) => match u.variants() {
-                [Schema::Null, e] => e.canonical_form() == self.canonical,
-                _ => false,
-            },
-            _ => false,
-        };
-        let op_ok = matches!(&op.schema, Schema::Enum(e) if e.symbols == Op::SYMBOLS);
-        let source_ok = matches!(&source.schema, Schema::Record(r)
-            if r.fields.iter().map(|f| (f.name.as_str(), &f.schema)).eq(
-                [("agency", &Schema::String), ("system", &Schema::String), ("seq", &Schema::Long)]));
-        entity_ok
-            && op_ok
-            && source_ok
-            && event_id.schema == Schema::String
-            && matches!(&after.schema, Schema::Union(u) if matches!(u.variants(), [Schema::Null, _]))
-            && ts_ms.schema == Schema::Long
+        accepts(&self.canonical, writer)
     }
 
     /// Routes `payload` (written with an accepted schema) to the views
@@ -413,36 +407,15 @@ impl FastRoute {
         now_ms: i64,
         out: &mut FastOutputs,
     ) -> Option<()> {
-        let mut r = Reader::new(payload, 5);
-        if payload.len() < 5 || payload.first() != Some(&0) {
-            return None;
-        }
-        let event_id = r.span(|r| r.skip_bytes())?;
-        let op = match r.long()? {
-            0 => Op::Create,
-            1 => Op::Update,
-            2 => Op::Delete,
-            3 => Op::Snapshot,
-            _ => return None,
-        };
-        let image = |r: &mut Reader<'_>| -> Option<Option<(usize, usize)>> {
-            match r.long()? {
-                0 => Some(None),
-                1 => Some(Some(r.span(|r| r.skip(&self.entity, &self.names))?)),
-                _ => None,
-            }
-        };
-        let before = image(&mut r)?;
-        let after = image(&mut r)?;
-        let tail_start = r.pos();
-        r.skip_bytes()?; // source.agency
-        r.skip_bytes()?; // source.system
-        r.long()?; // source.seq
-        let ts_ms = r.long()?;
-        if r.pos() != payload.len() {
-            return None;
-        }
-        let tail = payload.get(tail_start..)?;
+        let Spans {
+            event_id,
+            op,
+            before,
+            after,
+            tail,
+            ts_ms,
+        } = walk(&self.entity, &self.names, payload)?;
+        let tail = payload.get(tail.0..tail.1)?;
         let day = crate::map::day_of_ms(ts_ms);
         // Per path, the number of the literal the image's field equals
         // (None: no view's literal, or null), and where it lies as a code
@@ -530,6 +503,7 @@ impl FastRoute {
                         Check::Province(c) => f
                             .place
                             .is_some_and(|p| p.province.as_deref() == Some(c.as_str())),
+                        Check::Always(b) => *b,
                     }
                 })
             };
@@ -541,34 +515,18 @@ impl FastRoute {
                 continue;
             }
             let codec = v.codec.as_ref()?;
-            let w = &mut out.buf;
-            w.push(0);
-            w.extend_from_slice(&codec.id.to_be_bytes());
-            w.extend_from_slice(payload.get(event_id.0..event_id.1)?);
-            write_long(w, op_index(new_op));
-            let image = |w: &mut Vec<u8>, img: Option<(usize, usize)>, keep: bool| -> Option<()> {
-                match img.filter(|_| keep) {
-                    Some((a, b)) => {
-                        w.push(2); // union branch 1
-                        project(
-                            &self.entity,
-                            &self.names,
-                            payload.get(a..b)?,
-                            self.drops.get(nth)?,
-                            w,
-                        )
-                    }
-                    None => {
-                        w.push(0);
-                        Some(())
-                    }
-                }
-            };
             let images = decision.images();
-            image(w, before, images.before)?;
-            image(w, after, images.after)?;
-            w.extend_from_slice(tail);
-            out.items.push((nth, decision, w.len()));
+            let record = Record {
+                schema_id: codec.id,
+                event_id: *event_id,
+                op: new_op,
+                before: before.filter(|_| images.before),
+                after: after.filter(|_| images.after),
+                drops: self.drops.get(nth)?,
+            };
+            record.write(&self.entity, &self.names, payload, tail, &mut out.buf)?;
+            out.items
+                .push((nth, decision, decision.label(), out.buf.len()));
         }
         Some(())
     }
@@ -587,6 +545,344 @@ struct Walked<'p, 'h> {
         Option<[Found<'h>; MAX_PATHS]>,
         Option<[Found<'h>; MAX_PATHS]>,
     ),
+}
+
+/// One view a backfill brings in step, for [`FastBackfill`]: as it was
+/// (`old`, with the map its filter was evaluated with) and as it is to be
+/// (`new`), the view whose topic gets the records (`out`), and whether
+/// rows in both are sent again (`resend`).
+#[derive(Debug, Clone, Copy)]
+pub struct Fill<'a> {
+    pub old: Option<(&'a View, Option<&'a Hierarchy>)>,
+    pub new: Option<(&'a View, Option<&'a Hierarchy>)>,
+    pub out: &'a View,
+    pub resend: bool,
+}
+
+/// A filter the backfill's byte-level path evaluates on an image.
+#[derive(Debug)]
+enum Pred<'a> {
+    /// `true` or `false`.
+    Always(bool),
+    /// A simple shape ([`Test`]) at `path`, with the map it asks.
+    Test {
+        path: Vec<String>,
+        want: Want,
+        hierarchy: Option<&'a Hierarchy>,
+    },
+}
+
+/// What a [`Pred::Test`] tests its string for.
+#[derive(Debug)]
+enum Want {
+    Eq(String),
+    InUnit(String),
+    Province(String),
+}
+
+impl<'a> Pred<'a> {
+    fn of(view: &View, hierarchy: Option<&'a Hierarchy>) -> Option<Self> {
+        if let Some(b) = view.filter.constant() {
+            return Some(Pred::Always(b));
+        }
+        let (path, test) = view.filter.test()?;
+        let want = match test {
+            Test::Eq(l) => Want::Eq(l.to_string()),
+            Test::InUnit(u) => Want::InUnit(u.to_string()),
+            Test::ProvinceIs(p) => Want::Province(p.to_string()),
+        };
+        Some(Pred::Test {
+            path,
+            want,
+            hierarchy,
+        })
+    }
+
+    /// Whether `image` (an entity's bytes) of a change of `day` satisfies
+    /// the filter, as [`govbus_schema::cel::Filter::matches_at`] decides
+    /// it; None when the walk cannot tell.
+    fn holds(
+        &self,
+        entity: &Schema,
+        names: &Names,
+        image: &[u8],
+        day: chrono::NaiveDate,
+    ) -> Option<bool> {
+        let (path, want, hierarchy) = match self {
+            Pred::Always(b) => return Some(*b),
+            Pred::Test {
+                path,
+                want,
+                hierarchy,
+            } => (path, want, hierarchy),
+        };
+        let Some(s) = field_str(entity, names, image, path)? else {
+            return Some(false); // null
+        };
+        Some(match want {
+            Want::Eq(l) => s == l,
+            Want::InUnit(u) => hierarchy.is_some_and(|h| h.in_unit(s, u, day)),
+            Want::Province(c) => hierarchy
+                .and_then(|h| h.province_of(s, day))
+                .is_some_and(|q| q == c),
+        })
+    }
+}
+
+/// One [`Fill`] as the byte-level path evaluates it.
+#[derive(Debug)]
+struct FillItem<'a> {
+    was: Option<Pred<'a>>,
+    is: Option<Pred<'a>>,
+    reprojected: bool,
+    drops: Vec<Vec<String>>,
+    schema_id: u32,
+}
+
+/// The byte-level path of a backfill: each entity's current change, written
+/// with the views' own version of the dataset schema, decided for each
+/// [`Fill`] as [`crate::route::backfill`] decides it (enter, leave or
+/// resend, on the `after` image), its record assembled from the input's
+/// bytes. For views whose filters are `true`, `false` or a simple shape
+/// ([`Test`]); anything else, and any change the walk cannot read, takes
+/// the general path.
+#[derive(Debug)]
+pub struct FastBackfill<'a> {
+    entity: Schema,
+    names: Names,
+    canonical: String,
+    items: Vec<FillItem<'a>>,
+}
+
+impl<'a> FastBackfill<'a> {
+    /// None when a view's filter is not of a fast shape, a view has no
+    /// codec yet, or the views do not share one entity schema.
+    pub fn new(fills: &[Fill<'a>]) -> Option<Self> {
+        let first = fills.first()?;
+        let entity = (*first.out.entity).clone();
+        let canonical = entity.canonical_form();
+        let mut items = Vec::with_capacity(fills.len());
+        for f in fills {
+            let same = |v: &View| v.entity.canonical_form() == canonical;
+            if !same(f.out)
+                || f.old.is_some_and(|(v, _)| !same(v))
+                || f.new.is_some_and(|(v, _)| !same(v))
+            {
+                return None;
+            }
+            let pred = |v: Option<(&View, Option<&'a Hierarchy>)>| -> Option<Option<Pred<'a>>> {
+                match v {
+                    Some((v, h)) => Some(Some(Pred::of(v, h)?)),
+                    None => Some(None),
+                }
+            };
+            items.push(FillItem {
+                was: pred(f.old)?,
+                is: pred(f.new)?,
+                reprojected: f.resend
+                    || f.old
+                        .zip(f.new)
+                        .is_some_and(|((o, _), (n, _))| o.drop != n.drop),
+                drops: f
+                    .out
+                    .drop
+                    .iter()
+                    .map(|d| d.split('.').map(str::to_string).collect())
+                    .collect(),
+                schema_id: f.out.codec.as_ref()?.id,
+            });
+        }
+        let names = Names::of(&entity);
+        Some(Self {
+            entity,
+            names,
+            canonical,
+            items,
+        })
+    }
+
+    /// Whether changes written with `writer` can take this path.
+    pub fn accepts(&self, writer: &Schema) -> bool {
+        accepts(&self.canonical, writer)
+    }
+
+    /// The records of `payload` (an entity's current change, written with
+    /// an accepted schema) for each fill, in order (`nth` is the fill's
+    /// place); false: take the general path (`out` is then empty).
+    pub fn fill(&self, payload: &[u8], out: &mut FastOutputs) -> bool {
+        out.clear();
+        let filled = self.fill_into(payload, out).is_some();
+        if !filled {
+            out.clear();
+        }
+        filled
+    }
+
+    fn fill_into(&self, payload: &[u8], out: &mut FastOutputs) -> Option<()> {
+        let spans = walk(&self.entity, &self.names, payload)?;
+        let Some((a, b)) = spans.after else {
+            return Some(()); // deleted: in no view
+        };
+        let image = payload.get(a..b)?;
+        let tail = payload.get(spans.tail.0..spans.tail.1)?;
+        let day = crate::map::day_of_ms(spans.ts_ms);
+        let holds = |p: &Option<Pred<'_>>| -> Option<bool> {
+            match p {
+                Some(p) => p.holds(&self.entity, &self.names, image, day),
+                None => Some(false),
+            }
+        };
+        for (nth, item) in self.items.iter().enumerate() {
+            let (was, is) = (holds(&item.was)?, holds(&item.is)?);
+            let (label, decision) = match (was, is) {
+                (false, true) => ("enter", Decision::Snapshot),
+                (true, false) => ("leave", Decision::Delete),
+                (true, true) if item.reprojected => ("resend", Decision::Snapshot),
+                _ => continue,
+            };
+            let (Some(op), images) = (decision.op(), decision.images()) else {
+                continue;
+            };
+            let record = Record {
+                schema_id: item.schema_id,
+                event_id: spans.event_id,
+                op,
+                before: images.before.then_some((a, b)),
+                after: images.after.then_some((a, b)),
+                drops: &item.drops,
+            };
+            record.write(&self.entity, &self.names, payload, tail, &mut out.buf)?;
+            out.items.push((nth, decision, label, out.buf.len()));
+        }
+        Some(())
+    }
+}
+
+/// Whether `writer` is the change envelope around the entity schema of
+/// canonical form `canonical` (and nothing else).
+fn accepts(canonical: &str, writer: &Schema) -> bool {
+    let Schema::Record(env) = writer else {
+        return false;
+    };
+    let shape: Vec<&str> = env.fields.iter().map(|f| f.name.as_str()).collect();
+    if shape != ["event_id", "op", "before", "after", "source", "ts_ms"] {
+        return false;
+    }
+    let [event_id, op, before, after, source, ts_ms] = env.fields.as_slice() else {
+        return false;
+    };
+    let entity_ok = match &before.schema {
+        Schema::Union(u) => match u.variants() {
+            [Schema::Null, e] => e.canonical_form() == canonical,
+            _ => false,
+        },
+        _ => false,
+    };
+    let op_ok = matches!(&op.schema, Schema::Enum(e) if e.symbols == Op::SYMBOLS);
+    let source_ok = matches!(&source.schema, Schema::Record(r)
+        if r.fields.iter().map(|f| (f.name.as_str(), &f.schema)).eq(
+            [("agency", &Schema::String), ("system", &Schema::String), ("seq", &Schema::Long)]));
+    entity_ok
+        && op_ok
+        && source_ok
+        && event_id.schema == Schema::String
+        && matches!(&after.schema, Schema::Union(u) if matches!(u.variants(), [Schema::Null, _]))
+        && ts_ms.schema == Schema::Long
+}
+
+/// The parts of a change envelope written with an accepted schema, as
+/// spans of its payload.
+struct Spans {
+    event_id: (usize, usize),
+    op: Op,
+    before: Option<(usize, usize)>,
+    after: Option<(usize, usize)>,
+    /// `source` and `ts_ms`, copied as they are.
+    tail: (usize, usize),
+    ts_ms: i64,
+}
+
+/// Walks `payload` (wire format: the envelope around `entity`) once; None
+/// when its bytes are not exactly that.
+fn walk(entity: &Schema, names: &Names, payload: &[u8]) -> Option<Spans> {
+    let mut r = Reader::new(payload, 5);
+    if payload.len() < 5 || payload.first() != Some(&0) {
+        return None;
+    }
+    let event_id = r.span(|r| r.skip_bytes())?;
+    let op = match r.long()? {
+        0 => Op::Create,
+        1 => Op::Update,
+        2 => Op::Delete,
+        3 => Op::Snapshot,
+        _ => return None,
+    };
+    let image = |r: &mut Reader<'_>| -> Option<Option<(usize, usize)>> {
+        match r.long()? {
+            0 => Some(None),
+            1 => Some(Some(r.span(|r| r.skip(entity, names))?)),
+            _ => None,
+        }
+    };
+    let before = image(&mut r)?;
+    let after = image(&mut r)?;
+    let tail_start = r.pos();
+    r.skip_bytes()?; // source.agency
+    r.skip_bytes()?; // source.system
+    r.long()?; // source.seq
+    let ts_ms = r.long()?;
+    if r.pos() != payload.len() {
+        return None;
+    }
+    Some(Spans {
+        event_id,
+        op,
+        before,
+        after,
+        tail: (tail_start, payload.len()),
+        ts_ms,
+    })
+}
+
+/// One view's record, assembled from an input's bytes.
+struct Record<'d> {
+    /// The view's schema id.
+    schema_id: u32,
+    event_id: (usize, usize),
+    op: Op,
+    /// The images it carries (spans of entities in the input).
+    before: Option<(usize, usize)>,
+    after: Option<(usize, usize)>,
+    /// The view's dropped paths.
+    drops: &'d [Vec<String>],
+}
+
+impl Record<'_> {
+    /// Appends the record (wire format) to `w`.
+    fn write(
+        &self,
+        entity: &Schema,
+        names: &Names,
+        payload: &[u8],
+        tail: &[u8],
+        w: &mut Vec<u8>,
+    ) -> Option<()> {
+        w.push(0);
+        w.extend_from_slice(&self.schema_id.to_be_bytes());
+        w.extend_from_slice(payload.get(self.event_id.0..self.event_id.1)?);
+        write_long(w, op_index(self.op));
+        for img in [self.before, self.after] {
+            match img {
+                Some((a, b)) => {
+                    w.push(2); // union branch 1
+                    project(entity, names, payload.get(a..b)?, self.drops, w)?;
+                }
+                None => w.push(0),
+            }
+        }
+        w.extend_from_slice(tail);
+        Some(())
+    }
 }
 
 fn op_index(op: Op) -> i64 {
@@ -911,5 +1207,167 @@ mod tests {
             filtered.iter().sum::<u64>() as usize + routed,
             300 * all.len()
         );
+    }
+
+    /// `true` and `false` filters (a view of every row, of none) take the
+    /// fast path with the others and route as the general path does.
+    #[test]
+    fn constant_filters_take_the_fast_path_and_agree_with_the_general_path() {
+        let all = views(&[
+            ("pall", "true", "\"ethnicity\""),
+            ("pnone", "false", ""),
+            ("p52", r#"permanent_address.province_code == "52""#, ""),
+        ]);
+        let refs: Vec<&View> = all.iter().collect();
+        let fast = FastRoute::new(&refs, Default::default()).expect("constants take the fast path");
+        let m = OnTheMap::new(&all[2..]);
+        let base = Context::default();
+        let (mut out, mut tally) = (FastOutputs::default(), Tally::default());
+        let mut per_view = [0usize; 3];
+        for payload in changes(300) {
+            let scope = crate::route::Scope::plain(&base);
+            for o in agree(
+                &fast,
+                &payload,
+                &m.resolver,
+                scope,
+                &all,
+                &mut out,
+                &mut tally,
+            ) {
+                per_view[o.0] += 1;
+            }
+        }
+        assert_eq!(
+            per_view[0], 300,
+            "every change reaches the view of every row"
+        );
+        assert_eq!(per_view[1], 0);
+        assert!(per_view[2] > 10, "{per_view:?}");
+    }
+
+    /// A backfill on the byte path: for every entity's current change and
+    /// every kind of fill (a new view, a filter changed to another shape,
+    /// the map's filters, drops changed, a resend, a removed view emptied),
+    /// the same records and labels as `route::backfill`.
+    #[test]
+    fn a_backfill_on_the_byte_path_writes_what_the_general_path_writes() {
+        let all = views(&[
+            ("a", "true", "\"ethnicity\""),
+            ("b_old", r#"permanent_address.province_code == "92""#, ""),
+            ("b", r#"in_unit(permanent_address.commune_code, "52")"#, ""),
+            ("c_old", "true", ""),
+            ("c", "true", "\"full_name\""),
+            (
+                "d_old",
+                r#"in_unit(permanent_address.commune_code, "92")"#,
+                "",
+            ),
+            (
+                "e",
+                r#"province_of(permanent_address.commune_code) == "01""#,
+                "",
+            ),
+            ("f_old", "false", ""),
+            ("f", r#"sex == "MALE""#, "\"ethnicity\""),
+        ]);
+        let m = OnTheMap::new(&all[1..3]);
+        let h = Some(m.hierarchy.as_ref());
+        let v = |i: usize| (&all[i], h);
+        let fills = [
+            Fill {
+                old: None,
+                new: Some(v(0)),
+                out: &all[0],
+                resend: false,
+            },
+            Fill {
+                old: Some(v(1)),
+                new: Some(v(2)),
+                out: &all[2],
+                resend: false,
+            },
+            Fill {
+                old: Some(v(3)),
+                new: Some(v(4)),
+                out: &all[4],
+                resend: false,
+            },
+            Fill {
+                old: Some(v(5)),
+                new: None,
+                out: &all[5],
+                resend: false,
+            },
+            Fill {
+                old: Some(v(6)),
+                new: Some(v(6)),
+                out: &all[6],
+                resend: true,
+            },
+            Fill {
+                old: Some(v(7)),
+                new: Some(v(8)),
+                out: &all[8],
+                resend: false,
+            },
+        ];
+        let fast = FastBackfill::new(&fills).expect("these filters take the byte path");
+        let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();
+        assert!(fast.accepts(&writer));
+        let scope = m.scope();
+        let mut out = FastOutputs::default();
+        let mut labels: HashMap<(usize, &str), usize> = HashMap::new();
+        for payload in changes(600) {
+            let (_, change) =
+                govbus_schema::envelope::decode_in(&payload, &m.resolver, "s-value").unwrap();
+            let mut general = Vec::new();
+            for (nth, f) in fills.iter().enumerate() {
+                let old = f.old.map(|(v, _)| (v, scope));
+                let new = f.new.map(|(v, _)| (v, scope));
+                if let Some((label, value)) =
+                    crate::route::backfill(&change, old, new, f.out, f.resend).unwrap()
+                {
+                    general.push((nth, label, value));
+                }
+            }
+            assert!(fast.fill(&payload, &mut out));
+            let q: Vec<_> = out
+                .iter()
+                .map(|o| (o.nth, o.label, o.value.to_vec()))
+                .collect();
+            assert_eq!(general, q);
+            for (nth, label, _) in q {
+                *labels.entry((nth, label)).or_default() += 1;
+            }
+        }
+        // Each kind of record was written.
+        for want in [
+            (0, "enter"),
+            (1, "enter"),
+            (1, "leave"),
+            (2, "resend"),
+            (3, "leave"),
+            (4, "resend"),
+            (5, "enter"),
+        ] {
+            assert!(
+                labels.get(&want).is_some_and(|n| *n > 5),
+                "{want:?}: {labels:?}"
+            );
+        }
+        // What the byte path cannot read is left to the general one.
+        let payload = &changes(1)[0];
+        assert!(!fast.fill(&payload[..payload.len() - 2], &mut out));
+        assert!(out.iter().next().is_none());
+        // A filter of another shape: no byte path for the fills.
+        let other = views(&[("x", r#"permanent_address.province_code in ["52"]"#, "")]);
+        let x = [Fill {
+            old: None,
+            new: Some((&other[0], None)),
+            out: &other[0],
+            resend: false,
+        }];
+        assert!(FastBackfill::new(&x).is_none());
     }
 }

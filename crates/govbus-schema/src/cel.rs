@@ -32,6 +32,9 @@ pub struct Filter {
     fast: Option<FastEq>,
     /// It asks hierarchy questions (`in_unit`, `province_of`).
     hierarchy: bool,
+    /// The filter is the literal `true` or `false` (a view of every row,
+    /// or of none): known without reading the entity.
+    constant: Option<bool>,
 }
 
 /// `first.rest...` tested by `test`, with the map keys of `rest` built once.
@@ -263,6 +266,10 @@ impl Filter {
                 })
             }),
             hierarchy: calls_hierarchy(&ast),
+            constant: match &ast.expr {
+                Expr::Literal(cel_parser::reference::Val::Boolean(b)) => Some(*b),
+                _ => None,
+            },
         })
     }
 
@@ -313,6 +320,11 @@ impl Filter {
         Some((path, test))
     }
 
+    /// For the filter `true` or `false`: its answer for every entity.
+    pub fn constant(&self) -> Option<bool> {
+        self.constant
+    }
+
     /// Whether the filter asks hierarchy questions (`in_unit`,
     /// `province_of`): its view follows the administrative map.
     pub fn uses_hierarchy(&self) -> bool {
@@ -338,6 +350,9 @@ impl Filter {
         entity: &Vars,
         at: At<'_>,
     ) -> Result<bool, FilterError> {
+        if let Some(b) = self.constant {
+            return Ok(b);
+        }
         if let Some(f) = &self.fast {
             match (lookup(entity, f), &f.test) {
                 (Some(Cel::Null), _) => return Ok(false),
@@ -860,6 +875,23 @@ mod tests {
             &s,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn only_the_literals_true_and_false_are_constant_filters() {
+        let s = residents();
+        let vars = Vars(Default::default());
+        for (src, want) in [("true", Some(true)), ("false", Some(false))] {
+            let f = Filter::compile(src, &s).unwrap();
+            assert_eq!(f.constant(), want, "{src}");
+            assert_eq!(
+                f.matches(&Context::default(), &vars).unwrap(),
+                want.unwrap()
+            );
+        }
+        for src in ["true == true", "!false", r#"sex == "MALE""#] {
+            assert_eq!(Filter::compile(src, &s).unwrap().constant(), None, "{src}");
+        }
     }
 
     #[test]

@@ -22,9 +22,11 @@ use super::committer::{commit, send, with_txn, RouterContext, Txn};
 use super::live::Live;
 use super::{Router, RouterError};
 use crate::events::BackfillSkipped;
+use crate::fast::{FastBackfill, FastOutputs, Fill};
 use crate::route::{self, RouteError, Scope};
 use crate::views::{self, View};
 use govbus_core::InternalEvent;
+use govbus_schema::client::SchemaResolver;
 
 /// The spec a view holds on one input partition, as recorded in
 /// `_govbus.views`: what its province has received.
@@ -356,7 +358,61 @@ impl Router {
             })
             .unwrap_or_default();
         let subject = govbus_core::topics::value_subject(topic);
+        // The views that get records, each with its work.
+        let fills: Vec<(&Work<'_>, Fill<'_>)> = work
+            .iter()
+            .filter_map(|w| {
+                let out = w.new.or(w.old.as_ref().filter(|_| w.empty))?;
+                let old_map = w.old_map.as_ref().map(|(_, h)| h.as_ref());
+                Some((
+                    w,
+                    Fill {
+                        old: w.old.as_ref().map(|v| (v, old_map.or(scope.hierarchy))),
+                        new: w.new.map(|v| (v, scope.hierarchy)),
+                        out,
+                        resend: w.resend,
+                    },
+                ))
+            })
+            .collect();
+        let fast = FastBackfill::new(&fills.iter().map(|(_, f)| *f).collect::<Vec<_>>());
+        // Writer schema ids the fast path takes, learnt once each.
+        let mut fast_ids: HashMap<u32, bool> = HashMap::new();
+        let mut outs = FastOutputs::default();
+        // Records per fill and label, counted once at the end.
+        let mut sent: HashMap<(usize, &'static str), u64> = HashMap::new();
         for (key, payload) in &current {
+            if let Some(fast) = &fast {
+                let accepted = match payload.get(1..5) {
+                    Some(&[a, b, c, d]) => {
+                        let id = u32::from_be_bytes([a, b, c, d]);
+                        *fast_ids.entry(id).or_insert_with(|| {
+                            self.resolver
+                                .resolve_in(&subject, id)
+                                .is_ok_and(|w| fast.accepts(&w))
+                        })
+                    }
+                    _ => false,
+                };
+                if accepted && fast.fill(payload, &mut outs) {
+                    for o in outs.iter() {
+                        let Some((_, f)) = fills.get(o.nth) else {
+                            continue;
+                        };
+                        send(
+                            producer,
+                            with_txn(
+                                BaseRecord::to(&f.out.topic)
+                                    .key(key.as_slice())
+                                    .payload(o.value),
+                                producer.label,
+                            ),
+                        )?;
+                        *sent.entry((o.nth, o.label)).or_default() += 1;
+                    }
+                    continue;
+                }
+            }
             let change = match govbus_schema::envelope::decode_in(payload, &self.resolver, &subject)
             {
                 Ok((_, c)) => c,
@@ -374,11 +430,8 @@ impl Router {
                     continue;
                 }
             };
-            for w in work {
-                let Some(out) = w.new.or(w.old.as_ref().filter(|_| w.empty)) else {
-                    continue;
-                };
-                let old = w.old.as_ref().map(|v| {
+            for (nth, (w, f)) in fills.iter().enumerate() {
+                let old = f.old.map(|(v, _)| {
                     let s = match &w.old_map {
                         Some((base, h)) => Scope {
                             base,
@@ -388,18 +441,18 @@ impl Router {
                     };
                     (v, s)
                 });
-                match route::backfill(&change, old, w.new.map(|v| (v, scope)), out, w.resend) {
+                match route::backfill(&change, old, w.new.map(|v| (v, scope)), f.out, w.resend) {
                     Ok(Some((label, value))) => {
-                        metrics::counter!("govbus_router_backfill_total", "subscriber" => out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(1);
                         send(
                             producer,
                             with_txn(
-                                BaseRecord::to(&out.topic)
+                                BaseRecord::to(&f.out.topic)
                                     .key(key.as_slice())
                                     .payload(value.as_slice()),
                                 producer.label,
                             ),
                         )?;
+                        *sent.entry((nth, label)).or_default() += 1;
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -407,12 +460,17 @@ impl Router {
                             topic,
                             partition: p,
                             dataset,
-                            view: Some(&out.name),
+                            view: Some(&f.out.name),
                             reason: e.reason(),
                         }
                         .emit();
                     }
                 }
+            }
+        }
+        for ((nth, label), n) in sent {
+            if let Some((_, f)) = fills.get(nth) {
+                metrics::counter!("govbus_router_backfill_total", "subscriber" => f.out.subscriber.clone(), "dataset" => dataset.clone(), "decision" => label).increment(n);
             }
         }
         Ok(())

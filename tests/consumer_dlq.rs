@@ -132,3 +132,81 @@ fn a_bad_record_goes_to_the_provinces_dlq_and_the_records_after_it_are_applied()
     assert_eq!(status[0].dead, 2, "{status:?}");
     assert!(!p52.finished());
 }
+
+/// A backlog is decoded in two halves at once: a province that starts
+/// behind (a first load) takes its records in large batches. A bad record
+/// in the middle of one is still dead-lettered as itself (its key and
+/// offset), and every record around it is applied.
+#[test]
+fn a_bad_record_in_a_large_backlog_is_dead_lettered_as_itself() {
+    let bus = Bus::start();
+    let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
+    let publisher = bus.publisher("t");
+    let _router = bus.router();
+    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
+    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let view = format!("{prefix}sub.p52.bca.residents.v1");
+    let on_view = |n: usize| {
+        wait_until(Duration::from_secs(60), "the view's records", || {
+            (read_all(kafka, &view).len() >= n).then_some(())
+        })
+    };
+    let submit = |from: usize| {
+        let reqs = (from..from + 600)
+            .map(|i| resident(&format!("052{i:09}"), "A"))
+            .collect();
+        publisher.submit_batch("bca.residents", reqs).unwrap();
+    };
+    submit(0);
+    on_view(600);
+    let raw: BaseProducer = kafka.producer().create().unwrap();
+    raw.send(
+        BaseRecord::to(&view)
+            .key("052999999999")
+            .payload(&b"garbage"[..]),
+    )
+    .unwrap();
+    raw.flush(Duration::from_secs(10)).unwrap();
+    submit(600);
+    on_view(1201);
+    let garbage = read_all(kafka, &view)
+        .into_iter()
+        .find(|m| m.payload() == Some(&b"garbage"[..]))
+        .expect("the bad record is on the view");
+
+    // The province starts now, 1,201 records behind.
+    let schema = unique("p52_");
+    let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &schema);
+    let (c, catalog) = (cfg.clone(), bus.catalog.clone());
+    let p52 = Worker::spawn("p52", move |stop| {
+        govbus_consumer::run(&c, &catalog, stop).unwrap()
+    });
+    let mut pg = postgres::Client::connect(&pg_url(), postgres::NoTls).unwrap();
+    wait_until(Duration::from_secs(120), "1,200 rows in p52", || {
+        assert!(!p52.finished(), "the consumer stopped");
+        pg.query_one(
+            &format!("SELECT count(*) FROM \"{schema}\".bca_residents"),
+            &[],
+        )
+        .ok()
+        .map(|r| r.get::<_, i64>(0))
+        .filter(|n| *n == 1200)
+    });
+    let dlq = format!("{prefix}dlq.consume.p52");
+    let dead = wait_until(Duration::from_secs(30), "the dead letter", || {
+        let d = read_all(kafka, &dlq);
+        (!d.is_empty()).then_some(d)
+    });
+    assert_eq!(dead.len(), 1, "only the bad record is dead-lettered");
+    assert_eq!(dead[0].key(), Some(&b"052999999999"[..]));
+    assert_eq!(dead[0].payload(), Some(&b"garbage"[..]));
+    assert_eq!(header(&dead[0], "govbus.reason"), "not_wire_format");
+    assert_eq!(
+        header(&dead[0], "govbus.source.offset"),
+        garbage.offset().to_string()
+    );
+    assert_eq!(
+        header(&dead[0], "govbus.source.partition"),
+        garbage.partition().to_string()
+    );
+}

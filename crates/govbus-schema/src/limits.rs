@@ -158,6 +158,37 @@ pub fn timestamp_problem(ms: i64) -> Option<String> {
 /// Checks every date and timestamp in `v`; the first out of range, named
 /// by its path under `path`.
 pub fn check_ranges(v: &Value, path: &str) -> Result<(), OutOfRange> {
+    // Every decoded record is checked: its paths are built only when one
+    // of its values is out of range.
+    if in_range(v) {
+        return Ok(());
+    }
+    locate(v, path)
+}
+
+/// Whether every date and timestamp in `v` is in range.
+fn in_range(v: &Value) -> bool {
+    match v {
+        Value::Date(d) => (MIN_DATE_DAYS..=MAX_DATE_DAYS).contains(&i64::from(*d)),
+        Value::TimestampMillis(ms) | Value::LocalTimestampMillis(ms) => {
+            (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(ms)
+        }
+        Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => {
+            (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&us.div_euclid(1_000))
+        }
+        Value::TimestampNanos(ns) | Value::LocalTimestampNanos(ns) => {
+            (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ns.div_euclid(1_000_000))
+        }
+        Value::Union(_, b) => in_range(b),
+        Value::Array(items) => items.iter().all(in_range),
+        Value::Map(m) => m.values().all(in_range),
+        Value::Record(fields) => fields.iter().all(|(_, x)| in_range(x)),
+        _ => true,
+    }
+}
+
+/// [`check_ranges`] with the path of the value out of range.
+fn locate(v: &Value, path: &str) -> Result<(), OutOfRange> {
     let bad = |problem: String| OutOfRange {
         field: if path.is_empty() {
             "$".into()
@@ -184,15 +215,13 @@ pub fn check_ranges(v: &Value, path: &str) -> Result<(), OutOfRange> {
         Value::TimestampNanos(ns) | Value::LocalTimestampNanos(ns) => {
             timestamp_problem(ns.div_euclid(1_000_000)).map_or(Ok(()), |p| Err(bad(p)))
         }
-        Value::Union(_, b) => check_ranges(b, path),
+        Value::Union(_, b) => locate(b, path),
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(i, x)| check_ranges(x, &format!("{path}[{i}]"))),
-        Value::Map(m) => m.iter().try_for_each(|(k, x)| check_ranges(x, &join(k))),
-        Value::Record(fields) => fields
-            .iter()
-            .try_for_each(|(k, x)| check_ranges(x, &join(k))),
+            .try_for_each(|(i, x)| locate(x, &format!("{path}[{i}]"))),
+        Value::Map(m) => m.iter().try_for_each(|(k, x)| locate(x, &join(k))),
+        Value::Record(fields) => fields.iter().try_for_each(|(k, x)| locate(x, &join(k))),
         _ => Ok(()),
     }
 }
@@ -258,5 +287,28 @@ mod tests {
             Value::Union(1, Box::new(Value::Date(i32::MAX))),
         )]);
         assert_eq!(check_ranges(&v, "").unwrap_err().field, "a");
+    }
+
+    #[test]
+    fn a_value_out_of_range_deep_in_a_record_is_found_and_named() {
+        let day = |d: i32| Value::Date(d);
+        let record = |dates: Vec<Value>, ts: i64| {
+            Value::Record(vec![
+                ("name".into(), Value::String("x".into())),
+                (
+                    "kids".into(),
+                    Value::Array(vec![Value::Record(vec![(
+                        "born".into(),
+                        Value::Array(dates),
+                    )])]),
+                ),
+                ("at".into(), Value::TimestampMicros(ts)),
+            ])
+        };
+        assert!(check_ranges(&record(vec![day(0), day(MAX_DATE_DAYS as i32)], 0), "after").is_ok());
+        let e = check_ranges(&record(vec![day(0), day(i32::MAX)], 0), "after").unwrap_err();
+        assert_eq!(e.field, "after.kids[0].born[1]");
+        let e = check_ranges(&record(vec![], i64::MAX), "after").unwrap_err();
+        assert_eq!(e.field, "after.at");
     }
 }

@@ -1147,7 +1147,12 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     let hops = Hops::new(stall_secs);
     let start = Instant::now();
     let mut last_tick = Instant::now();
+    let mut last_look = Instant::now();
     let mut last_published = 0u64;
+    // Whether the last look found the bus quiet: then the agents' metrics
+    // are read every `QUIET_LOOK`, not every second (each read wakes five
+    // agents; an idle bus should cost nothing).
+    let mut quiet = false;
     while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(1000).saturating_sub(last_tick.elapsed()));
         if stopped.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1181,10 +1186,14 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
             stack.stop();
             bail!("{d}");
         }
-        let dt = last_tick.elapsed().as_secs_f64();
         last_tick = Instant::now();
-        // One look at each agent's own metrics a second: the live line
-        // costs the broker nothing.
+        if quiet && supervised.is_empty() && last_look.elapsed() < QUIET_LOOK {
+            continue;
+        }
+        let dt = last_look.elapsed().as_secs_f64();
+        last_look = Instant::now();
+        // One look at each agent's own metrics a second (every
+        // `QUIET_LOOK` when quiet): the live line costs the broker nothing.
         let producers_now: Vec<String> = ingest_of
             .values()
             .map(|(_, m)| metrics_of(*m).unwrap_or_default())
@@ -1219,6 +1228,7 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
             .map(|b| total(b, "govbus_codes_normalised_total"))
             .sum();
         let rate = now.published.saturating_sub(last_published) as f64 / dt.max(0.001);
+        quiet = now.published == last_published && now.quiet();
         last_published = now.published;
         if supervised.is_empty() {
             println!("[{:>5}s] {}", start.elapsed().as_secs(), now.line(rate));
@@ -1237,6 +1247,10 @@ fn run_blocking(args: UpArgs) -> anyhow::Result<()> {
     println!("govbus up: stopped.");
     Ok(())
 }
+
+/// How often the live line looks at the agents while the bus is quiet
+/// (nothing published, nothing waiting at any hop).
+const QUIET_LOOK: Duration = Duration::from_secs(5);
 
 /// The backlog at each hop, from offsets: the central topics' ends
 /// (published), the router group's committed offsets on them (consumed), and
@@ -1261,6 +1275,13 @@ struct HopsNow {
 }
 
 impl HopsNow {
+    /// Nothing waits at any hop (the router and every province caught up).
+    fn quiet(&self) -> bool {
+        self.routed.is_some_and(|(_, lag)| lag == 0)
+            && self.provinces.iter().all(|(_, _, lag)| *lag == 0)
+            && self.stalled.is_empty()
+    }
+
     fn line(&self, rate: f64) -> String {
         let router = match self.routed {
             Some((consumed, lag)) => format!("router consumed {consumed:>8} lag {lag:>6}"),
@@ -1332,6 +1353,28 @@ const ROUTER_GROUP: &str = "govbus-router";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The live line slows to one look every `QUIET_LOOK` only when
+    /// nothing waits anywhere; a router that does not answer is not quiet.
+    #[test]
+    fn the_bus_is_quiet_only_when_every_hop_has_caught_up() {
+        let now = |routed: Option<(u64, u64)>, lags: [u64; 2], stalled: bool| HopsNow {
+            published: 10,
+            normalised: 0,
+            routed,
+            provinces: vec![("p52".into(), 5, lags[0]), ("p92".into(), 5, lags[1])],
+            stalled: if stalled {
+                vec![("p92".into(), 40)]
+            } else {
+                vec![]
+            },
+        };
+        assert!(now(Some((10, 0)), [0, 0], false).quiet());
+        assert!(!now(Some((9, 1)), [0, 0], false).quiet());
+        assert!(!now(None, [0, 0], false).quiet());
+        assert!(!now(Some((10, 0)), [0, 3], false).quiet());
+        assert!(!now(Some((10, 0)), [0, 0], true).quiet());
+    }
 
     /// An agent that exits is started again after its back-off and shown
     /// on the live line; a process nothing restarts (the broker) is fatal.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use govbus_e2e::{consumer_config, pg_url, read_all, unique, wait_until, Bus, Worker};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_producer::ChangeRequest;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
@@ -35,8 +35,7 @@ fn a_bad_record_goes_to_the_provinces_dlq_and_the_records_after_it_are_applied()
     let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let schema = unique("p52_");
     let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &schema);
     let (c, catalog) = (cfg.clone(), bus.catalog.clone());
@@ -143,8 +142,7 @@ fn a_bad_record_in_a_large_backlog_is_dead_lettered_as_itself() {
     let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let view = format!("{prefix}sub.p52.bca.residents.v1");
     let on_view = |n: usize| {
         wait_until(Duration::from_secs(60), "the view's records", || {

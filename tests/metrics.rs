@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use govbus_e2e::{read_all, wait_until, Bus, Worker};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_e2e::{read_all, wait_until, Bus};
+use govbus_producer::ChangeRequest;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
@@ -67,8 +67,7 @@ fn the_router_counts_what_it_consumes_routes_filters_and_dead_letters() {
             )
             .unwrap();
     }
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let (p52, p92) = (
         format!("{prefix}sub.p52.bca.residents.v1"),
         format!("{prefix}sub.p92.bca.residents.v1"),

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use govbus_e2e::{read_all, wait_until, Bus, Worker};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_e2e::{read_all, wait_until, Bus};
+use govbus_producer::ChangeRequest;
 use govbus_schema::RegistryClient;
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -65,8 +65,7 @@ fn poison_goes_to_the_dlq_with_its_reason_and_routing_goes_on() {
             })),
         )
         .unwrap();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let view = format!("{prefix}sub.p52.bca.residents.v1");
     wait_until(
         Duration::from_secs(60),

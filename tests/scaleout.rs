@@ -11,7 +11,6 @@ use govbus_e2e::{
     consumer_config, expected_rows, pg_rows, pg_url, router_config, unique, wait_until, Bus, Worker,
 };
 use govbus_producer::demo::DemoWorld;
-use govbus_producer::Relay;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::Message;
 
@@ -20,8 +19,7 @@ fn two_routers_share_partitions_and_one_takes_over_when_the_other_stops() {
     let bus = Bus::start();
     let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
     let publisher = bus.publisher("t");
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let cfg = router_config(kafka, registry, prefix);
     let central = format!("{prefix}gov.bca.residents.v1");
     let a = govbus_e2e::router(cfg.clone(), catalog);

@@ -76,8 +76,7 @@ fn subscriptions_are_added_changed_and_removed_live() {
     let bus = Bus::start();
     let (kafka, prefix, registry, catalog) = (&bus.kafka, &bus.prefix, &bus.registry, &bus.catalog);
     let publisher = bus.publisher("t");
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let relay = bus.relay(&publisher);
 
     // Only p52 at first.
     let p52 = spec("p52", r#"permanent_address.province_code == "52""#);

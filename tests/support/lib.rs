@@ -454,6 +454,13 @@ impl Bus {
         (moha, worker)
     }
 
+    /// `publisher`'s relay, running until the worker is dropped.
+    pub fn relay(&self, publisher: &govbus_producer::Publisher) -> Worker {
+        let relay = govbus_producer::Relay::new(&self.kafka, publisher.store(), publisher.wakeup())
+            .expect("relay");
+        Worker::spawn("relay", move |stop| relay.run(stop))
+    }
+
     /// The bca publisher with a SQLite store in the scratch directory, its
     /// central topics created, the demo's admin units published first (its
     /// contract looks codes up in moha.admin_units).

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use govbus_e2e::{consumer_config, free_port, wait_until, Browser, Bus, Worker};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_producer::ChangeRequest;
 use serde_json::json;
 
 fn resident(id: &str, commune: &str) -> ChangeRequest {
@@ -29,8 +29,7 @@ fn a_change_at_the_ministry_changes_the_figure_on_the_page() {
     let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let mut files = Vec::new();
     let mut consumers = Vec::new();
     for p in ["p52", "p92"] {

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use govbus_e2e::{consumer_config, pg_url, unique, wait_until, Bus, Worker};
-use govbus_producer::{ChangeRequest, Relay};
+use govbus_producer::ChangeRequest;
 use serde_json::json;
 
 fn govbus(args: &[&str]) -> (bool, String) {
@@ -33,8 +33,7 @@ fn an_events_receipts_come_from_every_province_that_applied_it_and_a_changed_rec
     let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let mut files = Vec::new();
     let mut schemas = Vec::new();
     let mut consumers = Vec::new();

@@ -9,7 +9,6 @@ use govbus_e2e::{
     consumer_config, expected_rows, pg_rows, pg_url, unique, wait_until, Bus, Worker,
 };
 use govbus_producer::demo::DemoWorld;
-use govbus_producer::Relay;
 
 fn govbus(args: &[&str]) -> (bool, String) {
     govbus_e2e::run(env!("CARGO_BIN_EXE_govbus"), args)
@@ -21,8 +20,7 @@ fn reconcile_finds_missing_extra_and_stale_keys_and_repair_sends_exactly_them() 
     let (kafka, prefix, registry) = (&bus.kafka, &bus.prefix, &bus.registry);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let schema = unique("p52_");
     let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &schema);
     let (c, catalog) = (cfg.clone(), bus.catalog.clone());

@@ -313,8 +313,7 @@ fn province_and_route_letters_go_back_through_their_stage_once_the_cause_is_fixe
     let cfg = platform_file(dir.path(), &bus);
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let schema = unique("p52_");
     let c = consumer_config(kafka, &bus.registry, prefix, "p52", &pg_url(), &schema);
     let p52_cfg = c.clone();

@@ -20,7 +20,6 @@ use govbus_e2e::{
     Worker,
 };
 use govbus_producer::demo::DemoWorld;
-use govbus_producer::Relay;
 use govbus_schema::{RegistryClient, Schema};
 use rdkafka::Message;
 
@@ -77,8 +76,7 @@ fn a_report_follows_its_view_exactly_once_and_equals_a_count_of_the_table() {
     let catalog = bus.catalog.clone();
     let publisher = bus.publisher("t");
     let _router = bus.router();
-    let relay = Relay::new(kafka, publisher.store(), publisher.wakeup()).unwrap();
-    let _relay = Worker::spawn("relay", move |stop| relay.run(stop));
+    let _relay = bus.relay(&publisher);
     let schema = unique("p52_");
     let cfg = consumer_config(kafka, registry, prefix, "p52", &pg_url(), &schema);
     let spawn = || {

@@ -1273,44 +1273,20 @@ mod tests {
         ]);
         let m = OnTheMap::new(&all[1..3]);
         let h = Some(m.hierarchy.as_ref());
-        let v = |i: usize| (&all[i], h);
+        // (old view, new view, the view written to, resend), by place in `all`.
+        let fill = |old: Option<usize>, new: Option<usize>, out: usize, resend: bool| Fill {
+            old: old.map(|i| (&all[i], h)),
+            new: new.map(|i| (&all[i], h)),
+            out: &all[out],
+            resend,
+        };
         let fills = [
-            Fill {
-                old: None,
-                new: Some(v(0)),
-                out: &all[0],
-                resend: false,
-            },
-            Fill {
-                old: Some(v(1)),
-                new: Some(v(2)),
-                out: &all[2],
-                resend: false,
-            },
-            Fill {
-                old: Some(v(3)),
-                new: Some(v(4)),
-                out: &all[4],
-                resend: false,
-            },
-            Fill {
-                old: Some(v(5)),
-                new: None,
-                out: &all[5],
-                resend: false,
-            },
-            Fill {
-                old: Some(v(6)),
-                new: Some(v(6)),
-                out: &all[6],
-                resend: true,
-            },
-            Fill {
-                old: Some(v(7)),
-                new: Some(v(8)),
-                out: &all[8],
-                resend: false,
-            },
+            fill(None, Some(0), 0, false),
+            fill(Some(1), Some(2), 2, false),
+            fill(Some(3), Some(4), 4, false),
+            fill(Some(5), None, 5, false),
+            fill(Some(6), Some(6), 6, true),
+            fill(Some(7), Some(8), 8, false),
         ];
         let fast = FastBackfill::new(&fills).expect("these filters take the byte path");
         let writer = Schema::parse_str(&envelope_schema(RESIDENTS).unwrap()).unwrap();

@@ -494,14 +494,15 @@ mod tests {
     use super::*;
     use crate::client::FixedResolver;
 
-    #[test]
-    fn envelope_round_trips_through_the_wire_format() {
+    /// The residents' envelope schema, and a change of one resident named
+    /// `name` (`before` too when `op` is an update).
+    fn resident_change(op: Op, name: &str) -> (Schema, Change) {
         let entity = include_str!("../../../schemas/bca/residents.v1.avsc");
         let schema = Schema::parse_str(&envelope_schema(entity).unwrap()).unwrap();
         let ent = Schema::parse_str(entity).unwrap();
         let after = crate::json::to_avro(
             &ent,
-            &json!({"citizen_id": "052090000001", "full_name": "A", "date_of_birth": 1,
+            &json!({"citizen_id": "052090000001", "full_name": name, "date_of_birth": 1,
                     "sex": "FEMALE", "ethnicity": "Kinh",
                     "permanent_address": {"province_code": "52", "commune_code": "1"},
                     "updated_at": 5}),
@@ -509,8 +510,8 @@ mod tests {
         .unwrap();
         let change = Change {
             event_id: "e1".into(),
-            op: Op::Create,
-            before: None,
+            op,
+            before: (op == Op::Update).then(|| after.clone()),
             after: Some(after),
             source: Source {
                 agency: "bca".into(),
@@ -519,6 +520,12 @@ mod tests {
             },
             ts_ms: 7,
         };
+        (schema, change)
+    }
+
+    #[test]
+    fn envelope_round_trips_through_the_wire_format() {
+        let (schema, change) = resident_change(Op::Create, "A");
         let codec = EnvelopeCodec::new(schema.clone(), 9);
         let bytes = codec.encode(&change).unwrap();
         let resolver = FixedResolver::new([(9, schema)]);
@@ -540,30 +547,8 @@ mod tests {
     /// error for every truncation and for trailing bytes.
     #[test]
     fn a_kept_reader_decodes_as_from_avro_datum() {
-        let entity = include_str!("../../../schemas/bca/residents.v1.avsc");
-        let schema =
-            std::sync::Arc::new(Schema::parse_str(&envelope_schema(entity).unwrap()).unwrap());
-        let ent = Schema::parse_str(entity).unwrap();
-        let after = crate::json::to_avro(
-            &ent,
-            &json!({"citizen_id": "052090000001", "full_name": "Nguyễn A", "date_of_birth": 1,
-                    "sex": "FEMALE", "ethnicity": "Kinh",
-                    "permanent_address": {"province_code": "52", "commune_code": "1"},
-                    "updated_at": 5}),
-        )
-        .unwrap();
-        let change = Change {
-            event_id: "e1".into(),
-            op: Op::Update,
-            before: Some(after.clone()),
-            after: Some(after),
-            source: Source {
-                agency: "bca".into(),
-                system: "t".into(),
-                seq: 1,
-            },
-            ts_ms: 7,
-        };
+        let (schema, change) = resident_change(Op::Update, "Nguyễn A");
+        let schema = std::sync::Arc::new(schema);
         let bytes = EnvelopeCodec::new((*schema).clone(), 9)
             .encode(&change)
             .unwrap();
